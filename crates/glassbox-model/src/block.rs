@@ -1,0 +1,234 @@
+//! The one transformer block every architecture maps onto. Where the norm sits (pre or post),
+//! which norm, the positional scheme and the MLP's shape are data, not separate code paths.
+
+use candle_core::Tensor;
+
+use crate::config::Activation;
+use crate::error::Result;
+use crate::hooks::{BlockHook, HookPoint, Hooks};
+use crate::ops::{self, AttnMask, Linear, Norm, Rope};
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum Mlp {
+    /// `out(act(in(x)))`
+    Standard {
+        fc_in: Linear,
+        fc_out: Linear,
+        act: Activation,
+    },
+    /// `down(act(gate(x)) * up(x))`
+    Gated {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+        act: Activation,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub layer: usize,
+    /// Pre-norm: before attention. Post-norm: after the attention residual add.
+    pub ln1: Norm,
+    /// Pre-norm: before the MLP. Post-norm: after the MLP residual add.
+    pub ln2: Norm,
+    pub attn: Attention,
+    pub mlp: Mlp,
+    pub post_norm: bool,
+}
+
+/// Per-call state shared by the blocks of one forward pass.
+pub struct Pass<'h, 'a> {
+    pub hooks: &'h mut Hooks<'a>,
+    pub mask: AttnMask,
+    pub rope: Option<&'h Rope>,
+    /// Number of positions already in the KV cache.
+    pub offset: usize,
+}
+
+/// Keys and values of earlier positions for one layer, `[batch, pos, kv_heads, d_head]`.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    pub kv: Option<(Tensor, Tensor)>,
+}
+
+impl Block {
+    fn hook(&self, pass: &mut Pass, hook: BlockHook, t: Tensor) -> Result<Tensor> {
+        pass.hooks.at(HookPoint::Block(self.layer, hook), t)
+    }
+
+    pub fn forward(
+        &self,
+        x: Tensor,
+        pass: &mut Pass,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let resid_pre = self.hook(pass, BlockHook::ResidPre, x)?;
+        if self.post_norm {
+            let attn_out = self.attention(&resid_pre, pass, cache)?;
+            let resid_mid =
+                self.hook(pass, BlockHook::ResidMid, ops::add(&resid_pre, &attn_out)?)?;
+            let normed = self.ln1.forward(&resid_mid)?;
+            let mlp_out = self.mlp(&normed, pass)?;
+            let resid_post = self.hook(pass, BlockHook::ResidPost, ops::add(&normed, &mlp_out)?)?;
+            self.hook(
+                pass,
+                BlockHook::NormalizedResidPost,
+                self.ln2.forward(&resid_post)?,
+            )
+        } else {
+            let attn_out = self.attention(&self.ln1.forward(&resid_pre)?, pass, cache)?;
+            let resid_mid =
+                self.hook(pass, BlockHook::ResidMid, ops::add(&resid_pre, &attn_out)?)?;
+            let mlp_out = self.mlp(&self.ln2.forward(&resid_mid)?, pass)?;
+            self.hook(pass, BlockHook::ResidPost, ops::add(&resid_mid, &mlp_out)?)
+        }
+    }
+
+    fn attention(
+        &self,
+        x: &Tensor,
+        pass: &mut Pass,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let a = &self.attn;
+        let (b, t, _) = x.dims3()?;
+        let q = self.hook(
+            pass,
+            BlockHook::AttnQ,
+            a.q.forward(x)?.reshape((b, t, a.n_heads, a.d_head))?,
+        )?;
+        let k = self.hook(
+            pass,
+            BlockHook::AttnK,
+            a.k.forward(x)?.reshape((b, t, a.n_kv_heads, a.d_head))?,
+        )?;
+        let v = self.hook(
+            pass,
+            BlockHook::AttnV,
+            a.v.forward(x)?.reshape((b, t, a.n_kv_heads, a.d_head))?,
+        )?;
+        let (q, k) = match pass.rope {
+            Some(rope) => (
+                self.hook(pass, BlockHook::AttnRotQ, rope.apply(&q, pass.offset)?)?,
+                self.hook(pass, BlockHook::AttnRotK, rope.apply(&k, pass.offset)?)?,
+            ),
+            None => (q, k),
+        };
+        let (k, v) = match cache {
+            Some(c) => {
+                let kv = match c.kv.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+                    None => (k, v),
+                };
+                c.kv = Some(kv.clone());
+                kv
+            }
+            None => (k, v),
+        };
+        let scale = 1.0 / (a.d_head as f64).sqrt();
+        let inspect_pattern = pass
+            .hooks
+            .wants(HookPoint::Block(self.layer, BlockHook::AttnScores))
+            || pass
+                .hooks
+                .wants(HookPoint::Block(self.layer, BlockHook::AttnPattern));
+        let fused = if inspect_pattern {
+            None
+        } else {
+            ops::attention_fused(&q, &k, &v, &pass.mask, scale as f32)?
+        };
+        let z = match fused {
+            Some(z) => z,
+            None => self.attention_materialised(&q, &k, &v, pass, scale)?,
+        };
+        let z = self.hook(pass, BlockHook::AttnZ, z)?;
+        let out = a.o.forward(&z.reshape((b, t, a.n_heads * a.d_head))?)?;
+        self.hook(pass, BlockHook::AttnOut, out)
+    }
+
+    /// Attention with the score and pattern tensors built, so hooks can see and edit them.
+    fn attention_materialised(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pass: &mut Pass,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let a = &self.attn;
+        let group = a.n_heads / a.n_kv_heads;
+        // [b, s, kvh, dh] → [b, h, s, dh], each kv head shared by `group` query heads.
+        let per_head = |x: &Tensor| -> Result<Tensor> {
+            let (b, s, kvh, dh) = x.dims4()?;
+            let x = x.transpose(1, 2)?;
+            let x = if group > 1 {
+                x.unsqueeze(2)?
+                    .broadcast_as((b, kvh, group, s, dh))?
+                    .reshape((b, kvh * group, s, dh))?
+            } else {
+                x
+            };
+            Ok(x.contiguous()?)
+        };
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let (k, v) = (per_head(k)?, per_head(v)?);
+        let scores = ops::attention_scores(&q, &k, &pass.mask, scale)?;
+        let scores = self.hook(pass, BlockHook::AttnScores, scores)?;
+        let pattern = self.hook(
+            pass,
+            BlockHook::AttnPattern,
+            ops::softmax_last_dim(&scores)?,
+        )?;
+        Ok(pattern.matmul(&v)?.transpose(1, 2)?.contiguous()?)
+    }
+
+    fn mlp(&self, x: &Tensor, pass: &mut Pass) -> Result<Tensor> {
+        let pre = HookPoint::Block(self.layer, BlockHook::MlpPre);
+        let post = match &self.mlp {
+            Mlp::Standard { fc_in, act, .. } if !pass.hooks.wants(pre) => {
+                fc_in.forward_act(x, Some(*act))?
+            }
+            Mlp::Standard { fc_in, act, .. } => ops::activate(
+                &self.hook(pass, BlockHook::MlpPre, fc_in.forward(x)?)?,
+                *act,
+            )?,
+            Mlp::Gated { gate, up, act, .. } => {
+                let g = self.hook(pass, BlockHook::MlpPre, gate.forward(x)?)?;
+                let u = self.hook(pass, BlockHook::MlpPreLinear, up.forward(x)?)?;
+                ops::gated(&g, &u, *act)?
+            }
+        };
+        let post = self.hook(pass, BlockHook::MlpPost, post)?;
+        let out = match &self.mlp {
+            Mlp::Standard { fc_out, .. } => fc_out.forward(&post)?,
+            Mlp::Gated { down, .. } => down.forward(&post)?,
+        };
+        self.hook(pass, BlockHook::MlpOut, out)
+    }
+
+    /// The block's hook points, for listing and validating names.
+    pub fn hook_points(&self, rotary: bool) -> Vec<HookPoint> {
+        BlockHook::ALL
+            .iter()
+            .filter(|h| match h {
+                BlockHook::AttnRotQ | BlockHook::AttnRotK => rotary,
+                BlockHook::MlpPreLinear => matches!(self.mlp, Mlp::Gated { .. }),
+                BlockHook::NormalizedResidPost => self.post_norm,
+                _ => true,
+            })
+            .map(|h| HookPoint::Block(self.layer, *h))
+            .collect()
+    }
+}

@@ -1,0 +1,71 @@
+//! One error type for the runtime. Every variant names the file, field or value at fault
+//! and, where there is one, the fix.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid config {path}: field `{field}`: {msg}")]
+    Config {
+        path: PathBuf,
+        field: String,
+        msg: String,
+    },
+
+    #[error("invalid weights {path}: {msg}")]
+    Weights { path: PathBuf, msg: String },
+
+    #[error("invalid tokenizer {path}: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+
+    #[error("model `{name}` not found: {msg}")]
+    ModelNotFound { name: String, msg: String },
+
+    #[error("unknown hook point `{name}`: {msg}")]
+    UnknownHook { name: String, msg: String },
+
+    #[error("hook `{hook}` returned a tensor of shape {got:?}, expected {expected:?}")]
+    HookShape {
+        hook: String,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+
+    #[error(
+        "input of {len} tokens is longer than the model's {max} positions; \
+         shorten it or pass --truncate to keep the first {max}"
+    )]
+    InputTooLong { len: usize, max: usize },
+
+    #[error("invalid input: {0}")]
+    Input(String),
+
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl ModelError {
+    pub(crate) fn config(path: &std::path::Path, field: &str, msg: impl Into<String>) -> Self {
+        Self::Config {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

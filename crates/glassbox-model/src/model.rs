@@ -1,0 +1,347 @@
+//! A loaded model: embeddings, blocks, final norm and unembedding, with the hooked forward pass.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::arch::{self, Embeddings};
+use crate::block::{Block, LayerCache, Pass};
+use crate::config::{ModelConfig, Positional};
+use crate::error::{ModelError, Result};
+use crate::hooks::{HookPoint, Hooks};
+use crate::ops::{self, AttnMask, Linear, Norm, Rope};
+use crate::tokenizer::TextTokenizer;
+use crate::weights::WeightFile;
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub tokenizer: TextTokenizer,
+    dir: PathBuf,
+    device: Device,
+    embed: Embeddings,
+    blocks: Vec<Block>,
+    final_norm: Option<Norm>,
+    unembed: Option<Linear>,
+    rope: Option<Rope>,
+}
+
+/// Token ids of several texts, right-padded to one length.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[batch, pos]`, u32
+    pub ids: Tensor,
+    /// Real tokens per row (the rest is padding).
+    pub lengths: Vec<usize>,
+}
+
+impl Batch {
+    /// `[batch, pos]` with 1 on real tokens, or `None` when no row is padded.
+    pub fn key_mask(&self) -> Option<Vec<u8>> {
+        let t = self.lengths.iter().copied().max().unwrap_or(0);
+        if self.lengths.iter().all(|&n| n == t) {
+            return None;
+        }
+        Some(
+            self.lengths
+                .iter()
+                .flat_map(|&n| (0..t).map(move |j| u8::from(j < n)))
+                .collect(),
+        )
+    }
+}
+
+/// What one forward call returns.
+pub struct Output {
+    /// The last residual stream (after the final norm for decoders), `[batch, pos, d_model]`.
+    pub hidden: Tensor,
+    /// `[batch, pos, vocab]` for decoders.
+    pub logits: Option<Tensor>,
+}
+
+/// Keys and values of the positions seen so far, for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Model {
+    /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+            if !dir.join(file).is_file() {
+                return Err(ModelError::ModelNotFound {
+                    name: dir.display().to_string(),
+                    msg: format!("`{file}` is missing; a model directory holds config.json, model.safetensors and tokenizer.json"),
+                });
+            }
+        }
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let weights = WeightFile::open(&dir.join("model.safetensors"))?;
+        let parts = arch::load(&config, &weights.view(device))?;
+        let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), config.vocab_size)?;
+        let rope = match config.positional {
+            Positional::Rotary { theta } => Some(Rope::new(
+                config.d_head,
+                config.max_positions,
+                theta,
+                device,
+            )?),
+            Positional::Learned => None,
+        };
+        Ok(Self {
+            config,
+            tokenizer,
+            dir: dir.to_path_buf(),
+            device: device.clone(),
+            embed: parts.embed,
+            blocks: parts.blocks,
+            final_norm: parts.final_norm,
+            unembed: parts.unembed,
+            rope,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Every hook point this model has, in forward order.
+    pub fn hook_points(&self) -> Vec<HookPoint> {
+        let mut points = vec![HookPoint::Embed];
+        if self.embed.pos.is_some() {
+            points.push(HookPoint::PosEmbed);
+        }
+        if self.embed.token_type.is_some() {
+            points.push(HookPoint::TokenTypeEmbed);
+        }
+        for b in &self.blocks {
+            points.extend(b.hook_points(self.rope.is_some()));
+        }
+        if self.final_norm.is_some() {
+            points.push(HookPoint::FinalNorm);
+        }
+        if self.unembed.is_some() {
+            points.push(HookPoint::Logits);
+        }
+        points
+    }
+
+    /// Parses a hook name and checks that this model has it.
+    pub fn hook_point(&self, name: &str) -> Result<HookPoint> {
+        let point: HookPoint = name.parse()?;
+        if self.hook_points().contains(&point) {
+            return Ok(point);
+        }
+        let msg = match point {
+            HookPoint::Block(i, _) if i >= self.blocks.len() => {
+                format!(
+                    "this model has blocks 0..{}",
+                    self.blocks.len().saturating_sub(1)
+                )
+            }
+            _ => format!("a {} model has no such hook point", self.config.model_type),
+        };
+        Err(ModelError::UnknownHook {
+            name: name.to_string(),
+            msg,
+        })
+    }
+
+    /// Token ids of `text` (special tokens included). Over-long input is an error unless
+    /// `truncate` keeps the first `max_positions` tokens.
+    pub fn tokenize(&self, text: &str, truncate: bool) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode(text, self.config.max_positions, truncate)
+    }
+
+    /// Tokenizes texts into one right-padded batch.
+    pub fn batch(&self, texts: &[&str], truncate: bool) -> Result<Batch> {
+        let rows = texts
+            .iter()
+            .map(|t| self.tokenize(t, truncate))
+            .collect::<Result<Vec<_>>>()?;
+        self.batch_ids(&rows)
+    }
+
+    pub fn batch_ids(&self, rows: &[Vec<u32>]) -> Result<Batch> {
+        let t = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let pad = 0u32;
+        let flat: Vec<u32> = rows
+            .iter()
+            .flat_map(|r| {
+                r.iter()
+                    .copied()
+                    .chain(std::iter::repeat(pad).take(t - r.len()))
+            })
+            .collect();
+        Ok(Batch {
+            ids: Tensor::from_vec(flat, (rows.len(), t), &self.device)?,
+            lengths: rows.iter().map(Vec::len).collect(),
+        })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: vec![LayerCache::default(); self.blocks.len()],
+            len: 0,
+        }
+    }
+
+    /// Runs the model on `batch`. With a `cache`, the batch holds only new positions and the
+    /// cache grows by them (decoders; the batch must then be unpadded).
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        hooks: &mut Hooks,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Output> {
+        let (b, t) = batch.ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        if offset + t > self.config.max_positions {
+            return Err(ModelError::InputTooLong {
+                len: offset + t,
+                max: self.config.max_positions,
+            });
+        }
+        let max_id = batch.ids.max_all()?.to_scalar::<u32>().unwrap_or(0);
+        if t > 0 && max_id as usize >= self.config.vocab_size {
+            return Err(ModelError::Input(format!(
+                "token id {max_id} is outside the vocabulary of {} tokens",
+                self.config.vocab_size
+            )));
+        }
+        let key_mask = batch.key_mask();
+        if cache.is_some() && key_mask.is_some() {
+            return Err(ModelError::Input(
+                "incremental decoding needs unpadded rows of one length".into(),
+            ));
+        }
+        let mut x = self.embed(batch, hooks, offset)?;
+        let mut pass = Pass {
+            hooks,
+            mask: AttnMask {
+                causal: self.config.causal,
+                keys: key_mask,
+            },
+            rope: self.rope.as_ref(),
+            offset,
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(x, &mut pass, layer_cache)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        if let Some(norm) = &self.final_norm {
+            x = pass.hooks.at(HookPoint::FinalNorm, norm.forward(&x)?)?;
+        }
+        let logits = match &self.unembed {
+            Some(u) => Some(pass.hooks.at(HookPoint::Logits, u.forward(&x)?)?),
+            None => None,
+        };
+        debug_assert_eq!(x.dims()[..2], [b, t]);
+        Ok(Output { hidden: x, logits })
+    }
+
+    fn embed(&self, batch: &Batch, hooks: &mut Hooks, offset: usize) -> Result<Tensor> {
+        let (b, t) = batch.ids.dims2()?;
+        let d = self.config.d_model;
+        let tok = self
+            .embed
+            .tok
+            .index_select(&batch.ids.flatten_all()?, 0)?
+            .reshape((b, t, d))?;
+        let mut x = hooks.at(HookPoint::Embed, tok)?;
+        if let Some(pos) = &self.embed.pos {
+            let p = pos
+                .narrow(0, offset, t)?
+                .unsqueeze(0)?
+                .broadcast_as((b, t, d))?;
+            x = ops::add(&x, &hooks.at(HookPoint::PosEmbed, p.contiguous()?)?)?;
+        }
+        if let Some(tt) = &self.embed.token_type {
+            // Single-segment input: every token has segment 0.
+            let seg = tt.narrow(0, 0, 1)?.unsqueeze(0)?.broadcast_as((b, t, d))?;
+            x = ops::add(&x, &hooks.at(HookPoint::TokenTypeEmbed, seg.contiguous()?)?)?;
+        }
+        match &self.embed.norm {
+            Some(n) => n.forward(&x),
+            None => Ok(x),
+        }
+    }
+
+    /// Sentence embeddings as sentence-transformers computes them for MiniLM: the mean of
+    /// the last hidden state over real tokens, L2-normalised. `[batch, d_model]`
+    pub fn sentence_embedding(&self, batch: &Batch, hidden: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = hidden.dims3()?;
+        let mask: Vec<f32> = batch
+            .lengths
+            .iter()
+            .flat_map(|&n| (0..t).map(move |j| if j < n { 1.0 } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, t, 1), hidden.device())?;
+        let counts: Vec<f32> = batch
+            .lengths
+            .iter()
+            .map(|&n| (n as f32).max(1e-9))
+            .collect();
+        let counts = Tensor::from_vec(counts, (b, 1), hidden.device())?;
+        let mean = hidden
+            .broadcast_mul(&mask)?
+            .sum(1)?
+            .broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+        Ok(mean.broadcast_div(&norm)?)
+    }
+
+    /// Greedy decoding with the KV cache: the prompt once, then one position per step.
+    /// Stops after `max_new` tokens or at the end-of-sequence token.
+    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>> {
+        if !self.config.is_decoder() {
+            return Err(ModelError::Input(format!(
+                "`{}` is an encoder; generation needs a decoder (gpt2, llama, qwen2)",
+                self.config.model_type
+            )));
+        }
+        if prompt.is_empty() {
+            return Err(ModelError::Input("the prompt is empty".into()));
+        }
+        let mut cache = self.new_cache();
+        let mut out = Vec::with_capacity(max_new);
+        let mut next_input = prompt.to_vec();
+        for _ in 0..max_new {
+            if cache.len() + next_input.len() > self.config.max_positions {
+                break;
+            }
+            let batch = self.batch_ids(&[next_input])?;
+            let logits = self
+                .forward(&batch, &mut Hooks::none(), Some(&mut cache))?
+                .logits
+                .ok_or_else(|| ModelError::Input("model has no unembedding".into()))?;
+            let last = logits.get(0)?.get(batch.lengths[0] - 1)?;
+            let next = last.argmax(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
+            out.push(next);
+            if Some(next) == self.config.eos_token_id {
+                break;
+            }
+            next_input = vec![next];
+        }
+        Ok(out)
+    }
+}

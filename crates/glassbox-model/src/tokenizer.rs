@@ -1,0 +1,98 @@
+//! The model's tokenizer (`tokenizer.json`, Hugging Face `tokenizers`), with padding and
+//! truncation switched off so that nothing is cut or padded without the caller asking.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::error::{ModelError, Result};
+
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    path: PathBuf,
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` and checks it fits an embedding table of `vocab_size` rows.
+    pub fn load(path: &Path, vocab_size: usize) -> Result<Self> {
+        let err = |msg: String| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            msg,
+        };
+        if !path.exists() {
+            return Err(ModelError::io(
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        let mut inner =
+            Tokenizer::from_file(path).map_err(|e| err(format!("cannot parse: {e}")))?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| err(format!("cannot disable truncation: {e}")))?;
+        let n = inner.get_vocab_size(true);
+        if n > vocab_size {
+            return Err(err(format!(
+                "the tokenizer has {n} tokens but the model's embedding has {vocab_size} rows; \
+                 this tokenizer belongs to another model"
+            )));
+        }
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, msg: String) -> ModelError {
+        ModelError::Tokenizer {
+            path: self.path.clone(),
+            msg,
+        }
+    }
+
+    /// Token ids of `text`, with the model's special tokens (as `tokenizer(text)` in Python).
+    /// Longer than `max_len` is an error unless `truncate`, which keeps the first `max_len`
+    /// (special tokens included).
+    pub fn encode(&self, text: &str, max_len: usize, truncate: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| self.err(format!("cannot encode: {e}")))?;
+        if enc.len() <= max_len {
+            return Ok(enc.get_ids().to_vec());
+        }
+        if !truncate {
+            return Err(ModelError::InputTooLong {
+                len: enc.len(),
+                max: max_len,
+            });
+        }
+        let mut t = self.inner.clone();
+        t.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            ..Default::default()
+        }))
+        .map_err(|e| self.err(format!("cannot truncate: {e}")))?;
+        let enc = t
+            .encode(text, true)
+            .map_err(|e| self.err(format!("cannot encode: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| self.err(format!("cannot decode: {e}")))
+    }
+
+    /// The vocabulary string of one token (`None` for an id outside the vocabulary).
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
