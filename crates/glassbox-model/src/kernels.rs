@@ -7,6 +7,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::config::Activation;
+use crate::fastmath::{self, vectorised};
 
 /// Rows handed to one rayon task by the element-wise kernels.
 const ROW_CHUNK: usize = 16;
@@ -122,22 +123,30 @@ pub fn rms_norm(x: &mut [f32], d: usize, w: &[f32], eps: f32) {
     });
 }
 
-#[inline]
+#[inline(always)]
 pub fn activation(act: Activation, v: f32) -> f32 {
     match act {
-        Activation::GeluErf => 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluErf => 0.5 * v * (1.0 + fastmath::erf(v * std::f32::consts::FRAC_1_SQRT_2)),
         Activation::GeluTanh => {
             const C: f32 = 0.797_884_6; // sqrt(2/pi)
             0.5 * v * (1.0 + (C * (v + 0.044_715 * v * v * v)).tanh())
         }
-        Activation::Silu => v / (1.0 + (-v).exp()),
+        Activation::Silu => v / (1.0 + fastmath::exp(-v)),
         Activation::Relu => v.max(0.0),
     }
 }
 
+/// Applies `act` to every element; the `match` sits outside the loop so it vectorises.
 pub fn activate(x: &mut [f32], act: Activation) {
-    x.par_chunks_mut(4096)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = activation(act, *v)));
+    fn apply(c: &mut [f32], f: impl Fn(f32) -> f32) {
+        vectorised(|| c.iter_mut().for_each(|v| *v = f(*v)));
+    }
+    x.par_chunks_mut(4096).for_each(|c| match act {
+        Activation::GeluErf => apply(c, |v| activation(Activation::GeluErf, v)),
+        Activation::GeluTanh => apply(c, |v| activation(Activation::GeluTanh, v)),
+        Activation::Silu => apply(c, |v| activation(Activation::Silu, v)),
+        Activation::Relu => apply(c, |v| activation(Activation::Relu, v)),
+    });
 }
 
 /// `act(gate) * up`, written into `gate`.
@@ -298,13 +307,11 @@ pub fn attention(
                     *x = if visible { *x * scale } else { f32::MIN };
                     max = max.max(*x);
                 }
-                let mut sum = 0.0;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|x| *x *= inv);
+                vectorised(|| {
+                    row.iter_mut().for_each(|x| *x = fastmath::exp(*x - max));
+                    let inv = 1.0 / row.iter().sum::<f32>();
+                    row.iter_mut().for_each(|x| *x *= inv);
+                });
             }
             let p = Strided {
                 ptr: scores.as_ptr(),

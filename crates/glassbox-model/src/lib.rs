@@ -15,6 +15,7 @@ mod arch;
 pub mod block;
 pub mod config;
 pub mod error;
+mod fastmath;
 pub mod hooks;
 mod kernels;
 pub mod model;
