@@ -234,7 +234,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(ModelError::config(
                 path,
                 "num_key_value_heads",
@@ -244,7 +244,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if matches!(self.positional, Positional::Rotary { .. }) && self.d_head % 2 != 0 {
+        if matches!(self.positional, Positional::Rotary { .. }) && !self.d_head.is_multiple_of(2) {
             return Err(ModelError::config(
                 path,
                 "head_dim",

@@ -186,7 +186,7 @@ impl Model {
             .flat_map(|r| {
                 r.iter()
                     .copied()
-                    .chain(std::iter::repeat(pad).take(t - r.len()))
+                    .chain(std::iter::repeat_n(pad, t - r.len()))
             })
             .collect();
         Ok(Batch {

@@ -145,7 +145,7 @@ fn kv_cache_gives_the_same_logits_as_a_full_pass() {
         let ids = model.tokenize(TEXT, false).unwrap();
         let full = model
             .forward(
-                &model.batch_ids(&[ids.clone()]).unwrap(),
+                &model.batch_ids(std::slice::from_ref(&ids)).unwrap(),
                 &mut Hooks::none(),
                 None,
             )

@@ -192,7 +192,7 @@ fn decoder_parity(name: &str) {
             ids_of(&reference[&format!("p{p}.ids")]),
             "{name} prompt {p} ids"
         );
-        let batch = model.batch_ids(&[ids.clone()]).unwrap();
+        let batch = model.batch_ids(std::slice::from_ref(&ids)).unwrap();
         let mut hooks = Hooks::none().record_all(points.clone());
         model.forward(&batch, &mut hooks, None).unwrap();
         let key = |p: &HookPoint| match p {

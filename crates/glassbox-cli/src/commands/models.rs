@@ -29,8 +29,8 @@ pub fn run(json: bool) -> Result<()> {
     }
     println!("models in {}", registry::home().display());
     println!(
-        "{:<10} {:<11} {:<8} {:<7} {}",
-        "NAME", "INSTALLED", "LAYERS", "D_MODEL", "DESCRIPTION"
+        "{:<10} {:<11} {:<8} {:<7} DESCRIPTION",
+        "NAME", "INSTALLED", "LAYERS", "D_MODEL"
     );
     for r in &rows {
         let c = &r["config"];
