@@ -138,19 +138,28 @@ impl Block {
             None => (k, v),
         };
         let scale = 1.0 / (a.d_head as f64).sqrt();
-        let inspect_pattern = pass
-            .hooks
-            .wants(HookPoint::Block(self.layer, BlockHook::AttnScores))
-            || pass
-                .hooks
-                .wants(HookPoint::Block(self.layer, BlockHook::AttnPattern));
-        let fused = if inspect_pattern {
+        let (scores_at, pattern_at) = (
+            HookPoint::Block(self.layer, BlockHook::AttnScores),
+            HookPoint::Block(self.layer, BlockHook::AttnPattern),
+        );
+        // Editing scores or pattern needs them as tensors in the computation; reading them
+        // does not, the fused kernel hands out copies.
+        let edits_pattern = pass.hooks.replaces(scores_at) || pass.hooks.replaces(pattern_at);
+        let fused = if edits_pattern {
             None
         } else {
-            ops::attention_fused(&q, &k, &v, &pass.mask, scale as f32)?
+            let (scores, pattern) = (pass.hooks.wants(scores_at), pass.hooks.wants(pattern_at));
+            ops::attention_fused(&q, &k, &v, &pass.mask, scale as f32, scores, pattern)?
         };
         let z = match fused {
-            Some(z) => z,
+            Some(a) => {
+                for (point, t) in [(scores_at, a.scores), (pattern_at, a.pattern)] {
+                    if let Some(t) = t {
+                        pass.hooks.at(point, t)?;
+                    }
+                }
+                a.z
+            }
             None => self.attention_materialised(&q, &k, &v, pass, scale)?,
         };
         let z = self.hook(pass, BlockHook::AttnZ, z)?;

@@ -251,6 +251,11 @@ impl<'a> Hooks<'a> {
         self.active && (self.record.contains(&point) || self.replace.contains_key(&point))
     }
 
+    /// Whether a replacement is attached at `point`.
+    pub fn replaces(&self, point: HookPoint) -> bool {
+        self.active && self.replace.contains_key(&point)
+    }
+
     /// Called by the forward pass at every hook point.
     #[inline]
     pub fn at(&mut self, point: HookPoint, t: Tensor) -> Result<Tensor> {

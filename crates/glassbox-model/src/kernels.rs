@@ -223,11 +223,20 @@ impl SendPtr {
     }
 }
 
+/// What [`attention`] returns: z laid out like q, and, when asked for, the masked scaled scores
+/// and the softmax pattern, both `[batch, heads, q_len, kv_len]`.
+pub struct AttnResult {
+    pub z: Vec<f32>,
+    pub scores: Option<Vec<f32>>,
+    pub pattern: Option<Vec<f32>>,
+}
+
 /// Fused scaled-dot-product attention: one task per (batch, head), each a pair of small
 /// single-threaded GEMMs with the mask and softmax applied in between, reading q/k/v in their
 /// projection layout (no transposes). Masked keys get score `f32::MIN` before the softmax,
 /// as in PyTorch, so a row with every key masked attends uniformly instead of making NaN.
 /// `key_mask` is `[batch, kv_len]`, 1 = attend. Queries sit at the last `q_len` positions.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
     k: &[f32],
@@ -235,7 +244,9 @@ pub fn attention(
     key_mask: Option<&[u8]>,
     s: AttnShape,
     scale: f32,
-) -> Vec<f32> {
+    want_scores: bool,
+    want_pattern: bool,
+) -> AttnResult {
     let AttnShape {
         batch,
         heads,
@@ -255,16 +266,25 @@ pub fn attention(
     if let Some(m) = key_mask {
         assert_eq!(m.len(), batch * kv_len, "attention: mask size");
     }
+    let plane = q_len * kv_len;
     let mut z = vec![0f32; q.len()];
-    if q_len == 0 || kv_len == 0 {
-        return z;
+    let mut scores_out = want_scores.then(|| vec![0f32; batch * heads * plane]);
+    let mut pattern_out = want_pattern.then(|| vec![0f32; batch * heads * plane]);
+    if plane == 0 {
+        return AttnResult {
+            z,
+            scores: scores_out,
+            pattern: pattern_out,
+        };
     }
     let group = heads / kv_heads;
     let past = kv_len - q_len.min(kv_len);
     let z_ptr = SendPtr(z.as_mut_ptr());
+    let scores_ptr = scores_out.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
+    let pattern_ptr = pattern_out.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
     let (q_row, kv_row) = ((heads * d_head) as isize, (kv_heads * d_head) as isize);
     (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0f32; q_len * kv_len],
+        || vec![0f32; plane],
         |scores, task| {
             let (b, h) = (task / heads, task % heads);
             let kvh = h / group;
@@ -301,24 +321,34 @@ pub fn attention(
             }
             let mask = key_mask.map(|m| &m[b * kv_len..(b + 1) * kv_len]);
             for (i, row) in scores.chunks_mut(kv_len).enumerate() {
-                let mut max = f32::NEG_INFINITY;
                 for (j, x) in row.iter_mut().enumerate() {
                     let visible = !(causal && j > past + i) && mask.is_none_or(|m| m[j] != 0);
                     *x = if visible { *x * scale } else { f32::MIN };
-                    max = max.max(*x);
                 }
+            }
+            // SAFETY (three copies and z below): task (b, h) writes only its own plane
+            // [b, h] of scores/pattern and z[b, :, h, :], disjoint from every other task's.
+            if let Some(p) = scores_ptr {
+                unsafe { std::slice::from_raw_parts_mut(p.get().add(task * plane), plane) }
+                    .copy_from_slice(scores);
+            }
+            for row in scores.chunks_mut(kv_len) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 vectorised(|| {
                     row.iter_mut().for_each(|x| *x = fastmath::exp(*x - max));
                     let inv = 1.0 / row.iter().sum::<f32>();
                     row.iter_mut().for_each(|x| *x *= inv);
                 });
             }
+            if let Some(p) = pattern_ptr {
+                unsafe { std::slice::from_raw_parts_mut(p.get().add(task * plane), plane) }
+                    .copy_from_slice(scores);
+            }
             let p = Strided {
                 ptr: scores.as_ptr(),
                 row: kv_len as isize,
                 col: 1,
             };
-            // SAFETY: task (b, h) writes only z[b, :, h, :], disjoint from every other task's.
             unsafe {
                 let dst = z_ptr.get().add((b * q_len * heads + h) * d_head);
                 matmul(
@@ -335,7 +365,11 @@ pub fn attention(
             }
         },
     );
-    z
+    AttnResult {
+        z,
+        scores: scores_out,
+        pattern: pattern_out,
+    }
 }
 
 #[cfg(test)]
@@ -403,7 +437,7 @@ mod tests {
         let q = pseudo_random(s.batch * s.q_len * s.heads * s.d_head, 1);
         let k = pseudo_random(s.batch * s.kv_len * s.kv_heads * s.d_head, 2);
         let v = pseudo_random(k.len(), 3);
-        let fused = attention(&q, &k, &v, None, s, 0.35);
+        let fused = attention(&q, &k, &v, None, s, 0.35, false, false).z;
         let reference = naive(&q, &k, &v, s, 0.35);
         for (a, b) in fused.iter().zip(&reference) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");

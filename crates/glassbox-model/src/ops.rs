@@ -260,15 +260,24 @@ pub struct AttnMask {
     pub keys: Option<Vec<u8>>,
 }
 
-/// Fused attention on CPU: q `[b, t, h, dh]`, k/v `[b, s, kvh, dh]` → z `[b, t, h, dh]`.
-/// Returns `None` where the fused kernel does not apply (not CPU f32).
+/// Output of [`attention_fused`]: z `[b, t, h, dh]`, and scores / pattern `[b, h, t, s]` when asked.
+pub struct Attended {
+    pub z: Tensor,
+    pub scores: Option<Tensor>,
+    pub pattern: Option<Tensor>,
+}
+
+/// Fused attention on CPU: q `[b, t, h, dh]`, k/v `[b, s, kvh, dh]`. Returns `None` where the
+/// fused kernel does not apply (not CPU f32).
 pub fn attention_fused(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &AttnMask,
     scale: f32,
-) -> Result<Option<Tensor>> {
+    want_scores: bool,
+    want_pattern: bool,
+) -> Result<Option<Attended>> {
     if !(is_cpu_f32(q) && is_cpu_f32(k) && is_cpu_f32(v)) {
         return Ok(None);
     }
@@ -283,14 +292,28 @@ pub fn attention_fused(
         d_head,
         causal: mask.causal,
     };
-    let z = with_slice(q, |q| {
+    let r = with_slice(q, |q| {
         with_slice(k, |k| {
             with_slice(v, |v| {
-                kernels::attention(q, k, v, mask.keys.as_deref(), shape, scale)
+                kernels::attention(
+                    q,
+                    k,
+                    v,
+                    mask.keys.as_deref(),
+                    shape,
+                    scale,
+                    want_scores,
+                    want_pattern,
+                )
             })
         })
     })???;
-    Ok(Some(cpu_tensor(z, q.dims())?))
+    let plane = [batch, heads, q_len, kv_len];
+    Ok(Some(Attended {
+        z: cpu_tensor(r.z, q.dims())?,
+        scores: r.scores.map(|s| cpu_tensor(s, &plane)).transpose()?,
+        pattern: r.pattern.map(|p| cpu_tensor(p, &plane)).transpose()?,
+    }))
 }
 
 /// Scaled, masked attention scores `[b, h, t, s]` from q `[b, h, t, dh]` and k `[b, h, s, dh]`,

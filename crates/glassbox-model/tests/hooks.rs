@@ -36,19 +36,43 @@ const TEXT: &str = "The quick brown fox jumps over the lazy dog";
 fn fused_and_materialised_attention_agree() {
     for name in ["tiny-gpt2", "tiny-llama", "tiny-qwen2"] {
         let model = tiny(name);
-        let plain = logits(&model, TEXT, &mut Hooks::none());
-        let patterns =
-            (0..model.config.n_layers).map(|l| HookPoint::block(l, BlockHook::AttnPattern));
-        let mut hooks = Hooks::none().record_all(patterns);
-        let materialised = logits(&model, TEXT, &mut hooks);
-        assert!(max_abs_diff(&plain, &materialised) < 1e-5, "{name}");
+        let layers = 0..model.config.n_layers;
+        let patterns: Vec<_> = layers
+            .clone()
+            .map(|l| HookPoint::block(l, BlockHook::AttnPattern))
+            .collect();
+        let scores: Vec<_> = layers
+            .map(|l| HookPoint::block(l, BlockHook::AttnScores))
+            .collect();
+        // Recording reads copies out of the fused kernel.
+        let mut fused = Hooks::none().record_all(patterns.iter().chain(&scores).copied());
+        let plain = logits(&model, TEXT, &mut fused);
+        // An (identity) replacement makes every layer build scores and pattern as tensors.
+        let mut materialised = Hooks::none().record_all(patterns.iter().chain(&scores).copied());
+        for p in &scores {
+            materialised = materialised.replace(*p, |t| Ok(t.clone()));
+        }
+        let slow = logits(&model, TEXT, &mut materialised);
+        assert!(max_abs_diff(&plain, &slow) < 1e-5, "{name}: logits");
+        for p in patterns.iter().chain(&scores) {
+            let (a, b) = (
+                fused.cache().get(p).unwrap(),
+                materialised.cache().get(p).unwrap(),
+            );
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-4, "{name} {p}: {d}");
+        }
         // Each pattern row is a distribution over visible (earlier) keys.
-        let p = hooks
-            .cache()
-            .get(&HookPoint::block(1, BlockHook::AttnPattern))
-            .unwrap()
-            .get(0)
-            .unwrap();
+        let p = fused.cache().get(&patterns[1]).unwrap().get(0).unwrap();
         let sums = p
             .sum(2)
             .unwrap()
