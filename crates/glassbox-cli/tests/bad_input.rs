@@ -247,3 +247,40 @@ fn generate_refuses_encoders_and_empty_prompts() {
     let m = fixture("tiny-gpt2");
     fails(&["generate", m.to_str().unwrap(), ""], &["prompt is empty"]);
 }
+
+#[test]
+fn setup_without_a_working_pip_says_so_and_leaves_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(["setup", "--python", "/nonexistent/python3"])
+        .env("GLASSBOX_HOME", home.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/python3") && stderr.contains("GLASSBOX_PYTHON"),
+        "{stderr}"
+    );
+    let models = home.path().join("models");
+    let leftovers: Vec<_> = std::fs::read_dir(&models)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "partial install left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn setup_is_idempotent() {
+    // The test suite ran `glassbox setup` before the tests; a second run installs nothing.
+    let out = glassbox(&["setup", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["models"][0]["installed_now"], false);
+}
