@@ -10,6 +10,7 @@ use crate::config::{ModelConfig, Positional};
 use crate::error::{ModelError, Result};
 use crate::hooks::{HookPoint, Hooks};
 use crate::ops::{self, AttnMask, Linear, Norm, Rope};
+use crate::registry;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::WeightFile;
 
@@ -78,13 +79,9 @@ impl KvCache {
 impl Model {
     /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        for file in ["config.json", "model.safetensors", "tokenizer.json"] {
-            if !dir.join(file).is_file() {
-                return Err(ModelError::ModelNotFound {
-                    name: dir.display().to_string(),
-                    msg: format!("`{file}` is missing; a model directory holds config.json, model.safetensors and tokenizer.json"),
-                });
-            }
+        let missing = registry::missing_files(dir);
+        if !missing.is_empty() {
+            return Err(registry::incomplete_dir(dir, &missing));
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = WeightFile::open(&dir.join("model.safetensors"))?;

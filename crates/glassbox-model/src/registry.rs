@@ -110,7 +110,27 @@ impl PackagedModel {
 const MODEL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
 
 pub fn is_model_dir(dir: &Path) -> bool {
-    MODEL_FILES.iter().all(|f| dir.join(f).is_file())
+    missing_files(dir).is_empty()
+}
+
+/// Which of the three model files `dir` lacks.
+pub fn missing_files(dir: &Path) -> Vec<&'static str> {
+    MODEL_FILES
+        .iter()
+        .filter(|f| !dir.join(f).is_file())
+        .copied()
+        .collect()
+}
+
+/// The error for a directory that lacks model files.
+pub(crate) fn incomplete_dir(dir: &Path, missing: &[&str]) -> ModelError {
+    ModelError::ModelNotFound {
+        name: dir.display().to_string(),
+        msg: format!(
+            "{} is missing; a model directory holds config.json, model.safetensors and tokenizer.json",
+            missing.join(" and ")
+        ),
+    }
 }
 
 /// Resolves a short name (`minilm`) or a directory path to a model directory.
@@ -132,18 +152,7 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
         if is_model_dir(path) {
             return Ok(path.to_path_buf());
         }
-        let missing: Vec<_> = MODEL_FILES
-            .iter()
-            .filter(|f| !path.join(f).is_file())
-            .copied()
-            .collect();
-        return Err(ModelError::ModelNotFound {
-            name: name_or_path.into(),
-            msg: format!(
-                "{} is missing; a model directory holds config.json, model.safetensors and tokenizer.json",
-                missing.join(" and ")
-            ),
-        });
+        return Err(incomplete_dir(path, &missing_files(path)));
     }
     let names: Vec<_> = PACKAGED.iter().map(|m| m.name).collect();
     Err(ModelError::ModelNotFound {
