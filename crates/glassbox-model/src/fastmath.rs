@@ -54,6 +54,41 @@ pub fn erf(x: f32) -> f32 {
     x * p / q
 }
 
+const LANES: usize = 16;
+
+/// Maximum of a slice (−∞ when empty), in 16 independent lanes so that it vectorises
+/// (a plain float fold is a serial dependency chain).
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = if *v > *a { *v } else { *a };
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
+/// Sum of a slice in 16 independent lanes (see [`max`]).
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Runs `f`, compiled for AVX2+FMA when the CPU has them. `f` must be `#[inline(always)]`
 /// code (closures are) so that it is compiled inside the AVX2 function.
 #[inline(always)]

@@ -320,26 +320,39 @@ pub fn attention(
                 );
             }
             let mask = key_mask.map(|m| &m[b * kv_len..(b + 1) * kv_len]);
-            for (i, row) in scores.chunks_mut(kv_len).enumerate() {
-                for (j, x) in row.iter_mut().enumerate() {
-                    let visible = !(causal && j > past + i) && mask.is_none_or(|m| m[j] != 0);
-                    *x = if visible { *x * scale } else { f32::MIN };
+            vectorised(|| {
+                for (i, row) in scores.chunks_mut(kv_len).enumerate() {
+                    // Keys after the query (causal) are masked: split the row there.
+                    let visible = if causal {
+                        (past + i + 1).min(kv_len)
+                    } else {
+                        kv_len
+                    };
+                    let (seen, unseen) = row.split_at_mut(visible);
+                    match mask {
+                        None => seen.iter_mut().for_each(|x| *x *= scale),
+                        Some(m) => seen
+                            .iter_mut()
+                            .zip(m)
+                            .for_each(|(x, &m)| *x = if m != 0 { *x * scale } else { f32::MIN }),
+                    }
+                    unseen.fill(f32::MIN);
                 }
-            }
+            });
             // SAFETY (three copies and z below): task (b, h) writes only its own plane
             // [b, h] of scores/pattern and z[b, :, h, :], disjoint from every other task's.
             if let Some(p) = scores_ptr {
                 unsafe { std::slice::from_raw_parts_mut(p.get().add(task * plane), plane) }
                     .copy_from_slice(scores);
             }
-            for row in scores.chunks_mut(kv_len) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                vectorised(|| {
+            vectorised(|| {
+                for row in scores.chunks_mut(kv_len) {
+                    let max = fastmath::max(row);
                     row.iter_mut().for_each(|x| *x = fastmath::exp(*x - max));
-                    let inv = 1.0 / row.iter().sum::<f32>();
+                    let inv = 1.0 / fastmath::sum(row);
                     row.iter_mut().for_each(|x| *x *= inv);
-                });
-            }
+                }
+            });
             if let Some(p) = pattern_ptr {
                 unsafe { std::slice::from_raw_parts_mut(p.get().add(task * plane), plane) }
                     .copy_from_slice(scores);
