@@ -21,7 +21,8 @@ use clap::{Parser, Subcommand};
         glassbox setup\n  \
         glassbox run minilm \"The cat sat on the mat.\" --hook 'blocks.*.hook_resid_post'\n  \
         glassbox run minilm --list-hooks\n  \
-        glassbox generate path/to/gpt2 \"Once upon a time\" --max-tokens 20"
+        glassbox generate path/to/gpt2 \"Once upon a time\" --max-tokens 20\n  \
+        glassbox harvest --model minilm --hook blocks.3.hook_resid_pre --tokens 1000000 --out acts/minilm-l3"
 )]
 struct Cli {
     /// Where to compute: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`.
@@ -46,6 +47,8 @@ enum Command {
     Run(commands::run::Args),
     /// Continue a prompt with greedy decoding (decoder models), using the KV cache.
     Generate(commands::generate::Args),
+    /// Stream a corpus through a model and store the activations at one hook point (resumable).
+    Harvest(commands::harvest::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Models => commands::models::run(cli.json),
         Command::Run(args) => commands::run::run(args, &cli.device, cli.json),
         Command::Generate(args) => commands::generate::run(args, &cli.device, cli.json),
+        Command::Harvest(args) => commands::harvest::run(args, &cli.device, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

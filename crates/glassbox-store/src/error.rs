@@ -1,0 +1,38 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Corpus { path: PathBuf, msg: String },
+    #[error("activation store {path}: {msg}")]
+    Store { path: PathBuf, msg: String },
+    #[error("setting up corpus `{name}`: {msg}")]
+    Setup { name: String, msg: String },
+    #[error(transparent)]
+    Model(#[from] glassbox_model::ModelError),
+    #[error("tensor error: {0}")]
+    Tensor(#[from] glassbox_model::candle::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    pub fn store(path: &std::path::Path, msg: impl Into<String>) -> Self {
+        Self::Store {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+}

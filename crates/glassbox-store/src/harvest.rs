@@ -1,0 +1,199 @@
+//! Harvesting: stream a corpus through the model and store the activations at one hook.
+//!
+//! The corpus becomes one token stream cut into contexts of `context_len` tokens (the
+//! model's special tokens around each); the activations of the content tokens are stored,
+//! those of special tokens are not (their norms are outliers that would dominate a
+//! dictionary). Contexts are numbered, shards hold whole contexts, and the manifest records how
+//! many are stored: rerunning the same command skips those and continues.
+
+use std::path::Path;
+
+use glassbox_model::{HookPoint, Hooks, Model};
+
+use crate::activations::{write_shard, Manifest};
+use crate::corpus::{self, Documents};
+use crate::error::{Result, StoreError};
+use crate::fsutil;
+
+#[derive(Debug, Clone)]
+pub struct HarvestConfig {
+    pub hook: HookPoint,
+    /// Content tokens to store in total.
+    pub tokens: usize,
+    /// Tokens per context, special tokens included.
+    pub context_len: usize,
+    /// Contexts per forward pass.
+    pub batch: usize,
+    /// Rows per shard (shards end at a context boundary, so they may hold a few more).
+    pub shard_rows: usize,
+}
+
+/// SHA-256 over the corpus files (each file's hash, in order).
+pub fn corpus_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in corpus::files(path)? {
+        h.update(fsutil::sha256_file(&f)?.as_bytes());
+    }
+    Ok(fsutil::hex(&h.finalize()))
+}
+
+/// Cuts documents into contexts of content tokens.
+struct Contexts {
+    docs: Documents,
+    model: std::sync::Arc<glassbox_model::tokenizer::TextTokenizer>,
+    content_len: usize,
+    pending: Vec<u32>,
+    done: bool,
+}
+
+impl Iterator for Contexts {
+    type Item = Result<Vec<u32>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.pending.len() < self.content_len && !self.done {
+            match self.docs.next() {
+                None => self.done = true,
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(doc)) => match self.model.encode_plain(&doc) {
+                    Ok(ids) => self.pending.extend(ids),
+                    Err(e) => return Some(Err(e.into())),
+                },
+            }
+        }
+        if self.pending.len() < self.content_len {
+            return None; // a last partial context is dropped
+        }
+        let rest = self.pending.split_off(self.content_len);
+        Some(Ok(std::mem::replace(&mut self.pending, rest)))
+    }
+}
+
+/// Progress as `(tokens stored, tokens wanted)`.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+pub fn harvest(
+    model: &Model,
+    model_name: &str,
+    corpus_path: &Path,
+    out: &Path,
+    cfg: &HarvestConfig,
+    progress: Progress,
+) -> Result<Manifest> {
+    let (prefix, suffix) = model.tokenizer.special_affixes()?;
+    let content_len = cfg.context_len.saturating_sub(prefix.len() + suffix.len());
+    if content_len == 0 || cfg.context_len > model.config.max_positions {
+        return Err(StoreError::store(out, format!("context length {} must fit the model's {} positions and exceed its {} special tokens", cfg.context_len, model.config.max_positions, prefix.len() + suffix.len())));
+    }
+    let hook_name = cfg.hook.to_string();
+    let fresh = Manifest::new(
+        model_name,
+        fsutil::sha256_file(&model.dir().join("model.safetensors"))?,
+        &hook_name,
+        model.config.d_model,
+        &corpus_path.to_string_lossy(),
+        corpus_sha256(corpus_path)?,
+        cfg.context_len,
+        cfg.tokens,
+    );
+    std::fs::create_dir_all(out).map_err(|e| StoreError::io(out, e))?;
+    let mut manifest = if out.join(crate::activations::MANIFEST).exists() {
+        let m = Manifest::read(out)?;
+        m.check_same_source(&fresh, out)?;
+        m
+    } else {
+        fresh
+    };
+    manifest.tokens_target = cfg.tokens;
+    manifest.complete = manifest.tokens >= cfg.tokens;
+    progress(manifest.tokens, cfg.tokens);
+    if manifest.complete {
+        return Ok(manifest);
+    }
+
+    let mut contexts = Contexts {
+        docs: Documents::open(corpus_path)?,
+        model: std::sync::Arc::new(model.tokenizer.clone()),
+        content_len,
+        pending: Vec::new(),
+        done: false,
+    }
+    .skip(manifest.contexts_done);
+    let d = model.config.d_model;
+    let (mut rows, mut ids) = (Vec::<f32>::new(), Vec::<u32>::new());
+    let mut contexts_in_buffer = 0;
+    let flush = |manifest: &mut Manifest,
+                 rows: &mut Vec<f32>,
+                 ids: &mut Vec<u32>,
+                 n_ctx: &mut usize|
+     -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let shard = write_shard(out, manifest.shards.len(), rows, ids, d)?;
+        manifest.tokens += shard.rows;
+        manifest.contexts_done += *n_ctx;
+        manifest.shards.push(shard);
+        manifest.write(out)?;
+        rows.clear();
+        ids.clear();
+        *n_ctx = 0;
+        Ok(())
+    };
+    let mut exhausted = false;
+    while manifest.tokens + ids.len() < cfg.tokens {
+        let mut batch_ids = Vec::with_capacity(cfg.batch);
+        for _ in 0..cfg.batch {
+            match contexts.next() {
+                Some(c) => batch_ids.push(c?),
+                None => {
+                    exhausted = true;
+                    break;
+                }
+            }
+        }
+        if batch_ids.is_empty() {
+            break;
+        }
+        let full: Vec<Vec<u32>> = batch_ids
+            .iter()
+            .map(|c| [prefix.as_slice(), c, suffix.as_slice()].concat())
+            .collect();
+        let batch = model.batch_ids(&full)?;
+        let mut hooks = Hooks::none().record(cfg.hook);
+        model.forward(&batch, &mut hooks, None)?;
+        let act = hooks
+            .cache()
+            .get(&cfg.hook)
+            .ok_or_else(|| StoreError::store(out, format!("hook {hook_name} did not fire")))?;
+        let dims = act.dims().to_vec();
+        if dims.len() != 3 || dims[2] != d {
+            return Err(StoreError::store(out, format!("hook {hook_name} has shape {dims:?}; only residual-width hooks [batch, pos, {d}] can be harvested")));
+        }
+        let act = act
+            .narrow(1, prefix.len(), content_len)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        rows.extend(act);
+        ids.extend(batch_ids.iter().flatten());
+        contexts_in_buffer += batch_ids.len();
+        progress(manifest.tokens + ids.len(), cfg.tokens);
+        if ids.len() >= cfg.shard_rows {
+            flush(&mut manifest, &mut rows, &mut ids, &mut contexts_in_buffer)?;
+        }
+        if exhausted {
+            break;
+        }
+    }
+    flush(&mut manifest, &mut rows, &mut ids, &mut contexts_in_buffer)?;
+    if manifest.shards.is_empty() {
+        return Err(StoreError::Corpus {
+            path: corpus_path.into(),
+            msg: format!(
+                "yields no context of {content_len} tokens: the corpus is empty or too short"
+            ),
+        });
+    }
+    manifest.complete = true;
+    manifest.write(out)?;
+    Ok(manifest)
+}

@@ -1,0 +1,10 @@
+//! Glassbox layer 3 (first part): text corpora, the sharded on-disk activation store, and
+//! harvesting activations from a model into it.
+
+pub mod activations;
+pub mod corpus;
+pub mod error;
+pub mod fsutil;
+pub mod harvest;
+
+pub use error::{Result, StoreError};

@@ -1,0 +1,227 @@
+//! Harvesting into the store and reading it back, on the tiny GPT-2 checkpoint with the
+//! project's README as a (small, real) corpus.
+
+use std::path::{Path, PathBuf};
+
+use glassbox_model::{BlockHook, Device, HookPoint, Hooks, Model};
+use glassbox_store::activations::{ActivationStore, Manifest};
+use glassbox_store::harvest::{harvest, HarvestConfig};
+
+fn model() -> Model {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../glassbox-model/tests/fixtures/tiny-gpt2");
+    Model::load(&dir, &Device::Cpu).unwrap()
+}
+
+fn corpus() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let path = dir.path().join("readme.txt");
+    std::fs::write(&path, readme).unwrap();
+    (dir, path)
+}
+
+fn config(tokens: usize) -> HarvestConfig {
+    HarvestConfig {
+        hook: HookPoint::block(1, BlockHook::ResidPre),
+        tokens,
+        context_len: 32,
+        batch: 4,
+        shard_rows: 256,
+    }
+}
+
+#[test]
+fn harvested_rows_equal_a_direct_forward_pass() {
+    let m = model();
+    let (_c, corpus) = corpus();
+    let out = tempfile::tempdir().unwrap();
+    let manifest = harvest(
+        &m,
+        "tiny-gpt2",
+        &corpus,
+        out.path(),
+        &config(1000),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(
+        manifest.complete && manifest.tokens >= 1000 && manifest.shards.len() >= 3,
+        "{manifest:?}"
+    );
+    assert_eq!(
+        manifest.contexts_done * 32,
+        manifest.tokens,
+        "GPT-2 adds no special tokens"
+    );
+
+    let store = ActivationStore::open(out.path()).unwrap();
+    let shard = store.read_shard(0).unwrap();
+    let first: Vec<u32> = shard.token_ids[..32].to_vec();
+    let mut hooks = Hooks::none().record(config(0).hook);
+    m.forward(&m.batch_ids(&[first]).unwrap(), &mut hooks, None)
+        .unwrap();
+    let direct = hooks
+        .cache()
+        .get(&config(0).hook)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for (a, b) in shard.rows[..direct.len()].iter().zip(&direct) {
+        assert!(
+            (a - b).abs() <= 2e-3 * b.abs().max(1.0),
+            "stored {a}, computed {b} (f16 rounding only)"
+        );
+    }
+}
+
+#[test]
+fn an_interrupted_harvest_resumes_to_the_same_store() {
+    let m = model();
+    let (_c, corpus) = corpus();
+    let (whole, parts) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    harvest(
+        &m,
+        "tiny-gpt2",
+        &corpus,
+        whole.path(),
+        &config(1200),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    // A first run that stopped early, then the full command again.
+    harvest(
+        &m,
+        "tiny-gpt2",
+        &corpus,
+        parts.path(),
+        &config(500),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let resumed = harvest(
+        &m,
+        "tiny-gpt2",
+        &corpus,
+        parts.path(),
+        &config(1200),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let full = Manifest::read(whole.path()).unwrap();
+    assert_eq!(resumed.tokens, full.tokens);
+    let (a, b) = (
+        ActivationStore::open(whole.path()).unwrap(),
+        ActivationStore::open(parts.path()).unwrap(),
+    );
+    let ids = |s: &ActivationStore| -> Vec<u32> {
+        (0..s.manifest.shards.len())
+            .flat_map(|i| s.read_shard(i).unwrap().token_ids)
+            .collect()
+    };
+    assert_eq!(
+        ids(&a),
+        ids(&b),
+        "the resumed store holds the same tokens in the same order"
+    );
+}
+
+#[test]
+fn a_store_from_another_hook_is_not_extended() {
+    let m = model();
+    let (_c, corpus) = corpus();
+    let out = tempfile::tempdir().unwrap();
+    harvest(
+        &m,
+        "tiny-gpt2",
+        &corpus,
+        out.path(),
+        &config(200),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let mut other = config(400);
+    other.hook = HookPoint::block(0, BlockHook::ResidPost);
+    let err = harvest(&m, "tiny-gpt2", &corpus, out.path(), &other, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("another hook") && err.contains("--out"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_shards_and_empty_corpora_are_reported() {
+    let m = model();
+    let (_c, corpus) = corpus();
+    let out = tempfile::tempdir().unwrap();
+    let manifest = harvest(
+        &m,
+        "tiny-gpt2",
+        &corpus,
+        out.path(),
+        &config(600),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let shard = out.path().join(&manifest.shards[1].file);
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 100]).unwrap();
+    let store = ActivationStore::open(out.path()).unwrap();
+    let err = store.read_shard(1).err().unwrap().to_string();
+    assert!(
+        err.contains("shard-00001") && err.contains("corrupt"),
+        "{err}"
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("e.txt"), "\n\n").unwrap();
+    let err = harvest(
+        &m,
+        "tiny-gpt2",
+        empty.path(),
+        tempfile::tempdir().unwrap().path(),
+        &config(100),
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no context"), "{err}");
+}
+
+#[test]
+fn shuffled_batches_cover_the_store_and_skip_deterministically() {
+    let m = model();
+    let (_c, corpus) = corpus();
+    let out = tempfile::tempdir().unwrap();
+    harvest(
+        &m,
+        "tiny-gpt2",
+        &corpus,
+        out.path(),
+        &config(1000),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let store = ActivationStore::open(out.path()).unwrap();
+    let batches: Vec<Vec<f32>> = store
+        .batches(64, 2, 7)
+        .unwrap()
+        .take(40)
+        .map(|b| b.unwrap())
+        .collect();
+    assert!(batches.iter().all(|b| b.len() == 64 * 64));
+    let mut skipped = store.batches(64, 2, 7).unwrap();
+    skipped.fast_forward(23);
+    assert_eq!(skipped.next().unwrap().unwrap(), batches[23]);
+    assert_ne!(
+        batches[0],
+        store.batches(64, 2, 8).unwrap().next().unwrap().unwrap(),
+        "the seed matters"
+    );
+}
