@@ -202,6 +202,7 @@ pub struct Hooks<'a> {
     replace: HashMap<HookPoint, ReplaceFn<'a>>,
     cache: ActivationCache,
     active: bool,
+    stop_after: Option<usize>,
 }
 
 impl<'a> Hooks<'a> {
@@ -239,6 +240,17 @@ impl<'a> Hooks<'a> {
     /// Replaces the activation at `point` with a fixed tensor (activation patching).
     pub fn patch(self, point: HookPoint, value: Tensor) -> Self {
         self.replace(point, move |_| Ok(value.clone()))
+    }
+
+    /// Ends the forward pass after block `layer` (the output then holds that block's
+    /// residual stream and no logits): harvesting an early layer need not run the rest.
+    pub fn stop_after_block(mut self, layer: usize) -> Self {
+        self.stop_after = Some(layer);
+        self
+    }
+
+    pub fn stop_after(&self) -> Option<usize> {
+        self.stop_after
     }
 
     pub fn is_active(&self) -> bool {

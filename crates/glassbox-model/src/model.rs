@@ -238,9 +238,16 @@ impl Model {
             rope: self.rope.as_ref(),
             offset,
         };
+        let stop = pass.hooks.stop_after();
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.forward(x, &mut pass, layer_cache)?;
+            if stop == Some(i) {
+                if cache.is_some() {
+                    return Err(ModelError::Input("an early stop cannot be combined with the KV cache".into()));
+                }
+                return Ok(Output { hidden: x, logits: None });
+            }
         }
         if let Some(c) = cache {
             c.len += t;

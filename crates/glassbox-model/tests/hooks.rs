@@ -219,3 +219,17 @@ fn hooks_are_scoped_to_one_call() {
     assert_eq!(first.cache().len(), 1);
     assert!(second.cache().is_empty());
 }
+
+#[test]
+fn stopping_after_a_block_keeps_its_activations() {
+    let model = tiny("tiny-llama");
+    let point = HookPoint::block(0, BlockHook::ResidPost);
+    let batch = model.batch(&[TEXT], false).unwrap();
+    let mut full = Hooks::none().record(point);
+    model.forward(&batch, &mut full, None).unwrap();
+    let mut early = Hooks::none().record(point).stop_after_block(0);
+    let out = model.forward(&batch, &mut early, None).unwrap();
+    assert!(out.logits.is_none());
+    assert_eq!(max_abs_diff(&out.hidden, full.cache().get(&point).unwrap()), 0.0);
+    assert!(early.cache().get(&point).is_some());
+}

@@ -160,6 +160,9 @@ pub fn harvest(
             .collect();
         let batch = model.batch_ids(&full)?;
         let mut hooks = Hooks::none().record(cfg.hook);
+        if let HookPoint::Block(layer, _) = cfg.hook {
+            hooks = hooks.stop_after_block(layer);
+        }
         model.forward(&batch, &mut hooks, None)?;
         let act = hooks
             .cache()
