@@ -202,7 +202,7 @@ pub struct Hooks<'a> {
     replace: HashMap<HookPoint, ReplaceFn<'a>>,
     cache: ActivationCache,
     active: bool,
-    stop_after: Option<usize>,
+    stop_at: Option<HookPoint>,
 }
 
 impl<'a> Hooks<'a> {
@@ -242,15 +242,16 @@ impl<'a> Hooks<'a> {
         self.replace(point, move |_| Ok(value.clone()))
     }
 
-    /// Ends the forward pass after block `layer` (the output then holds that block's
-    /// residual stream and no logits): harvesting an early layer need not run the rest.
-    pub fn stop_after_block(mut self, layer: usize) -> Self {
-        self.stop_after = Some(layer);
+    /// Ends the forward pass once the block holding `point` has produced it: at a block's
+    /// `hook_resid_pre` before the block runs, at any other block hook after the block.
+    /// The output then has no logits. Harvesting an early layer need not run the rest.
+    pub fn stop_at(mut self, point: HookPoint) -> Self {
+        self.stop_at = Some(point);
         self
     }
 
-    pub fn stop_after(&self) -> Option<usize> {
-        self.stop_after
+    pub fn stop_point(&self) -> Option<HookPoint> {
+        self.stop_at
     }
 
     pub fn is_active(&self) -> bool {

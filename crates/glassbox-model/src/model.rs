@@ -8,7 +8,7 @@ use crate::arch::{self, Embeddings};
 use crate::block::{Block, LayerCache, Pass};
 use crate::config::{ModelConfig, Positional};
 use crate::error::{ModelError, Result};
-use crate::hooks::{HookPoint, Hooks};
+use crate::hooks::{BlockHook, HookPoint, Hooks};
 use crate::ops::{self, AttnMask, Linear, Norm, Rope};
 use crate::registry;
 use crate::tokenizer::TextTokenizer;
@@ -238,15 +238,27 @@ impl Model {
             rope: self.rope.as_ref(),
             offset,
         };
-        let stop = pass.hooks.stop_after();
+        let stop = pass.hooks.stop_point();
+        if stop.is_some() && cache.is_some() {
+            return Err(ModelError::Input(
+                "an early stop cannot be combined with the KV cache".into(),
+            ));
+        }
         for (i, block) in self.blocks.iter().enumerate() {
+            if stop == Some(HookPoint::Block(i, BlockHook::ResidPre)) {
+                let x = pass.hooks.at(HookPoint::Block(i, BlockHook::ResidPre), x)?;
+                return Ok(Output {
+                    hidden: x,
+                    logits: None,
+                });
+            }
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.forward(x, &mut pass, layer_cache)?;
-            if stop == Some(i) {
-                if cache.is_some() {
-                    return Err(ModelError::Input("an early stop cannot be combined with the KV cache".into()));
-                }
-                return Ok(Output { hidden: x, logits: None });
+            if matches!(stop, Some(HookPoint::Block(j, _)) if j == i) {
+                return Ok(Output {
+                    hidden: x,
+                    logits: None,
+                });
             }
         }
         if let Some(c) = cache {

@@ -221,15 +221,24 @@ fn hooks_are_scoped_to_one_call() {
 }
 
 #[test]
-fn stopping_after_a_block_keeps_its_activations() {
+fn stopping_at_a_hook_keeps_its_activations() {
     let model = tiny("tiny-llama");
-    let point = HookPoint::block(0, BlockHook::ResidPost);
     let batch = model.batch(&[TEXT], false).unwrap();
-    let mut full = Hooks::none().record(point);
-    model.forward(&batch, &mut full, None).unwrap();
-    let mut early = Hooks::none().record(point).stop_after_block(0);
-    let out = model.forward(&batch, &mut early, None).unwrap();
-    assert!(out.logits.is_none());
-    assert_eq!(max_abs_diff(&out.hidden, full.cache().get(&point).unwrap()), 0.0);
-    assert!(early.cache().get(&point).is_some());
+    for point in [
+        HookPoint::block(0, BlockHook::ResidPost),
+        HookPoint::block(1, BlockHook::ResidPre),
+    ] {
+        let mut full = Hooks::none().record(point);
+        model.forward(&batch, &mut full, None).unwrap();
+        let mut early = Hooks::none().record(point).stop_at(point);
+        let out = model.forward(&batch, &mut early, None).unwrap();
+        assert!(out.logits.is_none());
+        let recorded = early.cache().get(&point).unwrap();
+        assert_eq!(
+            max_abs_diff(recorded, full.cache().get(&point).unwrap()),
+            0.0,
+            "{point}"
+        );
+        assert_eq!(max_abs_diff(&out.hidden, recorded), 0.0);
+    }
 }

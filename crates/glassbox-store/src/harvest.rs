@@ -159,10 +159,7 @@ pub fn harvest(
             .map(|c| [prefix.as_slice(), c, suffix.as_slice()].concat())
             .collect();
         let batch = model.batch_ids(&full)?;
-        let mut hooks = Hooks::none().record(cfg.hook);
-        if let HookPoint::Block(layer, _) = cfg.hook {
-            hooks = hooks.stop_after_block(layer);
-        }
+        let mut hooks = Hooks::none().record(cfg.hook).stop_at(cfg.hook);
         model.forward(&batch, &mut hooks, None)?;
         let act = hooks
             .cache()
