@@ -16,6 +16,7 @@ pub mod block;
 pub mod config;
 pub mod error;
 mod fastmath;
+pub mod fsutil;
 pub mod hooks;
 mod kernels;
 pub mod model;

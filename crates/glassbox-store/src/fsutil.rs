@@ -1,7 +1,5 @@
-//! Writes that never leave a partial file: write a temporary sibling, fsync, rename, fsync the
-//! directory.
+//! File helpers: atomic writes (see `glassbox_model::fsutil`) and content hashes.
 
-use std::io::Write;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -9,21 +7,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Result, StoreError};
 
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        StoreError::io(path, e)
-    })
+    glassbox_model::fsutil::atomic_write(path, bytes).map_err(|e| StoreError::io(path, e))
 }
 
 /// SHA-256 of a file, hex, streamed.

@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DictError {
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+    #[error("invalid dictionary config: {0}")]
+    Config(String),
+    #[error("input has {got} dimensions, the dictionary expects {expected}")]
+    Width { got: usize, expected: usize },
+    #[error("training diverged at step {step}: {msg}")]
+    Diverged { step: usize, msg: String },
+}
+
+pub type Result<T, E = DictError> = std::result::Result<T, E>;
+
+impl DictError {
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    pub fn format(path: &std::path::Path, msg: impl Into<String>) -> Self {
+        Self::Format {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+}

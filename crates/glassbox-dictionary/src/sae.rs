@@ -1,0 +1,232 @@
+//! The sparse autoencoder: parameters, encoding to sparse codes, decoding.
+
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+use crate::config::{Activation, DictConfig};
+use crate::error::{DictError, Result};
+use crate::linalg;
+
+/// Sparse codes of a batch: per token, the active latents and their values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Codes {
+    pub rows: Vec<Vec<(u32, f32)>>,
+}
+
+impl Codes {
+    /// Mean number of active latents per token.
+    pub fn l0(&self) -> f64 {
+        self.rows.iter().map(Vec::len).sum::<usize>() as f64 / self.rows.len().max(1) as f64
+    }
+}
+
+/// Parameters in the input-scaled space (see [`DictConfig::input_scale`]).
+#[derive(Debug, Clone)]
+pub struct Sae {
+    pub cfg: DictConfig,
+    /// Encoder, one row per latent: `[d_sae, d_in]` (SAELens's `W_enc` transposed).
+    pub w_enc_t: Vec<f32>,
+    pub b_enc: Vec<f32>,
+    /// Decoder, one unit-norm row per latent: `[d_sae, d_in]`.
+    pub w_dec: Vec<f32>,
+    pub b_dec: Vec<f32>,
+    /// JumpReLU thresholds `[d_sae]` (empty for other activations).
+    pub threshold: Vec<f32>,
+}
+
+impl Sae {
+    /// Random unit decoder directions, encoder = decoderᵀ, zero biases.
+    pub fn init(cfg: DictConfig, seed: u64) -> Result<Self> {
+        cfg.validate()?;
+        let (d_in, d_sae) = (cfg.d_in, cfg.d_sae);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut w_dec: Vec<f32> = (0..d_in * d_sae)
+            .map(|_| {
+                // Box-Muller: a Gaussian direction is uniform on the sphere once normalised.
+                let (u, v): (f32, f32) = (rng.random_range(1e-7..1.0), rng.random());
+                (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+            })
+            .collect();
+        normalize_rows(&mut w_dec, d_in);
+        Ok(Self {
+            w_enc_t: w_dec.clone(),
+            b_enc: vec![0.0; d_sae],
+            w_dec,
+            b_dec: vec![0.0; d_in],
+            threshold: Vec::new(),
+            cfg,
+        })
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.cfg.d_in
+    }
+
+    pub fn d_sae(&self) -> usize {
+        self.cfg.d_sae
+    }
+
+    fn check_width(&self, x: &[f32]) -> Result<usize> {
+        if !x.len().is_multiple_of(self.d_in()) {
+            return Err(DictError::Width {
+                got: x.len() % self.d_in(),
+                expected: self.d_in(),
+            });
+        }
+        Ok(x.len() / self.d_in())
+    }
+
+    /// Pre-activations `[n, d_sae]` of scaled inputs `xs` (`[n, d_in]`): `(xs − b_dec)·W_enc + b_enc`.
+    pub fn pre_activations(&self, xs: &[f32]) -> Vec<f32> {
+        let (d_in, d_sae) = (self.d_in(), self.d_sae());
+        let n = xs.len() / d_in;
+        let centred: Vec<f32> = xs
+            .chunks(d_in)
+            .flat_map(|r| r.iter().zip(&self.b_dec).map(|(x, b)| x - b))
+            .collect();
+        linalg::matmul_bt_bias(&centred, &self.w_enc_t, &self.b_enc, n, d_in, d_sae)
+    }
+
+    /// The sparse code of each row of `pre` (`[n, d_sae]`). `batch_level` selects BatchTopK's
+    /// training rule (top k·n over the batch) instead of its inference threshold.
+    pub fn select(&self, pre: &[f32], batch_level: bool) -> Codes {
+        let d_sae = self.d_sae();
+        let rows: Vec<Vec<(u32, f32)>> = match self.cfg.activation {
+            Activation::TopK { k } => pre.par_chunks(d_sae).map(|r| top_k(r, k)).collect(),
+            Activation::BatchTopK { threshold, .. } if !batch_level => pre
+                .par_chunks(d_sae)
+                .map(|r| above(r, |_| threshold))
+                .collect(),
+            Activation::BatchTopK { k, .. } => {
+                // Candidates: each token's top 4k (a token keeps at most 4k latents).
+                let cand: Vec<Vec<(u32, f32)>> =
+                    pre.par_chunks(d_sae).map(|r| top_k(r, 4 * k)).collect();
+                let mut all: Vec<f32> = cand.iter().flatten().map(|e| e.1).collect();
+                let keep = (k * cand.len()).min(all.len());
+                if keep == 0 {
+                    return Codes {
+                        rows: vec![Vec::new(); cand.len()],
+                    };
+                }
+                let (_, t, _) = all.select_nth_unstable_by(keep - 1, |a, b| b.total_cmp(a));
+                let t = *t;
+                cand.into_iter()
+                    .map(|r| r.into_iter().filter(|e| e.1 >= t).collect())
+                    .collect()
+            }
+            Activation::Relu { .. } => pre.par_chunks(d_sae).map(|r| above(r, |_| 0.0)).collect(),
+            Activation::JumpRelu => pre
+                .par_chunks(d_sae)
+                .map(|r| above(r, |j| self.threshold[j]))
+                .collect(),
+        };
+        Codes { rows }
+    }
+
+    /// `x̂ = f·W_dec + b_dec` in the scaled space, `[n, d_in]`.
+    pub fn decode(&self, codes: &Codes) -> Vec<f32> {
+        let d_in = self.d_in();
+        let mut out = vec![0f32; codes.rows.len() * d_in];
+        out.par_chunks_mut(d_in)
+            .zip(&codes.rows)
+            .for_each(|(o, row)| {
+                o.copy_from_slice(&self.b_dec);
+                for &(j, v) in row {
+                    linalg::axpy(v, &self.w_dec[j as usize * d_in..][..d_in], o);
+                }
+            });
+        out
+    }
+
+    /// Codes of raw activations `x` (`[n, d_in]`).
+    pub fn encode(&self, x: &[f32]) -> Result<Codes> {
+        self.check_width(x)?;
+        let xs: Vec<f32> = x.iter().map(|v| v * self.cfg.input_scale).collect();
+        Ok(self.select(&self.pre_activations(&xs), false))
+    }
+
+    /// Reconstruction of raw activations, in raw units.
+    pub fn reconstruct(&self, x: &[f32]) -> Result<(Codes, Vec<f32>)> {
+        let codes = self.encode(x)?;
+        let inv = 1.0 / self.cfg.input_scale;
+        let xhat = self.decode(&codes).into_iter().map(|v| v * inv).collect();
+        Ok((codes, xhat))
+    }
+
+    /// Folds the input scale into the weights, so the dictionary takes raw activations.
+    pub fn fold_input_scale(&mut self) {
+        let s = self.cfg.input_scale;
+        if s == 1.0 {
+            return;
+        }
+        self.w_enc_t.iter_mut().for_each(|w| *w *= s);
+        self.w_dec.iter_mut().for_each(|w| *w /= s);
+        self.b_dec.iter_mut().for_each(|b| *b /= s);
+        // Pre-activations are unchanged by folding, so thresholds stay.
+        self.cfg.input_scale = 1.0;
+    }
+}
+
+/// The `k` largest positive entries of `row`, by index order of discovery.
+fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k);
+    let (mut min_at, mut min) = (0usize, 0f32);
+    for (j, &v) in row.iter().enumerate() {
+        if v <= 0.0 {
+            continue;
+        }
+        if best.len() < k {
+            best.push((j as u32, v));
+            if best.len() == k {
+                (min_at, min) = argmin(&best);
+            }
+        } else if v > min {
+            best[min_at] = (j as u32, v);
+            (min_at, min) = argmin(&best);
+        }
+    }
+    best.sort_unstable_by_key(|e| e.0);
+    best
+}
+
+fn argmin(v: &[(u32, f32)]) -> (usize, f32) {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::INFINITY), |(ai, av), (i, e)| {
+            if e.1 < av {
+                (i, e.1)
+            } else {
+                (ai, av)
+            }
+        })
+}
+
+fn above(row: &[f32], threshold: impl Fn(usize) -> f32) -> Vec<(u32, f32)> {
+    row.iter()
+        .enumerate()
+        .filter(|(j, v)| **v > threshold(*j) && **v > 0.0)
+        .map(|(j, v)| (j as u32, *v))
+        .collect()
+}
+
+/// Scales each row of `[rows, d]` to unit L2 norm (zero rows stay zero).
+pub fn normalize_rows(w: &mut [f32], d: usize) {
+    w.par_chunks_mut(d).for_each(|r| {
+        let n = linalg::dot(r, r).sqrt();
+        if n > 0.0 {
+            r.iter_mut().for_each(|v| *v /= n);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_keeps_the_largest_positive() {
+        let row = [0.5, -1.0, 3.0, 2.0, 0.1, 2.5];
+        assert_eq!(top_k(&row, 3), vec![(2, 3.0), (3, 2.0), (5, 2.5)]);
+        assert_eq!(top_k(&[-1.0, 0.0, 0.2], 2), vec![(2, 0.2)]);
+    }
+}

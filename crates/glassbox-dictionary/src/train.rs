@@ -1,0 +1,580 @@
+//! Training: one step = encoder GEMM, sparse selection, decode, and a hand-written backward
+//! pass over active latents only; Adam with warm-up and linear decay; decoder rows kept at
+//! unit norm; AuxK for dead latents (TopK family). Gradients are accumulated per latent in
+//! token order, so a step is bitwise deterministic and a resumed run repeats the same curve.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Activation, DictConfig};
+use crate::error::{DictError, Result};
+use crate::linalg;
+use crate::sae::{normalize_rows, Codes, Sae};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Tokens per step.
+    pub batch: usize,
+    pub steps: usize,
+    pub lr: f32,
+    pub warmup_steps: usize,
+    /// Fraction of the run after which the learning rate decays linearly to 0.
+    pub decay_start: f32,
+    /// Dead latents recruited per token by the auxiliary loss (TopK family); 0 disables it.
+    pub aux_k: usize,
+    pub aux_alpha: f32,
+    /// A latent that has not fired for this many tokens is dead.
+    pub dead_after_tokens: u64,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn lr_at(&self, step: usize) -> f32 {
+        let warm = if step < self.warmup_steps {
+            (step + 1) as f32 / self.warmup_steps as f32
+        } else {
+            1.0
+        };
+        let start = (self.decay_start * self.steps as f32) as usize;
+        let decay = if step >= start && self.steps > start {
+            1.0 - (step - start) as f32 / (self.steps - start) as f32
+        } else {
+            1.0
+        };
+        self.lr * warm * decay
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    pub step: usize,
+    /// Mean squared error per element, in the scaled space.
+    pub mse: f32,
+    /// Fraction of variance explained on this batch.
+    pub fve: f32,
+    pub l0: f32,
+    pub aux_loss: f32,
+    pub dead_fraction: f32,
+    pub lr: f32,
+}
+
+#[derive(Debug, Clone)]
+struct Adam {
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Adam {
+    fn new(n: usize) -> Self {
+        Self {
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+        }
+    }
+
+    fn update(&mut self, w: &mut [f32], g: &[f32], lr: f32, t: i32) {
+        const B1: f32 = 0.9;
+        const B2: f32 = 0.999;
+        const EPS: f32 = 1e-8;
+        let (c1, c2) = (1.0 - B1.powi(t), 1.0 - B2.powi(t));
+        w.par_chunks_mut(4096)
+            .zip(g.par_chunks(4096))
+            .zip(self.m.par_chunks_mut(4096).zip(self.v.par_chunks_mut(4096)))
+            .for_each(|((w, g), (m, v))| {
+                for i in 0..w.len() {
+                    m[i] = B1 * m[i] + (1.0 - B1) * g[i];
+                    v[i] = B2 * v[i] + (1.0 - B2) * g[i] * g[i];
+                    w[i] -= lr * (m[i] / c1) / ((v[i] / c2).sqrt() + EPS);
+                }
+            });
+    }
+}
+
+pub struct Trainer {
+    pub sae: Sae,
+    pub tc: TrainConfig,
+    pub step: usize,
+    pub history: Vec<StepStats>,
+    since_fired: Vec<u64>,
+    adam: [Adam; 4],
+}
+
+/// Gradients of one batch, and what the step reports.
+pub struct Gradients {
+    pub w_enc_t: Vec<f32>,
+    pub b_enc: Vec<f32>,
+    pub w_dec: Vec<f32>,
+    pub b_dec: Vec<f32>,
+    pub codes: Codes,
+    sq_err: f64,
+    var: f64,
+    aux_loss: f32,
+    n: usize,
+}
+
+/// One latent's contribution from one token.
+#[derive(Clone, Copy)]
+struct Entry {
+    latent: u32,
+    token: u32,
+    value: f32,
+    /// ∂loss/∂pre-activation.
+    dpre: f32,
+    aux: bool,
+}
+
+impl Trainer {
+    pub fn new(sae: Sae, tc: TrainConfig) -> Result<Self> {
+        if tc.batch == 0 || tc.steps == 0 || tc.lr.is_nan() || tc.lr <= 0.0 {
+            return Err(DictError::Config(format!(
+                "batch ({}), steps ({}) and lr ({}) must be positive",
+                tc.batch, tc.steps, tc.lr
+            )));
+        }
+        let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
+        let adam = [
+            Adam::new(d_sae * d_in),
+            Adam::new(d_sae),
+            Adam::new(d_sae * d_in),
+            Adam::new(d_in),
+        ];
+        Ok(Self {
+            since_fired: vec![0; d_sae],
+            sae,
+            tc,
+            step: 0,
+            history: Vec::new(),
+            adam,
+        })
+    }
+
+    /// Sets the input scale (mean norm → √d_in) and b_dec (the mean) from a first batch.
+    pub fn initialise_from(&mut self, x: &[f32]) -> Result<()> {
+        let d = self.sae.d_in();
+        if x.is_empty() || !x.len().is_multiple_of(d) {
+            return Err(DictError::Width {
+                got: x.len() % d,
+                expected: d,
+            });
+        }
+        let n = x.len() / d;
+        let mean_norm = x
+            .chunks(d)
+            .map(|r| linalg::dot(r, r).sqrt() as f64)
+            .sum::<f64>()
+            / n as f64;
+        if !(mean_norm.is_finite() && mean_norm > 0.0) {
+            return Err(DictError::Config(format!(
+                "activations have mean norm {mean_norm}; are they all zero or non-finite?"
+            )));
+        }
+        let s = ((d as f64).sqrt() / mean_norm) as f32;
+        self.sae.cfg.input_scale = s;
+        self.sae.b_dec = column_means(x, d)
+            .into_iter()
+            .map(|m| (m * s as f64) as f32)
+            .collect();
+        Ok(())
+    }
+
+    pub fn dead_fraction(&self) -> f32 {
+        self.dead().len() as f32 / self.sae.d_sae() as f32
+    }
+
+    fn dead(&self) -> Vec<u32> {
+        (0..self.sae.d_sae() as u32)
+            .filter(|&j| self.since_fired[j as usize] >= self.tc.dead_after_tokens)
+            .collect()
+    }
+
+    /// Entries of `codes` with their pre-activation gradients, given ∂loss/∂x̂ `g`.
+    fn entries(&self, codes: &Codes, g: &[f32], extra: f32, aux: bool) -> Vec<Vec<Entry>> {
+        let d_in = self.sae.d_in();
+        codes
+            .rows
+            .par_iter()
+            .enumerate()
+            .map(|(b, row)| {
+                let gb = &g[b * d_in..][..d_in];
+                row.iter()
+                    .map(|&(j, value)| {
+                        let df = linalg::dot(gb, &self.sae.w_dec[j as usize * d_in..][..d_in]);
+                        Entry {
+                            latent: j,
+                            token: b as u32,
+                            value,
+                            dpre: df + extra,
+                            aux,
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Loss gradients at raw activations `x` (`[batch, d_in]`), by the sparse backward pass.
+    pub fn gradients(&self, x: &[f32]) -> Result<Gradients> {
+        let (d_in, d_sae) = (self.sae.d_in(), self.sae.d_sae());
+        if x.is_empty() || !x.len().is_multiple_of(d_in) {
+            return Err(DictError::Width {
+                got: x.len() % d_in,
+                expected: d_in,
+            });
+        }
+        let n = x.len() / d_in;
+        let inv_n = 1.0 / n as f32;
+        let s = self.sae.cfg.input_scale;
+        let xs: Vec<f32> = x.iter().map(|v| v * s).collect();
+        let pre = self.sae.pre_activations(&xs);
+        let codes = self.sae.select(&pre, true);
+        let xhat = self.sae.decode(&codes);
+
+        // Main loss Σ‖x̂ − x‖² / n and its gradient with respect to x̂.
+        let g: Vec<f32> = xhat
+            .iter()
+            .zip(&xs)
+            .map(|(a, b)| 2.0 * (a - b) * inv_n)
+            .collect();
+        let sq_err: f64 = xhat
+            .iter()
+            .zip(&xs)
+            .map(|(a, b)| ((a - b) * (a - b)) as f64)
+            .sum();
+        let means = column_means(&xs, d_in);
+        let var: f64 = xs
+            .chunks(d_in)
+            .map(|r| {
+                r.iter()
+                    .zip(&means)
+                    .map(|(v, m)| (*v as f64 - m).powi(2))
+                    .sum::<f64>()
+            })
+            .sum();
+        // L1 on f·‖W_dec row‖ with unit rows: ∂/∂pre = l1 where f > 0.
+        let l1 = if let Activation::Relu { l1 } = self.sae.cfg.activation {
+            l1
+        } else {
+            0.0
+        };
+        let mut groups = self.entries(&codes, &g, l1, false);
+
+        // AuxK: the top dead latents of each token reconstruct its residual (held constant).
+        let dead = self.dead();
+        let topk_family = matches!(
+            self.sae.cfg.activation,
+            Activation::TopK { .. } | Activation::BatchTopK { .. }
+        );
+        let (mut g_aux, mut aux_loss) = (Vec::new(), 0f32);
+        if topk_family && self.tc.aux_k > 0 && !dead.is_empty() {
+            let k_aux = self.tc.aux_k.min(dead.len());
+            let aux = Codes {
+                rows: pre
+                    .par_chunks(d_sae)
+                    .map(|r| {
+                        let sub: Vec<f32> = dead.iter().map(|&j| r[j as usize]).collect();
+                        top_k_of(&sub, k_aux)
+                            .into_iter()
+                            .map(|(i, v)| (dead[i], v))
+                            .collect()
+                    })
+                    .collect(),
+            };
+            // `decode` adds b_dec; the auxiliary reconstruction has none.
+            let ehat: Vec<f32> = self
+                .sae
+                .decode(&aux)
+                .chunks(d_in)
+                .flat_map(|r| r.iter().zip(&self.sae.b_dec).map(|(v, b)| v - b))
+                .collect();
+            let alpha = self.tc.aux_alpha;
+            let diff: Vec<f32> = ehat
+                .iter()
+                .zip(xs.iter().zip(&xhat))
+                .map(|(e, (x, xh))| e - (x - xh))
+                .collect();
+            aux_loss = alpha * diff.iter().map(|d| d * d).sum::<f32>() * inv_n;
+            g_aux = diff.iter().map(|d| 2.0 * alpha * d * inv_n).collect();
+            groups.extend(self.entries(&aux, &g_aux, 0.0, true));
+        }
+
+        // Entries by latent, main before aux and each in token order: deterministic sums.
+        let mut by_latent: Vec<Vec<Entry>> = vec![Vec::new(); d_sae];
+        for e in groups.iter().flatten() {
+            by_latent[e.latent as usize].push(*e);
+        }
+        let mut gw_enc = vec![0f32; d_sae * d_in];
+        let mut gw_dec = vec![0f32; d_sae * d_in];
+        let mut gb_enc = vec![0f32; d_sae];
+        let b_dec = &self.sae.b_dec;
+        gw_enc
+            .par_chunks_mut(d_in)
+            .zip(gw_dec.par_chunks_mut(d_in))
+            .zip(gb_enc.par_iter_mut())
+            .zip(&by_latent)
+            .for_each(|(((ge, gd), gb), entries)| {
+                for e in entries {
+                    let t = e.token as usize;
+                    let grad_out = if e.aux {
+                        &g_aux[t * d_in..][..d_in]
+                    } else {
+                        &g[t * d_in..][..d_in]
+                    };
+                    linalg::axpy(e.value, grad_out, gd);
+                    // ∂pre/∂W_enc row = x − b_dec.
+                    for ((ge, x), b) in ge.iter_mut().zip(&xs[t * d_in..][..d_in]).zip(b_dec) {
+                        *ge += e.dpre * (x - b);
+                    }
+                    *gb += e.dpre;
+                }
+            });
+        // b_dec enters x̂ directly and the encoder input with a minus sign.
+        let mut gb_dec: Vec<f32> = (0..d_in)
+            .map(|i| g.iter().skip(i).step_by(d_in).sum::<f32>())
+            .collect();
+        let through_encoder: Vec<Vec<f32>> = self
+            .sae
+            .w_enc_t
+            .par_chunks(d_in * 256)
+            .zip(gb_enc.par_chunks(256))
+            .map(|(w, gb)| {
+                let mut acc = vec![0f32; d_in];
+                for (row, &c) in w.chunks(d_in).zip(gb) {
+                    if c != 0.0 {
+                        linalg::axpy(c, row, &mut acc);
+                    }
+                }
+                acc
+            })
+            .collect();
+        for part in &through_encoder {
+            gb_dec.iter_mut().zip(part).for_each(|(g, p)| *g -= p);
+        }
+        Ok(Gradients {
+            w_enc_t: gw_enc,
+            b_enc: gb_enc,
+            w_dec: gw_dec,
+            b_dec: gb_dec,
+            codes,
+            sq_err,
+            var,
+            aux_loss,
+            n,
+        })
+    }
+
+    /// One optimisation step on raw activations `x` (`[batch, d_in]`).
+    pub fn step(&mut self, x: &[f32]) -> Result<StepStats> {
+        let d_in = self.sae.d_in();
+        let Gradients {
+            w_enc_t: gw_enc,
+            b_enc: gb_enc,
+            w_dec: gw_dec,
+            b_dec: gb_dec,
+            codes,
+            sq_err,
+            var,
+            aux_loss,
+            n,
+        } = self.gradients(x)?;
+        let lr = self.tc.lr_at(self.step);
+        let t = (self.step + 1) as i32;
+        let [a0, a1, a2, a3] = &mut self.adam;
+        a0.update(&mut self.sae.w_enc_t, &gw_enc, lr, t);
+        a1.update(&mut self.sae.b_enc, &gb_enc, lr, t);
+        a2.update(&mut self.sae.w_dec, &gw_dec, lr, t);
+        a3.update(&mut self.sae.b_dec, &gb_dec, lr, t);
+        normalize_rows(&mut self.sae.w_dec, d_in);
+
+        for f in self.since_fired.iter_mut() {
+            *f += n as u64;
+        }
+        for (j, _) in codes.rows.iter().flatten() {
+            self.since_fired[*j as usize] = 0;
+        }
+        if let Activation::BatchTopK { threshold, .. } = &mut self.sae.cfg.activation {
+            let smallest = codes
+                .rows
+                .iter()
+                .flatten()
+                .map(|e| e.1)
+                .fold(f32::INFINITY, f32::min);
+            if smallest.is_finite() {
+                *threshold = if self.step == 0 {
+                    smallest
+                } else {
+                    0.99 * *threshold + 0.01 * smallest
+                };
+            }
+        }
+
+        let stats = StepStats {
+            step: self.step,
+            mse: (sq_err / (n * d_in) as f64) as f32,
+            fve: (1.0 - sq_err / var.max(f64::MIN_POSITIVE)) as f32,
+            l0: codes.l0() as f32,
+            aux_loss,
+            dead_fraction: self.dead_fraction(),
+            lr,
+        };
+        if !stats.mse.is_finite() {
+            return Err(DictError::Diverged {
+                step: self.step,
+                msg: format!("loss is {}; lower the learning rate", stats.mse),
+            });
+        }
+        self.step += 1;
+        self.history.push(stats);
+        Ok(stats)
+    }
+
+    /// Writes parameters, optimiser moments and training state to one safetensors file,
+    /// atomically.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let s = &self.sae;
+        let since: Vec<f32> = self
+            .since_fired
+            .iter()
+            .map(|&v| v.min(1 << 24) as f32)
+            .collect();
+        let tensors: Vec<(&str, &[f32], Vec<usize>)> = vec![
+            ("w_enc_t", &s.w_enc_t, vec![s.d_sae(), s.d_in()]),
+            ("b_enc", &s.b_enc, vec![s.d_sae()]),
+            ("w_dec", &s.w_dec, vec![s.d_sae(), s.d_in()]),
+            ("b_dec", &s.b_dec, vec![s.d_in()]),
+            ("adam.m.0", &self.adam[0].m, vec![s.d_sae(), s.d_in()]),
+            ("adam.v.0", &self.adam[0].v, vec![s.d_sae(), s.d_in()]),
+            ("adam.m.1", &self.adam[1].m, vec![s.d_sae()]),
+            ("adam.v.1", &self.adam[1].v, vec![s.d_sae()]),
+            ("adam.m.2", &self.adam[2].m, vec![s.d_sae(), s.d_in()]),
+            ("adam.v.2", &self.adam[2].v, vec![s.d_sae(), s.d_in()]),
+            ("adam.m.3", &self.adam[3].m, vec![s.d_in()]),
+            ("adam.v.3", &self.adam[3].v, vec![s.d_in()]),
+            ("since_fired", &since, vec![s.d_sae()]),
+        ];
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+            .into_iter()
+            .map(|(k, v, shape)| {
+                (
+                    k.to_string(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    shape,
+                )
+            })
+            .collect();
+        let views: Vec<(String, TensorView)> = bytes
+            .iter()
+            .map(|(k, b, shape)| {
+                TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (k.clone(), v))
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| DictError::format(path, e.to_string()))?;
+        let state = serde_json::json!({"step": self.step, "dict": s.cfg, "train": self.tc, "history": self.history});
+        let meta = HashMap::from([("glassbox.state".to_string(), state.to_string())]);
+        let out = safetensors::serialize(views, Some(meta))
+            .map_err(|e| DictError::format(path, e.to_string()))?;
+        glassbox_model::fsutil::atomic_write(path, &out).map_err(|e| DictError::io(path, e))
+    }
+
+    /// Restores a trainer from [`Trainer::save_checkpoint`]; the configs must match `expect`.
+    pub fn load_checkpoint(path: &Path, expect: &TrainConfig) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| DictError::io(path, e))?;
+        let bad = |msg: String| {
+            DictError::format(path, format!("{msg}; delete the checkpoint to start over"))
+        };
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("corrupt checkpoint ({e})")))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("corrupt checkpoint ({e})")))?;
+        let state: serde_json::Value = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("glassbox.state"))
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| bad("no training state".into()))?;
+        let dict: DictConfig = serde_json::from_value(state["dict"].clone())
+            .map_err(|e| bad(format!("bad dict config ({e})")))?;
+        let train: TrainConfig = serde_json::from_value(state["train"].clone())
+            .map_err(|e| bad(format!("bad train config ({e})")))?;
+        if &train != expect {
+            return Err(bad(format!(
+                "it was made with other training settings ({train:?})"
+            )));
+        }
+        let get = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(format!("tensor `{name}` missing")))?;
+            if t.dtype() != Dtype::F32 || t.data().len() != len * 4 {
+                return Err(bad(format!("tensor `{name}` has the wrong size")));
+            }
+            Ok(t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        let (d_in, d_sae) = (dict.d_in, dict.d_sae);
+        let sae = Sae {
+            w_enc_t: get("w_enc_t", d_sae * d_in)?,
+            b_enc: get("b_enc", d_sae)?,
+            w_dec: get("w_dec", d_sae * d_in)?,
+            b_dec: get("b_dec", d_in)?,
+            threshold: Vec::new(),
+            cfg: dict,
+        };
+        let adam = [
+            Adam {
+                m: get("adam.m.0", d_sae * d_in)?,
+                v: get("adam.v.0", d_sae * d_in)?,
+            },
+            Adam {
+                m: get("adam.m.1", d_sae)?,
+                v: get("adam.v.1", d_sae)?,
+            },
+            Adam {
+                m: get("adam.m.2", d_sae * d_in)?,
+                v: get("adam.v.2", d_sae * d_in)?,
+            },
+            Adam {
+                m: get("adam.m.3", d_in)?,
+                v: get("adam.v.3", d_in)?,
+            },
+        ];
+        Ok(Self {
+            since_fired: get("since_fired", d_sae)?
+                .into_iter()
+                .map(|v| v as u64)
+                .collect(),
+            step: state["step"].as_u64().unwrap_or(0) as usize,
+            history: serde_json::from_value(state["history"].clone())
+                .map_err(|e| bad(format!("bad history ({e})")))?,
+            sae,
+            tc: train,
+            adam,
+        })
+    }
+}
+
+fn column_means(x: &[f32], d: usize) -> Vec<f64> {
+    let n = (x.len() / d).max(1) as f64;
+    let mut sums = vec![0f64; d];
+    for row in x.chunks(d) {
+        sums.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+    }
+    sums.into_iter().map(|s| s / n).collect()
+}
+
+/// The `k` largest positive entries of `v` as (index, value), in index order.
+fn top_k_of(v: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..v.len()).filter(|&i| v[i] > 0.0).collect();
+    if idx.len() > k {
+        idx.select_nth_unstable_by(k - 1, |&a, &b| v[b].total_cmp(&v[a]));
+        idx.truncate(k);
+    }
+    idx.sort_unstable();
+    idx.into_iter().map(|i| (i, v[i])).collect()
+}
