@@ -49,6 +49,10 @@ enum Command {
     Generate(commands::generate::Args),
     /// Stream a corpus through a model and store the activations at one hook point (resumable).
     Harvest(commands::harvest::Args),
+    /// Train sparse dictionaries (SAEs) on harvested activations; resumes from checkpoints.
+    TrainDict(commands::train_dict::Args),
+    /// Evaluate a dictionary on harvested activations: FVE, MSE, L0, dead/dense latents.
+    EvalDict(commands::eval_dict::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,8 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args, &cli.device, cli.json),
         Command::Generate(args) => commands::generate::run(args, &cli.device, cli.json),
         Command::Harvest(args) => commands::harvest::run(args, &cli.device, cli.json),
+        Command::TrainDict(args) => commands::train_dict::run(args, cli.json),
+        Command::EvalDict(args) => commands::eval_dict::run(args, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

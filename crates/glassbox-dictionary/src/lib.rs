@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod error;
+pub mod eval;
 mod linalg;
 pub mod sae;
 pub mod saelens;

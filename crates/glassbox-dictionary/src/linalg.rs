@@ -1,6 +1,7 @@
 //! The one dense product training needs, on the `gemm` crate.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// `out[m, n] = a[m, k] · bᵀ` where `b_t` is `[n, k]` (row per output column), plus `bias[n]`.
 pub fn matmul_bt_bias(
@@ -15,10 +16,8 @@ pub fn matmul_bt_bias(
         a.len() == m * k && b_t.len() == n * k && bias.len() == n,
         "matmul_bt_bias: sizes"
     );
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    for _ in 0..m {
-        out.extend_from_slice(bias);
-    }
+    let mut out = vec![0f32; m * n];
+    out.par_chunks_mut(n).for_each(|r| r.copy_from_slice(bias));
     if m * n * k == 0 {
         return out;
     }
@@ -53,6 +52,55 @@ pub fn matmul_bt_bias(
         );
     }
     out
+}
+
+/// `out[m, n] = a[m, k] · b[k, n] + bias[n]`, into a reused buffer (a fresh one page-faults
+/// on every call).
+pub fn matmul_bias_into(
+    out: &mut Vec<f32>,
+    a: &[f32],
+    b: &[f32],
+    bias: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert!(
+        a.len() == m * k && b.len() == n * k && bias.len() == n,
+        "matmul_bias: sizes"
+    );
+    out.resize(m * n, 0.0);
+    out.par_chunks_mut(n).for_each(|r| r.copy_from_slice(bias));
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: sizes asserted above; `out` holds exactly m·n.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
 }
 
 #[inline]

@@ -10,8 +10,11 @@ use crate::linalg;
 /// Sparse codes of a batch: per token, the active latents and their values.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Codes {
-    pub rows: Vec<Vec<(u32, f32)>>,
+    pub rows: Vec<CodeRow>,
 }
+
+/// One token's active latents and values.
+pub type CodeRow = Vec<(u32, f32)>;
 
 impl Codes {
     /// Mean number of active latents per token.
@@ -90,37 +93,89 @@ impl Sae {
     /// The sparse code of each row of `pre` (`[n, d_sae]`). `batch_level` selects BatchTopK's
     /// training rule (top k·n over the batch) instead of its inference threshold.
     pub fn select(&self, pre: &[f32], batch_level: bool) -> Codes {
-        let d_sae = self.d_sae();
-        let rows: Vec<Vec<(u32, f32)>> = match self.cfg.activation {
-            Activation::TopK { k } => pre.par_chunks(d_sae).map(|r| top_k(r, k)).collect(),
-            Activation::BatchTopK { threshold, .. } if !batch_level => pre
-                .par_chunks(d_sae)
-                .map(|r| above(r, |_| threshold))
-                .collect(),
-            Activation::BatchTopK { k, .. } => {
-                // Candidates: each token's top 4k (a token keeps at most 4k latents).
-                let cand: Vec<Vec<(u32, f32)>> =
-                    pre.par_chunks(d_sae).map(|r| top_k(r, 4 * k)).collect();
-                let mut all: Vec<f32> = cand.iter().flatten().map(|e| e.1).collect();
-                let keep = (k * cand.len()).min(all.len());
-                if keep == 0 {
-                    return Codes {
-                        rows: vec![Vec::new(); cand.len()],
-                    };
-                }
-                let (_, t, _) = all.select_nth_unstable_by(keep - 1, |a, b| b.total_cmp(a));
-                let t = *t;
-                cand.into_iter()
-                    .map(|r| r.into_iter().filter(|e| e.1 >= t).collect())
-                    .collect()
-            }
-            Activation::Relu { .. } => pre.par_chunks(d_sae).map(|r| above(r, |_| 0.0)).collect(),
-            Activation::JumpRelu => pre
-                .par_chunks(d_sae)
-                .map(|r| above(r, |j| self.threshold[j]))
-                .collect(),
+        let rows: Vec<Vec<(u32, f32)>> = pre
+            .par_chunks(self.d_sae())
+            .map(|r| self.select_row(r, batch_level))
+            .collect();
+        self.finish_selection(rows, batch_level)
+    }
+
+    /// Per-token selection; for BatchTopK in training, the token's candidates (top 4k).
+    fn select_row(&self, r: &[f32], batch_level: bool) -> Vec<(u32, f32)> {
+        match self.cfg.activation {
+            Activation::TopK { k } => top_k(r, k),
+            // A token keeps at most 4k latents under BatchTopK.
+            Activation::BatchTopK { k, .. } if batch_level => top_k(r, 4 * k),
+            Activation::BatchTopK { threshold, .. } => above(r, |_| threshold),
+            Activation::Relu { .. } => above(r, |_| 0.0),
+            Activation::JumpRelu => above(r, |j| self.threshold[j]),
+        }
+    }
+
+    /// BatchTopK in training: keep the k·n largest candidates of the batch.
+    fn finish_selection(&self, rows: Vec<Vec<(u32, f32)>>, batch_level: bool) -> Codes {
+        let Activation::BatchTopK { k, .. } = self.cfg.activation else {
+            return Codes { rows };
         };
-        Codes { rows }
+        if !batch_level {
+            return Codes { rows };
+        }
+        let mut all: Vec<f32> = rows.iter().flatten().map(|e| e.1).collect();
+        let keep = (k * rows.len()).min(all.len());
+        if keep == 0 {
+            return Codes {
+                rows: vec![Vec::new(); rows.len()],
+            };
+        }
+        let (_, t, _) = all.select_nth_unstable_by(keep - 1, |a, b| b.total_cmp(a));
+        let t = *t;
+        Codes {
+            rows: rows
+                .into_iter()
+                .map(|r| r.into_iter().filter(|e| e.1 >= t).collect())
+                .collect(),
+        }
+    }
+
+    /// Encodes scaled inputs block by block (GEMM, then selection while the block is in
+    /// cache), never holding the full `[n, d_sae]` pre-activations. Also returns the
+    /// pre-activations of the `watch` latents, `[n, watch.len()]` (AuxK's dead latents).
+    pub fn encode_scaled(&self, xs: &[f32], batch_level: bool, watch: &[u32]) -> (Codes, Vec<f32>) {
+        const BLOCK: usize = 1024;
+        let (d_in, d_sae) = (self.d_in(), self.d_sae());
+        let mut rows = Vec::with_capacity(xs.len() / d_in);
+        let mut watched = Vec::with_capacity(xs.len() / d_in * watch.len());
+        let w_enc = transpose(&self.w_enc_t, d_sae, d_in);
+        let mut pre = Vec::new();
+        for block in xs.chunks(BLOCK * d_in) {
+            let centred: Vec<f32> = block
+                .chunks(d_in)
+                .flat_map(|r| r.iter().zip(&self.b_dec).map(|(x, b)| x - b))
+                .collect();
+            linalg::matmul_bias_into(
+                &mut pre,
+                &centred,
+                &w_enc,
+                &self.b_enc,
+                centred.len() / d_in,
+                d_in,
+                d_sae,
+            );
+            let picked: Vec<(CodeRow, Vec<f32>)> = pre
+                .par_chunks(d_sae)
+                .map(|r| {
+                    (
+                        self.select_row(r, batch_level),
+                        watch.iter().map(|&j| r[j as usize]).collect(),
+                    )
+                })
+                .collect();
+            for (row, w) in picked {
+                rows.push(row);
+                watched.extend(w);
+            }
+        }
+        (self.finish_selection(rows, batch_level), watched)
     }
 
     /// `x̂ = f·W_dec + b_dec` in the scaled space, `[n, d_in]`.
@@ -142,7 +197,7 @@ impl Sae {
     pub fn encode(&self, x: &[f32]) -> Result<Codes> {
         self.check_width(x)?;
         let xs: Vec<f32> = x.iter().map(|v| v * self.cfg.input_scale).collect();
-        Ok(self.select(&self.pre_activations(&xs), false))
+        Ok(self.encode_scaled(&xs, false, &[]).0)
     }
 
     /// Reconstruction of raw activations, in raw units.
@@ -167,22 +222,33 @@ impl Sae {
     }
 }
 
-/// The `k` largest positive entries of `row`, by index order of discovery.
+/// The `k` largest positive entries of `row`, in index order. Chunks of 16 whose maximum
+/// cannot enter the current top k are skipped with one vectorised comparison.
 fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    const CHUNK: usize = 16;
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k);
     let (mut min_at, mut min) = (0usize, 0f32);
-    for (j, &v) in row.iter().enumerate() {
-        if v <= 0.0 {
-            continue;
+    for (c, chunk) in row.chunks(CHUNK).enumerate() {
+        let chunk_max = chunk
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        if chunk_max <= min {
+            continue; // nothing here beats the k-th best (or 0, while filling)
         }
-        if best.len() < k {
-            best.push((j as u32, v));
-            if best.len() == k {
+        for (i, &v) in chunk.iter().enumerate() {
+            if v <= 0.0 {
+                continue;
+            }
+            let j = (c * CHUNK + i) as u32;
+            if best.len() < k {
+                best.push((j, v));
+                if best.len() == k {
+                    (min_at, min) = argmin(&best);
+                }
+            } else if v > min {
+                best[min_at] = (j, v);
                 (min_at, min) = argmin(&best);
             }
-        } else if v > min {
-            best[min_at] = (j as u32, v);
-            (min_at, min) = argmin(&best);
         }
     }
     best.sort_unstable_by_key(|e| e.0);
@@ -207,6 +273,17 @@ fn above(row: &[f32], threshold: impl Fn(usize) -> f32) -> Vec<(u32, f32)> {
         .filter(|(j, v)| **v > threshold(*j) && **v > 0.0)
         .map(|(j, v)| (j as u32, *v))
         .collect()
+}
+
+/// `[rows, cols]` → `[cols, rows]`.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(rows).enumerate().for_each(|(c, col)| {
+        for (r, v) in col.iter_mut().enumerate() {
+            *v = a[r * cols + c];
+        }
+    });
+    out
 }
 
 /// Scales each row of `[rows, d]` to unit L2 norm (zero rows stay zero).

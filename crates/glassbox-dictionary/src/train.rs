@@ -230,8 +230,16 @@ impl Trainer {
         let inv_n = 1.0 / n as f32;
         let s = self.sae.cfg.input_scale;
         let xs: Vec<f32> = x.iter().map(|v| v * s).collect();
-        let pre = self.sae.pre_activations(&xs);
-        let codes = self.sae.select(&pre, true);
+        let topk_family = matches!(
+            self.sae.cfg.activation,
+            Activation::TopK { .. } | Activation::BatchTopK { .. }
+        );
+        let dead = if topk_family && self.tc.aux_k > 0 {
+            self.dead()
+        } else {
+            Vec::new()
+        };
+        let (codes, dead_pre) = self.sae.encode_scaled(&xs, true, &dead);
         let xhat = self.sae.decode(&codes);
 
         // Main loss Σ‖x̂ − x‖² / n and its gradient with respect to x̂.
@@ -264,20 +272,14 @@ impl Trainer {
         let mut groups = self.entries(&codes, &g, l1, false);
 
         // AuxK: the top dead latents of each token reconstruct its residual (held constant).
-        let dead = self.dead();
-        let topk_family = matches!(
-            self.sae.cfg.activation,
-            Activation::TopK { .. } | Activation::BatchTopK { .. }
-        );
         let (mut g_aux, mut aux_loss) = (Vec::new(), 0f32);
-        if topk_family && self.tc.aux_k > 0 && !dead.is_empty() {
+        if !dead.is_empty() {
             let k_aux = self.tc.aux_k.min(dead.len());
             let aux = Codes {
-                rows: pre
-                    .par_chunks(d_sae)
-                    .map(|r| {
-                        let sub: Vec<f32> = dead.iter().map(|&j| r[j as usize]).collect();
-                        top_k_of(&sub, k_aux)
+                rows: dead_pre
+                    .par_chunks(dead.len())
+                    .map(|sub| {
+                        top_k_of(sub, k_aux)
                             .into_iter()
                             .map(|(i, v)| (dead[i], v))
                             .collect()

@@ -1,0 +1,219 @@
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use glassbox_dictionary::train::{TrainConfig, Trainer};
+use glassbox_dictionary::{saelens, Activation, DictConfig, Sae};
+use glassbox_store::activations::ActivationStore;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Arch {
+    Topk,
+    Batchtopk,
+    Relu,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A store written by `glassbox harvest`.
+    #[arg(long)]
+    acts: PathBuf,
+    /// Output directory. With several --k, one subdirectory `k<K>` per dictionary.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "topk")]
+    arch: Arch,
+    /// Active latents per token (TopK, BatchTopK). Several values (`--k 16,32,64`) train a
+    /// sweep that shares one pass over the data.
+    #[arg(long, value_delimiter = ',', default_value = "32")]
+    k: Vec<usize>,
+    /// L1 coefficient (ReLU).
+    #[arg(long, default_value_t = 5.0)]
+    l1: f32,
+    /// Number of latents.
+    #[arg(long, default_value_t = 16_384)]
+    width: usize,
+    /// Tokens per step.
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    /// Optimisation steps (default: one pass over the store).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 4e-4)]
+    lr: f32,
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// Dead latents recruited per token by the auxiliary loss (0 = off; default d_in/2).
+    #[arg(long)]
+    aux_k: Option<usize>,
+    /// A latent that has not fired for this many tokens counts as dead.
+    #[arg(long, default_value_t = 1_000_000)]
+    dead_after: u64,
+    /// Save a checkpoint every N steps (a killed run resumes from the last one).
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+/// Shards shuffled together when drawing batches.
+const WINDOW: usize = 4;
+
+pub fn run(args: Args, json_out: bool) -> Result<()> {
+    let store = ActivationStore::open(&args.acts)?;
+    let m = &store.manifest;
+    let steps = args.steps.unwrap_or(store.rows() / args.batch).max(1);
+    let tc = TrainConfig {
+        batch: args.batch,
+        steps,
+        lr: args.lr,
+        warmup_steps: args.warmup,
+        decay_start: 0.8,
+        aux_k: args.aux_k.unwrap_or(m.d / 2),
+        aux_alpha: 1.0 / 32.0,
+        dead_after_tokens: args.dead_after,
+        seed: args.seed,
+    };
+    let ks: Vec<Option<usize>> = if args.arch == Arch::Relu {
+        vec![None]
+    } else {
+        args.k.iter().map(|&k| Some(k)).collect()
+    };
+    if ks.is_empty() {
+        bail!("give at least one --k");
+    }
+    let dirs: Vec<PathBuf> = ks
+        .iter()
+        .map(|k| match (k, ks.len()) {
+            (Some(k), n) if n > 1 => args.out.join(format!("k{k}")),
+            _ => args.out.clone(),
+        })
+        .collect();
+    let mut trainers = Vec::new();
+    for (k, dir) in ks.iter().zip(&dirs) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ckpt = dir.join(CHECKPOINT);
+        let trainer = if ckpt.exists() {
+            Trainer::load_checkpoint(&ckpt, &tc)?
+        } else {
+            let activation = match (args.arch, k) {
+                (Arch::Topk, Some(k)) => Activation::TopK { k: *k },
+                (Arch::Batchtopk, Some(k)) => Activation::BatchTopK {
+                    k: *k,
+                    threshold: 0.0,
+                },
+                _ => Activation::Relu { l1: args.l1 },
+            };
+            let cfg = DictConfig {
+                activation,
+                d_in: m.d,
+                d_sae: args.width,
+                model: m.model.clone(),
+                hook: m.hook.clone(),
+                input_scale: 1.0,
+            };
+            let mut t = Trainer::new(Sae::init(cfg, args.seed)?, tc.clone())?;
+            // Statistics from a batch of another stream, so the training stream is untouched.
+            let first = store
+                .batches(args.batch, WINDOW, args.seed ^ 0x5eed)?
+                .next()
+                .context("empty store")??;
+            t.initialise_from(&first)?;
+            t
+        };
+        trainers.push(trainer);
+    }
+    let start_step = trainers.iter().map(|t| t.step).min().unwrap_or(0);
+    if trainers.iter().any(|t| t.step != start_step) {
+        bail!(
+            "the sweep's checkpoints are at different steps; delete {} to restart",
+            args.out.display()
+        );
+    }
+    let mut batches = store.batches(args.batch, WINDOW, args.seed)?;
+    batches.fast_forward(start_step);
+
+    let bar = if json_out {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} train [{bar:30}] {pos}/{len} steps · {per_sec} · ETA {eta} · {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_position(start_step as u64);
+    let started = Instant::now();
+    for step in start_step..steps {
+        let x = batches.next().context("the store ran out of batches")??;
+        let mut msg = String::new();
+        for t in trainers.iter_mut() {
+            let s = t.step(&x)?;
+            if msg.is_empty() {
+                msg = format!(
+                    "FVE {:.3} L0 {:.1} dead {:.1}%",
+                    s.fve,
+                    s.l0,
+                    100.0 * s.dead_fraction
+                );
+            }
+        }
+        bar.set_message(msg);
+        bar.inc(1);
+        if (step + 1) % args.checkpoint_every == 0 || step + 1 == steps {
+            for (t, dir) in trainers.iter().zip(&dirs) {
+                t.save_checkpoint(&dir.join(CHECKPOINT))?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let tokens = (steps - start_step) * args.batch;
+    let mut results = Vec::new();
+    for (t, dir) in trainers.iter().zip(&dirs) {
+        save(t, dir, &args.acts, tokens as f64 / secs.max(1e-9))?;
+        let last = t.history.last().copied();
+        results.push(json!({"dir": dir, "activation": t.sae.cfg.activation, "final": last}));
+        if !json_out {
+            if let Some(s) = last {
+                println!(
+                    "{}: step {} · FVE {:.3} · L0 {:.1} · dead {:.2}% (training batch)",
+                    dir.display(),
+                    s.step + 1,
+                    s.fve,
+                    s.l0,
+                    100.0 * s.dead_fraction
+                );
+            }
+        }
+    }
+    let report = json!({"dictionaries": results, "steps": steps, "resumed_from": start_step, "tokens": tokens,
+                        "seconds": secs, "tokens_per_second": tokens as f64 / secs.max(1e-9), "dictionaries_trained": trainers.len()});
+    if json_out {
+        println!("{report}");
+    } else {
+        println!(
+            "{} tokens × {} dictionaries in {:.1} s ({:.0} tokens/s per pass)",
+            tokens,
+            trainers.len(),
+            secs,
+            tokens as f64 / secs.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+fn save(t: &Trainer, dir: &Path, acts: &Path, tokens_per_s: f64) -> Result<()> {
+    let extra = json!({"trained_on": acts, "train": t.tc, "steps": t.step, "tokens_per_second": tokens_per_s});
+    saelens::save(&t.sae, dir, extra)?;
+    let history = serde_json::to_string(&t.history)?;
+    glassbox_model::fsutil::atomic_write(&dir.join("history.json"), history.as_bytes())
+        .with_context(|| format!("writing {}", dir.display()))?;
+    Ok(())
+}
