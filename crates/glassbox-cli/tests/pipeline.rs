@@ -1,0 +1,176 @@
+//! harvest → train-dict → eval-dict through the real binary, including a training run
+//! killed with SIGKILL and resumed by rerunning the same command.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn glassbox(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(args)
+        .output()
+        .expect("run glassbox");
+    assert!(
+        out.status.success(),
+        "glassbox {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn tiny_gpt2() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../glassbox-model/tests/fixtures/tiny-gpt2")
+        .to_string_lossy()
+        .into()
+}
+
+/// A small activation store from the project's README (real English text).
+fn harvest(dir: &Path) -> PathBuf {
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap(),
+    )
+    .unwrap();
+    let acts = dir.join("acts");
+    glassbox(&[
+        "harvest",
+        "--model",
+        &tiny_gpt2(),
+        "--hook",
+        "blocks.1.hook_resid_pre",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--tokens",
+        "3000",
+        "--context",
+        "32",
+        "--batch",
+        "8",
+        "--shard-rows",
+        "512",
+        "--out",
+        acts.to_str().unwrap(),
+        "--json",
+    ]);
+    acts
+}
+
+fn train_args(acts: &Path, out: &Path) -> Vec<String> {
+    [
+        "train-dict",
+        "--acts",
+        acts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--k",
+        "4",
+        "--width",
+        "512",
+        "--batch",
+        "256",
+        "--steps",
+        "1500",
+        "--lr",
+        "0.002",
+        "--checkpoint-every",
+        "25",
+        "--dead-after",
+        "2000",
+        "--aux-k",
+        "16",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn a_killed_training_run_resumes_to_the_same_loss_curve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let acts = harvest(tmp.path());
+    let (straight, killed) = (tmp.path().join("straight"), tmp.path().join("killed"));
+    let args = train_args(&acts, &straight);
+    glassbox(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let args = train_args(&acts, &killed);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !killed.join("checkpoint.safetensors").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !killed.join("history.json").exists(),
+        "the run finished before it could be killed; make it longer"
+    );
+
+    glassbox(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert_eq!(
+        read(&straight, "history.json"),
+        read(&killed, "history.json"),
+        "loss curves differ"
+    );
+    assert_eq!(
+        read(&straight, "sae_weights.safetensors"),
+        read(&killed, "sae_weights.safetensors")
+    );
+
+    // The result is a usable dictionary: it reconstructs most of the variance.
+    let out = glassbox(&[
+        "eval-dict",
+        "--dict",
+        straight.to_str().unwrap(),
+        "--acts",
+        acts.to_str().unwrap(),
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fve = report["report"]["fve"].as_f64().unwrap();
+    assert!(fve > 0.7, "FVE {fve}");
+    assert!(report["report"]["l0"].as_f64().unwrap() <= 4.0);
+}
+
+#[test]
+fn a_dictionary_for_another_width_or_hook_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let acts = harvest(tmp.path());
+    let dict = tmp.path().join("dict");
+    let mut args = train_args(&acts, &dict);
+    let steps = args.iter().position(|a| a == "--steps").unwrap();
+    args[steps + 1] = "5".into();
+    glassbox(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // Point the dictionary at another hook.
+    let cfg = dict.join("cfg.json");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("blocks.1.hook_resid_pre", "blocks.0.hook_resid_pre");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args([
+            "eval-dict",
+            "--dict",
+            dict.to_str().unwrap(),
+            "--acts",
+            acts.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("blocks.0.hook_resid_pre") && stderr.contains("blocks.1.hook_resid_pre"),
+        "{stderr}"
+    );
+}
