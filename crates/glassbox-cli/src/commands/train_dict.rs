@@ -194,7 +194,8 @@ pub fn run(args: Args, json_out: bool) -> Result<()> {
         }
     }
     let report = json!({"dictionaries": results, "steps": steps, "resumed_from": start_step, "tokens": tokens,
-                        "seconds": secs, "tokens_per_second": tokens as f64 / secs.max(1e-9), "dictionaries_trained": trainers.len()});
+                        "seconds": secs, "tokens_per_second": tokens as f64 / secs.max(1e-9), "dictionaries_trained": trainers.len(),
+                        "peak_rss_mb": peak_rss_mb()});
     if json_out {
         println!("{report}");
     } else {
@@ -207,6 +208,19 @@ pub fn run(args: Args, json_out: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Peak resident memory of this process (Linux), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 fn save(t: &Trainer, dir: &Path, acts: &Path, tokens_per_s: f64) -> Result<()> {
