@@ -49,9 +49,11 @@ enum Command {
     Generate(commands::generate::Args),
     /// Stream a corpus through a model and store the activations at one hook point (resumable).
     Harvest(commands::harvest::Args),
-    /// Train sparse dictionaries (SAEs) on harvested activations; resumes from checkpoints.
+    /// Train sparse dictionaries (SAEs, or transcoders on a store with a target hook) on
+    /// harvested activations; resumes from checkpoints.
     TrainDict(commands::train_dict::Args),
-    /// Evaluate a dictionary on harvested activations: FVE, MSE, L0, dead/dense latents.
+    /// Evaluate a dictionary on harvested activations: FVE, MSE, L0, dead/dense latents, and
+    /// the loss recovered when its reconstruction is spliced into the model.
     EvalDict(commands::eval_dict::Args),
 }
 
@@ -64,7 +66,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args, &cli.device, cli.json),
         Command::Harvest(args) => commands::harvest::run(args, &cli.device, cli.json),
         Command::TrainDict(args) => commands::train_dict::run(args, cli.json),
-        Command::EvalDict(args) => commands::eval_dict::run(args, cli.json),
+        Command::EvalDict(args) => commands::eval_dict::run(args, &cli.device, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,6 +16,14 @@ pub enum DictError {
     Width { got: usize, expected: usize },
     #[error("training diverged at step {step}: {msg}")]
     Diverged { step: usize, msg: String },
+    #[error(transparent)]
+    Model(#[from] glassbox_model::ModelError),
+}
+
+impl From<glassbox_model::candle::Error> for DictError {
+    fn from(e: glassbox_model::candle::Error) -> Self {
+        Self::Model(e.into())
+    }
 }
 
 pub type Result<T, E = DictError> = std::result::Result<T, E>;

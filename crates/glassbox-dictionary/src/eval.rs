@@ -1,6 +1,7 @@
 //! Dictionary quality on held-out activations: reconstruction (MSE, fraction of variance
-//! explained as SAELens defines it: 1 − E‖x − x̂‖² / E‖x − mean(x)‖²), sparsity (L0), and the
-//! distribution of latent densities (dead, dense, histogram).
+//! explained as SAELens defines it: 1 − E‖x − x̂‖² / E‖x − mean(x)‖², with the target hook's
+//! activations in place of x for a transcoder), sparsity (L0), and the distribution of latent
+//! densities (dead, dense, histogram). Behaviour under splicing is in [`crate::splice`].
 
 use serde::Serialize;
 
@@ -25,10 +26,11 @@ pub struct EvalReport {
     pub density: Vec<f64>,
 }
 
-/// Evaluates `sae` on raw-activation batches until `max_tokens` rows are seen.
+/// Evaluates `sae` on batches of raw inputs (with their targets, for a transcoder) until
+/// `max_tokens` rows are seen.
 pub fn evaluate<E>(
     sae: &Sae,
-    batches: impl Iterator<Item = Result<Vec<f32>, E>>,
+    batches: impl Iterator<Item = Result<(Vec<f32>, Option<Vec<f32>>), E>>,
     max_tokens: usize,
 ) -> Result<EvalReport, E>
 where
@@ -39,9 +41,19 @@ where
     let (mut sum, mut sum_sq) = (vec![0f64; d], vec![0f64; d]);
     let mut fired = vec![0usize; sae.d_sae()];
     for batch in batches {
-        let x = batch?;
+        let (x, y) = batch?;
         let (codes, xhat) = sae.reconstruct(&x)?;
-        for (row, rec) in x.chunks(d).zip(xhat.chunks(d)) {
+        let target = match (sae.cfg.is_transcoder(), &y) {
+            (false, _) => &x,
+            (true, Some(y)) if y.len() == x.len() => y,
+            (true, _) => {
+                return Err(crate::error::DictError::Config(
+                    "a transcoder is evaluated on a store with its target hook".into(),
+                )
+                .into())
+            }
+        };
+        for (row, rec) in target.chunks(d).zip(xhat.chunks(d)) {
             for i in 0..d {
                 let v = row[i] as f64;
                 sum[i] += v;

@@ -51,12 +51,16 @@ impl Sae {
             })
             .collect();
         normalize_rows(&mut w_dec, d_in);
+        let threshold = match cfg.activation {
+            Activation::JumpRelu { .. } => vec![1e-3; d_sae],
+            _ => Vec::new(),
+        };
         Ok(Self {
             w_enc_t: w_dec.clone(),
             b_enc: vec![0.0; d_sae],
             w_dec,
             b_dec: vec![0.0; d_in],
-            threshold: Vec::new(),
+            threshold,
             cfg,
         })
     }
@@ -79,14 +83,23 @@ impl Sae {
         Ok(x.len() / self.d_in())
     }
 
-    /// Pre-activations `[n, d_sae]` of scaled inputs `xs` (`[n, d_in]`): `(xs − b_dec)·W_enc + b_enc`.
+    /// The encoder's input: an SAE subtracts b_dec from `xs`; a transcoder, whose b_dec lives
+    /// in the target space, reads `xs` as is.
+    pub fn encoder_input(&self, xs: &[f32]) -> Vec<f32> {
+        if self.cfg.is_transcoder() {
+            return xs.to_vec();
+        }
+        xs.chunks(self.d_in())
+            .flat_map(|r| r.iter().zip(&self.b_dec).map(|(x, b)| x - b))
+            .collect()
+    }
+
+    /// Pre-activations `[n, d_sae]` of scaled inputs `xs` (`[n, d_in]`): `(xs − b_dec)·W_enc + b_enc`
+    /// (without `− b_dec` for a transcoder).
     pub fn pre_activations(&self, xs: &[f32]) -> Vec<f32> {
         let (d_in, d_sae) = (self.d_in(), self.d_sae());
         let n = xs.len() / d_in;
-        let centred: Vec<f32> = xs
-            .chunks(d_in)
-            .flat_map(|r| r.iter().zip(&self.b_dec).map(|(x, b)| x - b))
-            .collect();
+        let centred = self.encoder_input(xs);
         linalg::matmul_bt_bias(&centred, &self.w_enc_t, &self.b_enc, n, d_in, d_sae)
     }
 
@@ -100,7 +113,9 @@ impl Sae {
         self.finish_selection(rows, batch_level)
     }
 
-    /// Per-token selection; for BatchTopK in training, the token's candidates (top 4k).
+    /// Per-token selection. In training (`batch_level`), BatchTopK returns the token's
+    /// candidates (top 4k) and JumpReLU every latent above `threshold − bandwidth/2`: the
+    /// active ones and those in the band where the threshold's pseudo-gradient lives.
     fn select_row(&self, r: &[f32], batch_level: bool) -> Vec<(u32, f32)> {
         match self.cfg.activation {
             Activation::TopK { k } => top_k(r, k),
@@ -108,7 +123,13 @@ impl Sae {
             Activation::BatchTopK { k, .. } if batch_level => top_k(r, 4 * k),
             Activation::BatchTopK { threshold, .. } => above(r, |_| threshold),
             Activation::Relu { .. } => above(r, |_| 0.0),
-            Activation::JumpRelu => above(r, |j| self.threshold[j]),
+            Activation::JumpRelu { bandwidth, .. } if batch_level => r
+                .iter()
+                .enumerate()
+                .filter(|(j, v)| **v > self.threshold[*j] - 0.5 * bandwidth)
+                .map(|(j, v)| (j as u32, *v))
+                .collect(),
+            Activation::JumpRelu { .. } => above(r, |j| self.threshold[j]),
         }
     }
 
@@ -148,10 +169,7 @@ impl Sae {
         let w_enc = transpose(&self.w_enc_t, d_sae, d_in);
         let mut pre = Vec::new();
         for block in xs.chunks(BLOCK * d_in) {
-            let centred: Vec<f32> = block
-                .chunks(d_in)
-                .flat_map(|r| r.iter().zip(&self.b_dec).map(|(x, b)| x - b))
-                .collect();
+            let centred = self.encoder_input(block);
             linalg::matmul_bias_into(
                 &mut pre,
                 &centred,
@@ -200,25 +218,23 @@ impl Sae {
         Ok(self.encode_scaled(&xs, false, &[]).0)
     }
 
-    /// Reconstruction of raw activations, in raw units.
+    /// Reconstruction (of the target hook, for a transcoder) from raw activations, in raw units.
     pub fn reconstruct(&self, x: &[f32]) -> Result<(Codes, Vec<f32>)> {
         let codes = self.encode(x)?;
-        let inv = 1.0 / self.cfg.input_scale;
+        let inv = 1.0 / self.cfg.output_scale;
         let xhat = self.decode(&codes).into_iter().map(|v| v * inv).collect();
         Ok((codes, xhat))
     }
 
     /// Folds the input scale into the weights, so the dictionary takes raw activations.
     pub fn fold_input_scale(&mut self) {
-        let s = self.cfg.input_scale;
-        if s == 1.0 {
-            return;
-        }
-        self.w_enc_t.iter_mut().for_each(|w| *w *= s);
-        self.w_dec.iter_mut().for_each(|w| *w /= s);
-        self.b_dec.iter_mut().for_each(|b| *b /= s);
+        let (s_in, s_out) = (self.cfg.input_scale, self.cfg.output_scale);
+        self.w_enc_t.iter_mut().for_each(|w| *w *= s_in);
+        self.w_dec.iter_mut().for_each(|w| *w /= s_out);
+        self.b_dec.iter_mut().for_each(|b| *b /= s_out);
         // Pre-activations are unchanged by folding, so thresholds stay.
         self.cfg.input_scale = 1.0;
+        self.cfg.output_scale = 1.0;
     }
 }
 

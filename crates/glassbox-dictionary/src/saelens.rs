@@ -3,6 +3,9 @@
 //! trained elsewhere load here and ours load in SAELens. Saved dictionaries take raw
 //! activations: the training input scale is folded into the weights. BatchTopK is saved as
 //! JumpReLU with its learned threshold on every latent, which is what it computes at inference.
+//! Transcoders are saved as SAELens's `transcoder` (ReLU) or `jumprelu_transcoder`
+//! (`d_out`, `apply_b_dec_to_input: false`, the target hook in `metadata.hook_name_out`);
+//! SAELens has no TopK transcoder, so those are `topk_transcoder`, read by Glassbox only.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,15 +30,25 @@ pub fn save(sae: &Sae, dir: &Path, extra: Value) -> Result<()> {
         Activation::Relu { .. } => ("standard", None, None),
         Activation::TopK { k } => ("topk", None, Some(k)),
         Activation::BatchTopK { threshold, .. } => ("jumprelu", Some(vec![threshold; d_sae]), None),
-        Activation::JumpRelu => ("jumprelu", Some(s.threshold.clone()), None),
+        Activation::JumpRelu { .. } => ("jumprelu", Some(s.threshold.clone()), None),
+    };
+    let transcoder = s.cfg.is_transcoder();
+    let architecture = match (transcoder, architecture) {
+        (false, a) => a.to_string(),
+        (true, "standard") => "transcoder".to_string(),
+        (true, a) => format!("{a}_transcoder"),
     };
     let mut cfg = json!({
         "architecture": architecture, "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": true, "normalize_activations": "none", "reshape_activations": "none",
+        "apply_b_dec_to_input": !transcoder, "normalize_activations": "none", "reshape_activations": "none",
         "metadata": {"model_name": s.cfg.model, "hook_name": s.cfg.hook, "glassbox": {"activation": s.cfg.activation, "extra": extra}},
     });
     if let Some(k) = k {
         cfg["k"] = json!(k);
+    }
+    if let Some(out) = &s.cfg.target_hook {
+        cfg["d_out"] = json!(d_in);
+        cfg["metadata"]["hook_name_out"] = json!(out);
     }
     // W_enc is stored [d_in, d_sae].
     let mut w_enc = vec![0f32; d_in * d_sae];
@@ -112,8 +125,24 @@ pub fn load(dir: &Path) -> Result<Sae> {
     let ours: Option<Activation> = field("metadata")
         .and_then(|m| m.pointer("/glassbox/activation"))
         .and_then(|a| serde_json::from_value(a.clone()).ok());
+    let (architecture, transcoder) = match architecture {
+        "transcoder" => ("standard", true),
+        a => match a.strip_suffix("_transcoder") {
+            Some(base) => (base, true),
+            None => (a, false),
+        },
+    };
+    if transcoder {
+        let d_out = usize_field("d_out")?;
+        if d_out != d_in {
+            return Err(bad(format!(
+                "transcoders with d_out ({d_out}) ≠ d_in ({d_in}) are not supported"
+            )));
+        }
+    }
     let activation = match (architecture, ours) {
         (_, Some(Activation::BatchTopK { k, threshold })) => Activation::BatchTopK { k, threshold },
+        (_, Some(a @ Activation::JumpRelu { .. })) => a,
         ("standard", _) => Activation::Relu { l1: 0.0 },
         ("topk", _) => Activation::TopK {
             k: usize_field("k").or_else(|_| {
@@ -124,10 +153,13 @@ pub fn load(dir: &Path) -> Result<Sae> {
                     .ok_or_else(|| bad("`k` missing".into()))
             })?,
         },
-        ("jumprelu", _) => Activation::JumpRelu,
+        ("jumprelu", _) => Activation::JumpRelu {
+            l0: 0.0,
+            bandwidth: 0.05,
+        },
         (other, _) => {
             return Err(bad(format!(
-                "architecture `{other}` is not supported; use standard, topk or jumprelu"
+                "architecture `{other}` is not supported; use standard, topk or jumprelu (or their transcoders)"
             )))
         }
     };
@@ -189,25 +221,27 @@ pub fn load(dir: &Path) -> Result<Sae> {
     }
     let mut b_enc = get("b_enc", &[d_sae])?;
     let b_dec = get("b_dec", &[d_in])?;
-    if field("apply_b_dec_to_input").and_then(Value::as_bool) == Some(false) {
+    if !transcoder && field("apply_b_dec_to_input").and_then(Value::as_bool) == Some(false) {
         // pre = x·W_enc + b_enc = (x − b_dec)·W_enc + (b_enc + b_dec·W_enc).
         for (j, b) in b_enc.iter_mut().enumerate() {
             *b += crate::linalg::dot(&w_enc_t[j * d_in..][..d_in], &b_dec);
         }
     }
-    let threshold = if matches!(activation, Activation::JumpRelu) {
+    let threshold = if matches!(activation, Activation::JumpRelu { .. }) {
         get("threshold", &[d_sae])?
     } else {
         Vec::new()
     };
-    let cfg = DictConfig {
+    let mut cfg = DictConfig::sae(
         activation,
         d_in,
         d_sae,
-        model: meta("model_name"),
-        hook: meta("hook_name"),
-        input_scale: 1.0,
-    };
+        &meta("model_name"),
+        &meta("hook_name"),
+    );
+    if transcoder {
+        cfg.target_hook = Some(meta("hook_name_out"));
+    }
     cfg.validate()?;
     Ok(Sae {
         cfg,

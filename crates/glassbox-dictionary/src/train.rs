@@ -31,6 +31,10 @@ pub struct TrainConfig {
     /// A latent that has not fired for this many tokens is dead.
     pub dead_after_tokens: u64,
     pub seed: u64,
+    /// JumpReLU: thresholds start where each latent fires on `init_l0 / d_sae` of the first
+    /// batch's tokens, so the initial L0 is about `init_l0`; the L0 penalty moves it from there.
+    #[serde(default)]
+    pub init_l0: f32,
 }
 
 impl TrainConfig {
@@ -101,7 +105,8 @@ pub struct Trainer {
     pub step: usize,
     pub history: Vec<StepStats>,
     since_fired: Vec<u64>,
-    adam: [Adam; 4],
+    /// Moments of W_enc, b_enc, W_dec, b_dec and (JumpReLU) log-thresholds.
+    adam: Vec<Adam>,
 }
 
 /// Gradients of one batch, and what the step reports.
@@ -110,6 +115,8 @@ pub struct Gradients {
     pub b_enc: Vec<f32>,
     pub w_dec: Vec<f32>,
     pub b_dec: Vec<f32>,
+    /// JumpReLU: straight-through pseudo-gradient of the thresholds (not their logs).
+    pub threshold: Vec<f32>,
     pub codes: Codes,
     sq_err: f64,
     var: f64,
@@ -137,12 +144,15 @@ impl Trainer {
             )));
         }
         let (d_in, d_sae) = (sae.d_in(), sae.d_sae());
-        let adam = [
+        let mut adam = vec![
             Adam::new(d_sae * d_in),
             Adam::new(d_sae),
             Adam::new(d_sae * d_in),
             Adam::new(d_in),
         ];
+        if matches!(sae.cfg.activation, Activation::JumpRelu { .. }) {
+            adam.push(Adam::new(d_sae));
+        }
         Ok(Self {
             since_fired: vec![0; d_sae],
             sae,
@@ -153,33 +163,64 @@ impl Trainer {
         })
     }
 
-    /// Sets the input scale (mean norm → √d_in) and b_dec (the mean) from a first batch.
-    pub fn initialise_from(&mut self, x: &[f32]) -> Result<()> {
+    /// Sets the input scale (mean norm → √d_in) and b_dec (the mean) from a first batch of
+    /// inputs `x` and, for a transcoder, targets `y` (and the encoder and decoder, see
+    /// `data_init`). JumpReLU thresholds start as [`TrainConfig::init_l0`] says.
+    pub fn initialise_from(&mut self, x: &[f32], y: Option<&[f32]>) -> Result<()> {
         let d = self.sae.d_in();
-        if x.is_empty() || !x.len().is_multiple_of(d) {
-            return Err(DictError::Width {
-                got: x.len() % d,
-                expected: d,
-            });
-        }
-        let n = x.len() / d;
-        let mean_norm = x
-            .chunks(d)
-            .map(|r| linalg::dot(r, r).sqrt() as f64)
-            .sum::<f64>()
-            / n as f64;
-        if !(mean_norm.is_finite() && mean_norm > 0.0) {
-            return Err(DictError::Config(format!(
-                "activations have mean norm {mean_norm}; are they all zero or non-finite?"
-            )));
-        }
-        let s = ((d as f64).sqrt() / mean_norm) as f32;
-        self.sae.cfg.input_scale = s;
-        self.sae.b_dec = column_means(x, d)
+        let s_in = norm_scale(x, d)?;
+        let s_out = match y {
+            Some(y) if self.sae.cfg.is_transcoder() => {
+                if y.len() != x.len() {
+                    return Err(DictError::Config(format!(
+                        "{} targets for {} inputs",
+                        y.len() / d,
+                        x.len() / d
+                    )));
+                }
+                norm_scale(y, d)?
+            }
+            _ => s_in,
+        };
+        self.sae.cfg.input_scale = s_in;
+        self.sae.cfg.output_scale = s_out;
+        self.sae.b_dec = column_means(y.unwrap_or(x), d)
             .into_iter()
-            .map(|m| (m * s as f64) as f32)
+            .map(|m| (m * s_out as f64) as f32)
             .collect();
+        if let (true, Some(y)) = (self.sae.cfg.is_transcoder(), y) {
+            self.data_init(x, y);
+        }
+        if matches!(self.sae.cfg.activation, Activation::JumpRelu { .. }) {
+            let xs: Vec<f32> = x.iter().map(|v| v * s_in).collect();
+            let pre = self.sae.pre_activations(&xs);
+            let density = (self.tc.init_l0 as f64 / self.sae.d_sae() as f64).clamp(1e-6, 1.0);
+            self.sae.threshold = initial_thresholds(&pre, self.sae.d_sae(), density);
+        }
         Ok(())
+    }
+
+    /// Transcoders: latent j starts as a detector of a centred input row of the batch and
+    /// writes the matching centred target row (unit norms), since an encoder tied to the
+    /// decoder means nothing when they live at different hooks.
+    fn data_init(&mut self, x: &[f32], y: &[f32]) {
+        let d = self.sae.d_in();
+        let n = x.len() / d;
+        let (mx, my) = (column_means(x, d), column_means(y, d));
+        let centred = |v: &[f32], m: &[f64], r: usize| -> Vec<f32> {
+            v[r * d..][..d]
+                .iter()
+                .zip(m)
+                .map(|(a, b)| (*a as f64 - b) as f32)
+                .collect()
+        };
+        for j in 0..self.sae.d_sae() {
+            let r = j % n;
+            self.sae.w_enc_t[j * d..][..d].copy_from_slice(&centred(x, &mx, r));
+            self.sae.w_dec[j * d..][..d].copy_from_slice(&centred(y, &my, r));
+        }
+        normalize_rows(&mut self.sae.w_enc_t, d);
+        normalize_rows(&mut self.sae.w_dec, d);
     }
 
     pub fn dead_fraction(&self) -> f32 {
@@ -217,8 +258,9 @@ impl Trainer {
             .collect()
     }
 
-    /// Loss gradients at raw activations `x` (`[batch, d_in]`), by the sparse backward pass.
-    pub fn gradients(&self, x: &[f32]) -> Result<Gradients> {
+    /// Loss gradients at raw inputs `x` (`[batch, d_in]`) and, for a transcoder, raw targets
+    /// `y` (an SAE's target is `x`), by the sparse backward pass.
+    pub fn gradients(&self, x: &[f32], y: Option<&[f32]>) -> Result<Gradients> {
         let (d_in, d_sae) = (self.sae.d_in(), self.sae.d_sae());
         if x.is_empty() || !x.len().is_multiple_of(d_in) {
             return Err(DictError::Width {
@@ -226,10 +268,22 @@ impl Trainer {
                 expected: d_in,
             });
         }
+        let transcoder = self.sae.cfg.is_transcoder();
         let n = x.len() / d_in;
         let inv_n = 1.0 / n as f32;
         let s = self.sae.cfg.input_scale;
         let xs: Vec<f32> = x.iter().map(|v| v * s).collect();
+        let ys: Vec<f32> = match (transcoder, y) {
+            (true, Some(y)) if y.len() == x.len() => {
+                y.iter().map(|v| v * self.sae.cfg.output_scale).collect()
+            }
+            (true, _) => {
+                return Err(DictError::Config(
+                    "a transcoder needs one target row per input row".into(),
+                ))
+            }
+            (false, _) => xs.clone(),
+        };
         let topk_family = matches!(
             self.sae.cfg.activation,
             Activation::TopK { .. } | Activation::BatchTopK { .. }
@@ -239,22 +293,41 @@ impl Trainer {
         } else {
             Vec::new()
         };
-        let (codes, dead_pre) = self.sae.encode_scaled(&xs, true, &dead);
+        let (candidates, dead_pre) = self.sae.encode_scaled(&xs, true, &dead);
+        // JumpReLU's candidates include the band below the threshold; only those above fire.
+        let (codes, band) = match self.sae.cfg.activation {
+            Activation::JumpRelu { .. } => {
+                let active = Codes {
+                    rows: candidates
+                        .rows
+                        .iter()
+                        .map(|r| {
+                            r.iter()
+                                .filter(|e| e.1 > self.sae.threshold[e.0 as usize])
+                                .copied()
+                                .collect()
+                        })
+                        .collect(),
+                };
+                (active, Some(candidates))
+            }
+            _ => (candidates, None),
+        };
         let xhat = self.sae.decode(&codes);
 
-        // Main loss Σ‖x̂ − x‖² / n and its gradient with respect to x̂.
+        // Main loss Σ‖x̂ − y‖² / n and its gradient with respect to x̂.
         let g: Vec<f32> = xhat
             .iter()
-            .zip(&xs)
+            .zip(&ys)
             .map(|(a, b)| 2.0 * (a - b) * inv_n)
             .collect();
         let sq_err: f64 = xhat
             .iter()
-            .zip(&xs)
+            .zip(&ys)
             .map(|(a, b)| ((a - b) * (a - b)) as f64)
             .sum();
-        let means = column_means(&xs, d_in);
-        let var: f64 = xs
+        let means = column_means(&ys, d_in);
+        let var: f64 = ys
             .chunks(d_in)
             .map(|r| {
                 r.iter()
@@ -270,6 +343,12 @@ impl Trainer {
             0.0
         };
         let mut groups = self.entries(&codes, &g, l1, false);
+        let g_threshold = match (band, self.sae.cfg.activation) {
+            (Some(band), Activation::JumpRelu { l0, bandwidth }) => {
+                self.threshold_gradient(&band, &g, l0 * inv_n, bandwidth)
+            }
+            _ => Vec::new(),
+        };
 
         // AuxK: the top dead latents of each token reconstruct its residual (held constant).
         let (mut g_aux, mut aux_loss) = (Vec::new(), 0f32);
@@ -296,8 +375,8 @@ impl Trainer {
             let alpha = self.tc.aux_alpha;
             let diff: Vec<f32> = ehat
                 .iter()
-                .zip(xs.iter().zip(&xhat))
-                .map(|(e, (x, xh))| e - (x - xh))
+                .zip(ys.iter().zip(&xhat))
+                .map(|(e, (y, xh))| e - (y - xh))
                 .collect();
             aux_loss = alpha * diff.iter().map(|d| d * d).sum::<f32>() * inv_n;
             g_aux = diff.iter().map(|d| 2.0 * alpha * d * inv_n).collect();
@@ -312,7 +391,7 @@ impl Trainer {
         let mut gw_enc = vec![0f32; d_sae * d_in];
         let mut gw_dec = vec![0f32; d_sae * d_in];
         let mut gb_enc = vec![0f32; d_sae];
-        let b_dec = &self.sae.b_dec;
+        let enc_in = self.sae.encoder_input(&xs);
         gw_enc
             .par_chunks_mut(d_in)
             .zip(gw_dec.par_chunks_mut(d_in))
@@ -327,40 +406,41 @@ impl Trainer {
                         &g[t * d_in..][..d_in]
                     };
                     linalg::axpy(e.value, grad_out, gd);
-                    // ∂pre/∂W_enc row = x − b_dec.
-                    for ((ge, x), b) in ge.iter_mut().zip(&xs[t * d_in..][..d_in]).zip(b_dec) {
-                        *ge += e.dpre * (x - b);
-                    }
+                    // ∂pre/∂W_enc row = the encoder input (x − b_dec for an SAE).
+                    linalg::axpy(e.dpre, &enc_in[t * d_in..][..d_in], ge);
                     *gb += e.dpre;
                 }
             });
-        // b_dec enters x̂ directly and the encoder input with a minus sign.
+        // b_dec enters x̂ directly and, in an SAE, the encoder input with a minus sign.
         let mut gb_dec: Vec<f32> = (0..d_in)
             .map(|i| g.iter().skip(i).step_by(d_in).sum::<f32>())
             .collect();
-        let through_encoder: Vec<Vec<f32>> = self
-            .sae
-            .w_enc_t
-            .par_chunks(d_in * 256)
-            .zip(gb_enc.par_chunks(256))
-            .map(|(w, gb)| {
-                let mut acc = vec![0f32; d_in];
-                for (row, &c) in w.chunks(d_in).zip(gb) {
-                    if c != 0.0 {
-                        linalg::axpy(c, row, &mut acc);
+        if !transcoder {
+            let through_encoder: Vec<Vec<f32>> = self
+                .sae
+                .w_enc_t
+                .par_chunks(d_in * 256)
+                .zip(gb_enc.par_chunks(256))
+                .map(|(w, gb)| {
+                    let mut acc = vec![0f32; d_in];
+                    for (row, &c) in w.chunks(d_in).zip(gb) {
+                        if c != 0.0 {
+                            linalg::axpy(c, row, &mut acc);
+                        }
                     }
-                }
-                acc
-            })
-            .collect();
-        for part in &through_encoder {
-            gb_dec.iter_mut().zip(part).for_each(|(g, p)| *g -= p);
+                    acc
+                })
+                .collect();
+            for part in &through_encoder {
+                gb_dec.iter_mut().zip(part).for_each(|(g, p)| *g -= p);
+            }
         }
         Ok(Gradients {
             w_enc_t: gw_enc,
             b_enc: gb_enc,
             w_dec: gw_dec,
             b_dec: gb_dec,
+            threshold: g_threshold,
             codes,
             sq_err,
             var,
@@ -369,27 +449,72 @@ impl Trainer {
         })
     }
 
-    /// One optimisation step on raw activations `x` (`[batch, d_in]`).
-    pub fn step(&mut self, x: &[f32]) -> Result<StepStats> {
+    /// JumpReLU's straight-through pseudo-gradient of the thresholds θ: with the rectangle
+    /// kernel K(u) = 1{|u| < ½}, each token whose pre-activation z lies within ε/2 of θ_j adds
+    /// −(θ_j/ε)·∂L/∂f_j (the jump of z·H(z − θ)) and −λ/(nε) (the L0 term λ/n·Σ H(z − θ)).
+    /// `band` holds every (latent, z) with z > θ − ε/2; `l0_per_token` is λ/n.
+    fn threshold_gradient(&self, band: &Codes, g: &[f32], l0_per_token: f32, eps: f32) -> Vec<f32> {
+        let d_in = self.sae.d_in();
+        let theta = &self.sae.threshold;
+        let per_token: Vec<Vec<(u32, f32)>> = band
+            .rows
+            .par_iter()
+            .enumerate()
+            .map(|(b, row)| {
+                let gb = &g[b * d_in..][..d_in];
+                row.iter()
+                    .filter(|e| (e.1 - theta[e.0 as usize]).abs() < 0.5 * eps)
+                    .map(|&(j, _)| {
+                        let df = linalg::dot(gb, &self.sae.w_dec[j as usize * d_in..][..d_in]);
+                        (j, -(theta[j as usize] * df + l0_per_token) / eps)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut out = vec![0f32; self.sae.d_sae()];
+        for (j, v) in per_token.iter().flatten() {
+            out[*j as usize] += v;
+        }
+        out
+    }
+
+    /// One optimisation step on raw inputs `x` (`[batch, d_in]`) and, for a transcoder,
+    /// their targets `y`.
+    pub fn step(&mut self, x: &[f32], y: Option<&[f32]>) -> Result<StepStats> {
         let d_in = self.sae.d_in();
         let Gradients {
             w_enc_t: gw_enc,
             b_enc: gb_enc,
             w_dec: gw_dec,
             b_dec: gb_dec,
+            threshold: g_theta,
             codes,
             sq_err,
             var,
             aux_loss,
             n,
-        } = self.gradients(x)?;
+        } = self.gradients(x, y)?;
         let lr = self.tc.lr_at(self.step);
         let t = (self.step + 1) as i32;
-        let [a0, a1, a2, a3] = &mut self.adam;
-        a0.update(&mut self.sae.w_enc_t, &gw_enc, lr, t);
-        a1.update(&mut self.sae.b_enc, &gb_enc, lr, t);
-        a2.update(&mut self.sae.w_dec, &gw_dec, lr, t);
-        a3.update(&mut self.sae.b_dec, &gb_dec, lr, t);
+        self.adam[0].update(&mut self.sae.w_enc_t, &gw_enc, lr, t);
+        self.adam[1].update(&mut self.sae.b_enc, &gb_enc, lr, t);
+        self.adam[2].update(&mut self.sae.w_dec, &gw_dec, lr, t);
+        self.adam[3].update(&mut self.sae.b_dec, &gb_dec, lr, t);
+        if let Some(adam) = self.adam.get_mut(4) {
+            // Thresholds are optimised in log space, which keeps them positive.
+            let theta = &mut self.sae.threshold;
+            let g_log: Vec<f32> = g_theta
+                .iter()
+                .zip(theta.iter())
+                .map(|(g, t)| g * t)
+                .collect();
+            let mut log_theta: Vec<f32> = theta.iter().map(|t| t.ln()).collect();
+            adam.update(&mut log_theta, &g_log, lr, t);
+            theta
+                .iter_mut()
+                .zip(&log_theta)
+                .for_each(|(t, l)| *t = l.exp());
+        }
         normalize_rows(&mut self.sae.w_dec, d_in);
 
         for f in self.since_fired.iter_mut() {
@@ -443,30 +568,24 @@ impl Trainer {
             .iter()
             .map(|&v| v.min(1 << 24) as f32)
             .collect();
-        let tensors: Vec<(&str, &[f32], Vec<usize>)> = vec![
-            ("w_enc_t", &s.w_enc_t, vec![s.d_sae(), s.d_in()]),
-            ("b_enc", &s.b_enc, vec![s.d_sae()]),
-            ("w_dec", &s.w_dec, vec![s.d_sae(), s.d_in()]),
-            ("b_dec", &s.b_dec, vec![s.d_in()]),
-            ("adam.m.0", &self.adam[0].m, vec![s.d_sae(), s.d_in()]),
-            ("adam.v.0", &self.adam[0].v, vec![s.d_sae(), s.d_in()]),
-            ("adam.m.1", &self.adam[1].m, vec![s.d_sae()]),
-            ("adam.v.1", &self.adam[1].v, vec![s.d_sae()]),
-            ("adam.m.2", &self.adam[2].m, vec![s.d_sae(), s.d_in()]),
-            ("adam.v.2", &self.adam[2].v, vec![s.d_sae(), s.d_in()]),
-            ("adam.m.3", &self.adam[3].m, vec![s.d_in()]),
-            ("adam.v.3", &self.adam[3].v, vec![s.d_in()]),
-            ("since_fired", &since, vec![s.d_sae()]),
+        let mut tensors: Vec<(String, &[f32], Vec<usize>)> = vec![
+            ("w_enc_t".into(), &s.w_enc_t, vec![s.d_sae(), s.d_in()]),
+            ("b_enc".into(), &s.b_enc, vec![s.d_sae()]),
+            ("w_dec".into(), &s.w_dec, vec![s.d_sae(), s.d_in()]),
+            ("b_dec".into(), &s.b_dec, vec![s.d_in()]),
+            ("since_fired".into(), &since, vec![s.d_sae()]),
         ];
+        if !s.threshold.is_empty() {
+            tensors.push(("threshold".into(), &s.threshold, vec![s.d_sae()]));
+        }
+        for (i, a) in self.adam.iter().enumerate() {
+            let shape = vec![a.m.len()];
+            tensors.push((format!("adam.m.{i}"), &a.m, shape.clone()));
+            tensors.push((format!("adam.v.{i}"), &a.v, shape));
+        }
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
             .into_iter()
-            .map(|(k, v, shape)| {
-                (
-                    k.to_string(),
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                    shape,
-                )
-            })
+            .map(|(k, v, shape)| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape))
             .collect();
         let views: Vec<(String, TensorView)> = bytes
             .iter()
@@ -520,32 +639,33 @@ impl Trainer {
                 .collect())
         };
         let (d_in, d_sae) = (dict.d_in, dict.d_sae);
+        let jumprelu = matches!(dict.activation, Activation::JumpRelu { .. });
         let sae = Sae {
             w_enc_t: get("w_enc_t", d_sae * d_in)?,
             b_enc: get("b_enc", d_sae)?,
             w_dec: get("w_dec", d_sae * d_in)?,
             b_dec: get("b_dec", d_in)?,
-            threshold: Vec::new(),
+            threshold: if jumprelu {
+                get("threshold", d_sae)?
+            } else {
+                Vec::new()
+            },
             cfg: dict,
         };
-        let adam = [
-            Adam {
-                m: get("adam.m.0", d_sae * d_in)?,
-                v: get("adam.v.0", d_sae * d_in)?,
-            },
-            Adam {
-                m: get("adam.m.1", d_sae)?,
-                v: get("adam.v.1", d_sae)?,
-            },
-            Adam {
-                m: get("adam.m.2", d_sae * d_in)?,
-                v: get("adam.v.2", d_sae * d_in)?,
-            },
-            Adam {
-                m: get("adam.m.3", d_in)?,
-                v: get("adam.v.3", d_in)?,
-            },
-        ];
+        let mut sizes = vec![d_sae * d_in, d_sae, d_sae * d_in, d_in];
+        if jumprelu {
+            sizes.push(d_sae);
+        }
+        let adam = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                Ok(Adam {
+                    m: get(&format!("adam.m.{i}"), len)?,
+                    v: get(&format!("adam.v.{i}"), len)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             since_fired: get("since_fired", d_sae)?
                 .into_iter()
@@ -559,6 +679,43 @@ impl Trainer {
             adam,
         })
     }
+}
+
+/// The factor that brings the mean row norm of `x` to √d.
+fn norm_scale(x: &[f32], d: usize) -> Result<f32> {
+    if x.is_empty() || !x.len().is_multiple_of(d) {
+        return Err(DictError::Width {
+            got: x.len() % d,
+            expected: d,
+        });
+    }
+    let n = x.len() / d;
+    let mean_norm = x
+        .chunks(d)
+        .map(|r| linalg::dot(r, r).sqrt() as f64)
+        .sum::<f64>()
+        / n as f64;
+    if !(mean_norm.is_finite() && mean_norm > 0.0) {
+        return Err(DictError::Config(format!(
+            "activations have mean norm {mean_norm}; are they all zero or non-finite?"
+        )));
+    }
+    Ok(((d as f64).sqrt() / mean_norm) as f32)
+}
+
+/// Per latent, the pre-activation exceeded by a fraction `density` of the rows of `pre`
+/// (at least 1e-3, so thresholds stay positive).
+fn initial_thresholds(pre: &[f32], d_sae: usize, density: f64) -> Vec<f32> {
+    let n = pre.len() / d_sae;
+    let rank = ((n as f64 * density) as usize).min(n.saturating_sub(1));
+    (0..d_sae)
+        .into_par_iter()
+        .map(|j| {
+            let mut col: Vec<f32> = pre.iter().skip(j).step_by(d_sae).copied().collect();
+            let (_, t, _) = col.select_nth_unstable_by(rank, |a, b| b.total_cmp(a));
+            t.max(1e-3)
+        })
+        .collect()
 }
 
 fn column_means(x: &[f32], d: usize) -> Vec<f64> {

@@ -6,15 +6,20 @@ use glassbox_dictionary::{Activation, DictConfig, Sae};
 use rand::{Rng, SeedableRng};
 
 fn cfg(activation: Activation, d_in: usize, d_sae: usize) -> DictConfig {
+    DictConfig::sae(activation, d_in, d_sae, "test", "test")
+}
+
+fn transcoder_cfg(activation: Activation, d_in: usize, d_sae: usize) -> DictConfig {
     DictConfig {
-        activation,
-        d_in,
-        d_sae,
-        model: "test".into(),
-        hook: "test".into(),
-        input_scale: 1.0,
+        target_hook: Some("target".into()),
+        ..cfg(activation, d_in, d_sae)
     }
 }
+
+const JUMPRELU: Activation = Activation::JumpRelu {
+    l0: 0.05,
+    bandwidth: 0.2,
+};
 
 fn tc(steps: usize, aux_k: usize) -> TrainConfig {
     TrainConfig {
@@ -27,6 +32,7 @@ fn tc(steps: usize, aux_k: usize) -> TrainConfig {
         aux_alpha: 1.0 / 32.0,
         dead_after_tokens: 256,
         seed: 1,
+        init_l0: 8.0,
     }
 }
 
@@ -41,6 +47,12 @@ fn gaussian(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
 
 /// Data made of `k` of `m` hidden unit directions with positive weights, plus a mean.
 fn sparse_data(n: usize, d: usize, m: usize, k: usize, seed: u64) -> Vec<f32> {
+    sparse_pairs(n, d, m, k, seed).0
+}
+
+/// Inputs as in [`sparse_data`] and targets made of the same hidden features through other
+/// directions: what a transcoder of an MLP-like map should find.
+fn sparse_pairs(n: usize, d: usize, m: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut dirs = gaussian(&mut rng, m * d);
     for r in dirs.chunks_mut(d) {
@@ -48,29 +60,42 @@ fn sparse_data(n: usize, d: usize, m: usize, k: usize, seed: u64) -> Vec<f32> {
         r.iter_mut().for_each(|v| *v /= norm);
     }
     let mean: Vec<f32> = gaussian(&mut rng, d).into_iter().map(|v| v * 0.5).collect();
-    let mut x = Vec::with_capacity(n * d);
+    let outs = gaussian(&mut rng, m * d);
+    let (mut x, mut y) = (Vec::with_capacity(n * d), Vec::with_capacity(n * d));
     for _ in 0..n {
-        let mut row = mean.clone();
+        let (mut row, mut out) = (mean.clone(), vec![0.1; d]);
         for _ in 0..k {
             let j = rng.random_range(0..m);
             let w: f32 = rng.random_range(0.5..2.0);
             row.iter_mut()
                 .zip(&dirs[j * d..][..d])
                 .for_each(|(r, v)| *r += w * v);
+            out.iter_mut()
+                .zip(&outs[j * d..][..d])
+                .for_each(|(r, v)| *r += w * v);
         }
         x.extend(row);
+        y.extend(out);
     }
-    x
+    (x, y)
 }
 
-/// The training loss recomputed from scratch (main term + L1), in f64.
-fn loss(sae: &Sae, x: &[f32]) -> f64 {
+/// The codes a training step uses: JumpReLU's training selection also returns the band
+/// below the thresholds, which does not fire.
+fn active_codes(sae: &Sae, x: &[f32]) -> glassbox_dictionary::Codes {
+    let batch_level = !matches!(sae.cfg.activation, Activation::JumpRelu { .. });
+    sae.select(&sae.pre_activations(x), batch_level)
+}
+
+/// The training loss recomputed from scratch (main term + L1; JumpReLU's L0 term is
+/// piecewise constant and drops out of finite differences), in f64.
+fn loss(sae: &Sae, x: &[f32], y: &[f32]) -> f64 {
     let n = x.len() / sae.d_in();
-    let codes = sae.select(&sae.pre_activations(x), true);
+    let codes = active_codes(sae, x);
     let xhat = sae.decode(&codes);
     let mse: f64 = xhat
         .iter()
-        .zip(x)
+        .zip(y)
         .map(|(a, b)| ((a - b) as f64).powi(2))
         .sum::<f64>()
         / n as f64;
@@ -83,15 +108,23 @@ fn loss(sae: &Sae, x: &[f32]) -> f64 {
     mse + l1
 }
 
-fn check_gradients(activation: Activation) {
-    let (d_in, d_sae) = (8, 24);
-    let x = sparse_data(16, d_in, 12, 3, 5);
-    let mut sae = Sae::init(cfg(activation, d_in, d_sae), 3).unwrap();
+fn check_gradients(dict: DictConfig) {
+    let (d_in, d_sae) = (dict.d_in, dict.d_sae);
+    let activation = dict.activation;
+    let (x, y) = sparse_pairs(16, d_in, 12, 3, 5);
+    let transcoder = dict.is_transcoder();
+    let y = if transcoder { y } else { x.clone() };
+    let mut sae = Sae::init(dict, 3).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     sae.b_enc = (0..d_sae).map(|_| rng.random_range(-0.3..0.3)).collect();
     sae.b_dec = (0..d_in).map(|_| rng.random_range(-0.3..0.3)).collect();
+    if !sae.threshold.is_empty() {
+        sae.threshold = (0..d_sae).map(|_| rng.random_range(0.05..0.5)).collect();
+    }
     let trainer = Trainer::new(sae.clone(), tc(10, 0)).unwrap();
-    let grads = trainer.gradients(&x).unwrap();
+    let grads = trainer
+        .gradients(&x, transcoder.then_some(y.as_slice()))
+        .unwrap();
     let eps = 1e-3f32;
     let mut checked = 0;
     type Field = fn(&mut Sae) -> &mut Vec<f32>;
@@ -107,7 +140,7 @@ fn check_gradients(activation: Activation) {
             field(&mut plus)[i] += eps;
             field(&mut minus)[i] -= eps;
             let same = |s: &Sae| {
-                s.select(&s.pre_activations(&x), true)
+                active_codes(s, &x)
                     .rows
                     .iter()
                     .map(|r| r.iter().map(|e| e.0).collect::<Vec<_>>())
@@ -116,7 +149,7 @@ fn check_gradients(activation: Activation) {
             if same(&plus) != same(&sae) || same(&minus) != same(&sae) {
                 continue; // the selection changed: not differentiable here
             }
-            let numeric = (loss(&plus, &x) - loss(&minus, &x)) / (2.0 * eps as f64);
+            let numeric = (loss(&plus, &x, &y) - loss(&minus, &x, &y)) / (2.0 * eps as f64);
             let a = analytic[i] as f64;
             assert!(
                 (numeric - a).abs() <= 2e-3 + 2e-2 * numeric.abs(),
@@ -130,12 +163,142 @@ fn check_gradients(activation: Activation) {
 
 #[test]
 fn topk_gradients_match_finite_differences() {
-    check_gradients(Activation::TopK { k: 4 });
+    check_gradients(cfg(Activation::TopK { k: 4 }, 8, 24));
 }
 
 #[test]
 fn relu_l1_gradients_match_finite_differences() {
-    check_gradients(Activation::Relu { l1: 0.05 });
+    check_gradients(cfg(Activation::Relu { l1: 0.05 }, 8, 24));
+}
+
+#[test]
+fn jumprelu_gradients_match_finite_differences() {
+    check_gradients(cfg(JUMPRELU, 8, 24));
+}
+
+#[test]
+fn transcoder_gradients_match_finite_differences() {
+    check_gradients(transcoder_cfg(Activation::TopK { k: 4 }, 8, 24));
+    check_gradients(transcoder_cfg(JUMPRELU, 8, 24));
+}
+
+/// The thresholds' pseudo-gradient, recomputed densely token by token in f64: every
+/// pre-activation z within ε/2 of θ_j adds −(θ_j·∂L/∂f_j + λ/n)/ε.
+#[test]
+fn jumprelu_threshold_gradient_is_the_straight_through_estimate() {
+    let (d_in, d_sae, n) = (8, 24, 32);
+    let Activation::JumpRelu { l0, bandwidth: eps } = JUMPRELU else {
+        unreachable!()
+    };
+    let x = sparse_data(n, d_in, 12, 3, 7);
+    let mut sae = Sae::init(cfg(JUMPRELU, d_in, d_sae), 5).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    sae.threshold = (0..d_sae).map(|_| rng.random_range(0.05..0.8)).collect();
+    let grads = Trainer::new(sae.clone(), tc(10, 0))
+        .unwrap()
+        .gradients(&x, None)
+        .unwrap();
+    let pre = sae.pre_activations(&x);
+    let xhat = sae.decode(&active_codes(&sae, &x));
+    let mut expected = vec![0f64; d_sae];
+    let mut in_band = 0;
+    for b in 0..n {
+        for j in 0..d_sae {
+            let (z, t) = (pre[b * d_sae + j] as f64, sae.threshold[j] as f64);
+            if (z - t).abs() < eps as f64 / 2.0 {
+                in_band += 1;
+                let df: f64 = (0..d_in)
+                    .map(|i| {
+                        2.0 * (xhat[b * d_in + i] - x[b * d_in + i]) as f64 / n as f64
+                            * sae.w_dec[j * d_in + i] as f64
+                    })
+                    .sum();
+                expected[j] -= (t * df + l0 as f64 / n as f64) / eps as f64;
+            }
+        }
+    }
+    assert!(in_band > 10, "only {in_band} pre-activations in the band");
+    for (j, (a, e)) in grads.threshold.iter().zip(&expected).enumerate() {
+        assert!(
+            (*a as f64 - e).abs() <= 1e-4 + 1e-4 * e.abs(),
+            "θ[{j}]: {a} vs {e}"
+        );
+    }
+}
+
+#[test]
+fn jumprelu_learns_and_its_l0_penalty_sparsifies() {
+    let (d_in, d_sae) = (32, 128);
+    let x = sparse_data(64 * 300, d_in, 64, 4, 11);
+    let train = |l0: f32| {
+        let activation = Activation::JumpRelu { l0, bandwidth: 0.1 };
+        let mut t = Trainer::new(
+            Sae::init(cfg(activation, d_in, d_sae), 2).unwrap(),
+            TrainConfig {
+                lr: 1e-2,
+                ..tc(300, 0)
+            },
+        )
+        .unwrap();
+        t.initialise_from(&x[..64 * d_in * 10], None).unwrap();
+        let mut last = None;
+        for b in x.chunks(64 * d_in) {
+            last = Some(t.step(b, None).unwrap());
+        }
+        last.unwrap()
+    };
+    let (loose, tight) = (train(0.01), train(1.0));
+    assert!(loose.fve > 0.8, "FVE {}", loose.fve);
+    assert!(
+        tight.l0 < 0.7 * loose.l0 && tight.fve > 0.5,
+        "λ = 1: L0 {} FVE {}; λ = 0.01: L0 {} FVE {}",
+        tight.l0,
+        tight.fve,
+        loose.l0,
+        loose.fve
+    );
+}
+
+#[test]
+fn a_transcoder_learns_a_sparse_map_between_hooks() {
+    let (d_in, d_sae) = (32, 128);
+    let (x, y) = sparse_pairs(64 * 300, d_in, 64, 4, 13);
+    let mut t = Trainer::new(
+        Sae::init(transcoder_cfg(Activation::TopK { k: 8 }, d_in, d_sae), 2).unwrap(),
+        TrainConfig {
+            lr: 1e-2,
+            ..tc(300, 16)
+        },
+    )
+    .unwrap();
+    let warm = 64 * d_in * 10;
+    t.initialise_from(&x[..warm], Some(&y[..warm])).unwrap();
+    let mut last = None;
+    for (bx, by) in x.chunks(64 * d_in).zip(y.chunks(64 * d_in)) {
+        last = Some(t.step(bx, Some(by)).unwrap());
+    }
+    let last = last.unwrap();
+    assert!(last.fve > 0.75, "target FVE {}", last.fve);
+    // Raw units after saving: the reconstruction of y from x matches what training saw.
+    let dir = tempfile::tempdir().unwrap();
+    glassbox_dictionary::saelens::save(&t.sae, dir.path(), serde_json::Value::Null).unwrap();
+    let loaded = glassbox_dictionary::saelens::load(dir.path()).unwrap();
+    assert_eq!(loaded.cfg.target_hook.as_deref(), Some("target"));
+    let probe = 64 * d_in;
+    let (_, yhat) = loaded.reconstruct(&x[..probe]).unwrap();
+    let err: f32 = yhat.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum();
+    let mean: Vec<f32> = (0..d_in)
+        .map(|i| y[..probe].iter().skip(i).step_by(d_in).sum::<f32>() / 64.0)
+        .collect();
+    let var: f32 = y[..probe]
+        .chunks(d_in)
+        .flat_map(|r| r.iter().zip(&mean).map(|(v, m)| (v - m).powi(2)))
+        .sum();
+    assert!(
+        1.0 - err / var > 0.7,
+        "saved transcoder FVE {}",
+        1.0 - err / var
+    );
 }
 
 #[test]
@@ -150,11 +313,11 @@ fn topk_learns_a_sparse_dictionary() {
         },
     )
     .unwrap();
-    t.initialise_from(&x[..64 * d_in * 10]).unwrap();
-    let first = t.step(&x[..64 * d_in]).unwrap();
+    t.initialise_from(&x[..64 * d_in * 10], None).unwrap();
+    let first = t.step(&x[..64 * d_in], None).unwrap();
     let mut last = first;
     for b in x.chunks(64 * d_in).skip(1) {
-        last = t.step(b).unwrap();
+        last = t.step(b, None).unwrap();
     }
     assert!(
         last.fve > 0.9 && last.fve > first.fve + 0.3,
@@ -190,25 +353,25 @@ fn resuming_from_a_checkpoint_repeats_the_same_curve() {
             tc(20, 8),
         )
         .unwrap();
-        t.initialise_from(&x).unwrap();
+        t.initialise_from(&x, None).unwrap();
         t
     };
     let mut straight = make();
     for b in x.chunks(64 * d_in) {
-        straight.step(b).unwrap();
+        straight.step(b, None).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt.safetensors");
     let mut first = make();
     for b in x.chunks(64 * d_in).take(9) {
-        first.step(b).unwrap();
+        first.step(b, None).unwrap();
     }
     first.save_checkpoint(&ckpt).unwrap();
     drop(first);
     let mut resumed = Trainer::load_checkpoint(&ckpt, &tc(20, 8)).unwrap();
     assert_eq!(resumed.step, 9);
     for b in x.chunks(64 * d_in).skip(9) {
-        resumed.step(b).unwrap();
+        resumed.step(b, None).unwrap();
     }
     assert_eq!(
         resumed.history, straight.history,
@@ -241,15 +404,16 @@ fn saelens_format_round_trips_with_the_input_scale_folded() {
             threshold: 0.0,
         },
         Activation::Relu { l1: 0.01 },
+        JUMPRELU,
     ] {
         let mut t = Trainer::new(
             Sae::init(cfg(activation, d_in, d_sae), 4).unwrap(),
             tc(10, 8),
         )
         .unwrap();
-        t.initialise_from(&x).unwrap();
+        t.initialise_from(&x, None).unwrap();
         for b in x.chunks(64 * d_in) {
-            t.step(b).unwrap();
+            t.step(b, None).unwrap();
         }
         assert_ne!(t.sae.cfg.input_scale, 1.0);
         let dir = tempfile::tempdir().unwrap();

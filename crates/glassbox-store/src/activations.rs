@@ -1,6 +1,6 @@
 //! The activation store: a directory of safetensors shards (`activations` f16 `[rows, d]`,
-//! `token_ids` u32 `[rows]`) and a `manifest.json` naming the model, hook and corpus they
-//! came from. Shards and manifest are written atomically, so a killed harvest leaves a
+//! `token_ids` u32 `[rows]`, and for transcoder training `targets` f16 `[rows, d]` from a
+//! second hook) and a `manifest.json` naming the model, hooks and corpus they came from. Shards and manifest are written atomically, so a killed harvest leaves a
 //! consistent store that the same command resumes.
 
 use std::path::{Path, PathBuf};
@@ -32,6 +32,9 @@ pub struct Manifest {
     /// SHA-256 of model.safetensors.
     pub model_sha256: String,
     pub hook: String,
+    /// A second hook stored beside `hook` (the `targets` tensor), for transcoders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_hook: Option<String>,
     pub d: usize,
     pub dtype: String,
     pub corpus: String,
@@ -54,6 +57,7 @@ impl Manifest {
         model: &str,
         model_sha256: String,
         hook: &str,
+        target_hook: Option<&str>,
         d: usize,
         corpus: &str,
         corpus_sha256: String,
@@ -65,6 +69,7 @@ impl Manifest {
             model: model.into(),
             model_sha256,
             hook: hook.into(),
+            target_hook: target_hook.map(Into::into),
             d,
             dtype: "f16".into(),
             corpus: corpus.into(),
@@ -110,9 +115,15 @@ impl Manifest {
     /// Checks that an existing store was made from the same model, hook, corpus and context
     /// length, so that resuming it (or training on it) is meaningful.
     pub fn check_same_source(&self, other: &Manifest, dir: &Path) -> Result<()> {
+        let none = String::from("none");
         let fields = [
             ("model", &self.model_sha256, &other.model_sha256),
             ("hook", &self.hook, &other.hook),
+            (
+                "target hook",
+                self.target_hook.as_ref().unwrap_or(&none),
+                other.target_hook.as_ref().unwrap_or(&none),
+            ),
             ("corpus", &self.corpus_sha256, &other.corpus_sha256),
         ];
         for (what, a, b) in fields {
@@ -136,34 +147,42 @@ impl Manifest {
     }
 }
 
-/// Writes one shard atomically.
+/// Writes one shard atomically; `targets` (transcoder stores) are a second hook's rows.
 pub fn write_shard(
     dir: &Path,
     index: usize,
     rows: &[f32],
+    targets: Option<&[f32]>,
     token_ids: &[u32],
     d: usize,
 ) -> Result<ShardInfo> {
     let n = token_ids.len();
     assert_eq!(rows.len(), n * d, "shard rows");
-    if let Some(bad) = rows.iter().position(|v| !v.is_finite()) {
-        return Err(StoreError::store(
-            dir,
-            format!(
-                "activation {} of shard {index} is {} (NaN/Inf): refusing to store it",
-                bad, rows[bad]
-            ),
-        ));
-    }
-    let act: Vec<u8> = rows
-        .iter()
-        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-        .collect();
+    let to_f16 = |what: &str, v: &[f32]| -> Result<Vec<u8>> {
+        if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
+            return Err(StoreError::store(
+                dir,
+                format!(
+                    "{what} {bad} of shard {index} is {} (NaN/Inf): refusing to store it",
+                    v[bad]
+                ),
+            ));
+        }
+        Ok(v.iter()
+            .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+            .collect())
+    };
+    let act = to_f16("activation", rows)?;
+    let tgt = targets.map(|t| to_f16("target", t)).transpose()?;
     let ids: Vec<u8> = token_ids.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let views = [
+    let mut views = vec![
         ("activations", TensorView::new(Dtype::F16, vec![n, d], &act)),
         ("token_ids", TensorView::new(Dtype::U32, vec![n], &ids)),
     ];
+    if let Some(t) = &tgt {
+        assert_eq!(t.len(), n * d * 2, "shard targets");
+        views.push(("targets", TensorView::new(Dtype::F16, vec![n, d], t)));
+    }
     let views: Vec<(&str, TensorView)> = views
         .into_iter()
         .map(|(k, v)| {
@@ -178,10 +197,18 @@ pub fn write_shard(
     Ok(ShardInfo { file, rows: n })
 }
 
-/// A shard read back: f32 rows and their token ids.
+/// A shard read back: f32 rows, their token ids, and the target hook's rows if stored.
 pub struct Shard {
     pub rows: Vec<f32>,
+    pub targets: Option<Vec<f32>>,
     pub token_ids: Vec<u32>,
+}
+
+/// A training batch: `[batch, d]` inputs and, in a transcoder store, their targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub inputs: Vec<f32>,
+    pub targets: Option<Vec<f32>>,
 }
 
 /// A harvested store, read for training.
@@ -207,6 +234,31 @@ impl ActivationStore {
 
     pub fn rows(&self) -> usize {
         self.manifest.shards.iter().map(|s| s.rows).sum()
+    }
+
+    /// The first `n` stored contexts' content token ids (special tokens are not stored), in
+    /// harvest order: what the model saw, for rerunning it (e.g. splicing a dictionary in).
+    pub fn contexts(&self, n: usize) -> Result<Vec<Vec<u32>>> {
+        let m = &self.manifest;
+        let len = m.tokens / m.contexts_done.max(1);
+        if len == 0 || len * m.contexts_done != m.tokens {
+            return Err(StoreError::store(
+                &self.dir,
+                format!(
+                    "{} tokens do not split into {} contexts",
+                    m.tokens, m.contexts_done
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(n);
+        for i in 0..m.shards.len() {
+            if out.len() >= n {
+                break;
+            }
+            let ids = self.read_shard(i)?.token_ids;
+            out.extend(ids.chunks(len).map(<[u32]>::to_vec).take(n - out.len()));
+        }
+        Ok(out)
     }
 
     pub fn read_shard(&self, i: usize) -> Result<Shard> {
@@ -241,20 +293,40 @@ impl ActivationStore {
                 info.rows
             )));
         }
-        let rows: Vec<f32> = act
-            .data()
-            .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect();
-        if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
-            return Err(bad(format!("value {i} is not finite")));
-        }
+        let decode = |t: &TensorView, what: &str| -> Result<Vec<f32>> {
+            let v: Vec<f32> = t
+                .data()
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect();
+            match v.iter().position(|x| !x.is_finite()) {
+                Some(i) => Err(bad(format!("{what} value {i} is not finite"))),
+                None => Ok(v),
+            }
+        };
+        let rows = decode(&act, "activation")?;
+        let targets = match (&self.manifest.target_hook, st.tensor("targets")) {
+            (None, _) => None,
+            (Some(_), Ok(t)) if t.dtype() == Dtype::F16 && t.shape() == [info.rows, d] => {
+                Some(decode(&t, "target")?)
+            }
+            (Some(h), _) => {
+                return Err(bad(format!(
+                    "no `targets` tensor of shape [{}, {d}] for the target hook {h}",
+                    info.rows
+                )))
+            }
+        };
         let token_ids = ids
             .data()
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        Ok(Shard { rows, token_ids })
+        Ok(Shard {
+            rows,
+            targets,
+            token_ids,
+        })
     }
 
     /// Shuffled training batches, an endless stream over epochs. Shards are visited in a
@@ -271,6 +343,7 @@ impl ActivationStore {
             index: 0,
             loaded: None,
             buf: Vec::new(),
+            targets: None,
         };
         if (0..b.groups()).all(|g| b.per_group(&b.order(0), g) == 0) {
             return Err(StoreError::store(
@@ -298,6 +371,7 @@ pub struct Batches<'a> {
     index: usize,
     loaded: Option<(u64, usize)>,
     buf: Vec<f32>,
+    targets: Option<Vec<f32>>,
 }
 
 impl Batches<'_> {
@@ -357,24 +431,34 @@ impl Batches<'_> {
             return Ok(());
         }
         let d = self.store.manifest.d;
-        let mut rows = Vec::new();
+        let (mut rows, mut targets) = (Vec::new(), Vec::new());
         for i in self.members(&self.order(self.epoch), self.group) {
-            rows.extend(self.store.read_shard(i)?.rows);
+            let shard = self.store.read_shard(i)?;
+            rows.extend(shard.rows);
+            targets.extend(shard.targets.unwrap_or_default());
         }
         let mut perm: Vec<usize> = (0..rows.len() / d).collect();
         let seed = self.seed ^ (self.epoch << 32) ^ self.group as u64;
         perm.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-        self.buf = perm
-            .iter()
-            .flat_map(|&r| rows[r * d..(r + 1) * d].iter().copied())
-            .collect();
+        let permute = |v: &[f32]| -> Vec<f32> {
+            perm.iter()
+                .flat_map(|&r| v[r * d..(r + 1) * d].iter().copied())
+                .collect()
+        };
+        self.buf = permute(&rows);
+        self.targets = self
+            .store
+            .manifest
+            .target_hook
+            .as_ref()
+            .map(|_| permute(&targets));
         self.loaded = Some((self.epoch, self.group));
         Ok(())
     }
 }
 
 impl Iterator for Batches<'_> {
-    type Item = Result<Vec<f32>>;
+    type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Self::Item> {
         // Construction guarantees some group has a batch, so this ends within one epoch.
@@ -385,9 +469,13 @@ impl Iterator for Batches<'_> {
             return Some(Err(e));
         }
         let len = self.batch * self.store.manifest.d;
-        let out = self.buf[self.index * len..(self.index + 1) * len].to_vec();
+        let range = self.index * len..(self.index + 1) * len;
+        let batch = Batch {
+            inputs: self.buf[range.clone()].to_vec(),
+            targets: self.targets.as_ref().map(|t| t[range].to_vec()),
+        };
         self.index += 1;
-        Some(Ok(out))
+        Some(Ok(batch))
     }
 }
 
@@ -398,7 +486,7 @@ mod tests {
     #[test]
     fn non_finite_activations_are_refused_and_nothing_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let err = write_shard(dir.path(), 0, &[1.0, f32::NAN, 0.0, 2.0], &[5, 6], 2)
+        let err = write_shard(dir.path(), 0, &[1.0, f32::NAN, 0.0, 2.0], None, &[5, 6], 2)
             .unwrap_err()
             .to_string();
         assert!(err.contains("NaN") && err.contains("shard 0"), "{err}");

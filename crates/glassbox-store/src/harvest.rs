@@ -1,4 +1,5 @@
-//! Harvesting: stream a corpus through the model and store the activations at one hook.
+//! Harvesting: stream a corpus through the model and store the activations at one hook (and,
+//! for transcoders, a second hook's as their targets).
 //!
 //! The corpus becomes one token stream cut into contexts of `context_len` tokens (the
 //! model's special tokens around each); the activations of the content tokens are stored,
@@ -18,6 +19,8 @@ use crate::fsutil;
 #[derive(Debug, Clone)]
 pub struct HarvestConfig {
     pub hook: HookPoint,
+    /// Stored beside `hook` as the `targets` of transcoder training.
+    pub target: Option<HookPoint>,
     /// Content tokens to store in total.
     pub tokens: usize,
     /// Tokens per context, special tokens included.
@@ -36,6 +39,11 @@ pub fn corpus_sha256(path: &Path) -> Result<String> {
         h.update(fsutil::sha256_file(&f)?.as_bytes());
     }
     Ok(fsutil::hex(&h.finalize()))
+}
+
+/// SHA-256 of a model's weights, as a store's manifest records it.
+pub fn model_sha256(model: &Model) -> Result<String> {
+    fsutil::sha256_file(&model.dir().join("model.safetensors"))
 }
 
 /// Cuts documents into contexts of content tokens.
@@ -68,6 +76,15 @@ impl Iterator for Contexts {
     }
 }
 
+/// Contexts harvested since the last shard was written.
+#[derive(Default)]
+struct Buffer {
+    rows: Vec<f32>,
+    targets: Vec<f32>,
+    ids: Vec<u32>,
+    contexts: usize,
+}
+
 /// Progress as `(tokens stored, tokens wanted)`.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
@@ -87,8 +104,9 @@ pub fn harvest(
     let hook_name = cfg.hook.to_string();
     let fresh = Manifest::new(
         model_name,
-        fsutil::sha256_file(&model.dir().join("model.safetensors"))?,
+        model_sha256(model)?,
         &hook_name,
+        cfg.target.map(|t| t.to_string()).as_deref(),
         model.config.d_model,
         &corpus_path.to_string_lossy(),
         corpus_sha256(corpus_path)?,
@@ -119,28 +137,23 @@ pub fn harvest(
     }
     .skip(manifest.contexts_done);
     let d = model.config.d_model;
-    let (mut rows, mut ids) = (Vec::<f32>::new(), Vec::<u32>::new());
-    let mut contexts_in_buffer = 0;
-    let flush = |manifest: &mut Manifest,
-                 rows: &mut Vec<f32>,
-                 ids: &mut Vec<u32>,
-                 n_ctx: &mut usize|
-     -> Result<()> {
-        if ids.is_empty() {
+    let mut buf = Buffer::default();
+    let flush = |manifest: &mut Manifest, buf: &mut Buffer| -> Result<()> {
+        if buf.ids.is_empty() {
             return Ok(());
         }
-        let shard = write_shard(out, manifest.shards.len(), rows, ids, d)?;
+        let targets = cfg.target.map(|_| buf.targets.as_slice());
+        let shard = write_shard(out, manifest.shards.len(), &buf.rows, targets, &buf.ids, d)?;
         manifest.tokens += shard.rows;
-        manifest.contexts_done += *n_ctx;
+        manifest.contexts_done += buf.contexts;
         manifest.shards.push(shard);
         manifest.write(out)?;
-        rows.clear();
-        ids.clear();
-        *n_ctx = 0;
+        *buf = Buffer::default();
         Ok(())
     };
+    let last_hook = cfg.target.map_or(cfg.hook, |t| t.max(cfg.hook));
     let mut exhausted = false;
-    while manifest.tokens + ids.len() < cfg.tokens {
+    while manifest.tokens + buf.ids.len() < cfg.tokens {
         let mut batch_ids = Vec::with_capacity(cfg.batch);
         for _ in 0..cfg.batch {
             match contexts.next() {
@@ -159,32 +172,40 @@ pub fn harvest(
             .map(|c| [prefix.as_slice(), c, suffix.as_slice()].concat())
             .collect();
         let batch = model.batch_ids(&full)?;
-        let mut hooks = Hooks::none().record(cfg.hook).stop_at(cfg.hook);
-        model.forward(&batch, &mut hooks, None)?;
-        let act = hooks
-            .cache()
-            .get(&cfg.hook)
-            .ok_or_else(|| StoreError::store(out, format!("hook {hook_name} did not fire")))?;
-        let dims = act.dims().to_vec();
-        if dims.len() != 3 || dims[2] != d {
-            return Err(StoreError::store(out, format!("hook {hook_name} has shape {dims:?}; only residual-width hooks [batch, pos, {d}] can be harvested")));
+        let mut hooks = Hooks::none().record(cfg.hook).stop_at(last_hook);
+        if let Some(t) = cfg.target {
+            hooks = hooks.record(t);
         }
-        let act = act
-            .narrow(1, prefix.len(), content_len)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        rows.extend(act);
-        ids.extend(batch_ids.iter().flatten());
-        contexts_in_buffer += batch_ids.len();
-        progress(manifest.tokens + ids.len(), cfg.tokens);
-        if ids.len() >= cfg.shard_rows {
-            flush(&mut manifest, &mut rows, &mut ids, &mut contexts_in_buffer)?;
+        model.forward(&batch, &mut hooks, None)?;
+        let content = |point: HookPoint| -> Result<Vec<f32>> {
+            let act = hooks
+                .cache()
+                .get(&point)
+                .ok_or_else(|| StoreError::store(out, format!("hook {point} did not fire")))?;
+            let dims = act.dims().to_vec();
+            if dims.len() != 3 || dims[2] != d {
+                return Err(StoreError::store(out, format!("hook {point} has shape {dims:?}; only residual-width hooks [batch, pos, {d}] can be harvested")));
+            }
+            Ok(act
+                .narrow(1, prefix.len(), content_len)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        buf.rows.extend(content(cfg.hook)?);
+        if let Some(t) = cfg.target {
+            buf.targets.extend(content(t)?);
+        }
+        buf.ids.extend(batch_ids.iter().flatten());
+        buf.contexts += batch_ids.len();
+        progress(manifest.tokens + buf.ids.len(), cfg.tokens);
+        if buf.ids.len() >= cfg.shard_rows {
+            flush(&mut manifest, &mut buf)?;
         }
         if exhausted {
             break;
         }
     }
-    flush(&mut manifest, &mut rows, &mut ids, &mut contexts_in_buffer)?;
+    flush(&mut manifest, &mut buf)?;
     if manifest.shards.is_empty() {
         return Err(StoreError::Corpus {
             path: corpus_path.into(),

@@ -26,6 +26,7 @@ fn corpus() -> (tempfile::TempDir, PathBuf) {
 fn config(tokens: usize) -> HarvestConfig {
     HarvestConfig {
         hook: HookPoint::block(1, BlockHook::ResidPre),
+        target: None,
         tokens,
         context_len: 32,
         batch: 4,
@@ -209,13 +210,15 @@ fn shuffled_batches_cover_the_store_and_skip_deterministically() {
     )
     .unwrap();
     let store = ActivationStore::open(out.path()).unwrap();
-    let batches: Vec<Vec<f32>> = store
+    let batches: Vec<_> = store
         .batches(64, 2, 7)
         .unwrap()
         .take(40)
         .map(|b| b.unwrap())
         .collect();
-    assert!(batches.iter().all(|b| b.len() == 64 * 64));
+    assert!(batches
+        .iter()
+        .all(|b| b.inputs.len() == 64 * 64 && b.targets.is_none()));
     let mut skipped = store.batches(64, 2, 7).unwrap();
     skipped.fast_forward(23);
     assert_eq!(skipped.next().unwrap().unwrap(), batches[23]);
@@ -224,4 +227,68 @@ fn shuffled_batches_cover_the_store_and_skip_deterministically() {
         store.batches(64, 2, 8).unwrap().next().unwrap().unwrap(),
         "the seed matters"
     );
+}
+
+/// A transcoder store holds a second hook's rows, row for row with the first, and shuffles
+/// them together.
+#[test]
+fn a_target_hook_is_stored_and_shuffled_with_its_inputs() {
+    let m = model();
+    let (_c, corpus) = corpus();
+    let out = tempfile::tempdir().unwrap();
+    let cfg = HarvestConfig {
+        target: Some(HookPoint::block(1, BlockHook::MlpOut)),
+        ..config(600)
+    };
+    let manifest = harvest(&m, "tiny-gpt2", &corpus, out.path(), &cfg, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        manifest.target_hook.as_deref(),
+        Some("blocks.1.hook_mlp_out")
+    );
+    let store = ActivationStore::open(out.path()).unwrap();
+    let shard = store.read_shard(0).unwrap();
+    let first: Vec<u32> = shard.token_ids[..32].to_vec();
+    let mut hooks = Hooks::none().record(cfg.hook).record(cfg.target.unwrap());
+    m.forward(&m.batch_ids(&[first]).unwrap(), &mut hooks, None)
+        .unwrap();
+    let get = |p: HookPoint| -> Vec<f32> {
+        hooks
+            .cache()
+            .get(&p)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (x, y) = (get(cfg.hook), get(cfg.target.unwrap()));
+    let targets = shard.targets.expect("targets stored");
+    for (stored, direct) in [(&shard.rows, &x), (&targets, &y)] {
+        for (a, b) in stored.iter().zip(direct.iter()) {
+            assert!((a - b).abs() <= 2e-3 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+    // Shuffled batches keep each input with its own target.
+    let b = store.batches(16, 2, 3).unwrap().next().unwrap().unwrap();
+    let t = b.targets.unwrap();
+    let all = store.read_shard(0).unwrap();
+    let all_t = all.targets.unwrap();
+    let d = 64;
+    for (row, trow) in b.inputs.chunks(d).zip(t.chunks(d)) {
+        if let Some(i) = all.rows.chunks(d).position(|r| r == row) {
+            assert_eq!(&all_t[i * d..(i + 1) * d], trow);
+        }
+    }
+    // Extending it without the target hook is refused.
+    let err = harvest(
+        &m,
+        "tiny-gpt2",
+        &corpus,
+        out.path(),
+        &config(900),
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("target hook"), "{err}");
 }

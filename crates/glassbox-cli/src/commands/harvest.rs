@@ -18,6 +18,10 @@ pub struct Args {
     /// The hook point to record (residual-width hooks, e.g. blocks.3.hook_resid_pre).
     #[arg(long)]
     hook: String,
+    /// Also store this hook's activations as targets, for training a transcoder that reads
+    /// --hook and reconstructs this one (e.g. blocks.3.hook_resid_mid → blocks.3.hook_mlp_out).
+    #[arg(long)]
+    target_hook: Option<String>,
     /// A corpus file or directory (.txt, .jsonl, optionally .gz); default: the corpus
     /// installed by `glassbox setup`.
     #[arg(long)]
@@ -52,8 +56,14 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
             dir
         }
     };
+    let target = args
+        .target_hook
+        .as_deref()
+        .map(|t| model.hook_point(t))
+        .transpose()?;
     let cfg = HarvestConfig {
         hook,
+        target,
         tokens: args.tokens,
         context_len: args.context,
         batch: args.batch,
@@ -89,7 +99,7 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let new_tokens = manifest.tokens - first.unwrap_or(0);
     let report = json!({
-        "out": args.out, "hook": manifest.hook, "tokens": manifest.tokens, "new_tokens": new_tokens,
+        "out": args.out, "hook": manifest.hook, "target_hook": manifest.target_hook, "tokens": manifest.tokens, "new_tokens": new_tokens,
         "shards": manifest.shards.len(), "seconds": secs, "tokens_per_second": new_tokens as f64 / secs.max(1e-9),
         "complete": manifest.complete, "model_sha256": manifest.model_sha256, "corpus_sha256": manifest.corpus_sha256,
     });

@@ -13,11 +13,13 @@ enum Arch {
     Topk,
     Batchtopk,
     Relu,
+    Jumprelu,
 }
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A store written by `glassbox harvest`.
+    /// A store written by `glassbox harvest`. A store with a --target-hook trains transcoders
+    /// (read the hook, reconstruct the target hook); any other trains SAEs.
     #[arg(long)]
     acts: PathBuf,
     /// Output directory. With several --k, one subdirectory `k<K>` per dictionary.
@@ -25,13 +27,20 @@ pub struct Args {
     out: PathBuf,
     #[arg(long, value_enum, default_value = "topk")]
     arch: Arch,
-    /// Active latents per token (TopK, BatchTopK). Several values (`--k 16,32,64`) train a
-    /// sweep that shares one pass over the data.
+    /// Active latents per token (TopK, BatchTopK; for JumpReLU the L0 its thresholds start
+    /// at). Several values (`--k 16,32,64`) train a sweep that shares one pass over the data.
     #[arg(long, value_delimiter = ',', default_value = "32")]
     k: Vec<usize>,
     /// L1 coefficient (ReLU).
     #[arg(long, default_value_t = 5.0)]
     l1: f32,
+    /// L0 coefficient (JumpReLU): the loss is ‖x − x̂‖² + λ·L0, in units where the mean
+    /// input norm is √d.
+    #[arg(long, default_value_t = 1.0)]
+    l0: f32,
+    /// Width of the rectangle kernel of JumpReLU's straight-through estimator.
+    #[arg(long, default_value_t = 0.05)]
+    bandwidth: f32,
     /// Number of latents.
     #[arg(long, default_value_t = 16_384)]
     width: usize,
@@ -66,7 +75,7 @@ pub fn run(args: Args, json_out: bool) -> Result<()> {
     let store = ActivationStore::open(&args.acts)?;
     let m = &store.manifest;
     let steps = args.steps.unwrap_or(store.rows() / args.batch).max(1);
-    let tc = TrainConfig {
+    let tc = |k: Option<usize>| TrainConfig {
         batch: args.batch,
         steps,
         lr: args.lr,
@@ -76,6 +85,11 @@ pub fn run(args: Args, json_out: bool) -> Result<()> {
         aux_alpha: 1.0 / 32.0,
         dead_after_tokens: args.dead_after,
         seed: args.seed,
+        init_l0: if args.arch == Arch::Jumprelu {
+            k.unwrap_or(0) as f32
+        } else {
+            0.0
+        },
     };
     let ks: Vec<Option<usize>> = if args.arch == Arch::Relu {
         vec![None]
@@ -97,7 +111,7 @@ pub fn run(args: Args, json_out: bool) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let ckpt = dir.join(CHECKPOINT);
         let trainer = if ckpt.exists() {
-            Trainer::load_checkpoint(&ckpt, &tc)?
+            Trainer::load_checkpoint(&ckpt, &tc(*k))?
         } else {
             let activation = match (args.arch, k) {
                 (Arch::Topk, Some(k)) => Activation::TopK { k: *k },
@@ -105,23 +119,21 @@ pub fn run(args: Args, json_out: bool) -> Result<()> {
                     k: *k,
                     threshold: 0.0,
                 },
+                (Arch::Jumprelu, _) => Activation::JumpRelu {
+                    l0: args.l0,
+                    bandwidth: args.bandwidth,
+                },
                 _ => Activation::Relu { l1: args.l1 },
             };
-            let cfg = DictConfig {
-                activation,
-                d_in: m.d,
-                d_sae: args.width,
-                model: m.model.clone(),
-                hook: m.hook.clone(),
-                input_scale: 1.0,
-            };
-            let mut t = Trainer::new(Sae::init(cfg, args.seed)?, tc.clone())?;
+            let mut cfg = DictConfig::sae(activation, m.d, args.width, &m.model, &m.hook);
+            cfg.target_hook = m.target_hook.clone();
+            let mut t = Trainer::new(Sae::init(cfg, args.seed)?, tc(*k))?;
             // Statistics from a batch of another stream, so the training stream is untouched.
             let first = store
                 .batches(args.batch, WINDOW, args.seed ^ 0x5eed)?
                 .next()
                 .context("empty store")??;
-            t.initialise_from(&first)?;
+            t.initialise_from(&first.inputs, first.targets.as_deref())?;
             t
         };
         trainers.push(trainer);
@@ -154,7 +166,7 @@ pub fn run(args: Args, json_out: bool) -> Result<()> {
         let x = batches.next().context("the store ran out of batches")??;
         let mut msg = String::new();
         for t in trainers.iter_mut() {
-            let s = t.step(&x)?;
+            let s = t.step(&x.inputs, x.targets.as_deref())?;
             if msg.is_empty() {
                 msg = format!(
                     "FVE {:.3} L0 {:.1} dead {:.1}%",
