@@ -27,6 +27,10 @@ fn tiny_gpt2() -> String {
 
 /// A small activation store from the project's README (real English text).
 fn harvest(dir: &Path) -> PathBuf {
+    harvest_into(dir, "acts", &[])
+}
+
+fn harvest_into(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let corpus = dir.join("corpus.txt");
     std::fs::write(
         &corpus,
@@ -34,11 +38,12 @@ fn harvest(dir: &Path) -> PathBuf {
             .unwrap(),
     )
     .unwrap();
-    let acts = dir.join("acts");
-    glassbox(&[
+    let acts = dir.join(name);
+    let model = tiny_gpt2();
+    let mut args = vec![
         "harvest",
         "--model",
-        &tiny_gpt2(),
+        &model,
         "--hook",
         "blocks.1.hook_resid_pre",
         "--corpus",
@@ -54,8 +59,14 @@ fn harvest(dir: &Path) -> PathBuf {
         "--out",
         acts.to_str().unwrap(),
         "--json",
-    ]);
+    ];
+    args.extend(extra);
+    glassbox(&args);
     acts
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn train_args(acts: &Path, out: &Path) -> Vec<String> {
@@ -173,4 +184,90 @@ fn a_dictionary_for_another_width_or_hook_is_refused() {
         stderr.contains("blocks.0.hook_resid_pre") && stderr.contains("blocks.1.hook_resid_pre"),
         "{stderr}"
     );
+}
+
+#[test]
+fn transcoders_and_jumprelu_train_and_evaluate_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = harvest(tmp.path());
+    let pairs = harvest_into(
+        tmp.path(),
+        "pairs",
+        &["--target-hook", "blocks.1.hook_mlp_out"],
+    );
+    let train = |acts: &Path, out: &Path, extra: &[&str]| {
+        let mut args = train_args(acts, out);
+        let set = |args: &mut Vec<String>, flag: &str, value: &str| {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args[i + 1] = value.into();
+        };
+        set(&mut args, "--steps", "300");
+        for pair in extra.chunks(2) {
+            match args.iter().position(|a| a == pair[0]) {
+                Some(_) => set(&mut args, pair[0], pair[1]),
+                None => args.extend(pair.iter().map(|s| s.to_string())),
+            }
+        }
+        glassbox(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    let eval = |dict: &Path, acts: &Path| {
+        json_of(&glassbox(&[
+            "eval-dict",
+            "--dict",
+            dict.to_str().unwrap(),
+            "--acts",
+            acts.to_str().unwrap(),
+            "--splice",
+            "8",
+            "--json",
+        ]))
+    };
+
+    // A transcoder reads resid_pre and reconstructs the MLP output of the same block.
+    let tc = tmp.path().join("transcoder");
+    train(&pairs, &tc, &[]);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tc.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architecture"], "topk_transcoder");
+    assert_eq!(cfg["metadata"]["hook_name_out"], "blocks.1.hook_mlp_out");
+    let r = eval(&tc, &pairs);
+    assert!(r["report"]["fve"].as_f64().unwrap() > 0.3, "{r}");
+    assert_eq!(r["splice"]["hook"], "blocks.1.hook_mlp_out");
+    assert!(r["splice"]["kl"].as_f64().unwrap().is_finite(), "{r}");
+    // Without the target hook's activations it cannot be evaluated.
+    let out = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args([
+            "eval-dict",
+            "--dict",
+            tc.to_str().unwrap(),
+            "--acts",
+            plain.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && stderr.contains("--target-hook"),
+        "{stderr}"
+    );
+
+    // JumpReLU: a stronger L0 penalty gives a sparser dictionary.
+    let (loose, tight) = (tmp.path().join("jr-loose"), tmp.path().join("jr-tight"));
+    train(
+        &plain,
+        &loose,
+        &["--arch", "jumprelu", "--l0", "0.01", "--k", "16"],
+    );
+    train(
+        &plain,
+        &tight,
+        &["--arch", "jumprelu", "--l0", "1", "--k", "16"],
+    );
+    let (rl, rt) = (eval(&loose, &plain), eval(&tight, &plain));
+    let l0 = |r: &serde_json::Value| r["report"]["l0"].as_f64().unwrap();
+    assert!(rl["report"]["fve"].as_f64().unwrap() > 0.5, "{rl}");
+    assert!(l0(&rt) < l0(&rl) && l0(&rt) > 0.0, "{rl} {rt}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(loose.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architecture"], "jumprelu");
 }

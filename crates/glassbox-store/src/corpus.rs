@@ -1,10 +1,12 @@
-//! Text corpora: streamed documents from plain text, JSONL or gzip-compressed files, and the
-//! packaged default corpus built from Debian packages.
+//! Text corpora: streamed documents from plain text, JSONL, Parquet or gzip-compressed files,
+//! and the packaged default corpus built from Debian packages.
 //!
 //! Formats, chosen by extension (a directory means every such file below it, sorted):
 //! - `.txt`: documents separated by one or more blank lines;
 //! - `.jsonl`: one JSON object per line with a string field `text`;
-//! - either with `.gz` appended.
+//! - either with `.gz` appended;
+//! - `.parquet`: a string column `text` (snappy, gzip or uncompressed pages), read a row
+//!   group at a time.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -15,12 +17,16 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
+use crate::parquet_text::ParquetTexts;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     Text,
     Jsonl,
+    Parquet,
 }
+
+const FORMATS: &str = ".txt, .jsonl (optionally .gz) or .parquet";
 
 fn format_of(path: &Path) -> Option<(Format, bool)> {
     let name = path.file_name()?.to_str()?;
@@ -28,7 +34,9 @@ fn format_of(path: &Path) -> Option<(Format, bool)> {
         Some(n) => (n, true),
         None => (name, false),
     };
-    if name.ends_with(".jsonl") {
+    if name.ends_with(".parquet") && !gz {
+        Some((Format::Parquet, false))
+    } else if name.ends_with(".jsonl") {
         Some((Format::Jsonl, gz))
     } else if name.ends_with(".txt") {
         Some((Format::Text, gz))
@@ -44,7 +52,7 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>> {
         if format_of(path).is_none() {
             return Err(StoreError::Corpus {
                 path: path.into(),
-                msg: "unknown corpus format; use .txt or .jsonl (optionally .gz)".into(),
+                msg: format!("unknown corpus format; use {FORMATS}"),
             });
         }
         return Ok(vec![path.to_path_buf()]);
@@ -65,17 +73,31 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>> {
     if out.is_empty() {
         return Err(StoreError::Corpus {
             path: path.into(),
-            msg: "no corpus files (.txt, .jsonl, optionally .gz) in this directory".into(),
+            msg: format!("no corpus files ({FORMATS}) in this directory"),
         });
     }
     Ok(out)
 }
 
-/// Streams documents from a corpus; holds one line of one file in memory at a time.
+/// Streams documents from a corpus; holds one line (or one Parquet row group) of one file in
+/// memory at a time.
 pub struct Documents {
     files: VecDeque<PathBuf>,
-    current: Option<(PathBuf, Format, Box<dyn BufRead>, usize)>,
+    current: Option<Source>,
     hasher: Sha256,
+}
+
+/// The file being read.
+enum Source {
+    Lines(LineFile),
+    Parquet(ParquetTexts),
+}
+
+struct LineFile {
+    path: PathBuf,
+    format: Format,
+    reader: Box<dyn BufRead>,
+    line_no: usize,
 }
 
 impl Documents {
@@ -97,18 +119,22 @@ impl Documents {
             return Ok(false);
         };
         let (format, gz) = format_of(&path).unwrap_or((Format::Text, false));
+        if format == Format::Parquet {
+            self.current = Some(Source::Parquet(ParquetTexts::open(&path)?));
+            return Ok(true);
+        }
         let f = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
         let reader: Box<dyn Read> = if gz {
             Box::new(flate2::read::MultiGzDecoder::new(f))
         } else {
             Box::new(f)
         };
-        self.current = Some((
+        self.current = Some(Source::Lines(LineFile {
             path,
             format,
-            Box::new(BufReader::with_capacity(1 << 16, reader)),
-            0,
-        ));
+            reader: Box::new(BufReader::with_capacity(1 << 16, reader)),
+            line_no: 0,
+        }));
         Ok(true)
     }
 
@@ -117,61 +143,72 @@ impl Documents {
             if self.current.is_none() && !self.open_next()? {
                 return Ok(None);
             }
-            let Some((path, format, reader, line_no)) = self.current.as_mut() else {
+            let doc = match self.current.as_mut() {
+                None => continue,
+                Some(Source::Lines(file)) => file.next_doc()?,
+                Some(Source::Parquet(rows)) => match rows.next() {
+                    None => None,
+                    Some(row) => Some(row?.unwrap_or_default()),
+                },
+            };
+            let Some(doc) = doc else {
+                self.current = None; // end of this file
                 continue;
             };
-            let mut doc = String::new();
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let n = reader
-                    .read_until(b'\n', &mut line)
-                    .map_err(|e| StoreError::io(path, e))?;
-                if n == 0 {
-                    break;
-                }
-                *line_no += 1;
-                let text = std::str::from_utf8(&line).map_err(|e| StoreError::Corpus {
-                    path: path.clone(),
-                    msg: format!("line {line_no}: invalid UTF-8 at byte {}", e.valid_up_to()),
-                })?;
-                match format {
-                    Format::Jsonl => {
-                        if text.trim().is_empty() {
-                            continue;
-                        }
-                        let v: serde_json::Value =
-                            serde_json::from_str(text).map_err(|e| StoreError::Corpus {
-                                path: path.clone(),
-                                msg: format!("line {line_no}: not JSON ({e})"),
-                            })?;
-                        let t = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
-                            StoreError::Corpus {
-                                path: path.clone(),
-                                msg: format!("line {line_no}: no string field \"text\""),
-                            }
-                        })?;
-                        doc = t.to_string();
-                        break;
-                    }
-                    Format::Text => {
-                        if text.trim().is_empty() {
-                            if doc.is_empty() {
-                                continue;
-                            }
-                            break;
-                        }
-                        doc.push_str(text);
-                    }
-                }
-            }
             if doc.trim().is_empty() {
-                self.current = None; // end of this file
                 continue;
             }
             self.hasher.update((doc.len() as u64).to_le_bytes());
             self.hasher.update(doc.as_bytes());
             return Ok(Some(doc));
+        }
+    }
+}
+
+impl LineFile {
+    /// The next document of a text or JSONL file (possibly blank), `None` at its end.
+    fn next_doc(&mut self) -> Result<Option<String>> {
+        let mut doc = String::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| StoreError::io(&self.path, e))?;
+            if n == 0 {
+                return Ok((!doc.is_empty()).then_some(doc));
+            }
+            self.line_no += 1;
+            let bad = |msg: String| StoreError::Corpus {
+                path: self.path.clone(),
+                msg: format!("line {}: {msg}", self.line_no),
+            };
+            let text = std::str::from_utf8(&line)
+                .map_err(|e| bad(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+            match self.format {
+                Format::Jsonl => {
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                    let v: serde_json::Value =
+                        serde_json::from_str(text).map_err(|e| bad(format!("not JSON ({e})")))?;
+                    let t = v
+                        .get("text")
+                        .and_then(|t| t.as_str())
+                        .ok_or_else(|| bad("no string field \"text\"".into()))?;
+                    return Ok(Some(t.to_string()));
+                }
+                _ => {
+                    if text.trim().is_empty() {
+                        if doc.is_empty() {
+                            continue;
+                        }
+                        return Ok(Some(doc));
+                    }
+                    doc.push_str(text);
+                }
+            }
         }
     }
 }
@@ -374,6 +411,111 @@ fn read_text(path: &Path, gz: bool) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a Parquet file with an id column and an optional UTF-8 `text` column (`None` is
+    /// null), `per_group` rows per row group, snappy-compressed.
+    fn write_parquet(path: &Path, texts: &[Option<&str>], per_group: usize) {
+        use parquet::basic::Compression;
+        use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use std::sync::Arc;
+        let schema = Arc::new(
+            parquet::schema::parser::parse_message_type(
+                "message doc { REQUIRED INT64 id; OPTIONAL BYTE_ARRAY text (UTF8); }",
+            )
+            .unwrap(),
+        );
+        let props = Arc::new(
+            WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build(),
+        );
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = SerializedFileWriter::new(file, schema, props).unwrap();
+        for (g, group) in texts.chunks(per_group).enumerate() {
+            let mut rg = w.next_row_group().unwrap();
+            let ids: Vec<i64> = (0..group.len())
+                .map(|i| (g * per_group + i) as i64)
+                .collect();
+            let mut col = rg.next_column().unwrap().unwrap();
+            col.typed::<Int64Type>()
+                .write_batch(&ids, None, None)
+                .unwrap();
+            col.close().unwrap();
+            let values: Vec<ByteArray> = group.iter().flatten().map(|t| (*t).into()).collect();
+            let defs: Vec<i16> = group.iter().map(|t| i16::from(t.is_some())).collect();
+            let mut col = rg.next_column().unwrap().unwrap();
+            col.typed::<ByteArrayType>()
+                .write_batch(&values, Some(&defs), None)
+                .unwrap();
+            col.close().unwrap();
+            rg.close().unwrap();
+        }
+        w.close().unwrap();
+    }
+
+    #[test]
+    fn reads_the_text_column_of_parquet_across_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docs.parquet");
+        let texts = [
+            Some("Grüße aus Köln"),
+            None,
+            Some("second"),
+            Some(""),
+            Some("third, in the next row group"),
+        ];
+        write_parquet(&path, &texts, 2);
+        let docs: Vec<String> = Documents::open(&path)
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(
+            docs,
+            ["Grüße aus Köln", "second", "third, in the next row group"],
+            "nulls and empty texts are skipped"
+        );
+        assert_eq!(files(dir.path()).unwrap(), vec![path.clone()]);
+
+        // No `text` column: the error lists the columns there are.
+        let other = dir.path().join("other.parquet");
+        let schema = std::sync::Arc::new(
+            parquet::schema::parser::parse_message_type("message m { REQUIRED INT32 body; }")
+                .unwrap(),
+        );
+        let w = parquet::file::writer::SerializedFileWriter::new(
+            std::fs::File::create(&other).unwrap(),
+            schema,
+            Default::default(),
+        )
+        .unwrap();
+        w.close().unwrap();
+        let err = Documents::open(&other)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no column \"text\"") && err.contains("body"),
+            "{err}"
+        );
+
+        // A truncated file is named, not a panic.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let err = Documents::open(&path)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("docs.parquet") && err.contains("Parquet"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn reads_text_and_jsonl_and_reports_bad_lines() {

@@ -2,11 +2,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// Not `source`: the message already includes it, and error chains would repeat it.
+        cause: std::io::Error,
     },
     #[error("{path}: {msg}")]
     Corpus { path: PathBuf, msg: String },
@@ -26,7 +26,7 @@ impl StoreError {
     pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
     pub fn store(path: &std::path::Path, msg: impl Into<String>) -> Self {

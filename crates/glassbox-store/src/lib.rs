@@ -6,5 +6,6 @@ pub mod corpus;
 pub mod error;
 pub mod fsutil;
 pub mod harvest;
+mod parquet_text;
 
 pub use error::{Result, StoreError};
