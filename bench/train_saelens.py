@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """SAELens side of bench/train.sh: the same TopK SAE (16k latents, k=32) trained by SAELens's
-TopKTrainingSAE + torch Adam on the same activation store, same batch size, steps and learning
-rate; reports tokens/s, peak memory and FVE on the same held-out store, beside Glassbox's row."""
+TopKTrainingSAE + torch Adam on the same activation store, same batch size, steps, learning
+rate and schedule (Glassbox's: linear warm-up, then a linear decay over the last 20 %); reports
+tokens/s, peak memory and FVE on the same held-out store, beside Glassbox's row."""
 import argparse
 import json
 import resource
@@ -41,7 +42,8 @@ def main():
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--width", type=int, default=16384)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--glassbox", type=Path, required=True, help="JSON of the Glassbox run")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -51,6 +53,14 @@ def main():
     scale = float(d ** 0.5 / x[: args.batch].norm(dim=1).mean())
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=args.width, k=args.k, aux_loss_coefficient=1 / 32))
     opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
+    decay_start = int(0.8 * args.steps)
+
+    def schedule(step):  # as glassbox_dictionary::train::TrainConfig::lr_at
+        warm = (step + 1) / args.warmup if step < args.warmup else 1.0
+        decay = 1.0 - (step - decay_start) / (args.steps - decay_start) if step >= decay_start else 1.0
+        return warm * decay
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     fired = torch.zeros(args.width)
     perm = torch.randperm(len(x))
     start = time.perf_counter()
@@ -60,6 +70,7 @@ def main():
                                                        n_training_steps=step, is_logging_step=False))
         out.loss.backward()
         opt.step()
+        sched.step()
         opt.zero_grad()
         with torch.no_grad():
             active = (out.feature_acts > 0).any(0)
@@ -71,12 +82,20 @@ def main():
         f = fve(ev, xhat)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tps = args.steps * args.batch / secs
-    ours = json.loads(args.glassbox.read_text())
-    print(f"\nTopK SAE, d_in {d}, {args.width} latents, k={args.k}, batch {args.batch}, {args.steps} steps, 2 threads")
-    print(f"{'':<22}{'tokens/s':>10}{'peak MB':>10}{'FVE (held-out)':>16}")
-    print(f"{'glassbox':<22}{ours['tokens_per_second']:>10.0f}{ours['peak_rss_mb']:>10.0f}{ours['fve']:>16.4f}")
-    print(f"{'SAELens ' + __import__('sae_lens').__version__:<22}{tps:>10.0f}{peak_mb:>10.0f}{f:>16.4f}")
-    print(f"{'ratio':<22}{ours['tokens_per_second'] / tps:>9.2f}x")
+    runs = json.loads(args.glassbox.read_text())
+    same = runs[0]
+    print(f"\nTopK SAE, d_in {d}, {args.width} latents, k={args.k}, batch {args.batch}, lr {args.lr}, 2 threads")
+    print(f"{'':<30}{'steps':>6}{'seconds':>9}{'tokens/s':>10}{'peak MB':>9}{'FVE (held-out)':>16}")
+    print(f"{'SAELens ' + __import__('sae_lens').__version__:<30}{args.steps:>6}{secs:>9.1f}{tps:>10.0f}{peak_mb:>9.0f}{f:>16.4f}")
+    for r in runs:
+        print(f"{'glassbox':<30}{r['steps']:>6}{r['seconds']:>9.1f}{r['tokens_per_second']:>10.0f}{r['peak_rss_mb']:>9.0f}{r['fve']:>16.4f}")
+    print(f"throughput ratio at equal steps: {same['tokens_per_second'] / tps:.2f}x")
+    reach = next((r for r in runs if r["fve"] >= f), None)
+    if reach:
+        print(f"time to SAELens's held-out FVE {f:.4f}: glassbox {reach['seconds']:.1f} s ({reach['steps']} steps) "
+              f"vs SAELens {secs:.1f} s: {secs / reach['seconds']:.2f}x")
+    else:
+        print(f"glassbox did not reach SAELens's FVE {f:.4f} within {runs[-1]['steps']} steps")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 mod commands;
 mod input;
+mod report;
 
 use std::process::ExitCode;
 
@@ -55,6 +56,10 @@ enum Command {
     /// Evaluate a dictionary on harvested activations: FVE, MSE, L0, dead/dense latents, and
     /// the loss recovered when its reconstruction is spliced into the model.
     EvalDict(commands::eval_dict::Args),
+    /// The feature catalog: build it from a model, a dictionary and a corpus; show, search and
+    /// export it.
+    #[command(subcommand)]
+    Catalog(commands::catalog::Command),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
         Command::Harvest(args) => commands::harvest::run(args, &cli.device, cli.json),
         Command::TrainDict(args) => commands::train_dict::run(args, cli.json),
         Command::EvalDict(args) => commands::eval_dict::run(args, &cli.device, cli.json),
+        Command::Catalog(cmd) => commands::catalog::run(cmd, &cli.device, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub mod eval;
 mod linalg;
 pub mod sae;
 pub mod saelens;
+pub mod similarity;
 pub mod splice;
 pub mod train;
 

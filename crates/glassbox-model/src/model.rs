@@ -109,6 +109,21 @@ impl Model {
         })
     }
 
+    /// The token embedding matrix, `[vocab, d_model]`.
+    pub fn token_embeddings(&self) -> &Tensor {
+        &self.embed.tok
+    }
+
+    /// The unembedding as one row per token, `[vocab, d_model]` (decoders; `None` for encoders).
+    /// A residual direction's dot product with a row is its direct effect on that logit,
+    /// ignoring the final norm's scale.
+    pub fn unembedding(&self) -> Result<Option<Tensor>> {
+        Ok(match &self.unembed {
+            Some(l) => Some(l.weight().t()?.contiguous()?),
+            None => None,
+        })
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

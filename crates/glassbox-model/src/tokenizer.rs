@@ -118,6 +118,19 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// One token as it reads in running text, with the space before it if it starts a word:
+    /// WordPiece `##ing` → `ing`, `cat` → ` cat`; byte-level BPE `Ġcat` → ` cat`.
+    pub fn piece(&self, id: u32) -> String {
+        let raw = self.inner.id_to_token(id).unwrap_or_default();
+        if let tokenizers::models::ModelWrapper::WordPiece(_) = self.inner.get_model() {
+            return match raw.strip_prefix("##") {
+                Some(rest) => rest.to_string(),
+                None => format!(" {raw}"),
+            };
+        }
+        self.inner.decode(&[id], false).unwrap_or(raw)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

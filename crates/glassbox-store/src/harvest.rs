@@ -46,13 +46,27 @@ pub fn model_sha256(model: &Model) -> Result<String> {
     fsutil::sha256_file(&model.dir().join("model.safetensors"))
 }
 
-/// Cuts documents into contexts of content tokens.
-struct Contexts {
+/// Cuts a corpus's token stream into contexts of `content_len` tokens (without the model's
+/// special tokens); a last partial context is dropped. Deterministic for a corpus, tokenizer
+/// and length, so context numbers identify contexts across runs.
+pub struct Contexts {
     docs: Documents,
     model: std::sync::Arc<glassbox_model::tokenizer::TextTokenizer>,
     content_len: usize,
     pending: Vec<u32>,
     done: bool,
+}
+
+impl Contexts {
+    pub fn new(model: &Model, corpus: &Path, content_len: usize) -> Result<Self> {
+        Ok(Self {
+            docs: Documents::open(corpus)?,
+            model: std::sync::Arc::new(model.tokenizer.clone()),
+            content_len,
+            pending: Vec::new(),
+            done: false,
+        })
+    }
 }
 
 impl Iterator for Contexts {
@@ -128,14 +142,7 @@ pub fn harvest(
         return Ok(manifest);
     }
 
-    let mut contexts = Contexts {
-        docs: Documents::open(corpus_path)?,
-        model: std::sync::Arc::new(model.tokenizer.clone()),
-        content_len,
-        pending: Vec::new(),
-        done: false,
-    }
-    .skip(manifest.contexts_done);
+    let mut contexts = Contexts::new(model, corpus_path, content_len)?.skip(manifest.contexts_done);
     let d = model.config.d_model;
     let mut buf = Buffer::default();
     let flush = |manifest: &mut Manifest, buf: &mut Buffer| -> Result<()> {

@@ -1,3 +1,4 @@
+pub mod catalog;
 pub mod eval_dict;
 pub mod generate;
 pub mod harvest;

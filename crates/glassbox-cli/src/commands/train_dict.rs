@@ -50,7 +50,9 @@ pub struct Args {
     /// Optimisation steps (default: one pass over the store).
     #[arg(long)]
     steps: Option<usize>,
-    #[arg(long, default_value_t = 4e-4)]
+    /// Adam learning rate (inputs are scaled to mean norm √d_in; on MiniLM's residual stream
+    /// 2e-3 reached a given FVE in a third of the steps 4e-4 needed).
+    #[arg(long, default_value_t = 2e-3)]
     lr: f32,
     #[arg(long, default_value_t = 50)]
     warmup: usize,

@@ -1,0 +1,378 @@
+//! `glassbox catalog build | show | search | export`: the feature catalog.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use glassbox_analysis::catalog::{build, BuildConfig, Sources};
+use glassbox_model::registry;
+use glassbox_store::catalog::search::SearchIndex;
+use glassbox_store::catalog::sqlite::SqliteCatalog;
+use glassbox_store::catalog::{
+    histogram_edge, CatalogMeta, CatalogStore, Example, ExampleKind, Feature,
+};
+use glassbox_store::corpus::DEFAULT_CORPUS;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::{input, report};
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Build (or extend) a catalog: stream a corpus through the model and the dictionary and
+    /// keep, per feature, statistics, example contexts, vocabulary effects, neighbours and a label.
+    /// Rerunning with a larger --tokens reads on from where the last build stopped.
+    Build(BuildArgs),
+    /// Print one feature's card: label, density, histogram, contexts with the activating tokens
+    /// highlighted, promoted/suppressed tokens, neighbours.
+    Show(ShowArgs),
+    /// Find features by words in their labels and contexts, by a token they fire on, or by
+    /// decoder similarity to another feature.
+    Search(SearchArgs),
+    /// Write a static HTML site of the catalog (one page per feature) to open without a server.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct Where {
+    /// The catalog directory (catalog.db and its search index).
+    #[arg(long, env = "GLASSBOX_CATALOG", default_value_os_t = registry::home().join("catalog"))]
+    catalog: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// A packaged model name (`minilm`) or a model directory.
+    #[arg(long)]
+    model: String,
+    /// The dictionary directory (SAELens format, e.g. from `glassbox train-dict`).
+    #[arg(long)]
+    dict: PathBuf,
+    /// Corpus file or directory (default: the corpus installed by `glassbox setup`).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Content tokens to have read in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    tokens: usize,
+    /// Tokens per context, the model's special tokens included.
+    #[arg(long, default_value_t = 128)]
+    context: usize,
+    /// Contexts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[command(flatten)]
+    at: Where,
+}
+
+#[derive(clap::Args)]
+pub struct ShowArgs {
+    /// Feature id.
+    feature: u32,
+    /// Example contexts to print per section.
+    #[arg(long, default_value_t = 5)]
+    examples: usize,
+    #[command(flatten)]
+    at: Where,
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    /// Words to look for in labels, top tokens and contexts (`"credit card"`, `label:email`).
+    query: Option<String>,
+    /// Features that fire on this token (case-insensitive).
+    #[arg(long, conflicts_with_all = ["query", "similar"])]
+    token: Option<String>,
+    /// Features whose decoder direction is closest to this feature's.
+    #[arg(long, conflicts_with = "query")]
+    similar: Option<u32>,
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    #[command(flatten)]
+    at: Where,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// Output directory for the static site (replaced atomically).
+    #[arg(long)]
+    html: PathBuf,
+    #[command(flatten)]
+    at: Where,
+}
+
+const DB: &str = "catalog.db";
+const INDEX: &str = "index";
+
+fn open(at: &Where) -> Result<(SqliteCatalog, CatalogMeta)> {
+    let db = at.catalog.join(DB);
+    if !db.exists() {
+        bail!(
+            "no catalog at {}; build one with `glassbox catalog build --model M --dict D` (or pass --catalog)",
+            at.catalog.display()
+        );
+    }
+    let store = SqliteCatalog::open(&db)?;
+    let meta = store
+        .meta()?
+        .with_context(|| format!("{} holds no finished build yet", db.display()))?;
+    Ok((store, meta))
+}
+
+pub fn run(cmd: Command, device: &str, json_out: bool) -> Result<()> {
+    match cmd {
+        Command::Build(a) => run_build(a, device, json_out),
+        Command::Show(a) => run_show(a, json_out),
+        Command::Search(a) => run_search(a, json_out),
+        Command::Export(a) => run_export(a, json_out),
+    }
+}
+
+fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
+    let model = input::load_model(&a.model, device)?;
+    let sae = glassbox_dictionary::saelens::load(&a.dict)?;
+    let corpus = match a.corpus {
+        Some(c) => c,
+        None if DEFAULT_CORPUS.is_installed(&registry::home()) => {
+            DEFAULT_CORPUS.dir(&registry::home())
+        }
+        None => {
+            bail!("no --corpus given and the default corpus is not installed; run `glassbox setup`")
+        }
+    };
+    let mut store = SqliteCatalog::open(&a.at.catalog.join(DB))?;
+    let cfg = BuildConfig {
+        tokens: a.tokens,
+        context_len: a.context,
+        batch: a.batch,
+        ..Default::default()
+    };
+    let bar = if json_out {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(a.tokens as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} catalog [{bar:40}] {human_pos}/{human_len} tokens · {per_sec} · ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let mut first = None;
+    let src = Sources {
+        model: &model,
+        model_name: &a.model,
+        sae: &sae,
+        dict_dir: &a.dict,
+        corpus: &corpus,
+    };
+    let meta = build(&mut store, &src, &cfg, &mut |done, _| {
+        first.get_or_insert(done);
+        bar.set_position(done);
+    })
+    .with_context(|| format!("building the catalog in {}", a.at.catalog.display()))?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let new_tokens = meta.tokens - first.unwrap_or(0);
+    SearchIndex::open(&a.at.catalog.join(INDEX), &store)?;
+    let features = store.features()?;
+    let fired = features.iter().filter(|f| f.count > 0).count();
+    let report = json!({"catalog": a.at.catalog, "meta": meta, "features": features.len(), "fired": fired,
+        "new_tokens": new_tokens, "seconds": secs, "tokens_per_second": new_tokens as f64 / secs.max(1e-9)});
+    if json_out {
+        println!("{report}");
+        return Ok(());
+    }
+    println!(
+        "catalog of {} features ({} fired) over {} tokens at {} ({} new tokens, {:.0} tokens/s)",
+        features.len(),
+        fired,
+        meta.tokens,
+        a.at.catalog.display(),
+        new_tokens,
+        new_tokens as f64 / secs.max(1e-9)
+    );
+    // Suggest a specific, well-labelled feature rather than a dense one.
+    let example = features
+        .iter()
+        .filter(|f| f.contexts >= 10 && f.density(meta.tokens) < 1e-2)
+        .max_by(|a, b| a.label_score.total_cmp(&b.label_score))
+        .map_or(0, |f| f.id);
+    println!("look at it with:");
+    println!("  glassbox catalog show {example}");
+    println!("  glassbox catalog search \"error\"");
+    println!("  glassbox catalog export --html catalog-site   # then open catalog-site/index.html");
+    Ok(())
+}
+
+fn run_show(a: ShowArgs, json_out: bool) -> Result<()> {
+    let (store, meta) = open(&a.at)?;
+    let f = store.feature(a.feature)?.with_context(|| {
+        format!(
+            "feature {} is not in the catalog (it has {} features: 0..{})",
+            a.feature, meta.d_sae, meta.d_sae
+        )
+    })?;
+    if json_out {
+        println!(
+            "{}",
+            json!({"feature": f, "density": f.density(meta.tokens)})
+        );
+        return Ok(());
+    }
+    let color = std::io::stdout().is_terminal();
+    print!("{}", card(&f, &meta, a.examples, color));
+    Ok(())
+}
+
+/// A feature card for the terminal.
+fn card(f: &Feature, meta: &CatalogMeta, examples: usize, color: bool) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "feature {} · {} · label score {:.2} ({})",
+        f.id, f.label, f.label_score, f.label_method
+    );
+    let _ = writeln!(
+        s,
+        "{} at {} · density {:.4} % ({} of {} tokens, {} contexts) · mean {:.3} · max {:.3}",
+        meta.model,
+        meta.hook,
+        100.0 * f.density(meta.tokens),
+        f.count,
+        meta.tokens,
+        f.contexts,
+        f.mean(),
+        f.max
+    );
+    if let Some((lo, hi)) = report::histogram_range(&f.histogram) {
+        let _ = writeln!(
+            s,
+            "activations {} ({:.3} … {:.3}, log scale)",
+            report::sparkline(&f.histogram[lo..=hi]),
+            histogram_edge(lo),
+            histogram_edge(hi + 1)
+        );
+    }
+    let list = |v: &[(String, f32)]| {
+        v.iter()
+            .take(8)
+            .map(|(t, x)| format!("{} {x:+.2}", t.trim()))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    };
+    let _ = writeln!(s, "promotes    {}", list(&f.promoted));
+    let _ = writeln!(s, "suppresses  {}", list(&f.suppressed));
+    let near: Vec<String> = f
+        .neighbours
+        .iter()
+        .take(8)
+        .map(|(j, c)| format!("{j} ({c:.2})"))
+        .collect();
+    let _ = writeln!(s, "neighbours  {}", near.join(" · "));
+    for (kind, title) in [
+        (ExampleKind::Top, "top activations"),
+        (ExampleKind::Sample, "sampled across its range"),
+    ] {
+        let mut shown: Vec<&Example> = f.examples.iter().filter(|e| e.kind == kind).collect();
+        if kind == ExampleKind::Sample {
+            shown = report::spread(shown, examples);
+        }
+        if shown.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "{title}:");
+        for e in shown.iter().take(examples) {
+            let _ = writeln!(
+                s,
+                "  {:>7.3}  {}",
+                e.activation,
+                report::highlight_terminal(e, f.max, color)
+            );
+        }
+    }
+    s
+}
+
+fn run_search(a: SearchArgs, json_out: bool) -> Result<()> {
+    let (store, meta) = open(&a.at)?;
+    let hits: Vec<(u32, f32)> = if let Some(t) = &a.token {
+        store
+            .features_on_token(t, a.limit)?
+            .into_iter()
+            .map(|(j, n)| (j, n as f32))
+            .collect()
+    } else if let Some(j) = a.similar {
+        let f = store
+            .feature(j)?
+            .with_context(|| format!("feature {j} is not in the catalog"))?;
+        f.neighbours.into_iter().take(a.limit).collect()
+    } else if let Some(q) = &a.query {
+        SearchIndex::open(&a.at.catalog.join(INDEX), &store)?.search(q, a.limit)?
+    } else {
+        bail!("give words to search for, --token T or --similar F");
+    };
+    let score = if a.token.is_some() {
+        "contexts"
+    } else if a.similar.is_some() {
+        "cosine"
+    } else {
+        "score"
+    };
+    let mut rows = Vec::new();
+    for (j, s) in hits {
+        if let Some(f) = store.feature(j)? {
+            rows.push((f, s));
+        }
+    }
+    if json_out {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(f, s)| json!({"id": f.id, "label": f.label, "density": f.density(meta.tokens), "max": f.max, score: s}))
+            .collect();
+        println!("{}", json!({ "results": v }));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no features found");
+        return Ok(());
+    }
+    println!(
+        "{:>7}  {:>9}  {:>10}  {:>8}  label",
+        "feature", score, "density %", "max"
+    );
+    for (f, s) in rows {
+        println!(
+            "{:>7}  {:>9.3}  {:>10.4}  {:>8.3}  {}",
+            f.id,
+            s,
+            100.0 * f.density(meta.tokens),
+            f.max,
+            f.label
+        );
+    }
+    Ok(())
+}
+
+fn run_export(a: ExportArgs, json_out: bool) -> Result<()> {
+    let (store, meta) = open(&a.at)?;
+    let features = store.features()?;
+    report::write_site(&a.html, &meta, &features)?;
+    if json_out {
+        println!(
+            "{}",
+            json!({"html": a.html, "features": features.len(), "index": a.html.join("index.html")})
+        );
+    } else {
+        println!(
+            "wrote {} feature pages; open {}",
+            features.len(),
+            Path::new(&a.html).join("index.html").display()
+        );
+    }
+    Ok(())
+}

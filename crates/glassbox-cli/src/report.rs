@@ -1,0 +1,256 @@
+//! Presenting catalog features: terminal highlighting and sparklines, and the static HTML site.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use glassbox_store::catalog::{histogram_edge, CatalogMeta, Example, ExampleKind, Feature};
+
+/// The first and last non-empty bins of a histogram.
+pub fn histogram_range(h: &[u64]) -> Option<(usize, usize)> {
+    let lo = h.iter().position(|&c| c > 0)?;
+    let hi = h.iter().rposition(|&c| c > 0)?;
+    Some((lo, hi))
+}
+
+pub fn sparkline(h: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = h.iter().copied().max().unwrap_or(0).max(1) as f64;
+    h.iter()
+        .map(|&c| {
+            if c == 0 {
+                ' '
+            } else {
+                BARS[((c as f64 / max) * 7.0).round() as usize]
+            }
+        })
+        .collect()
+}
+
+/// `n` examples evenly spaced over the activation range (they arrive highest first), so a
+/// reader sees weak as well as strong activations.
+pub fn spread(mut v: Vec<&Example>, n: usize) -> Vec<&Example> {
+    v.sort_by(|a, b| b.activation.total_cmp(&a.activation));
+    if v.len() <= n || n < 2 {
+        v.truncate(n.max(1).min(v.len()));
+        return v;
+    }
+    (0..n).map(|i| v[i * (v.len() - 1) / (n - 1)]).collect()
+}
+
+/// An example's window with the tokens where the feature is active highlighted: shades of
+/// red by activation (relative to the feature's max) on a terminal, `⟦…⟧` around the peak
+/// otherwise.
+pub fn highlight_terminal(e: &Example, max: f32, color: bool) -> String {
+    let mut s = String::new();
+    for (i, (t, a)) in e.tokens.iter().zip(&e.acts).enumerate() {
+        let t = t.replace('\n', "⏎");
+        if color && *a > 0.0 {
+            // 256-colour backgrounds from pale to strong red.
+            const SHADES: [u8; 5] = [224, 217, 210, 203, 196];
+            let k = ((a / max.max(1e-9)) * 4.0).round().clamp(0.0, 4.0) as usize;
+            let _ = write!(s, "\x1b[48;5;{}m\x1b[30m{t}\x1b[0m", SHADES[k]);
+        } else if !color && i == e.focus {
+            let _ = write!(s, "⟦{}⟧", t.trim_start());
+        } else {
+            s.push_str(&t);
+        }
+    }
+    s.trim().to_string()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}\
+table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left}\
+.ctx{font-family:ui-monospace,monospace;white-space:pre-wrap;margin:.2em 0}.num{text-align:right}\
+.meta{color:#666;font-size:90%}.a0{background:#fde4dc}.a1{background:#fbcab9}.a2{background:#f8ae96}.a3{background:#f39172}.a4{background:#ec714d}.a5{background:#e4522b}";
+
+/// Writes the site into a temporary directory beside `dir`, then swaps it into place.
+pub fn write_site(dir: &Path, meta: &CatalogMeta, features: &[Feature]) -> Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => Path::new(".").to_path_buf(),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".site-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+    std::fs::create_dir(tmp.path().join("features"))?;
+    std::fs::write(tmp.path().join("index.html"), index_page(meta, features))?;
+    for f in features {
+        std::fs::write(
+            tmp.path().join("features").join(format!("{}.html", f.id)),
+            feature_page(meta, f),
+        )?;
+    }
+    let old = parent.join(".site-old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).with_context(|| format!("replacing {}", dir.display()))?;
+    }
+    std::fs::rename(tmp.keep(), dir).with_context(|| format!("writing {}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn header(meta: &CatalogMeta) -> String {
+    format!(
+        "<p class=meta>{} at <b>{}</b> · dictionary {} ({} features) · {} tokens of {}<br>\
+         SHA-256: model {} · dictionary {} · corpus {}</p>",
+        esc(&meta.model),
+        esc(&meta.hook),
+        esc(&meta.dict),
+        meta.d_sae,
+        meta.tokens,
+        esc(&meta.corpus),
+        &meta.model_sha256[..12.min(meta.model_sha256.len())],
+        &meta.dict_sha256[..12.min(meta.dict_sha256.len())],
+        &meta.corpus_sha256[..12.min(meta.corpus_sha256.len())],
+    )
+}
+
+fn index_page(meta: &CatalogMeta, features: &[Feature]) -> String {
+    let mut s = format!(
+        "<!doctype html><meta charset=utf-8><title>Glassbox catalog</title><style>{STYLE}</style>\
+         <h1>Feature catalog</h1>{}<p><input id=q placeholder='filter by label…' size=40 \
+         oninput=\"for(const r of document.querySelectorAll('tbody tr'))r.hidden=!r.textContent.toLowerCase().includes(this.value.toLowerCase())\"></p>\
+         <table><thead><tr><th>feature<th>label<th class=num>density %<th class=num>max<th>flags</thead><tbody>",
+        header(meta)
+    );
+    for f in features.iter().filter(|f| f.count > 0) {
+        let flags: Vec<&str> = f.flags.iter().map(|x| x.concept.as_str()).collect();
+        let _ = write!(
+            s,
+            "<tr><td><a href='features/{0}.html'>{0}</a><td>{1}<td class=num>{2:.4}<td class=num>{3:.3}<td>{4}",
+            f.id,
+            esc(&f.label),
+            100.0 * f.density(meta.tokens),
+            f.max,
+            esc(&flags.join(", "))
+        );
+    }
+    s.push_str("</tbody></table>");
+    s
+}
+
+/// A context with active tokens shaded in six steps of activation relative to the feature's
+/// max (classes keep 16k pages small), the value on hover.
+fn context_html(e: &Example, max: f32) -> String {
+    let mut s = String::from("<div class=ctx>");
+    for (t, a) in e.tokens.iter().zip(&e.acts) {
+        if *a > 0.0 {
+            let level = ((a / max.max(1e-9)) * 5.0).round().clamp(0.0, 5.0) as usize;
+            let _ = write!(s, "<span class=a{level} title={a:.3}>{}</span>", esc(t));
+        } else {
+            s.push_str(&esc(t));
+        }
+    }
+    s.push_str("</div>");
+    s
+}
+
+fn histogram_svg(h: &[u64]) -> String {
+    let Some((lo, hi)) = histogram_range(h) else {
+        return String::new();
+    };
+    let bins = &h[lo..=hi];
+    let max = bins.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let (w, ht) = (14.0, 80.0);
+    let mut s = format!(
+        "<svg width={} height={} role=img aria-label='activation histogram'>",
+        bins.len() as f64 * w,
+        ht + 16.0
+    );
+    for (i, &c) in bins.iter().enumerate() {
+        let bh = (c as f64 / max) * ht;
+        let _ = write!(
+            s,
+            "<rect x={:.1} y={:.1} width={:.1} height={bh:.1} fill='#d9481c'><title>{:.3}–{:.3}: {c}</title></rect>",
+            i as f64 * w,
+            ht - bh,
+            w - 2.0,
+            histogram_edge(lo + i),
+            histogram_edge(lo + i + 1)
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=0 y={} font-size=11>{:.3}</text><text x={} y={} font-size=11 text-anchor=end>{:.3}</text></svg>",
+        ht + 14.0,
+        histogram_edge(lo),
+        bins.len() as f64 * w,
+        ht + 14.0,
+        histogram_edge(hi + 1)
+    );
+    s
+}
+
+fn feature_page(meta: &CatalogMeta, f: &Feature) -> String {
+    let mut s = format!(
+        "<!doctype html><meta charset=utf-8><title>Feature {0}</title><style>{STYLE}</style>\
+         <p><a href='../index.html'>← catalog</a></p><h1>Feature {0}: {1}</h1>{2}\
+         <p>label score {3:.2} ({4}) · density {5:.4} % ({6} tokens, {7} contexts) · mean {8:.3} · max {9:.3}</p>",
+        f.id,
+        esc(&f.label),
+        header(meta),
+        f.label_score,
+        esc(&f.label_method),
+        100.0 * f.density(meta.tokens),
+        f.count,
+        f.contexts,
+        f.mean(),
+        f.max
+    );
+    s.push_str("<h2>Activations</h2>");
+    s.push_str(&histogram_svg(&f.histogram));
+    for flag in &f.flags {
+        let _ = write!(
+            s,
+            "<p><b>flag: {}</b> (score {:.2}) {}</p>",
+            esc(&flag.concept),
+            flag.score,
+            esc(&flag.evidence)
+        );
+    }
+    s.push_str(
+        "<h2>Vocabulary</h2><table><tr><th>promotes<th class=num><th>suppresses<th class=num>",
+    );
+    for i in 0..f.promoted.len().max(f.suppressed.len()) {
+        let cell = |v: &[(String, f32)]| {
+            v.get(i).map_or("<td><td>".into(), |(t, x)| {
+                format!("<td>{}<td class=num>{x:+.3}", esc(t))
+            })
+        };
+        let _ = write!(s, "<tr>{}{}", cell(&f.promoted), cell(&f.suppressed));
+    }
+    s.push_str("</table><h2>Neighbours (decoder cosine)</h2><p>");
+    for (j, c) in &f.neighbours {
+        let _ = write!(s, "<a href='{j}.html'>{j}</a> ({c:.2}) ");
+    }
+    s.push_str("</p>");
+    for (kind, title) in [
+        (ExampleKind::Top, "Top activations"),
+        (
+            ExampleKind::Sample,
+            "A uniform sample of the contexts it fires in",
+        ),
+    ] {
+        let _ = write!(s, "<h2>{title}</h2>");
+        for e in f.examples.iter().filter(|e| e.kind == kind) {
+            let _ = write!(
+                s,
+                "<p class=meta>{:.3}</p>{}",
+                e.activation,
+                context_html(e, f.max)
+            );
+        }
+    }
+    s
+}

@@ -1,0 +1,131 @@
+//! The feature catalog: per-feature statistics, example contexts, logit effects, neighbours,
+//! labels and flags, behind one [`CatalogStore`] trait. The embedded default is SQLite
+//! ([`sqlite::SqliteCatalog`]); a tantivy index ([`search::SearchIndex`]) answers full-text
+//! queries over labels and contexts.
+
+pub mod search;
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// What a catalog was built from (every hash recorded) and how far the build got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogMeta {
+    pub model: String,
+    pub model_sha256: String,
+    pub dict: String,
+    pub dict_sha256: String,
+    pub hook: String,
+    pub d_sae: usize,
+    pub corpus: String,
+    pub corpus_sha256: String,
+    /// Tokens per context, special tokens included.
+    pub context_len: usize,
+    /// Contexts read so far: an incremental build continues after them.
+    pub contexts_done: usize,
+    /// Content tokens seen.
+    pub tokens: u64,
+    /// Bumped by every save; the search index records the generation it was built from.
+    pub generation: u64,
+}
+
+/// Why an example context was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExampleKind {
+    /// Among the feature's highest activations.
+    Top,
+    /// A uniform sample of the contexts it fires in (reservoir), so the catalog shows the
+    /// whole range of activations, not only the maximum.
+    Sample,
+}
+
+/// A window of a context around the token where the feature peaked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    pub kind: ExampleKind,
+    /// The feature's largest activation in this context.
+    pub activation: f32,
+    /// Context number in the corpus stream (deterministic for a corpus and context length).
+    pub context: u64,
+    /// Token strings of the window and the feature's activation on each.
+    pub tokens: Vec<String>,
+    pub acts: Vec<f32>,
+    /// Index in `tokens` of the peak.
+    pub focus: usize,
+}
+
+/// A concept a feature was flagged for, with the evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flag {
+    pub concept: String,
+    pub score: f32,
+    pub evidence: String,
+}
+
+/// Everything the catalog knows about one feature.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Feature {
+    pub id: u32,
+    /// Tokens the feature fired on, and contexts it fired in.
+    pub count: u64,
+    pub contexts: u64,
+    pub sum: f64,
+    pub max: f32,
+    /// Counts of activations in [`HISTOGRAM_BINS`] log-spaced bins (see [`histogram_bin`]).
+    pub histogram: Vec<u64>,
+    pub examples: Vec<Example>,
+    /// Tokens it fires on most: (token, count) over its examples' peaks.
+    pub top_tokens: Vec<(String, u32)>,
+    /// Vocabulary it promotes / suppresses (decoders: through the unembedding; encoders: the
+    /// token embeddings most / least aligned with its decoder direction).
+    pub promoted: Vec<(String, f32)>,
+    pub suppressed: Vec<(String, f32)>,
+    /// Nearest features by decoder cosine.
+    pub neighbours: Vec<(u32, f32)>,
+    pub label: String,
+    /// How well the label predicts where the feature fires (see the labeller), 0..1.
+    pub label_score: f32,
+    pub label_method: String,
+    pub flags: Vec<Flag>,
+}
+
+impl Feature {
+    /// Fraction of tokens it fires on.
+    pub fn density(&self, tokens: u64) -> f64 {
+        self.count as f64 / tokens.max(1) as f64
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.sum / self.count.max(1) as f64
+    }
+}
+
+/// Activation histogram: bin i holds values in [2^((i − 16)/2), 2^((i − 15)/2)), the first and
+/// last bins everything below / above: 2^-8 … 2^8, half an octave per bin.
+pub const HISTOGRAM_BINS: usize = 32;
+
+pub fn histogram_bin(v: f32) -> usize {
+    ((v.max(f32::MIN_POSITIVE).log2() * 2.0).floor() as i64 + 16)
+        .clamp(0, HISTOGRAM_BINS as i64 - 1) as usize
+}
+
+/// Lower edge of histogram bin `i`.
+pub fn histogram_edge(i: usize) -> f32 {
+    2f32.powf((i as f32 - 16.0) / 2.0)
+}
+
+/// Storage of a catalog. A build reads the previous state, merges, and saves everything in
+/// one transaction, so a killed build leaves the previous catalog as it was.
+pub trait CatalogStore {
+    fn meta(&self) -> Result<Option<CatalogMeta>>;
+    /// Every feature, in id order.
+    fn features(&self) -> Result<Vec<Feature>>;
+    fn feature(&self, id: u32) -> Result<Option<Feature>>;
+    /// Replaces the whole catalog atomically; bumps and returns the generation.
+    fn save(&mut self, meta: &CatalogMeta, features: &[Feature]) -> Result<u64>;
+    /// Features that fire on `token` (case-insensitive), most often first.
+    fn features_on_token(&self, token: &str, limit: usize) -> Result<Vec<(u32, u32)>>;
+}

@@ -1,0 +1,176 @@
+//! The embedded catalog: one SQLite file (WAL), schema versioned by `PRAGMA user_version`.
+//! Scalar columns serve SQL queries and sorting; the whole feature is kept as JSON beside them.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{CatalogMeta, CatalogStore, Feature};
+use crate::error::{Result, StoreError};
+
+/// Schema migrations, applied in order; `user_version` is how many have run.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE features (
+         id INTEGER PRIMARY KEY, count INTEGER NOT NULL, contexts INTEGER NOT NULL,
+         max REAL NOT NULL, mean REAL NOT NULL, label TEXT NOT NULL, label_score REAL NOT NULL,
+         data TEXT NOT NULL);
+     CREATE TABLE feature_tokens (token TEXT NOT NULL, feature INTEGER NOT NULL, count INTEGER NOT NULL);
+     CREATE INDEX feature_tokens_by_token ON feature_tokens (token, count DESC);",
+];
+
+pub struct SqliteCatalog {
+    path: PathBuf,
+    conn: Connection,
+}
+
+impl SqliteCatalog {
+    /// Opens (creating and migrating if needed) the catalog database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let err = |e: rusqlite::Error| StoreError::store(path, format!("SQLite: {e}"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        }
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::store(
+                path,
+                format!("catalog schema version {version} is newer than this glassbox ({}); upgrade glassbox", MIGRATIONS.len()),
+            ));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction().map_err(err)?;
+            tx.execute_batch(sql).map_err(err)?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(Self {
+            path: path.into(),
+            conn,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::store(&self.path, format!("SQLite: {e}"))
+    }
+
+    fn parse(&self, json: &str) -> Result<Feature> {
+        serde_json::from_str(json).map_err(|e| self.err(format!("corrupt feature record ({e})")))
+    }
+}
+
+impl CatalogStore for SqliteCatalog {
+    fn meta(&self) -> Result<Option<CatalogMeta>> {
+        let json: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'catalog'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| self.err(format!("corrupt meta ({e})"))))
+            .transpose()
+    }
+
+    fn features(&self) -> Result<Vec<Feature>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT data FROM features ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        rows.map(|r| r.map_err(|e| self.err(e)).and_then(|j| self.parse(&j)))
+            .collect()
+    }
+
+    fn feature(&self, id: u32) -> Result<Option<Feature>> {
+        let json: Option<String> = self
+            .conn
+            .query_row("SELECT data FROM features WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        json.map(|j| self.parse(&j)).transpose()
+    }
+
+    fn save(&mut self, meta: &CatalogMeta, features: &[Feature]) -> Result<u64> {
+        let generation = self.meta()?.map_or(0, |m| m.generation) + 1;
+        let meta = CatalogMeta {
+            generation,
+            ..meta.clone()
+        };
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| StoreError::store(&path, format!("SQLite: {e}"));
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute_batch("DELETE FROM features; DELETE FROM feature_tokens;")
+            .map_err(err)?;
+        {
+            let mut f_stmt = tx
+                .prepare("INSERT INTO features (id, count, contexts, max, mean, label, label_score, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+                .map_err(err)?;
+            let mut t_stmt = tx
+                .prepare("INSERT INTO feature_tokens (token, feature, count) VALUES (?1, ?2, ?3)")
+                .map_err(err)?;
+            for f in features {
+                let json = serde_json::to_string(f)
+                    .map_err(|e| StoreError::store(&path, e.to_string()))?;
+                f_stmt
+                    .execute(params![
+                        f.id,
+                        f.count as i64,
+                        f.contexts as i64,
+                        f.max,
+                        f.mean(),
+                        f.label,
+                        f.label_score,
+                        json
+                    ])
+                    .map_err(err)?;
+                for (token, count) in &f.top_tokens {
+                    t_stmt
+                        .execute(params![normalise_token(token), f.id, count])
+                        .map_err(err)?;
+                }
+            }
+        }
+        let json =
+            serde_json::to_string(&meta).map_err(|e| StoreError::store(&path, e.to_string()))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog', ?1)",
+            [json],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(generation)
+    }
+
+    fn features_on_token(&self, token: &str, limit: usize) -> Result<Vec<(u32, u32)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT feature, count FROM feature_tokens WHERE token = ?1 ORDER BY count DESC, feature LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![normalise_token(token), limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.map(|r| r.map_err(|e| self.err(e))).collect()
+    }
+}
+
+/// Tokens are matched without case, word-piece marks (`##`, `Ġ`, `▁`) or surrounding space.
+pub fn normalise_token(t: &str) -> String {
+    t.trim()
+        .trim_start_matches("##")
+        .trim_start_matches(['Ġ', '▁'])
+        .to_lowercase()
+}
