@@ -62,6 +62,9 @@ pub struct BuildArgs {
     /// Contexts per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Save the catalog every N contexts; a killed build reruns from the last save.
+    #[arg(long, default_value_t = 2048)]
+    save_every: usize,
     #[command(flatten)]
     at: Where,
 }
@@ -146,6 +149,7 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         tokens: a.tokens,
         context_len: a.context,
         batch: a.batch,
+        save_every: a.save_every.max(1),
         ..Default::default()
     };
     let bar = if json_out {
@@ -219,7 +223,7 @@ fn run_show(a: ShowArgs, json_out: bool) -> Result<()> {
     if json_out {
         println!(
             "{}",
-            json!({"feature": f, "density": f.density(meta.tokens)})
+            json!({"feature": f, "density": f.density(meta.tokens), "catalog": meta})
         );
         return Ok(());
     }
