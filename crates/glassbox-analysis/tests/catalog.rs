@@ -53,6 +53,7 @@ fn config(tokens: usize) -> BuildConfig {
         effects: 5,
         save_every: 8,
         seed: 1,
+        taxonomy: None,
     }
 }
 

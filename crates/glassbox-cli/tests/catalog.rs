@@ -290,6 +290,23 @@ fn mismatched_inputs_are_refused_and_the_catalog_is_kept() {
         out.status.code() == Some(1) && stderr.contains("another model"),
         "{stderr}"
     );
+    // A taxonomy with an error: the file, line and field are named.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[control]\nexamples = [\"a\", \"b\"]\n[[concept]]\nname = \"pii\"\nexamples = [\"x\", \"y\"]\nthreshhold = 0.4\n",
+    )
+    .unwrap();
+    let mut args = build_args(&model, &dict, &corpus, &tmp.path().join("cat4"), "1000");
+    args.extend(["--taxonomy".to_string(), bad.to_str().unwrap().to_string()]);
+    let out = glassbox(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1)
+            && stderr.contains("bad.toml, line 6")
+            && stderr.contains("threshhold"),
+        "{stderr}"
+    );
     std::fs::write(
         &cfg,
         text.replace("blocks.1.hook_resid_pre", "blocks.9.hook_resid_pre"),

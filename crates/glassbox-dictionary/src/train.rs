@@ -214,10 +214,22 @@ impl Trainer {
                 .map(|(a, b)| (*a as f64 - b) as f32)
                 .collect()
         };
+        let unit = |mut v: Vec<f32>| {
+            normalize_rows(&mut v, d);
+            v
+        };
         for j in 0..self.sae.d_sae() {
             let r = j % n;
-            self.sae.w_enc_t[j * d..][..d].copy_from_slice(&centred(x, &mx, r));
-            self.sae.w_dec[j * d..][..d].copy_from_slice(&centred(y, &my, r));
+            let (mut enc, mut dec) = (unit(centred(x, &mx, r)), unit(centred(y, &my, r)));
+            if j >= n {
+                // A row used again: mixed with the latent's random initial direction, so no
+                // two latents start (and stay) identical.
+                for (v, w) in [(&mut enc, &self.sae.w_enc_t), (&mut dec, &self.sae.w_dec)] {
+                    linalg::axpy(0.5, &w[j * d..][..d], v);
+                }
+            }
+            self.sae.w_enc_t[j * d..][..d].copy_from_slice(&enc);
+            self.sae.w_dec[j * d..][..d].copy_from_slice(&dec);
         }
         normalize_rows(&mut self.sae.w_enc_t, d);
         normalize_rows(&mut self.sae.w_dec, d);

@@ -466,3 +466,22 @@ fn bad_dictionary_files_are_reported() {
         .to_string()
         .contains("corrupt"));
 }
+
+#[test]
+fn a_transcoder_initialised_from_fewer_rows_than_latents_has_no_twin_latents() {
+    let (d_in, d_sae) = (16, 96);
+    let (x, y) = sparse_pairs(40, d_in, 24, 3, 17);
+    let mut t = Trainer::new(
+        Sae::init(transcoder_cfg(Activation::TopK { k: 4 }, d_in, d_sae), 1).unwrap(),
+        tc(10, 0),
+    )
+    .unwrap();
+    t.initialise_from(&x, Some(&y)).unwrap();
+    let rows: Vec<&[f32]> = t.sae.w_enc_t.chunks(d_in).collect();
+    for i in 0..d_sae {
+        for j in 0..i {
+            let cos: f32 = rows[i].iter().zip(rows[j]).map(|(a, b)| a * b).sum();
+            assert!(cos < 0.9999, "latents {i} and {j} start identical");
+        }
+    }
+}

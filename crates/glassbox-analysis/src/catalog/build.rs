@@ -13,7 +13,8 @@ use glassbox_store::catalog::{
 use glassbox_store::harvest::{corpus_sha256, model_sha256, Contexts};
 use rand::{Rng, SeedableRng};
 
-use super::{effects, label};
+use super::taxonomy::Taxonomy;
+use super::{effects, flags, label};
 use crate::error::{AnalysisError, Result};
 
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct BuildConfig {
     /// Save the catalog every this many contexts (a killed build resumes from there).
     pub save_every: usize,
     pub seed: u64,
+    /// Concepts to flag features for (`None`: no flags).
+    pub taxonomy: Option<Taxonomy>,
 }
 
 impl Default for BuildConfig {
@@ -49,9 +52,15 @@ impl Default for BuildConfig {
             effects: 10,
             save_every: 2048,
             seed: 0,
+            taxonomy: None,
         }
     }
 }
+
+/// Corpus windows (of this many tokens, about the length of a taxonomy example) added to the
+/// taxonomy's control texts.
+const CONTROL_WINDOWS: usize = 128;
+const CONTROL_WINDOW: usize = 24;
 
 /// What a catalog is built from.
 pub struct Sources<'a> {
@@ -119,8 +128,23 @@ pub fn build(
     if features.len() != sae.d_sae() {
         features = initial_features(model, sae, cfg.effects)?;
     }
+    // Flags depend on the weights and the taxonomy only, so each build sets them afresh.
+    let flags = match &cfg.taxonomy {
+        Some(t) => {
+            let windows: Vec<Vec<u32>> = Contexts::new(model, src.corpus, CONTROL_WINDOW)?
+                .take(CONTROL_WINDOWS)
+                .collect::<std::result::Result<_, _>>()?;
+            flags::flags(model, sae, t, &windows)?
+        }
+        None => vec![Vec::new(); sae.d_sae()],
+    };
+    for (f, fl) in features.iter_mut().zip(flags) {
+        f.flags = fl;
+    }
     progress(meta.tokens, cfg.tokens as u64);
     if meta.tokens >= cfg.tokens as u64 {
+        // Nothing more to read; labels and flags (perhaps from a new taxonomy) are refreshed.
+        meta.generation = save(store, &meta, &mut features, decoder)?;
         return Ok(meta);
     }
 

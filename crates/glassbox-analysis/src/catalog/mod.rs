@@ -5,6 +5,8 @@
 
 pub mod build;
 pub mod effects;
+pub mod flags;
 pub mod label;
+pub mod taxonomy;
 
 pub use build::{build, BuildConfig, Sources};

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use glassbox_analysis::catalog::taxonomy::Taxonomy;
 use glassbox_analysis::catalog::{build, BuildConfig, Sources};
 use glassbox_model::registry;
 use glassbox_store::catalog::search::SearchIndex;
@@ -65,6 +66,14 @@ pub struct BuildArgs {
     /// Save the catalog every N contexts; a killed build reruns from the last save.
     #[arg(long, default_value_t = 2048)]
     save_every: usize,
+    /// A taxonomy of sensitive concepts to flag features for (TOML; default: the built-in
+    /// taxonomy/default.toml with PII, credentials, violence, self-harm, profanity and prompt
+    /// injection).
+    #[arg(long, conflicts_with = "no_flags")]
+    taxonomy: Option<PathBuf>,
+    /// Do not flag features.
+    #[arg(long)]
+    no_flags: bool,
     #[command(flatten)]
     at: Where,
 }
@@ -87,6 +96,9 @@ pub struct SearchArgs {
     /// Features that fire on this token (case-insensitive).
     #[arg(long, conflicts_with_all = ["query", "similar"])]
     token: Option<String>,
+    /// Features flagged for this taxonomy concept (e.g. pii, credentials).
+    #[arg(long, conflicts_with_all = ["query", "similar", "token"])]
+    flag: Option<String>,
     /// Features whose decoder direction is closest to this feature's.
     #[arg(long, conflicts_with = "query")]
     similar: Option<u32>,
@@ -145,7 +157,17 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         }
     };
     let mut store = SqliteCatalog::open(&a.at.catalog.join(DB))?;
+    let taxonomy = match (&a.taxonomy, a.no_flags) {
+        (_, true) => None,
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the taxonomy {}", path.display()))?;
+            Some(Taxonomy::parse(&text, &path.display().to_string())?)
+        }
+        (None, false) => Some(Taxonomy::default_taxonomy()),
+    };
     let cfg = BuildConfig {
+        taxonomy,
         tokens: a.tokens,
         context_len: a.context,
         batch: a.batch,
@@ -184,7 +206,11 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
     SearchIndex::open(&a.at.catalog.join(INDEX), &store)?;
     let features = store.features()?;
     let fired = features.iter().filter(|f| f.count > 0).count();
-    let report = json!({"catalog": a.at.catalog, "meta": meta, "features": features.len(), "fired": fired,
+    let mut flagged = std::collections::BTreeMap::<&str, usize>::new();
+    for flag in features.iter().flat_map(|f| &f.flags) {
+        *flagged.entry(flag.concept.as_str()).or_default() += 1;
+    }
+    let report = json!({"catalog": a.at.catalog, "meta": meta, "features": features.len(), "fired": fired, "flagged": flagged,
         "new_tokens": new_tokens, "seconds": secs, "tokens_per_second": new_tokens as f64 / secs.max(1e-9)});
     if json_out {
         println!("{report}");
@@ -205,8 +231,15 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         .filter(|f| f.contexts >= 10 && f.density(meta.tokens) < 1e-2)
         .max_by(|a, b| a.label_score.total_cmp(&b.label_score))
         .map_or(0, |f| f.id);
+    if !flagged.is_empty() {
+        let list: Vec<String> = flagged.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        println!("flagged features: {}", list.join(" · "));
+    }
     println!("look at it with:");
     println!("  glassbox catalog show {example}");
+    if let Some(c) = flagged.keys().next() {
+        println!("  glassbox catalog search --flag {c}");
+    }
     println!("  glassbox catalog search \"error\"");
     println!("  glassbox catalog export --html catalog-site   # then open catalog-site/index.html");
     Ok(())
@@ -278,6 +311,13 @@ fn card(f: &Feature, meta: &CatalogMeta, examples: usize, color: bool) -> String
         .map(|(j, c)| format!("{j} ({c:.2})"))
         .collect();
     let _ = writeln!(s, "neighbours  {}", near.join(" · "));
+    for flag in &f.flags {
+        let _ = writeln!(
+            s,
+            "FLAG {} (score {:.2}): {}",
+            flag.concept, flag.score, flag.evidence
+        );
+    }
     for (kind, title) in [
         (ExampleKind::Top, "top activations"),
         (ExampleKind::Sample, "sampled across its range"),
@@ -304,7 +344,9 @@ fn card(f: &Feature, meta: &CatalogMeta, examples: usize, color: bool) -> String
 
 fn run_search(a: SearchArgs, json_out: bool) -> Result<()> {
     let (store, meta) = open(&a.at)?;
-    let hits: Vec<(u32, f32)> = if let Some(t) = &a.token {
+    let hits: Vec<(u32, f32)> = if let Some(c) = &a.flag {
+        store.flagged(c, a.limit)?
+    } else if let Some(t) = &a.token {
         store
             .features_on_token(t, a.limit)?
             .into_iter()
@@ -318,9 +360,11 @@ fn run_search(a: SearchArgs, json_out: bool) -> Result<()> {
     } else if let Some(q) = &a.query {
         SearchIndex::open(&a.at.catalog.join(INDEX), &store)?.search(q, a.limit)?
     } else {
-        bail!("give words to search for, --token T or --similar F");
+        bail!("give words to search for, --token T, --flag CONCEPT or --similar F");
     };
-    let score = if a.token.is_some() {
+    let score = if a.flag.is_some() {
+        "flag score"
+    } else if a.token.is_some() {
         "contexts"
     } else if a.similar.is_some() {
         "cosine"

@@ -126,6 +126,8 @@ pub trait CatalogStore {
     fn feature(&self, id: u32) -> Result<Option<Feature>>;
     /// Replaces the whole catalog atomically; bumps and returns the generation.
     fn save(&mut self, meta: &CatalogMeta, features: &[Feature]) -> Result<u64>;
+    /// Features flagged for `concept`, highest score first.
+    fn flagged(&self, concept: &str, limit: usize) -> Result<Vec<(u32, f32)>>;
     /// Features that fire on `token` (case-insensitive), most often first.
     fn features_on_token(&self, token: &str, limit: usize) -> Result<Vec<(u32, u32)>>;
 }

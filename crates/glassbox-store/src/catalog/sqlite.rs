@@ -17,6 +17,8 @@ const MIGRATIONS: &[&str] = &[
          data TEXT NOT NULL);
      CREATE TABLE feature_tokens (token TEXT NOT NULL, feature INTEGER NOT NULL, count INTEGER NOT NULL);
      CREATE INDEX feature_tokens_by_token ON feature_tokens (token, count DESC);",
+    "CREATE TABLE feature_flags (concept TEXT NOT NULL, feature INTEGER NOT NULL, score REAL NOT NULL);
+     CREATE INDEX feature_flags_by_concept ON feature_flags (concept, score DESC);",
 ];
 
 pub struct SqliteCatalog {
@@ -111,14 +113,19 @@ impl CatalogStore for SqliteCatalog {
         let path = self.path.clone();
         let err = |e: rusqlite::Error| StoreError::store(&path, format!("SQLite: {e}"));
         let tx = self.conn.transaction().map_err(err)?;
-        tx.execute_batch("DELETE FROM features; DELETE FROM feature_tokens;")
-            .map_err(err)?;
+        tx.execute_batch(
+            "DELETE FROM features; DELETE FROM feature_tokens; DELETE FROM feature_flags;",
+        )
+        .map_err(err)?;
         {
             let mut f_stmt = tx
                 .prepare("INSERT INTO features (id, count, contexts, max, mean, label, label_score, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
                 .map_err(err)?;
             let mut t_stmt = tx
                 .prepare("INSERT INTO feature_tokens (token, feature, count) VALUES (?1, ?2, ?3)")
+                .map_err(err)?;
+            let mut flag_stmt = tx
+                .prepare("INSERT INTO feature_flags (concept, feature, score) VALUES (?1, ?2, ?3)")
                 .map_err(err)?;
             for f in features {
                 let json = serde_json::to_string(f)
@@ -140,6 +147,11 @@ impl CatalogStore for SqliteCatalog {
                         .execute(params![normalise_token(token), f.id, count])
                         .map_err(err)?;
                 }
+                for flag in &f.flags {
+                    flag_stmt
+                        .execute(params![flag.concept, f.id, flag.score])
+                        .map_err(err)?;
+                }
             }
         }
         let json =
@@ -151,6 +163,19 @@ impl CatalogStore for SqliteCatalog {
         .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(generation)
+    }
+
+    fn flagged(&self, concept: &str, limit: usize) -> Result<Vec<(u32, f32)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT feature, score FROM feature_flags WHERE concept = ?1 ORDER BY score DESC, feature LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![concept, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.map(|r| r.map_err(|e| self.err(e))).collect()
     }
 
     fn features_on_token(&self, token: &str, limit: usize) -> Result<Vec<(u32, u32)>> {

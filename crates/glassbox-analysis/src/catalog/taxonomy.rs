@@ -1,0 +1,171 @@
+//! The sensitivity taxonomy: concepts an organisation cares about (PII, credentials, …), each
+//! defined by example texts and keywords, with control texts to compare against; read from
+//! TOML, errors naming the line and field. `taxonomy/default.toml` ships with the project.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{AnalysisError, Result};
+
+/// The taxonomy shipped with Glassbox.
+pub const DEFAULT: &str = include_str!("../../../../taxonomy/default.toml");
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Concept {
+    pub name: String,
+    pub description: String,
+    /// Example texts, keywords included.
+    pub examples: Vec<String>,
+    pub threshold: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Taxonomy {
+    pub concepts: Vec<Concept>,
+    pub controls: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default = "default_threshold")]
+    threshold: Spanned<f32>,
+    control: Control,
+    #[serde(default)]
+    concept: Vec<RawConcept>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Control {
+    examples: Spanned<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConcept {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    examples: Vec<String>,
+    #[serde(default)]
+    keywords: Vec<String>,
+    threshold: Option<Spanned<f32>>,
+}
+
+fn default_threshold() -> Spanned<f32> {
+    Spanned::new(0..0, 0.5)
+}
+
+impl Taxonomy {
+    /// Parses a taxonomy; `origin` (a file name) prefixes error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let bad = |offset: usize, msg: String| {
+            AnalysisError::Mismatch(format!("{origin}, line {}: {msg}", line(offset)))
+        };
+        let file: File = toml::from_str(text).map_err(|e| match e.span() {
+            Some(s) => bad(s.start, e.message().to_string()),
+            None => AnalysisError::Mismatch(format!("{origin}: {}", e.message())),
+        })?;
+        let check = |t: &Spanned<f32>, what: &str| {
+            if t.get_ref().is_finite() && *t.get_ref() > 0.0 && *t.get_ref() <= 1.0 {
+                Ok(*t.get_ref())
+            } else {
+                Err(bad(t.span().start, format!("{what} = {} must be in (0, 1]: the share of concept examples a feature fires on, minus that of controls", t.get_ref())))
+            }
+        };
+        let default = check(&file.threshold, "threshold")?;
+        if file.control.examples.get_ref().len() < 2 {
+            return Err(bad(
+                file.control.examples.span().start,
+                "[control] examples needs at least 2 texts".into(),
+            ));
+        }
+        let mut concepts = Vec::new();
+        for c in file.concept {
+            let name = c.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                return Err(bad(c.name.span().start, "concept `name` is empty".into()));
+            }
+            if concepts.iter().any(|k: &Concept| k.name == name) {
+                return Err(bad(
+                    c.name.span().start,
+                    format!("concept `{name}` is defined twice"),
+                ));
+            }
+            let mut examples = c.examples;
+            examples.extend(c.keywords);
+            examples.retain(|e| !e.trim().is_empty());
+            if examples.len() < 2 {
+                return Err(bad(
+                    c.name.span().start,
+                    format!("concept `{name}` needs at least 2 `examples` or `keywords`"),
+                ));
+            }
+            let threshold = match &c.threshold {
+                Some(t) => check(t, &format!("concept `{name}` threshold"))?,
+                None => default,
+            };
+            concepts.push(Concept {
+                name,
+                description: c.description,
+                examples,
+                threshold,
+            });
+        }
+        Ok(Self {
+            concepts,
+            controls: file.control.examples.into_inner(),
+        })
+    }
+
+    pub fn default_taxonomy() -> Self {
+        Self::parse(DEFAULT, "taxonomy/default.toml").expect("the shipped taxonomy parses")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_taxonomy_parses() {
+        let t = Taxonomy::default_taxonomy();
+        let names: Vec<&str> = t.concepts.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pii",
+                "credentials",
+                "violence",
+                "self-harm",
+                "profanity",
+                "prompt-injection"
+            ]
+        );
+        assert!(t.concepts.iter().all(|c| c.examples.len() >= 10));
+        assert!(t.controls.len() >= 10);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let control = "[control]\nexamples = [\"a\", \"b\"]\n";
+        let cases = [
+            (format!("{control}[[concept]]\nname = \"x\"\nexamples = [\"a\", \"b\"]\nthreshold = 3.0\n"), "line 6", "threshold = 3"),
+            (format!("{control}[[concept]]\nname = \"x\"\nexample = [\"a\"]\n"), "line 5", "example"),
+            (format!("{control}[[concept]]\nname = \"x\"\nexamples = [\"a\"]\n"), "line 4", "at least 2"),
+            (format!("{control}[[concept]]\nname = \"x\"\nexamples = [\"a\",\"b\"]\n[[concept]]\nname = \"x\"\nexamples = [\"a\",\"b\"]\n"), "line 7", "defined twice"),
+            ("[control]\nexamples = [\"a\", 5]\n".to_string(), "line 2", ""),
+            ("threshold = 0.5\n".to_string(), "", "control"),
+        ];
+        for (text, line, field) in cases {
+            let err = Taxonomy::parse(&text, "t.toml").unwrap_err().to_string();
+            assert!(
+                err.starts_with("t.toml") && err.contains(line) && err.contains(field),
+                "{err}\n---\n{text}"
+            );
+        }
+    }
+}
