@@ -19,6 +19,11 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX feature_tokens_by_token ON feature_tokens (token, count DESC);",
     "CREATE TABLE feature_flags (concept TEXT NOT NULL, feature INTEGER NOT NULL, score REAL NOT NULL);
      CREATE INDEX feature_flags_by_concept ON feature_flags (concept, score DESC);",
+    // The tie-breaker of the ORDER BY belongs in the index, or every match is sorted.
+    "DROP INDEX feature_tokens_by_token;
+     CREATE INDEX feature_tokens_by_token ON feature_tokens (token, count DESC, feature);
+     DROP INDEX feature_flags_by_concept;
+     CREATE INDEX feature_flags_by_concept ON feature_flags (concept, score DESC, feature);",
 ];
 
 pub struct SqliteCatalog {
