@@ -9,6 +9,7 @@ use clap::Subcommand;
 use glassbox_analysis::catalog::taxonomy::Taxonomy;
 use glassbox_analysis::catalog::{build, BuildConfig, Sources};
 use glassbox_model::registry;
+use glassbox_store::catalog::postgres::PgCatalog;
 use glassbox_store::catalog::search::SearchIndex;
 use glassbox_store::catalog::sqlite::SqliteCatalog;
 use glassbox_store::catalog::{
@@ -41,6 +42,20 @@ pub struct Where {
     /// The catalog directory (catalog.db and its search index).
     #[arg(long, env = "GLASSBOX_CATALOG", default_value_os_t = registry::home().join("catalog"))]
     catalog: PathBuf,
+    /// Keep the catalog in PostgreSQL instead of the directory's SQLite file, for a shared
+    /// deployment: `postgres://user:pass@host/db` or `host=/run/postgresql dbname=glassbox`.
+    /// The search index stays in the catalog directory.
+    #[arg(long, env = "GLASSBOX_CATALOG_STORE")]
+    store: Option<String>,
+}
+
+impl Where {
+    fn connect(&self) -> Result<Box<dyn CatalogStore>> {
+        Ok(match &self.store {
+            Some(url) => Box::new(PgCatalog::open(url)?),
+            None => Box::new(SqliteCatalog::open(&self.catalog.join(DB))?),
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -120,18 +135,20 @@ pub struct ExportArgs {
 const DB: &str = "catalog.db";
 const INDEX: &str = "index";
 
-fn open(at: &Where) -> Result<(SqliteCatalog, CatalogMeta)> {
-    let db = at.catalog.join(DB);
-    if !db.exists() {
+fn open(at: &Where) -> Result<(Box<dyn CatalogStore>, CatalogMeta)> {
+    if at.store.is_none() && !at.catalog.join(DB).exists() {
         bail!(
             "no catalog at {}; build one with `glassbox catalog build --model M --dict D` (or pass --catalog)",
             at.catalog.display()
         );
     }
-    let store = SqliteCatalog::open(&db)?;
-    let meta = store
-        .meta()?
-        .with_context(|| format!("{} holds no finished build yet", db.display()))?;
+    let store = at.connect()?;
+    let meta = store.meta()?.with_context(|| {
+        format!(
+            "the catalog at {} holds no finished build yet",
+            at.catalog.display()
+        )
+    })?;
     Ok((store, meta))
 }
 
@@ -156,7 +173,7 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
             bail!("no --corpus given and the default corpus is not installed; run `glassbox setup`")
         }
     };
-    let mut store = SqliteCatalog::open(&a.at.catalog.join(DB))?;
+    let mut store = a.at.connect()?;
     let taxonomy = match (&a.taxonomy, a.no_flags) {
         (_, true) => None,
         (Some(path), _) => {
@@ -195,7 +212,7 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         dict_dir: &a.dict,
         corpus: &corpus,
     };
-    let meta = build(&mut store, &src, &cfg, &mut |done, _| {
+    let meta = build(store.as_mut(), &src, &cfg, &mut |done, _| {
         first.get_or_insert(done);
         bar.set_position(done);
     })
@@ -203,7 +220,7 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let new_tokens = meta.tokens - first.unwrap_or(0);
-    SearchIndex::open(&a.at.catalog.join(INDEX), &store)?;
+    SearchIndex::open(&a.at.catalog.join(INDEX), store.as_ref())?;
     let features = store.features()?;
     let fired = features.iter().filter(|f| f.count > 0).count();
     let mut flagged = std::collections::BTreeMap::<&str, usize>::new();
@@ -358,7 +375,7 @@ fn run_search(a: SearchArgs, json_out: bool) -> Result<()> {
             .with_context(|| format!("feature {j} is not in the catalog"))?;
         f.neighbours.into_iter().take(a.limit).collect()
     } else if let Some(q) = &a.query {
-        SearchIndex::open(&a.at.catalog.join(INDEX), &store)?.search(q, a.limit)?
+        SearchIndex::open(&a.at.catalog.join(INDEX), store.as_ref())?.search(q, a.limit)?
     } else {
         bail!("give words to search for, --token T, --flag CONCEPT or --similar F");
     };

@@ -1,8 +1,9 @@
 //! The feature catalog: per-feature statistics, example contexts, logit effects, neighbours,
 //! labels and flags, behind one [`CatalogStore`] trait. The embedded default is SQLite
-//! ([`sqlite::SqliteCatalog`]); a tantivy index ([`search::SearchIndex`]) answers full-text
-//! queries over labels and contexts.
+//! ([`sqlite::SqliteCatalog`]); shared deployments use PostgreSQL ([`postgres::PgCatalog`]).
+//! A tantivy index ([`search::SearchIndex`]) answers full-text queries over labels and contexts.
 
+pub mod postgres;
 pub mod search;
 pub mod sqlite;
 
