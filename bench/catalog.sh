@@ -13,5 +13,5 @@ if [[ -n "${2:-}" ]]; then
   out="$(mktemp -d)"
   trap 'rm -rf "$out"' EXIT
   target/release/glassbox catalog build --model minilm --dict "$2" --tokens 100000 --catalog "$out" --json \
-    | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"catalog build: {r[\"new_tokens\"]} tokens in {r[\"seconds\"]:.1f} s, {r[\"tokens_per_second\"]:.0f} tokens/s ({r[\"features\"]} features)")'
+    | python3 -c 'import json,sys; r=json.load(sys.stdin); print("catalog build: %d tokens in %.1f s, %.0f tokens/s (%d features)" % (r["new_tokens"], r["seconds"], r["tokens_per_second"], r["features"]))'
 fi
