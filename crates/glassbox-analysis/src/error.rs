@@ -8,6 +8,9 @@ pub enum AnalysisError {
     Store(#[from] glassbox_store::StoreError),
     #[error("{0}")]
     Mismatch(String),
+    /// The LLM endpoint failed or answered off-format.
+    #[error("{0}")]
+    Llm(String),
 }
 
 impl From<glassbox_model::candle::Error> for AnalysisError {

@@ -1,5 +1,6 @@
 //! `glassbox catalog` through the real binary on the tiny GPT-2 fixture: build, show, search,
-//! export; a killed build resumes to the same catalog; mismatched inputs are refused.
+//! export; a killed build resumes to the same catalog; mismatched inputs and a dead LLM
+//! endpoint are refused.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -271,6 +272,43 @@ fn mismatched_inputs_are_refused_and_the_catalog_is_kept() {
             .map(String::as_str)
             .collect::<Vec<_>>(),
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && stderr.contains("another model"),
+        "{stderr}"
+    );
+    assert_eq!(show(&catalog, 0), before, "the catalog is untouched");
+
+    // Labelling through an endpoint nobody listens on fails clearly and keeps the labels;
+    // labelling with another model is refused before any request.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let label = |model: &Path| {
+        glassbox(&[
+            "catalog",
+            "label",
+            "--llm",
+            &format!("http://{free}/v1"),
+            "--llm-model",
+            "any",
+            "--features",
+            "0,1",
+            "--model",
+            model.to_str().unwrap(),
+            "--catalog",
+            catalog.to_str().unwrap(),
+        ])
+    };
+    let out = label(&model);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1)
+            && stderr.contains(&format!("cannot reach http://{free}/v1/chat/completions")),
+        "{stderr}"
+    );
+    let out = label(&other);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.code() == Some(1) && stderr.contains("another model"),

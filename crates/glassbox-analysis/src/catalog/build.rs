@@ -105,9 +105,7 @@ pub fn build(
         model: src.model_name.into(),
         model_sha256: model_sha256(model)?,
         dict: src.dict_dir.to_string_lossy().into(),
-        dict_sha256: glassbox_store::fsutil::sha256_file(
-            &src.dict_dir.join(glassbox_dictionary::saelens::WEIGHTS),
-        )?,
+        dict_sha256: dict_sha256(src.dict_dir)?,
         hook: sae.cfg.hook.clone(),
         d_sae: sae.d_sae(),
         corpus: src.corpus.to_string_lossy().into(),
@@ -197,6 +195,24 @@ pub fn build(
     }
     meta.generation = save(store, &meta, &mut features, decoder)?;
     Ok(meta)
+}
+
+fn dict_sha256(dict_dir: &Path) -> Result<String> {
+    Ok(glassbox_store::fsutil::sha256_file(
+        &dict_dir.join(glassbox_dictionary::saelens::WEIGHTS),
+    )?)
+}
+
+/// Checks that `model` and the dictionary in `dict_dir` are what `meta`'s catalog was built from.
+pub fn check_sources(meta: &CatalogMeta, model: &Model, dict_dir: &Path) -> Result<()> {
+    check_same_sources(
+        meta,
+        &CatalogMeta {
+            model_sha256: model_sha256(model)?,
+            dict_sha256: dict_sha256(dict_dir)?,
+            ..meta.clone()
+        },
+    )
 }
 
 fn check_same_sources(old: &CatalogMeta, new: &CatalogMeta) -> Result<()> {
@@ -357,7 +373,7 @@ fn window(
     }
 }
 
-/// Recomputes top tokens and labels, then saves in one transaction.
+/// Recomputes top tokens and offline labels, then saves in one transaction.
 fn save(
     store: &mut dyn CatalogStore,
     meta: &CatalogMeta,
@@ -380,10 +396,13 @@ fn save(
                 .cmp(&(b.kind as u8))
                 .then(b.activation.total_cmp(&a.activation))
         });
-        let (l, s) = label::label(f, decoder);
-        f.label = l;
-        f.label_score = s;
-        f.label_method = label::METHOD.into();
+        // A label from the LLM labeller is kept; `catalog label` renews it on request.
+        if f.label_method.is_empty() || f.label_method == label::METHOD {
+            let (l, s) = label::label(f, decoder);
+            f.label = l;
+            f.label_score = s;
+            f.label_method = label::METHOD.into();
+        }
     }
     Ok(store.save(meta, features)?)
 }

@@ -64,7 +64,7 @@ fn tokenize(model: &Model, texts: &[String]) -> Result<Vec<Vec<u32>>> {
 }
 
 /// Per text (content token ids), each feature's largest activation over its tokens.
-fn peaks(model: &Model, sae: &Sae, texts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+pub(crate) fn peaks(model: &Model, sae: &Sae, texts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
     let hook = model.hook_point(&sae.cfg.hook)?;
     let (prefix, suffix) = model.tokenizer.special_affixes()?;
     texts

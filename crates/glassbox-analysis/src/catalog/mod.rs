@@ -3,6 +3,7 @@
 //! sample across the range); then add what the weights say (vocabulary effects, neighbours)
 //! and an offline label.
 
+pub mod autointerp;
 pub mod build;
 pub mod effects;
 pub mod flags;

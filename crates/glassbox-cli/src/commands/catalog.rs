@@ -1,4 +1,4 @@
-//! `glassbox catalog build | show | search | export`: the feature catalog.
+//! `glassbox catalog build | show | search | export | label`: the feature catalog.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use glassbox_analysis::catalog::autointerp;
 use glassbox_analysis::catalog::taxonomy::Taxonomy;
 use glassbox_analysis::catalog::{build, BuildConfig, Sources};
 use glassbox_model::registry;
@@ -35,6 +36,13 @@ pub enum Command {
     Search(SearchArgs),
     /// Write a static HTML site of the catalog (one page per feature) to open without a server.
     Export(ExportArgs),
+    /// Label features with an LLM behind any OpenAI-compatible chat endpoint (auto-interp): it
+    /// explains each feature from its contexts, then is scored by detection — predicting which
+    /// unseen snippets make the feature fire (balanced accuracy; 0.5 is chance). Without
+    /// --features or --flagged it labels the next --limit fired features that have no LLM label,
+    /// so repeated runs work through the catalog. The offline labels of `catalog build` need
+    /// no endpoint.
+    Label(LabelArgs),
 }
 
 #[derive(clap::Args)]
@@ -132,6 +140,40 @@ pub struct ExportArgs {
     at: Where,
 }
 
+#[derive(clap::Args)]
+pub struct LabelArgs {
+    /// The API base of an OpenAI-compatible server, e.g. `https://api.openai.com/v1` or
+    /// `http://localhost:8000/v1` (vLLM, llama.cpp, Ollama).
+    #[arg(long, env = "GLASSBOX_LLM_URL")]
+    llm: String,
+    /// The chat model to ask.
+    #[arg(long, env = "GLASSBOX_LLM_MODEL")]
+    llm_model: String,
+    /// The environment variable holding the API key (sent as a bearer token; none if unset).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    api_key_env: String,
+    /// Features to label, e.g. `12,40,7`.
+    #[arg(long, value_delimiter = ',', conflicts_with = "flagged")]
+    features: Vec<u32>,
+    /// Label every flagged feature.
+    #[arg(long)]
+    flagged: bool,
+    /// Features to label when none are named.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Seconds to wait for one answer.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// The model the catalog was built from (default: as recorded in the catalog).
+    #[arg(long)]
+    model: Option<String>,
+    /// The dictionary the catalog was built from (default: as recorded in the catalog).
+    #[arg(long)]
+    dict: Option<PathBuf>,
+    #[command(flatten)]
+    at: Where,
+}
+
 const DB: &str = "catalog.db";
 const INDEX: &str = "index";
 
@@ -158,6 +200,7 @@ pub fn run(cmd: Command, device: &str, json_out: bool) -> Result<()> {
         Command::Show(a) => run_show(a, json_out),
         Command::Search(a) => run_search(a, json_out),
         Command::Export(a) => run_export(a, json_out),
+        Command::Label(a) => run_label(a, device, json_out),
     }
 }
 
@@ -438,6 +481,111 @@ fn run_export(a: ExportArgs, json_out: bool) -> Result<()> {
             features.len(),
             Path::new(&a.html).join("index.html").display()
         );
+    }
+    Ok(())
+}
+
+fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
+    let (mut store, meta) = open(&a.at)?;
+    let model = input::load_model(a.model.as_deref().unwrap_or(&meta.model), device)?;
+    let dict = a.dict.clone().unwrap_or_else(|| PathBuf::from(&meta.dict));
+    let sae = glassbox_dictionary::saelens::load(&dict)
+        .context("loading the catalog's dictionary (pass --dict if it moved)")?;
+    let ids: Vec<u32> = if !a.features.is_empty() {
+        a.features.clone()
+    } else {
+        let features = store.features()?;
+        let llm = |f: &Feature| f.label_method.starts_with(autointerp::METHOD_PREFIX);
+        features
+            .iter()
+            .filter(|f| {
+                if a.flagged {
+                    !f.flags.is_empty()
+                } else {
+                    f.contexts > 0 && !llm(f)
+                }
+            })
+            .take(if a.flagged { usize::MAX } else { a.limit })
+            .map(|f| f.id)
+            .collect()
+    };
+    if ids.is_empty() {
+        bail!("no features to label: name them with --features, or every fired feature has an LLM label already");
+    }
+    let chat = autointerp::ChatClient::new(autointerp::Endpoint {
+        url: a.llm.clone(),
+        model: a.llm_model.clone(),
+        api_key: std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty()),
+        timeout: std::time::Duration::from_secs(a.timeout),
+        retries: 3,
+    });
+    let bar = if json_out {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(ids.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} labelling [{bar:40}] {pos}/{len} features · ETA {eta} · {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut rows = Vec::new();
+    let failures = autointerp::label_catalog(
+        store.as_mut(),
+        &model,
+        &sae,
+        &dict,
+        &chat,
+        &a.llm_model,
+        &ids,
+        &autointerp::AutoInterpConfig::default(),
+        10,
+        &mut |id, outcome| {
+            bar.inc(1);
+            if let Ok(o) = outcome {
+                bar.set_message(format!("{id}: {}", o.label));
+                rows.push(json!({"id": id, "label": o.label, "score": o.score, "snippets": o.snippets, "activating": o.activating}));
+            }
+        },
+    )
+    .with_context(|| format!("labelling with {}", a.llm))?;
+    bar.finish_and_clear();
+    // The labels are searchable at once.
+    SearchIndex::open(&a.at.catalog.join(INDEX), store.as_ref())?;
+    let failed: Vec<_> = failures
+        .iter()
+        .map(|(id, e)| json!({"id": id, "error": e.to_string()}))
+        .collect();
+    if json_out {
+        println!(
+            "{}",
+            json!({"labelled": rows, "failed": failed, "meta": meta})
+        );
+    } else {
+        println!(
+            "{:>7}  {:>5}  label (detection balanced accuracy; 0.5 is chance)",
+            "feature", "score"
+        );
+        for r in &rows {
+            println!(
+                "{:>7}  {:>5.2}  {}",
+                r["id"],
+                r["score"].as_f64().unwrap_or(0.0),
+                r["label"].as_str().unwrap_or("")
+            );
+        }
+        for (id, e) in &failures {
+            eprintln!("feature {id}: not labelled: {e}");
+        }
+    }
+    if rows.is_empty() {
+        let first = failures
+            .first()
+            .map(|(_, e)| e.to_string())
+            .unwrap_or_default();
+        bail!("no feature was labelled; the first error: {first}");
     }
     Ok(())
 }
