@@ -60,6 +60,17 @@ enum Command {
     /// export it.
     #[command(subcommand)]
     Catalog(commands::catalog::Command),
+    /// Serve the model over HTTP (OpenAI-compatible) with monitors inside the forward pass:
+    /// per-token rules over features and anomaly scores that log, alert, clamp, steer or block.
+    Serve(commands::serve::ServeArgs),
+    /// Make an API key for the server (prints the key once and its hash for deploy.toml).
+    Key(commands::serve::KeyArgs),
+    /// The server's audit log.
+    #[command(subcommand)]
+    Audit(commands::serve::AuditCommand),
+    /// Watch a running server's monitors.
+    #[command(subcommand)]
+    Monitor(commands::serve::MonitorCommand),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +84,10 @@ fn main() -> ExitCode {
         Command::TrainDict(args) => commands::train_dict::run(args, cli.json),
         Command::EvalDict(args) => commands::eval_dict::run(args, &cli.device, cli.json),
         Command::Catalog(cmd) => commands::catalog::run(cmd, &cli.device, cli.json),
+        Command::Serve(args) => commands::serve::run_serve(args, &cli.device, cli.json),
+        Command::Key(args) => commands::serve::run_key(args, cli.json),
+        Command::Audit(cmd) => commands::serve::run_audit(cmd, cli.json),
+        Command::Monitor(cmd) => commands::serve::run_monitor(cmd, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -213,9 +213,55 @@ impl Sae {
 
     /// Codes of raw activations `x` (`[n, d_in]`).
     pub fn encode(&self, x: &[f32]) -> Result<Codes> {
-        self.check_width(x)?;
+        let n = self.check_width(x)?;
         let xs: Vec<f32> = x.iter().map(|v| v * self.cfg.input_scale).collect();
+        // A few rows (a served token): the encoder as stored, rather than transposing it first.
+        if n <= 16 {
+            return Ok(self.select(&self.pre_activations(&xs), false));
+        }
         Ok(self.encode_scaled(&xs, false, &[]).0)
+    }
+
+    /// Whether one latent's activation follows from its own encoder row (a threshold rule),
+    /// so [`Sae::latent`] is exact; TopK needs every latent to know the k largest.
+    pub fn reads_latents_alone(&self) -> bool {
+        !matches!(self.cfg.activation, Activation::TopK { .. })
+    }
+
+    /// Latent `j`'s activation on one row of raw activations from its encoder row alone
+    /// (exact when [`Sae::reads_latents_alone`]).
+    pub fn latent(&self, x: &[f32], j: u32) -> f32 {
+        let (d, j) = (self.d_in(), j as usize);
+        let w = &self.w_enc_t[j * d..(j + 1) * d];
+        let s = self.cfg.input_scale;
+        let shift = !self.cfg.is_transcoder();
+        let pre = self.b_enc[j]
+            + x.iter()
+                .zip(w)
+                .zip(&self.b_dec)
+                .map(|((x, w), b)| (x * s - if shift { *b } else { 0.0 }) * w)
+                .sum::<f32>();
+        let threshold = match self.cfg.activation {
+            Activation::JumpRelu { .. } => self.threshold[j],
+            Activation::BatchTopK { threshold, .. } => threshold,
+            _ => 0.0,
+        };
+        if pre > threshold && pre > 0.0 {
+            pre
+        } else {
+            0.0
+        }
+    }
+
+    /// Latent `j`'s decoder row in raw units of the output space: what adding 1 to its
+    /// activation adds to the reconstruction.
+    pub fn direction(&self, j: u32) -> Vec<f32> {
+        let d = self.d_in();
+        let inv = 1.0 / self.cfg.output_scale;
+        self.w_dec[j as usize * d..(j as usize + 1) * d]
+            .iter()
+            .map(|v| v * inv)
+            .collect()
     }
 
     /// Reconstruction (of the target hook, for a transcoder) from raw activations, in raw units.
@@ -321,5 +367,43 @@ mod tests {
         let row = [0.5, -1.0, 3.0, 2.0, 0.1, 2.5];
         assert_eq!(top_k(&row, 3), vec![(2, 3.0), (3, 2.0), (5, 2.5)]);
         assert_eq!(top_k(&[-1.0, 0.0, 0.2], 2), vec![(2, 0.2)]);
+    }
+
+    #[test]
+    fn one_latent_read_alone_equals_the_full_code() {
+        for activation in [
+            Activation::Relu { l1: 0.0 },
+            Activation::JumpRelu {
+                l0: 4.0,
+                bandwidth: 0.01,
+            },
+            Activation::BatchTopK {
+                k: 4,
+                threshold: 0.05,
+            },
+        ] {
+            let mut cfg = DictConfig::sae(activation, 8, 32, "m", "h");
+            cfg.input_scale = 1.7;
+            let mut sae = Sae::init(cfg, 3).unwrap();
+            sae.b_enc
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = 0.02 * j as f32 - 0.3);
+            sae.b_dec
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = 0.1 * i as f32);
+            assert!(sae.reads_latents_alone());
+            let x: Vec<f32> = (0..8).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.4).collect();
+            let code = &sae.encode(&x).unwrap().rows[0];
+            assert!(!code.is_empty());
+            for j in 0..32u32 {
+                let want = code.iter().find(|e| e.0 == j).map_or(0.0, |e| e.1);
+                assert!(
+                    (sae.latent(&x, j) - want).abs() < 1e-5,
+                    "{activation:?} latent {j}"
+                );
+            }
+        }
     }
 }

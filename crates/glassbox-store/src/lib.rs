@@ -2,6 +2,7 @@
 //! harvesting activations from a model into it.
 
 pub mod activations;
+pub mod audit;
 pub mod catalog;
 pub mod corpus;
 pub mod error;

@@ -4,5 +4,6 @@ pub mod generate;
 pub mod harvest;
 pub mod models;
 pub mod run;
+pub mod serve;
 pub mod setup;
 pub mod train_dict;

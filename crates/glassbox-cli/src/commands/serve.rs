@@ -1,0 +1,187 @@
+//! `glassbox serve`, `glassbox key`, `glassbox audit verify`, `glassbox monitor tail`: the
+//! monitored server and the tools around it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use glassbox_serve::auth::{new_key, Role};
+use glassbox_serve::config::Config;
+use glassbox_serve::server::{serve, AppState};
+use serde_json::{json, Value};
+
+use crate::input;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The deployment file: model, dictionaries, monitors, alerts, audit log, keys (see
+    /// deploy.example.toml).
+    #[arg(long, default_value = "deploy.toml")]
+    config: PathBuf,
+    /// Listen here instead of the file's `listen` (e.g. 127.0.0.1:0 for any free port).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+pub fn run_serve(a: ServeArgs, device: &str, json_out: bool) -> Result<()> {
+    let mut cfg = Config::load(&a.config)?;
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GLASSBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json_out {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let model = input::load_model(&cfg.model, device)?;
+    if cfg.keys.is_empty() {
+        tracing::warn!("no [[key]] in the config: the API is open to anyone who can reach it");
+    }
+    let state = AppState::new(cfg, model)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(state.clone(), |addr| {
+        // One line on stdout a script can wait for.
+        if json_out {
+            println!("{}", json!({"listening": addr.to_string()}));
+        } else {
+            println!("listening on http://{addr}");
+        }
+        let _ = std::io::stdout().flush();
+        tracing::info!(%addr, model = %state.cfg.model, monitors = state.cfg.monitors.len(), "serving");
+    }))?;
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct KeyArgs {
+    /// A name for the key (recorded in the audit log as the actor).
+    #[arg(long)]
+    name: String,
+    /// viewer (inference, read), operator (+ manage monitors) or admin (+ read the config).
+    #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+    role: String,
+}
+
+/// Prints a new key once, and the `[[key]]` entry (its hash) for deploy.toml.
+pub fn run_key(a: KeyArgs, json_out: bool) -> Result<()> {
+    let role: Role = serde_json::from_value(json!(a.role))?;
+    let (key, hash) = new_key();
+    if json_out {
+        println!(
+            "{}",
+            json!({"name": a.name, "role": role, "key": key, "sha256": hash})
+        );
+    } else {
+        println!("key (shown once; give it to the client): {key}\n");
+        println!(
+            "add to deploy.toml:\n[[key]]\nname = \"{}\"\nrole = \"{}\"\nsha256 = \"{hash}\"",
+            a.name, a.role
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check an audit log's hash chain; names the first edited, removed or reordered record.
+    Verify {
+        /// The audit log (JSON lines).
+        log: PathBuf,
+    },
+}
+
+pub fn run_audit(cmd: AuditCommand, json_out: bool) -> Result<()> {
+    let AuditCommand::Verify { log } = cmd;
+    let v = glassbox_store::audit::verify(&log)?;
+    if json_out {
+        println!(
+            "{}",
+            json!({"log": log, "records": v.records, "last_hash": v.last_hash, "problem": v.problem})
+        );
+    } else if v.problem.is_none() {
+        println!(
+            "{}: {} records, chain intact; last hash {}",
+            log.display(),
+            v.records,
+            v.last_hash
+        );
+    }
+    if let Some(p) = v.problem {
+        bail!(
+            "{}: {p} ({} records verified before it)",
+            log.display(),
+            v.records
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum MonitorCommand {
+    /// Stream rule firings from a running server to the terminal (Ctrl-C to stop).
+    Tail {
+        /// The server's address.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "GLASSBOX_URL")]
+        url: String,
+        /// The environment variable holding an API key (viewer or above).
+        #[arg(long, default_value = "GLASSBOX_API_KEY")]
+        api_key_env: String,
+    },
+}
+
+pub fn run_monitor(cmd: MonitorCommand, json_out: bool) -> Result<()> {
+    let MonitorCommand::Tail { url, api_key_env } = cmd;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let address = format!("{}/v1/events", url.trim_end_matches('/'));
+    let mut req = agent.get(&address).header("Accept", "text/event-stream");
+    if let Ok(key) = std::env::var(&api_key_env) {
+        req = req.header("Authorization", &format!("Bearer {key}"));
+    }
+    let resp = req
+        .call()
+        .with_context(|| format!("cannot reach {address}"))?;
+    if resp.status() != 200 {
+        let status = resp.status();
+        let body = resp.into_body().read_to_string().unwrap_or_default();
+        bail!("{address} answered {status}: {body}");
+    }
+    let reader = BufReader::new(resp.into_body().into_reader());
+    for line in reader.lines() {
+        let line = line.with_context(|| format!("reading {address}"))?;
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let data = data.trim();
+        if json_out {
+            println!("{data}");
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            continue;
+        };
+        let f = &v["firing"];
+        println!(
+            "{}  {:<20} {:<6} input {} token {:>4}  value {:>8.3}  {}",
+            v["request_id"].as_str().unwrap_or(""),
+            f["monitor"].as_str().unwrap_or(""),
+            f["action"].as_str().unwrap_or(""),
+            f["input"],
+            f["position"],
+            f["value"].as_f64().unwrap_or(0.0),
+            v["route"].as_str().unwrap_or("")
+        );
+        let _ = std::io::stdout().flush();
+    }
+    Ok(())
+}

@@ -1,0 +1,608 @@
+//! `glassbox serve` as a real process on a loopback port, spoken to over HTTP: completions
+//! and embeddings with monitors inside the forward pass (steer and clamp change the output,
+//! block refuses with a reason), role-checked monitor management, SSE streaming and the live
+//! event tail, metrics, alerts to a webhook, garbage requests that never crash it, and an
+//! audit log whose chain verifies and breaks when edited.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use glassbox_dictionary::{saelens, Activation, DictConfig, Sae};
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../glassbox-model/tests/fixtures")
+        .join(name)
+}
+
+/// A ReLU dictionary whose feature 0 is 10 on every token and feature 1 never fires.
+fn dictionary(dir: &Path, d_model: usize, model: &str, hook: &str) -> PathBuf {
+    let mut sae = Sae::init(
+        DictConfig::sae(Activation::Relu { l1: 0.0 }, d_model, 8, model, hook),
+        1,
+    )
+    .unwrap();
+    sae.w_enc_t[..d_model].fill(0.0);
+    sae.b_enc[0] = 10.0;
+    sae.w_enc_t[d_model..2 * d_model].fill(0.0);
+    sae.b_enc[1] = -10.0;
+    let path = dir.join("dict");
+    saelens::save(&sae, &path, Value::Null).unwrap();
+    path
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(config: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
+        .to_string();
+    Server { child, url }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// (status, x-glassbox-decisions header, body).
+fn call(
+    s: &Server,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&[u8]>,
+) -> (u16, Option<String>, String) {
+    let a = agent();
+    let url = format!("{}{path}", s.url);
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let resp = match (method, body) {
+        ("GET", _) => {
+            let mut r = a.get(&url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        ("DELETE", _) => {
+            let mut r = a.delete(&url);
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.call()
+        }
+        (_, b) => {
+            let mut r = a.post(&url).header("Content-Type", "application/json");
+            if let Some(h) = &auth {
+                r = r.header("Authorization", h);
+            }
+            r.send(b.unwrap_or(b""))
+        }
+    }
+    .unwrap();
+    let status = resp.status().as_u16();
+    let decisions = resp
+        .headers()
+        .get("x-glassbox-decisions")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = resp.into_body().read_to_string().unwrap();
+    (status, decisions, text)
+}
+
+fn post(s: &Server, path: &str, key: &str, body: Value) -> (u16, Value) {
+    let (status, _, text) = call(
+        s,
+        "POST",
+        path,
+        Some(key),
+        Some(body.to_string().as_bytes()),
+    );
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}")),
+    )
+}
+
+fn glassbox(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Three keys (viewer, operator, admin) made by `glassbox key`, as config entries.
+fn keys() -> (Vec<String>, String) {
+    let mut keys = Vec::new();
+    let mut toml = String::new();
+    for role in ["viewer", "operator", "admin"] {
+        let out = glassbox(&[
+            "key",
+            "--name",
+            &format!("{role}-key"),
+            "--role",
+            role,
+            "--json",
+        ]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        keys.push(v["key"].as_str().unwrap().to_string());
+        toml += &format!(
+            "[[key]]\nname = \"{}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            v["name"].as_str().unwrap(),
+            v["sha256"].as_str().unwrap()
+        );
+    }
+    (keys, toml)
+}
+
+fn completion(s: &Server, key: &str) -> (u16, Value) {
+    post(
+        s,
+        "/v1/completions",
+        key,
+        json!({"prompt": "the quick brown fox", "max_tokens": 8}),
+    )
+}
+
+#[test]
+fn monitors_steer_clamp_and_block_completions_and_every_change_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = "blocks.1.hook_resid_pre";
+    let dict = dictionary(dir.path(), 64, "tiny-gpt2", hook);
+    let (k, key_toml) = keys();
+    let (viewer, operator, admin) = (&k[0], &k[1], &k[2]);
+    let audit = dir.path().join("audit/log.jsonl");
+    let config = dir.path().join("deploy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = \"{}\"\n[limits]\nmax_body_bytes = 4096\nmax_new_tokens = 32\n[[dictionary]]\nname = \"d\"\npath = \"{}\"\n[audit]\npath = \"{}\"\n{key_toml}",
+            fixture("tiny-gpt2").display(),
+            dict.display(),
+            audit.display()
+        ),
+    )
+    .unwrap();
+    let s = start(&config);
+    assert_eq!(call(&s, "GET", "/healthz", None, None).0, 200);
+    assert_eq!(call(&s, "GET", "/readyz", None, None).0, 200);
+
+    // Without monitors: a plain greedy completion, no firings.
+    let (status, base) = completion(&s, viewer);
+    assert_eq!(status, 200, "{base}");
+    let base_text = base["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(base["glassbox"]["firings"], json!([]));
+    assert_eq!(base["usage"]["completion_tokens"], 8);
+
+    // Roles: a viewer cannot add monitors, nobody without a key can do anything.
+    let steer = json!({"name": "steer", "dictionary": "d", "when": "feature 0 > 5", "action": "steer", "feature": 1, "strength": 60.0});
+    assert_eq!(post(&s, "/v1/monitors", viewer, steer.clone()).0, 403);
+    assert_eq!(
+        call(&s, "POST", "/v1/completions", None, Some(b"{}")).0,
+        401
+    );
+    assert_eq!(
+        call(
+            &s,
+            "POST",
+            "/v1/completions",
+            Some("gbx_wrong"),
+            Some(b"{}")
+        )
+        .0,
+        401
+    );
+    let (status, created) = post(&s, "/v1/monitors", operator, steer.clone());
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(post(&s, "/v1/monitors", operator, steer).0, 409);
+
+    // Steering on every token changes what the model writes; each token's firing is returned.
+    let (_, steered) = completion(&s, viewer);
+    let text = steered["choices"][0]["text"].as_str().unwrap();
+    assert_ne!(text, base_text, "steering must change the output");
+    let firings = steered["glassbox"]["firings"].as_array().unwrap();
+    // Every prompt token and all but the last generated one pass through the model.
+    let prompt_tokens = steered["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(firings.len(), prompt_tokens + 7, "{firings:?}");
+    assert!(firings
+        .iter()
+        .all(|f| f["monitor"] == "steer" && f["action"] == "steer"));
+    let (_, header, _) = call(
+        &s,
+        "POST",
+        "/v1/completions",
+        Some(viewer),
+        Some(
+            json!({"prompt": "the quick brown fox", "max_tokens": 2})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    let header: Value = serde_json::from_str(&header.expect("x-glassbox-decisions")).unwrap();
+    assert_eq!(header["firings"]["steer"], prompt_tokens + 1);
+
+    // Clamping feature 0 to its own value changes nothing; to 0 through a far feature does.
+    assert_eq!(
+        call(&s, "DELETE", "/v1/monitors/steer", Some(operator), None).0,
+        200
+    );
+    let same = json!({"name": "clamp-same", "dictionary": "d", "when": "feature 0 > 5", "action": "clamp", "value": 10.0});
+    assert_eq!(post(&s, "/v1/monitors", operator, same).0, 201);
+    let (_, clamped) = completion(&s, viewer);
+    assert_eq!(clamped["choices"][0]["text"], base_text.as_str());
+    assert_eq!(
+        call(
+            &s,
+            "DELETE",
+            "/v1/monitors/clamp-same",
+            Some(operator),
+            None
+        )
+        .0,
+        200
+    );
+    let clamp = json!({"name": "clamp", "dictionary": "d", "when": "feature 0 > 5", "action": "clamp", "value": -60.0});
+    assert_eq!(post(&s, "/v1/monitors", operator, clamp).0, 201);
+    let (_, clamped) = completion(&s, viewer);
+    assert_ne!(clamped["choices"][0]["text"], base_text.as_str());
+    assert_eq!(
+        call(&s, "DELETE", "/v1/monitors/clamp", Some(operator), None).0,
+        200
+    );
+
+    // Block: once feature 0 fired on 3 of the last 4 tokens, the request is refused.
+    let block = json!({"name": "stop", "dictionary": "d", "when": "count(feature 0 > 5, 4) >= 3", "action": "block", "reason": "policy 7"});
+    assert_eq!(post(&s, "/v1/monitors", operator, block).0, 201);
+    let (status, refused) = completion(&s, viewer);
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["error"]["type"], "blocked");
+    assert_eq!(refused["error"]["message"], "policy 7");
+    assert_eq!(refused["glassbox"]["blocked"]["position"], 2);
+
+    // Streaming stops at the block too, and ends with the decisions and [DONE].
+    let (status, _, sse) = call(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(viewer),
+        Some(json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": true}).to_string().as_bytes()),
+    );
+    assert_eq!(status, 200);
+    let events: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{sse}");
+    let last: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(last["glassbox"]["blocked"]["monitor"], "stop");
+    assert_eq!(
+        call(&s, "DELETE", "/v1/monitors/stop", Some(operator), None).0,
+        200
+    );
+    let (_, _, sse) = call(
+        &s,
+        "POST",
+        "/v1/completions",
+        Some(viewer),
+        Some(
+            json!({"prompt": "the quick brown fox", "max_tokens": 8, "stream": true})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    let streamed: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        streamed, base_text,
+        "streamed text equals the plain completion"
+    );
+
+    // Bad input: clear JSON errors, never a crash.
+    for (body, want) in [
+        (&b"{not json"[..], 400),
+        (&b"\xff\xfe{\"prompt\": 1}"[..], 400),
+        (&br#"{"prompt": 5}"#[..], 422),
+        (&br#"{"prompt": "x", "max_tokens": 100000}"#[..], 400),
+        (&br#"{"prompt": ""}"#[..], 400),
+    ] {
+        let (status, _, text) = call(&s, "POST", "/v1/completions", Some(viewer), Some(body));
+        assert_eq!(status, want, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{text}"
+        );
+    }
+    let huge = vec![b'a'; 10_000];
+    assert_eq!(
+        call(&s, "POST", "/v1/completions", Some(viewer), Some(&huge)).0,
+        413
+    );
+    let bad_rule =
+        json!({"name": "x", "dictionary": "d", "when": "feature 0 >> 1", "action": "log"});
+    let (status, err) = post(&s, "/v1/monitors", operator, bad_rule);
+    assert!(
+        status == 400
+            && err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("feature 0 >> 1"),
+        "{err}"
+    );
+    // Random bytes and random JSON at every route: always an answer below 500.
+    let mut seed = 0x9E3779B97F4A7C15u64;
+    for i in 0..200 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let len = (seed % 300) as usize;
+        let body: Vec<u8> = (0..len)
+            .map(|j| (seed.rotate_left(j as u32 % 64) >> 3) as u8)
+            .collect();
+        let body = if i % 2 == 0 {
+            body
+        } else {
+            json!({"prompt": [1, {"a": null}], "input": seed, "messages": "x", "max_tokens": -1, "name": body})
+                .to_string()
+                .into_bytes()
+        };
+        for path in [
+            "/v1/completions",
+            "/v1/chat/completions",
+            "/v1/embeddings",
+            "/v1/monitors",
+        ] {
+            let (status, _, _) = call(&s, "POST", path, Some(admin), Some(&body));
+            assert!((400..500).contains(&status), "{path} answered {status}");
+        }
+    }
+    assert_eq!(
+        call(&s, "GET", "/healthz", None, None).0,
+        200,
+        "still alive"
+    );
+
+    // Metrics, config (admin only), OpenAPI.
+    let (_, _, metrics) = call(&s, "GET", "/metrics", None, None);
+    let steers = format!(
+        "glassbox_rule_firings_total{{monitor=\"steer\"}} {}",
+        2 * prompt_tokens + 8
+    );
+    assert!(metrics.contains(&steers), "{steers} not in {metrics}");
+    assert!(metrics.contains("glassbox_actions_total{action=\"block\"}"));
+    assert!(metrics.contains("glassbox_request_seconds_bucket{route=\"/v1/completions\""));
+    assert_eq!(call(&s, "GET", "/v1/config", Some(operator), None).0, 403);
+    assert_eq!(call(&s, "GET", "/v1/config", Some(admin), None).0, 200);
+    let (_, _, doc) = call(&s, "GET", "/openapi.json", None, None);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    for (method, path) in glassbox_serve::server::ROUTES {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} undocumented"
+        );
+    }
+    drop(s);
+
+    // The audit log: who changed which monitor, every firing; its chain verifies, and an
+    // edited record is named.
+    let out = glassbox(&["audit", "verify", audit.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let records: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records[0]["event"], "server.start");
+    let created: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "monitor.create")
+        .collect();
+    assert_eq!(created.len(), 4);
+    assert!(created.iter().all(|r| r["actor"] == "operator-key"));
+    assert!(records
+        .iter()
+        .any(|r| r["event"] == "firing" && r["detail"]["firing"]["monitor"] == "steer"));
+    assert!(records.iter().any(|r| r["event"] == "block"));
+    assert!(
+        !log.contains("quick brown"),
+        "request text is not stored by default"
+    );
+    let target = records
+        .iter()
+        .position(|r| r["event"] == "monitor.delete")
+        .unwrap();
+    let edited: Vec<String> = log
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == target {
+                l.replace("operator-key", "admin-key")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&audit, edited.join("\n") + "\n").unwrap();
+    let out = glassbox(&["audit", "verify", audit.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1)
+            && stderr.contains(&format!("line {}: record {target} was edited", target + 1)),
+        "{stderr}"
+    );
+}
+
+/// Accepts POSTs on a free port and hands each body over.
+fn webhook() -> (String, std::sync::mpsc::Receiver<Value>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut line, mut length) = (String::new(), 0);
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = tx.send(serde_json::from_slice(&body).unwrap());
+            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn embeddings_are_monitored_alerts_reach_the_webhook_and_tail_shows_firings() {
+    let dir = tempfile::tempdir().unwrap();
+    let dict = dictionary(dir.path(), 384, "minilm", "blocks.3.hook_resid_pre");
+    let (hook_url, alerts) = webhook();
+    let audit = dir.path().join("audit.jsonl");
+    let config = dir.path().join("deploy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"model = "minilm"
+[[dictionary]]
+name = "l3"
+path = "{}"
+[[monitor]]
+name = "always"
+dictionary = "l3"
+when = "feature 0 > 5"
+action = "alert"
+[[monitor]]
+name = "anomalous"
+dictionary = "l3"
+when = "anomaly > 0"
+action = "log"
+[alert]
+webhook = "{hook_url}"
+[audit]
+path = "{}"
+fsync = "per-request"
+store_text = true
+"#,
+            dict.display(),
+            audit.display()
+        ),
+    )
+    .unwrap();
+    let s = start(&config);
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(["monitor", "tail", "--url", &s.url, "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // let the tail subscribe
+
+    let (status, body) = post(
+        &s,
+        "/v1/embeddings",
+        "unused",
+        json!({"input": ["a cat", "the dog barked loudly"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[0]["embedding"].as_array().unwrap().len(), 384);
+    // Firings per real token of each input (padding skipped): [CLS] a cat [SEP] = 4, 6 for the other.
+    let firings = body["glassbox"]["firings"].as_array().unwrap();
+    let count = |m: &str, input: usize| {
+        firings
+            .iter()
+            .filter(|f| f["monitor"] == m && f["input"] == input)
+            .count()
+    };
+    assert_eq!(
+        (count("always", 0), count("always", 1)),
+        (4, 6),
+        "{firings:?}"
+    );
+    assert_eq!(
+        count("anomalous", 0),
+        4,
+        "a dictionary this crude reconstructs nothing"
+    );
+    let alert = alerts
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an alert reached the webhook");
+    assert_eq!(alert["monitor"], "always");
+    let mut line = String::new();
+    BufReader::new(tail.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["route"], "/v1/embeddings");
+    let _ = tail.kill();
+    let _ = tail.wait();
+
+    // An encoder refuses completions with a pointer to the right route.
+    let (status, err) = post(&s, "/v1/completions", "unused", json!({"prompt": "x"}));
+    assert!(
+        status == 400
+            && err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("/v1/embeddings")
+    );
+    drop(s);
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        log.contains("the dog barked loudly"),
+        "store_text keeps the request text"
+    );
+    assert!(glassbox(&["audit", "verify", audit.to_str().unwrap()])
+        .status
+        .success());
+}

@@ -1,0 +1,251 @@
+//! `deploy.toml`: what a server serves, which monitors watch it, where alerts and the audit
+//! log go, and who may do what. See `deploy.example.toml` in the repository.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Role;
+use crate::error::{Result, ServeError};
+use crate::rules::Rule;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// A packaged model name (`minilm`) or a model directory.
+    pub model: String,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default, rename = "dictionary")]
+    pub dictionaries: Vec<DictionaryConfig>,
+    #[serde(default, rename = "monitor")]
+    pub monitors: Vec<MonitorConfig>,
+    #[serde(default)]
+    pub alert: Option<AlertConfig>,
+    pub audit: AuditConfig,
+    /// API keys; with none, the server is open (and says so at start).
+    #[serde(default, rename = "key")]
+    pub keys: Vec<KeyConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Most input tokens of one text (longer inputs are refused, never truncated silently).
+    pub max_input_tokens: usize,
+    /// Most tokens one completion may generate.
+    pub max_new_tokens: usize,
+    /// Texts in one embeddings request.
+    pub max_batch: usize,
+    /// Requests computed at once (the model runs on blocking threads); others queue.
+    pub workers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            max_input_tokens: 512,
+            max_new_tokens: 256,
+            max_batch: 64,
+            workers: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DictionaryConfig {
+    pub name: String,
+    /// A SAELens-format directory.
+    pub path: PathBuf,
+}
+
+/// What a monitor does when its rule holds on a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Record the firing (audit log, metrics, response).
+    Log,
+    /// Log, and POST it to the alert webhook.
+    Alert,
+    /// Set a feature's activation to `value` on the token (through its decoder direction).
+    Clamp,
+    /// Add `strength` to a feature's activation on the token (through its decoder direction).
+    Steer,
+    /// Refuse the request (or stop the generation) with the monitor's reason.
+    Block,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    pub name: String,
+    /// The dictionary whose hook the rule reads.
+    pub dictionary: String,
+    /// The rule (see the rule language in `rules`), e.g. `feature 1234 > 3.0`.
+    pub when: String,
+    pub action: Action,
+    /// Clamp / steer: the feature edited (default: the rule's feature).
+    #[serde(default)]
+    pub feature: Option<u32>,
+    /// Clamp: the activation the feature is set to.
+    #[serde(default)]
+    pub value: Option<f32>,
+    /// Steer: added to the feature's activation.
+    #[serde(default)]
+    pub strength: Option<f32>,
+    /// Shown to the caller when the monitor blocks.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl MonitorConfig {
+    /// Checks the rule and the action's parameters; returns the parsed rule.
+    pub fn validate(&self) -> Result<Rule> {
+        let bad = |why: String| ServeError::Config(format!("monitor `{}`: {why}", self.name));
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(bad("a name of 1 to 64 characters is needed".into()));
+        }
+        let rule =
+            Rule::parse(&self.when).map_err(|e| bad(format!("rule `{}`: {e}", self.when)))?;
+        let target = self.target(&rule);
+        match self.action {
+            Action::Clamp if self.value.is_none() || target.is_none() => Err(bad(
+                "clamp needs `value` (and `feature` unless the rule reads one)".into(),
+            )),
+            Action::Steer if self.strength.is_none() || target.is_none() => Err(bad(
+                "steer needs `strength` (and `feature` unless the rule reads one)".into(),
+            )),
+            _ => Ok(rule),
+        }
+    }
+
+    /// The feature a clamp or steer edits.
+    pub fn target(&self, rule: &Rule) -> Option<u32> {
+        self.feature.or(match rule.signal.base() {
+            crate::rules::Signal::Feature(f) => Some(*f),
+            _ => None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Each alert is POSTed here as JSON.
+    pub webhook: String,
+    /// Alerts waiting for delivery; when full, new alerts are dropped (and counted), so a
+    /// dead webhook never slows serving.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Further attempts per alert, with back-off.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_queue() -> usize {
+    1024
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_timeout_ms() -> u64 {
+    2000
+}
+
+/// When the audit log is flushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fsync {
+    /// fsync after every record: nothing acknowledged is lost on power failure.
+    #[default]
+    Always,
+    /// fsync once per request (its firings are one batch) and after every monitor change.
+    PerRequest,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub fsync: Fsync,
+    /// Keep the request text in firing records (off: privacy by default).
+    #[serde(default)]
+    pub store_text: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 (hex) of the key; `glassbox key` makes one. Keys are never stored.
+    pub sha256: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServeError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let mut cfg: Config = toml::from_str(&text)
+            .map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?;
+        // Relative paths are relative to the config file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for d in &mut cfg.dictionaries {
+            if d.path.is_relative() {
+                d.path = base.join(&d.path);
+            }
+        }
+        if cfg.audit.path.is_relative() {
+            cfg.audit.path = base.join(&cfg.audit.path);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        for m in &self.monitors {
+            m.validate()?;
+            if !names.insert(&m.name) {
+                return Err(ServeError::Config(format!(
+                    "two monitors are named `{}`",
+                    m.name
+                )));
+            }
+            if !self.dictionaries.iter().any(|d| d.name == m.dictionary) {
+                return Err(ServeError::Config(format!(
+                    "monitor `{}` reads dictionary `{}`, which no [[dictionary]] names",
+                    m.name, m.dictionary
+                )));
+            }
+        }
+        for k in &self.keys {
+            if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ServeError::Config(format!(
+                    "key `{}`: sha256 must be 64 hex digits (make one with `glassbox key`)",
+                    k.name
+                )));
+            }
+        }
+        if self.limits.workers == 0 {
+            return Err(ServeError::Config(
+                "limits.workers must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! The rule language of monitors, evaluated once per token as the model reads it.
+//!
+//! ```text
+//! rule    := signal CMP number
+//! signal  := "feature" ID                  a dictionary feature's activation on this token
+//!          | "anomaly"                     the dictionary's relative reconstruction error ‖x−x̂‖²/‖x‖²
+//!          | "probe" NAME                  a linear probe's probability on this token
+//!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens
+//!          | "count" "(" signal CMP number "," N ")"   how many of the last N tokens satisfy it
+//! CMP     := ">" | ">=" | "<" | "<="
+//! ```
+//!
+//! `feature 1234 > 3.0` fires on any token where feature 1234 exceeds 3; `mean(feature 7, 8) > 1`
+//! when its mean over the last 8 tokens does; `count(feature 7 > 0, 16) >= 3` when it fired on at
+//! least 3 of the last 16 tokens.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+/// What a rule reads on each token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    Feature(u32),
+    Anomaly,
+    Probe(String),
+    Mean(Box<Signal>, usize),
+    Count(Box<Signal>, Cmp, f32, usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cmp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl Cmp {
+    pub fn holds(self, a: f32, b: f32) -> bool {
+        match self {
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+        }
+    }
+}
+
+impl fmt::Display for Cmp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Cmp::Gt => ">",
+            Cmp::Ge => ">=",
+            Cmp::Lt => "<",
+            Cmp::Le => "<=",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub signal: Signal,
+    pub cmp: Cmp,
+    pub threshold: f32,
+}
+
+impl Signal {
+    /// The primitive signal under any aggregation.
+    pub fn base(&self) -> &Signal {
+        match self {
+            Signal::Mean(s, _) | Signal::Count(s, ..) => s.base(),
+            s => s,
+        }
+    }
+}
+
+impl Rule {
+    pub fn parse(text: &str) -> Result<Rule, String> {
+        let mut p = Parser {
+            toks: lex(text)?,
+            at: 0,
+        };
+        let signal = p.signal()?;
+        let cmp = p.cmp()?;
+        let threshold = p.number()?;
+        if let Some(t) = p.toks.get(p.at) {
+            return Err(format!("unexpected `{t}` after the threshold"));
+        }
+        Ok(Rule {
+            signal,
+            cmp,
+            threshold,
+        })
+    }
+}
+
+fn lex(text: &str) -> Result<Vec<String>, String> {
+    let mut toks = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if "(),".contains(c) {
+            toks.push(c.to_string());
+            chars.next();
+        } else if "<>=".contains(c) {
+            let mut op = String::new();
+            while let Some(&c) = chars.peek().filter(|c| "<>=".contains(**c)) {
+                op.push(c);
+                chars.next();
+            }
+            toks.push(op);
+        } else if c.is_alphanumeric() || "._-+".contains(c) {
+            let mut word = String::new();
+            while let Some(&c) = chars
+                .peek()
+                .filter(|c| c.is_alphanumeric() || "._-+".contains(**c))
+            {
+                word.push(c);
+                chars.next();
+            }
+            toks.push(word);
+        } else {
+            return Err(format!("unexpected character `{c}`"));
+        }
+    }
+    Ok(toks)
+}
+
+struct Parser {
+    toks: Vec<String>,
+    at: usize,
+}
+
+impl Parser {
+    fn next(&mut self, what: &str) -> Result<String, String> {
+        let t = self
+            .toks
+            .get(self.at)
+            .cloned()
+            .ok_or_else(|| format!("the rule ends where {what} was expected"))?;
+        self.at += 1;
+        Ok(t)
+    }
+
+    fn expect(&mut self, tok: &str) -> Result<(), String> {
+        let t = self.next(&format!("`{tok}`"))?;
+        if t != tok {
+            return Err(format!("expected `{tok}`, found `{t}`"));
+        }
+        Ok(())
+    }
+
+    fn signal(&mut self) -> Result<Signal, String> {
+        let word = self.next("a signal (feature N, anomaly, probe NAME, mean(…), count(…))")?;
+        match word.as_str() {
+            "feature" => {
+                let id = self.next("a feature id")?;
+                id.parse()
+                    .map(Signal::Feature)
+                    .map_err(|_| format!("`{id}` is not a feature id"))
+            }
+            "anomaly" => Ok(Signal::Anomaly),
+            "probe" => Ok(Signal::Probe(self.next("a probe name")?)),
+            "mean" => {
+                self.expect("(")?;
+                let s = self.signal()?;
+                self.expect(",")?;
+                let n = self.window()?;
+                self.expect(")")?;
+                Ok(Signal::Mean(Box::new(s), n))
+            }
+            "count" => {
+                self.expect("(")?;
+                let s = self.signal()?;
+                let cmp = self.cmp()?;
+                let v = self.number()?;
+                self.expect(",")?;
+                let n = self.window()?;
+                self.expect(")")?;
+                Ok(Signal::Count(Box::new(s), cmp, v, n))
+            }
+            w => Err(format!(
+                "unknown signal `{w}`; use feature N, anomaly, probe NAME, mean(…) or count(…)"
+            )),
+        }
+    }
+
+    fn cmp(&mut self) -> Result<Cmp, String> {
+        let t = self.next("a comparison (>, >=, <, <=)")?;
+        Ok(match t.as_str() {
+            ">" => Cmp::Gt,
+            ">=" => Cmp::Ge,
+            "<" => Cmp::Lt,
+            "<=" => Cmp::Le,
+            _ => return Err(format!("expected a comparison (>, >=, <, <=), found `{t}`")),
+        })
+    }
+
+    fn number(&mut self) -> Result<f32, String> {
+        let t = self.next("a number")?;
+        t.parse::<f32>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| format!("`{t}` is not a number"))
+    }
+
+    fn window(&mut self) -> Result<usize, String> {
+        let t = self.next("a window length")?;
+        t.parse::<usize>()
+            .ok()
+            .filter(|n| (1..=4096).contains(n))
+            .ok_or_else(|| format!("`{t}` is not a window of 1 to 4096 tokens"))
+    }
+}
+
+/// One rule's memory over a sequence: the recent values its aggregations need.
+#[derive(Debug, Clone, Default)]
+pub struct RuleState {
+    recent: VecDeque<f32>,
+}
+
+impl Rule {
+    /// Feeds this token's base-signal value; returns the rule's value and whether it holds.
+    pub fn step(&self, state: &mut RuleState, base: f32) -> (f32, bool) {
+        let value = match &self.signal {
+            Signal::Mean(_, n) => {
+                push(&mut state.recent, base, *n);
+                state.recent.iter().sum::<f32>() / state.recent.len() as f32
+            }
+            Signal::Count(_, cmp, v, n) => {
+                push(&mut state.recent, f32::from(cmp.holds(base, *v)), *n);
+                state.recent.iter().sum::<f32>()
+            }
+            _ => base,
+        };
+        (value, self.cmp.holds(value, self.threshold))
+    }
+}
+
+fn push(q: &mut VecDeque<f32>, v: f32, n: usize) {
+    if q.len() == n {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        let r = Rule::parse("feature 1234 > 3.0").unwrap();
+        assert_eq!(r.signal, Signal::Feature(1234));
+        assert_eq!((r.cmp, r.threshold), (Cmp::Gt, 3.0));
+        let r = Rule::parse("mean(feature 7, 8) >= 1").unwrap();
+        assert_eq!(r.signal, Signal::Mean(Box::new(Signal::Feature(7)), 8));
+        let r = Rule::parse("count(feature 7 > 0, 16) >= 3").unwrap();
+        assert_eq!(
+            r.signal,
+            Signal::Count(Box::new(Signal::Feature(7)), Cmp::Gt, 0.0, 16)
+        );
+        assert_eq!(r.signal.base(), &Signal::Feature(7));
+        assert_eq!(
+            Rule::parse("anomaly > 0.5").unwrap().signal,
+            Signal::Anomaly
+        );
+        assert_eq!(
+            Rule::parse("probe toxic<0.1").unwrap().signal,
+            Signal::Probe("toxic".into())
+        );
+    }
+
+    #[test]
+    fn errors_say_what_was_expected() {
+        for (text, want) in [
+            ("feature x > 1", "`x` is not a feature id"),
+            ("feature 1 >", "a number was expected"),
+            ("feature 1 = 2", "expected a comparison"),
+            ("neuron 3 > 1", "unknown signal `neuron`"),
+            ("mean(feature 1, 0) > 1", "not a window"),
+            ("feature 1 > 2 extra", "unexpected `extra`"),
+            ("feature 1 > 2; drop", "unexpected character `;`"),
+            ("feature 1 > nan", "not a number"),
+        ] {
+            let err = Rule::parse(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn windows_aggregate_over_the_last_tokens() {
+        let mean = Rule::parse("mean(feature 1, 2) > 1.5").unwrap();
+        let mut s = RuleState::default();
+        let got: Vec<bool> = [1.0, 3.0, 0.0, 4.0]
+            .iter()
+            .map(|&v| mean.step(&mut s, v).1)
+            .collect();
+        assert_eq!(got, [false, true, false, true]);
+        let count = Rule::parse("count(feature 1 > 0, 3) >= 2").unwrap();
+        let mut s = RuleState::default();
+        let got: Vec<bool> = [1.0, 0.0, 2.0, 0.0, 0.0]
+            .iter()
+            .map(|&v| count.step(&mut s, v).1)
+            .collect();
+        assert_eq!(got, [false, false, true, true, false]);
+    }
+}

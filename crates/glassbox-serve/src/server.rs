@@ -1,0 +1,818 @@
+//! The HTTP API (axum): OpenAI-compatible inference with monitors attached, monitor
+//! management, the live event stream, health, metrics and the OpenAPI document.
+//!
+//! Every response to an inference request carries `x-glassbox-request-id` and (unless
+//! streamed) `x-glassbox-decisions`, a compact JSON of the firings and any block; the JSON
+//! body repeats them under `glassbox`. Errors are JSON `{"error": {"type", "message"}}`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use glassbox_model::Model;
+use glassbox_store::audit::AuditLog;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, Semaphore};
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tokio_stream::StreamExt;
+
+use crate::auth::{Caller, Keys, Role};
+use crate::config::{Config, Fsync, MonitorConfig};
+use crate::error::{Result, ServeError};
+use crate::infer::{self, Report};
+use crate::metrics::Metrics;
+use crate::monitor::{Dictionary, MonitorSet};
+use crate::webhook::Alerts;
+
+pub struct AppState {
+    pub model: Arc<Model>,
+    pub cfg: Config,
+    dictionaries: Vec<Arc<Dictionary>>,
+    monitors: RwLock<(Vec<MonitorConfig>, Arc<MonitorSet>)>,
+    keys: Keys,
+    audit: Mutex<AuditLog>,
+    alerts: Option<Alerts>,
+    pub metrics: Metrics,
+    events: broadcast::Sender<String>,
+    workers: Semaphore,
+    next_id: AtomicU64,
+    started: u64,
+}
+
+impl AppState {
+    /// Loads the model and dictionaries, checks the monitors, opens the audit log.
+    pub fn new(cfg: Config, model: Model) -> Result<Arc<AppState>> {
+        let dictionaries = MonitorSet::load_dictionaries(&model, &cfg.dictionaries)?;
+        let set = MonitorSet::new(dictionaries.clone(), &cfg.monitors)?;
+        let mut audit = AuditLog::open(&cfg.audit.path)?;
+        audit.append(
+            "config",
+            "server.start",
+            json!({"model": cfg.model, "monitors": cfg.monitors, "dictionaries": cfg.dictionaries,
+                   "keys": cfg.keys.iter().map(|k| json!({"name": k.name, "role": k.role})).collect::<Vec<_>>()}),
+        )?;
+        audit.sync()?;
+        let metrics = Metrics::new().map_err(|e| ServeError::Config(format!("metrics: {e}")))?;
+        let alerts = cfg.alert.as_ref().map(Alerts::start).transpose()?;
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(Arc::new(AppState {
+            model: Arc::new(model),
+            keys: Keys::new(&cfg.keys),
+            monitors: RwLock::new((cfg.monitors.clone(), Arc::new(set))),
+            dictionaries,
+            audit: Mutex::new(audit),
+            alerts,
+            metrics,
+            events: broadcast::channel(1024).0,
+            workers: Semaphore::new(cfg.limits.workers),
+            next_id: AtomicU64::new(0),
+            started,
+            cfg,
+        }))
+    }
+
+    fn monitor_set(&self) -> Arc<MonitorSet> {
+        self.monitors
+            .read()
+            .map_or_else(|p| p.into_inner().1.clone(), |g| g.1.clone())
+    }
+}
+
+/// The routes; `ROUTES` lists them for the OpenAPI document (a test keeps the two in step).
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.cfg.limits.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/monitors", get(list_monitors).post(create_monitor))
+        .route("/v1/monitors/{name}", delete(delete_monitor))
+        .route("/v1/events", get(events))
+        .route("/v1/config", get(config))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("post", "/v1/embeddings"),
+    ("post", "/v1/completions"),
+    ("post", "/v1/chat/completions"),
+    ("get", "/v1/monitors"),
+    ("post", "/v1/monitors"),
+    ("delete", "/v1/monitors/{name}"),
+    ("get", "/v1/events"),
+    ("get", "/v1/config"),
+];
+
+/// An error answer.
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    extra: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            extra: None,
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        match e {
+            ServeError::Config(m) => ApiError::bad(m),
+            ServeError::Model(glassbox_model::ModelError::Input(m)) => ApiError::bad(m),
+            e => {
+                tracing::error!(error = %e, "request failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    e.to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::new(e.status(), "invalid_request", e.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"type": self.kind, "message": self.message}});
+        if let Some(extra) = self.extra {
+            body["glassbox"] = extra;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> ApiResult<Caller> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let caller = state.keys.identify(token).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is needed: `Authorization: Bearer <key>`",
+        )
+    })?;
+    if caller.role < need {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this needs the {need:?} role; key `{}` is {:?}",
+                caller.name, caller.role
+            )
+            .to_lowercase(),
+        ));
+    }
+    Ok(caller)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    Json(
+        json!({"ready": true, "model": state.cfg.model, "monitors": state.monitor_set().monitors.len(),
+        "started": state.started}),
+    )
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state
+            .metrics
+            .render(state.alerts.as_ref().map(|a| a.stats.as_ref())),
+    )
+}
+
+async fn config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    authorize(&state, &headers, Role::Admin)?;
+    let mut cfg = serde_json::to_value(&state.cfg).unwrap_or(Value::Null);
+    cfg["monitor"] = json!(state
+        .monitors
+        .read()
+        .map(|g| g.0.clone())
+        .unwrap_or_default());
+    Ok(Json(cfg))
+}
+
+// ---- inference -----------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsRequest {
+    input: Input,
+    #[serde(default)]
+    #[allow(dead_code)]
+    model: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CompletionRequest {
+    prompt: String,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    stream: bool,
+}
+
+/// A finished request's bookkeeping: metrics, audit records, live events.
+fn account(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    route: &str,
+    text: &str,
+    report: &Report,
+) -> ApiResult<()> {
+    for f in &report.firings {
+        state.metrics.firings.with_label_values(&[&f.monitor]).inc();
+        let action = format!("{:?}", f.action).to_lowercase();
+        state.metrics.actions.with_label_values(&[&action]).inc();
+        let _ = state
+            .events
+            .send(json!({"request_id": id, "route": route, "firing": f}).to_string());
+    }
+    if report.firings.is_empty() {
+        return Ok(());
+    }
+    let mut audit = state.audit.lock().map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the audit log is unavailable",
+        )
+    })?;
+    let always = state.cfg.audit.fsync == Fsync::Always;
+    for f in &report.firings {
+        let mut detail = json!({"request_id": id, "route": route, "firing": f});
+        if state.cfg.audit.store_text {
+            detail["text"] = json!(text);
+        }
+        audit
+            .append(&caller.name, "firing", detail)
+            .map_err(ServeError::from)?;
+        if always {
+            audit.sync().map_err(ServeError::from)?;
+        }
+    }
+    if let Some(b) = &report.blocked {
+        audit
+            .append(
+                &caller.name,
+                "block",
+                json!({"request_id": id, "route": route, "blocked": b}),
+            )
+            .map_err(ServeError::from)?;
+    }
+    audit.sync().map_err(ServeError::from)?;
+    Ok(())
+}
+
+fn decisions(id: &str, report: &Report) -> Value {
+    json!({"request_id": id, "firings": report.firings, "blocked": report.blocked})
+}
+
+fn headers_for(id: &str, report: Option<&Report>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert("x-glassbox-request-id", v);
+    }
+    if let Some(r) = report {
+        // A compact summary: the body has every firing.
+        let mut by_monitor = std::collections::BTreeMap::<&str, usize>::new();
+        for f in &r.firings {
+            *by_monitor.entry(&f.monitor).or_default() += 1;
+        }
+        let summary =
+            json!({"firings": by_monitor, "blocked": r.blocked.as_ref().map(|b| &b.monitor)});
+        if let Ok(v) = HeaderValue::from_str(&summary.to_string()) {
+            h.insert("x-glassbox-decisions", v);
+        }
+    }
+    h
+}
+
+fn blocked_error(id: &str, report: &Report) -> Option<ApiError> {
+    report.blocked.as_ref().map(|b| ApiError {
+        status: StatusCode::FORBIDDEN,
+        kind: "blocked",
+        message: b.reason.clone(),
+        extra: Some(decisions(id, report)),
+    })
+}
+
+fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<Vec<u32>> {
+    let ids = state
+        .model
+        .tokenize(text, false)
+        .map_err(ServeError::from)?;
+    let max = state
+        .cfg
+        .limits
+        .max_input_tokens
+        .min(state.model.config.max_positions);
+    if ids.len() > max {
+        return Err(ApiError::bad(format!(
+            "{what} is {} tokens; the limit is {max} (limits.max_input_tokens)",
+            ids.len()
+        )));
+    }
+    if ids.is_empty() {
+        return Err(ApiError::bad(format!("{what} is empty")));
+    }
+    Ok(ids)
+}
+
+/// Runs model work on a blocking thread once a worker is free.
+async fn on_worker<T: Send + 'static>(
+    state: &Arc<AppState>,
+    work: impl FnOnce(&AppState) -> Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    state.metrics.waiting.inc();
+    let permit = state.workers.acquire().await;
+    state.metrics.waiting.dec();
+    let _permit = permit.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "shutting down",
+        )
+    })?;
+    state.metrics.running.inc();
+    let s = state.clone();
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || work(&s)).await;
+    state
+        .metrics
+        .monitor_seconds
+        .observe(started.elapsed().as_secs_f64());
+    state.metrics.running.dec();
+    out.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            e.to_string(),
+        )
+    })?
+    .map_err(ApiError::from)
+}
+
+fn request_id(state: &AppState) -> String {
+    format!(
+        "req-{}-{}",
+        state.started,
+        state.next_id.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Times a handler and counts it by route and status.
+async fn timed(
+    state: &AppState,
+    route: &'static str,
+    f: impl std::future::Future<Output = ApiResult<Response>>,
+) -> Response {
+    let t = Instant::now();
+    let resp = f.await.unwrap_or_else(IntoResponse::into_response);
+    state
+        .metrics
+        .latency
+        .with_label_values(&[route])
+        .observe(t.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: std::result::Result<Json<EmbeddingsRequest>, JsonRejection>,
+) -> Response {
+    timed(&state.clone(), "/v1/embeddings", async move {
+        let caller = authorize(&state, &headers, Role::Viewer)?;
+        let Json(req) = body?;
+        let texts = match req.input {
+            Input::One(t) => vec![t],
+            Input::Many(v) => v,
+        };
+        if texts.is_empty() || texts.len() > state.cfg.limits.max_batch {
+            return Err(ApiError::bad(format!(
+                "input must hold 1 to {} texts (limits.max_batch)",
+                state.cfg.limits.max_batch
+            )));
+        }
+        if state.model.config.is_decoder() {
+            return Err(ApiError::bad(
+                "this server runs a decoder; use /v1/completions",
+            ));
+        }
+        let ids = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| tokenize(&state, t, &format!("input {i}")))
+            .collect::<ApiResult<Vec<_>>>()?;
+        let n_tokens: usize = ids.iter().map(Vec::len).sum();
+        let id = request_id(&state);
+        let set = state.monitor_set();
+        let rid = id.clone();
+        let (vectors, report) = on_worker(&state, move |s| {
+            infer::embed(&s.model, &set, s.alerts.as_ref(), &rid, &ids)
+        })
+        .await?;
+        state
+            .metrics
+            .tokens
+            .with_label_values(&["input"])
+            .inc_by(n_tokens as u64);
+        account(
+            &state,
+            &caller,
+            &id,
+            "/v1/embeddings",
+            &texts.join("\n"),
+            &report,
+        )?;
+        if let Some(e) = blocked_error(&id, &report) {
+            return Ok((headers_for(&id, Some(&report)), e).into_response());
+        }
+        let data: Vec<Value> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+            .collect();
+        let body = json!({"object": "list", "data": data, "model": state.cfg.model,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+            "glassbox": decisions(&id, &report)});
+        Ok((headers_for(&id, Some(&report)), Json(body)).into_response())
+    })
+    .await
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: std::result::Result<Json<CompletionRequest>, JsonRejection>,
+) -> Response {
+    timed(&state.clone(), "/v1/completions", async move {
+        let caller = authorize(&state, &headers, Role::Viewer)?;
+        let Json(req) = body?;
+        complete(state, caller, req.prompt, req.max_tokens, req.stream, false).await
+    })
+    .await
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: std::result::Result<Json<ChatRequest>, JsonRejection>,
+) -> Response {
+    timed(&state.clone(), "/v1/chat/completions", async move {
+        let caller = authorize(&state, &headers, Role::Viewer)?;
+        let Json(req) = body?;
+        if req.messages.is_empty() {
+            return Err(ApiError::bad("messages is empty"));
+        }
+        // A plain transcript: the models served here carry no chat template.
+        let mut prompt = String::new();
+        for m in &req.messages {
+            prompt.push_str(&format!("{}: {}\n", m.role, m.content));
+        }
+        prompt.push_str("assistant:");
+        complete(state, caller, prompt, req.max_tokens, req.stream, true).await
+    })
+    .await
+}
+
+async fn complete(
+    state: Arc<AppState>,
+    caller: Caller,
+    prompt: String,
+    max_tokens: Option<usize>,
+    stream: bool,
+    chat: bool,
+) -> ApiResult<Response> {
+    if !state.model.config.is_decoder() {
+        return Err(ApiError::bad(
+            "this server runs an encoder; use /v1/embeddings",
+        ));
+    }
+    let max_new = max_tokens.unwrap_or(16);
+    if max_new > state.cfg.limits.max_new_tokens {
+        return Err(ApiError::bad(format!(
+            "max_tokens {max_new} exceeds the limit of {} (limits.max_new_tokens)",
+            state.cfg.limits.max_new_tokens
+        )));
+    }
+    let ids = tokenize(&state, &prompt, "the prompt")?;
+    let id = request_id(&state);
+    let set = state.monitor_set();
+    let route = if chat {
+        "/v1/chat/completions"
+    } else {
+        "/v1/completions"
+    };
+    let object = if chat {
+        "chat.completion"
+    } else {
+        "text_completion"
+    };
+    let n_prompt = ids.len();
+    if !stream {
+        let rid = id.clone();
+        let (out, report) = on_worker(&state, move |s| {
+            infer::generate(
+                &s.model,
+                &set,
+                s.alerts.as_ref(),
+                &rid,
+                &ids,
+                max_new,
+                &mut |_| true,
+            )
+        })
+        .await?;
+        state
+            .metrics
+            .tokens
+            .with_label_values(&["input"])
+            .inc_by(n_prompt as u64);
+        state
+            .metrics
+            .tokens
+            .with_label_values(&["generated"])
+            .inc_by(out.len() as u64);
+        account(&state, &caller, &id, route, &prompt, &report)?;
+        if report.blocked.is_some() && out.is_empty() {
+            if let Some(e) = blocked_error(&id, &report) {
+                return Ok((headers_for(&id, Some(&report)), e).into_response());
+            }
+        }
+        let text = state
+            .model
+            .tokenizer
+            .decode(&out)
+            .map_err(ServeError::from)?;
+        let finish = if report.blocked.is_some() {
+            "content_filter"
+        } else if out.len() >= max_new {
+            "length"
+        } else {
+            "stop"
+        };
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": text, "finish_reason": finish})
+        };
+        let body = json!({"id": id, "object": object, "model": state.cfg.model, "choices": [choice],
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": out.len(), "total_tokens": n_prompt + out.len()},
+            "glassbox": decisions(&id, &report)});
+        return Ok((headers_for(&id, Some(&report)), Json(body)).into_response());
+    }
+
+    // Streaming: tokens go out as server-sent events while the worker produces them; the last
+    // event carries the decisions.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let s = state.clone();
+    let rid = id.clone();
+    tokio::spawn(async move {
+        let model = s.model.clone();
+        let chunk_tx = tx.clone();
+        let rid2 = rid.clone();
+        let result = on_worker(&s, move |st| {
+            let mut sent = Vec::new();
+            let mut emitted = String::new();
+            infer::generate(&model, &set, st.alerts.as_ref(), &rid2, &ids, max_new, &mut |tok| {
+                sent.push(tok);
+                // Send the text that became decodable (multi-byte characters may span tokens).
+                let text = model.tokenizer.decode(&sent).unwrap_or_default();
+                let delta = text.get(emitted.len()..).unwrap_or("").to_string();
+                emitted = text;
+                let body = if chat {
+                    json!({"id": rid2, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": delta}}]})
+                } else {
+                    json!({"id": rid2, "object": "text_completion", "choices": [{"index": 0, "text": delta}]})
+                };
+                chunk_tx.blocking_send(Event::default().data(body.to_string())).is_ok()
+            })
+        })
+        .await;
+        let last = match result {
+            Ok((out, report)) => {
+                s.metrics
+                    .tokens
+                    .with_label_values(&["input"])
+                    .inc_by(n_prompt as u64);
+                s.metrics
+                    .tokens
+                    .with_label_values(&["generated"])
+                    .inc_by(out.len() as u64);
+                let _ = account(&s, &caller, &rid, route, &prompt, &report);
+                let finish = if report.blocked.is_some() {
+                    "content_filter"
+                } else if out.len() >= max_new {
+                    "length"
+                } else {
+                    "stop"
+                };
+                json!({"id": rid, "object": object, "choices": [{"index": 0, "finish_reason": finish}],
+                       "glassbox": decisions(&rid, &report)})
+            }
+            Err(e) => json!({"error": {"type": e.kind, "message": e.message}}),
+        };
+        let _ = tx.send(Event::default().data(last.to_string())).await;
+        let _ = tx.send(Event::default().data("[DONE]")).await;
+    });
+    let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Ok((
+        headers_for(&id, None),
+        Sse::new(stream).keep_alive(KeepAlive::default()),
+    )
+        .into_response())
+}
+
+// ---- monitors and events -------------------------------------------------------------------
+
+async fn list_monitors(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let list = state
+        .monitors
+        .read()
+        .map(|g| g.0.clone())
+        .unwrap_or_default();
+    Ok(Json(json!({"monitors": list})))
+}
+
+/// Replaces the monitor set under the write lock and records who did it.
+fn change_monitors(
+    state: &AppState,
+    caller: &Caller,
+    event: &str,
+    edit: impl FnOnce(&mut Vec<MonitorConfig>) -> ApiResult<Value>,
+) -> ApiResult<Value> {
+    let mut guard = state.monitors.write().map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "monitor lock poisoned",
+        )
+    })?;
+    let mut list = guard.0.clone();
+    let detail = edit(&mut list)?;
+    let set = MonitorSet::new(state.dictionaries.clone(), &list)?;
+    {
+        let mut audit = state.audit.lock().map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "the audit log is unavailable",
+            )
+        })?;
+        audit
+            .append(&caller.name, event, detail.clone())
+            .map_err(ServeError::from)?;
+        audit.sync().map_err(ServeError::from)?;
+    }
+    *guard = (list, Arc::new(set));
+    Ok(detail)
+}
+
+async fn create_monitor(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: std::result::Result<Json<MonitorConfig>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let caller = authorize(&state, &headers, Role::Operator)?;
+    let Json(m) = body?;
+    let detail = change_monitors(&state, &caller, "monitor.create", |list| {
+        if list.iter().any(|x| x.name == m.name) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("a monitor named `{}` exists; delete it first", m.name),
+            ));
+        }
+        list.push(m.clone());
+        Ok(json!({"monitor": m}))
+    })?;
+    Ok((StatusCode::CREATED, Json(detail)))
+}
+
+async fn delete_monitor(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let caller = authorize(&state, &headers, Role::Operator)?;
+    let detail = change_monitors(&state, &caller, "monitor.delete", |list| {
+        let at = list.iter().position(|x| x.name == name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no monitor is named `{name}`"),
+            )
+        })?;
+        Ok(json!({"monitor": list.remove(at)}))
+    })?;
+    Ok(Json(detail))
+}
+
+async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers, Role::Viewer)?;
+    let stream = BroadcastStream::new(state.events.subscribe()).filter_map(|m| {
+        // A slow reader that lagged behind misses events rather than slowing the server.
+        m.ok()
+            .map(|data| Ok::<_, Infallible>(Event::default().event("firing").data(data)))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Serves until Ctrl-C / SIGTERM.
+pub async fn serve(
+    state: Arc<AppState>,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(state.cfg.listen)
+        .await
+        .map_err(|e| ServeError::Io(format!("cannot listen on {}: {e}", state.cfg.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Io(e.to_string()))?;
+    on_ready(addr);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| ServeError::Io(e.to_string()))
+}

@@ -1,0 +1,272 @@
+//! The audit log: append-only JSON lines, hash-chained. Each record carries its sequence
+//! number, the hash of the record before it and its own hash — SHA-256 over the record's
+//! canonical JSON without `hash` — so editing, removing or reordering any record breaks the
+//! chain at that record, and [`verify`] names it. The first record's `prev` is 64 zeros.
+//!
+//! Records are written with one `write` each; when they reach the disk is the caller's policy
+//! ([`AuditLog::sync`]). A crash can leave a torn last line, which [`verify`] reports and
+//! [`AuditLog::open`] refuses to append after.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, StoreError};
+use crate::fsutil::hex;
+
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Who: an API key's name, `config` for the deployment file, `server` for the server.
+    pub actor: String,
+    /// What: `server.start`, `monitor.create`, `monitor.delete`, `firing`, ...
+    pub event: String,
+    pub detail: Value,
+    pub prev: String,
+    pub hash: String,
+}
+
+/// The hash of a record line: SHA-256 of its exact bytes without the final `"hash"` member,
+/// so no JSON number or escape is ever re-encoded to check it.
+fn line_digest(line: &str) -> Option<String> {
+    let at = line.rfind(HASH_MEMBER)?;
+    let body = format!("{}}}", &line[..at]);
+    Some(hex(&Sha256::digest(body.as_bytes())))
+}
+
+const HASH_MEMBER: &str = ",\"hash\":\"";
+
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+    last_hash: String,
+    next_seq: u64,
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log and checks its whole chain before appending to it.
+    pub fn open(path: &Path) -> Result<AuditLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| StoreError::io(path, e))?;
+        let report = verify(path)?;
+        if let Some(problem) = report.problem {
+            return Err(StoreError::store(
+                path,
+                format!("the audit log is broken ({problem}); nothing is appended to a broken chain — run `glassbox audit verify {}`", path.display()),
+            ));
+        }
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            file,
+            last_hash: report.last_hash,
+            next_seq: report.records,
+        })
+    }
+
+    /// Appends one record (not yet synced).
+    pub fn append(&mut self, actor: &str, event: &str, detail: Value) -> Result<Record> {
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut r = Record {
+            seq: self.next_seq,
+            time_ms,
+            actor: actor.into(),
+            event: event.into(),
+            detail,
+            prev: self.last_hash.clone(),
+            hash: String::new(),
+        };
+        let encoded = serde_json::to_string(&r)
+            .map_err(|e| StoreError::store(&self.path, format!("cannot encode a record: {e}")))?;
+        // `hash` is serialised last: the record is hashed without it, then it is filled in.
+        let prefix = encoded
+            .strip_suffix(",\"hash\":\"\"}")
+            .ok_or_else(|| StoreError::store(&self.path, "unexpected record encoding"))?;
+        r.hash = hex(&Sha256::digest(format!("{prefix}}}").as_bytes()));
+        let line = format!("{prefix}{HASH_MEMBER}{}\"}}\n", r.hash);
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| StoreError::io(&self.path, e))?;
+        self.last_hash = r.hash.clone();
+        self.next_seq += 1;
+        Ok(r)
+    }
+
+    /// Flushes appended records to the disk.
+    pub fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io(&self.path, e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The outcome of checking a log's chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verification {
+    /// Records read before the first problem (all of them if none).
+    pub records: u64,
+    pub last_hash: String,
+    /// The first problem, naming its line and record.
+    pub problem: Option<String>,
+}
+
+/// Checks every record's hash, sequence number and link to the record before it.
+pub fn verify(path: &Path) -> Result<Verification> {
+    let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let mut out = Verification {
+        records: 0,
+        last_hash: GENESIS.into(),
+        problem: None,
+    };
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| StoreError::io(path, e))?;
+        if n == 0 {
+            return Ok(out);
+        }
+        number += 1;
+        let fail = |why: String| format!("line {number}: {why}");
+        if line.last() != Some(&b'\n') {
+            out.problem = Some(fail("the last record is incomplete (a torn write)".into()));
+            return Ok(out);
+        }
+        let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+        let r: Record = match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                out.problem = Some(fail(format!("not a record ({e})")));
+                return Ok(out);
+            }
+        };
+        let problem = if r.seq != out.records {
+            Some(if r.seq > out.records {
+                format!(
+                    "record {} follows record {}: records removed or reordered",
+                    r.seq,
+                    out.records as i64 - 1
+                )
+            } else {
+                format!(
+                    "record {} where record {} belongs: records reordered or duplicated",
+                    r.seq, out.records
+                )
+            })
+        } else if line_digest(&text).as_deref() != Some(r.hash.as_str()) {
+            Some(format!(
+                "record {} was edited (its hash does not match its content)",
+                r.seq
+            ))
+        } else if r.prev != out.last_hash {
+            Some(format!(
+                "record {} does not link to the record before it (removed, reordered or rewritten)",
+                r.seq
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            out.problem = Some(fail(p));
+            return Ok(out);
+        }
+        out.records += 1;
+        out.last_hash = r.hash;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn log(dir: &Path, n: u64) -> PathBuf {
+        let path = dir.join("audit.jsonl");
+        let mut log = AuditLog::open(&path).unwrap();
+        for i in 0..n {
+            log.append("ops", "firing", json!({"monitor": "m", "i": i}))
+                .unwrap();
+        }
+        log.sync().unwrap();
+        path
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn write(path: &Path, lines: &[String]) {
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn an_intact_log_verifies_and_reopens_on_its_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 5);
+        let v = verify(&path).unwrap();
+        assert_eq!((v.records, v.problem), (5, None));
+        let mut again = AuditLog::open(&path).unwrap();
+        let r = again.append("admin", "monitor.delete", json!({})).unwrap();
+        assert_eq!((r.seq, r.prev), (5, v.last_hash));
+        assert_eq!(verify(&path).unwrap().records, 6);
+    }
+
+    #[test]
+    fn edits_removals_reorders_and_torn_writes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 5);
+        let good = lines(&path);
+        let problem = |ls: &[String]| {
+            write(&path, ls);
+            verify(&path).unwrap().problem.unwrap()
+        };
+        let mut edited = good.clone();
+        edited[2] = edited[2].replace("\"i\":2", "\"i\":7");
+        assert!(problem(&edited).contains("line 3: record 2 was edited"));
+        let mut removed = good.clone();
+        removed.remove(1);
+        assert!(problem(&removed).contains("line 2: record 2 follows record 0"));
+        let mut swapped = good.clone();
+        swapped.swap(1, 3);
+        assert!(problem(&swapped).contains("line 2: record 3 follows record 0"));
+        let mut last_removed = good.clone();
+        last_removed.remove(4);
+        write(&path, &last_removed);
+        assert_eq!(
+            verify(&path).unwrap().problem,
+            None,
+            "a removed tail is a shorter log"
+        );
+        std::fs::write(&path, good.join("\n") + "\n{\"seq\":5").unwrap();
+        let torn = verify(&path).unwrap().problem.unwrap();
+        assert!(torn.contains("line 6") && torn.contains("torn"), "{torn}");
+        let err = AuditLog::open(&path).err().unwrap().to_string();
+        assert!(err.contains("glassbox audit verify"), "{err}");
+    }
+}
