@@ -60,6 +60,9 @@ enum Command {
     /// export it.
     #[command(subcommand)]
     Catalog(commands::catalog::Command),
+    /// Linear probes on a hook from labelled texts (for monitors and analyses).
+    #[command(subcommand)]
+    Probe(commands::probe::Command),
     /// Serve the model over HTTP (OpenAI-compatible) with monitors inside the forward pass:
     /// per-token rules over features and anomaly scores that log, alert, clamp, steer or block.
     Serve(commands::serve::ServeArgs),
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::TrainDict(args) => commands::train_dict::run(args, cli.json),
         Command::EvalDict(args) => commands::eval_dict::run(args, &cli.device, cli.json),
         Command::Catalog(cmd) => commands::catalog::run(cmd, &cli.device, cli.json),
+        Command::Probe(cmd) => commands::probe::run(cmd, &cli.device, cli.json),
         Command::Serve(args) => commands::serve::run_serve(args, &cli.device, cli.json),
         Command::Key(args) => commands::serve::run_key(args, cli.json),
         Command::Audit(cmd) => commands::serve::run_audit(cmd, cli.json),

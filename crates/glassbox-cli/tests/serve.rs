@@ -507,6 +507,35 @@ fn embeddings_are_monitored_alerts_reach_the_webhook_and_tail_shows_firings() {
     let dir = tempfile::tempdir().unwrap();
     let dict = dictionary(dir.path(), 384, "minilm", "blocks.3.hook_resid_pre");
     let (hook_url, alerts) = webhook();
+    let probe = dir.path().join("probe");
+    let out = glassbox(&[
+        "probe",
+        "train",
+        "--model",
+        "minilm",
+        "--hook",
+        "blocks.3.hook_resid_pre",
+        "--taxonomy",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../taxonomy/default.toml"),
+        "--concept",
+        "credentials",
+        "--out",
+        probe.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trained: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        trained["metrics"]["heldout_balanced_accuracy"]
+            .as_f64()
+            .unwrap()
+            >= 0.8,
+        "{trained}"
+    );
     let audit = dir.path().join("audit.jsonl");
     let config = dir.path().join("deploy.toml");
     std::fs::write(
@@ -526,6 +555,14 @@ name = "anomalous"
 dictionary = "l3"
 when = "anomaly > 0"
 action = "log"
+[[probe]]
+name = "secrets"
+path = "{}"
+[[monitor]]
+name = "no-secrets"
+when = "mean(probe secrets, 4) > 0.8"
+action = "block"
+reason = "credentials in the input"
 [alert]
 webhook = "{hook_url}"
 [audit]
@@ -534,6 +571,7 @@ fsync = "per-request"
 store_text = true
 "#,
             dict.display(),
+            probe.display(),
             audit.display()
         ),
     )
@@ -586,6 +624,24 @@ store_text = true
     assert_eq!(event["route"], "/v1/embeddings");
     let _ = tail.kill();
     let _ = tail.wait();
+
+    // The probe monitor blocks a text with a credential and lets ordinary text through.
+    let (status, refused) = post(
+        &s,
+        "/v1/embeddings",
+        "unused",
+        json!({"input": "export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}),
+    );
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["error"]["message"], "credentials in the input");
+    let none = |b: &Value| {
+        b["glassbox"]["firings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["monitor"] != "no-secrets")
+    };
+    assert!(none(&body), "the first request tripped the probe: {body}");
 
     // An encoder refuses completions with a pointer to the right route.
     let (status, err) = post(&s, "/v1/completions", "unused", json!({"prompt": "x"}));

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 mod linalg;
+pub mod probe;
 pub mod sae;
 pub mod saelens;
 pub mod similarity;
@@ -17,4 +18,4 @@ pub mod train;
 
 pub use config::{Activation, DictConfig};
 pub use error::{DictError, Result};
-pub use sae::{Codes, Sae};
+pub use sae::{CodeRow, Codes, Sae};

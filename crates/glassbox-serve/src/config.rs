@@ -21,6 +21,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default, rename = "dictionary")]
     pub dictionaries: Vec<DictionaryConfig>,
+    #[serde(default, rename = "probe")]
+    pub probes: Vec<ProbeConfig>,
     #[serde(default, rename = "monitor")]
     pub monitors: Vec<MonitorConfig>,
     #[serde(default)]
@@ -70,6 +72,15 @@ pub struct DictionaryConfig {
     pub path: PathBuf,
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// The name rules use: `probe NAME > 0.9`.
+    pub name: String,
+    /// A directory from `glassbox probe train` (or its probe.json).
+    pub path: PathBuf,
+}
+
 /// What a monitor does when its rule holds on a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,8 +101,10 @@ pub enum Action {
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
     pub name: String,
-    /// The dictionary whose hook the rule reads.
-    pub dictionary: String,
+    /// The dictionary a feature or anomaly rule reads, and a clamp or steer edits through
+    /// (not needed for a probe rule that only logs, alerts or blocks).
+    #[serde(default)]
+    pub dictionary: Option<String>,
     /// The rule (see the rule language in `rules`), e.g. `feature 1234 > 3.0`.
     pub when: String,
     pub action: Action,
@@ -204,9 +217,10 @@ impl Config {
             .map_err(|e| ServeError::Config(format!("{}: {e}", path.display())))?;
         // Relative paths are relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
-        for d in &mut cfg.dictionaries {
-            if d.path.is_relative() {
-                d.path = base.join(&d.path);
+        let paths = cfg.dictionaries.iter_mut().map(|d| &mut d.path);
+        for path in paths.chain(cfg.probes.iter_mut().map(|p| &mut p.path)) {
+            if path.is_relative() {
+                *path = base.join(&*path);
             }
         }
         if cfg.audit.path.is_relative() {
@@ -224,12 +238,6 @@ impl Config {
                 return Err(ServeError::Config(format!(
                     "two monitors are named `{}`",
                     m.name
-                )));
-            }
-            if !self.dictionaries.iter().any(|d| d.name == m.dictionary) {
-                return Err(ServeError::Config(format!(
-                    "monitor `{}` reads dictionary `{}`, which no [[dictionary]] names",
-                    m.name, m.dictionary
                 )));
             }
         }

@@ -10,13 +10,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use glassbox_dictionary::Sae;
+use glassbox_dictionary::probe::Probe;
+use glassbox_dictionary::{CodeRow, Sae};
 use glassbox_model::candle::Tensor;
 use glassbox_model::{HookPoint, Hooks, Model};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{Action, DictionaryConfig, MonitorConfig};
+use crate::config::{Action, DictionaryConfig, MonitorConfig, ProbeConfig};
 use crate::error::{Result, ServeError};
 use crate::rules::{Rule, RuleState, Signal};
 use crate::webhook::Alerts;
@@ -27,92 +28,170 @@ pub struct Dictionary {
     pub hook: HookPoint,
 }
 
+pub struct LoadedProbe {
+    pub name: String,
+    pub probe: Probe,
+    pub hook: HookPoint,
+}
+
 pub struct Monitor {
     pub cfg: MonitorConfig,
     pub rule: Rule,
-    dict: usize,
+    /// Where the rule reads (and a clamp or steer writes).
+    hook: HookPoint,
+    dict: Option<usize>,
+    probe: Option<usize>,
     target: Option<u32>,
 }
 
-/// The dictionaries and monitors in force.
+/// The dictionaries, probes and monitors in force.
 pub struct MonitorSet {
     pub dictionaries: Vec<Arc<Dictionary>>,
+    pub probes: Vec<Arc<LoadedProbe>>,
     pub monitors: Vec<Monitor>,
 }
 
-impl MonitorSet {
-    pub fn load_dictionaries(
+/// What monitors may read, loaded once at start.
+#[derive(Clone)]
+pub struct Readers {
+    pub dictionaries: Vec<Arc<Dictionary>>,
+    pub probes: Vec<Arc<LoadedProbe>>,
+}
+
+impl Readers {
+    pub fn load(
         model: &Model,
-        cfgs: &[DictionaryConfig],
-    ) -> Result<Vec<Arc<Dictionary>>> {
-        cfgs.iter()
+        dicts: &[DictionaryConfig],
+        probes: &[ProbeConfig],
+    ) -> Result<Readers> {
+        let width = |what: String, d_in: usize, hook: &str| {
+            if d_in == model.config.d_model {
+                Ok(())
+            } else {
+                Err(ServeError::Config(format!(
+                    "{what} reads {d_in} dimensions at {hook}, but the model is {} wide; it belongs to another model",
+                    model.config.d_model
+                )))
+            }
+        };
+        let dictionaries = dicts
+            .iter()
             .map(|d| {
                 let sae = glassbox_dictionary::saelens::load(&d.path)?;
                 let hook = model.hook_point(&sae.cfg.hook)?;
-                if sae.d_in() != model.config.d_model {
-                    return Err(ServeError::Config(format!(
-                        "dictionary `{}` reads {} dimensions at {}, but the model is {} wide",
-                        d.name,
-                        sae.d_in(),
-                        sae.cfg.hook,
-                        model.config.d_model
-                    )));
-                }
+                width(
+                    format!("dictionary `{}`", d.name),
+                    sae.d_in(),
+                    &sae.cfg.hook,
+                )?;
                 Ok(Arc::new(Dictionary {
                     name: d.name.clone(),
                     sae,
                     hook,
                 }))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        let probes = probes
+            .iter()
+            .map(|p| {
+                let probe = Probe::load(&p.path)?;
+                let hook = model.hook_point(&probe.hook)?;
+                width(
+                    format!("probe `{}`", p.name),
+                    probe.weights.len(),
+                    &probe.hook,
+                )?;
+                Ok(Arc::new(LoadedProbe {
+                    name: p.name.clone(),
+                    probe,
+                    hook,
+                }))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Readers {
+            dictionaries,
+            probes,
+        })
     }
+}
 
-    pub fn new(
-        dictionaries: Vec<Arc<Dictionary>>,
-        monitors: &[MonitorConfig],
-    ) -> Result<MonitorSet> {
+impl MonitorSet {
+    pub fn new(readers: &Readers, monitors: &[MonitorConfig]) -> Result<MonitorSet> {
         let monitors = monitors
             .iter()
-            .map(|m| {
-                let rule = m.validate()?;
-                let bad = |why: String| ServeError::Config(format!("monitor `{}`: {why}", m.name));
-                let dict = dictionaries
-                    .iter()
-                    .position(|d| d.name == m.dictionary)
-                    .ok_or_else(|| bad(format!("no dictionary is named `{}`", m.dictionary)))?;
-                let sae = &dictionaries[dict].sae;
-                let target = m.target(&rule);
-                for f in [target, feature_of(&rule.signal)].into_iter().flatten() {
-                    if f as usize >= sae.d_sae() {
-                        return Err(bad(format!(
-                            "feature {f} is outside dictionary `{}` ({} features)",
-                            m.dictionary,
-                            sae.d_sae()
-                        )));
-                    }
-                }
-                if let Signal::Probe(p) = rule.signal.base() {
-                    return Err(bad(format!("probe `{p}`: probes are not available yet")));
-                }
-                if matches!(m.action, Action::Clamp | Action::Steer) && sae.cfg.is_transcoder() {
-                    return Err(bad(
-                        "a transcoder's decoder writes another hook; clamp and steer need an SAE"
-                            .into(),
-                    ));
-                }
-                Ok(Monitor {
-                    cfg: m.clone(),
-                    rule,
-                    dict,
-                    target,
-                })
-            })
+            .map(|m| monitor(readers, m))
             .collect::<Result<Vec<_>>>()?;
         Ok(MonitorSet {
-            dictionaries,
+            dictionaries: readers.dictionaries.clone(),
+            probes: readers.probes.clone(),
             monitors,
         })
     }
+}
+
+/// Checks a monitor against what can be read and binds it to its hook.
+fn monitor(readers: &Readers, m: &MonitorConfig) -> Result<Monitor> {
+    let rule = m.validate()?;
+    let bad = |why: String| ServeError::Config(format!("monitor `{}`: {why}", m.name));
+    let dict = match &m.dictionary {
+        Some(name) => Some(
+            readers
+                .dictionaries
+                .iter()
+                .position(|d| &d.name == name)
+                .ok_or_else(|| bad(format!("no [[dictionary]] is named `{name}`")))?,
+        ),
+        None => None,
+    };
+    let probe = match rule.signal.base() {
+        Signal::Probe(name) => Some(
+            readers
+                .probes
+                .iter()
+                .position(|p| &p.name == name)
+                .ok_or_else(|| bad(format!("no [[probe]] is named `{name}`")))?,
+        ),
+        _ => None,
+    };
+    let needs_dict = matches!(rule.signal.base(), Signal::Feature(_) | Signal::Anomaly)
+        || matches!(m.action, Action::Clamp | Action::Steer);
+    let hook = match (probe, dict) {
+        (Some(q), Some(d)) if readers.dictionaries[d].hook != readers.probes[q].hook => {
+            return Err(bad(format!(
+                "probe `{}` reads {} but dictionary `{}` writes {}; a probe-triggered edit needs both at one hook",
+                readers.probes[q].name, readers.probes[q].hook, readers.dictionaries[d].name, readers.dictionaries[d].hook
+            )))
+        }
+        (Some(q), _) if !needs_dict => readers.probes[q].hook,
+        (_, Some(d)) => readers.dictionaries[d].hook,
+        _ => return Err(bad("this rule or action needs `dictionary`".into())),
+    };
+    let target = m.target(&rule);
+    if let Some(d) = dict {
+        let sae = &readers.dictionaries[d].sae;
+        for f in [target, feature_of(&rule.signal)].into_iter().flatten() {
+            if f as usize >= sae.d_sae() {
+                return Err(bad(format!(
+                    "feature {f} is outside dictionary `{}` ({} features)",
+                    readers.dictionaries[d].name,
+                    sae.d_sae()
+                )));
+            }
+        }
+        if matches!(m.action, Action::Clamp | Action::Steer) && sae.cfg.is_transcoder() {
+            return Err(bad(
+                "a transcoder's decoder writes another hook; clamp and steer need an SAE".into(),
+            ));
+        }
+    }
+    Ok(Monitor {
+        cfg: m.clone(),
+        rule,
+        hook,
+        dict,
+        probe,
+        target,
+    })
 }
 
 fn feature_of(s: &Signal) -> Option<u32> {
@@ -183,11 +262,7 @@ impl<'s> Watch<'s> {
         's: 'h,
     {
         let set = cell.borrow().set;
-        let mut points: Vec<HookPoint> = set
-            .monitors
-            .iter()
-            .map(|m| set.dictionaries[m.dict].hook)
-            .collect();
+        let mut points: Vec<HookPoint> = set.monitors.iter().map(|m| m.hook).collect();
         points.sort();
         points.dedup();
         let mut hooks = Hooks::none();
@@ -197,128 +272,127 @@ impl<'s> Watch<'s> {
         hooks
     }
 
-    /// Every monitored dictionary at `point` in turn (each sees the edits of the one before).
+    /// Every monitor reading `point`: signals are read from the activation as the model
+    /// produced it, then the firing monitors' edits are applied.
     fn at_point(&mut self, point: HookPoint, t: &Tensor) -> glassbox_model::candle::Result<Tensor> {
-        let (b, s, _) = t.dims3()?;
+        let set = self.set;
+        let (b, s, width) = t.dims3()?;
         let seen = self.seen.entry(point).or_default();
         seen.resize(b.max(seen.len()), 0);
         let start = seen.clone();
-        let mut t = t.clone();
-        for d in 0..self.set.dictionaries.len() {
-            if self.set.dictionaries[d].hook == point
-                && self.set.monitors.iter().any(|m| m.dict == d)
-            {
-                t = self.at_hook(d, &t, &start)?;
-            }
+        while self.states.len() < b {
+            self.states
+                .push(vec![RuleState::default(); set.monitors.len()]);
         }
-        for (row, seen) in self
-            .seen
-            .entry(point)
-            .or_default()
-            .iter_mut()
-            .enumerate()
-            .take(b)
-        {
-            *seen += self.lengths.get(row).copied().unwrap_or(s).min(s);
-        }
-        Ok(t)
-    }
-
-    fn at_hook(
-        &mut self,
-        d: usize,
-        t: &Tensor,
-        start: &[usize],
-    ) -> glassbox_model::candle::Result<Tensor> {
-        let (b, s, width) = t.dims3()?;
-        let mut x: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        let dict = &self.set.dictionaries[d];
-        let monitors: Vec<(usize, &Monitor)> = self
-            .set
+        let here: Vec<(usize, &Monitor)> = set
             .monitors
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.dict == d)
+            .filter(|(_, m)| m.hook == point)
             .collect();
-        while self.states.len() < b {
-            self.states
-                .push(vec![RuleState::default(); self.set.monitors.len()]);
+        let lengths: Vec<usize> = (0..b)
+            .map(|r| self.lengths.get(r).copied().unwrap_or(s).min(s))
+            .collect();
+        let positions: Vec<(usize, usize)> = (0..b)
+            .flat_map(|r| (0..lengths[r]).map(move |p| (r, p)))
+            .collect();
+        let mut x: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        let row_of = |r: usize, p: usize| (r * s + p) * width;
+        // Dictionaries that need every latent (TopK, or an anomaly rule): all positions at once.
+        let mut full: HashMap<usize, (Vec<CodeRow>, Vec<f32>)> = HashMap::new();
+        for &(_, m) in &here {
+            let Some(d) = m.dict else { continue };
+            let sae = &set.dictionaries[d].sae;
+            let needs = matches!(m.rule.signal.base(), Signal::Anomaly)
+                || (matches!(m.rule.signal.base(), Signal::Feature(_))
+                    && !sae.reads_latents_alone());
+            if !needs || full.contains_key(&d) {
+                continue;
+            }
+            let rows: Vec<f32> = positions
+                .iter()
+                .flat_map(|&(r, p)| x[row_of(r, p)..row_of(r, p) + width].iter().copied())
+                .collect();
+            let (codes, xhat) = sae
+                .reconstruct(&rows)
+                .map_err(|e| glassbox_model::candle::Error::Msg(e.to_string()))?;
+            let errors = rows
+                .chunks(width)
+                .zip(xhat.chunks(width))
+                .map(|(a, h)| {
+                    let err: f32 = a.iter().zip(h).map(|(a, h)| (a - h) * (a - h)).sum();
+                    err / a.iter().map(|a| a * a).sum::<f32>().max(1e-12)
+                })
+                .collect();
+            full.insert(d, (codes.rows, errors));
         }
-        let full_code = monitors.iter().any(|(_, m)| {
-            matches!(m.rule.signal.base(), Signal::Anomaly) || !dict.sae.reads_latents_alone()
-        });
         let mut edited = false;
-        for (row, &offset) in start.iter().enumerate().take(b) {
-            let len = self.lengths.get(row).copied().unwrap_or(s).min(s);
-            for p in 0..len {
-                let at = (row * s + p) * width;
-                let xt = &mut x[at..at + width];
-                let position = offset + p;
-                let (code, anomaly) = if full_code {
-                    let (codes, xhat) = dict
-                        .sae
-                        .reconstruct(xt)
-                        .map_err(|e| glassbox_model::candle::Error::Msg(e.to_string()))?;
-                    let err: f32 = xt.iter().zip(&xhat).map(|(a, b)| (a - b) * (a - b)).sum();
-                    let norm: f32 = xt.iter().map(|a| a * a).sum();
-                    (codes.rows.into_iter().next(), err / norm.max(1e-12))
-                } else {
-                    (None, 0.0)
+        for (k, &(row, p)) in positions.iter().enumerate() {
+            let at = row_of(row, p);
+            let orig = x[at..at + width].to_vec();
+            let position = start[row] + p;
+            let read = |d: usize, f: u32| match full.get(&d) {
+                Some((codes, _)) => codes[k].iter().find(|e| e.0 == f).map_or(0.0, |e| e.1),
+                None => set.dictionaries[d].sae.latent(&orig, f),
+            };
+            for &(mi, m) in &here {
+                let base = match (m.rule.signal.base(), m.dict, m.probe) {
+                    (Signal::Feature(f), Some(d), _) => read(d, *f),
+                    (Signal::Anomaly, Some(d), _) => full.get(&d).map_or(0.0, |(_, e)| e[k]),
+                    (Signal::Probe(_), _, Some(q)) => set.probes[q].probe.score(&orig),
+                    _ => 0.0,
                 };
-                let read = |xt: &[f32], f: u32| match &code {
-                    Some(c) => c.iter().find(|e| e.0 == f).map_or(0.0, |e| e.1),
-                    None => dict.sae.latent(xt, f),
-                };
-                for &(mi, m) in &monitors {
-                    let base = match m.rule.signal.base() {
-                        Signal::Feature(f) => read(xt, *f),
-                        Signal::Anomaly => anomaly,
-                        _ => 0.0,
-                    };
-                    let (value, holds) = m.rule.step(&mut self.states[row][mi], base);
-                    if !holds {
-                        continue;
-                    }
-                    self.firings.push(Firing {
-                        monitor: m.cfg.name.clone(),
-                        input: row,
-                        position,
-                        value,
-                        action: m.cfg.action,
-                    });
-                    let delta = match (m.cfg.action, m.target) {
-                        (Action::Clamp, Some(f)) => m.cfg.value.map(|v| (f, v - read(xt, f))),
-                        (Action::Steer, Some(f)) => m.cfg.strength.map(|v| (f, v)),
-                        _ => None,
-                    };
-                    if let Some((f, by)) = delta {
-                        for (x, u) in xt.iter_mut().zip(dict.sae.direction(f)) {
-                            *x += by * u;
-                        }
-                        edited = true;
-                    }
-                    match m.cfg.action {
-                        Action::Block if self.blocked.is_none() => {
-                            self.blocked = Some(Blocked {
-                                monitor: m.cfg.name.clone(),
-                                reason: m.cfg.reason.clone().unwrap_or_else(|| {
-                                    format!("monitor `{}` ({}) fired", m.cfg.name, m.cfg.when)
-                                }),
-                                input: row,
-                                position,
-                            })
-                        }
-                        Action::Alert => {
-                            if let Some(a) = self.alerts {
-                                a.send(json!({
-                                    "request_id": self.request_id, "monitor": m.cfg.name,
-                                    "rule": m.cfg.when, "input": row, "position": position, "value": value,
-                                }));
-                            }
-                        }
-                        _ => {}
-                    }
+                let (value, holds) = m.rule.step(&mut self.states[row][mi], base);
+                if !holds {
+                    continue;
                 }
+                self.firings.push(Firing {
+                    monitor: m.cfg.name.clone(),
+                    input: row,
+                    position,
+                    value,
+                    action: m.cfg.action,
+                });
+                let edit = match (m.cfg.action, m.dict, m.target) {
+                    (Action::Clamp, Some(d), Some(f)) => {
+                        m.cfg.value.map(|v| (d, f, v - read(d, f)))
+                    }
+                    (Action::Steer, Some(d), Some(f)) => m.cfg.strength.map(|v| (d, f, v)),
+                    _ => None,
+                };
+                if let Some((d, f, by)) = edit {
+                    let xt = &mut x[at..at + width];
+                    for (x, u) in xt.iter_mut().zip(set.dictionaries[d].sae.direction(f)) {
+                        *x += by * u;
+                    }
+                    edited = true;
+                }
+                match m.cfg.action {
+                    Action::Block if self.blocked.is_none() => {
+                        self.blocked = Some(Blocked {
+                            monitor: m.cfg.name.clone(),
+                            reason: m.cfg.reason.clone().unwrap_or_else(|| {
+                                format!("monitor `{}` ({}) fired", m.cfg.name, m.cfg.when)
+                            }),
+                            input: row,
+                            position,
+                        })
+                    }
+                    Action::Alert => {
+                        if let Some(a) = self.alerts {
+                            a.send(json!({
+                                "request_id": self.request_id, "monitor": m.cfg.name,
+                                "rule": m.cfg.when, "input": row, "position": position, "value": value,
+                            }));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(seen) = self.seen.get_mut(&point) {
+            for (seen, len) in seen.iter_mut().zip(&lengths) {
+                *seen += len;
             }
         }
         if !edited {

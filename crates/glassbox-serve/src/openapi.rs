@@ -28,9 +28,9 @@ fn op(summary: &str, role: Option<&str>, body: Option<Value>) -> Value {
 pub fn document() -> Value {
     let text_or_list =
         json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
-    let monitor = json!({"type": "object", "required": ["name", "dictionary", "when", "action"], "properties": {
+    let monitor = json!({"type": "object", "required": ["name", "when", "action"], "properties": {
         "name": {"type": "string"}, "dictionary": {"type": "string"},
-        "when": {"type": "string", "description": "rule, e.g. `feature 1234 > 3.0`, `mean(feature 7, 8) > 1`, `count(feature 7 > 0, 16) >= 3`, `anomaly > 0.5`"},
+        "when": {"type": "string", "description": "rule, e.g. `feature 1234 > 3.0`, `mean(feature 7, 8) > 1`, `count(feature 7 > 0, 16) >= 3`, `anomaly > 0.5`, `probe credentials > 0.9`"},
         "action": {"enum": ["log", "alert", "clamp", "steer", "block"]},
         "feature": {"type": "integer"}, "value": {"type": "number"}, "strength": {"type": "number"},
         "reason": {"type": "string"}}});

@@ -30,13 +30,13 @@ use crate::config::{Config, Fsync, MonitorConfig};
 use crate::error::{Result, ServeError};
 use crate::infer::{self, Report};
 use crate::metrics::Metrics;
-use crate::monitor::{Dictionary, MonitorSet};
+use crate::monitor::{MonitorSet, Readers};
 use crate::webhook::Alerts;
 
 pub struct AppState {
     pub model: Arc<Model>,
     pub cfg: Config,
-    dictionaries: Vec<Arc<Dictionary>>,
+    readers: Readers,
     monitors: RwLock<(Vec<MonitorConfig>, Arc<MonitorSet>)>,
     keys: Keys,
     audit: Mutex<AuditLog>,
@@ -51,13 +51,13 @@ pub struct AppState {
 impl AppState {
     /// Loads the model and dictionaries, checks the monitors, opens the audit log.
     pub fn new(cfg: Config, model: Model) -> Result<Arc<AppState>> {
-        let dictionaries = MonitorSet::load_dictionaries(&model, &cfg.dictionaries)?;
-        let set = MonitorSet::new(dictionaries.clone(), &cfg.monitors)?;
+        let readers = Readers::load(&model, &cfg.dictionaries, &cfg.probes)?;
+        let set = MonitorSet::new(&readers, &cfg.monitors)?;
         let mut audit = AuditLog::open(&cfg.audit.path)?;
         audit.append(
             "config",
             "server.start",
-            json!({"model": cfg.model, "monitors": cfg.monitors, "dictionaries": cfg.dictionaries,
+            json!({"model": cfg.model, "monitors": cfg.monitors, "dictionaries": cfg.dictionaries, "probes": cfg.probes,
                    "keys": cfg.keys.iter().map(|k| json!({"name": k.name, "role": k.role})).collect::<Vec<_>>()}),
         )?;
         audit.sync()?;
@@ -70,7 +70,7 @@ impl AppState {
             model: Arc::new(model),
             keys: Keys::new(&cfg.keys),
             monitors: RwLock::new((cfg.monitors.clone(), Arc::new(set))),
-            dictionaries,
+            readers,
             audit: Mutex::new(audit),
             alerts,
             metrics,
@@ -727,7 +727,7 @@ fn change_monitors(
     })?;
     let mut list = guard.0.clone();
     let detail = edit(&mut list)?;
-    let set = MonitorSet::new(state.dictionaries.clone(), &list)?;
+    let set = MonitorSet::new(&state.readers, &list)?;
     {
         let mut audit = state.audit.lock().map_err(|_| {
             ApiError::new(
