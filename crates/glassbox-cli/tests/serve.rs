@@ -630,7 +630,8 @@ store_text = true
         &s,
         "/v1/embeddings",
         "unused",
-        json!({"input": "export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}),
+        // Not one of the taxonomy's examples.
+        json!({"input": "GITHUB_TOKEN=ghp_9fT2kLmQ7rXv1bN8sZ4wY6uE0aJ3cD5hG7iK and the db password is Tr0ub4dor&3"}),
     );
     assert_eq!(status, 403, "{refused}");
     assert_eq!(refused["error"]["message"], "credentials in the input");
