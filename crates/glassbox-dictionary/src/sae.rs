@@ -215,8 +215,9 @@ impl Sae {
     pub fn encode(&self, x: &[f32]) -> Result<Codes> {
         let n = self.check_width(x)?;
         let xs: Vec<f32> = x.iter().map(|v| v * self.cfg.input_scale).collect();
-        // A few rows (a served token): the encoder as stored, rather than transposing it first.
-        if n <= 16 {
+        // Up to a few hundred rows (a served request), one GEMM against the encoder as stored
+        // beats transposing all of it first; larger batches amortise the transpose.
+        if n <= 256 {
             return Ok(self.select(&self.pre_activations(&xs), false));
         }
         Ok(self.encode_scaled(&xs, false, &[]).0)
@@ -383,7 +384,7 @@ mod tests {
             },
         ] {
             let mut cfg = DictConfig::sae(activation, 8, 32, "m", "h");
-            cfg.input_scale = 1.7;
+            (cfg.input_scale, cfg.output_scale) = (1.7, 1.7);
             let mut sae = Sae::init(cfg, 3).unwrap();
             sae.b_enc
                 .iter_mut()

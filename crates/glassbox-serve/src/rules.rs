@@ -300,10 +300,10 @@ mod tests {
         assert_eq!(got, [false, true, false, true]);
         let count = Rule::parse("count(feature 1 > 0, 3) >= 2").unwrap();
         let mut s = RuleState::default();
-        let got: Vec<bool> = [1.0, 0.0, 2.0, 0.0, 0.0]
+        let got: Vec<bool> = [1.0, 0.0, 2.0, 5.0, 0.0, 0.0]
             .iter()
             .map(|&v| count.step(&mut s, v).1)
             .collect();
-        assert_eq!(got, [false, false, true, true, false]);
+        assert_eq!(got, [false, false, true, true, true, false]);
     }
 }
