@@ -663,3 +663,50 @@ store_text = true
         .status
         .success());
 }
+
+/// A webhook that accepts connections and never answers: alerts pile up in the bounded queue
+/// and overflow (counted), and every request is still answered.
+#[test]
+fn a_hanging_webhook_never_holds_up_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let dict = dictionary(dir.path(), 64, "tiny-gpt2", "blocks.1.hook_resid_pre");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream); // never read, never answered
+        }
+    });
+    let config = dir.path().join("deploy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = \"{}\"\n[[dictionary]]\nname = \"d\"\npath = \"{}\"\n[[monitor]]\nname = \"loud\"\ndictionary = \"d\"\nwhen = \"feature 0 > 5\"\naction = \"alert\"\n[alert]\nwebhook = \"{hook_url}\"\nqueue = 4\nretries = 0\ntimeout_ms = 600000\n[audit]\npath = \"{}\"\n",
+            fixture("tiny-gpt2").display(),
+            dict.display(),
+            dir.path().join("audit.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let s = start(&config);
+    for _ in 0..3 {
+        let (status, body) = completion(&s, "unused");
+        assert_eq!(status, 200, "{body}");
+        assert!(!body["glassbox"]["firings"].as_array().unwrap().is_empty());
+    }
+    let (_, _, metrics) = call(&s, "GET", "/metrics", None, None);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {metrics}"))
+    };
+    assert!(
+        value("glassbox_alerts_total{outcome=\"dropped\"}") > 0.0,
+        "{metrics}"
+    );
+    assert!(value("glassbox_alert_queue_depth") <= 4.0, "{metrics}");
+}

@@ -435,11 +435,27 @@ async fn timed(
 ) -> Response {
     let t = Instant::now();
     let resp = f.await.unwrap_or_else(IntoResponse::into_response);
+    let secs = t.elapsed().as_secs_f64();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    tracing::info!(
+        route,
+        status = resp.status().as_u16(),
+        request_id = %header("x-glassbox-request-id"),
+        ms = secs * 1e3,
+        decisions = %header("x-glassbox-decisions"),
+        "request"
+    );
     state
         .metrics
         .latency
         .with_label_values(&[route])
-        .observe(t.elapsed().as_secs_f64());
+        .observe(secs);
     state
         .metrics
         .requests
