@@ -77,6 +77,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`glassbox catalog search x | head`) ends the program quietly, as for any
+    // Unix tool, instead of `println!` panicking: Rust ignores SIGPIPE unless told otherwise.
+    #[cfg(unix)]
+    // SAFETY: called before any other thread exists; restores the default disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup(args) => commands::setup::run(args, cli.json),

@@ -284,3 +284,36 @@ fn setup_is_idempotent() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["models"][0]["installed_now"], false);
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_ends_output_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        // ~700 KB of JSON: far more than a pipe buffer holds.
+        .args([
+            "run",
+            "minilm",
+            "--file",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"),
+            "--truncate",
+            "--hook",
+            "blocks.*",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take()); // like `| head -c 16`
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
