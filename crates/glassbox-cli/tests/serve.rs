@@ -653,7 +653,15 @@ store_text = true
                 .unwrap()
                 .contains("/v1/embeddings")
     );
-    drop(s);
+    // SIGTERM (docker stop, systemd) shuts the server down cleanly.
+    let mut s = s;
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(s.child.wait().unwrap().success(), "a clean exit on SIGTERM");
     let log = std::fs::read_to_string(&audit).unwrap();
     assert!(
         log.contains("the dog barked loudly"),

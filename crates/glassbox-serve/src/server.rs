@@ -813,7 +813,23 @@ async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiRe
         .into_response())
 }
 
-/// Serves until Ctrl-C / SIGTERM.
+/// Resolves on Ctrl-C or SIGTERM (what `docker stop` and systemd send).
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Serves until Ctrl-C / SIGTERM, finishing the requests in flight.
 pub async fn serve(
     state: Arc<AppState>,
     on_ready: impl FnOnce(std::net::SocketAddr),
@@ -826,9 +842,7 @@ pub async fn serve(
         .map_err(|e| ServeError::Io(e.to_string()))?;
     on_ready(addr);
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown())
         .await
         .map_err(|e| ServeError::Io(e.to_string()))
 }
