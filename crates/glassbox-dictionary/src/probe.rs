@@ -253,17 +253,23 @@ fn accuracy(labels: &[bool], predicted: &[bool]) -> f32 {
     labels.iter().zip(predicted).filter(|(a, b)| a == b).count() as f32 / labels.len().max(1) as f32
 }
 
-fn balanced_accuracy(labels: &[bool], predicted: &[bool]) -> f32 {
+/// ½·(true-positive rate + true-negative rate): 0.5 is chance whatever the class balance.
+/// With one class present, that class's accuracy.
+pub fn balanced_accuracy(truth: &[bool], predicted: &[bool]) -> f32 {
     let rate = |class: bool| {
-        let n = labels.iter().filter(|&&l| l == class).count().max(1);
-        labels
+        let n = truth.iter().filter(|&&t| t == class).count();
+        let hit = truth
             .iter()
             .zip(predicted)
-            .filter(|(l, p)| **l == class && **p == class)
-            .count() as f32
-            / n as f32
+            .filter(|(&t, &p)| t == class && p == class)
+            .count();
+        (n > 0).then(|| hit as f32 / n as f32)
     };
-    (rate(true) + rate(false)) / 2.0
+    match (rate(true), rate(false)) {
+        (Some(a), Some(b)) => (a + b) / 2.0,
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => 0.0,
+    }
 }
 
 #[cfg(test)]
@@ -306,6 +312,18 @@ mod tests {
         assert!(p.score_text(&samples[0].x) > 0.5 && p.score_text(&samples[1].x) < 0.5);
         let (_, _, noise) = train(&self::samples(0.0), 6, &ProbeTraining::default()).unwrap();
         assert!(noise.heldout_balanced_accuracy < 0.7, "{noise:?}");
+    }
+
+    #[test]
+    fn balanced_accuracy_weighs_both_classes() {
+        let t = [true, true, false, false, false, false];
+        assert_eq!(balanced_accuracy(&t, &t), 1.0);
+        assert_eq!(balanced_accuracy(&t, &[true; 6]), 0.5);
+        assert_eq!(
+            balanced_accuracy(&t, &[true, false, false, false, false, false]),
+            0.75
+        );
+        assert_eq!(balanced_accuracy(&[false, false], &[false, true]), 0.5);
     }
 
     #[test]

@@ -145,10 +145,7 @@ impl MonitorConfig {
 
     /// The feature a clamp or steer edits.
     pub fn target(&self, rule: &Rule) -> Option<u32> {
-        self.feature.or(match rule.signal.base() {
-            crate::rules::Signal::Feature(f) => Some(*f),
-            _ => None,
-        })
+        self.feature.or(rule.signal.feature())
     }
 }
 

@@ -169,7 +169,7 @@ fn monitor(readers: &Readers, m: &MonitorConfig) -> Result<Monitor> {
     let target = m.target(&rule);
     if let Some(d) = dict {
         let sae = &readers.dictionaries[d].sae;
-        for f in [target, feature_of(&rule.signal)].into_iter().flatten() {
+        for f in [target, rule.signal.feature()].into_iter().flatten() {
             if f as usize >= sae.d_sae() {
                 return Err(bad(format!(
                     "feature {f} is outside dictionary `{}` ({} features)",
@@ -192,13 +192,6 @@ fn monitor(readers: &Readers, m: &MonitorConfig) -> Result<Monitor> {
         probe,
         target,
     })
-}
-
-fn feature_of(s: &Signal) -> Option<u32> {
-    match s.base() {
-        Signal::Feature(f) => Some(*f),
-        _ => None,
-    }
 }
 
 /// A rule firing on one token.

@@ -72,6 +72,14 @@ impl Signal {
             s => s,
         }
     }
+
+    /// The dictionary feature the signal reads, if it reads one.
+    pub fn feature(&self) -> Option<u32> {
+        match self.base() {
+            Signal::Feature(f) => Some(*f),
+            _ => None,
+        }
+    }
 }
 
 impl Rule {

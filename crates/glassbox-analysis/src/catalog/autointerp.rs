@@ -13,6 +13,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use glassbox_dictionary::probe::balanced_accuracy;
 use glassbox_dictionary::Sae;
 use glassbox_model::Model;
 use glassbox_store::catalog::{CatalogStore, Example, ExampleKind, Feature};
@@ -346,23 +347,6 @@ fn parse_numbers(answer: &str) -> Option<Vec<usize>> {
         .collect()
 }
 
-fn balanced_accuracy(truth: &[bool], predicted: &[bool]) -> f32 {
-    let rate = |class: bool| {
-        let n = truth.iter().filter(|&&t| t == class).count();
-        let hit = truth
-            .iter()
-            .zip(predicted)
-            .filter(|(&t, &p)| t == class && p == class)
-            .count();
-        (n > 0).then(|| hit as f32 / n as f32)
-    };
-    match (rate(true), rate(false)) {
-        (Some(a), Some(b)) => (a + b) / 2.0,
-        (Some(a), None) | (None, Some(a)) => a,
-        (None, None) => 0.0,
-    }
-}
-
 /// Labels the catalog's features `ids` through `chat` and saves them with their scores (every
 /// `save_every` features, so an interrupted run keeps what it paid for). A feature whose
 /// explanation or detection fails keeps its previous label; the failures are returned, except
@@ -435,18 +419,6 @@ mod tests {
         assert_eq!(parse_numbers("[]"), Some(vec![]));
         assert_eq!(parse_numbers("none of them"), None);
         assert_eq!(parse_numbers("[one]"), None);
-    }
-
-    #[test]
-    fn balanced_accuracy_weighs_both_classes() {
-        let t = [true, true, false, false, false, false];
-        assert_eq!(balanced_accuracy(&t, &t), 1.0);
-        assert_eq!(balanced_accuracy(&t, &[true; 6]), 0.5);
-        assert_eq!(
-            balanced_accuracy(&t, &[true, false, false, false, false, false]),
-            0.75
-        );
-        assert_eq!(balanced_accuracy(&[false, false], &[false, true]), 0.5);
     }
 
     #[test]
