@@ -60,6 +60,9 @@ enum Command {
     /// export it.
     #[command(subcommand)]
     Catalog(commands::catalog::Command),
+    /// Activation patching: copy each component (residual stream, attention and MLP outputs per
+    /// position, each head) from a clean run into a corrupted one and measure the effect.
+    Patch(commands::patch::Args),
     /// Linear probes on a hook from labelled texts (for monitors and analyses).
     #[command(subcommand)]
     Probe(commands::probe::Command),
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::TrainDict(args) => commands::train_dict::run(args, cli.json),
         Command::EvalDict(args) => commands::eval_dict::run(args, &cli.device, cli.json),
         Command::Catalog(cmd) => commands::catalog::run(cmd, &cli.device, cli.json),
+        Command::Patch(args) => commands::patch::run(args, &cli.device, cli.json),
         Command::Probe(cmd) => commands::probe::run(cmd, &cli.device, cli.json),
         Command::Serve(args) => commands::serve::run_serve(args, &cli.device, cli.json),
         Command::Key(args) => commands::serve::run_key(args, cli.json),

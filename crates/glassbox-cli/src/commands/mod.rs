@@ -3,6 +3,7 @@ pub mod eval_dict;
 pub mod generate;
 pub mod harvest;
 pub mod models;
+pub mod patch;
 pub mod probe;
 pub mod run;
 pub mod serve;
