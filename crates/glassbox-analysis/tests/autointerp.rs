@@ -16,7 +16,10 @@ use glassbox_analysis::catalog::autointerp::{
 };
 use glassbox_analysis::AnalysisError;
 use glassbox_dictionary::{Activation, DictConfig, Sae};
-use glassbox_model::{registry, Hooks, Model};
+use glassbox_model::{registry, Model};
+
+mod common;
+use common::mean_activation;
 use glassbox_store::catalog::{Example, ExampleKind, Feature};
 use serde_json::{json, Value};
 
@@ -124,36 +127,11 @@ const OTHERS: [&str; 8] = [
 ];
 const HOOK: &str = "blocks.3.hook_resid_pre";
 
-fn mean_activation(model: &Model, texts: &[&str]) -> Vec<f32> {
-    let hook = model.hook_point(HOOK).unwrap();
-    let mut sum = vec![0f32; 384];
-    let mut n = 0;
-    for t in texts {
-        let mut hooks = Hooks::none().record(hook);
-        model
-            .forward(&model.batch(&[*t], false).unwrap(), &mut hooks, None)
-            .unwrap();
-        let x: Vec<f32> = hooks
-            .cache()
-            .get(&hook)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        for row in x.chunks(384) {
-            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            n += 1;
-        }
-    }
-    sum.iter().map(|s| s / n as f32).collect()
-}
-
 /// Feature 0 points from the other sentences towards the cat sentences; feature 1 opposite.
 fn cat_dictionary(model: &Model) -> Sae {
     let (mc, m0) = (
-        mean_activation(model, &CATS),
-        mean_activation(model, &OTHERS),
+        mean_activation(model, HOOK, &CATS),
+        mean_activation(model, HOOK, &OTHERS),
     );
     let w: Vec<f32> = mc.iter().zip(&m0).map(|(a, b)| a - b).collect();
     let norm = w.iter().map(|v| v * v).sum::<f32>().sqrt();

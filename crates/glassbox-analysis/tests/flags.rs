@@ -4,7 +4,10 @@
 use glassbox_analysis::catalog::flags::flags;
 use glassbox_analysis::catalog::taxonomy::Taxonomy;
 use glassbox_dictionary::{Activation, DictConfig, Sae};
-use glassbox_model::{registry, Device, Hooks, Model};
+use glassbox_model::{registry, Device, Model};
+
+mod common;
+use common::mean_activation;
 
 const TAXONOMY: &str = r#"
 threshold = 0.5
@@ -18,28 +21,10 @@ examples = ["The cat purred on my lap.", "Kittens chase balls of yarn.", "My tab
 keywords = ["cat", "kitten"]
 "#;
 
-fn mean_activation(model: &Model, texts: &[String]) -> Vec<f32> {
-    let hook = model.hook_point("blocks.3.hook_resid_pre").unwrap();
-    let mut sum = vec![0f32; 384];
-    let mut n = 0;
-    for t in texts {
-        let batch = model.batch(&[t.as_str()], false).unwrap();
-        let mut hooks = Hooks::none().record(hook);
-        model.forward(&batch, &mut hooks, None).unwrap();
-        let x: Vec<f32> = hooks
-            .cache()
-            .get(&hook)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        for row in x.chunks(384) {
-            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            n += 1;
-        }
-    }
-    sum.iter().map(|s| s / n as f32).collect()
+const HOOK: &str = "blocks.3.hook_resid_pre";
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 #[test]
@@ -49,8 +34,8 @@ fn a_feature_aligned_with_a_concept_is_flagged_and_its_opposite_is_not() {
     let model = Model::load(&dir, &Device::Cpu).unwrap();
     let taxonomy = Taxonomy::parse(TAXONOMY, "test").unwrap();
     let (mc, m0) = (
-        mean_activation(&model, &taxonomy.concepts[0].examples),
-        mean_activation(&model, &taxonomy.controls),
+        mean_activation(&model, HOOK, &strs(&taxonomy.concepts[0].examples)),
+        mean_activation(&model, HOOK, &strs(&taxonomy.controls)),
     );
     let w: Vec<f32> = mc.iter().zip(&m0).map(|(a, b)| a - b).collect();
     let norm = w.iter().map(|v| v * v).sum::<f32>().sqrt();

@@ -354,6 +354,17 @@ fn headers_for(id: &str, report: Option<&Report>) -> HeaderMap {
     h
 }
 
+/// OpenAI's `finish_reason`: a block reads as a content filter.
+fn finish_reason(report: &Report, generated: usize, max_new: usize) -> &'static str {
+    if report.blocked.is_some() {
+        "content_filter"
+    } else if generated >= max_new {
+        "length"
+    } else {
+        "stop"
+    }
+}
+
 fn blocked_error(id: &str, report: &Report) -> Option<ApiError> {
     report.blocked.as_ref().map(|b| ApiError {
         status: StatusCode::FORBIDDEN,
@@ -633,13 +644,7 @@ async fn complete(
             .tokenizer
             .decode(&out)
             .map_err(ServeError::from)?;
-        let finish = if report.blocked.is_some() {
-            "content_filter"
-        } else if out.len() >= max_new {
-            "length"
-        } else {
-            "stop"
-        };
+        let finish = finish_reason(&report, out.len(), max_new);
         let choice = if chat {
             json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
         } else {
@@ -689,13 +694,7 @@ async fn complete(
                     .with_label_values(&["generated"])
                     .inc_by(out.len() as u64);
                 let _ = account(&s, &caller, &rid, route, &prompt, &report);
-                let finish = if report.blocked.is_some() {
-                    "content_filter"
-                } else if out.len() >= max_new {
-                    "length"
-                } else {
-                    "stop"
-                };
+                let finish = finish_reason(&report, out.len(), max_new);
                 json!({"id": rid, "object": object, "choices": [{"index": 0, "finish_reason": finish}],
                        "glassbox": decisions(&rid, &report)})
             }
