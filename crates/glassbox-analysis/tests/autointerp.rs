@@ -15,11 +15,11 @@ use glassbox_analysis::catalog::autointerp::{
     explain_and_score, AutoInterpConfig, Chat, ChatClient, Endpoint,
 };
 use glassbox_analysis::AnalysisError;
-use glassbox_dictionary::{Activation, DictConfig, Sae};
+use glassbox_dictionary::Sae;
 use glassbox_model::{registry, Model};
 
 mod common;
-use common::mean_activation;
+use common::two_way_dictionary;
 use glassbox_store::catalog::{Example, ExampleKind, Feature};
 use serde_json::{json, Value};
 
@@ -129,26 +129,7 @@ const HOOK: &str = "blocks.3.hook_resid_pre";
 
 /// Feature 0 points from the other sentences towards the cat sentences; feature 1 opposite.
 fn cat_dictionary(model: &Model) -> Sae {
-    let (mc, m0) = (
-        mean_activation(model, HOOK, &CATS),
-        mean_activation(model, HOOK, &OTHERS),
-    );
-    let w: Vec<f32> = mc.iter().zip(&m0).map(|(a, b)| a - b).collect();
-    let norm = w.iter().map(|v| v * v).sum::<f32>().sqrt();
-    let w: Vec<f32> = w.iter().map(|v| v / norm).collect();
-    let mid: f32 = w
-        .iter()
-        .zip(mc.iter().zip(&m0))
-        .map(|(w, (a, b))| w * (a + b) / 2.0)
-        .sum();
-    let mut sae = Sae::init(
-        DictConfig::sae(Activation::Relu { l1: 0.0 }, 384, 2, "minilm", HOOK),
-        0,
-    )
-    .unwrap();
-    sae.w_enc_t = w.iter().copied().chain(w.iter().map(|v| -v)).collect();
-    sae.b_enc = vec![-mid, mid];
-    sae
+    two_way_dictionary(model, HOOK, &CATS, &OTHERS)
 }
 
 /// Catalog entries as a build would keep them: tokens as pieces, the cat word marked.

@@ -1,9 +1,10 @@
 //! Helpers shared by the MiniLM tests of this crate.
 
+use glassbox_dictionary::{Activation, DictConfig, Sae};
 use glassbox_model::{Hooks, Model};
 
 /// The mean activation at `hook` over every token of `texts`.
-pub fn mean_activation(model: &Model, hook: &str, texts: &[&str]) -> Vec<f32> {
+fn mean_activation(model: &Model, hook: &str, texts: &[&str]) -> Vec<f32> {
     let point = model.hook_point(hook).unwrap();
     let d = model.config.d_model;
     let mut sum = vec![0f32; d];
@@ -26,4 +27,30 @@ pub fn mean_activation(model: &Model, hook: &str, texts: &[&str]) -> Vec<f32> {
         }
     }
     sum.iter().map(|s| s / n as f32).collect()
+}
+
+/// A two-feature ReLU dictionary at `hook`: feature 0 points from the mean activation of
+/// `negative` towards that of `positive`, with its threshold halfway; feature 1 is its opposite.
+pub fn two_way_dictionary(model: &Model, hook: &str, positive: &[&str], negative: &[&str]) -> Sae {
+    let (mp, mn) = (
+        mean_activation(model, hook, positive),
+        mean_activation(model, hook, negative),
+    );
+    let w: Vec<f32> = mp.iter().zip(&mn).map(|(a, b)| a - b).collect();
+    let norm = w.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let w: Vec<f32> = w.iter().map(|v| v / norm).collect();
+    let mid: f32 = w
+        .iter()
+        .zip(mp.iter().zip(&mn))
+        .map(|(w, (a, b))| w * (a + b) / 2.0)
+        .sum();
+    let d = model.config.d_model;
+    let mut sae = Sae::init(
+        DictConfig::sae(Activation::Relu { l1: 0.0 }, d, 2, "minilm", hook),
+        0,
+    )
+    .unwrap();
+    sae.w_enc_t = w.iter().copied().chain(w.iter().map(|v| -v)).collect();
+    sae.b_enc = vec![-mid, mid];
+    sae
 }
