@@ -1,8 +1,9 @@
 //! Glassbox layer 4: analyses over the model, its dictionaries and the store. For now the
-//! feature catalog builder and activation patching.
+//! feature catalog builder, activation patching, the logit lens and direct logit attribution.
 
 pub mod catalog;
 pub mod error;
+pub mod lens;
 pub mod patching;
 
 pub use error::{AnalysisError, Result};

@@ -20,6 +20,7 @@ use glassbox_model::{ActivationCache, BlockHook, HookPoint, Hooks, Model};
 use serde::Serialize;
 
 use crate::error::{AnalysisError, Result};
+use crate::lens::single_token;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Metric {
@@ -30,17 +31,7 @@ pub enum Metric {
 impl Metric {
     pub fn parse(spec: &str, model: &Model) -> Result<Metric> {
         let words: Vec<&str> = spec.split_whitespace().collect();
-        let token = |t: &str| -> Result<u32> {
-            let t = t.replace("\\s", " ");
-            let ids = model.tokenizer.encode_plain(&t)?;
-            match ids.as_slice() {
-                [id] => Ok(*id),
-                _ => Err(AnalysisError::Mismatch(format!(
-                    "`{t}` is {} tokens; logit-diff needs single tokens (write a leading space as \\s, e.g. \\sParis)",
-                    ids.len()
-                ))),
-            }
-        };
+        let token = |t: &str| single_token(model, t);
         match words.as_slice() {
             ["cosine"] => Ok(Metric::Cosine),
             ["logit-diff", a, b] if model.config.is_decoder() => Ok(Metric::LogitDiff {

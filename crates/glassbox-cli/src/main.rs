@@ -63,6 +63,11 @@ enum Command {
     /// Activation patching: copy each component (residual stream, attention and MLP outputs per
     /// position, each head) from a clean run into a corrupted one and measure the effect.
     Patch(commands::patch::Args),
+    /// Logit lens (decoders): the top predictions after each layer, at every position.
+    Lens(commands::lens::Args),
+    /// Direct logit attribution (decoders): each head's, MLP's and embedding's direct share of
+    /// a logit or logit difference.
+    Dla(commands::dla::Args),
     /// Linear probes on a hook from labelled texts (for monitors and analyses).
     #[command(subcommand)]
     Probe(commands::probe::Command),
@@ -98,6 +103,8 @@ fn main() -> ExitCode {
         Command::EvalDict(args) => commands::eval_dict::run(args, &cli.device, cli.json),
         Command::Catalog(cmd) => commands::catalog::run(cmd, &cli.device, cli.json),
         Command::Patch(args) => commands::patch::run(args, &cli.device, cli.json),
+        Command::Lens(args) => commands::lens::run(args, &cli.device, cli.json),
+        Command::Dla(args) => commands::dla::run(args, &cli.device, cli.json),
         Command::Probe(cmd) => commands::probe::run(cmd, &cli.device, cli.json),
         Command::Serve(args) => commands::serve::run_serve(args, &cli.device, cli.json),
         Command::Key(args) => commands::serve::run_key(args, cli.json),

@@ -124,6 +124,21 @@ impl Model {
         })
     }
 
+    /// The blocks in forward order (weights included, for analyses that decompose outputs).
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// The norm before the unembedding (decoders).
+    pub fn final_norm(&self) -> Option<&Norm> {
+        self.final_norm.as_ref()
+    }
+
+    /// The unembedding, `[d_model, vocab]` plus bias (decoders).
+    pub fn unembed(&self) -> Option<&Linear> {
+        self.unembed.as_ref()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -1,6 +1,7 @@
 //! Tensor-level operations of the forward pass. On CPU with f32 they run the fused kernels
-//! of [`crate::kernels`]; elsewhere (CUDA) they are composed from candle ops, which also
-//! keeps them differentiable for gradient-based attribution.
+//! of [`crate::kernels`]; elsewhere (CUDA), and wherever an input is part of a candle autograd
+//! graph, they are composed from candle ops, so gradient-based attribution can backpropagate
+//! through the very same forward pass.
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor, D};
 
@@ -8,8 +9,10 @@ use crate::config::{Activation, NormKind};
 use crate::error::Result;
 use crate::kernels;
 
+/// Whether the fused kernels may run: CPU f32, and no gradient is wanted through `t`
+/// (the kernels work on raw slices, outside candle's autograd graph).
 fn is_cpu_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
 }
 
 /// Runs `f` on the f32 data of a CPU tensor, made contiguous first if needed.
@@ -155,6 +158,33 @@ impl Norm {
         Self { kind, w, b, eps }
     }
 
+    pub fn kind(&self) -> NormKind {
+        self.kind
+    }
+
+    /// `[d_model]`
+    pub fn weight(&self) -> &Tensor {
+        &self.w
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.b.as_ref()
+    }
+
+    /// Subtracts the mean over the last dimension for LayerNorm; RMSNorm does not centre.
+    pub fn centre(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.kind {
+            NormKind::LayerNorm => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+            NormKind::RmsNorm => x.clone(),
+        })
+    }
+
+    /// The divisor the norm applies to `x`, `[..., 1]`: `sqrt(mean(centre(x)²) + eps)`
+    /// (TransformerLens's `hook_scale`).
+    pub fn scale(&self, x: &Tensor) -> Result<Tensor> {
+        Ok((self.centre(x)?.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let d = self.w.dims()[0];
         if is_cpu_f32(x) {
@@ -174,12 +204,10 @@ impl Norm {
             })??;
             return cpu_tensor(v, x.dims());
         }
-        let x = match self.kind {
-            NormKind::LayerNorm => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
-            NormKind::RmsNorm => x.clone(),
-        };
-        let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
-        let y = x.broadcast_div(&scale)?.broadcast_mul(&self.w)?;
+        let y = self
+            .centre(x)?
+            .broadcast_div(&self.scale(x)?)?
+            .broadcast_mul(&self.w)?;
         Ok(match &self.b {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -1,7 +1,9 @@
 pub mod catalog;
+pub mod dla;
 pub mod eval_dict;
 pub mod generate;
 pub mod harvest;
+pub mod lens;
 pub mod models;
 pub mod patch;
 pub mod probe;

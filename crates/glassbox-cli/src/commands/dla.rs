@@ -1,0 +1,100 @@
+//! `glassbox dla`: direct logit attribution — how much each head, MLP and embedding writes
+//! the target logit (or logit difference) straight into the final residual stream.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use glassbox_analysis::lens::{direct_logit_attribution, single_token, LogitTarget};
+use serde_json::json;
+
+use crate::input;
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "The final norm's scale is the one of the real run (TransformerLens's \
+    cached ln_final.hook_scale), so the pieces plus the bias add up to the logit.\n\n\
+    Examples:\n  \
+    glassbox dla path/to/gpt2 \"When Mary and John went to the store, John gave a drink to\" --target \\\\sMary --minus \\\\sJohn\n  \
+    glassbox dla path/to/gpt2 \"The capital of France is\" --target \\\\sParis --json"
+)]
+pub struct Args {
+    /// A decoder model directory (GPT-2, Llama, Qwen2 families).
+    model: String,
+    /// The text (or use --file).
+    text: Option<String>,
+    /// Read the text from a file (`-` for standard input).
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// The token whose logit is explained (one token; a leading space as \s). Default: the
+    /// model's top prediction.
+    #[arg(long)]
+    target: Option<String>,
+    /// Explain the logit difference target − this token instead.
+    #[arg(long)]
+    minus: Option<String>,
+    /// The position to explain (default: the last token).
+    #[arg(long)]
+    pos: Option<usize>,
+    /// Pieces listed, largest magnitude first.
+    #[arg(long, default_value_t = 15)]
+    top: usize,
+}
+
+pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
+    let model = input::load_model(&a.model, device)?;
+    let text = input::text(a.text, a.file.as_deref())?;
+    let ids = model.tokenize(&text, false)?;
+    let target = match &a.target {
+        Some(t) => single_token(&model, t)?,
+        None => top_prediction(&model, &ids, a.pos)?,
+    };
+    let target = match &a.minus {
+        Some(b) => LogitTarget::Diff(target, single_token(&model, b)?),
+        None => LogitTarget::Token(target),
+    };
+    let dla = direct_logit_attribution(&model, &ids, a.pos, target)?;
+    if json_out {
+        println!("{}", json!({ "dla": dla, "sum": dla.total() }));
+        return Ok(());
+    }
+    println!(
+        "{} at position {} ({:?}): model {:.4} = Σ pieces {:.4} + bias {:.4} (final-norm scale {:.4})",
+        dla.target,
+        dla.position,
+        dla.token,
+        dla.logit,
+        dla.total() - dla.bias,
+        dla.bias,
+        dla.scale
+    );
+    let mut order: Vec<&_> = dla.pieces.iter().collect();
+    order.sort_by(|x, y| y.value.abs().total_cmp(&x.value.abs()));
+    let widest = order.first().map_or(1.0, |p| p.value.abs()).max(1e-9);
+    println!("\n{:<14} {:>9}", "piece", "logit");
+    for p in order.iter().take(a.top) {
+        let n = ((p.value.abs() / widest) * 30.0).round() as usize;
+        let bar = if p.value >= 0.0 { "█" } else { "░" }.repeat(n);
+        println!("{:<14} {:>9.4}  {bar}", p.label, p.value);
+    }
+    println!("\n{:>5} {:>9} {:>9}", "layer", "attn", "mlp");
+    for (l, (attn, mlp)) in dla.per_layer(model.config.n_layers).iter().enumerate() {
+        println!("{l:>5} {attn:>9.4} {mlp:>9.4}");
+    }
+    println!("(█ raises the target, ░ lowers it)");
+    Ok(())
+}
+
+fn top_prediction(model: &glassbox_model::Model, ids: &[u32], pos: Option<usize>) -> Result<u32> {
+    let batch = model.batch_ids(&[ids.to_vec()])?;
+    let out = model.forward(&batch, &mut glassbox_model::Hooks::none(), None)?;
+    let logits = out.logits.ok_or_else(|| {
+        anyhow::anyhow!(
+            "`{}` has no unembedding; dla needs a decoder",
+            model.config.model_type
+        )
+    })?;
+    let p = pos
+        .unwrap_or(ids.len().saturating_sub(1))
+        .min(ids.len().saturating_sub(1));
+    Ok(logits.get(0)?.get(p)?.argmax(0)?.to_scalar::<u32>()?)
+}
