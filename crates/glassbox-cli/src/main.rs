@@ -68,6 +68,9 @@ enum Command {
     /// Direct logit attribution (decoders): each head's, MLP's and embedding's direct share of
     /// a logit or logit difference.
     Dla(commands::dla::Args),
+    /// Score attention heads on probe inputs (induction and previous-token heads).
+    #[command(subcommand)]
+    Heads(commands::heads::Command),
     /// Linear probes on a hook from labelled texts (for monitors and analyses).
     #[command(subcommand)]
     Probe(commands::probe::Command),
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Patch(args) => commands::patch::run(args, &cli.device, cli.json),
         Command::Lens(args) => commands::lens::run(args, &cli.device, cli.json),
         Command::Dla(args) => commands::dla::run(args, &cli.device, cli.json),
+        Command::Heads(cmd) => commands::heads::run(cmd, &cli.device, cli.json),
         Command::Probe(cmd) => commands::probe::run(cmd, &cli.device, cli.json),
         Command::Serve(args) => commands::serve::run_serve(args, &cli.device, cli.json),
         Command::Key(args) => commands::serve::run_key(args, cli.json),

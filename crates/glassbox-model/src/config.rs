@@ -74,6 +74,8 @@ pub struct ModelConfig {
     pub type_vocab_size: usize,
     /// Generation stops here (decoders).
     pub eos_token_id: Option<u32>,
+    /// The token a sequence starts with, where the model has one (probes prepend it).
+    pub bos_token_id: Option<u32>,
 }
 
 impl ModelConfig {
@@ -138,6 +140,7 @@ impl ModelConfig {
             tie_embeddings: false,
             type_vocab_size: f.opt_usize("type_vocab_size")?.unwrap_or(0),
             eos_token_id: None,
+            bos_token_id: None,
         })
     }
 
@@ -166,7 +169,8 @@ impl ModelConfig {
             mlp_bias: true,
             tie_embeddings: true,
             type_vocab_size: 0,
-            eos_token_id: f.eos()?,
+            eos_token_id: f.token_id("eos_token_id")?,
+            bos_token_id: f.token_id("bos_token_id")?,
         })
     }
 
@@ -204,7 +208,8 @@ impl ModelConfig {
             mlp_bias: f.opt_bool("mlp_bias")?.unwrap_or(false),
             tie_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             type_vocab_size: 0,
-            eos_token_id: f.eos()?,
+            eos_token_id: f.token_id("eos_token_id")?,
+            bos_token_id: f.token_id("bos_token_id")?,
             model_type,
         })
     }
@@ -373,9 +378,10 @@ impl Fields<'_> {
         Ok(self.opt_f64("rope_theta")?.unwrap_or(10_000.0))
     }
 
-    /// `eos_token_id`: an integer or a list (the first is used).
-    fn eos(&self) -> Result<Option<u32>> {
-        let v = match self.present("eos_token_id") {
+    /// A special token id (`eos_token_id`, `bos_token_id`): an integer or a list (the first
+    /// is used).
+    fn token_id(&self, key: &str) -> Result<Option<u32>> {
+        let v = match self.present(key) {
             None => return Ok(None),
             Some(Value::Array(a)) => match a.first() {
                 None => return Ok(None),
@@ -386,7 +392,7 @@ impl Fields<'_> {
         v.as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| self.err("eos_token_id", format!("expected a token id, found {v}")))
+            .ok_or_else(|| self.err(key, format!("expected a token id, found {v}")))
     }
 
     fn activation(&self, key: &str, default: &str) -> Result<Activation> {

@@ -3,6 +3,7 @@ pub mod dla;
 pub mod eval_dict;
 pub mod generate;
 pub mod harvest;
+pub mod heads;
 pub mod lens;
 pub mod models;
 pub mod patch;

@@ -1,0 +1,161 @@
+//! Induction scores on a GPT-2 whose weights are written here to implement induction:
+//! layer 0 head 0 is a previous-token head, layer 1 head 0 an induction head built on it, and
+//! the other two heads attend uniformly and write nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use glassbox_analysis::heads::induction_scores;
+use glassbox_model::candle::{safetensors, Device, Tensor};
+use glassbox_model::Model;
+
+const VOCAB: usize = 384; // the tiny-gpt2 fixture's tokenizer
+const POS: usize = 64;
+/// Residual layout: token one-hot, position one-hot, previous token one-hot.
+const D: usize = 2 * VOCAB + POS;
+const HEADS: usize = 2;
+const D_HEAD: usize = D / HEADS;
+const PREV: usize = VOCAB + POS;
+
+struct Matrix {
+    rows: usize,
+    cols: usize,
+    v: Vec<f32>,
+}
+
+impl Matrix {
+    fn zeros(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            v: vec![0.0; rows * cols],
+        }
+    }
+
+    fn set(&mut self, r: usize, c: usize, x: f32) {
+        self.v[r * self.cols + c] = x;
+    }
+
+    fn tensor(self) -> Tensor {
+        Tensor::from_vec(self.v, (self.rows, self.cols), &Device::Cpu).unwrap()
+    }
+}
+
+fn vector(x: f32, n: usize) -> Tensor {
+    Tensor::from_vec(vec![x; n], n, &Device::Cpu).unwrap()
+}
+
+/// Writes the checkpoint: Conv1D weights are `[d_in, d_out]`; c_attn's columns are q, k, v,
+/// each split into heads of `D_HEAD`.
+fn write_induction_model(dir: &Path) {
+    let mut w: HashMap<String, Tensor> = HashMap::new();
+    let mut wte = Matrix::zeros(VOCAB, D);
+    for t in 0..VOCAB {
+        wte.set(t, t, 1.0);
+    }
+    let mut wpe = Matrix::zeros(POS, D);
+    for p in 0..POS {
+        wpe.set(p, VOCAB + p, 1.0);
+    }
+    w.insert("wte.weight".into(), wte.tensor());
+    w.insert("wpe.weight".into(), wpe.tensor());
+    // After a norm a one-hot coordinate is ≈ √(D / ones); these gains make the attended
+    // score ≈ 20 above the rest and the copied one-hot ≈ 1.
+    let (q_gain, copy_gain) = (2.0, 0.05);
+    for layer in 0..2 {
+        let (mut qkv, mut proj) = (Matrix::zeros(D, 3 * D), Matrix::zeros(D, D));
+        let (q, k, v) = (0, D, 2 * D); // head 0's columns in c_attn
+        if layer == 0 {
+            // Query position p matches key position p − 1; the value is the key's token,
+            // written into the previous-token subspace.
+            for p in 0..POS - 1 {
+                qkv.set(VOCAB + p + 1, q + p, q_gain);
+                qkv.set(VOCAB + p, k + p, q_gain);
+            }
+            for t in 0..VOCAB {
+                qkv.set(t, v + t, 1.0);
+                proj.set(t, PREV + t, copy_gain);
+            }
+        } else {
+            // Query token t matches a key whose previous token is t; the value is the key's
+            // own token, written back as the prediction.
+            for t in 0..VOCAB {
+                qkv.set(t, q + t, q_gain);
+                qkv.set(PREV + t, k + t, q_gain);
+                qkv.set(t, v + t, 1.0);
+                proj.set(t, t, 3.0 * copy_gain);
+            }
+        }
+        let p = format!("h.{layer}");
+        w.insert(format!("{p}.attn.c_attn.weight"), qkv.tensor());
+        w.insert(format!("{p}.attn.c_attn.bias"), vector(0.0, 3 * D));
+        w.insert(format!("{p}.attn.c_proj.weight"), proj.tensor());
+        w.insert(format!("{p}.attn.c_proj.bias"), vector(0.0, D));
+        w.insert(format!("{p}.mlp.c_fc.weight"), Matrix::zeros(D, 4).tensor());
+        w.insert(format!("{p}.mlp.c_fc.bias"), vector(0.0, 4));
+        w.insert(
+            format!("{p}.mlp.c_proj.weight"),
+            Matrix::zeros(4, D).tensor(),
+        );
+        w.insert(format!("{p}.mlp.c_proj.bias"), vector(0.0, D));
+        for ln in ["ln_1", "ln_2"] {
+            w.insert(format!("{p}.{ln}.weight"), vector(1.0, D));
+            w.insert(format!("{p}.{ln}.bias"), vector(0.0, D));
+        }
+    }
+    w.insert("ln_f.weight".into(), vector(1.0, D));
+    w.insert("ln_f.bias".into(), vector(0.0, D));
+    safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": VOCAB,
+        "n_positions": POS, "n_embd": D, "n_layer": 2, "n_head": HEADS, "n_inner": 4,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": true
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../glassbox-model/tests/fixtures/tiny-gpt2/tokenizer.json");
+    std::fs::copy(fixture, dir.join("tokenizer.json")).unwrap();
+}
+
+#[test]
+fn the_constructed_induction_head_ranks_first() {
+    let dir = tempfile::tempdir().unwrap();
+    write_induction_model(dir.path());
+    let model = Model::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(model.config.d_head, D_HEAD);
+    let scores = induction_scores(&model, 25, 4, 7).unwrap();
+    let ranking = scores.ranking();
+    let (l, h, ind, _) = ranking[0];
+    assert_eq!((l, h), (1, 0), "ranking: {ranking:?}");
+    assert!(ind > 0.9, "induction score {ind}");
+    // The others: the previous-token head attends one back, the uniform heads spread out.
+    for &(l, h, ind, _) in &ranking[1..] {
+        assert!(ind < 0.1, "L{l}H{h} induction score {ind}");
+    }
+    assert!(
+        scores.previous_token[0][0] > 0.9,
+        "{:?}",
+        scores.previous_token
+    );
+    assert!(scores.previous_token[1][0] < 0.1);
+    assert!(scores.previous_token[0][1] < 0.2);
+
+    // The same model on the tiny random GPT-2 has no such head.
+    let tiny = Model::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../glassbox-model/tests/fixtures/tiny-gpt2"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let random = induction_scores(&tiny, 25, 4, 7).unwrap();
+    assert!(random.ranking()[0].2 < 0.5, "{:?}", random.ranking()[0]);
+}
+
+#[test]
+fn probe_length_is_checked_against_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    write_induction_model(dir.path());
+    let model = Model::load(dir.path(), &Device::Cpu).unwrap();
+    let err = induction_scores(&model, 40, 1, 0).unwrap_err().to_string();
+    assert!(err.contains("--seq-len 32"), "{err}");
+    assert!(induction_scores(&model, 1, 1, 0).is_err());
+}
