@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use glassbox_analysis::patching::{sweep, Component, Direction, Metric, Report};
+use glassbox_analysis::patching::{attribute, sweep, Component, Direction, Method, Metric, Report};
 use serde_json::json;
 
 use crate::input;
@@ -30,6 +30,10 @@ pub struct Args {
     /// Patch corrupted activations into the clean run (noising) instead of the reverse.
     #[arg(long)]
     reverse: bool,
+    /// Attribution patching: estimate every effect from one backward pass (first order)
+    /// instead of patching each component in its own run.
+    #[arg(long)]
+    attribution: bool,
     /// Also write the heat maps (layer × position, layer × head) as an SVG image.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
@@ -46,7 +50,8 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
         Direction::Denoise
     };
     let started = Instant::now();
-    let r = sweep(
+    let patch = if a.attribution { attribute } else { sweep };
+    let r = patch(
         &model,
         &clean,
         &corrupt,
@@ -67,7 +72,11 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} · metric `{}`: clean {:.4}, corrupted {:.4} · {} · {} forward passes in {:.2} s",
+        "{} · {} · metric `{}`: clean {:.4}, corrupted {:.4} · {} · {} forward passes{} in {:.2} s",
+        match r.method {
+            Method::Activation => "activation patching",
+            Method::Attribution => "attribution patching (first-order estimate)",
+        },
         a.model,
         a.metric,
         r.clean_metric,
@@ -77,6 +86,11 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
             Direction::Noise => "corrupted → clean (1 = the patch gives the corrupted metric)",
         },
         r.forward_passes,
+        if r.method == Method::Attribution {
+            " + 1 backward"
+        } else {
+            ""
+        },
         secs
     );
     for s in &r.sweeps {

@@ -1,11 +1,13 @@
-//! Induction scores on a GPT-2 whose weights are written here to implement induction:
-//! layer 0 head 0 is a previous-token head, layer 1 head 0 an induction head built on it, and
-//! the other two heads attend uniformly and write nothing.
+//! A GPT-2 whose weights are written here to implement induction: layer 0 head 0 is a
+//! previous-token head, layer 1 head 0 an induction head built on it, the other two heads
+//! attend uniformly and write nothing, the MLPs are zero. Its induction scores and its direct
+//! logit attribution are known without running it.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use glassbox_analysis::heads::induction_scores;
+use glassbox_analysis::lens::{direct_logit_attribution, LogitTarget};
 use glassbox_model::candle::{safetensors, Device, Tensor};
 use glassbox_model::Model;
 
@@ -158,4 +160,60 @@ fn probe_length_is_checked_against_the_model() {
     let err = induction_scores(&model, 40, 1, 0).unwrap_err().to_string();
     assert!(err.contains("--seq-len 32"), "{err}");
     assert!(induction_scores(&model, 1, 1, 0).is_err());
+}
+
+#[test]
+fn direct_logit_attribution_matches_the_construction() {
+    let dir = tempfile::tempdir().unwrap();
+    write_induction_model(dir.path());
+    let model = Model::load(dir.path(), &Device::Cpu).unwrap();
+    // Distinct tokens, repeated: at the last token the induction head predicts the token that
+    // followed its first occurrence, the first token of the sequence.
+    let half: Vec<u32> = (0..20).map(|i| 7 + 13 * i).collect();
+    let ids: Vec<u32> = half.iter().chain(&half).copied().collect();
+    let (target, own) = (half[0], half[19]);
+    let batch = model.batch_ids(&[ids.clone()]).unwrap();
+    let logits = model
+        .forward(&batch, &mut glassbox_model::Hooks::none(), None)
+        .unwrap()
+        .logits
+        .unwrap();
+    let top = logits.get(0).unwrap().get(39).unwrap().argmax(0).unwrap();
+    assert_eq!(top.to_scalar::<u32>().unwrap(), target);
+
+    let dla = direct_logit_attribution(&model, &ids, None, LogitTarget::Token(target)).unwrap();
+    let piece = |label: &str| dla.pieces.iter().find(|p| p.label == label).unwrap().value;
+    // A one-hot outside the target's coordinate, centred by the final LayerNorm: −1/D, over
+    // the final norm's scale; the norm's weight is 1 and nothing has a bias.
+    let off_target = -1.0 / (D as f32 * dla.scale);
+    assert!(
+        (piece("embed") - off_target).abs() < 1e-6,
+        "{}",
+        piece("embed")
+    );
+    assert!((piece("pos_embed") - off_target).abs() < 1e-6);
+    for silent in [
+        "L0H1",
+        "L1H1",
+        "L0 mlp",
+        "L1 mlp",
+        "L0 attn bias",
+        "L1 attn bias",
+    ] {
+        assert_eq!(piece(silent), 0.0, "{silent}");
+    }
+    assert_eq!(dla.bias, 0.0);
+    // The induction head writes the prediction; the previous-token head writes elsewhere.
+    assert!(piece("L1H0") > 0.9 * dla.logit, "{:?}", dla.pieces);
+    assert!(piece("L0H0").abs() < 0.01 * dla.logit);
+    assert!((dla.total() - dla.logit).abs() < 1e-4);
+    // For the current token's own logit, the token embedding is the main direct source.
+    let own_dla = direct_logit_attribution(&model, &ids, None, LogitTarget::Token(own)).unwrap();
+    let embed = own_dla
+        .pieces
+        .iter()
+        .find(|p| p.label == "embed")
+        .unwrap()
+        .value;
+    assert!((embed - (1.0 - 1.0 / D as f32) / own_dla.scale).abs() < 1e-6);
 }
