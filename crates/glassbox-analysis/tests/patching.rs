@@ -245,7 +245,7 @@ fn attribution_is_the_first_order_term_of_the_patch() {
         (hooks.cache().get(&point).unwrap().clone(), out.hidden)
     };
     let (_, clean_hidden) = record(&clean, HookPoint::Embed);
-    let clean_batch = model.batch_ids(&[clean.clone()]).unwrap();
+    let clean_batch = model.batch_ids(std::slice::from_ref(&clean)).unwrap();
     let clean_emb = model
         .sentence_embedding(&clean_batch, &clean_hidden)
         .unwrap()
@@ -255,7 +255,7 @@ fn attribution_is_the_first_order_term_of_the_patch() {
     // `mask` is 1.
     let metric_at = |point: HookPoint, mask: &glassbox_model::candle::Tensor, eps: f64| {
         let (from, _) = record(&clean, point);
-        let batch = model.batch_ids(&[corrupt.clone()]).unwrap();
+        let batch = model.batch_ids(std::slice::from_ref(&corrupt)).unwrap();
         let mut hooks =
             Hooks::none().replace(point, |x| x.add(&((from.sub(x)?.mul(mask)?) * eps)?));
         let out = model.forward(&batch, &mut hooks, None).unwrap();
