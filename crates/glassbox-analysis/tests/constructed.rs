@@ -172,7 +172,7 @@ fn direct_logit_attribution_matches_the_construction() {
     let half: Vec<u32> = (0..20).map(|i| 7 + 13 * i).collect();
     let ids: Vec<u32> = half.iter().chain(&half).copied().collect();
     let (target, own) = (half[0], half[19]);
-    let batch = model.batch_ids(&[ids.clone()]).unwrap();
+    let batch = model.batch_ids(std::slice::from_ref(&ids)).unwrap();
     let logits = model
         .forward(&batch, &mut glassbox_model::Hooks::none(), None)
         .unwrap()
