@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod graph;
 pub mod heads;
 pub mod lens;
 pub mod patching;

@@ -217,3 +217,116 @@ fn direct_logit_attribution_matches_the_construction() {
         .value;
     assert!((embed - (1.0 - 1.0 / D as f32) / own_dla.scale).abs() < 1e-6);
 }
+
+/// A dictionary at `blocks.1.hook_resid_pre` with one ReLU feature per token coordinate
+/// (features 0..VOCAB, "the token here is t") and per previous-token coordinate (features
+/// VOCAB..2·VOCAB, "the token before was t"); no biases.
+fn one_hot_dictionary() -> glassbox_dictionary::Sae {
+    use glassbox_dictionary::{Activation, DictConfig, Sae};
+    let mut sae = Sae::init(
+        DictConfig::sae(
+            Activation::Relu { l1: 0.0 },
+            D,
+            2 * VOCAB,
+            "constructed",
+            "blocks.1.hook_resid_pre",
+        ),
+        0,
+    )
+    .unwrap();
+    let mut w = vec![0f32; 2 * VOCAB * D];
+    for t in 0..VOCAB {
+        w[t * D + t] = 1.0;
+        w[(VOCAB + t) * D + PREV + t] = 1.0;
+    }
+    sae.w_enc_t = w.clone();
+    sae.w_dec = w;
+    sae.b_enc = vec![0.0; 2 * VOCAB];
+    sae.b_dec = vec![0.0; D];
+    sae
+}
+
+#[test]
+fn the_attribution_graph_follows_the_induction_circuit() {
+    use glassbox_analysis::graph::{attribution_graph, GraphConfig, GraphTarget, NodeKind};
+    let dir = tempfile::tempdir().unwrap();
+    write_induction_model(dir.path());
+    let model = Model::load(dir.path(), &Device::Cpu).unwrap();
+    let half: Vec<u32> = (0..20).map(|i| 7 + 13 * i).collect();
+    let ids: Vec<u32> = half.iter().chain(&half).copied().collect();
+    let dict = [one_hot_dictionary()];
+    let target = GraphTarget::Logit(LogitTarget::Token(half[0]));
+
+    // Unpruned, the graph is exact where the path is linear (no MLP, frozen attention and
+    // norms, no biases): each feature's incoming edges sum to its activation, and the
+    // dictionary column's influences sum to the target.
+    let all = GraphConfig {
+        nodes_per_layer: 100_000,
+        edge_threshold: 0.0,
+        position: None,
+    };
+    let g = attribution_graph(&model, &ids, &dict, &target, &all).unwrap();
+    let column: f32 = g
+        .nodes
+        .iter()
+        .filter(|n| n.column == 1)
+        .map(|n| n.influence)
+        .sum();
+    assert!(
+        (column - g.target_value).abs() < 1e-3 * g.target_value.abs(),
+        "Σ influence {column} vs target {}",
+        g.target_value
+    );
+    let mut checked = 0;
+    for (i, n) in g.nodes.iter().enumerate() {
+        if n.kind == NodeKind::Feature {
+            let incoming: f32 = g
+                .edges
+                .iter()
+                .filter(|e| e.target == i)
+                .map(|e| e.weight)
+                .sum();
+            assert!(
+                (incoming - n.activation).abs() < 1e-3 * (1.0 + n.activation),
+                "{}: Σ incoming {incoming} vs activation {}",
+                n.label,
+                n.activation
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "{checked} features checked");
+
+    // Pruned: the induction head copies the token at position 20 (the one after the last
+    // token's first occurrence), so the strongest feature is "the token here is half[0]"
+    // there, written by that position's own embedding.
+    let g = attribution_graph(&model, &ids, &dict, &target, &GraphConfig::default()).unwrap();
+    let top = g
+        .nodes
+        .iter()
+        .filter(|n| n.kind == NodeKind::Feature)
+        .max_by(|a, b| a.influence.abs().total_cmp(&b.influence.abs()))
+        .unwrap();
+    assert_eq!(
+        (top.feature, top.position),
+        (Some(half[0]), 20),
+        "{}",
+        top.label
+    );
+    let path = &g.paths[0];
+    let labels: Vec<&str> = path
+        .nodes
+        .iter()
+        .map(|&i| g.nodes[i].label.as_str())
+        .collect();
+    assert_eq!(g.nodes[path.nodes[0]].kind, NodeKind::Token, "{labels:?}");
+    assert_eq!(g.nodes[path.nodes[0]].position, 20, "{labels:?}");
+    assert_eq!(g.nodes[path.nodes[1]].feature, Some(half[0]), "{labels:?}");
+    assert_eq!(g.nodes[*path.nodes.last().unwrap()].kind, NodeKind::Target);
+    assert!(
+        path.effect > 0.5 * g.target_value,
+        "{} of {}",
+        path.effect,
+        g.target_value
+    );
+}

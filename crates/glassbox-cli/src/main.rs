@@ -68,6 +68,9 @@ enum Command {
     /// Direct logit attribution (decoders): each head's, MLP's and embedding's direct share of
     /// a logit or logit difference.
     Dla(commands::dla::Args),
+    /// Feature attribution graph: which dictionary features carry a prompt to a logit or a
+    /// probe's score, and through which earlier features (JSON and an HTML/SVG view).
+    Graph(commands::graph::Args),
     /// Score attention heads on probe inputs (induction and previous-token heads).
     #[command(subcommand)]
     Heads(commands::heads::Command),
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Patch(args) => commands::patch::run(args, &cli.device, cli.json),
         Command::Lens(args) => commands::lens::run(args, &cli.device, cli.json),
         Command::Dla(args) => commands::dla::run(args, &cli.device, cli.json),
+        Command::Graph(args) => commands::graph::run(args, &cli.device, cli.json),
         Command::Heads(cmd) => commands::heads::run(cmd, &cli.device, cli.json),
         Command::Probe(cmd) => commands::probe::run(cmd, &cli.device, cli.json),
         Command::Serve(args) => commands::serve::run_serve(args, &cli.device, cli.json),

@@ -68,6 +68,14 @@ impl Block {
         pass.hooks.at(HookPoint::Block(self.layer, hook), t)
     }
 
+    fn norm(norm: &Norm, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        if pass.hooks.frozen() {
+            norm.forward_frozen(x)
+        } else {
+            norm.forward(x)
+        }
+    }
+
     pub fn forward(
         &self,
         x: Tensor,
@@ -79,19 +87,20 @@ impl Block {
             let attn_out = self.attention(&resid_pre, pass, cache)?;
             let resid_mid =
                 self.hook(pass, BlockHook::ResidMid, ops::add(&resid_pre, &attn_out)?)?;
-            let normed = self.ln1.forward(&resid_mid)?;
+            let normed = Self::norm(&self.ln1, &resid_mid, pass)?;
             let mlp_out = self.mlp(&normed, pass)?;
             let resid_post = self.hook(pass, BlockHook::ResidPost, ops::add(&normed, &mlp_out)?)?;
             self.hook(
                 pass,
                 BlockHook::NormalizedResidPost,
-                self.ln2.forward(&resid_post)?,
+                Self::norm(&self.ln2, &resid_post, pass)?,
             )
         } else {
-            let attn_out = self.attention(&self.ln1.forward(&resid_pre)?, pass, cache)?;
+            let attn_out =
+                self.attention(&Self::norm(&self.ln1, &resid_pre, pass)?, pass, cache)?;
             let resid_mid =
                 self.hook(pass, BlockHook::ResidMid, ops::add(&resid_pre, &attn_out)?)?;
-            let mlp_out = self.mlp(&self.ln2.forward(&resid_mid)?, pass)?;
+            let mlp_out = self.mlp(&Self::norm(&self.ln2, &resid_mid, pass)?, pass)?;
             self.hook(pass, BlockHook::ResidPost, ops::add(&resid_mid, &mlp_out)?)
         }
     }
@@ -144,7 +153,9 @@ impl Block {
         );
         // Editing scores or pattern needs them as tensors in the computation; reading them
         // does not, the fused kernel hands out copies.
-        let edits_pattern = pass.hooks.replaces(scores_at) || pass.hooks.replaces(pattern_at);
+        let edits_pattern = pass.hooks.replaces(scores_at)
+            || pass.hooks.replaces(pattern_at)
+            || pass.hooks.frozen();
         let fused = if edits_pattern {
             None
         } else {
@@ -195,11 +206,13 @@ impl Block {
         let (k, v) = (per_head(k)?, per_head(v)?);
         let scores = ops::attention_scores(&q, &k, &pass.mask, scale)?;
         let scores = self.hook(pass, BlockHook::AttnScores, scores)?;
-        let pattern = self.hook(
-            pass,
-            BlockHook::AttnPattern,
-            ops::softmax_last_dim(&scores)?,
-        )?;
+        let pattern = ops::softmax_last_dim(&scores)?;
+        let pattern = if pass.hooks.frozen() {
+            pattern.detach()
+        } else {
+            pattern
+        };
+        let pattern = self.hook(pass, BlockHook::AttnPattern, pattern)?;
         Ok(pattern.matmul(&v)?.transpose(1, 2)?.contiguous()?)
     }
 

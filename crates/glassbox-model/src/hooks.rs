@@ -203,6 +203,7 @@ pub struct Hooks<'a> {
     cache: ActivationCache,
     active: bool,
     stop_at: Option<HookPoint>,
+    frozen: bool,
 }
 
 impl<'a> Hooks<'a> {
@@ -248,6 +249,20 @@ impl<'a> Hooks<'a> {
     pub fn stop_at(mut self, point: HookPoint) -> Self {
         self.stop_at = Some(point);
         self
+    }
+
+    /// Freezes attention patterns and norm scales for gradients: the forward values are the
+    /// same, but backpropagation treats them as constants, so the path from one activation to
+    /// another is linear apart from the MLPs (attribution graphs, TransformerLens-style
+    /// direct effects).
+    pub fn freeze_attention_and_norms(mut self) -> Self {
+        self.frozen = true;
+        self.active = true;
+        self
+    }
+
+    pub fn frozen(&self) -> bool {
+        self.frozen
     }
 
     pub fn stop_point(&self) -> Option<HookPoint> {

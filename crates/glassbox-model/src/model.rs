@@ -295,7 +295,12 @@ impl Model {
             c.len += t;
         }
         if let Some(norm) = &self.final_norm {
-            x = pass.hooks.at(HookPoint::FinalNorm, norm.forward(&x)?)?;
+            let normed = if pass.hooks.frozen() {
+                norm.forward_frozen(&x)?
+            } else {
+                norm.forward(&x)?
+            };
+            x = pass.hooks.at(HookPoint::FinalNorm, normed)?;
         }
         let logits = match &self.unembed {
             Some(u) => Some(pass.hooks.at(HookPoint::Logits, u.forward(&x)?)?),
@@ -327,6 +332,7 @@ impl Model {
             x = ops::add(&x, &hooks.at(HookPoint::TokenTypeEmbed, seg.contiguous()?)?)?;
         }
         match &self.embed.norm {
+            Some(n) if hooks.frozen() => n.forward_frozen(&x),
             Some(n) => n.forward(&x),
             None => Ok(x),
         }

@@ -179,6 +179,18 @@ impl Norm {
         })
     }
 
+    /// The norm with its scale treated as a constant by backpropagation (same value).
+    pub fn forward_frozen(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self
+            .centre(x)?
+            .broadcast_div(&self.scale(x)?.detach())?
+            .broadcast_mul(&self.w)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
     /// The divisor the norm applies to `x`, `[..., 1]`: `sqrt(mean(centre(x)²) + eps)`
     /// (TransformerLens's `hook_scale`).
     pub fn scale(&self, x: &Tensor) -> Result<Tensor> {

@@ -2,6 +2,7 @@ pub mod catalog;
 pub mod dla;
 pub mod eval_dict;
 pub mod generate;
+pub mod graph;
 pub mod harvest;
 pub mod heads;
 pub mod lens;
