@@ -287,15 +287,8 @@ pub fn attribution_graph(
                 .ok_or_else(|| AnalysisError::Mismatch("the model returned no logits".into()))?
                 .get(0)?
                 .get(pos)?;
-            let v = match lt {
-                LogitTarget::Token(a) => logits.get(*a as usize)?,
-                LogitTarget::Diff(a, b) => (logits.get(*a as usize)? - logits.get(*b as usize)?)?,
-            };
-            let p = |t: u32| format!("{:?}", model.tokenizer.piece(t));
-            let label = match lt {
-                LogitTarget::Token(a) => format!("logit {}", p(*a)),
-                LogitTarget::Diff(a, b) => format!("logit {} − logit {}", p(*a), p(*b)),
-            };
+            let v = lt.of(&logits)?;
+            let label = lt.describe(model);
             (v, label)
         }
         GraphTarget::Probe(probe) => {

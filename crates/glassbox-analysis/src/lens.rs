@@ -216,7 +216,15 @@ pub enum LogitTarget {
 }
 
 impl LogitTarget {
-    fn describe(self, model: &Model) -> String {
+    /// The target's value in one row of logits (`[vocab]`), differentiable.
+    pub(crate) fn of(self, logits: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            LogitTarget::Token(t) => logits.get(t as usize)?,
+            LogitTarget::Diff(a, b) => (logits.get(a as usize)? - logits.get(b as usize)?)?,
+        })
+    }
+
+    pub(crate) fn describe(self, model: &Model) -> String {
         let p = |t| format!("{:?}", model.tokenizer.piece(t));
         match self {
             LogitTarget::Token(t) => format!("logit {}", p(t)),
@@ -403,11 +411,9 @@ pub fn direct_logit_attribution(
     };
     let values: Vec<f32> =
         (stack.matmul(&u.unsqueeze(1)?)?.squeeze(1)? / scale as f64)?.to_vec1()?;
-    let logits: Vec<f32> = run.logits.get(pos)?.to_dtype(DType::F32)?.to_vec1()?;
-    let logit = match target {
-        LogitTarget::Token(t) => logits[t as usize],
-        LogitTarget::Diff(a, b) => logits[a as usize] - logits[b as usize],
-    };
+    let logit = target
+        .of(&run.logits.get(pos)?.to_dtype(DType::F32)?)?
+        .to_scalar::<f32>()?;
     Ok(Dla {
         position: pos,
         token: model.tokenizer.piece(ids[pos]),

@@ -30,7 +30,7 @@ use glassbox_model::{ActivationCache, BlockHook, HookPoint, Hooks, Model};
 use serde::Serialize;
 
 use crate::error::{AnalysisError, Result};
-use crate::lens::single_token;
+use crate::lens::{single_token, LogitTarget};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Metric {
@@ -356,7 +356,7 @@ fn metric_tensor(
                 .as_ref()
                 .ok_or_else(|| AnalysisError::Mismatch("the model has no unembedding".into()))?;
             let last = logits.get(0)?.get(logits.dim(1)? - 1)?;
-            Ok((last.get(*good as usize)? - last.get(*bad as usize)?)?)
+            LogitTarget::Diff(*good, *bad).of(&last)
         }
         Metric::Cosine => {
             let e = model.sentence_embedding(batch, &out.hidden)?.squeeze(0)?;
