@@ -235,6 +235,43 @@ fn component_points(
         .collect())
 }
 
+/// The clean and corrupted runs with every component recorded: where activation and
+/// attribution patching both start.
+struct Pair {
+    points: Vec<HookPoint>,
+    clean: Run,
+    corrupt: Run,
+    clean_embedding: Tensor,
+}
+
+impl Pair {
+    fn record(
+        model: &Model,
+        clean: &[u32],
+        corrupt: &[u32],
+        metric: &Metric,
+        components: &[Component],
+    ) -> Result<Pair> {
+        let points = component_points(model, clean, corrupt, components)?;
+        let (clean, clean_embedding) = run(model, clean, metric, &points, None)?;
+        let (corrupt, _) = run(model, corrupt, metric, &points, Some(&clean_embedding))?;
+        Ok(Pair {
+            points,
+            clean,
+            corrupt,
+            clean_embedding,
+        })
+    }
+
+    /// The run patched into (base) and the run patched from (source).
+    fn base_and_source(&self, direction: Direction) -> (&Run, &Run) {
+        match direction {
+            Direction::Denoise => (&self.corrupt, &self.clean),
+            Direction::Noise => (&self.clean, &self.corrupt),
+        }
+    }
+}
+
 /// Patches every component of every layer; see the module documentation.
 pub fn sweep(
     model: &Model,
@@ -244,14 +281,9 @@ pub fn sweep(
     direction: Direction,
     components: &[Component],
 ) -> Result<Report> {
-    let points = component_points(model, clean, corrupt, components)?;
+    let pair = Pair::record(model, clean, corrupt, metric, components)?;
     let layers = model.config.n_layers;
-    let (clean_run, clean_embedding) = run(model, clean, metric, &points, None)?;
-    let (corrupt_run, _) = run(model, corrupt, metric, &points, Some(&clean_embedding))?;
-    let (base, source) = match direction {
-        Direction::Denoise => (&corrupt_run, &clean_run),
-        Direction::Noise => (&clean_run, &corrupt_run),
-    };
+    let (base, source) = pair.base_and_source(direction);
     let span = source.metric - base.metric;
     let mut sweeps = Vec::new();
     let mut passes = 2;
@@ -263,7 +295,15 @@ pub fn sweep(
                 .cache
                 .get(&point)
                 .ok_or_else(|| AnalysisError::Mismatch(format!("{point} was not recorded")))?;
-            let values = patch_rows(model, &base.ids, point, from, c, metric, &clean_embedding)?;
+            let values = patch_rows(
+                model,
+                &base.ids,
+                point,
+                from,
+                c,
+                metric,
+                &pair.clean_embedding,
+            )?;
             passes += 1;
             effects.push(values.iter().map(|m| (m - base.metric) / span).collect());
             raw.push(values);
@@ -278,8 +318,8 @@ pub fn sweep(
         method: Method::Activation,
         tokens: clean.iter().map(|&t| model.tokenizer.piece(t)).collect(),
         direction,
-        clean_metric: clean_run.metric,
-        corrupt_metric: corrupt_run.metric,
+        clean_metric: pair.clean.metric,
+        corrupt_metric: pair.corrupt.metric,
         sweeps,
         forward_passes: passes,
     })
@@ -376,19 +416,14 @@ pub fn attribute(
     direction: Direction,
     components: &[Component],
 ) -> Result<Report> {
-    let points = component_points(model, clean, corrupt, components)?;
-    let (clean_run, clean_embedding) = run(model, clean, metric, &points, None)?;
-    let (corrupt_run, _) = run(model, corrupt, metric, &points, Some(&clean_embedding))?;
-    let (base_run, source_run) = match direction {
-        Direction::Denoise => (&corrupt_run, &clean_run),
-        Direction::Noise => (&clean_run, &corrupt_run),
-    };
+    let pair = Pair::record(model, clean, corrupt, metric, components)?;
+    let (base_run, source_run) = pair.base_and_source(direction);
     // Each component's value gets a zero-valued variable added: the gradient with respect to
     // that variable is the gradient at the component, and the graph upstream stays intact.
     let probes: RefCell<HashMap<HookPoint, Var>> = RefCell::new(HashMap::new());
     let batch = model.batch_ids(std::slice::from_ref(&base_run.ids))?;
     let mut hooks = Hooks::none();
-    for &p in &points {
+    for &p in &pair.points {
         let probes = &probes;
         hooks = hooks.replace(p, move |x| {
             let v = Var::zeros(x.shape(), x.dtype(), x.device())?;
@@ -398,7 +433,7 @@ pub fn attribute(
         });
     }
     let out = model.forward(&batch, &mut hooks, None)?;
-    let m = metric_tensor(model, &out, &batch, metric, &clean_embedding)?;
+    let m = metric_tensor(model, &out, &batch, metric, &pair.clean_embedding)?;
     let base_metric = m.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     let grads = m.backward()?;
     drop(hooks);
@@ -436,8 +471,8 @@ pub fn attribute(
         method: Method::Attribution,
         tokens: clean.iter().map(|&t| model.tokenizer.piece(t)).collect(),
         direction,
-        clean_metric: clean_run.metric,
-        corrupt_metric: corrupt_run.metric,
+        clean_metric: pair.clean.metric,
+        corrupt_metric: pair.corrupt.metric,
         sweeps,
         // Clean and corrupted runs, and the base run with gradients (plus one backward).
         forward_passes: 3,
