@@ -15,7 +15,7 @@ out="$(mktemp -t glassbox-bench-XXXXXX.json)"
 trap 'rm -f "$out"' EXIT
 cargo bench -q -p glassbox-model --bench forward -- --json "$out" "$@"
 if [[ -x "$py" ]] && "$py" -c "import torch, transformers" 2>/dev/null; then
-  model="$(cargo glassbox models --json | python3 -c 'import json,sys; print([m["dir"] for m in json.load(sys.stdin)["models"] if m["name"]=="minilm"][0])')"
+  model="$(cargo glassbox models --json | python3 -c 'import json,sys; print([m["path"] for m in json.load(sys.stdin)["models"] if m["name"]=="minilm"][0])')"
   "$py" bench/forward_torch.py --model "$model" --glassbox "$out" "$@"
 else
   echo "(PyTorch not found: run bench/forward.sh --setup-torch, or set BENCH_PYTHON, for the side-by-side table)"

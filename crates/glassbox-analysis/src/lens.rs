@@ -151,6 +151,8 @@ impl Lens {
     ) -> Result<LensTable> {
         let probs = softmax(&self.logits)?;
         let rows: Vec<Vec<Vec<f32>>> = probs.to_vec3()?;
+        // Ranks are counted on logits: far-down probabilities underflow to 0 in f32 and tie.
+        let logits: Vec<Vec<Vec<f32>>> = self.logits.to_dtype(DType::F32)?.to_vec3()?;
         let piece = |id: u32| model.tokenizer.piece(id);
         let top = rows
             .iter()
@@ -178,12 +180,12 @@ impl Lens {
             TargetTrace {
                 id: t,
                 token: piece(t),
-                rank: rows
+                rank: logits
                     .iter()
                     .map(|per_pos| {
                         per_pos
                             .iter()
-                            .map(|p| 1 + p.iter().filter(|&&q| q > at(p)).count())
+                            .map(|l| 1 + l.iter().filter(|&&q| q > at(l)).count())
                             .collect()
                     })
                     .collect(),

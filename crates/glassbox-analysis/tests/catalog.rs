@@ -191,11 +191,48 @@ fn search_finds_features_by_context_words_tokens_and_similarity() {
             "feature {id} matched without the word"
         );
     }
-    // By token: each hit lists the token among its peak tokens.
+    // By token: the feature is found, and every hit lists the token among its peak tokens.
     let f = features.iter().find(|f| !f.top_tokens.is_empty()).unwrap();
     let token = f.top_tokens[0].0.clone();
     let on = store.features_on_token(&token, 50).unwrap();
     assert!(on.iter().any(|(j, _)| *j == f.id), "{token:?}: {on:?}");
+    for (j, count) in &on {
+        let listed = features[*j as usize]
+            .top_tokens
+            .iter()
+            .find(|t| t.0 == token);
+        assert_eq!(
+            listed.map(|t| t.1),
+            Some(*count),
+            "feature {j} for {token:?}"
+        );
+    }
+    // By similarity: each feature's stored neighbours are the nearest decoder directions by
+    // brute-force cosine (itself left out), in order.
+    let d = sae.d_in();
+    let row = |i: usize| &sae.w_dec[i * d..(i + 1) * d];
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let cosine = |i: usize, j: usize| {
+        let dot: f32 = row(i).iter().zip(row(j)).map(|(a, b)| a * b).sum();
+        dot / (norm(row(i)) * norm(row(j)))
+    };
+    assert_eq!(features.len(), sae.d_sae());
+    for f in &features {
+        let i = f.id as usize;
+        let mut all: Vec<(usize, f32)> = (0..sae.d_sae())
+            .filter(|&j| j != i)
+            .map(|j| (j, cosine(i, j)))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1));
+        assert_eq!(f.neighbours.len(), 5, "feature {i}");
+        for ((j, c), (bj, bc)) in f.neighbours.iter().zip(&all) {
+            assert!((c - bc).abs() < 1e-5, "feature {i}: cosine {c} vs {bc}");
+            assert!(
+                *j as usize == *bj || (cosine(i, *j as usize) - bc).abs() < 1e-5,
+                "feature {i}: neighbour {j} vs {bj}"
+            );
+        }
+    }
     // A nonsense word finds nothing.
     assert!(index.search("zzqxjv", 10).unwrap().is_empty());
 }

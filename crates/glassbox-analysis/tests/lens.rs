@@ -169,4 +169,17 @@ fn encoders_and_bad_positions_are_refused_with_reasons() {
     assert!(err.contains("99999"), "{err}");
     let err = logit_lens(&c.model, &[]).unwrap_err().to_string();
     assert!(err.contains("no tokens"), "{err}");
+    // An encoder has no unembedding: both analyses refuse it and say why.
+    let dir = glassbox_model::registry::resolve("minilm")
+        .expect("MiniLM must be installed: run `cargo glassbox setup`");
+    let encoder = Model::load(&dir, &Device::Cpu).unwrap();
+    let ids = encoder.tokenize("a cat", false).unwrap();
+    for err in [
+        logit_lens(&encoder, &ids).unwrap_err().to_string(),
+        direct_logit_attribution(&encoder, &ids, None, LogitTarget::Token(1))
+            .unwrap_err()
+            .to_string(),
+    ] {
+        assert!(err.contains("encoder") && err.contains("bert"), "{err}");
+    }
 }

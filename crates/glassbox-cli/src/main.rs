@@ -14,15 +14,17 @@ use clap::{Parser, Subcommand};
     version,
     about = "Look inside a transformer language model: run it with named hook points and read its activations.",
     long_about = "Look inside a transformer language model.\n\n\
-        Models are named by a short name (`minilm`, installed by `glassbox setup`) or by a directory \
-        holding config.json, model.safetensors and tokenizer.json (BERT, GPT-2, Llama and Qwen2 families).\n\n\
+        Models are named by a short name (`minilm`, `smollm2`, installed by `glassbox setup`), by a GGUF \
+        file, or by a directory holding config.json, model.safetensors and tokenizer.json (BERT, GPT-2, \
+        Llama and Qwen2 families).\n\n\
         Hook points have TransformerLens names: hook_embed, blocks.3.hook_resid_pre, \
         blocks.3.attn.hook_pattern, blocks.3.mlp.hook_post, ln_final.hook_normalized, hook_logits, ...",
     after_help = "Examples:\n  \
         glassbox setup\n  \
         glassbox run minilm \"The cat sat on the mat.\" --hook 'blocks.*.hook_resid_post'\n  \
         glassbox run minilm --list-hooks\n  \
-        glassbox generate path/to/gpt2 \"Once upon a time\" --max-tokens 20\n  \
+        glassbox generate smollm2 \"Once upon a time\" --max-tokens 20\n  \
+        glassbox chat smollm2\n  \
         glassbox harvest --model minilm --hook blocks.3.hook_resid_pre --tokens 1000000 --out acts/minilm-l3"
 )]
 struct Cli {
@@ -46,8 +48,11 @@ enum Command {
     Models,
     /// Run a model on a text and print activations at hook points (and next tokens for decoders).
     Run(commands::run::Args),
-    /// Continue a prompt with greedy decoding (decoder models), using the KV cache.
+    /// Continue a prompt (or answer a chat message) with greedy decoding or sampling
+    /// (temperature, top-k, top-p, min-p, repetition penalty, seed, stop strings, log-probs).
     Generate(commands::generate::Args),
+    /// Chat with a model in the terminal: its chat template applied, replies streamed.
+    Chat(commands::chat::Args),
     /// Stream a corpus through a model and store the activations at one hook point (resumable).
     Harvest(commands::harvest::Args),
     /// Train sparse dictionaries (SAEs, or transcoders on a store with a target hook) on
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
         Command::Models => commands::models::run(cli.json),
         Command::Run(args) => commands::run::run(args, &cli.device, cli.json),
         Command::Generate(args) => commands::generate::run(args, &cli.device, cli.json),
+        Command::Chat(args) => commands::chat::run(args, &cli.device),
         Command::Harvest(args) => commands::harvest::run(args, &cli.device, cli.json),
         Command::TrainDict(args) => commands::train_dict::run(args, cli.json),
         Command::EvalDict(args) => commands::eval_dict::run(args, &cli.device, cli.json),

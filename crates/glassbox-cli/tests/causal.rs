@@ -5,7 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use glassbox_analysis::heads::induction_scores;
+use glassbox_analysis::lens::{logit_lens, single_token};
+use glassbox_analysis::patching::{attribute, Component, Direction, Metric};
 use glassbox_dictionary::{saelens, Activation, DictConfig, Sae};
+use glassbox_model::{Device, Model};
 
 fn glassbox(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_glassbox"))
@@ -33,17 +37,63 @@ fn gpt2() -> String {
 
 const PROMPT: &str = "Interpretability research asks";
 
+fn model() -> Model {
+    Model::load(Path::new(&gpt2()), &Device::Cpu).unwrap()
+}
+
 #[test]
 fn lens_dla_and_induction_report_json() {
     let m = gpt2();
-    let v = ok_json(&["lens", &m, PROMPT, "--json", "--target", "a"]);
+    let v = ok_json(&["lens", &m, PROMPT, "--json", "--target", "a", "--top", "3"]);
     let lens = &v["lens"];
+    // The CLI reports what the library computes: top-3 ids and probabilities at every layer and
+    // position, and the target's rank counted on the logits.
+    let model = model();
+    let ids = model.tokenize(PROMPT, false).unwrap();
+    let target = single_token(&model, "a").unwrap();
+    let lib = logit_lens(&model, &ids).unwrap();
+    let table = lib.table(&model, &ids, 3, Some(target)).unwrap();
+    let logits: Vec<Vec<Vec<f32>>> = lib.logits.to_vec3().unwrap();
     assert_eq!(lens["labels"].as_array().unwrap().len(), 3); // 2 layers + final
-    assert_eq!(
-        lens["top"][2].as_array().unwrap().len(),
-        lens["tokens"].as_array().unwrap().len()
+    assert_eq!(table.top.len(), 3);
+    for (l, per_pos) in table.top.iter().enumerate() {
+        assert_eq!(per_pos.len(), ids.len());
+        for (p, preds) in per_pos.iter().enumerate() {
+            let cli = lens["top"][l][p].as_array().unwrap();
+            assert_eq!(cli.len(), 3);
+            for (c, ours) in cli.iter().zip(preds) {
+                assert_eq!(
+                    c["id"].as_u64().unwrap() as u32,
+                    ours.id,
+                    "layer {l} pos {p}"
+                );
+                assert!((c["prob"].as_f64().unwrap() as f32 - ours.prob).abs() < 1e-6);
+            }
+            // Independently: the rank is one more than the number of larger logits.
+            let row = &logits[l][p];
+            let expected = 1 + row.iter().filter(|&&x| x > row[target as usize]).count();
+            assert_eq!(
+                lens["target"]["rank"][l][p].as_u64().unwrap() as usize,
+                expected,
+                "rank at layer {l} pos {p}"
+            );
+            // And the top prediction is the arg-max of the logits.
+            let argmax = (0..row.len())
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                .unwrap();
+            assert_eq!(preds[0].id as usize, argmax);
+        }
+    }
+    // The target is not the top prediction everywhere, so the ranks are not all 1.
+    assert!(
+        lens["target"]["rank"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap())
+            .any(|r| r.as_u64().unwrap() > 1),
+        "{lens}"
     );
-    assert!(lens["target"]["rank"][0][0].as_u64().unwrap() >= 1);
 
     let v = ok_json(&["dla", &m, PROMPT, "--json"]);
     let (sum, logit) = (
@@ -66,7 +116,25 @@ fn lens_dla_and_induction_report_json() {
         "2",
         "--json",
     ]);
-    assert_eq!(v["scores"]["induction"].as_array().unwrap().len(), 2);
+    let lib = induction_scores(&model, 20, 2, 0).unwrap();
+    for (kind, expected) in [
+        ("induction", &lib.induction),
+        ("previous_token", &lib.previous_token),
+    ] {
+        let cli = v["scores"][kind].as_array().unwrap();
+        assert_eq!(cli.len(), 2, "{kind}: one row per layer");
+        for (row, exp) in cli.iter().zip(expected) {
+            let row = row.as_array().unwrap();
+            assert_eq!(row.len(), 4, "{kind}: one score per head");
+            for (c, e) in row.iter().zip(exp) {
+                assert!((c.as_f64().unwrap() as f32 - e).abs() < 1e-6, "{kind}");
+                assert!(
+                    (0.0..=1.0).contains(e),
+                    "{kind}: a score is an attention mass"
+                );
+            }
+        }
+    }
 
     let out = glassbox(&["dla", &m, PROMPT, "--target", "\\sInterpretability"]);
     assert!(!out.status.success());
@@ -92,7 +160,38 @@ fn attribution_patching_runs_from_the_cli() {
         "--json",
     ]);
     assert_eq!(v["report"]["method"], "attribution");
-    assert_eq!(v["report"]["sweeps"].as_array().unwrap().len(), 4);
+    // The CLI's effects are the library's on the same prompts.
+    let model = model();
+    let (clean, corrupt) = (
+        model.tokenize("the cat", false).unwrap(),
+        model.tokenize("the hat", false).unwrap(),
+    );
+    let metric = Metric::parse("logit-diff a b", &model).unwrap();
+    let lib = attribute(
+        &model,
+        &clean,
+        &corrupt,
+        &metric,
+        Direction::Denoise,
+        &Component::ALL,
+    )
+    .unwrap();
+    let sweeps = v["report"]["sweeps"].as_array().unwrap();
+    assert_eq!(sweeps.len(), lib.sweeps.len());
+    let mut nonzero = 0;
+    for (cli, ours) in sweeps.iter().zip(&lib.sweeps) {
+        let rows = cli["effects"].as_array().unwrap();
+        assert_eq!(rows.len(), ours.effects.len());
+        for (row, exp) in rows.iter().zip(&ours.effects) {
+            let row = row.as_array().unwrap();
+            assert_eq!(row.len(), exp.len());
+            for (c, e) in row.iter().zip(exp) {
+                assert!((c.as_f64().unwrap() as f32 - e).abs() <= 1e-5 * e.abs().max(1.0));
+                nonzero += usize::from(e.abs() > 1e-6);
+            }
+        }
+    }
+    assert!(nonzero > 0, "some component must matter");
 }
 
 fn save_dictionary(dir: &Path, hook: &str) -> PathBuf {

@@ -35,6 +35,24 @@ fn dictionary(dir: &Path, d_model: usize, model: &str, hook: &str) -> PathBuf {
     path
 }
 
+/// The longest any test waits for a line from a child process or a socket.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The lines of a child's output, read on a thread, so that a test waits with a timeout
+/// (`recv_timeout`) instead of blocking forever on a process that never writes.
+fn lines(from: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 struct Server {
     child: Child,
     url: String,
@@ -60,10 +78,9 @@ fn start(config: &Path) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = lines(child.stdout.take().unwrap())
+        .recv_timeout(READ_TIMEOUT)
+        .expect("the server prints its listening line");
     let url = line
         .trim()
         .strip_prefix("listening on ")
@@ -485,6 +502,7 @@ fn webhook() -> (String, std::sync::mpsc::Receiver<Value>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
+            stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let (mut line, mut length) = (String::new(), 0);
             while reader.read_line(&mut line).unwrap_or(0) > 2 {
@@ -580,9 +598,15 @@ store_text = true
     let mut tail = Command::new(env!("CARGO_BIN_EXE_glassbox"))
         .args(["monitor", "tail", "--url", &s.url, "--json"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500)); // let the tail subscribe
+    // The tail says it follows once the server has subscribed it: no event can be missed after.
+    let said = lines(tail.stderr.take().unwrap())
+        .recv_timeout(READ_TIMEOUT)
+        .expect("monitor tail says when it follows");
+    assert!(said.starts_with("following rule firings"), "{said}");
+    let tail_lines = lines(tail.stdout.take().unwrap());
 
     let (status, body) = post(
         &s,
@@ -616,10 +640,9 @@ store_text = true
         .recv_timeout(Duration::from_secs(10))
         .expect("an alert reached the webhook");
     assert_eq!(alert["monitor"], "always");
-    let mut line = String::new();
-    BufReader::new(tail.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = tail_lines
+        .recv_timeout(READ_TIMEOUT)
+        .expect("monitor tail prints the firing");
     let event: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(event["route"], "/v1/embeddings");
     let _ = tail.kill();

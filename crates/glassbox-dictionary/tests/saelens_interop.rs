@@ -38,6 +38,7 @@ fn glassbox_encodes_like_saelens_both_ways() {
                 ours[i * d_sae + j as usize] = v;
             }
         }
+        assert_eq!(codes.rows.len() * d_sae, expected.len(), "{name}: rows");
         let mut worst = 0f32;
         for (a, b) in ours.iter().zip(&expected) {
             worst = worst.max((a - b).abs() / b.abs().max(1.0));
@@ -50,6 +51,8 @@ fn glassbox_encodes_like_saelens_both_ways() {
     let sae = saelens::load(&fixtures().join("gb_topk")).unwrap();
     let (_, xhat) = sae.reconstruct(&probe).unwrap();
     let (expected, _) = tensor(&st, "gb_topk.decode");
+    assert!(!expected.is_empty());
+    assert_eq!(xhat.len(), expected.len(), "decode: lengths");
     for (a, b) in xhat.iter().zip(&expected) {
         assert!(
             (a - b).abs() < 1e-3 * b.abs().max(1.0),

@@ -57,10 +57,53 @@ pub struct Pass<'h, 'a> {
     pub offset: usize,
 }
 
-/// Keys and values of earlier positions for one layer, `[batch, pos, kv_heads, d_head]`.
-#[derive(Debug, Clone, Default)]
+/// Keys and values of earlier positions for one layer: buffers of `[batch, capacity, kv_heads,
+/// d_head]` whose first `len` positions are filled. They grow by doubling (in blocks of
+/// [`LayerCache::BLOCK`]), so a new token costs a copy of itself, not of the whole cache; for a
+/// batch of one, attention reads the filled part in place. Not `Clone`: appending writes into
+/// the buffers, and a clone would share them.
+#[derive(Debug, Default)]
 pub struct LayerCache {
-    pub kv: Option<(Tensor, Tensor)>,
+    kv: Option<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl LayerCache {
+    pub const BLOCK: usize = 256;
+
+    /// Appends `[batch, t, kv_heads, d_head]` keys and values; returns all of them so far.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, h, d) = k.dims4()?;
+        let need = self.len + t;
+        let capacity = self.kv.as_ref().map_or(0, |(k, _)| k.dims()[1]);
+        if need > capacity {
+            let capacity = need.max(2 * capacity).next_multiple_of(Self::BLOCK);
+            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, capacity, h, d), k.dtype(), k.device())?;
+                if let Some(old) = old {
+                    buf.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                }
+                Ok(buf)
+            };
+            let (old_k, old_v) = (
+                self.kv.as_ref().map(|x| &x.0),
+                self.kv.as_ref().map(|x| &x.1),
+            );
+            self.kv = Some((grow(old_k)?, grow(old_v)?));
+        }
+        let Some((kb, vb)) = &self.kv else {
+            unreachable!("allocated above")
+        };
+        kb.slice_set(&k.contiguous()?, 1, self.len)?;
+        vb.slice_set(&v.contiguous()?, 1, self.len)?;
+        self.len = need;
+        Ok((kb.narrow(1, 0, need)?, vb.narrow(1, 0, need)?))
+    }
+
+    /// Positions the buffers hold room for (for tests of the growth policy).
+    pub fn capacity(&self) -> usize {
+        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[1])
+    }
 }
 
 impl Block {
@@ -136,14 +179,7 @@ impl Block {
             None => (q, k),
         };
         let (k, v) = match cache {
-            Some(c) => {
-                let kv = match c.kv.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
-                    None => (k, v),
-                };
-                c.kv = Some(kv.clone());
-                kv
-            }
+            Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
         let scale = 1.0 / (a.d_head as f64).sqrt();

@@ -47,6 +47,9 @@ pub enum ModelError {
     #[error("invalid input: {0}")]
     Input(String),
 
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
 }

@@ -452,6 +452,8 @@ mod tests {
         let v = pseudo_random(k.len(), 3);
         let fused = attention(&q, &k, &v, None, s, 0.35, false, false).z;
         let reference = naive(&q, &k, &v, s, 0.35);
+        assert_eq!(fused.len(), s.batch * s.q_len * s.heads * s.d_head);
+        assert_eq!(fused.len(), reference.len());
         for (a, b) in fused.iter().zip(&reference) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }

@@ -13,15 +13,20 @@
 
 mod arch;
 pub mod block;
+pub mod chat;
 pub mod config;
 pub mod error;
 mod fastmath;
 pub mod fsutil;
+pub mod generate;
+pub mod gguf;
+pub mod gguf_model;
 pub mod hooks;
 mod kernels;
 pub mod model;
 pub mod ops;
 pub mod registry;
+pub mod sampling;
 pub mod tokenizer;
 pub mod weights;
 

@@ -6,8 +6,12 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::arch::{self, Embeddings};
 use crate::block::{Block, LayerCache, Pass};
+use crate::chat::{self, ChatTemplate, Message};
 use crate::config::{ModelConfig, Positional};
 use crate::error::{ModelError, Result};
+use crate::generate::{GenerateConfig, Plain};
+use crate::gguf::{self, GgufFile};
+use crate::gguf_model;
 use crate::hooks::{BlockHook, HookPoint, Hooks};
 use crate::ops::{self, AttnMask, Linear, Norm, Rope};
 use crate::registry;
@@ -17,7 +21,10 @@ use crate::weights::WeightFile;
 pub struct Model {
     pub config: ModelConfig,
     pub tokenizer: TextTokenizer,
-    dir: PathBuf,
+    /// The Jinja chat template (from the GGUF metadata or `tokenizer_config.json`).
+    pub chat_template: Option<String>,
+    path: PathBuf,
+    weights_path: PathBuf,
     device: Device,
     embed: Embeddings,
     blocks: Vec<Block>,
@@ -60,7 +67,7 @@ pub struct Output {
 }
 
 /// Keys and values of the positions seen so far, for incremental decoding.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
     len: usize,
@@ -74,19 +81,53 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Positions the first layer's buffers can hold before they grow.
+    pub fn capacity(&self) -> usize {
+        self.layers.first().map_or(0, LayerCache::capacity)
+    }
 }
 
 impl Model {
-    /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+    /// Loads a model directory (`config.json`, `model.safetensors`, `tokenizer.json`, and
+    /// the chat template of `tokenizer_config.json` if there is one) or a GGUF file (all of it
+    /// from the file's metadata).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if gguf::is_gguf(path) {
+            let file = GgufFile::open(path)?;
+            let config = ModelConfig::from_json(&gguf_model::config_json(&file)?, path)?;
+            let tokenizer = TextTokenizer::from_json(
+                &gguf_model::tokenizer_json(&file)?,
+                path,
+                config.vocab_size,
+            )?;
+            let template = file
+                .optional("tokenizer.chat_template", "a string", gguf::Value::as_str)?
+                .map(str::to_string);
+            let weights = WeightFile::Gguf(file);
+            return Self::assemble(path, config, tokenizer, template, weights, device);
+        }
+        let dir = path;
         let missing = registry::missing_files(dir);
         if !missing.is_empty() {
             return Err(registry::incomplete_dir(dir, &missing));
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = WeightFile::open(&dir.join("model.safetensors"))?;
-        let parts = arch::load(&config, &weights.view(device))?;
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), config.vocab_size)?;
+        let template = chat::template_of_dir(dir)?;
+        Self::assemble(dir, config, tokenizer, template, weights, device)
+    }
+
+    fn assemble(
+        path: &Path,
+        config: ModelConfig,
+        tokenizer: TextTokenizer,
+        chat_template: Option<String>,
+        weights: WeightFile,
+        device: &Device,
+    ) -> Result<Self> {
+        let parts = arch::load(&config, &weights.view(device, &config))?;
         let rope = match config.positional {
             Positional::Rotary { theta } => Some(Rope::new(
                 config.d_head,
@@ -99,7 +140,9 @@ impl Model {
         Ok(Self {
             config,
             tokenizer,
-            dir: dir.to_path_buf(),
+            chat_template,
+            path: path.to_path_buf(),
+            weights_path: weights.path().to_path_buf(),
             device: device.clone(),
             embed: parts.embed,
             blocks: parts.blocks,
@@ -139,8 +182,37 @@ impl Model {
         self.unembed.as_ref()
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// `messages` rendered with the model's chat template, with the assistant's turn opened
+    /// when `add_generation_prompt`. The result holds the template's special tokens as text;
+    /// tokenize it without adding more (`tokenizer.encode_plain`).
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let source = self.chat_template.as_deref().ok_or_else(|| {
+            ModelError::ChatTemplate(format!(
+                "{} has no chat template (none in its GGUF metadata or tokenizer_config.json); use a plain prompt",
+                self.path.display()
+            ))
+        })?;
+        let token = |id: Option<u32>| id.and_then(|i| self.tokenizer.token(i)).unwrap_or_default();
+        ChatTemplate::new(source)?.render(
+            messages,
+            add_generation_prompt,
+            &token(self.config.bos_token_id),
+            &token(self.config.eos_token_id),
+        )
+    }
+
+    /// What the model was loaded from: a directory or a GGUF file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file holding the weights (`model.safetensors` or the GGUF file).
+    pub fn weights_path(&self) -> &Path {
+        &self.weights_path
     }
 
     pub fn device(&self) -> &Device {
@@ -224,7 +296,9 @@ impl Model {
 
     pub fn new_cache(&self) -> KvCache {
         KvCache {
-            layers: vec![LayerCache::default(); self.blocks.len()],
+            layers: (0..self.blocks.len())
+                .map(|_| LayerCache::default())
+                .collect(),
             len: 0,
         }
     }
@@ -235,9 +309,40 @@ impl Model {
         &self,
         batch: &Batch,
         hooks: &mut Hooks,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Output> {
+        self.forward_inner(batch, hooks, cache, false)
+    }
+
+    /// The next-token logits of a one-row batch, `[vocab]`, extending `cache`: the unembedding
+    /// runs at the last position only (what decoding needs; the `hook_logits` hook then sees
+    /// `[1, 1, vocab]`).
+    pub fn forward_last(
+        &self,
+        batch: &Batch,
+        hooks: &mut Hooks,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let out = self.forward_inner(batch, hooks, Some(cache), true)?;
+        let logits = out
+            .logits
+            .ok_or_else(|| ModelError::Input("the model has no unembedding".into()))?;
+        Ok(logits.get(0)?.get(0)?.to_dtype(DType::F32)?)
+    }
+
+    fn forward_inner(
+        &self,
+        batch: &Batch,
+        hooks: &mut Hooks,
         mut cache: Option<&mut KvCache>,
+        last_only: bool,
     ) -> Result<Output> {
         let (b, t) = batch.ids.dims2()?;
+        if t == 0 {
+            return Err(ModelError::Input(
+                "the text has no tokens (an empty prompt?); give some text".into(),
+            ));
+        }
         let offset = cache.as_ref().map_or(0, |c| c.len);
         if offset + t > self.config.max_positions {
             return Err(ModelError::InputTooLong {
@@ -302,11 +407,16 @@ impl Model {
             };
             x = pass.hooks.at(HookPoint::FinalNorm, normed)?;
         }
+        debug_assert_eq!(x.dims()[..2], [b, t]);
+        let at = if last_only {
+            x.narrow(1, t - 1, 1)?
+        } else {
+            x.clone()
+        };
         let logits = match &self.unembed {
-            Some(u) => Some(pass.hooks.at(HookPoint::Logits, u.forward(&x)?)?),
+            Some(u) => Some(pass.hooks.at(HookPoint::Logits, u.forward(&at)?)?),
             None => None,
         };
-        debug_assert_eq!(x.dims()[..2], [b, t]);
         Ok(Output { hidden: x, logits })
     }
 
@@ -365,35 +475,11 @@ impl Model {
     /// Greedy decoding with the KV cache: the prompt once, then one position per step.
     /// Stops after `max_new` tokens or at the end-of-sequence token.
     pub fn generate_greedy(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>> {
-        if !self.config.is_decoder() {
-            return Err(ModelError::Input(format!(
-                "`{}` is an encoder; generation needs a decoder (gpt2, llama, qwen2)",
-                self.config.model_type
-            )));
-        }
-        if prompt.is_empty() {
-            return Err(ModelError::Input("the prompt is empty".into()));
-        }
-        let mut cache = self.new_cache();
-        let mut out = Vec::with_capacity(max_new);
-        let mut next_input = prompt.to_vec();
-        for _ in 0..max_new {
-            if cache.len() + next_input.len() > self.config.max_positions {
-                break;
-            }
-            let batch = self.batch_ids(&[next_input])?;
-            let logits = self
-                .forward(&batch, &mut Hooks::none(), Some(&mut cache))?
-                .logits
-                .ok_or_else(|| ModelError::Input("model has no unembedding".into()))?;
-            let last = logits.get(0)?.get(batch.lengths[0] - 1)?;
-            let next = last.argmax(0)?.to_dtype(DType::U32)?.to_scalar::<u32>()?;
-            out.push(next);
-            if Some(next) == self.config.eos_token_id {
-                break;
-            }
-            next_input = vec![next];
-        }
-        Ok(out)
+        let cfg = GenerateConfig {
+            max_new,
+            ..GenerateConfig::default()
+        };
+        let g = self.generate(prompt, &cfg, &mut Plain)?;
+        Ok(g.tokens.iter().map(|c| c.id).collect())
     }
 }

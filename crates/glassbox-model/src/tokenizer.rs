@@ -26,8 +26,26 @@ impl TextTokenizer {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ));
         }
-        let mut inner =
-            Tokenizer::from_file(path).map_err(|e| err(format!("cannot parse: {e}")))?;
+        let inner = Tokenizer::from_file(path).map_err(|e| err(format!("cannot parse: {e}")))?;
+        Self::new(inner, path, vocab_size)
+    }
+
+    /// A tokenizer described by `tokenizer.json` content (e.g. built from a GGUF file's
+    /// metadata); `path` names where it came from in errors.
+    pub fn from_json(json: &serde_json::Value, path: &Path, vocab_size: usize) -> Result<Self> {
+        let inner: Tokenizer =
+            serde_json::from_value(json.clone()).map_err(|e| ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                msg: format!("cannot build the tokenizer: {e}"),
+            })?;
+        Self::new(inner, path, vocab_size)
+    }
+
+    fn new(mut inner: Tokenizer, path: &Path, vocab_size: usize) -> Result<Self> {
+        let err = |msg: String| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            msg,
+        };
         inner.with_padding(None);
         inner
             .with_truncation(None)
@@ -119,16 +137,22 @@ impl TextTokenizer {
     }
 
     /// One token as it reads in running text, with the space before it if it starts a word:
-    /// WordPiece `##ing` → `ing`, `cat` → ` cat`; byte-level BPE `Ġcat` → ` cat`.
+    /// WordPiece `##ing` → `ing`, `cat` → ` cat`; byte-level BPE `Ġcat` → ` cat`. A NUL byte
+    /// reads as `␀` (invisible otherwise, and not storable in PostgreSQL text).
     pub fn piece(&self, id: u32) -> String {
         let raw = self.inner.id_to_token(id).unwrap_or_default();
-        if let tokenizers::models::ModelWrapper::WordPiece(_) = self.inner.get_model() {
-            return match raw.strip_prefix("##") {
+        let piece = match self.inner.get_model() {
+            tokenizers::models::ModelWrapper::WordPiece(_) => match raw.strip_prefix("##") {
                 Some(rest) => rest.to_string(),
                 None => format!(" {raw}"),
-            };
+            },
+            _ => self.inner.decode(&[id], false).unwrap_or(raw),
+        };
+        if piece.contains('\0') {
+            piece.replace('\0', "\u{2400}")
+        } else {
+            piece
         }
-        self.inner.decode(&[id], false).unwrap_or(raw)
     }
 
     pub fn vocab_size(&self) -> usize {

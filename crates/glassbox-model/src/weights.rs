@@ -1,23 +1,36 @@
-//! Reading tensors out of a `.safetensors` file with checks that name the tensor at fault.
+//! Reading tensors out of a `.safetensors` or GGUF file with checks that name the tensor at
+//! fault.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+use crate::gguf_model;
 
-/// The raw bytes of a safetensors file, validated on open.
-pub struct WeightFile {
-    path: PathBuf,
-    bytes: Vec<u8>,
+/// A checkpoint's weights: the raw bytes of a safetensors file (validated on open) or an open
+/// GGUF file, whose tensors are read under their Hugging Face names (see [`gguf_model`]).
+pub enum WeightFile {
+    Safetensors { path: PathBuf, bytes: Vec<u8> },
+    Gguf(GgufFile),
 }
 
 /// A borrowed view that hands out tensors on one device, converted to f32.
 pub struct Weights<'a> {
     path: &'a Path,
-    tensors: SafeTensors<'a>,
+    source: Source<'a>,
     device: &'a Device,
+}
+
+enum Source<'a> {
+    Safetensors(SafeTensors<'a>),
+    Gguf {
+        file: &'a GgufFile,
+        cfg: &'a ModelConfig,
+    },
 }
 
 impl WeightFile {
@@ -28,19 +41,32 @@ impl WeightFile {
             path: path.to_path_buf(),
             msg: format!("not a valid safetensors file ({e}); the file may be truncated or corrupt, reinstall it"),
         })?;
-        Ok(Self {
+        Ok(Self::Safetensors {
             path: path.to_path_buf(),
             bytes,
         })
     }
 
-    pub fn view<'a>(&'a self, device: &'a Device) -> Weights<'a> {
-        // Validated in `open`; deserialize is a header parse.
-        let tensors = SafeTensors::deserialize(&self.bytes)
-            .unwrap_or_else(|_| unreachable!("validated when opened"));
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Safetensors { path, .. } => path,
+            Self::Gguf(g) => g.path(),
+        }
+    }
+
+    /// Tensors for the model `cfg` describes (GGUF needs it to map names and undo permutations).
+    pub fn view<'a>(&'a self, device: &'a Device, cfg: &'a ModelConfig) -> Weights<'a> {
+        let source = match self {
+            // Validated in `open`; deserialize is a header parse.
+            Self::Safetensors { bytes, .. } => Source::Safetensors(
+                SafeTensors::deserialize(bytes)
+                    .unwrap_or_else(|_| unreachable!("validated when opened")),
+            ),
+            Self::Gguf(file) => Source::Gguf { file, cfg },
+        };
         Weights {
-            path: &self.path,
-            tensors,
+            path: self.path(),
+            source,
             device,
         }
     }
@@ -55,13 +81,43 @@ impl Weights<'_> {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.tensor(name).is_ok()
+        match &self.source {
+            Source::Safetensors(st) => st.tensor(name).is_ok(),
+            Source::Gguf { file, cfg } => gguf_model::tensor_name(&cfg.model_type, name, cfg)
+                .is_some_and(|(g, _)| file.tensors.contains_key(&g)),
+        }
     }
 
     /// Loads `name`, checking that it has exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let view = self
-            .tensors
+        let t = match &self.source {
+            Source::Safetensors(st) => self.get_safetensors(st, name, shape)?,
+            Source::Gguf { file, cfg } => {
+                let (gguf_name, permuted) = gguf_model::tensor_name(&cfg.model_type, name, cfg)
+                    .ok_or_else(|| self.err(format!("tensor `{name}` has no GGUF counterpart")))?;
+                let info = file.tensors.get(&gguf_name).ok_or_else(|| {
+                    self.err(format!(
+                        "tensor `{gguf_name}` (Hugging Face `{name}`) is missing"
+                    ))
+                })?;
+                if info.shape != shape {
+                    return Err(self.err(format!(
+                        "tensor `{gguf_name}` has shape {:?}, the metadata implies {shape:?}",
+                        info.shape
+                    )));
+                }
+                let t = file.dequantize(&gguf_name)?;
+                match permuted {
+                    Some(heads) => gguf_model::unpermute(&t, heads)?,
+                    None => t,
+                }
+            }
+        };
+        Ok(t.to_device(self.device)?)
+    }
+
+    fn get_safetensors(&self, st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let view = st
             .tensor(name)
             .map_err(|_| self.err(format!("tensor `{name}` is missing")))?;
         if view.shape() != shape {
@@ -88,7 +144,7 @@ impl Weights<'_> {
         if !t.sum_all()?.to_scalar::<f32>()?.is_finite() {
             return Err(self.err(format!("tensor `{name}` contains NaN or infinite values")));
         }
-        Ok(t.to_device(self.device)?)
+        Ok(t)
     }
 
     /// Loads the first of several names that exists (checkpoints disagree on prefixes).

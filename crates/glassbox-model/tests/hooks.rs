@@ -212,12 +212,25 @@ fn kv_cache_gives_the_same_logits_as_a_full_pass() {
 fn hooks_are_scoped_to_one_call() {
     let model = tiny("tiny-gpt2");
     let point = HookPoint::block(0, BlockHook::ResidPost);
-    let mut first = Hooks::none().record(point);
-    logits(&model, TEXT, &mut first);
-    let mut second = Hooks::none();
-    logits(&model, "another text", &mut second);
-    assert_eq!(first.cache().len(), 1);
-    assert!(second.cache().is_empty());
+    let mut hooks = Hooks::none().record(point);
+    logits(&model, TEXT, &mut hooks);
+    let first = hooks.cache().get(&point).unwrap().clone();
+    // The same Hooks for a second call: its cache then holds that call's activation, not the
+    // first call's, and nothing else.
+    logits(&model, "another text", &mut hooks);
+    let mut fresh = Hooks::none().record(point);
+    logits(&model, "another text", &mut fresh);
+    let reused = hooks.cache().get(&point).unwrap();
+    assert_eq!(hooks.cache().len(), 1);
+    assert_ne!(reused.dims(), first.dims(), "the texts differ in length");
+    assert_eq!(
+        max_abs_diff(reused, fresh.cache().get(&point).unwrap()),
+        0.0
+    );
+    // A Hooks that records nothing caches nothing.
+    let mut none = Hooks::none();
+    logits(&model, "another text", &mut none);
+    assert!(none.cache().is_empty());
 }
 
 #[test]

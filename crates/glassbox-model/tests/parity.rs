@@ -51,11 +51,14 @@ fn minilm() -> Model {
 
 struct MiniLmCase {
     text: String,
+    ids: Vec<u32>,
     /// Positions kept in the fixture (every `stride`-th).
     stride: usize,
 }
 
-fn minilm_cases() -> Vec<MiniLmCase> {
+/// The fixture's texts with the rule of scripts/reference/make_fixtures.py: a text of more than
+/// `long_threshold` tokens keeps every `long_stride`-th position.
+fn minilm_cases(model: &Model) -> Vec<MiniLmCase> {
     let meta: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixtures().join("minilm_texts.json")).unwrap(),
     )
@@ -68,15 +71,11 @@ fn minilm_cases() -> Vec<MiniLmCase> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t.as_str().unwrap().to_string())
-        .map(|text| MiniLmCase { text, stride: 1 })
-        .map(|mut c| {
-            c.stride = if c.text.len() > 4 * threshold {
-                stride
-            } else {
-                1
-            };
-            c
+        .map(|t| {
+            let text = t.as_str().unwrap().to_string();
+            let ids = model.tokenize(&text, true).unwrap();
+            let stride = if ids.len() > threshold { stride } else { 1 };
+            MiniLmCase { text, ids, stride }
         })
         .collect()
 }
@@ -101,16 +100,19 @@ fn minilm_hidden_states_and_embeddings_match_transformers() {
     let model = minilm();
     let reference = load_ref(&fixtures().join("minilm_reference.safetensors"));
     let points = bert_hidden_points(model.config.n_layers);
-    let cases = minilm_cases();
+    let cases = minilm_cases(&model);
     assert!(cases.len() >= 5);
+    assert!(
+        cases.iter().any(|c| c.stride > 1),
+        "one text is long enough to be strided"
+    );
     for (i, case) in cases.iter().enumerate() {
-        let ids = model.tokenize(&case.text, true).unwrap();
         assert_eq!(
-            ids,
+            case.ids,
             ids_of(&reference[&format!("text{i}.ids")]),
             "text{i} token ids"
         );
-        let batch = model.batch_ids(&[ids]).unwrap();
+        let batch = model.batch_ids(std::slice::from_ref(&case.ids)).unwrap();
         let mut hooks = Hooks::none().record_all(points.clone());
         let out = model.forward(&batch, &mut hooks, None).unwrap();
         for (layer, p) in points.iter().enumerate() {
@@ -138,7 +140,7 @@ fn minilm_hidden_states_and_embeddings_match_transformers() {
 fn minilm_padded_batch_matches_single_texts() {
     let model = minilm();
     let reference = load_ref(&fixtures().join("minilm_reference.safetensors"));
-    let cases = minilm_cases();
+    let cases = minilm_cases(&model);
     let short: Vec<&str> = cases
         .iter()
         .filter(|c| c.stride == 1)
@@ -165,21 +167,35 @@ fn decoder_parity(name: &str) {
     let model = Model::load(&dir, &Device::Cpu).unwrap();
     let reference = load_ref(&dir.join("reference.safetensors"));
     let n = model.config.n_layers;
-    let mut points = vec![
-        HookPoint::FinalNorm,
-        HookPoint::Logits,
-        HookPoint::block(0, BlockHook::AttnPattern),
-    ];
+    let mut points = vec![HookPoint::FinalNorm, HookPoint::Logits];
+    // Every layer's residual stream and, inside the blocks, the attention (q, k, v, rotated q
+    // and k where the model is rotary, scores, pattern, z) and the MLP (pre, gated linear
+    // branch, post): parity of the whole computation, not only of its outputs.
+    let rotary = name != "tiny-gpt2";
     for l in 0..n {
-        for h in [
+        let mut hooks = vec![
             BlockHook::ResidPre,
+            BlockHook::AttnQ,
+            BlockHook::AttnK,
+            BlockHook::AttnV,
+            BlockHook::AttnScores,
+            BlockHook::AttnPattern,
+            BlockHook::AttnZ,
             BlockHook::AttnOut,
             BlockHook::ResidMid,
+            BlockHook::MlpPre,
+            BlockHook::MlpPost,
             BlockHook::MlpOut,
             BlockHook::ResidPost,
-        ] {
-            points.push(HookPoint::block(l, h));
+        ];
+        if rotary {
+            hooks.extend([
+                BlockHook::AttnRotQ,
+                BlockHook::AttnRotK,
+                BlockHook::MlpPreLinear,
+            ]);
         }
+        points.extend(hooks.into_iter().map(|h| HookPoint::block(l, h)));
     }
     let gens: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("generate.json")).unwrap()).unwrap();
@@ -198,21 +214,37 @@ fn decoder_parity(name: &str) {
         let key = |p: &HookPoint| match p {
             HookPoint::FinalNorm => "final_norm".to_string(),
             HookPoint::Logits => "logits".to_string(),
-            HookPoint::Block(l, BlockHook::AttnPattern) => format!("pattern.{l}"),
             HookPoint::Block(l, h) => format!(
                 "{}.{l}",
                 match h {
                     BlockHook::ResidPre => "resid_pre",
+                    BlockHook::AttnQ => "q",
+                    BlockHook::AttnK => "k",
+                    BlockHook::AttnV => "v",
+                    BlockHook::AttnRotQ => "rot_q",
+                    BlockHook::AttnRotK => "rot_k",
+                    BlockHook::AttnScores => "scores",
+                    BlockHook::AttnPattern => "pattern",
+                    BlockHook::AttnZ => "z",
                     BlockHook::AttnOut => "attn_out",
                     BlockHook::ResidMid => "resid_mid",
+                    BlockHook::MlpPre => "mlp_pre",
+                    BlockHook::MlpPreLinear => "mlp_pre_linear",
+                    BlockHook::MlpPost => "mlp_post",
                     BlockHook::MlpOut => "mlp_out",
-                    _ => "resid_post",
+                    BlockHook::ResidPost => "resid_post",
+                    BlockHook::NormalizedResidPost => unreachable!("decoders are pre-norm"),
                 }
             ),
             _ => unreachable!(),
         };
         for point in &points {
-            let ours = hooks.cache().get(point).unwrap().get(0).unwrap();
+            let ours = hooks
+                .cache()
+                .get(point)
+                .unwrap_or_else(|| panic!("{name}: {point} was not recorded"))
+                .get(0)
+                .unwrap();
             assert_close(
                 &format!("{name} prompt {p} {point}"),
                 &ours,

@@ -1,10 +1,11 @@
 //! Model work for one request, with its monitors attached: sentence embeddings for encoders,
-//! greedy decoding with the KV cache for decoders (one forward pass per new token, so rules
-//! and interventions act on each token as it is produced).
+//! decoding with the KV cache for decoders (one forward pass per new token, so rules and
+//! interventions act on each token as it is produced).
 
 use std::cell::RefCell;
 
-use glassbox_model::candle::DType;
+use glassbox_model::generate::{GenerateConfig, Generation, Steps};
+use glassbox_model::sampling::Choice;
 use glassbox_model::{Hooks, Model};
 
 use crate::error::{Result, ServeError};
@@ -44,17 +45,40 @@ pub fn embed(
     Ok((e.to_vec2()?, finish(watch)))
 }
 
-/// Greedy continuation of `prompt`. `on_token` receives each new token id and returns false to
-/// stop (the client went away). Generation stops at a block; the report says why.
+/// The monitors' side of the decoding loop: their hooks on every forward pass, a stop at a
+/// block, and each new token handed on.
+struct Monitored<'w, 's> {
+    watch: &'w RefCell<Watch<'s>>,
+    on_token: &'w mut dyn FnMut(&Choice, &str) -> bool,
+}
+
+impl Steps for Monitored<'_, '_> {
+    fn hooks(&mut self) -> Hooks<'_> {
+        Watch::hooks(self.watch)
+    }
+
+    /// A block on the tokens just read stops before anything more is produced.
+    fn proceed(&mut self) -> bool {
+        self.watch.borrow().blocked.is_none()
+    }
+
+    fn token(&mut self, choice: &Choice, text: &str) -> bool {
+        (self.on_token)(choice, text)
+    }
+}
+
+/// Continues `prompt` (greedy or sampled, as `cfg` says). `on_token` receives each new token
+/// and the text that became final with it, and returns false to stop (the client went away).
+/// Generation stops at a block; the report says why.
 pub fn generate(
     model: &Model,
     set: &MonitorSet,
     alerts: Option<&Alerts>,
     request_id: &str,
     prompt: &[u32],
-    max_new: usize,
-    on_token: &mut dyn FnMut(u32) -> bool,
-) -> Result<(Vec<u32>, Report)> {
+    cfg: &GenerateConfig,
+    on_token: &mut dyn FnMut(&Choice, &str) -> bool,
+) -> Result<(Generation, Report)> {
     if !model.config.is_decoder() {
         return Err(ServeError::Config(format!(
             "`{}` is an encoder; completions need a decoder model (serve /v1/embeddings instead)",
@@ -62,32 +86,13 @@ pub fn generate(
         )));
     }
     let watch = RefCell::new(Watch::new(set, alerts, request_id));
-    let mut cache = model.new_cache();
-    let mut out = Vec::new();
-    let mut input = prompt.to_vec();
-    while out.len() < max_new && cache.len() + input.len() <= model.config.max_positions {
-        let batch = model.batch_ids(std::slice::from_ref(&input))?;
-        let logits = {
-            let mut hooks: Hooks = Watch::hooks(&watch);
-            model.forward(&batch, &mut hooks, Some(&mut cache))?.logits
-        };
-        // A block on the tokens just read stops before anything more is produced.
-        if watch.borrow().blocked.is_some() {
-            break;
-        }
-        let logits =
-            logits.ok_or_else(|| ServeError::Config("the model has no unembedding".into()))?;
-        let next = logits
-            .get(0)?
-            .get(input.len() - 1)?
-            .argmax(0)?
-            .to_dtype(DType::U32)?
-            .to_scalar::<u32>()?;
-        out.push(next);
-        if !on_token(next) || Some(next) == model.config.eos_token_id {
-            break;
-        }
-        input = vec![next];
-    }
-    Ok((out, finish(watch)))
+    let generation = model.generate(
+        prompt,
+        cfg,
+        &mut Monitored {
+            watch: &watch,
+            on_token,
+        },
+    )?;
+    Ok((generation, finish(watch)))
 }

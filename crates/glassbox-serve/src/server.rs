@@ -17,6 +17,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use glassbox_model::chat::Message;
+use glassbox_model::generate::{Finish, GenerateConfig};
+use glassbox_model::sampling::{Choice, Sampling};
 use glassbox_model::Model;
 use glassbox_store::audit::AuditLog;
 use serde::Deserialize;
@@ -253,16 +256,61 @@ struct EmbeddingsRequest {
     model: Option<String>,
 }
 
+/// OpenAI's generation parameters (and llama.cpp's `top_k`, `min_p`, `repetition_penalty`).
+/// Unlike OpenAI, `temperature` defaults to 0 (greedy), so that a monitored run is reproducible
+/// unless the client asks for sampling.
 #[derive(Deserialize)]
-struct CompletionRequest {
-    prompt: String,
+struct GenParams {
     #[serde(default)]
     max_tokens: Option<usize>,
+    /// OpenAI's newer name for `max_tokens`.
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    min_p: Option<f32>,
+    #[serde(default)]
+    repetition_penalty: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    n: Option<usize>,
     #[serde(default)]
     stream: bool,
 }
 
 #[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `logprobs` is a count for completions and a flag (with `top_logprobs`) for chat.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Logprobs {
+    Flag(bool),
+    Count(usize),
+}
+
+#[derive(Deserialize)]
+struct CompletionRequest {
+    prompt: String,
+    #[serde(default)]
+    logprobs: Option<Logprobs>,
+    #[serde(flatten)]
+    params: GenParams,
+}
+
+#[derive(Deserialize, serde::Serialize)]
 struct ChatMessage {
     role: String,
     content: String,
@@ -272,9 +320,96 @@ struct ChatMessage {
 struct ChatRequest {
     messages: Vec<ChatMessage>,
     #[serde(default)]
-    max_tokens: Option<usize>,
+    logprobs: Option<Logprobs>,
     #[serde(default)]
-    stream: bool,
+    top_logprobs: Option<usize>,
+    #[serde(flatten)]
+    params: GenParams,
+}
+
+/// Most alternatives a request may ask for per token (OpenAI's limit).
+const MAX_TOP_LOGPROBS: usize = 20;
+/// Most stop sequences (OpenAI's limit).
+const MAX_STOP: usize = 4;
+
+impl GenParams {
+    /// The generation settings, each checked; a 400 names the field at fault.
+    fn config(
+        &self,
+        limits: &crate::config::Limits,
+        top_logprobs: usize,
+    ) -> ApiResult<GenerateConfig> {
+        let max_new = self.max_completion_tokens.or(self.max_tokens).unwrap_or(16);
+        if max_new > limits.max_new_tokens {
+            return Err(ApiError::bad(format!(
+                "max_tokens {max_new} exceeds the limit of {} (limits.max_new_tokens)",
+                limits.max_new_tokens
+            )));
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::bad("`n` must be 1: one choice per request"));
+        }
+        if top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(ApiError::bad(format!(
+                "`top_logprobs` must be at most {MAX_TOP_LOGPROBS}, got {top_logprobs}"
+            )));
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOP || stop.iter().any(String::is_empty) {
+            return Err(ApiError::bad(format!(
+                "`stop` takes at most {MAX_STOP} non-empty strings"
+            )));
+        }
+        let d = Sampling::greedy();
+        let sampling = Sampling {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            seed: self.seed.unwrap_or(d.seed),
+        };
+        sampling.validate().map_err(|e| {
+            ApiError::bad(
+                e.to_string()
+                    .trim_start_matches("invalid input: ")
+                    .to_string(),
+            )
+        })?;
+        Ok(GenerateConfig {
+            max_new,
+            sampling,
+            stop,
+            top_logprobs,
+        })
+    }
+}
+
+/// One generated token's log-probabilities, in the chat (`content`) or completions layout.
+fn logprobs_json(model: &Model, tokens: &[Choice], chat: bool) -> Value {
+    let piece = |id: u32| model.tokenizer.piece(id);
+    if chat {
+        let content: Vec<Value> = tokens
+            .iter()
+            .map(|c| {
+                json!({"token": piece(c.id), "logprob": c.logprob, "bytes": piece(c.id).into_bytes(),
+                       "top_logprobs": c.top.iter().map(|(t, l)| json!({"token": piece(*t), "logprob": l, "bytes": piece(*t).into_bytes()})).collect::<Vec<_>>()})
+            })
+            .collect();
+        json!({ "content": content })
+    } else {
+        json!({
+            "tokens": tokens.iter().map(|c| piece(c.id)).collect::<Vec<_>>(),
+            "token_logprobs": tokens.iter().map(|c| c.logprob).collect::<Vec<_>>(),
+            "top_logprobs": tokens.iter().map(|c| {
+                c.top.iter().map(|(t, l)| (piece(*t), json!(l))).collect::<serde_json::Map<_, _>>()
+            }).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// A finished request's bookkeeping: metrics, audit records, live events.
@@ -355,13 +490,11 @@ fn headers_for(id: &str, report: Option<&Report>) -> HeaderMap {
 }
 
 /// OpenAI's `finish_reason`: a block reads as a content filter.
-fn finish_reason(report: &Report, generated: usize, max_new: usize) -> &'static str {
-    if report.blocked.is_some() {
-        "content_filter"
-    } else if generated >= max_new {
-        "length"
-    } else {
-        "stop"
+fn finish_reason(report: &Report, finish: Finish) -> &'static str {
+    match (report.blocked.is_some(), finish) {
+        (true, _) => "content_filter",
+        (false, Finish::Length) => "length",
+        (false, Finish::Stop | Finish::Cancelled) => "stop",
     }
 }
 
@@ -379,6 +512,11 @@ fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<Vec<u32>> {
         .model
         .tokenize(text, false)
         .map_err(ServeError::from)?;
+    check_length(state, &ids, what)?;
+    Ok(ids)
+}
+
+fn check_length(state: &AppState, ids: &[u32], what: &str) -> ApiResult<()> {
     let max = state
         .cfg
         .limits
@@ -393,7 +531,7 @@ fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<Vec<u32>> {
     if ids.is_empty() {
         return Err(ApiError::bad(format!("{what} is empty")));
     }
-    Ok(ids)
+    Ok(())
 }
 
 /// Runs model work on a blocking thread once a worker is free.
@@ -548,7 +686,25 @@ async fn completions(
     timed(&state.clone(), "/v1/completions", async move {
         let caller = authorize(&state, &headers, Role::Viewer)?;
         let Json(req) = body?;
-        complete(state, caller, req.prompt, req.max_tokens, req.stream, false).await
+        let top = match req.logprobs {
+            None | Some(Logprobs::Flag(false)) => 0,
+            Some(Logprobs::Flag(true)) => 1,
+            Some(Logprobs::Count(n)) => n,
+        };
+        let cfg = req.params.config(&state.cfg.limits, top)?;
+        let logprobs = req.logprobs.is_some() && top > 0;
+        let ids = tokenize(&state, &req.prompt, "the prompt")?;
+        complete(
+            state,
+            caller,
+            req.prompt,
+            ids,
+            cfg,
+            req.params.stream,
+            logprobs,
+            false,
+        )
+        .await
     })
     .await
 }
@@ -564,23 +720,65 @@ async fn chat_completions(
         if req.messages.is_empty() {
             return Err(ApiError::bad("messages is empty"));
         }
-        // A plain transcript: the models served here carry no chat template.
-        let mut prompt = String::new();
-        for m in &req.messages {
-            prompt.push_str(&format!("{}: {}\n", m.role, m.content));
-        }
-        prompt.push_str("assistant:");
-        complete(state, caller, prompt, req.max_tokens, req.stream, true).await
+        let logprobs = matches!(req.logprobs, Some(Logprobs::Flag(true)));
+        let top = if logprobs {
+            req.top_logprobs.unwrap_or(0).max(1)
+        } else {
+            0
+        };
+        let cfg = req.params.config(&state.cfg.limits, top)?;
+        let messages: Vec<Message> = req
+            .messages
+            .iter()
+            .map(|m| Message::new(&m.role, &m.content))
+            .collect();
+        let (prompt, ids) = if state.model.chat_template.is_some() {
+            // The model's own template; its special tokens are in the text, none are added.
+            let prompt = state
+                .model
+                .apply_chat_template(&messages, true)
+                .map_err(|e| ApiError::bad(e.to_string()))?;
+            let ids = state
+                .model
+                .tokenizer
+                .encode_plain(&prompt)
+                .map_err(ServeError::from)?;
+            check_length(&state, &ids, "the conversation")?;
+            (prompt, ids)
+        } else {
+            // A model without a template gets a plain transcript.
+            let mut prompt = String::new();
+            for m in &messages {
+                prompt.push_str(&format!("{}: {}\n", m.role, m.content));
+            }
+            prompt.push_str("assistant:");
+            let ids = tokenize(&state, &prompt, "the conversation")?;
+            (prompt, ids)
+        };
+        complete(
+            state,
+            caller,
+            prompt,
+            ids,
+            cfg,
+            req.params.stream,
+            logprobs,
+            true,
+        )
+        .await
     })
     .await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn complete(
     state: Arc<AppState>,
     caller: Caller,
     prompt: String,
-    max_tokens: Option<usize>,
+    ids: Vec<u32>,
+    cfg: GenerateConfig,
     stream: bool,
+    logprobs: bool,
     chat: bool,
 ) -> ApiResult<Response> {
     if !state.model.config.is_decoder() {
@@ -588,14 +786,6 @@ async fn complete(
             "this server runs an encoder; use /v1/embeddings",
         ));
     }
-    let max_new = max_tokens.unwrap_or(16);
-    if max_new > state.cfg.limits.max_new_tokens {
-        return Err(ApiError::bad(format!(
-            "max_tokens {max_new} exceeds the limit of {} (limits.max_new_tokens)",
-            state.cfg.limits.max_new_tokens
-        )));
-    }
-    let ids = tokenize(&state, &prompt, "the prompt")?;
     let id = request_id(&state);
     let set = state.monitor_set();
     let route = if chat {
@@ -609,55 +799,53 @@ async fn complete(
         "text_completion"
     };
     let n_prompt = ids.len();
+    let count = move |s: &AppState, generated: usize| {
+        let tokens = &s.metrics.tokens;
+        tokens.with_label_values(&["input"]).inc_by(n_prompt as u64);
+        tokens
+            .with_label_values(&["generated"])
+            .inc_by(generated as u64);
+    };
     if !stream {
         let rid = id.clone();
-        let (out, report) = on_worker(&state, move |s| {
+        let (g, report) = on_worker(&state, move |s| {
             infer::generate(
                 &s.model,
                 &set,
                 s.alerts.as_ref(),
                 &rid,
                 &ids,
-                max_new,
-                &mut |_| true,
+                &cfg,
+                &mut |_, _| true,
             )
         })
         .await?;
-        state
-            .metrics
-            .tokens
-            .with_label_values(&["input"])
-            .inc_by(n_prompt as u64);
-        state
-            .metrics
-            .tokens
-            .with_label_values(&["generated"])
-            .inc_by(out.len() as u64);
+        count(&state, g.tokens.len());
         account(&state, &caller, &id, route, &prompt, &report)?;
-        if report.blocked.is_some() && out.is_empty() {
+        if report.blocked.is_some() && g.tokens.is_empty() {
             if let Some(e) = blocked_error(&id, &report) {
                 return Ok((headers_for(&id, Some(&report)), e).into_response());
             }
         }
-        let text = state
-            .model
-            .tokenizer
-            .decode(&out)
-            .map_err(ServeError::from)?;
-        let finish = finish_reason(&report, out.len(), max_new);
-        let choice = if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+        let finish = finish_reason(&report, g.finish);
+        let mut choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": g.text}, "finish_reason": finish})
         } else {
-            json!({"index": 0, "text": text, "finish_reason": finish})
+            json!({"index": 0, "text": g.text, "finish_reason": finish})
         };
+        if logprobs {
+            choice["logprobs"] = logprobs_json(&state.model, &g.tokens, chat);
+        }
+        let n = g.tokens.len();
         let body = json!({"id": id, "object": object, "model": state.cfg.model, "choices": [choice],
-            "usage": {"prompt_tokens": n_prompt, "completion_tokens": out.len(), "total_tokens": n_prompt + out.len()},
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n},
             "glassbox": decisions(&id, &report)});
         return Ok((headers_for(&id, Some(&report)), Json(body)).into_response());
     }
 
-    // Streaming: tokens go out as server-sent events while the worker produces them; the last
-    // event carries the decisions.
+    // Streaming: text goes out as server-sent events while the worker produces it (only text
+    // that is final: no half characters, no start of a stop sequence); the last event carries
+    // the finish reason and the decisions.
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     let s = state.clone();
     let rid = id.clone();
@@ -666,35 +854,40 @@ async fn complete(
         let chunk_tx = tx.clone();
         let rid2 = rid.clone();
         let result = on_worker(&s, move |st| {
-            let mut sent = Vec::new();
-            let mut emitted = String::new();
-            infer::generate(&model, &set, st.alerts.as_ref(), &rid2, &ids, max_new, &mut |tok| {
-                sent.push(tok);
-                // Send the text that became decodable (multi-byte characters may span tokens).
-                let text = model.tokenizer.decode(&sent).unwrap_or_default();
-                let delta = text.get(emitted.len()..).unwrap_or("").to_string();
-                emitted = text;
-                let body = if chat {
-                    json!({"id": rid2, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": delta}}]})
-                } else {
-                    json!({"id": rid2, "object": "text_completion", "choices": [{"index": 0, "text": delta}]})
-                };
-                chunk_tx.blocking_send(Event::default().data(body.to_string())).is_ok()
-            })
+            infer::generate(
+                &model,
+                &set,
+                st.alerts.as_ref(),
+                &rid2,
+                &ids,
+                &cfg,
+                &mut |c, text| {
+                    let mut choice = if chat {
+                        json!({"index": 0, "delta": {"content": text}})
+                    } else {
+                        json!({"index": 0, "text": text})
+                    };
+                    if logprobs {
+                        choice["logprobs"] = logprobs_json(&model, std::slice::from_ref(c), chat);
+                    }
+                    let object = if chat {
+                        "chat.completion.chunk"
+                    } else {
+                        "text_completion"
+                    };
+                    let body = json!({"id": rid2, "object": object, "choices": [choice]});
+                    chunk_tx
+                        .blocking_send(Event::default().data(body.to_string()))
+                        .is_ok()
+                },
+            )
         })
         .await;
         let last = match result {
-            Ok((out, report)) => {
-                s.metrics
-                    .tokens
-                    .with_label_values(&["input"])
-                    .inc_by(n_prompt as u64);
-                s.metrics
-                    .tokens
-                    .with_label_values(&["generated"])
-                    .inc_by(out.len() as u64);
+            Ok((g, report)) => {
+                count(&s, g.tokens.len());
                 let _ = account(&s, &caller, &rid, route, &prompt, &report);
-                let finish = finish_reason(&report, out.len(), max_new);
+                let finish = finish_reason(&report, g.finish);
                 json!({"id": rid, "object": object, "choices": [{"index": 0, "finish_reason": finish}],
                        "glassbox": decisions(&rid, &report)})
             }

@@ -12,6 +12,8 @@ pub enum StoreError {
     Corpus { path: PathBuf, msg: String },
     #[error("activation store {path}: {msg}")]
     Store { path: PathBuf, msg: String },
+    #[error("catalog {at}: {msg}")]
+    Catalog { at: String, msg: String },
     #[error("setting up corpus `{name}`: {msg}")]
     Setup { name: String, msg: String },
     #[error(transparent)]
@@ -29,6 +31,17 @@ impl StoreError {
             cause: source,
         }
     }
+    pub fn catalog(at: &str, msg: impl Into<String>) -> Self {
+        Self::Catalog {
+            at: at.to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    pub fn catalog_file(path: &std::path::Path, msg: impl Into<String>) -> Self {
+        Self::catalog(&path.display().to_string(), msg)
+    }
+
     pub fn store(path: &std::path::Path, msg: impl Into<String>) -> Self {
         Self::Store {
             path: path.to_path_buf(),

@@ -43,7 +43,7 @@ pub fn corpus_sha256(path: &Path) -> Result<String> {
 
 /// SHA-256 of a model's weights, as a store's manifest records it.
 pub fn model_sha256(model: &Model) -> Result<String> {
-    fsutil::sha256_file(&model.dir().join("model.safetensors"))
+    fsutil::sha256_file(model.weights_path())
 }
 
 /// Cuts a corpus's token stream into contexts of `content_len` tokens (without the model's

@@ -80,6 +80,18 @@ fn harvested_rows_equal_a_direct_forward_pass() {
     }
 }
 
+/// Every stored row's f16 bits (as read back: f32 of an f16 is exact), and token ids, in order.
+fn contents(dir: &Path) -> (Vec<u32>, Vec<u32>) {
+    let s = ActivationStore::open(dir).unwrap();
+    let (mut ids, mut bits) = (Vec::new(), Vec::new());
+    for i in 0..s.manifest.shards.len() {
+        let shard = s.read_shard(i).unwrap();
+        ids.extend(shard.token_ids);
+        bits.extend(shard.rows.iter().map(|v| v.to_bits()));
+    }
+    (ids, bits)
+}
+
 #[test]
 fn an_interrupted_harvest_resumes_to_the_same_store() {
     let m = model();
@@ -94,16 +106,31 @@ fn an_interrupted_harvest_resumes_to_the_same_store() {
         &mut |_, _| {},
     )
     .unwrap();
-    // A first run that stopped early, then the full command again.
-    harvest(
-        &m,
-        "tiny-gpt2",
-        &corpus,
-        parts.path(),
-        &config(500),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    // The same command, interrupted in the middle of its run (the progress callback unwinds
+    // out of the harvest after 6 batches, as a kill would stop it: the batch in memory is lost),
+    // then run again to completion.
+    let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut batches = 0;
+        harvest(
+            &m,
+            "tiny-gpt2",
+            &corpus,
+            parts.path(),
+            &config(1200),
+            &mut |done, _| {
+                batches += 1;
+                if batches > 6 {
+                    panic!("interrupted at {done} tokens");
+                }
+            },
+        )
+    }));
+    assert!(interrupted.is_err(), "the first run must be interrupted");
+    let partial = Manifest::read(parts.path()).unwrap();
+    assert!(
+        !partial.complete && partial.tokens > 0 && partial.tokens < 1200,
+        "{partial:?}"
+    );
     let resumed = harvest(
         &m,
         "tiny-gpt2",
@@ -114,21 +141,15 @@ fn an_interrupted_harvest_resumes_to_the_same_store() {
     )
     .unwrap();
     let full = Manifest::read(whole.path()).unwrap();
+    assert!(resumed.complete);
     assert_eq!(resumed.tokens, full.tokens);
-    let (a, b) = (
-        ActivationStore::open(whole.path()).unwrap(),
-        ActivationStore::open(parts.path()).unwrap(),
-    );
-    let ids = |s: &ActivationStore| -> Vec<u32> {
-        (0..s.manifest.shards.len())
-            .flat_map(|i| s.read_shard(i).unwrap().token_ids)
-            .collect()
-    };
-    assert_eq!(
-        ids(&a),
-        ids(&b),
-        "the resumed store holds the same tokens in the same order"
-    );
+    assert_eq!(resumed.shards.len(), full.shards.len());
+    let (ids_a, bits_a) = contents(whole.path());
+    let (ids_b, bits_b) = contents(parts.path());
+    assert_eq!(ids_a.len(), full.tokens);
+    assert_eq!(ids_a, ids_b, "the same tokens in the same order");
+    assert_eq!(bits_a.len(), full.tokens * 64);
+    assert!(bits_a == bits_b, "the same rows, bit for bit");
 }
 
 #[test]
@@ -210,15 +231,38 @@ fn shuffled_batches_cover_the_store_and_skip_deterministically() {
     )
     .unwrap();
     let store = ActivationStore::open(out.path()).unwrap();
+    // Shards hold whole batches here, so one epoch is every stored row exactly once.
+    assert!(store.manifest.shards.iter().all(|s| s.rows % 64 == 0));
+    let per_epoch = store.rows() / 64;
     let batches: Vec<_> = store
         .batches(64, 2, 7)
         .unwrap()
-        .take(40)
+        .take(per_epoch.max(40))
         .map(|b| b.unwrap())
         .collect();
     assert!(batches
         .iter()
         .all(|b| b.inputs.len() == 64 * 64 && b.targets.is_none()));
+    let rows_of = |v: &[f32]| -> Vec<Vec<u32>> {
+        let mut rows: Vec<Vec<u32>> = v
+            .chunks(64)
+            .map(|r| r.iter().map(|x| x.to_bits()).collect())
+            .collect();
+        rows.sort();
+        rows
+    };
+    let epoch: Vec<f32> = batches[..per_epoch]
+        .iter()
+        .flat_map(|b| b.inputs.iter().copied())
+        .collect();
+    let stored: Vec<f32> = (0..store.manifest.shards.len())
+        .flat_map(|i| store.read_shard(i).unwrap().rows)
+        .collect();
+    assert!(
+        rows_of(&epoch) == rows_of(&stored),
+        "one epoch is the store's rows, each once"
+    );
+    assert_ne!(epoch, stored, "and they are shuffled");
     let mut skipped = store.batches(64, 2, 7).unwrap();
     skipped.fast_forward(23);
     assert_eq!(skipped.next().unwrap().unwrap(), batches[23]);
@@ -271,14 +315,24 @@ fn a_target_hook_is_stored_and_shuffled_with_its_inputs() {
     // Shuffled batches keep each input with its own target.
     let b = store.batches(16, 2, 3).unwrap().next().unwrap().unwrap();
     let t = b.targets.unwrap();
-    let all = store.read_shard(0).unwrap();
-    let all_t = all.targets.unwrap();
     let d = 64;
+    let all_rows: Vec<f32> = (0..store.manifest.shards.len())
+        .flat_map(|i| store.read_shard(i).unwrap().rows)
+        .collect();
+    let all_targets: Vec<f32> = (0..store.manifest.shards.len())
+        .flat_map(|i| store.read_shard(i).unwrap().targets.unwrap())
+        .collect();
+    assert_eq!(b.inputs.len(), 16 * d);
+    let mut matched = 0;
     for (row, trow) in b.inputs.chunks(d).zip(t.chunks(d)) {
-        if let Some(i) = all.rows.chunks(d).position(|r| r == row) {
-            assert_eq!(&all_t[i * d..(i + 1) * d], trow);
-        }
+        let i = all_rows
+            .chunks(d)
+            .position(|r| r == row)
+            .expect("every batch row is a stored row");
+        assert_eq!(&all_targets[i * d..(i + 1) * d], trow);
+        matched += 1;
     }
+    assert_eq!(matched, 16);
     // Extending it without the target hook is refused.
     let err = harvest(
         &m,

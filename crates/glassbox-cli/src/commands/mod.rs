@@ -1,4 +1,5 @@
 pub mod catalog;
+pub mod chat;
 pub mod dla;
 pub mod eval_dict;
 pub mod generate;

@@ -1,22 +1,23 @@
+//! `glassbox models`: the packaged models, what they are and whether they are installed.
+
 use anyhow::Result;
 use glassbox_model::registry::{self, PACKAGED};
-use glassbox_model::ModelConfig;
 
 pub fn run(json: bool) -> Result<()> {
     let rows: Vec<serde_json::Value> = PACKAGED
         .iter()
         .map(|m| {
-            let config = m
-                .is_installed()
-                .then(|| ModelConfig::from_file(&m.dir().join("config.json")).ok())
-                .flatten();
             serde_json::json!({
                 "name": m.name,
-                "package": format!("{}=={}", m.package, m.version),
+                "packages": m.packages.iter().map(|(p, v)| format!("{p}=={v}")).collect::<Vec<_>>(),
                 "installed": m.is_installed(),
-                "dir": m.dir(),
+                "default": m.default,
+                "path": m.path(),
+                "architecture": m.architecture,
+                "size": m.size,
+                "quantisation": m.quantisation,
+                "licence": m.licence,
                 "description": m.description,
-                "config": config,
             })
         })
         .collect();
@@ -29,30 +30,22 @@ pub fn run(json: bool) -> Result<()> {
     }
     println!("models in {}", registry::home().display());
     println!(
-        "{:<10} {:<11} {:<8} {:<7} DESCRIPTION",
-        "NAME", "INSTALLED", "LAYERS", "D_MODEL"
+        "{:<16} {:<22} {:<7} {:<8} {:<24} {:<19} DESCRIPTION",
+        "NAME", "INSTALLED", "ARCH", "SIZE", "QUANTISATION", "LICENCE"
     );
-    for r in &rows {
-        let c = &r["config"];
+    for m in PACKAGED {
+        let installed = match (m.is_installed(), m.default) {
+            (true, _) => "yes".to_string(),
+            (false, true) => "no (glassbox setup)".to_string(),
+            (false, false) => "no (setup --model)".to_string(),
+        };
         println!(
-            "{:<10} {:<11} {:<8} {:<7} {}",
-            r["name"].as_str().unwrap_or(""),
-            if r["installed"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no (setup)"
-            },
-            c["n_layers"]
-                .as_u64()
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "-".into()),
-            c["d_model"]
-                .as_u64()
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "-".into()),
-            r["description"].as_str().unwrap_or("")
+            "{:<16} {:<22} {:<7} {:<8} {:<24} {:<19} {}",
+            m.name, installed, m.architecture, m.size, m.quantisation, m.licence, m.description
         );
     }
-    println!("\nAny directory with config.json, model.safetensors and tokenizer.json also works as MODEL.");
+    println!(
+        "\nAlso accepted as MODEL: a GGUF file, or a directory with config.json, model.safetensors and tokenizer.json."
+    );
     Ok(())
 }

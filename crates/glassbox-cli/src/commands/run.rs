@@ -161,10 +161,8 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
     let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
     let cache = hooks.into_cache();
 
-    let tokens: Vec<String> = ids
-        .iter()
-        .map(|&i| model.tokenizer.token(i).unwrap_or_else(|| format!("<{i}>")))
-        .collect();
+    // Readable pieces (` capital`), not vocabulary strings (`Ġcapital`).
+    let tokens: Vec<String> = ids.iter().map(|&i| model.tokenizer.piece(i)).collect();
     let activations = points
         .iter()
         .filter_map(|p| cache.get(p).map(|t| describe(p, t, args.top)))
@@ -207,7 +205,7 @@ fn next_tokens(model: &Model, logits: &Tensor, k: usize) -> Result<Value> {
         .into_iter()
         .take(k)
         .map(|i| {
-            json!({"id": i, "token": model.tokenizer.token(i as u32), "logit": logit_values[i], "prob": probs[i]})
+            json!({"id": i, "token": model.tokenizer.piece(i as u32), "vocab": model.tokenizer.token(i as u32), "logit": logit_values[i], "prob": probs[i]})
         })
         .collect())
 }
@@ -216,7 +214,12 @@ fn print_report(model: &Model, r: &Value) {
     let c = &model.config;
     let tokens: Vec<&str> = r["tokens"]
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|t| t.trim_start_matches(' '))
+                .collect()
+        })
         .unwrap_or_default();
     println!(
         "{} ({}, {} layers, d_model {}) · {} tokens · forward {:.1} ms",

@@ -156,6 +156,8 @@ pub fn run_monitor(cmd: MonitorCommand, json_out: bool) -> Result<()> {
         let body = resp.into_body().read_to_string().unwrap_or_default();
         bail!("{address} answered {status}: {body}");
     }
+    // The server subscribed this stream before answering: from here on no firing is missed.
+    eprintln!("following rule firings at {address} (Ctrl-C to stop)");
     let reader = BufReader::new(resp.into_body().into_reader());
     for line in reader.lines() {
         let line = line.with_context(|| format!("reading {address}"))?;

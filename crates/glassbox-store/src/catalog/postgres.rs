@@ -35,13 +35,13 @@ impl PgCatalog {
     pub fn open(url: &str) -> Result<Self> {
         let where_ = redact(url);
         let mut client = Client::connect(url, NoTls).map_err(|e| {
-            StoreError::store(
-                std::path::Path::new(&where_),
-                format!("cannot connect to PostgreSQL: {e}"),
+            StoreError::catalog(
+                &where_,
+                format!("cannot connect to PostgreSQL: {}", describe(&e)),
             )
         })?;
         let err = |e: postgres::Error| {
-            StoreError::store(std::path::Path::new(&where_), format!("PostgreSQL: {e}"))
+            StoreError::catalog(&where_, format!("PostgreSQL: {}", describe(&e)))
         };
         client
             .batch_execute("CREATE TABLE IF NOT EXISTS glassbox_schema (version INTEGER NOT NULL)")
@@ -55,8 +55,8 @@ impl PgCatalog {
             .map_err(err)?
             .map_or(0, |r| r.get(0));
         if version as usize > MIGRATIONS.len() {
-            return Err(StoreError::store(
-                std::path::Path::new(&where_),
+            return Err(StoreError::catalog(
+                &where_,
                 format!("catalog schema version {version} is newer than this glassbox; upgrade glassbox"),
             ));
         }
@@ -78,18 +78,29 @@ impl PgCatalog {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::store(std::path::Path::new(&self.url), format!("PostgreSQL: {e}"))
+        StoreError::catalog(&self.url, format!("PostgreSQL: {e}"))
     }
 
     fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
         self.client
             .borrow_mut()
             .query(sql, params)
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(describe(&e)))
     }
 
     fn parse(&self, v: serde_json::Value) -> Result<Feature> {
         serde_json::from_value(v).map_err(|e| self.err(format!("corrupt feature record ({e})")))
+    }
+}
+
+/// The server's own words where it gave any ("db error" alone says nothing).
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => e.to_string(),
     }
 }
 
@@ -152,9 +163,8 @@ impl CatalogStore for PgCatalog {
             ..meta.clone()
         };
         let url = self.url.clone();
-        let err = |e: postgres::Error| {
-            StoreError::store(std::path::Path::new(&url), format!("PostgreSQL: {e}"))
-        };
+        let err =
+            |e: postgres::Error| StoreError::catalog(&url, format!("PostgreSQL: {}", describe(&e)));
         let mut client = self.client.borrow_mut();
         let mut tx = client.transaction().map_err(err)?;
         tx.batch_execute(
@@ -172,7 +182,7 @@ impl CatalogStore for PgCatalog {
             .iter()
             .map(serde_json::to_value)
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| StoreError::store(std::path::Path::new(&url), e.to_string()))?;
+            .map_err(|e| StoreError::catalog(&url, e.to_string()))?;
         tx.execute(
             "INSERT INTO glassbox_features (id, count, contexts, max, mean, label, label_score, data)
              SELECT * FROM UNNEST($1::int[], $2::bigint[], $3::bigint[], $4::real[], $5::float8[], $6::text[], $7::real[], $8::jsonb[])",
@@ -203,8 +213,8 @@ impl CatalogStore for PgCatalog {
             &[&concepts, &f_ids, &f_scores],
         )
         .map_err(err)?;
-        let meta_json = serde_json::to_string(&meta)
-            .map_err(|e| StoreError::store(std::path::Path::new(&url), e.to_string()))?;
+        let meta_json =
+            serde_json::to_string(&meta).map_err(|e| StoreError::catalog(&url, e.to_string()))?;
         tx.execute(
             "INSERT INTO glassbox_meta (key, value) VALUES ('catalog', $1)
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",

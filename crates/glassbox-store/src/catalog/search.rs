@@ -31,7 +31,7 @@ fn schema() -> (Schema, Field, Field, Field) {
 }
 
 fn err(dir: &Path) -> impl Fn(tantivy::TantivyError) -> StoreError + '_ {
-    move |e| StoreError::store(dir, format!("search index: {e}"))
+    move |e| StoreError::catalog_file(dir, format!("search index: {e}"))
 }
 
 /// What a feature is found by: its label, the tokens it fires on, and its contexts.
@@ -112,12 +112,12 @@ impl SearchIndex {
         let searcher = self.reader.searcher();
         let hits = searcher
             .search(&q, &TopDocs::with_limit(limit.max(1)).order_by_score())
-            .map_err(|e| StoreError::store(Path::new("search index"), e.to_string()))?;
+            .map_err(|e| StoreError::catalog_file(Path::new("search index"), e.to_string()))?;
         hits.into_iter()
             .map(|(score, addr)| {
-                let d: TantivyDocument = searcher
-                    .doc(addr)
-                    .map_err(|e| StoreError::store(Path::new("search index"), e.to_string()))?;
+                let d: TantivyDocument = searcher.doc(addr).map_err(|e| {
+                    StoreError::catalog_file(Path::new("search index"), e.to_string())
+                })?;
                 let id = d.get_first(self.id).and_then(|v| v.as_u64()).unwrap_or(0);
                 Ok((id as u32, score))
             })

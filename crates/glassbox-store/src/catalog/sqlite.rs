@@ -34,7 +34,7 @@ pub struct SqliteCatalog {
 impl SqliteCatalog {
     /// Opens (creating and migrating if needed) the catalog database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let err = |e: rusqlite::Error| StoreError::store(path, format!("SQLite: {e}"));
+        let err = |e: rusqlite::Error| StoreError::catalog_file(path, format!("SQLite: {e}"));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         }
@@ -47,7 +47,7 @@ impl SqliteCatalog {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err)?;
         if version > MIGRATIONS.len() {
-            return Err(StoreError::store(
+            return Err(StoreError::catalog_file(
                 path,
                 format!("catalog schema version {version} is newer than this glassbox ({}); upgrade glassbox", MIGRATIONS.len()),
             ));
@@ -65,7 +65,7 @@ impl SqliteCatalog {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::store(&self.path, format!("SQLite: {e}"))
+        StoreError::catalog_file(&self.path, format!("SQLite: {e}"))
     }
 
     fn parse(&self, json: &str) -> Result<Feature> {
@@ -116,7 +116,7 @@ impl CatalogStore for SqliteCatalog {
             ..meta.clone()
         };
         let path = self.path.clone();
-        let err = |e: rusqlite::Error| StoreError::store(&path, format!("SQLite: {e}"));
+        let err = |e: rusqlite::Error| StoreError::catalog_file(&path, format!("SQLite: {e}"));
         let tx = self.conn.transaction().map_err(err)?;
         tx.execute_batch(
             "DELETE FROM features; DELETE FROM feature_tokens; DELETE FROM feature_flags;",
@@ -134,7 +134,7 @@ impl CatalogStore for SqliteCatalog {
                 .map_err(err)?;
             for f in features {
                 let json = serde_json::to_string(f)
-                    .map_err(|e| StoreError::store(&path, e.to_string()))?;
+                    .map_err(|e| StoreError::catalog_file(&path, e.to_string()))?;
                 f_stmt
                     .execute(params![
                         f.id,
@@ -159,8 +159,8 @@ impl CatalogStore for SqliteCatalog {
                 }
             }
         }
-        let json =
-            serde_json::to_string(&meta).map_err(|e| StoreError::store(&path, e.to_string()))?;
+        let json = serde_json::to_string(&meta)
+            .map_err(|e| StoreError::catalog_file(&path, e.to_string()))?;
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog', ?1)",
             [json],

@@ -1,0 +1,116 @@
+//! Chat templates: the Jinja template a chat model ships (GGUF `tokenizer.chat_template` or
+//! `tokenizer_config.json`'s `chat_template`) rendered with minijinja in Hugging Face's dialect
+//! (`messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`, Python
+//! string methods).
+
+use std::path::Path;
+
+use minijinja::{Environment, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// The chat template of a Hugging Face model directory, if it has one: `chat_template` in
+/// `tokenizer_config.json` (a string, or a list of named templates of which `default` is used),
+/// else a `chat_template.jinja` file.
+pub fn template_of_dir(dir: &Path) -> Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.is_file() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| ModelError::io(&jinja, e));
+    }
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::config(&path, "<json>", format!("not valid JSON: {e}")))?;
+    Ok(match json.get("chat_template") {
+        Some(serde_json::Value::String(t)) => Some(t.clone()),
+        Some(serde_json::Value::Array(named)) => named
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_string),
+        _ => None,
+    })
+}
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; a syntax error names its line.
+    pub fn new(source: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| template_error(&e))?;
+        Ok(Self { env })
+    }
+
+    /// The conversation as the model expects its prompt; `add_generation_prompt` appends the
+    /// opening of the assistant's turn.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<String> {
+        let template = self
+            .env
+            .get_template("chat")
+            .map_err(|e| template_error(&e))?;
+        template
+            .render(minijinja::context! {
+                messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => bos_token,
+                eos_token => eos_token,
+            })
+            .map_err(|e| template_error(&e))
+    }
+}
+
+fn template_error(e: &minijinja::Error) -> ModelError {
+    let at = e
+        .line()
+        .map(|l| format!(" at template line {l}"))
+        .unwrap_or_default();
+    let detail = e.detail().unwrap_or_default();
+    let msg = match e.kind() {
+        ErrorKind::InvalidOperation if !detail.is_empty() => {
+            format!("the template refused the conversation{at}: {detail}")
+        }
+        _ => format!("{}{at}", e.to_string().lines().next().unwrap_or_default()),
+    };
+    ModelError::ChatTemplate(msg)
+}

@@ -1,0 +1,287 @@
+//! A GGUF checkpoint as the three things a Hugging Face directory holds: `config.json` fields
+//! from the `{arch}.*` metadata, tensors under Hugging Face names (llama.cpp's Q/K row
+//! permutation undone), and a `tokenizer.json` built from `tokenizer.ggml.*`. The runtime then
+//! loads it exactly like a directory: one mapping, written as data, instead of a second loader.
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::error::Result;
+use crate::gguf::{GgufFile, Value};
+
+/// Architectures whose GGUF layout is mapped here (`general.architecture`).
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
+/// The `config.json` a Hugging Face checkpoint of this model would have.
+pub fn config_json(g: &GgufFile) -> Result<Json> {
+    let arch = g.require("general.architecture", "a string", Value::as_str)?;
+    if !ARCHITECTURES.contains(&arch) {
+        return Err(g.err(format!(
+            "metadata `general.architecture` is `{arch}`; supported GGUF architectures: {}",
+            ARCHITECTURES.join(", ")
+        )));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str| g.require(&key(k), "an integer", Value::as_u64);
+    let opt_int = |k: &str| g.optional(&key(k), "an integer", Value::as_u64);
+    let float = |k: &str| g.optional(&key(k), "a number", Value::as_f64);
+    let d_model = int("embedding_length")?;
+    let n_heads = int("attention.head_count")?;
+    let tokens = g
+        .require(
+            "tokenizer.ggml.tokens",
+            "an array of strings",
+            Value::as_array,
+        )?
+        .len() as u64;
+    // The embedding's rows are the vocabulary; a tokenizer with more tokens is refused later.
+    let vocab = g
+        .tensors
+        .get("token_embd.weight")
+        .map(|t| t.shape[0] as u64)
+        .unwrap_or(tokens);
+    if let Some(v) = opt_int("vocab_size")? {
+        if v != vocab {
+            return Err(g.err(format!(
+                "metadata `{}` is {v} but `token_embd.weight` has {vocab} rows",
+                key("vocab_size")
+            )));
+        }
+    }
+    let d_head = opt_int("attention.key_length")?.unwrap_or(d_model / n_heads.max(1));
+    if let Some(rope_dims) = opt_int("rope.dimension_count")? {
+        if rope_dims != d_head {
+            return Err(g.err(format!(
+                "metadata `{}` is {rope_dims}, but heads are {d_head} wide; partial rotary embeddings are not supported",
+                key("rope.dimension_count")
+            )));
+        }
+    }
+    let token_id = |k: &str| g.optional(k, "a token id", Value::as_u64);
+    let mut c = Map::new();
+    c.insert("model_type".into(), json!(arch));
+    c.insert("hidden_size".into(), json!(d_model));
+    c.insert("num_hidden_layers".into(), json!(int("block_count")?));
+    c.insert("num_attention_heads".into(), json!(n_heads));
+    c.insert(
+        "num_key_value_heads".into(),
+        json!(opt_int("attention.head_count_kv")?.unwrap_or(n_heads)),
+    );
+    c.insert("head_dim".into(), json!(d_head));
+    c.insert(
+        "intermediate_size".into(),
+        json!(int("feed_forward_length")?),
+    );
+    c.insert("vocab_size".into(), json!(vocab));
+    c.insert(
+        "max_position_embeddings".into(),
+        json!(int("context_length")?),
+    );
+    c.insert(
+        "rms_norm_eps".into(),
+        json!(float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6)),
+    );
+    c.insert(
+        "rope_theta".into(),
+        json!(float("rope.freq_base")?.unwrap_or(10_000.0)),
+    );
+    c.insert("hidden_act".into(), json!("silu"));
+    c.insert(
+        "tie_word_embeddings".into(),
+        json!(!g.tensors.contains_key("output.weight")),
+    );
+    c.insert(
+        "attention_bias".into(),
+        json!(g.tensors.contains_key("blk.0.attn_q.bias")),
+    );
+    c.insert(
+        "bos_token_id".into(),
+        json!(token_id("tokenizer.ggml.bos_token_id")?),
+    );
+    c.insert(
+        "eos_token_id".into(),
+        json!(token_id("tokenizer.ggml.eos_token_id")?),
+    );
+    Ok(Json::Object(c))
+}
+
+/// The GGUF tensor behind a Hugging Face tensor name, and whether its rows carry llama.cpp's
+/// interleaved-RoPE permutation (`Some(heads)` to undo it).
+pub fn tensor_name(
+    arch: &str,
+    hf: &str,
+    cfg: &crate::ModelConfig,
+) -> Option<(String, Option<usize>)> {
+    let plain = |s: &str| Some((s.to_string(), None));
+    match hf {
+        "model.embed_tokens.weight" => return plain("token_embd.weight"),
+        "model.norm.weight" => return plain("output_norm.weight"),
+        "lm_head.weight" => return plain("output.weight"),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, suffix) = leaf.rsplit_once('.')?;
+    let gguf = match part {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    // llama.cpp's converter permutes Q and K rows of Llama checkpoints (not Qwen2's) so that
+    // its interleaved RoPE matches Hugging Face's rotate-half.
+    let permuted = match (arch, gguf) {
+        ("llama", "attn_q") => Some(cfg.n_heads),
+        ("llama", "attn_k") => Some(cfg.n_kv_heads),
+        _ => None,
+    };
+    Some((format!("blk.{layer}.{gguf}.{suffix}"), permuted))
+}
+
+/// Undoes llama.cpp's permutation of a `[heads·d_head, ...]` projection (weight or bias):
+/// within each head, rows `[0, 2, 4, …, 1, 3, 5, …]` become `[0, 1, 2, …]`.
+pub fn unpermute(w: &candle_core::Tensor, heads: usize) -> Result<candle_core::Tensor> {
+    let dims = w.dims().to_vec();
+    let d_out = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let d_head = d_out / heads;
+    Ok(w.reshape((heads, d_head / 2, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
+}
+
+/// The pre-tokenizers of `tokenizer.ggml.pre` that are mapped (as Hugging Face writes them).
+fn pre_tokenizer(pre: &str) -> Option<Json> {
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    Some(match pre {
+        "gpt2" | "gpt-2" | "default" => byte_level(true),
+        // SmolLM: every digit on its own, then GPT-2's byte-level split.
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        "qwen2" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
+            byte_level(false)]}),
+        _ => return None,
+    })
+}
+
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GGUF token types: control tokens are special (never split, skipped when decoding);
+/// user-defined ones are added tokens that are never split.
+const CONTROL: i64 = 3;
+const USER_DEFINED: i64 = 4;
+
+/// The `tokenizer.json` of a byte-level BPE vocabulary (`tokenizer.ggml.model = gpt2`).
+pub fn tokenizer_json(g: &GgufFile) -> Result<Json> {
+    let model = g.require("tokenizer.ggml.model", "a string", Value::as_str)?;
+    if model != "gpt2" {
+        return Err(g.err(format!(
+            "metadata `tokenizer.ggml.model` is `{model}`; only byte-level BPE (`gpt2`) vocabularies are supported"
+        )));
+    }
+    let pre_name = g
+        .optional("tokenizer.ggml.pre", "a string", Value::as_str)?
+        .unwrap_or("default");
+    let pre = pre_tokenizer(pre_name).ok_or_else(|| {
+        g.err(format!(
+            "metadata `tokenizer.ggml.pre` is `{pre_name}`, a pre-tokenizer Glassbox does not know; known: default, gpt2, smollm, qwen2"
+        ))
+    })?;
+    let strings = |key: &str| -> Result<Vec<&str>> {
+        g.require(key, "an array of strings", Value::as_array)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .ok_or_else(|| g.err(format!("metadata `{key}`[{i}] is not a string")))
+            })
+            .collect()
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let merges = strings("tokenizer.ggml.merges")?;
+    let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
+        Some(Value::Array(a)) if a.len() == tokens.len() => a
+            .iter()
+            .map(|v| match *v {
+                Value::I32(t) => i64::from(t),
+                ref other => other.as_u64().map_or(1, |t| t as i64),
+            })
+            .collect(),
+        Some(_) => {
+            return Err(g.err(format!(
+                "metadata `tokenizer.ggml.token_type` does not have one entry per token ({})",
+                tokens.len()
+            )))
+        }
+        None => vec![1; tokens.len()],
+    };
+    let mut vocab = Map::new();
+    let mut added = Vec::new();
+    for (id, (&tok, &kind)) in tokens.iter().zip(&types).enumerate() {
+        if vocab.insert(tok.to_string(), json!(id)).is_some() {
+            return Err(g.err(format!(
+                "metadata `tokenizer.ggml.tokens` lists {tok:?} twice"
+            )));
+        }
+        if kind == CONTROL || kind == USER_DEFINED {
+            added.push(
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": kind == CONTROL}),
+            );
+        }
+    }
+    let add_bos = g
+        .optional("tokenizer.ggml.add_bos_token", "a bool", Value::as_bool)?
+        .unwrap_or(false);
+    let post = match (
+        add_bos,
+        g.optional("tokenizer.ggml.bos_token_id", "a token id", Value::as_u64)?,
+    ) {
+        (true, Some(bos)) => {
+            let bos_tok = tokens.get(bos as usize).ok_or_else(|| {
+                g.err(format!(
+                    "metadata `tokenizer.ggml.bos_token_id` {bos} is not a token"
+                ))
+            })?;
+            let mut special = Map::new();
+            special.insert(
+                bos_tok.to_string(),
+                json!({"id": bos_tok, "ids": [bos], "tokens": [bos_tok]}),
+            );
+            json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": special})
+        }
+        _ => {
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true})
+        }
+    };
+    let normalizer = if pre_name == "qwen2" {
+        json!({"type": "NFC"})
+    } else {
+        Json::Null
+    };
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": normalizer,
+        "pre_tokenizer": pre,
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges},
+    }))
+}
