@@ -329,3 +329,69 @@ fn a_reader_that_closes_the_pipe_ends_output_quietly() {
     );
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// A damaged copy of the packaged SmolLM2 GGUF: `edit` changes its bytes.
+fn damaged_gguf(edit: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, String) {
+    let src = glassbox_model::registry::resolve("smollm2")
+        .expect("SmolLM2 must be installed: run `cargo glassbox setup`");
+    let mut bytes = std::fs::read(src).unwrap();
+    edit(&mut bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path.to_string_lossy().into_owned())
+}
+
+fn find(bytes: &[u8], needle: &[u8]) -> usize {
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{:?} not in the file", String::from_utf8_lossy(needle)))
+}
+
+#[test]
+fn damaged_gguf_files_and_bad_generation_requests_are_named() {
+    // Truncated: the tensor that no longer fits is named.
+    let (_d, p) = damaged_gguf(|b| b.truncate(b.len() / 2));
+    fails(&["run", &p, "hi"], &["truncated", "tensor `blk."]);
+    // An unknown quantisation type: named, with its tensor (the type id follows the name, the
+    // dimension count and two dimensions).
+    let (_d, p) = damaged_gguf(|b| {
+        let at = find(b, b"blk.0.attn_q.weight") + "blk.0.attn_q.weight".len() + 4 + 16;
+        b[at..at + 4].copy_from_slice(&39u32.to_le_bytes());
+    });
+    fails(
+        &["run", &p, "hi"],
+        &["`blk.0.attn_q.weight`", "type 39", "supported"],
+    );
+    // Contradictory metadata: rotary dimensions that do not match the heads.
+    let (_d, p) = damaged_gguf(|b| {
+        let key = b"llama.rope.dimension_count";
+        let at = find(b, key) + key.len() + 4; // after the value type
+        b[at..at + 4].copy_from_slice(&48u32.to_le_bytes());
+    });
+    fails(
+        &["run", &p, "hi"],
+        &["llama.rope.dimension_count", "48", "64"],
+    );
+    // A chat template that does not render: its line is named.
+    let (_d, p) = damaged_gguf(|b| {
+        let at = find(b, b"{% endfor %}");
+        b[at..at + 12].copy_from_slice(b"{% endfox %}");
+    });
+    fails(
+        &["generate", &p, "hi", "--chat"],
+        &["chat template", "line", "endfox"],
+    );
+    // Sampling out of range, and a prompt longer than the context.
+    fails(
+        &["generate", "smollm2", "hi", "--top-p", "2"],
+        &["top_p", "(0, 1]"],
+    );
+    fails(
+        &["generate", "smollm2", "hi", "--temperature=-1"],
+        &["temperature"],
+    );
+    let long = "word ".repeat(9000);
+    fails(&["generate", "smollm2", &long], &["8192 positions"]);
+}

@@ -75,12 +75,17 @@ fn start(config: &Path) -> Server {
             "127.0.0.1:0",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let line = lines(child.stdout.take().unwrap())
-        .recv_timeout(READ_TIMEOUT)
-        .expect("the server prints its listening line");
+    // stderr is drained (the server logs a line per request) and shown if it never listens.
+    let errors = lines(child.stderr.take().unwrap());
+    let Ok(line) = lines(child.stdout.take().unwrap()).recv_timeout(READ_TIMEOUT) else {
+        let _ = child.kill(); // so that its stderr ends
+        let said: Vec<String> = errors.iter().collect();
+        panic!("the server did not start: {}", said.join("\n"));
+    };
+    std::thread::spawn(move || errors.into_iter().for_each(drop));
     let url = line
         .trim()
         .strip_prefix("listening on ")
@@ -740,4 +745,122 @@ fn a_hanging_webhook_never_holds_up_serving() {
         "{metrics}"
     );
     assert!(value("glassbox_alert_queue_depth") <= 4.0, "{metrics}");
+}
+
+/// The packaged chat model behind the OpenAI API: the chat template is applied, greedy output
+/// equals the library's, sampling is seeded, stop sequences and log-probabilities follow
+/// OpenAI's shapes, out-of-range parameters are 400s naming the field, and monitors still read
+/// every token.
+#[test]
+fn a_chat_model_honours_the_openai_generation_parameters() {
+    use glassbox_model::chat::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let dict = dictionary(dir.path(), 576, "smollm2", "blocks.3.hook_resid_pre");
+    let config = dir.path().join("deploy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = \"smollm2\"\n[[dictionary]]\nname = \"l3\"\npath = \"{}\"\n\
+             [[monitor]]\nname = \"every-token\"\ndictionary = \"l3\"\nwhen = \"feature 0 > 5\"\naction = \"log\"\n\
+             [audit]\npath = \"{}\"\n",
+            dict.display(),
+            dir.path().join("audit.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let s = start(&config);
+    let question = "What is the capital of France?";
+    let chat = |extra: Value| {
+        let mut body =
+            json!({"messages": [{"role": "user", "content": question}], "max_tokens": 12});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        post(&s, "/v1/chat/completions", "unused", body)
+    };
+
+    // Greedy by default, through the model's chat template: the library gives the same text.
+    let (status, greedy) = chat(json!({}));
+    assert_eq!(status, 200, "{greedy}");
+    let model = glassbox_model::Model::load(
+        &glassbox_model::registry::resolve("smollm2").unwrap(),
+        &glassbox_model::Device::Cpu,
+    )
+    .unwrap();
+    let prompt = model
+        .apply_chat_template(&[Message::new("user", question)], true)
+        .unwrap();
+    let ids = model.tokenizer.encode_plain(&prompt).unwrap();
+    let expected = model.generate_greedy(&ids, 12).unwrap();
+    assert_eq!(greedy["usage"]["prompt_tokens"], ids.len());
+    assert_eq!(
+        greedy["choices"][0]["message"]["content"],
+        model.tokenizer.decode(&expected).unwrap().as_str(),
+        "{greedy}"
+    );
+    // The monitor read every token: the prompt's and each generated one fed back.
+    let generated = greedy["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    let firings = greedy["glassbox"]["firings"].as_array().unwrap().len();
+    assert_eq!(firings, ids.len() + generated - 1, "{greedy}");
+
+    // Sampling: the same seed, the same text; other seeds, other texts.
+    let sampled = |seed: u64| {
+        let (status, v) = chat(json!({"temperature": 1.0, "top_p": 0.95, "seed": seed}));
+        assert_eq!(status, 200, "{v}");
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = sampled(5);
+    assert_eq!(first, sampled(5));
+    assert!(
+        [6, 7, 8].iter().any(|&seed| sampled(seed) != first),
+        "three other seeds all gave {first:?}"
+    );
+
+    // A stop sequence ends the text before it.
+    let (status, stopped) = post(
+        &s,
+        "/v1/completions",
+        "unused",
+        json!({"prompt": "The capital of France is Paris. The capital of Italy is", "max_tokens": 20, "stop": ["."]}),
+    );
+    assert_eq!(status, 200, "{stopped}");
+    let text = stopped["choices"][0]["text"].as_str().unwrap();
+    assert!(!text.contains('.') && !text.is_empty(), "{stopped}");
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+
+    // Log-probabilities: one entry per generated token, the chosen token first among greedy
+    // alternatives, alternatives in descending order.
+    let (status, lp) = chat(json!({"logprobs": true, "top_logprobs": 3}));
+    assert_eq!(status, 200, "{lp}");
+    let content = lp["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), generated);
+    for entry in content {
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let values: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(values.windows(2).all(|w| w[0] >= w[1]), "{values:?}");
+        assert_eq!(entry["token"], top[0]["token"]);
+        assert!(values[0] <= 0.0 && entry["logprob"].as_f64().unwrap() == values[0]);
+    }
+
+    // Out of range: 400, and the message names the field.
+    for (extra, field) in [
+        (json!({"top_p": 2.0}), "top_p"),
+        (json!({"temperature": -1}), "temperature"),
+        (json!({"n": 2}), "`n`"),
+        (
+            json!({"logprobs": true, "top_logprobs": 50}),
+            "top_logprobs",
+        ),
+        (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+        (json!({"max_tokens": 1_000_000}), "max_tokens"),
+    ] {
+        let (status, v) = chat(extra.clone());
+        assert_eq!(status, 400, "{extra}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(field), "{extra}: {msg}");
+    }
 }
