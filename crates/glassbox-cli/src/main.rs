@@ -103,6 +103,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    glassbox_model::join_thread_pool();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup(args) => commands::setup::run(args, cli.json),

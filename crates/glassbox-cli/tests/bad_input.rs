@@ -392,6 +392,7 @@ fn damaged_gguf_files_and_bad_generation_requests_are_named() {
         &["generate", "smollm2", "hi", "--temperature=-1"],
         &["temperature"],
     );
+    fails(&["run", "smollm2", ""], &["no tokens"]);
     let long = "word ".repeat(9000);
     fails(&["generate", "smollm2", &long], &["8192 positions"]);
 }

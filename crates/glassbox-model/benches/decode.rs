@@ -42,6 +42,8 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() {
+    // As the glassbox binary does.
+    glassbox_model::join_thread_pool();
     let name = arg("--model", "smollm2");
     let kind = arg("--hooks", "none");
     let n_prompt: usize = arg("--prompt-tokens", "512")
@@ -69,31 +71,34 @@ fn main() {
     }
 
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
-    for _ in 0..repeats {
-        let mut cache = model.new_cache();
-        let batch = model
-            .batch_ids(std::slice::from_ref(&prompt))
-            .expect("batch");
-        let t = Instant::now();
-        let mut logits = model
-            .forward_last(&batch, &mut hooks(&model, &kind), &mut cache)
-            .expect("prefill");
-        prefill.push(n_prompt as f64 / t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        for _ in 0..n_new {
-            let next = logits
-                .argmax(0)
-                .and_then(|i| i.to_scalar::<u32>())
-                .expect("argmax");
-            let step = model.batch_ids(&[vec![next]]).expect("batch");
-            let mut h = hooks(&model, &kind);
-            logits = model
-                .forward_last(&step, &mut h, &mut cache)
-                .expect("decode");
-            std::hint::black_box(h.cache().len());
+    let run = |prefill: &mut Vec<f64>, decode: &mut Vec<f64>| {
+        for _ in 0..repeats {
+            let mut cache = model.new_cache();
+            let batch = model
+                .batch_ids(std::slice::from_ref(&prompt))
+                .expect("batch");
+            let t = Instant::now();
+            let mut logits = model
+                .forward_last(&batch, &mut hooks(&model, &kind), &mut cache)
+                .expect("prefill");
+            prefill.push(n_prompt as f64 / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            for _ in 0..n_new {
+                let next = logits
+                    .argmax(0)
+                    .and_then(|i| i.to_scalar::<u32>())
+                    .expect("argmax");
+                let step = model.batch_ids(&[vec![next]]).expect("batch");
+                let mut h = hooks(&model, &kind);
+                logits = model
+                    .forward_last(&step, &mut h, &mut cache)
+                    .expect("decode");
+                std::hint::black_box(h.cache().len());
+            }
+            decode.push(n_new as f64 / t.elapsed().as_secs_f64());
         }
-        decode.push(n_new as f64 / t.elapsed().as_secs_f64());
-    }
+    };
+    run(&mut prefill, &mut decode);
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

@@ -49,15 +49,19 @@ impl Loader<'_> {
         self.w.get(&format!("{}{name}", self.prefix), shape)
     }
 
-    /// A PyTorch `nn.Linear` at `name`.
+    /// A PyTorch `nn.Linear` at `name` (with its quantised blocks, from a GGUF file).
     fn linear(&self, name: &str, d_out: usize, d_in: usize, bias: bool) -> Result<Linear> {
-        let w = self.get(&format!("{name}.weight"), &[d_out, d_in])?;
+        let weight = format!("{name}.weight");
+        let w = self.get(&weight, &[d_out, d_in])?;
         let b = if bias {
             Some(self.get(&format!("{name}.bias"), &[d_out])?)
         } else {
             None
         };
-        Linear::from_torch(w, b)
+        let q = self
+            .w
+            .get_quantized(&format!("{}{weight}", self.prefix), d_out, d_in);
+        Ok(Linear::from_torch(w, b)?.with_quantized(q))
     }
 
     fn norm(&self, name: &str, weight: &str, bias: Option<&str>) -> Result<Norm> {
@@ -246,11 +250,20 @@ fn llama(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
             })
         })
         .collect::<Result<_>>()?;
+    let (v, name) = (
+        cfg.vocab_size,
+        if cfg.tie_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        },
+    );
     let unembed = if cfg.tie_embeddings {
         Linear::from_torch(tok.clone(), None)?
     } else {
-        Linear::from_torch(w.get("lm_head.weight", &[cfg.vocab_size, d])?, None)?
-    };
+        Linear::from_torch(w.get(name, &[v, d])?, None)?
+    }
+    .with_quantized(w.get_quantized(name, v, d));
     Ok(Parts {
         embed: Embeddings {
             tok,

@@ -157,6 +157,20 @@ pub fn unpermute(w: &candle_core::Tensor, heads: usize) -> Result<candle_core::T
         .reshape(dims)?)
 }
 
+/// Row `i` of the unpermuted `[heads·d_head, ...]` projection is row `order[i]` of the GGUF
+/// one (the same map as [`unpermute`], for row-wise data such as quantised blocks).
+pub fn unpermuted_order(rows: usize, heads: usize) -> Vec<usize> {
+    let d_head = rows / heads;
+    let half = d_head / 2;
+    (0..rows)
+        .map(|r| {
+            let (h, within) = (r / d_head, r % d_head);
+            let (t, i) = (within / half, within % half);
+            h * d_head + 2 * i + t
+        })
+        .collect()
+}
+
 /// The pre-tokenizers of `tokenizer.ggml.pre` that are mapped (as Hugging Face writes them).
 fn pre_tokenizer(pre: &str) -> Option<Json> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
@@ -284,4 +298,27 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<Json> {
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
             "vocab": vocab, "merges": merges},
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_row_order_is_the_unpermutation() {
+        let (heads, d_head, cols) = (3, 8, 2);
+        let rows = heads * d_head;
+        let w = candle_core::Tensor::arange(0f32, (rows * cols) as f32, &candle_core::Device::Cpu)
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap();
+        let un: Vec<Vec<f32>> = unpermute(&w, heads).unwrap().to_vec2().unwrap();
+        let orig: Vec<Vec<f32>> = w.to_vec2().unwrap();
+        let order = unpermuted_order(rows, heads);
+        for (i, &o) in order.iter().enumerate() {
+            assert_eq!(un[i], orig[o], "row {i}");
+        }
+        // Within a head: even rows first, then odd ones.
+        assert_eq!(&order[..d_head], &[0, 2, 4, 6, 1, 3, 5, 7]);
+    }
 }

@@ -12,6 +12,37 @@ use crate::fastmath::{self, vectorised};
 /// Rows handed to one rayon task by the element-wise kernels.
 const ROW_CHUNK: usize = 16;
 
+/// Elements below which an element-wise kernel runs on the calling thread: handing work to the
+/// pool costs more than it saves there (decoding one token calls these hundreds of times).
+const SERIAL_BELOW: usize = 1 << 15;
+
+/// `f` on each `size`-element chunk of `x`, on the pool when `x` is large.
+fn each_chunk(x: &mut [f32], size: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
+    if x.len() < SERIAL_BELOW {
+        x.chunks_mut(size).for_each(f);
+    } else {
+        x.par_chunks_mut(size).for_each(f);
+    }
+}
+
+/// `f` on matching chunks of `x` and `y`, on the pool when they are large.
+fn each_chunk_pair(
+    x: &mut [f32],
+    y: &[f32],
+    size: usize,
+    f: impl Fn(&mut [f32], &[f32]) + Sync + Send,
+) {
+    if x.len() < SERIAL_BELOW {
+        x.chunks_mut(size)
+            .zip(y.chunks(size))
+            .for_each(|(a, b)| f(a, b));
+    } else {
+        x.par_chunks_mut(size)
+            .zip(y.par_chunks(size))
+            .for_each(|(a, b)| f(a, b));
+    }
+}
+
 fn parallelism(flops: usize) -> Parallelism {
     let threads = rayon::current_num_threads();
     // Below ~1 MFLOP the fork/join costs more than it saves.
@@ -66,8 +97,9 @@ pub fn linear(
     let mut out = vec![0f32; m * n];
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "linear: bias size");
-        out.par_chunks_mut(n * ROW_CHUNK)
-            .for_each(|rows| rows.chunks_mut(n).for_each(|r| r.copy_from_slice(b)));
+        each_chunk(&mut out, n * ROW_CHUNK, |rows| {
+            rows.chunks_mut(n).for_each(|r| r.copy_from_slice(b))
+        });
     }
     if m * k * n > 0 {
         let lhs = Strided {
@@ -99,7 +131,7 @@ pub fn linear(
 }
 
 pub fn layer_norm(x: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
-    x.par_chunks_mut(d * ROW_CHUNK).for_each(|rows| {
+    each_chunk(x, d * ROW_CHUNK, |rows| {
         for r in rows.chunks_mut(d) {
             let mean = r.iter().sum::<f32>() / d as f32;
             let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
@@ -112,7 +144,7 @@ pub fn layer_norm(x: &mut [f32], d: usize, w: &[f32], b: &[f32], eps: f32) {
 }
 
 pub fn rms_norm(x: &mut [f32], d: usize, w: &[f32], eps: f32) {
-    x.par_chunks_mut(d * ROW_CHUNK).for_each(|rows| {
+    each_chunk(x, d * ROW_CHUNK, |rows| {
         for r in rows.chunks_mut(d) {
             let ms = r.iter().map(|v| v * v).sum::<f32>() / d as f32;
             let inv = 1.0 / (ms + eps).sqrt();
@@ -141,7 +173,7 @@ pub fn activate(x: &mut [f32], act: Activation) {
     fn apply(c: &mut [f32], f: impl Fn(f32) -> f32) {
         vectorised(|| c.iter_mut().for_each(|v| *v = f(*v)));
     }
-    x.par_chunks_mut(4096).for_each(|c| match act {
+    each_chunk(x, 4096, |c| match act {
         Activation::GeluErf => apply(c, |v| activation(Activation::GeluErf, v)),
         Activation::GeluTanh => apply(c, |v| activation(Activation::GeluTanh, v)),
         Activation::Silu => apply(c, |v| activation(Activation::Silu, v)),
@@ -152,20 +184,18 @@ pub fn activate(x: &mut [f32], act: Activation) {
 /// `act(gate) * up`, written into `gate`.
 pub fn gated(gate: &mut [f32], up: &[f32], act: Activation) {
     assert_eq!(gate.len(), up.len(), "gated: sizes");
-    gate.par_chunks_mut(4096)
-        .zip(up.par_chunks(4096))
-        .for_each(|(g, u)| {
-            g.iter_mut()
-                .zip(u)
-                .for_each(|(g, u)| *g = activation(act, *g) * u)
-        });
+    each_chunk_pair(gate, up, 4096, |g, u| {
+        g.iter_mut()
+            .zip(u)
+            .for_each(|(g, u)| *g = activation(act, *g) * u)
+    });
 }
 
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     assert_eq!(x.len(), y.len(), "add: sizes");
-    x.par_chunks_mut(4096)
-        .zip(y.par_chunks(4096))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+    each_chunk_pair(x, y, 4096, |a, b| {
+        a.iter_mut().zip(b).for_each(|(a, b)| *a += b)
+    });
 }
 
 /// Rotary embedding (rotate-half convention) in place on `[batch, pos, heads, d_head]`, for
@@ -180,7 +210,7 @@ pub fn rope(
     sin: &[f32],
 ) {
     let half = d_head / 2;
-    x.par_chunks_mut(pos * heads * d_head).for_each(|seq| {
+    each_chunk(x, pos * heads * d_head, |seq| {
         for (p, row) in seq.chunks_mut(heads * d_head).enumerate() {
             let c = &cos[(offset + p) * half..][..half];
             let s = &sin[(offset + p) * half..][..half];
@@ -283,101 +313,107 @@ pub fn attention(
     let scores_ptr = scores_out.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
     let pattern_ptr = pattern_out.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
     let (q_row, kv_row) = ((heads * d_head) as isize, (kv_heads * d_head) as isize);
-    (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0f32; plane],
-        |scores, task| {
-            let (b, h) = (task / heads, task % heads);
-            let kvh = h / group;
-            let q_at = Strided {
-                ptr: q[(b * q_len * heads + h) * d_head..].as_ptr(),
-                row: q_row,
-                col: 1,
-            };
-            let k_base = (b * kv_len * kv_heads + kvh) * d_head;
-            // kᵀ: row index = feature, column index = key position.
-            let kt = Strided {
-                ptr: k[k_base..].as_ptr(),
-                row: 1,
-                col: kv_row,
-            };
-            let v_at = Strided {
-                ptr: v[k_base..].as_ptr(),
-                row: kv_row,
-                col: 1,
-            };
-            // SAFETY: views stay inside q/k (sizes asserted); `scores` is this task's own buffer.
-            unsafe {
-                matmul(
-                    q_len,
-                    kv_len,
-                    d_head,
-                    scores.as_mut_ptr(),
-                    kv_len as isize,
-                    false,
-                    q_at,
-                    kt,
-                    Parallelism::None,
-                );
-            }
-            let mask = key_mask.map(|m| &m[b * kv_len..(b + 1) * kv_len]);
-            vectorised(|| {
-                for (i, row) in scores.chunks_mut(kv_len).enumerate() {
-                    // Keys after the query (causal) are masked: split the row there.
-                    let visible = if causal {
-                        (past + i + 1).min(kv_len)
-                    } else {
-                        kv_len
-                    };
-                    let (seen, unseen) = row.split_at_mut(visible);
-                    match mask {
-                        None => seen.iter_mut().for_each(|x| *x *= scale),
-                        Some(m) => seen
-                            .iter_mut()
-                            .zip(m)
-                            .for_each(|(x, &m)| *x = if m != 0 { *x * scale } else { f32::MIN }),
-                    }
-                    unseen.fill(f32::MIN);
+    let head = |scores: &mut Vec<f32>, task: usize| {
+        let (b, h) = (task / heads, task % heads);
+        let kvh = h / group;
+        let q_at = Strided {
+            ptr: q[(b * q_len * heads + h) * d_head..].as_ptr(),
+            row: q_row,
+            col: 1,
+        };
+        let k_base = (b * kv_len * kv_heads + kvh) * d_head;
+        // kᵀ: row index = feature, column index = key position.
+        let kt = Strided {
+            ptr: k[k_base..].as_ptr(),
+            row: 1,
+            col: kv_row,
+        };
+        let v_at = Strided {
+            ptr: v[k_base..].as_ptr(),
+            row: kv_row,
+            col: 1,
+        };
+        // SAFETY: views stay inside q/k (sizes asserted); `scores` is this task's own buffer.
+        unsafe {
+            matmul(
+                q_len,
+                kv_len,
+                d_head,
+                scores.as_mut_ptr(),
+                kv_len as isize,
+                false,
+                q_at,
+                kt,
+                Parallelism::None,
+            );
+        }
+        let mask = key_mask.map(|m| &m[b * kv_len..(b + 1) * kv_len]);
+        vectorised(|| {
+            for (i, row) in scores.chunks_mut(kv_len).enumerate() {
+                // Keys after the query (causal) are masked: split the row there.
+                let visible = if causal {
+                    (past + i + 1).min(kv_len)
+                } else {
+                    kv_len
+                };
+                let (seen, unseen) = row.split_at_mut(visible);
+                match mask {
+                    None => seen.iter_mut().for_each(|x| *x *= scale),
+                    Some(m) => seen
+                        .iter_mut()
+                        .zip(m)
+                        .for_each(|(x, &m)| *x = if m != 0 { *x * scale } else { f32::MIN }),
                 }
-            });
-            // SAFETY (three copies and z below): task (b, h) writes only its own plane
-            // [b, h] of scores/pattern and z[b, :, h, :], disjoint from every other task's.
-            if let Some(p) = scores_ptr {
-                unsafe { std::slice::from_raw_parts_mut(p.get().add(task * plane), plane) }
-                    .copy_from_slice(scores);
+                unseen.fill(f32::MIN);
             }
-            vectorised(|| {
-                for row in scores.chunks_mut(kv_len) {
-                    let max = fastmath::max(row);
-                    row.iter_mut().for_each(|x| *x = fastmath::exp(*x - max));
-                    let inv = 1.0 / fastmath::sum(row);
-                    row.iter_mut().for_each(|x| *x *= inv);
-                }
-            });
-            if let Some(p) = pattern_ptr {
-                unsafe { std::slice::from_raw_parts_mut(p.get().add(task * plane), plane) }
-                    .copy_from_slice(scores);
+        });
+        // SAFETY (three copies and z below): task (b, h) writes only its own plane
+        // [b, h] of scores/pattern and z[b, :, h, :], disjoint from every other task's.
+        if let Some(p) = scores_ptr {
+            unsafe { std::slice::from_raw_parts_mut(p.get().add(task * plane), plane) }
+                .copy_from_slice(scores);
+        }
+        vectorised(|| {
+            for row in scores.chunks_mut(kv_len) {
+                let max = fastmath::max(row);
+                row.iter_mut().for_each(|x| *x = fastmath::exp(*x - max));
+                let inv = 1.0 / fastmath::sum(row);
+                row.iter_mut().for_each(|x| *x *= inv);
             }
-            let p = Strided {
-                ptr: scores.as_ptr(),
-                row: kv_len as isize,
-                col: 1,
-            };
-            unsafe {
-                let dst = z_ptr.get().add((b * q_len * heads + h) * d_head);
-                matmul(
-                    q_len,
-                    d_head,
-                    kv_len,
-                    dst,
-                    q_row,
-                    false,
-                    p,
-                    v_at,
-                    Parallelism::None,
-                );
-            }
-        },
-    );
+        });
+        if let Some(p) = pattern_ptr {
+            unsafe { std::slice::from_raw_parts_mut(p.get().add(task * plane), plane) }
+                .copy_from_slice(scores);
+        }
+        let p = Strided {
+            ptr: scores.as_ptr(),
+            row: kv_len as isize,
+            col: 1,
+        };
+        unsafe {
+            let dst = z_ptr.get().add((b * q_len * heads + h) * d_head);
+            matmul(
+                q_len,
+                d_head,
+                kv_len,
+                dst,
+                q_row,
+                false,
+                p,
+                v_at,
+                Parallelism::None,
+            );
+        }
+    };
+    // One query row against a short cache (decoding) is too little work to hand to the pool.
+    if q_len * kv_len * heads * batch * d_head < SERIAL_BELOW * 8 {
+        let mut scores = vec![0f32; plane];
+        (0..batch * heads).for_each(|task| head(&mut scores, task));
+    } else {
+        (0..batch * heads)
+            .into_par_iter()
+            .for_each_init(|| vec![0f32; plane], head);
+    }
     AttnResult {
         z,
         scores: scores_out,

@@ -3,11 +3,14 @@
 //! graph, they are composed from candle ops, so gradient-based attribution can backpropagate
 //! through the very same forward pass.
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor, D};
 
 use crate::config::{Activation, NormKind};
 use crate::error::Result;
 use crate::kernels;
+use crate::quant::QuantWeight;
 
 /// Whether the fused kernels may run: CPU f32, and no gradient is wanted through `t`
 /// (the kernels work on raw slices, outside candle's autograd graph).
@@ -37,11 +40,17 @@ fn cpu_tensor(data: Vec<f32>, dims: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(data, dims, &Device::Cpu)?)
 }
 
-/// A dense layer `x · W + b`, with W kept as `[d_in, d_out]`.
+/// Inputs of at most this many rows (decoding) use the quantised weights where there are
+/// some; more rows (prefill) are compute-bound and run the dense GEMM.
+const QUANT_MAX_ROWS: usize = 8;
+
+/// A dense layer `x · W + b`, with W kept as `[d_in, d_out]`, and optionally the same weights
+/// quantised (from a GGUF file) for few-row inputs.
 #[derive(Debug, Clone)]
 pub struct Linear {
     w: Tensor,
     b: Option<Tensor>,
+    q: Option<Arc<QuantWeight>>,
 }
 
 impl Linear {
@@ -50,12 +59,25 @@ impl Linear {
         Ok(Self {
             w: w.t()?.contiguous()?,
             b,
+            q: None,
         })
     }
 
     /// From a weight already laid out `[d_in, d_out]` (GPT-2's Conv1D).
     pub fn from_in_out(w: Tensor, b: Option<Tensor>) -> Self {
-        Self { w, b }
+        Self { w, b, q: None }
+    }
+
+    /// Also keeps `q`, the same weights quantised (`[d_out, d_in]`), for decoding.
+    pub fn with_quantized(mut self, q: Option<QuantWeight>) -> Self {
+        self.q = q
+            .filter(|q| q.rows == self.d_out() && q.cols == self.d_in())
+            .map(Arc::new);
+        self
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        self.q.is_some()
     }
 
     pub fn d_in(&self) -> usize {
@@ -85,6 +107,20 @@ impl Linear {
         let d_in = dims.pop().unwrap_or(0);
         let m: usize = dims.iter().product();
         dims.push(self.d_out());
+        if let Some(q) = self
+            .q
+            .as_ref()
+            .filter(|_| m <= QUANT_MAX_ROWS && is_cpu_f32(x))
+        {
+            let mut out = with_slice(x, |xs| match &self.b {
+                Some(b) => with_slice(b, |bs| q.matmul(xs, m, Some(bs))),
+                None => Ok(q.matmul(xs, m, None)),
+            })??;
+            if let Some(act) = act {
+                kernels::activate(&mut out, act);
+            }
+            return cpu_tensor(out, &dims);
+        }
         if is_cpu_f32(x) {
             let mut out = with_slice(x, |xs| {
                 with_slice(&self.w, |ws| match &self.b {

@@ -10,6 +10,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::gguf_model;
+use crate::quant::QuantWeight;
 
 /// A checkpoint's weights: the raw bytes of a safetensors file (validated on open) or an open
 /// GGUF file, whose tensors are read under their Hugging Face names (see [`gguf_model`]).
@@ -114,6 +115,24 @@ impl Weights<'_> {
             }
         };
         Ok(t.to_device(self.device)?)
+    }
+
+    /// The weight `name` (`[rows, cols]`) kept quantised, where the file stores it in a type
+    /// [`QuantWeight`] multiplies directly (GGUF Q4_0, Q4_1, Q8_0); `None` otherwise.
+    pub fn get_quantized(&self, name: &str, rows: usize, cols: usize) -> Option<QuantWeight> {
+        let Source::Gguf { file, cfg } = &self.source else {
+            return None;
+        };
+        let (gguf_name, permuted) = gguf_model::tensor_name(&cfg.model_type, name, cfg)?;
+        let info = file.tensors.get(&gguf_name)?;
+        if info.shape != [rows, cols] {
+            return None;
+        }
+        let q = QuantWeight::from_ggml(info.kind.name, file.raw(&gguf_name).ok()?, rows, cols)?;
+        Some(match permuted {
+            Some(heads) => q.permute_rows(&gguf_model::unpermuted_order(rows, heads)),
+            None => q,
+        })
     }
 
     fn get_safetensors(&self, st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Tensor> {
