@@ -3,10 +3,10 @@
 
 use glassbox_analysis::catalog::flags::flags;
 use glassbox_analysis::catalog::taxonomy::Taxonomy;
-use glassbox_model::{registry, Device, Hooks, Model};
+use glassbox_model::{registry, Device, Model};
 
 mod common;
-use common::two_way_dictionary;
+use common::{hook_rows, two_way_dictionary};
 
 const TAXONOMY: &str = r#"
 threshold = 0.5
@@ -55,20 +55,9 @@ fn a_feature_aligned_with_a_concept_is_flagged_and_its_opposite_is_not() {
     // Feature 0's threshold sits halfway between the highest token of the other sentences and
     // the lowest peak of the cat sentences (a max-margin cut on the training sentences only).
     let d = model.config.d_model;
-    let point = model.hook_point(HOOK).unwrap();
     let projections = |text: &str| -> Vec<f32> {
-        let batch = model.batch(&[text], false).unwrap();
-        let mut hooks = Hooks::none().record(point);
-        model.forward(&batch, &mut hooks, None).unwrap();
-        let x: Vec<f32> = hooks
-            .cache()
-            .get(&point)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        x.chunks(d)
+        hook_rows(&model, HOOK, text)
+            .chunks(d)
             .map(|row| row.iter().zip(&sae.w_enc_t[..d]).map(|(a, b)| a * b).sum())
             .collect()
     };

@@ -5,24 +5,14 @@ use std::path::Path;
 
 use glassbox_model::{BlockHook, Device, HookPoint, Hooks, Model, ModelError, Tensor};
 
+mod common;
+use common::max_abs_diff;
+
 fn tiny(name: &str) -> Model {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
     Model::load(&dir, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn logits(model: &Model, text: &str, hooks: &mut Hooks) -> Tensor {

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use glassbox_model::{registry, BlockHook, Device, HookPoint, Hooks, Model, Tensor};
 
+mod common;
+use common::max_abs_diff;
+
 const TOL: f32 = 1e-4;
 
 fn fixtures() -> PathBuf {
@@ -14,20 +17,6 @@ fn fixtures() -> PathBuf {
 
 fn load_ref(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).expect("reference fixture")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn assert_close(what: &str, a: &Tensor, b: &Tensor) {

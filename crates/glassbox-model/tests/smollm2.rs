@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use glassbox_model::chat::Message;
 use glassbox_model::{registry, BlockHook, Device, HookPoint, Hooks, Model, Tensor};
 
+mod common;
+use common::max_abs_diff;
+
 const LOGIT_TOL: f32 = 2e-3;
 
 fn fixtures() -> PathBuf {
@@ -47,20 +50,6 @@ fn ids(t: &Tensor) -> Vec<u32> {
         .iter()
         .map(|&i| i as u32)
         .collect()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]

@@ -3,24 +3,29 @@
 use glassbox_dictionary::{Activation, DictConfig, Sae};
 use glassbox_model::{Hooks, Model};
 
+/// The activation at `hook` of every token of `text`, `[tokens × d_model]` flattened.
+pub fn hook_rows(model: &Model, hook: &str, text: &str) -> Vec<f32> {
+    let point = model.hook_point(hook).unwrap();
+    let batch = model.batch(&[text], false).unwrap();
+    let mut hooks = Hooks::none().record(point);
+    model.forward(&batch, &mut hooks, None).unwrap();
+    hooks
+        .cache()
+        .get(&point)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 /// The mean activation at `hook` over every token of `texts`.
 fn mean_activation(model: &Model, hook: &str, texts: &[&str]) -> Vec<f32> {
-    let point = model.hook_point(hook).unwrap();
     let d = model.config.d_model;
     let mut sum = vec![0f32; d];
     let mut n = 0;
     for t in texts {
-        let batch = model.batch(&[*t], false).unwrap();
-        let mut hooks = Hooks::none().record(point);
-        model.forward(&batch, &mut hooks, None).unwrap();
-        let x: Vec<f32> = hooks
-            .cache()
-            .get(&point)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x = hook_rows(model, hook, t);
         for row in x.chunks(d) {
             sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
             n += 1;
