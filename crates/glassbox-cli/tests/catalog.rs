@@ -131,6 +131,24 @@ fn build_show_search_export_and_resume_after_a_kill() {
     let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["fired"].as_u64().unwrap() > 50, "{report}");
+    // Rerun for the table (nothing new to read): every command it suggests works verbatim.
+    let table: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--json")
+        .collect();
+    let printed = String::from_utf8(ok(&table).stdout).unwrap();
+    let suggested: Vec<&str> = printed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("glassbox catalog "))
+        .filter(|l| !l.starts_with("export"))
+        .collect();
+    assert!(suggested.len() >= 2, "{printed}");
+    for line in suggested {
+        let mut words = vec!["catalog"];
+        words.extend(line.split_whitespace().map(|w| w.trim_matches('"')));
+        ok(&words);
+    }
 
     // The card, without a terminal: the peak token of each context is marked.
     let cat = straight.to_str().unwrap();

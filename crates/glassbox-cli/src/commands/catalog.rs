@@ -295,14 +295,35 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         let list: Vec<String> = flagged.iter().map(|(c, n)| format!("{c} {n}")).collect();
         println!("flagged features: {}", list.join(" · "));
     }
-    println!("look at it with:");
-    println!("  glassbox catalog show {example}");
-    if let Some(c) = flagged.keys().next() {
-        println!("  glassbox catalog search --flag {c}");
+    // The next commands work verbatim: they name this catalog unless it is the default one.
+    let mut at = String::new();
+    if a.at.catalog != registry::home().join("catalog") {
+        at += &format!(" --catalog {}", shell_word(&a.at.catalog.to_string_lossy()));
     }
-    println!("  glassbox catalog search \"error\"");
-    println!("  glassbox catalog export --html catalog-site   # then open catalog-site/index.html");
+    if a.at.store.is_some() {
+        at += " --store URL";
+    }
+    println!("look at it with:");
+    println!("  glassbox catalog show {example}{at}");
+    if let Some(c) = flagged.keys().next() {
+        println!("  glassbox catalog search --flag {c}{at}");
+    }
+    println!("  glassbox catalog search \"error\"{at}");
+    println!(
+        "  glassbox catalog export --html catalog-site{at}   # then open catalog-site/index.html"
+    );
     Ok(())
+}
+
+/// `s` as one shell word (single-quoted unless it is plain).
+fn shell_word(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+,=:".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn run_show(a: ShowArgs, json_out: bool) -> Result<()> {
