@@ -153,6 +153,15 @@ fn a_killed_training_run_resumes_to_the_same_loss_curve() {
     let fve = report["report"]["fve"].as_f64().unwrap();
     assert!(fve > 0.7, "FVE {fve}");
     assert!(report["report"]["l0"].as_f64().unwrap() <= 4.0);
+    // Every stored row is evaluated once, not cycled up to --tokens (200,000 by default).
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(acts.join("manifest.json")).unwrap())
+            .unwrap();
+    let (seen, stored) = (
+        report["report"]["tokens"].as_u64().unwrap(),
+        manifest["tokens"].as_u64().unwrap(),
+    );
+    assert!(seen <= stored && seen * 2 > stored, "{seen} of {stored}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ pub struct Args {
     /// Activations to evaluate on (a `glassbox harvest` store of the same hook).
     #[arg(long)]
     acts: PathBuf,
-    /// Tokens to evaluate.
+    /// Tokens to evaluate (at most the store's).
     #[arg(long, default_value_t = 200_000)]
     tokens: usize,
     /// Batch stream seed (choose one the training did not use to get unseen order).
@@ -64,7 +64,8 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
         b.map(|b| (b.inputs, b.targets))
             .map_err(anyhow::Error::from)
     });
-    let r = eval::evaluate(&sae, batches, args.tokens)?;
+    // One pass at most: the batch stream cycles, and a smaller store would be counted again.
+    let r = eval::evaluate(&sae, batches, args.tokens.min(store.rows()))?;
     let spliced = if args.splice > 0 {
         let name = args.model.as_deref().unwrap_or(&m.model);
         let model = input::load_model(name, device).with_context(|| {
