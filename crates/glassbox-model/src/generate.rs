@@ -127,8 +127,8 @@ impl Model {
             } else {
                 text.push(self.tokenizer.decode(&history[prompt.len()..])?)
             };
+            let go_on = steps.token(&choice, &new_text);
             tokens.push(choice);
-            let go_on = steps.token(tokens.last().unwrap_or_else(|| unreachable!()), &new_text);
             if eos || text.stopped {
                 break Finish::Stop;
             }
@@ -137,16 +137,11 @@ impl Model {
             }
             input = vec![id];
         };
+        // Text held back for a stop sequence that never came is final now; it belongs to the
+        // last token (held text exists only once a token was produced).
         let rest = text.finish();
-        if !rest.is_empty() {
-            steps.token(
-                tokens.last().unwrap_or(&Choice {
-                    id: 0,
-                    logprob: 0.0,
-                    top: Vec::new(),
-                }),
-                &rest,
-            );
+        if let (Some(last), false) = (tokens.last(), rest.is_empty()) {
+            steps.token(last, &rest);
         }
         Ok(Generation {
             tokens,

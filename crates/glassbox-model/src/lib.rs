@@ -31,6 +31,20 @@ pub mod sampling;
 pub mod tokenizer;
 pub mod weights;
 
+/// Deterministic pseudo-random numbers for unit tests (xorshift32).
+#[cfg(test)]
+pub(crate) fn xorshift(n: usize, seed: u32) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        })
+        .collect()
+}
+
 pub use candle_core as candle;
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Architecture, ModelConfig};

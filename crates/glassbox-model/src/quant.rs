@@ -303,14 +303,9 @@ mod tests {
     use super::*;
 
     fn pseudo_random(n: usize, seed: u32) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 24) as u8
-            })
+        crate::xorshift(n, seed)
+            .into_iter()
+            .map(|x| (x >> 24) as u8)
             .collect()
     }
 

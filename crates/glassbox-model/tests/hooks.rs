@@ -49,16 +49,7 @@ fn fused_and_materialised_attention_agree() {
                 fused.cache().get(p).unwrap(),
                 materialised.cache().get(p).unwrap(),
             );
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(a, b);
             assert!(d < 1e-4, "{name} {p}: {d}");
         }
         // Each pattern row is a distribution over visible (earlier) keys.
