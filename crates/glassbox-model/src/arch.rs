@@ -1,11 +1,14 @@
 //! Mapping each family's checkpoint names onto the shared [`Block`] (one function each).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
 use crate::block::{Attention, Block, Mlp};
 use crate::config::{Architecture, ModelConfig, NormKind};
 use crate::error::Result;
-use crate::ops::{Linear, Norm};
+use crate::ops::{Linear, Norm, Rope};
 use crate::weights::Weights;
 
 /// Everything before the first block.
@@ -19,6 +22,8 @@ pub struct Embeddings {
     pub token_type: Option<Tensor>,
     /// BERT normalises the summed embeddings.
     pub norm: Option<Norm>,
+    /// Gemma multiplies the token embedding by √d_model.
+    pub scale: Option<f64>,
 }
 
 /// The parts of a model, in forward order.
@@ -33,7 +38,7 @@ pub fn load(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
     match cfg.arch {
         Architecture::Bert => bert(cfg, w),
         Architecture::Gpt2 => gpt2(cfg, w),
-        Architecture::Llama => llama(cfg, w),
+        Architecture::Llama | Architecture::Gemma3 => rotary_decoder(cfg, w),
     }
 }
 
@@ -65,10 +70,23 @@ impl Loader<'_> {
     }
 
     fn norm(&self, name: &str, weight: &str, bias: Option<&str>) -> Result<Norm> {
-        let d = self.cfg.d_model;
-        let w = self.get(&format!("{name}.{weight}"), &[d])?;
+        self.norm_of_width(name, weight, bias, self.cfg.d_model)
+    }
+
+    /// A norm over `width` features, its weight shifted by the config's offset (Gemma's `1 + w`).
+    fn norm_of_width(
+        &self,
+        name: &str,
+        weight: &str,
+        bias: Option<&str>,
+        width: usize,
+    ) -> Result<Norm> {
+        let mut w = self.get(&format!("{name}.{weight}"), &[width])?;
+        if self.cfg.norm_weight_offset != 0.0 {
+            w = (w + self.cfg.norm_weight_offset)?;
+        }
         let b = match bias {
-            Some(b) => Some(self.get(&format!("{name}.{b}"), &[d])?),
+            Some(b) => Some(self.get(&format!("{name}.{b}"), &[width])?),
             None => None,
         };
         Ok(Norm::new(self.cfg.norm, w, b, self.cfg.norm_eps))
@@ -105,21 +123,22 @@ fn bert(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
             None
         },
         norm: Some(l.norm("embeddings.LayerNorm", "weight", Some("bias"))?),
+        scale: None,
     };
     let blocks = (0..cfg.n_layers)
         .map(|i| {
             let p = format!("encoder.layer.{i}");
             Ok(Block {
                 layer: i,
-                attn: Attention {
-                    q: l.linear(&format!("{p}.attention.self.query"), h, d, true)?,
-                    k: l.linear(&format!("{p}.attention.self.key"), h, d, true)?,
-                    v: l.linear(&format!("{p}.attention.self.value"), h, d, true)?,
-                    o: l.linear(&format!("{p}.attention.output.dense"), d, h, true)?,
-                    n_heads: cfg.n_heads,
-                    n_kv_heads: cfg.n_kv_heads,
-                    d_head: cfg.d_head,
-                },
+                attn: Attention::new(
+                    l.linear(&format!("{p}.attention.self.query"), h, d, true)?,
+                    l.linear(&format!("{p}.attention.self.key"), h, d, true)?,
+                    l.linear(&format!("{p}.attention.self.value"), h, d, true)?,
+                    l.linear(&format!("{p}.attention.output.dense"), d, h, true)?,
+                    cfg.n_heads,
+                    cfg.n_kv_heads,
+                    cfg.d_head,
+                ),
                 ln1: l.norm(
                     &format!("{p}.attention.output.LayerNorm"),
                     "weight",
@@ -132,6 +151,7 @@ fn bert(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
                 },
                 ln2: l.norm(&format!("{p}.output.LayerNorm"), "weight", Some("bias"))?,
                 post_norm: true,
+                out_norms: None,
             })
         })
         .collect::<Result<_>>()?;
@@ -163,6 +183,7 @@ fn gpt2(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
         pos: Some(l.get("wpe.weight", &[cfg.max_positions, d])?),
         token_type: None,
         norm: None,
+        scale: None,
     };
     let blocks = (0..cfg.n_layers)
         .map(|i| {
@@ -180,15 +201,15 @@ fn gpt2(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
             Ok(Block {
                 layer: i,
                 ln1: l.norm(&format!("{p}.ln_1"), "weight", Some("bias"))?,
-                attn: Attention {
-                    q: part(0)?,
-                    k: part(1)?,
-                    v: part(2)?,
-                    o: conv(&format!("{p}.attn.c_proj"), d, d)?,
-                    n_heads: cfg.n_heads,
-                    n_kv_heads: cfg.n_kv_heads,
-                    d_head: cfg.d_head,
-                },
+                attn: Attention::new(
+                    part(0)?,
+                    part(1)?,
+                    part(2)?,
+                    conv(&format!("{p}.attn.c_proj"), d, d)?,
+                    cfg.n_heads,
+                    cfg.n_kv_heads,
+                    cfg.d_head,
+                ),
                 ln2: l.norm(&format!("{p}.ln_2"), "weight", Some("bias"))?,
                 mlp: Mlp::Standard {
                     fc_in: conv(&format!("{p}.mlp.c_fc"), d, cfg.d_mlp)?,
@@ -196,6 +217,7 @@ fn gpt2(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
                     act: cfg.act,
                 },
                 post_norm: false,
+                out_norms: None,
             })
         })
         .collect::<Result<_>>()?;
@@ -208,7 +230,9 @@ fn gpt2(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
     })
 }
 
-fn llama(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
+/// Llama-family decoders (Llama, Qwen2, SmolLM) and Gemma 3, which adds QK-norm, norms on
+/// the attention and MLP outputs, a scaled embedding and per-layer windows and RoPE bases.
+fn rotary_decoder(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
     let l = Loader {
         w,
         prefix: "model.",
@@ -220,6 +244,26 @@ fn llama(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
         cfg.n_kv_heads * cfg.d_head,
     );
     debug_assert_eq!(cfg.norm, NormKind::RmsNorm);
+    // One rotary table per distinct base, shared by the layers that use it.
+    let mut ropes: BTreeMap<u64, Arc<Rope>> = BTreeMap::new();
+    let mut rope_of = |layer: usize| -> Result<Option<Arc<Rope>>> {
+        let Some(theta) = cfg.rope_theta(layer) else {
+            return Ok(None);
+        };
+        if let Some(r) = ropes.get(&theta.to_bits()) {
+            return Ok(Some(r.clone()));
+        }
+        let r = Arc::new(Rope::new(cfg.d_head, cfg.max_positions, theta, w.device())?);
+        ropes.insert(theta.to_bits(), r.clone());
+        Ok(Some(r))
+    };
+    // Gemma's `post_attention_layernorm` normalises the attention output; Llama's is the
+    // norm before the MLP.
+    let pre_mlp_norm = if cfg.sandwich_norms {
+        "pre_feedforward_layernorm"
+    } else {
+        "post_attention_layernorm"
+    };
     let tok = l.get("embed_tokens.weight", &[cfg.vocab_size, d])?;
     let blocks = (0..cfg.n_layers)
         .map(|i| {
@@ -227,19 +271,36 @@ fn llama(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
             let lin = |name: &str, o: usize, n: usize, bias: bool| {
                 l.linear(&format!("{p}.{name}"), o, n, bias)
             };
+            let norm = |name: &str| l.norm(&format!("{p}.{name}"), "weight", None);
+            let head_norm =
+                |name: &str| l.norm_of_width(&format!("{p}.{name}"), "weight", None, cfg.d_head);
+            let attn = Attention {
+                scale: cfg.attn_scale,
+                qk_norm: if cfg.qk_norm {
+                    Some((
+                        head_norm("self_attn.q_norm")?,
+                        head_norm("self_attn.k_norm")?,
+                    ))
+                } else {
+                    None
+                },
+                rope: rope_of(i)?,
+                window: cfg.window(i),
+                ..Attention::new(
+                    lin("self_attn.q_proj", h, d, cfg.qkv_bias)?,
+                    lin("self_attn.k_proj", kv, d, cfg.qkv_bias)?,
+                    lin("self_attn.v_proj", kv, d, cfg.qkv_bias)?,
+                    lin("self_attn.o_proj", d, h, cfg.o_bias)?,
+                    cfg.n_heads,
+                    cfg.n_kv_heads,
+                    cfg.d_head,
+                )
+            };
             Ok(Block {
                 layer: i,
-                ln1: l.norm(&format!("{p}.input_layernorm"), "weight", None)?,
-                attn: Attention {
-                    q: lin("self_attn.q_proj", h, d, cfg.qkv_bias)?,
-                    k: lin("self_attn.k_proj", kv, d, cfg.qkv_bias)?,
-                    v: lin("self_attn.v_proj", kv, d, cfg.qkv_bias)?,
-                    o: lin("self_attn.o_proj", d, h, cfg.o_bias)?,
-                    n_heads: cfg.n_heads,
-                    n_kv_heads: cfg.n_kv_heads,
-                    d_head: cfg.d_head,
-                },
-                ln2: l.norm(&format!("{p}.post_attention_layernorm"), "weight", None)?,
+                ln1: norm("input_layernorm")?,
+                attn,
+                ln2: norm(pre_mlp_norm)?,
                 mlp: Mlp::Gated {
                     gate: lin("mlp.gate_proj", cfg.d_mlp, d, cfg.mlp_bias)?,
                     up: lin("mlp.up_proj", cfg.d_mlp, d, cfg.mlp_bias)?,
@@ -247,6 +308,14 @@ fn llama(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
                     act: cfg.act,
                 },
                 post_norm: false,
+                out_norms: if cfg.sandwich_norms {
+                    Some((
+                        norm("post_attention_layernorm")?,
+                        norm("post_feedforward_layernorm")?,
+                    ))
+                } else {
+                    None
+                },
             })
         })
         .collect::<Result<_>>()?;
@@ -270,6 +339,7 @@ fn llama(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
             pos: None,
             token_type: None,
             norm: None,
+            scale: cfg.embed_scale,
         },
         blocks,
         final_norm: Some(l.norm("norm", "weight", None)?),

@@ -1,5 +1,8 @@
-//! The one transformer block every architecture maps onto. Where the norm sits (pre or post),
-//! which norm, the positional scheme and the MLP's shape are data, not separate code paths.
+//! The one transformer block every architecture maps onto. Where the norms sit (pre, post or
+//! both sides), which norm, the positional scheme, the attention window and the MLP's shape are
+//! data, not separate code paths.
+
+use std::sync::Arc;
 
 use candle_core::Tensor;
 
@@ -17,6 +20,42 @@ pub struct Attention {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub d_head: usize,
+    /// Scores are `q·k · scale`.
+    pub scale: f64,
+    /// RMSNorm of each head's query and key before RoPE (Gemma 3); `hook_q`/`hook_k` see
+    /// the normed vectors.
+    pub qk_norm: Option<(Norm, Norm)>,
+    /// This layer's rotary table (layers may differ in RoPE base); `None`: no rotary positions.
+    pub rope: Option<Arc<Rope>>,
+    /// Sliding-window layers: a query sees this many positions up to itself.
+    pub window: Option<usize>,
+}
+
+impl Attention {
+    /// A plain multi-head attention: `1/√d_head` scale, every earlier key, no rotary table.
+    pub fn new(
+        q: Linear,
+        k: Linear,
+        v: Linear,
+        o: Linear,
+        n_heads: usize,
+        n_kv_heads: usize,
+        d_head: usize,
+    ) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            o,
+            n_heads,
+            n_kv_heads,
+            d_head,
+            scale: 1.0 / (d_head as f64).sqrt(),
+            qk_norm: None,
+            rope: None,
+            window: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -46,13 +85,15 @@ pub struct Block {
     pub attn: Attention,
     pub mlp: Mlp,
     pub post_norm: bool,
+    /// Norms of the attention and MLP outputs before the residual add (Gemma's sandwich
+    /// norms); `hook_attn_out` and `hook_mlp_out` see the normed outputs, what is added.
+    pub out_norms: Option<(Norm, Norm)>,
 }
 
 /// Per-call state shared by the blocks of one forward pass.
 pub struct Pass<'h, 'a> {
     pub hooks: &'h mut Hooks<'a>,
     pub mask: AttnMask,
-    pub rope: Option<&'h Rope>,
     /// Number of positions already in the KV cache.
     pub offset: usize,
 }
@@ -156,22 +197,22 @@ impl Block {
     ) -> Result<Tensor> {
         let a = &self.attn;
         let (b, t, _) = x.dims3()?;
-        let q = self.hook(
-            pass,
-            BlockHook::AttnQ,
-            a.q.forward(x)?.reshape((b, t, a.n_heads, a.d_head))?,
-        )?;
-        let k = self.hook(
-            pass,
-            BlockHook::AttnK,
-            a.k.forward(x)?.reshape((b, t, a.n_kv_heads, a.d_head))?,
-        )?;
+        let q = a.q.forward(x)?.reshape((b, t, a.n_heads, a.d_head))?;
+        let k = a.k.forward(x)?.reshape((b, t, a.n_kv_heads, a.d_head))?;
+        let (q, k) = match &a.qk_norm {
+            Some((q_norm, k_norm)) => {
+                (Self::norm(q_norm, &q, pass)?, Self::norm(k_norm, &k, pass)?)
+            }
+            None => (q, k),
+        };
+        let q = self.hook(pass, BlockHook::AttnQ, q)?;
+        let k = self.hook(pass, BlockHook::AttnK, k)?;
         let v = self.hook(
             pass,
             BlockHook::AttnV,
             a.v.forward(x)?.reshape((b, t, a.n_kv_heads, a.d_head))?,
         )?;
-        let (q, k) = match pass.rope {
+        let (q, k) = match &a.rope {
             Some(rope) => (
                 self.hook(pass, BlockHook::AttnRotQ, rope.apply(&q, pass.offset)?)?,
                 self.hook(pass, BlockHook::AttnRotK, rope.apply(&k, pass.offset)?)?,
@@ -182,7 +223,11 @@ impl Block {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let scale = 1.0 / (a.d_head as f64).sqrt();
+        let scale = a.scale;
+        let mask = AttnMask {
+            window: a.window,
+            ..pass.mask.clone()
+        };
         let (scores_at, pattern_at) = (
             HookPoint::Block(self.layer, BlockHook::AttnScores),
             HookPoint::Block(self.layer, BlockHook::AttnPattern),
@@ -196,7 +241,7 @@ impl Block {
             None
         } else {
             let (scores, pattern) = (pass.hooks.wants(scores_at), pass.hooks.wants(pattern_at));
-            ops::attention_fused(&q, &k, &v, &pass.mask, scale as f32, scores, pattern)?
+            ops::attention_fused(&q, &k, &v, &mask, scale as f32, scores, pattern)?
         };
         let z = match fused {
             Some(a) => {
@@ -207,10 +252,14 @@ impl Block {
                 }
                 a.z
             }
-            None => self.attention_materialised(&q, &k, &v, pass, scale)?,
+            None => self.attention_materialised(&q, &k, &v, &mask, pass, scale)?,
         };
         let z = self.hook(pass, BlockHook::AttnZ, z)?;
         let out = a.o.forward(&z.reshape((b, t, a.n_heads * a.d_head))?)?;
+        let out = match &self.out_norms {
+            Some((attn_norm, _)) => Self::norm(attn_norm, &out, pass)?,
+            None => out,
+        };
         self.hook(pass, BlockHook::AttnOut, out)
     }
 
@@ -220,6 +269,7 @@ impl Block {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
+        mask: &AttnMask,
         pass: &mut Pass,
         scale: f64,
     ) -> Result<Tensor> {
@@ -240,7 +290,7 @@ impl Block {
         };
         let q = q.transpose(1, 2)?.contiguous()?;
         let (k, v) = (per_head(k)?, per_head(v)?);
-        let scores = ops::attention_scores(&q, &k, &pass.mask, scale)?;
+        let scores = ops::attention_scores(&q, &k, mask, scale)?;
         let scores = self.hook(pass, BlockHook::AttnScores, scores)?;
         let pattern = ops::softmax_last_dim(&scores)?;
         let pattern = if pass.hooks.frozen() {
@@ -273,15 +323,19 @@ impl Block {
             Mlp::Standard { fc_out, .. } => fc_out.forward(&post)?,
             Mlp::Gated { down, .. } => down.forward(&post)?,
         };
+        let out = match &self.out_norms {
+            Some((_, mlp_norm)) => Self::norm(mlp_norm, &out, pass)?,
+            None => out,
+        };
         self.hook(pass, BlockHook::MlpOut, out)
     }
 
     /// The block's hook points, for listing and validating names.
-    pub fn hook_points(&self, rotary: bool) -> Vec<HookPoint> {
+    pub fn hook_points(&self) -> Vec<HookPoint> {
         BlockHook::ALL
             .iter()
             .filter(|h| match h {
-                BlockHook::AttnRotQ | BlockHook::AttnRotK => rotary,
+                BlockHook::AttnRotQ | BlockHook::AttnRotK => self.attn.rope.is_some(),
                 BlockHook::MlpPreLinear => matches!(self.mlp, Mlp::Gated { .. }),
                 BlockHook::NormalizedResidPost => self.post_norm,
                 _ => true,

@@ -54,6 +54,35 @@ pub fn template_of_dir(dir: &Path) -> Result<Option<String>> {
     })
 }
 
+/// The conversation format of a family whose checkpoints may ship without a template (Gemma's
+/// GGUF files carry none): the turns Gemma was trained on, `<start_of_turn>role … <end_of_turn>`,
+/// with the assistant called `model` and a system prompt folded into the first user turn.
+pub const GEMMA_TEMPLATE: &str = r#"{{ bos_token }}
+{%- if messages and messages[0]['role'] == 'system' -%}
+  {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+  {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+  {%- set first_user_prefix = '' -%}
+  {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+  {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+    {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+  {%- endif -%}
+  {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+  {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}
+  {{- message['content'] | trim }}
+  {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+  {{ '<start_of_turn>model\n' }}
+{%- endif -%}"#;
+
+/// The built-in template for a GGUF `general.architecture` without one of its own.
+pub fn builtin_template(architecture: &str) -> Option<&'static str> {
+    architecture.starts_with("gemma").then_some(GEMMA_TEMPLATE)
+}
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,

@@ -121,7 +121,7 @@ impl Model {
             let choice = sampler.choose(&row, &history, cfg.top_logprobs);
             let id = choice.id;
             history.push(id);
-            let eos = Some(id) == self.config.eos_token_id;
+            let eos = self.ends_generation(id);
             let new_text = if eos {
                 String::new()
             } else {

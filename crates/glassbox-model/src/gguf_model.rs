@@ -1,7 +1,8 @@
 //! A GGUF checkpoint as the three things a Hugging Face directory holds: `config.json` fields
 //! from the `{arch}.*` metadata, tensors under Hugging Face names (llama.cpp's Q/K row
-//! permutation undone), and a `tokenizer.json` built from `tokenizer.ggml.*`. The runtime then
-//! loads it exactly like a directory: one mapping, written as data, instead of a second loader.
+//! permutation and Gemma's `1 + w` norms undone), and a `tokenizer.json` built from
+//! `tokenizer.ggml.*` (byte-level BPE or SentencePiece). The runtime then loads it exactly like a
+//! directory: one mapping, written as data, instead of a second loader.
 
 use serde_json::{json, Map, Value as Json};
 
@@ -9,7 +10,12 @@ use crate::error::Result;
 use crate::gguf::{GgufFile, Value};
 
 /// Architectures whose GGUF layout is mapped here (`general.architecture`).
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3"];
+
+/// llama.cpp hard-codes Gemma 3's sliding-window layout: five local layers (RoPE base 10,000)
+/// before every global one.
+const GEMMA3_SLIDING_PATTERN: u64 = 6;
+const GEMMA3_SLIDING_THETA: f64 = 10_000.0;
 
 /// The `config.json` a Hugging Face checkpoint of this model would have.
 pub fn config_json(g: &GgufFile) -> Result<Json> {
@@ -58,7 +64,11 @@ pub fn config_json(g: &GgufFile) -> Result<Json> {
     }
     let token_id = |k: &str| g.optional(k, "a token id", Value::as_u64);
     let mut c = Map::new();
-    c.insert("model_type".into(), json!(arch));
+    let gemma = arch == "gemma3";
+    c.insert(
+        "model_type".into(),
+        json!(if gemma { "gemma3_text" } else { arch }),
+    );
     c.insert("hidden_size".into(), json!(d_model));
     c.insert("num_hidden_layers".into(), json!(int("block_count")?));
     c.insert("num_attention_heads".into(), json!(n_heads));
@@ -84,7 +94,21 @@ pub fn config_json(g: &GgufFile) -> Result<Json> {
         "rope_theta".into(),
         json!(float("rope.freq_base")?.unwrap_or(10_000.0)),
     );
-    c.insert("hidden_act".into(), json!("silu"));
+    if gemma {
+        c.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+        c.insert("query_pre_attn_scalar".into(), json!(d_head));
+        c.insert(
+            "sliding_window".into(),
+            json!(int("attention.sliding_window")?),
+        );
+        c.insert(
+            "sliding_window_pattern".into(),
+            json!(GEMMA3_SLIDING_PATTERN),
+        );
+        c.insert("rope_local_base_freq".into(), json!(GEMMA3_SLIDING_THETA));
+    } else {
+        c.insert("hidden_act".into(), json!("silu"));
+    }
     c.insert(
         "tie_word_embeddings".into(),
         json!(!g.tensors.contains_key("output.weight")),
@@ -104,16 +128,27 @@ pub fn config_json(g: &GgufFile) -> Result<Json> {
     Ok(Json::Object(c))
 }
 
-/// The GGUF tensor behind a Hugging Face tensor name, and whether its rows carry llama.cpp's
-/// interleaved-RoPE permutation (`Some(heads)` to undo it).
-pub fn tensor_name(
-    arch: &str,
-    hf: &str,
-    cfg: &crate::ModelConfig,
-) -> Option<(String, Option<usize>)> {
-    let plain = |s: &str| Some((s.to_string(), None));
+/// How a GGUF tensor differs from its Hugging Face counterpart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    AsIs,
+    /// Rows permuted for llama.cpp's interleaved RoPE, over this many heads.
+    Permuted {
+        heads: usize,
+    },
+    /// A Gemma norm weight, stored as `1 + w` where Hugging Face stores `w`.
+    PlusOne,
+}
+
+/// The GGUF tensor behind a Hugging Face tensor name, and how it is stored.
+pub fn tensor_name(arch: &str, hf: &str, cfg: &crate::ModelConfig) -> Option<(String, Stored)> {
+    let gemma = arch.starts_with("gemma");
+    let plain = |s: &str| Some((s.to_string(), Stored::AsIs));
     match hf {
         "model.embed_tokens.weight" => return plain("token_embd.weight"),
+        "model.norm.weight" if gemma => {
+            return Some(("output_norm.weight".into(), Stored::PlusOne))
+        }
         "model.norm.weight" => return plain("output_norm.weight"),
         "lm_head.weight" => return plain("output.weight"),
         _ => {}
@@ -122,26 +157,35 @@ pub fn tensor_name(
     let (layer, leaf) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (part, suffix) = leaf.rsplit_once('.')?;
-    let gguf = match part {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
+    let gguf = match (part, gemma) {
+        ("input_layernorm", _) => "attn_norm",
+        ("post_attention_layernorm", false) => "ffn_norm",
+        ("post_attention_layernorm", true) => "post_attention_norm",
+        ("pre_feedforward_layernorm", true) => "ffn_norm",
+        ("post_feedforward_layernorm", true) => "post_ffw_norm",
+        ("self_attn.q_norm", true) => "attn_q_norm",
+        ("self_attn.k_norm", true) => "attn_k_norm",
+        ("self_attn.q_proj", _) => "attn_q",
+        ("self_attn.k_proj", _) => "attn_k",
+        ("self_attn.v_proj", _) => "attn_v",
+        ("self_attn.o_proj", _) => "attn_output",
+        ("mlp.gate_proj", _) => "ffn_gate",
+        ("mlp.up_proj", _) => "ffn_up",
+        ("mlp.down_proj", _) => "ffn_down",
         _ => return None,
     };
-    // llama.cpp's converter permutes Q and K rows of Llama checkpoints (not Qwen2's) so that
-    // its interleaved RoPE matches Hugging Face's rotate-half.
-    let permuted = match (arch, gguf) {
-        ("llama", "attn_q") => Some(cfg.n_heads),
-        ("llama", "attn_k") => Some(cfg.n_kv_heads),
-        _ => None,
+    // llama.cpp's converter permutes Q and K rows of Llama checkpoints (not Qwen2's or
+    // Gemma's) so that its interleaved RoPE matches Hugging Face's rotate-half; it stores
+    // Gemma's norms with the 1 already added.
+    let stored = match (arch, gguf) {
+        ("llama", "attn_q") => Stored::Permuted { heads: cfg.n_heads },
+        ("llama", "attn_k") => Stored::Permuted {
+            heads: cfg.n_kv_heads,
+        },
+        (_, n) if gemma && n.ends_with("norm") => Stored::PlusOne,
+        _ => Stored::AsIs,
     };
-    Some((format!("blk.{layer}.{gguf}.{suffix}"), permuted))
+    Some((format!("blk.{layer}.{gguf}.{suffix}"), stored))
 }
 
 /// Undoes llama.cpp's permutation of a `[heads·d_head, ...]` projection (weight or bias):
@@ -188,70 +232,20 @@ fn pre_tokenizer(pre: &str) -> Option<Json> {
 
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// GGUF token types: control tokens are special (never split, skipped when decoding);
-/// user-defined ones are added tokens that are never split.
-const CONTROL: i64 = 3;
-const USER_DEFINED: i64 = 4;
-
-/// The `tokenizer.json` of a byte-level BPE vocabulary (`tokenizer.ggml.model = gpt2`).
+/// The `tokenizer.json` of the file's vocabulary: byte-level BPE (`tokenizer.ggml.model =
+/// gpt2`) or SentencePiece BPE with byte fallback (`llama`, e.g. Gemma's).
 pub fn tokenizer_json(g: &GgufFile) -> Result<Json> {
     let model = g.require("tokenizer.ggml.model", "a string", Value::as_str)?;
-    if model != "gpt2" {
-        return Err(g.err(format!(
-            "metadata `tokenizer.ggml.model` is `{model}`; only byte-level BPE (`gpt2`) vocabularies are supported"
-        )));
-    }
-    let pre_name = g
-        .optional("tokenizer.ggml.pre", "a string", Value::as_str)?
-        .unwrap_or("default");
-    let pre = pre_tokenizer(pre_name).ok_or_else(|| {
-        g.err(format!(
-            "metadata `tokenizer.ggml.pre` is `{pre_name}`, a pre-tokenizer Glassbox does not know; known: default, gpt2, smollm, qwen2"
-        ))
-    })?;
-    let strings = |key: &str| -> Result<Vec<&str>> {
-        g.require(key, "an array of strings", Value::as_array)?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str()
-                    .ok_or_else(|| g.err(format!("metadata `{key}`[{i}] is not a string")))
-            })
-            .collect()
-    };
-    let tokens = strings("tokenizer.ggml.tokens")?;
-    let merges = strings("tokenizer.ggml.merges")?;
-    let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
-        Some(Value::Array(a)) if a.len() == tokens.len() => a
-            .iter()
-            .map(|v| match *v {
-                Value::I32(t) => i64::from(t),
-                ref other => other.as_u64().map_or(1, |t| t as i64),
-            })
-            .collect(),
-        Some(_) => {
+    let vocab = Vocab::read(g)?;
+    let (model_json, normalizer, pre, decoder) = match model {
+        "gpt2" => byte_level_bpe(g, &vocab)?,
+        "llama" => sentencepiece_bpe(g, &vocab)?,
+        other => {
             return Err(g.err(format!(
-                "metadata `tokenizer.ggml.token_type` does not have one entry per token ({})",
-                tokens.len()
+                "metadata `tokenizer.ggml.model` is `{other}`; supported: gpt2 (byte-level BPE), llama (SentencePiece)"
             )))
         }
-        None => vec![1; tokens.len()],
     };
-    let mut vocab = Map::new();
-    let mut added = Vec::new();
-    for (id, (&tok, &kind)) in tokens.iter().zip(&types).enumerate() {
-        if vocab.insert(tok.to_string(), json!(id)).is_some() {
-            return Err(g.err(format!(
-                "metadata `tokenizer.ggml.tokens` lists {tok:?} twice"
-            )));
-        }
-        if kind == CONTROL || kind == USER_DEFINED {
-            added.push(
-                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": kind == CONTROL}),
-            );
-        }
-    }
     let add_bos = g
         .optional("tokenizer.ggml.add_bos_token", "a bool", Value::as_bool)?
         .unwrap_or(false);
@@ -260,7 +254,7 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<Json> {
         g.optional("tokenizer.ggml.bos_token_id", "a token id", Value::as_u64)?,
     ) {
         (true, Some(bos)) => {
-            let bos_tok = tokens.get(bos as usize).ok_or_else(|| {
+            let bos_tok = vocab.tokens.get(bos as usize).ok_or_else(|| {
                 g.err(format!(
                     "metadata `tokenizer.ggml.bos_token_id` {bos} is not a token"
                 ))
@@ -276,28 +270,195 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<Json> {
                          {"Sequence": {"id": "B", "type_id": 1}}],
                 "special_tokens": special})
         }
-        _ => {
+        _ if model == "gpt2" => {
             json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true})
         }
-    };
-    let normalizer = if pre_name == "qwen2" {
-        json!({"type": "NFC"})
-    } else {
-        Json::Null
+        _ => Json::Null,
     };
     Ok(json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": added,
+        "added_tokens": vocab.added_tokens(),
         "normalizer": normalizer,
         "pre_tokenizer": pre,
         "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges},
+        "decoder": decoder,
+        "model": model_json,
     }))
+}
+
+/// GGUF token types: control tokens are special (never split, skipped when decoding);
+/// user-defined ones are added tokens that are never split; bytes are SentencePiece's
+/// `<0xAB>` fallback pieces.
+const NORMAL: i64 = 1;
+const CONTROL: i64 = 3;
+const USER_DEFINED: i64 = 4;
+
+/// `tokenizer.ggml.tokens` with their types and (SentencePiece) scores.
+struct Vocab<'a> {
+    tokens: Vec<&'a str>,
+    types: Vec<i64>,
+}
+
+impl<'a> Vocab<'a> {
+    fn read(g: &'a GgufFile) -> Result<Self> {
+        let tokens = strings(g, "tokenizer.ggml.tokens")?;
+        let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(a)) if a.len() == tokens.len() => a
+                .iter()
+                .map(|v| match *v {
+                    Value::I32(t) => i64::from(t),
+                    ref other => other.as_u64().map_or(NORMAL, |t| t as i64),
+                })
+                .collect(),
+            Some(_) => {
+                return Err(g.err(format!(
+                    "metadata `tokenizer.ggml.token_type` does not have one entry per token ({})",
+                    tokens.len()
+                )))
+            }
+            None => vec![NORMAL; tokens.len()],
+        };
+        Ok(Self { tokens, types })
+    }
+
+    /// `{token: id}`, refusing duplicates (they would make ids ambiguous).
+    fn map(&self, g: &GgufFile) -> Result<Map<String, Json>> {
+        let mut vocab = Map::new();
+        for (id, &tok) in self.tokens.iter().enumerate() {
+            if vocab.insert(tok.to_string(), json!(id)).is_some() {
+                return Err(g.err(format!(
+                    "metadata `tokenizer.ggml.tokens` lists {tok:?} twice"
+                )));
+            }
+        }
+        Ok(vocab)
+    }
+
+    fn added_tokens(&self) -> Vec<Json> {
+        self.tokens
+            .iter()
+            .zip(&self.types)
+            .enumerate()
+            .filter(|(_, (_, &kind))| kind == CONTROL || kind == USER_DEFINED)
+            .map(|(id, (tok, &kind))| {
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": kind == CONTROL})
+            })
+            .collect()
+    }
+}
+
+fn strings<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
+    g.require(key, "an array of strings", Value::as_array)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_str()
+                .ok_or_else(|| g.err(format!("metadata `{key}`[{i}] is not a string")))
+        })
+        .collect()
+}
+
+/// Model, normalizer, pre-tokenizer and decoder of a byte-level BPE vocabulary.
+fn byte_level_bpe(g: &GgufFile, vocab: &Vocab) -> Result<(Json, Json, Json, Json)> {
+    let pre_name = g
+        .optional("tokenizer.ggml.pre", "a string", Value::as_str)?
+        .unwrap_or("default");
+    let pre = pre_tokenizer(pre_name).ok_or_else(|| {
+        g.err(format!(
+            "metadata `tokenizer.ggml.pre` is `{pre_name}`, a pre-tokenizer Glassbox does not know; known: default, gpt2, smollm, qwen2"
+        ))
+    })?;
+    let merges = strings(g, "tokenizer.ggml.merges")?;
+    let normalizer = if pre_name == "qwen2" {
+        json!({"type": "NFC"})
+    } else {
+        Json::Null
+    };
+    let model = json!({"type": "BPE", "dropout": null, "unk_token": null,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+        "byte_fallback": false, "ignore_merges": false, "vocab": vocab.map(g)?, "merges": merges});
+    let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+    Ok((model, normalizer, pre, decoder))
+}
+
+/// Model, normalizer, pre-tokenizer and decoder of a SentencePiece BPE vocabulary. SentencePiece
+/// merges the adjacent pair whose joined piece scores highest; as Hugging Face BPE, that is
+/// one merge rule per way of splitting each piece in two vocabulary pieces, ranked by the
+/// joined piece's score.
+fn sentencepiece_bpe(g: &GgufFile, vocab: &Vocab) -> Result<(Json, Json, Json, Json)> {
+    let scores: Vec<f64> = g
+        .require(
+            "tokenizer.ggml.scores",
+            "an array of numbers",
+            Value::as_array,
+        )?
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(0.0))
+        .collect();
+    if scores.len() != vocab.tokens.len() {
+        return Err(g.err(format!(
+            "metadata `tokenizer.ggml.scores` has {} entries for {} tokens",
+            scores.len(),
+            vocab.tokens.len()
+        )));
+    }
+    let ids: std::collections::HashMap<&str, usize> = vocab
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (t, i))
+        .collect();
+    // (score of the joined piece, its id, left length) → merge; best first.
+    let mut merges: Vec<(f64, usize, usize, &str, &str)> = Vec::new();
+    for (id, (&piece, &kind)) in vocab.tokens.iter().zip(&vocab.types).enumerate() {
+        if kind != NORMAL {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(at);
+            if ids.contains_key(l) && ids.contains_key(r) {
+                merges.push((scores[id], id, l.len(), l, r));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(b.2.cmp(&a.2)));
+    let merges: Vec<Json> = merges.iter().map(|m| json!([m.3, m.4])).collect();
+    let unk = g
+        .optional(
+            "tokenizer.ggml.unknown_token_id",
+            "a token id",
+            Value::as_u64,
+        )?
+        .and_then(|i| vocab.tokens.get(i as usize).copied());
+    let prefix_space = g
+        .optional("tokenizer.ggml.add_space_prefix", "a bool", Value::as_bool)?
+        .unwrap_or(true);
+    let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let normalizer = if prefix_space {
+        json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, replace]})
+    } else {
+        replace
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if prefix_space {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let model = json!({"type": "BPE", "dropout": null, "unk_token": unk,
+        "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+        "byte_fallback": true, "ignore_merges": false, "vocab": vocab.map(g)?, "merges": merges});
+    Ok((
+        model,
+        normalizer,
+        Json::Null,
+        json!({"type": "Sequence", "decoders": decoders}),
+    ))
 }
 
 #[cfg(test)]

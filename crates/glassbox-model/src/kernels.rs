@@ -237,6 +237,8 @@ pub struct AttnShape {
     pub kv_len: usize,
     pub d_head: usize,
     pub causal: bool,
+    /// Keys more than `window - 1` positions before the query are masked.
+    pub window: Option<usize>,
 }
 
 /// Raw pointer that tasks writing disjoint regions may share.
@@ -285,6 +287,7 @@ pub fn attention(
         kv_len,
         d_head,
         causal,
+        window,
     } = s;
     assert_eq!(q.len(), batch * q_len * heads * d_head, "attention: q size");
     assert_eq!(
@@ -350,13 +353,18 @@ pub fn attention(
         let mask = key_mask.map(|m| &m[b * kv_len..(b + 1) * kv_len]);
         vectorised(|| {
             for (i, row) in scores.chunks_mut(kv_len).enumerate() {
-                // Keys after the query (causal) are masked: split the row there.
+                // Keys after the query (causal) and before its window are masked: split the
+                // row there.
                 let visible = if causal {
                     (past + i + 1).min(kv_len)
                 } else {
                     kv_len
                 };
-                let (seen, unseen) = row.split_at_mut(visible);
+                let first = window.map_or(0, |w| (past + i + 1).saturating_sub(w).min(visible));
+                let (before, row) = row.split_at_mut(first);
+                before.fill(f32::MIN);
+                let mask = mask.map(|m| &m[first..]);
+                let (seen, unseen) = row.split_at_mut(visible - first);
                 match mask {
                     None => seen.iter_mut().for_each(|x| *x *= scale),
                     Some(m) => seen
@@ -438,7 +446,8 @@ mod tests {
                         .map(|j| {
                             let kj = &k[((b * s.kv_len + j) * s.kv_heads + kvh) * s.d_head..]
                                 [..s.d_head];
-                            if s.causal && j > past + i {
+                            let outside = s.window.is_some_and(|w| past + i >= j + w);
+                            if (s.causal && j > past + i) || outside {
                                 f32::NEG_INFINITY
                             } else {
                                 qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale
@@ -468,26 +477,53 @@ mod tests {
     }
 
     #[test]
-    fn attention_matches_naive_with_gqa_and_cache_offset() {
-        let s = AttnShape {
-            batch: 2,
-            heads: 4,
-            kv_heads: 2,
-            q_len: 3,
-            kv_len: 5,
-            d_head: 8,
-            causal: true,
-        };
-        let q = pseudo_random(s.batch * s.q_len * s.heads * s.d_head, 1);
-        let k = pseudo_random(s.batch * s.kv_len * s.kv_heads * s.d_head, 2);
-        let v = pseudo_random(k.len(), 3);
-        let fused = attention(&q, &k, &v, None, s, 0.35, false, false).z;
-        let reference = naive(&q, &k, &v, s, 0.35);
-        assert_eq!(fused.len(), s.batch * s.q_len * s.heads * s.d_head);
-        assert_eq!(fused.len(), reference.len());
-        for (a, b) in fused.iter().zip(&reference) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    fn attention_matches_naive_with_gqa_cache_offset_and_window() {
+        for window in [None, Some(1), Some(2), Some(9)] {
+            let s = AttnShape {
+                batch: 2,
+                heads: 4,
+                kv_heads: 2,
+                q_len: 3,
+                kv_len: 5,
+                d_head: 8,
+                causal: true,
+                window,
+            };
+            let q = pseudo_random(s.batch * s.q_len * s.heads * s.d_head, 1);
+            let k = pseudo_random(s.batch * s.kv_len * s.kv_heads * s.d_head, 2);
+            let v = pseudo_random(k.len(), 3);
+            let fused = attention(&q, &k, &v, None, s, 0.35, false, false).z;
+            let reference = naive(&q, &k, &v, s, 0.35);
+            assert_eq!(fused.len(), s.batch * s.q_len * s.heads * s.d_head);
+            assert_eq!(fused.len(), reference.len());
+            for (a, b) in fused.iter().zip(&reference) {
+                assert!((a - b).abs() < 1e-5, "window {window:?}: {a} vs {b}");
+            }
         }
+        // A window of one key: each query attends to itself only, so z is its own value.
+        let s = AttnShape {
+            batch: 1,
+            heads: 1,
+            kv_heads: 1,
+            q_len: 4,
+            kv_len: 4,
+            d_head: 2,
+            causal: true,
+            window: Some(1),
+        };
+        let v = pseudo_random(8, 5);
+        let z = attention(
+            &pseudo_random(8, 4),
+            &pseudo_random(8, 6),
+            &v,
+            None,
+            s,
+            1.0,
+            false,
+            false,
+        )
+        .z;
+        assert_eq!(z, v);
     }
 
     #[test]

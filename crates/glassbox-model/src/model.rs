@@ -7,13 +7,13 @@ use candle_core::{DType, Device, Tensor};
 use crate::arch::{self, Embeddings};
 use crate::block::{Block, LayerCache, Pass};
 use crate::chat::{self, ChatTemplate, Message};
-use crate::config::{ModelConfig, Positional};
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::generate::{GenerateConfig, Plain};
 use crate::gguf::{self, GgufFile};
 use crate::gguf_model;
 use crate::hooks::{BlockHook, HookPoint, Hooks};
-use crate::ops::{self, AttnMask, Linear, Norm, Rope};
+use crate::ops::{self, AttnMask, Linear, Norm};
 use crate::registry;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::WeightFile;
@@ -30,8 +30,13 @@ pub struct Model {
     blocks: Vec<Block>,
     final_norm: Option<Norm>,
     unembed: Option<Linear>,
-    rope: Option<Rope>,
+    /// Tokens that end a generation: end-of-sequence and the chat formats' end-of-turn markers.
+    end_ids: Vec<u32>,
 }
+
+/// End-of-turn markers of common chat formats (Gemma, ChatML, Llama 3, Phi): generation stops
+/// at them as at end-of-sequence (Gemma's GGUF names `<eos>`, but its turns end earlier).
+const END_OF_TURN: &[&str] = &["<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>"];
 
 /// Token ids of several texts, right-padded to one length.
 #[derive(Debug, Clone)]
@@ -101,8 +106,10 @@ impl Model {
                 path,
                 config.vocab_size,
             )?;
+            let arch = file.optional("general.architecture", "a string", gguf::Value::as_str)?;
             let template = file
                 .optional("tokenizer.chat_template", "a string", gguf::Value::as_str)?
+                .or_else(|| arch.and_then(chat::builtin_template))
                 .map(str::to_string);
             let weights = WeightFile::Gguf(file);
             return Self::assemble(path, config, tokenizer, template, weights, device);
@@ -128,15 +135,11 @@ impl Model {
         device: &Device,
     ) -> Result<Self> {
         let parts = arch::load(&config, &weights.view(device, &config))?;
-        let rope = match config.positional {
-            Positional::Rotary { theta } => Some(Rope::new(
-                config.d_head,
-                config.max_positions,
-                theta,
-                device,
-            )?),
-            Positional::Learned => None,
-        };
+        let end_ids = config
+            .eos_token_id
+            .into_iter()
+            .chain(END_OF_TURN.iter().filter_map(|t| tokenizer.token_id(t)))
+            .collect();
         Ok(Self {
             config,
             tokenizer,
@@ -148,8 +151,13 @@ impl Model {
             blocks: parts.blocks,
             final_norm: parts.final_norm,
             unembed: parts.unembed,
-            rope,
+            end_ids,
         })
+    }
+
+    /// Whether generating `id` ends the generation (end of sequence or of the turn).
+    pub fn ends_generation(&self, id: u32) -> bool {
+        self.end_ids.contains(&id)
     }
 
     /// The token embedding matrix, `[vocab, d_model]`.
@@ -229,7 +237,7 @@ impl Model {
             points.push(HookPoint::TokenTypeEmbed);
         }
         for b in &self.blocks {
-            points.extend(b.hook_points(self.rope.is_some()));
+            points.extend(b.hook_points());
         }
         if self.final_norm.is_some() {
             points.push(HookPoint::FinalNorm);
@@ -330,6 +338,17 @@ impl Model {
         Ok(logits.get(0)?.get(0)?.to_dtype(DType::F32)?)
     }
 
+    /// The next-token logits after a one-row batch, `[vocab]`, without a cache: the whole text
+    /// in one pass, unembedded at the last position only (large vocabularies make full logits
+    /// costly: Gemma's 262,144 × 2,000 positions are 2 GB).
+    pub fn last_logits(&self, batch: &Batch, hooks: &mut Hooks) -> Result<Tensor> {
+        let out = self.forward_inner(batch, hooks, None, true)?;
+        let logits = out
+            .logits
+            .ok_or_else(|| ModelError::Input("the model has no unembedding".into()))?;
+        Ok(logits.get(0)?.get(0)?.to_dtype(DType::F32)?)
+    }
+
     fn forward_inner(
         &self,
         batch: &Batch,
@@ -369,8 +388,8 @@ impl Model {
             mask: AttnMask {
                 causal: self.config.causal,
                 keys: key_mask,
+                window: None,
             },
-            rope: self.rope.as_ref(),
             offset,
         };
         let stop = pass.hooks.stop_point();
@@ -428,6 +447,11 @@ impl Model {
             .tok
             .index_select(&batch.ids.flatten_all()?, 0)?
             .reshape((b, t, d))?;
+        // Scaled before the hook: `hook_embed` is what enters the residual stream.
+        let tok = match self.embed.scale {
+            Some(s) => (tok * s)?,
+            None => tok,
+        };
         let mut x = hooks.at(HookPoint::Embed, tok)?;
         if let Some(pos) = &self.embed.pos {
             let p = pos

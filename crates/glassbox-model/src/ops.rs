@@ -328,12 +328,14 @@ impl Rope {
     }
 }
 
-/// Which keys each query may see: causal order and/or a key padding mask `[batch, kv_len]`
-/// (1 = attend).
+/// Which keys each query may see: causal order, a sliding window and/or a key padding mask
+/// `[batch, kv_len]` (1 = attend).
 #[derive(Debug, Clone, Default)]
 pub struct AttnMask {
     pub causal: bool,
     pub keys: Option<Vec<u8>>,
+    /// A query sees only the last `window` positions up to itself (sliding-window layers).
+    pub window: Option<usize>,
 }
 
 /// Output of [`attention_fused`]: z `[b, t, h, dh]`, and scores / pattern `[b, h, t, s]` when asked.
@@ -367,6 +369,7 @@ pub fn attention_fused(
         kv_len,
         d_head,
         causal: mask.causal,
+        window: mask.window,
     };
     let r = with_slice(q, |q| {
         with_slice(k, |k| {
@@ -398,7 +401,7 @@ pub fn attention_scores(q: &Tensor, k: &Tensor, mask: &AttnMask, scale: f64) -> 
     let (b, _, t, _) = q.dims4()?;
     let s = k.dims()[2];
     let scores = (q.matmul(&k.t()?)? * scale)?;
-    if !mask.causal && mask.keys.is_none() {
+    if !mask.causal && mask.keys.is_none() && mask.window.is_none() {
         return Ok(scores);
     }
     let past = s - t.min(s);
@@ -408,7 +411,8 @@ pub fn attention_scores(q: &Tensor, k: &Tensor, mask: &AttnMask, scale: f64) -> 
             for j in 0..s {
                 let causal_ok = !(mask.causal && j > past + i);
                 let key_ok = mask.keys.as_ref().is_none_or(|m| m[bi * s + j] != 0);
-                visible[(bi * t + i) * s + j] = u8::from(causal_ok && key_ok);
+                let window_ok = mask.window.is_none_or(|w| past + i < j + w);
+                visible[(bi * t + i) * s + j] = u8::from(causal_ok && key_ok && window_ok);
             }
         }
     }

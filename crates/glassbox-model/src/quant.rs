@@ -1,8 +1,10 @@
-//! Quantised weights for decoding: GGML's 4-bit (Q4_0, Q4_1) and 8-bit (Q8_0) blocks kept
-//! as they are (scales widened to f32), multiplied with f32 activations. Decoding one token is
-//! bound by reading the weights, and these blocks are 4–7× smaller than f32. The arithmetic is
-//! exact f32 on the dequantised values (`d·q + m`), unlike llama.cpp's kernels, which also
-//! quantise the activations to 8 bits: results equal the dense f32 path up to summation order.
+//! Quantised weights for decoding: GGML's blocks as 32-value blocks of 4-bit codes (Q4_0, Q4_1,
+//! Q4_K) or of 8-bit codes (Q8_0, and Q5_0, Q5_1, Q5_K widened from 5 bits), each with an f32
+//! scale and offset, multiplied with f32 activations. Decoding one token is bound by reading the
+//! weights, and these blocks are 3.6–7× smaller than f32. The arithmetic is exact f32 on the
+//! dequantised values (`d·q + m`), unlike llama.cpp's kernels, which also quantise the
+//! activations to 8 bits: results equal the dense f32 path up to summation order. (Q6_K, with
+//! scales per 16 values, stays dense.)
 //!
 //! Used for few-row inputs (decoding); many rows (prefill, harvesting) use the dense f32 GEMM,
 //! which is compute-bound and faster there.
@@ -37,57 +39,142 @@ fn f16(lo: u8, hi: u8) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([lo, hi])).to_f32()
 }
 
+/// The 32 codes of a GGML 4-bit block: byte `j` holds value `j` (low nibble) and `j + 16`.
+fn nibbles(qs: &[u8]) -> [u8; 32] {
+    std::array::from_fn(|j| if j < 16 { qs[j] & 15 } else { qs[j - 16] >> 4 })
+}
+
+/// The 6-bit scale and min of sub-block `j` of a K-quant block, packed in 12 bytes.
+fn k_scale_min(q: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Blocks of 32 codes being collected, one scale and min each.
+struct Blocks {
+    scales: Vec<f32>,
+    mins: Vec<f32>,
+    codes: Vec<i8>,
+}
+
+impl Blocks {
+    /// Unsigned codes (< 128): `d·q + m`.
+    fn push(&mut self, d: f32, m: f32, q: [u8; 32]) {
+        self.scales.push(d);
+        self.mins.push(m);
+        self.codes.extend(q.iter().map(|&v| v as i8));
+    }
+
+    /// Two's-complement codes (Q8_0): `d·q`.
+    fn push_signed(&mut self, d: f32, q: [u8; 32]) {
+        self.push(d, 0.0, q);
+    }
+}
+
 impl QuantWeight {
-    /// From GGML blocks of `type_name` (`Q4_0`, `Q4_1` or `Q8_0`) for a `[rows, cols]` matrix;
-    /// `None` for other types (they stay dense).
+    /// From GGML blocks of `type_name` (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`, `Q4_K`,
+    /// `Q5_K`) for a `[rows, cols]` matrix; `None` for other types (they stay dense).
     pub fn from_ggml(type_name: &str, raw: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        if !cols.is_multiple_of(BLOCK) {
+        // (values per GGML block, bytes per GGML block)
+        let (values, size) = match type_name {
+            "Q4_0" => (32, 18),
+            "Q4_1" => (32, 20),
+            "Q5_0" => (32, 22),
+            "Q5_1" => (32, 24),
+            "Q8_0" => (32, 34),
+            "Q4_K" => (256, 144),
+            "Q5_K" => (256, 176),
+            _ => return None,
+        };
+        if !cols.is_multiple_of(values) || raw.len() != rows * cols / values * size {
             return None;
         }
         let blocks = rows * cols / BLOCK;
-        let size = match type_name {
-            "Q4_0" => 18,
-            "Q4_1" => 20,
-            "Q8_0" => 34,
-            _ => return None,
+        let mut w = Blocks {
+            scales: Vec::with_capacity(blocks),
+            mins: Vec::with_capacity(blocks),
+            codes: Vec::with_capacity(blocks * BLOCK),
         };
-        if raw.len() != blocks * size {
-            return None;
-        }
-        let (mut scales, mut mins) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
-        let codes = match type_name {
-            "Q4_0" | "Q4_1" => {
-                let mut nibbles = Vec::with_capacity(blocks * 16);
-                for b in raw.chunks_exact(size) {
+        for b in raw.chunks_exact(size) {
+            match type_name {
+                "Q4_0" => {
+                    // q − 8 in [−8, 7]: the same as Q4_1 with min −8·d.
                     let d = f16(b[0], b[1]);
-                    let (m, qs) = if type_name == "Q4_0" {
-                        // q − 8 in [−8, 7]: the same as Q4_1 with min −8·d.
-                        (-8.0 * d, &b[2..18])
+                    w.push(d, -8.0 * d, nibbles(&b[2..18]));
+                }
+                "Q4_1" => w.push(f16(b[0], b[1]), f16(b[2], b[3]), nibbles(&b[4..20])),
+                "Q5_0" | "Q5_1" => {
+                    let (d, m, at) = if type_name == "Q5_0" {
+                        (f16(b[0], b[1]), 0.0, 2)
                     } else {
-                        (f16(b[2], b[3]), &b[4..20])
+                        (f16(b[0], b[1]), f16(b[2], b[3]), 4)
                     };
-                    scales.push(d);
-                    mins.push(m);
-                    nibbles.extend_from_slice(qs);
+                    let high = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                    let mut q = nibbles(&b[at + 4..at + 20]);
+                    for (j, q) in q.iter_mut().enumerate() {
+                        *q |= (((high >> j) & 1) << 4) as u8;
+                    }
+                    // Q5_0 is centred: q − 16.
+                    let (d, m) = if type_name == "Q5_0" {
+                        (d, -16.0 * d)
+                    } else {
+                        (d, m)
+                    };
+                    w.push(d, m, q);
                 }
-                Codes::Nibbles(nibbles)
-            }
-            _ => {
-                let mut bytes = Vec::with_capacity(blocks * BLOCK);
-                for b in raw.chunks_exact(size) {
-                    scales.push(f16(b[0], b[1]));
-                    mins.push(0.0);
-                    bytes.extend(b[2..34].iter().map(|&v| v as i8));
+                "Q8_0" => {
+                    let q: [u8; 32] = std::array::from_fn(|j| b[2 + j]);
+                    w.push_signed(f16(b[0], b[1]), q);
                 }
-                Codes::Bytes(bytes)
+                _ => {
+                    // Q4_K / Q5_K: 8 sub-blocks of 32, each `d·sc·q − dmin·m` with 6-bit sc, m.
+                    let (d, dmin) = (f16(b[0], b[1]), f16(b[2], b[3]));
+                    let sc = &b[4..16];
+                    let (high, low) = if type_name == "Q5_K" {
+                        (Some(&b[16..48]), &b[48..176])
+                    } else {
+                        (None, &b[16..144])
+                    };
+                    for sub in 0..8 {
+                        let (s, m) = k_scale_min(sc, sub);
+                        let bytes = &low[(sub / 2) * 32..(sub / 2) * 32 + 32];
+                        let q: [u8; 32] = std::array::from_fn(|l| {
+                            let nib = if sub % 2 == 0 {
+                                bytes[l] & 15
+                            } else {
+                                bytes[l] >> 4
+                            };
+                            let hi = high.map_or(0, |h| ((h[l] >> sub) & 1) << 4);
+                            nib | hi
+                        });
+                        w.push(d * f32::from(s), -(dmin * f32::from(m)), q);
+                    }
+                }
             }
-        };
+        }
+        // Values below 16 fit in nibbles (half the bytes to read); Q5's need a byte.
+        let four_bit = matches!(type_name, "Q4_0" | "Q4_1" | "Q4_K");
         Some(Self {
             rows,
             cols,
-            scales,
-            mins,
-            codes,
+            scales: w.scales,
+            mins: w.mins,
+            codes: if four_bit {
+                Codes::Nibbles(
+                    w.codes
+                        .chunks_exact(BLOCK)
+                        .flat_map(|c| (0..16).map(move |j| (c[j] as u8) | ((c[j + 16] as u8) << 4)))
+                        .collect(),
+                )
+            } else {
+                Codes::Bytes(w.codes)
+            },
         })
     }
 
@@ -136,7 +223,7 @@ impl QuantWeight {
                 Codes::Bytes(q) => out.extend(
                     q[b * BLOCK..(b + 1) * BLOCK]
                         .iter()
-                        .map(|&q| d * f32::from(q)),
+                        .map(|&q| d * f32::from(q) + m),
                 ),
             }
         }
@@ -242,7 +329,9 @@ impl Job<'_> {
                         let qs = &all[row * bpr * 16..(row + 1) * bpr * 16];
                         dot_nibbles(qs, xi, scales, mins, si)
                     }
-                    Codes::Bytes(all) => dot_bytes(&all[row * k..(row + 1) * k], xi, scales),
+                    Codes::Bytes(all) => {
+                        dot_bytes(&all[row * k..(row + 1) * k], xi, scales, mins, si)
+                    }
                 };
             }
         }
@@ -282,20 +371,23 @@ fn dot_nibbles(qs: &[u8], x: &[f32], scales: &[f32], mins: &[f32], sums: &[f32])
     acc.iter().sum::<f32>() + offset
 }
 
-/// Σ over blocks of `d·(q·x)` for 8-bit codes (lane accumulators, as above).
+/// Σ over blocks of `d·(q·x) + m·Σx` for 8-bit codes (lane accumulators, as above).
 #[inline(always)]
-fn dot_bytes(qs: &[i8], x: &[f32], scales: &[f32]) -> f32 {
+fn dot_bytes(qs: &[i8], x: &[f32], scales: &[f32], mins: &[f32], sums: &[f32]) -> f32 {
     let mut acc = [0f32; BLOCK];
-    for ((q, x), &d) in qs
+    let mut offset = 0f32;
+    for (((q, x), (&d, &m)), &s) in qs
         .chunks_exact(BLOCK)
         .zip(x.chunks_exact(BLOCK))
-        .zip(scales)
+        .zip(scales.iter().zip(mins))
+        .zip(sums)
     {
         for j in 0..BLOCK {
             acc[j] += d * (f32::from(q[j]) * x[j]);
         }
+        offset += m * s;
     }
-    acc.iter().sum()
+    acc.iter().sum::<f32>() + offset
 }
 
 #[cfg(test)]
@@ -323,18 +415,22 @@ mod tests {
 
     #[test]
     fn the_quantised_product_equals_the_dense_one() {
-        let (rows, cols, m) = (70, 96, 3);
+        let (rows, cols, m) = (70, 512, 3);
         let x: Vec<f32> = pseudo_random(m * cols, 9)
             .iter()
             .map(|&v| f32::from(v) / 128.0 - 1.0)
             .collect();
         let bias: Vec<f32> = (0..rows).map(|j| j as f32 * 0.01).collect();
-        for (name, size, scales) in [
-            ("Q4_0", 18, &[0][..]),
-            ("Q4_1", 20, &[0, 2][..]),
-            ("Q8_0", 34, &[0][..]),
+        for (name, values, size, scales) in [
+            ("Q4_0", 32, 18, &[0][..]),
+            ("Q4_1", 32, 20, &[0, 2][..]),
+            ("Q5_0", 32, 22, &[0][..]),
+            ("Q5_1", 32, 24, &[0, 2][..]),
+            ("Q8_0", 32, 34, &[0][..]),
+            ("Q4_K", 256, 144, &[0, 2][..]),
+            ("Q5_K", 256, 176, &[0, 2][..]),
         ] {
-            let raw = blocks(rows * cols / BLOCK, size, scales, 3);
+            let raw = blocks(rows * cols / values, size, scales, 3);
             let q = QuantWeight::from_ggml(name, &raw, rows, cols).unwrap();
             let w = q.dequantize();
             assert_eq!(w.len(), rows * cols);
@@ -360,5 +456,7 @@ mod tests {
             assert_eq!(p[0], plain[rows - 1]);
         }
         assert!(QuantWeight::from_ggml("Q6_K", &[0; 210], 1, 256).is_none());
+        // A K-quant row must hold whole 256-value blocks.
+        assert!(QuantWeight::from_ggml("Q4_K", &[0; 144], 8, 32).is_none());
     }
 }

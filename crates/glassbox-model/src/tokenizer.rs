@@ -131,6 +131,15 @@ impl TextTokenizer {
             .map_err(|e| self.err(format!("cannot decode: {e}")))
     }
 
+    /// The id of a special (added) token written as `text`, e.g. `<end_of_turn>`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.inner
+            .get_added_tokens_decoder()
+            .iter()
+            .find(|(_, t)| t.content == text)
+            .map(|(&id, _)| id)
+    }
+
     /// The vocabulary string of one token (`None` for an id outside the vocabulary).
     pub fn token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)

@@ -9,7 +9,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::gguf_model;
+use crate::gguf_model::{self, Stored};
 use crate::quant::QuantWeight;
 
 /// A checkpoint's weights: the raw bytes of a safetensors file (validated on open) or an open
@@ -74,6 +74,11 @@ impl WeightFile {
 }
 
 impl Weights<'_> {
+    /// Where the tensors are put.
+    pub fn device(&self) -> &Device {
+        self.device
+    }
+
     fn err(&self, msg: String) -> ModelError {
         ModelError::Weights {
             path: self.path.to_path_buf(),
@@ -94,7 +99,7 @@ impl Weights<'_> {
         let t = match &self.source {
             Source::Safetensors(st) => self.get_safetensors(st, name, shape)?,
             Source::Gguf { file, cfg } => {
-                let (gguf_name, permuted) = gguf_model::tensor_name(&cfg.model_type, name, cfg)
+                let (gguf_name, stored) = gguf_model::tensor_name(&cfg.model_type, name, cfg)
                     .ok_or_else(|| self.err(format!("tensor `{name}` has no GGUF counterpart")))?;
                 let info = file.tensors.get(&gguf_name).ok_or_else(|| {
                     self.err(format!(
@@ -108,9 +113,10 @@ impl Weights<'_> {
                     )));
                 }
                 let t = file.dequantize(&gguf_name)?;
-                match permuted {
-                    Some(heads) => gguf_model::unpermute(&t, heads)?,
-                    None => t,
+                match stored {
+                    Stored::AsIs => t,
+                    Stored::Permuted { heads } => gguf_model::unpermute(&t, heads)?,
+                    Stored::PlusOne => (t - 1.0)?,
                 }
             }
         };
@@ -123,16 +129,19 @@ impl Weights<'_> {
         let Source::Gguf { file, cfg } = &self.source else {
             return None;
         };
-        let (gguf_name, permuted) = gguf_model::tensor_name(&cfg.model_type, name, cfg)?;
+        let (gguf_name, stored) = gguf_model::tensor_name(&cfg.model_type, name, cfg)?;
         let info = file.tensors.get(&gguf_name)?;
         if info.shape != [rows, cols] {
             return None;
         }
         let q = QuantWeight::from_ggml(info.kind.name, file.raw(&gguf_name).ok()?, rows, cols)?;
-        Some(match permuted {
-            Some(heads) => q.permute_rows(&gguf_model::unpermuted_order(rows, heads)),
-            None => q,
-        })
+        match stored {
+            Stored::AsIs => Some(q),
+            Stored::Permuted { heads } => {
+                Some(q.permute_rows(&gguf_model::unpermuted_order(rows, heads)))
+            }
+            Stored::PlusOne => None,
+        }
     }
 
     fn get_safetensors(&self, st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Tensor> {

