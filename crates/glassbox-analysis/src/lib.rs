@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod error;
 pub mod graph;
 pub mod heads;
+pub mod keywords;
 pub mod lens;
 pub mod patching;
 

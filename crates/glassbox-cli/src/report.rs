@@ -254,3 +254,19 @@ fn feature_page(meta: &CatalogMeta, f: &Feature) -> String {
     }
     s
 }
+
+/// A progress bar over `len` items of `what` on a terminal; hidden when `hidden` (`--json`).
+pub fn progress(len: u64, what: &str, hidden: bool) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} · ETA {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}

@@ -10,6 +10,7 @@ pub mod error;
 pub mod eval;
 mod linalg;
 pub mod probe;
+pub mod roc;
 pub mod sae;
 pub mod saelens;
 pub mod similarity;

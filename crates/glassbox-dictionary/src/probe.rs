@@ -43,6 +43,91 @@ pub struct Probe {
     pub weights: Vec<f32>,
     pub bias: f32,
     pub metrics: Option<ProbeMetrics>,
+    /// A calibrated decision rule (`glassbox probe eval --calibrate FPR`): flag a text when its
+    /// `aggregation` score is above `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// How a text's per-token probabilities become one score.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    Mean,
+    Max,
+    /// The highest mean over `tokens` consecutive tokens: evidence that persists, not a
+    /// one-token spike (the whole text when it is shorter).
+    Window {
+        tokens: usize,
+    },
+}
+
+impl Aggregation {
+    pub fn of(self, s: &TextScores) -> f32 {
+        match self {
+            Self::Mean => s.mean,
+            Self::Max => s.max,
+            Self::Window { .. } => s.window,
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            Self::Mean => "mean".into(),
+            Self::Max => "max".into(),
+            Self::Window { tokens } => format!("window{tokens}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Aggregation {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mean" => Ok(Self::Mean),
+            "max" => Ok(Self::Max),
+            _ => s
+                .strip_prefix("window")
+                .and_then(|n| n.parse().ok())
+                .filter(|&n: &usize| n > 0)
+                .map(|tokens| Self::Window { tokens })
+                .ok_or_else(|| {
+                    format!("`{s}` is not an aggregation; use mean, max or windowN (e.g. window4)")
+                }),
+        }
+    }
+}
+
+/// A threshold chosen on labelled data for a target false-positive rate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    pub aggregation: Aggregation,
+    pub threshold: f32,
+    pub target_fpr: f64,
+    /// What the threshold gave on the data it was chosen on.
+    pub fpr: f64,
+    pub tpr: f64,
+    /// That data: file name and SHA-256, texts of each label.
+    pub data: String,
+    pub data_sha256: String,
+    pub positives: usize,
+    pub negatives: usize,
+}
+
+/// A probe's scores over one text's tokens.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct TextScores {
+    pub tokens: usize,
+    /// Mean and max token probability.
+    pub mean: f32,
+    pub max: f32,
+    /// The best window's mean probability (see [`Aggregation::Window`]).
+    pub window: f32,
+    /// Mean and max token logit (`w·x + b`), which keep their spread where probabilities
+    /// saturate at 0 or 1.
+    pub mean_logit: f32,
+    pub max_logit: f32,
 }
 
 pub const FILE: &str = "probe.json";
@@ -72,6 +157,34 @@ impl Probe {
     /// P(label) for one token's activation.
     pub fn score(&self, x: &[f32]) -> f32 {
         sigmoid(linalg::dot(&self.weights, x) + self.bias)
+    }
+
+    /// The logit `w·x + b` of one token's activation.
+    pub fn logit(&self, x: &[f32]) -> f32 {
+        linalg::dot(&self.weights, x) + self.bias
+    }
+
+    /// Every aggregation of a text's token scores, `x` `[tokens, d]`, windows of `window`.
+    pub fn text_scores(&self, x: &[f32], window: usize) -> TextScores {
+        let logits: Vec<f32> = x
+            .chunks(self.weights.len())
+            .map(|t| self.logit(t))
+            .collect();
+        let probs: Vec<f32> = logits.iter().map(|&z| sigmoid(z)).collect();
+        let n = probs.len().max(1) as f32;
+        let w = window.clamp(1, probs.len().max(1));
+        let window = probs
+            .windows(w)
+            .map(|c| c.iter().sum::<f32>() / w as f32)
+            .fold(f32::NEG_INFINITY, f32::max);
+        TextScores {
+            tokens: probs.len(),
+            mean: probs.iter().sum::<f32>() / n,
+            max: probs.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            window: if probs.is_empty() { 0.0 } else { window },
+            mean_logit: logits.iter().sum::<f32>() / n,
+            max_logit: logits.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        }
     }
 
     /// Mean token probability of a text, `[tokens, d]`.
@@ -187,7 +300,8 @@ fn text_score(w: &[f32], b: f32, x: &[f32]) -> f32 {
 /// Full-batch Adam on the class- and length-balanced logistic loss: each text weighs the
 /// same whatever its length, each class half. Inputs are standardised for conditioning and
 /// the scaling folded back into the weights.
-fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32) {
+/// Weights and bias of a probe fitted on every sample (no cross-validation).
+pub fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32) {
     let tokens: usize = samples.iter().map(|s| s.x.len() / d).sum();
     let mut mean = vec![0f32; d];
     for s in samples {
@@ -294,6 +408,32 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn text_scores_aggregate_tokens_three_ways() {
+        // One feature, weight 1, bias 0: token logits are the values themselves.
+        let p = Probe {
+            calibration: None,
+            name: "p".into(),
+            model: "m".into(),
+            hook: "h".into(),
+            weights: vec![1.0],
+            bias: 0.0,
+            metrics: None,
+        };
+        // A one-token spike against two persistent tokens.
+        let spike = p.text_scores(&[-4.0, 6.0, -4.0, -4.0], 2);
+        let steady = p.text_scores(&[-4.0, 2.0, 2.0, -4.0], 2);
+        assert!(spike.max > steady.max);
+        assert!(steady.window > spike.window);
+        assert!((steady.window - sigmoid(2.0)).abs() < 1e-6);
+        assert!((spike.mean_logit - (-1.5)).abs() < 1e-6 && spike.max_logit == 6.0);
+        // A window longer than the text is the whole text.
+        let short = p.text_scores(&[1.0], 8);
+        assert_eq!((short.tokens, short.window), (1, sigmoid(1.0)));
+        assert_eq!("window4".parse(), Ok(Aggregation::Window { tokens: 4 }));
+        assert!("window0".parse::<Aggregation>().is_err());
+    }
+
     /// The probe finds a separating axis held-out, and nothing where there is only noise.
     #[test]
     fn separates_what_is_separable_and_not_noise() {
@@ -302,6 +442,7 @@ mod tests {
         assert!(m.heldout_balanced_accuracy >= 0.9, "{m:?}");
         assert!(w[2] > 0.0 && w[2].abs() > 3.0 * w[0].abs(), "{w:?}");
         let p = Probe {
+            calibration: None,
             name: "p".into(),
             model: "m".into(),
             hook: "h".into(),

@@ -9,5 +9,6 @@ pub mod error;
 pub mod fsutil;
 pub mod harvest;
 mod parquet_text;
+pub mod redteam;
 
 pub use error::{Result, StoreError};

@@ -2,6 +2,7 @@ pub mod catalog;
 pub mod chat;
 pub mod dla;
 pub mod eval_dict;
+pub mod families;
 pub mod generate;
 pub mod graph;
 pub mod harvest;

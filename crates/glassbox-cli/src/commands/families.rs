@@ -1,0 +1,410 @@
+//! `glassbox probe families`: how a probe generalises to attack families it never saw.
+//!
+//! Leave-one-family-out: for every family of the labelled data (attack families and benign
+//! ones alike), a probe is trained on all other families and scores the held-out one, so every
+//! text's score comes from a probe that saw neither it nor anything of its family. The pooled
+//! held-out scores give AUROC and TPR at 1 % / 5 % FPR, and per family the share flagged at the
+//! pooled 1 %-FPR threshold. Two baselines run in the same protocol, side by side: logistic
+//! regression on MiniLM's sentence embedding, and a fixed keyword filter. With `--out`, the
+//! probe trained on every family is saved with the threshold those held-out scores give.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use glassbox_analysis::keywords::KeywordFilter;
+use glassbox_dictionary::probe::{
+    self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
+};
+use glassbox_dictionary::roc::{Scored, Summary};
+use glassbox_model::{Hooks, Model};
+use rayon::prelude::*;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::probe::{read_records, Reader};
+use crate::input;
+
+#[derive(clap::Args)]
+pub struct FamiliesArgs {
+    /// The model the probe reads (a packaged name, GGUF file or directory).
+    #[arg(long)]
+    model: String,
+    /// The hook point read, e.g. blocks.3.hook_resid_pre.
+    #[arg(long)]
+    hook: String,
+    /// Labelled texts with families: JSON lines `{"text", "label": 0|1, "family"}` (e.g. the
+    /// set `glassbox setup --data redteam` builds).
+    #[arg(long)]
+    data: PathBuf,
+    /// Tokens per window of the windowed score.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Tokens of each text used for training (evenly spaced; all are scored).
+    #[arg(long, default_value_t = 64)]
+    train_tokens: usize,
+    /// Also train the probe on every family and save it here, calibrated for 1 % FPR on the
+    /// held-out scores.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The saved probe's name in monitor rules (default: the data file's stem).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// One labelled text, read once.
+struct Text {
+    label: bool,
+    family: String,
+    hash: [u8; 32],
+    /// `[tokens, d]` at the hook.
+    acts: Vec<f32>,
+    /// MiniLM's sentence embedding.
+    embedding: Vec<f32>,
+    keywords: f32,
+}
+
+/// Held-out scores of every text, per detector.
+struct HeldOut {
+    probe: Vec<TextScores>,
+    embedding: Vec<f32>,
+}
+
+const DETECTORS: [&str; 5] = [
+    "probe mean",
+    "probe max",
+    "probe window",
+    "embedding LR",
+    "keywords",
+];
+
+pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
+    let records = read_records(&a.data)?;
+    let labelled = records
+        .into_iter()
+        .map(|r| r.labelled(&a.data))
+        .collect::<Result<Vec<_>>>()?;
+    let model = input::load_model(&a.model, device)?;
+    let reader = Reader::new(&model, &a.hook)?;
+    let minilm_owned;
+    let minilm: &Model = if model.config.arch == glassbox_model::Architecture::Bert {
+        &model
+    } else {
+        minilm_owned = input::load_model("minilm", device)?;
+        &minilm_owned
+    };
+    let keywords = KeywordFilter::default();
+    let bar = crate::report::progress(labelled.len() as u64, "reading texts", json_out);
+    let mut texts = Vec::with_capacity(labelled.len());
+    for (i, (text, label, family)) in labelled.iter().enumerate() {
+        let acts = reader
+            .activations(text)
+            .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?;
+        texts.push(Text {
+            label: *label,
+            family: family.clone(),
+            hash: Sha256::digest(text.as_bytes()).into(),
+            acts,
+            embedding: sentence_embedding(minilm, text)?,
+            keywords: keywords.score(text),
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let families: Vec<(bool, String)> = {
+        let mut f: Vec<(bool, String)> = texts
+            .iter()
+            .map(|t| (t.label, t.family.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        f.sort();
+        f
+    };
+    let attack_families = families.iter().filter(|f| f.0).count();
+    if attack_families < 2 || families.len() - attack_families < 1 {
+        bail!(
+            "leave-one-family-out needs at least two attack families and one benign one; {} has {} and {}",
+            a.data.display(),
+            attack_families,
+            families.len() - attack_families
+        );
+    }
+    let d = model.config.d_model;
+    let cfg = ProbeTraining::default();
+    let bar = crate::report::progress(
+        families.len() as u64,
+        "training without each family",
+        json_out,
+    );
+    // Each family's texts scored by probes trained without it (families in parallel).
+    let folds: Vec<(Vec<usize>, HeldOut, usize)> = families
+        .par_iter()
+        .map(|(label, family)| {
+            let held: Vec<usize> = (0..texts.len())
+                .filter(|&i| texts[i].label == *label && &texts[i].family == family)
+                .collect();
+            let held_hashes: HashSet<[u8; 32]> = held.iter().map(|&i| texts[i].hash).collect();
+            // A text identical to a held-out one stays out of training even under another
+            // family's name.
+            let train: Vec<usize> = (0..texts.len())
+                .filter(|&i| !held_hashes.contains(&texts[i].hash))
+                .collect();
+            let dropped = texts.len() - held.len() - train.len();
+            let (w, b) = fit_tokens(&texts, &train, d, a.train_tokens, &cfg);
+            let (we, be) = fit_embedding(&texts, &train, &cfg);
+            let p = Probe {
+                name: String::new(),
+                model: String::new(),
+                hook: String::new(),
+                weights: w,
+                bias: b,
+                metrics: None,
+                calibration: None,
+            };
+            let scores = HeldOut {
+                probe: held
+                    .iter()
+                    .map(|&i| p.text_scores(&texts[i].acts, a.window))
+                    .collect(),
+                embedding: held
+                    .iter()
+                    .map(|&i| sigmoid(dot(&we, &texts[i].embedding) + be))
+                    .collect(),
+            };
+            bar.inc(1);
+            (held, scores, dropped)
+        })
+        .collect();
+    bar.finish_and_clear();
+    // Pool the held-out scores back into text order.
+    let n = texts.len();
+    let mut pooled: Vec<[f32; 5]> = vec![[0.0; 5]; n];
+    let mut dropped = 0;
+    for (held, s, drop) in &folds {
+        dropped += drop;
+        for (j, &i) in held.iter().enumerate() {
+            let p = &s.probe[j];
+            pooled[i] = [p.mean, p.max, p.window, s.embedding[j], texts[i].keywords];
+        }
+    }
+    let labels: Vec<bool> = texts.iter().map(|t| t.label).collect();
+    let mut summaries = Vec::new();
+    for k in 0..DETECTORS.len() {
+        let s: Vec<f32> = pooled.iter().map(|p| p[k]).collect();
+        summaries.push(Summary::of(&Scored::new(&s, &labels)?, 0.01));
+    }
+    // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
+    let mut per_family: BTreeMap<(bool, String), (usize, [usize; 5])> = BTreeMap::new();
+    for (i, t) in texts.iter().enumerate() {
+        let e = per_family
+            .entry((t.label, t.family.clone()))
+            .or_insert((0, [0; 5]));
+        e.0 += 1;
+        for k in 0..DETECTORS.len() {
+            e.1[k] += usize::from(pooled[i][k] > summaries[k].threshold);
+        }
+    }
+    let saved = match &a.out {
+        Some(dir) => Some(save_final(&a, &model, &texts, &summaries, dir, &cfg)?),
+        None => None,
+    };
+    if json_out {
+        let detectors: Vec<_> = DETECTORS
+            .iter()
+            .zip(&summaries)
+            .map(|(name, s)| json!({"detector": name, "summary": s}))
+            .collect();
+        let fam: Vec<_> = per_family
+            .iter()
+            .map(|((label, f), (count, hit))| {
+                let rates: serde_json::Map<String, serde_json::Value> = DETECTORS
+                    .iter()
+                    .zip(hit)
+                    .map(|(d, h)| (d.to_string(), json!(*h as f64 / *count as f64)))
+                    .collect();
+                json!({"family": f, "label": label, "texts": count, "flagged": rates})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"model": a.model, "hook": a.hook, "data": a.data, "texts": n,
+                "families": families.len(), "window": a.window, "detectors": detectors,
+                "per_family": fam, "dropped_duplicates": dropped, "saved": saved})
+        );
+        return Ok(());
+    }
+    println!(
+        "leave-one-family-out on {} ({} texts, {} attack and {} benign families); {} at {}",
+        a.data.display(),
+        n,
+        attack_families,
+        families.len() - attack_families,
+        a.model,
+        a.hook
+    );
+    println!(
+        "\n{:<14} {:>7} {:>17} {:>10} {:>10}",
+        "detector", "AUROC", "95 % interval", "TPR@1%FPR", "TPR@5%FPR"
+    );
+    for (name, s) in DETECTORS.iter().zip(&summaries) {
+        let label = if *name == "probe window" {
+            format!("probe window{}", a.window)
+        } else {
+            name.to_string()
+        };
+        println!(
+            "{:<14} {:>7.4} {:>17} {:>10.3} {:>10.3}",
+            label,
+            s.auroc,
+            format!("[{:.4}, {:.4}]", s.auroc_ci95.0, s.auroc_ci95.1),
+            s.tpr_at_1pct_fpr,
+            s.tpr_at_5pct_fpr
+        );
+    }
+    println!("\nflagged at each detector's 1 %-FPR threshold (held-out family):");
+    println!(
+        "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>9} {:>8}",
+        "family", "label", "texts", "mean", "max", "window", "embedding", "keywords"
+    );
+    for ((label, f), (count, hit)) in &per_family {
+        let pct = |k: usize| format!("{:.1}%", 100.0 * hit[k] as f64 / *count as f64);
+        println!(
+            "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>9} {:>8}",
+            f,
+            u8::from(*label),
+            count,
+            pct(0),
+            pct(1),
+            pct(2),
+            pct(3),
+            pct(4)
+        );
+    }
+    if dropped > 0 {
+        println!("({dropped} training texts left out because they repeat a held-out text)");
+    }
+    if let Some(path) = saved {
+        println!(
+            "\nsaved {path}: trained on every family, flag rule calibrated on the held-out scores"
+        );
+    }
+    Ok(())
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// MiniLM's mean-pooled, normalised final hidden state of a text (its first 512 tokens).
+fn sentence_embedding(m: &Model, text: &str) -> Result<Vec<f32>> {
+    let batch = m.batch(&[text], true)?;
+    let out = m.forward(&batch, &mut Hooks::none(), None)?;
+    Ok(m.sentence_embedding(&batch, &out.hidden)?
+        .get(0)?
+        .to_vec1()?)
+}
+
+/// At most `keep` evenly spaced tokens of a `[tokens, d]` activation.
+fn spaced(x: &[f32], d: usize, keep: usize) -> Vec<f32> {
+    let n = x.len() / d;
+    if n <= keep {
+        return x.to_vec();
+    }
+    (0..keep)
+        .flat_map(|j| {
+            x[(j * n / keep) * d..(j * n / keep + 1) * d]
+                .iter()
+                .copied()
+        })
+        .collect()
+}
+
+fn fit_tokens(
+    texts: &[Text],
+    train: &[usize],
+    d: usize,
+    keep: usize,
+    cfg: &ProbeTraining,
+) -> (Vec<f32>, f32) {
+    let samples: Vec<Sample> = train
+        .iter()
+        .map(|&i| Sample {
+            x: spaced(&texts[i].acts, d, keep.max(1)),
+            label: texts[i].label,
+        })
+        .collect();
+    let refs: Vec<&Sample> = samples.iter().collect();
+    probe::fit(&refs, d, cfg)
+}
+
+fn fit_embedding(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> (Vec<f32>, f32) {
+    let d = texts[0].embedding.len();
+    let samples: Vec<Sample> = train
+        .iter()
+        .map(|&i| Sample {
+            x: texts[i].embedding.clone(),
+            label: texts[i].label,
+        })
+        .collect();
+    let refs: Vec<&Sample> = samples.iter().collect();
+    probe::fit(&refs, d, cfg)
+}
+
+/// The probe trained on every family, with the flag rule of the best-held-out aggregation
+/// (by TPR at 1 % FPR) and its threshold from the held-out scores.
+fn save_final(
+    a: &FamiliesArgs,
+    model: &Model,
+    texts: &[Text],
+    summaries: &[Summary],
+    dir: &std::path::Path,
+    cfg: &ProbeTraining,
+) -> Result<String> {
+    let all: Vec<usize> = (0..texts.len()).collect();
+    let (weights, bias) = fit_tokens(texts, &all, model.config.d_model, a.train_tokens, cfg);
+    let aggs = [
+        Aggregation::Mean,
+        Aggregation::Max,
+        Aggregation::Window { tokens: a.window },
+    ];
+    let best = (0..3)
+        .max_by(|&x, &y| {
+            summaries[x]
+                .tpr_at_1pct_fpr
+                .total_cmp(&summaries[y].tpr_at_1pct_fpr)
+        })
+        .unwrap_or(2);
+    let s = &summaries[best];
+    let bytes = std::fs::read(&a.data)?;
+    let name = a.name.clone().unwrap_or_else(|| {
+        a.data
+            .file_stem()
+            .map_or("probe".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let p = Probe {
+        name,
+        model: a.model.clone(),
+        hook: a.hook.clone(),
+        weights,
+        bias,
+        metrics: None,
+        calibration: Some(Calibration {
+            aggregation: aggs[best],
+            threshold: s.threshold,
+            target_fpr: 0.01,
+            fpr: s.fpr,
+            tpr: s.tpr,
+            data: format!("{} (held-out families)", a.data.display()),
+            data_sha256: format!("{:x}", Sha256::digest(&bytes)),
+            positives: s.positives,
+            negatives: s.negatives,
+        }),
+    };
+    p.save(dir)?;
+    Ok(dir.join(probe::FILE).display().to_string())
+}

