@@ -255,18 +255,57 @@ fn feature_page(meta: &CatalogMeta, f: &Feature) -> String {
     s
 }
 
-/// A progress bar over `len` items of `what` on a terminal; hidden when `hidden` (`--json`).
-pub fn progress(len: u64, what: &str, hidden: bool) -> indicatif::ProgressBar {
-    if hidden {
-        return indicatif::ProgressBar::hidden();
+/// Progress over `len` items of `what`: a bar on a terminal, a plain line every 10 % when
+/// stderr is not one (logs, CI), nothing when `hidden` (`--json`).
+pub fn progress(len: u64, what: &str, hidden: bool) -> Progress {
+    use std::io::IsTerminal;
+    let plain = !hidden && !std::io::stderr().is_terminal();
+    let bar = if hidden || plain {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(len);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} · ETA {{eta}}"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    };
+    Progress {
+        bar,
+        plain: plain.then(|| (what.to_string(), std::time::Instant::now())),
+        len,
+        done: std::sync::atomic::AtomicU64::new(0),
     }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} · ETA {{eta}}"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar
+}
+
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+    plain: Option<(String, std::time::Instant)>,
+    len: u64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+        let before = self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if let Some((what, start)) = &self.plain {
+            let step = (self.len / 10).max(1);
+            let now = before + n;
+            if now / step != before / step || now == self.len {
+                eprintln!(
+                    "{what}: {now}/{} ({:.0} s)",
+                    self.len,
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+
+    pub fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
+    }
 }

@@ -107,6 +107,8 @@ fn families_eval_calibrate_and_score_work_together() {
         "minilm",
         "--hook",
         "blocks.3.hook_resid_pre",
+        "--hook",
+        "blocks.5.hook_resid_post",
         "--data",
         d,
         "--out",
@@ -114,8 +116,12 @@ fn families_eval_calibrate_and_score_work_together() {
     ]);
     assert_eq!(report["texts"], 26);
     assert_eq!(report["families"], 5);
-    assert_eq!(report["dropped_duplicates"], 0);
-    let detectors = report["detectors"].as_array().unwrap();
+    let hooks = report["hooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2, "one report per --hook");
+    let first = &hooks[0];
+    assert_eq!(first["hook"], "blocks.3.hook_resid_pre");
+    assert_eq!(first["dropped_duplicates"], 0);
+    let detectors = first["detectors"].as_array().unwrap();
     let names: Vec<&str> = detectors
         .iter()
         .map(|d| d["detector"].as_str().unwrap())
@@ -126,6 +132,7 @@ fn families_eval_calibrate_and_score_work_together() {
             "probe mean",
             "probe max",
             "probe window",
+            "pooled probe",
             "embedding LR",
             "keywords"
         ]
@@ -135,10 +142,10 @@ fn families_eval_calibrate_and_score_work_together() {
         assert!((0.0..=1.0).contains(&auroc), "{d}");
     }
     // The keyword baseline is fixed, not fitted: it must see these override phrasings.
-    let keywords = &detectors[4]["summary"];
+    let keywords = &detectors[5]["summary"];
     assert!(keywords["auroc"].as_f64().unwrap() > 0.8, "{keywords}");
     // Every family reported, with a rate per detector.
-    assert_eq!(report["per_family"].as_array().unwrap().len(), 5);
+    assert_eq!(first["per_family"].as_array().unwrap().len(), 5);
 
     // The saved probe carries its held-out calibration; eval re-derives a threshold, and
     // --calibrate writes it; score flags with it.
@@ -201,7 +208,7 @@ fn a_text_shared_with_the_held_out_family_is_never_trained_on() {
         "--data",
         data.to_str().unwrap(),
     ]);
-    assert_eq!(report["dropped_duplicates"], 4);
+    assert_eq!(report["hooks"][0]["dropped_duplicates"], 4);
 }
 
 #[test]

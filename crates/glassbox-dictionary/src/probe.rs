@@ -60,6 +60,9 @@ pub enum Aggregation {
     Window {
         tokens: usize,
     },
+    /// `sigmoid(mean token logit)`, i.e. the probe applied to the text's mean activation (how a
+    /// probe trained on mean-pooled activations reads a text).
+    MeanLogit,
 }
 
 impl Aggregation {
@@ -68,6 +71,7 @@ impl Aggregation {
             Self::Mean => s.mean,
             Self::Max => s.max,
             Self::Window { .. } => s.window,
+            Self::MeanLogit => sigmoid(s.mean_logit),
         }
     }
 
@@ -76,6 +80,7 @@ impl Aggregation {
             Self::Mean => "mean".into(),
             Self::Max => "max".into(),
             Self::Window { tokens } => format!("window{tokens}"),
+            Self::MeanLogit => "mean_logit".into(),
         }
     }
 }
@@ -87,13 +92,14 @@ impl std::str::FromStr for Aggregation {
         match s {
             "mean" => Ok(Self::Mean),
             "max" => Ok(Self::Max),
+            "mean_logit" => Ok(Self::MeanLogit),
             _ => s
                 .strip_prefix("window")
                 .and_then(|n| n.parse().ok())
                 .filter(|&n: &usize| n > 0)
                 .map(|tokens| Self::Window { tokens })
                 .ok_or_else(|| {
-                    format!("`{s}` is not an aggregation; use mean, max or windowN (e.g. window4)")
+                    format!("`{s}` is not an aggregation; use mean, max, mean_logit or windowN (e.g. window4)")
                 }),
         }
     }

@@ -276,48 +276,32 @@ impl ModelConfig {
                 "bidirectional Gemma (EmbeddingGemma) is not supported",
             ));
         }
-        let d_model = f.usize("hidden_size")?;
-        let n_heads = f.usize("num_attention_heads")?;
-        let n_layers = f.usize("num_hidden_layers")?;
-        let d_head = f.opt_usize("head_dim")?.unwrap_or(d_model / n_heads.max(1));
+        // Llama's fields, then what Gemma does differently.
+        let base = Self::llama(f, model_type)?;
         let (theta, sliding_theta) = f.gemma_rope_thetas()?;
-        let scalar = f.opt_f64("query_pre_attn_scalar")?.unwrap_or(d_head as f64);
+        let scalar = f
+            .opt_f64("query_pre_attn_scalar")?
+            .unwrap_or(base.d_head as f64);
         if scalar.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return Err(f.err("query_pre_attn_scalar", "must be positive"));
         }
         let attention_bias = f.opt_bool("attention_bias")?.unwrap_or(false);
         Ok(Self {
             arch: Architecture::Gemma3,
-            d_model,
-            n_layers,
-            n_heads,
-            n_kv_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
-            d_head,
-            d_mlp: f.usize("intermediate_size")?,
-            vocab_size: f.usize("vocab_size")?,
-            max_positions: f.usize("max_position_embeddings")?,
-            norm: NormKind::RmsNorm,
-            norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
             act: f.activation("hidden_activation", "gelu_pytorch_tanh")?,
             positional: Positional::Rotary { theta },
-            causal: true,
-            gated_mlp: true,
             qkv_bias: attention_bias,
             o_bias: attention_bias,
-            mlp_bias: false,
             tie_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
-            type_vocab_size: 0,
-            eos_token_id: f.token_id("eos_token_id")?,
-            bos_token_id: f.token_id("bos_token_id")?,
             sliding_window: f.opt_usize("sliding_window")?,
-            sliding_layers: f.sliding_layers(n_layers)?,
+            sliding_layers: f.sliding_layers(base.n_layers)?,
             sliding_rope_theta: Some(sliding_theta),
             norm_weight_offset: 1.0,
-            embed_scale: Some((d_model as f64).sqrt()),
+            embed_scale: Some((base.d_model as f64).sqrt()),
             attn_scale: 1.0 / scalar.sqrt(),
             qk_norm: true,
             sandwich_norms: true,
-            model_type,
+            ..base
         })
     }
 

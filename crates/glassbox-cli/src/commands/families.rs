@@ -4,9 +4,12 @@
 //! ones alike), a probe is trained on all other families and scores the held-out one, so every
 //! text's score comes from a probe that saw neither it nor anything of its family. The pooled
 //! held-out scores give AUROC and TPR at 1 % / 5 % FPR, and per family the share flagged at the
-//! pooled 1 %-FPR threshold. Two baselines run in the same protocol, side by side: logistic
-//! regression on MiniLM's sentence embedding, and a fixed keyword filter. With `--out`, the
-//! probe trained on every family is saved with the threshold those held-out scores give.
+//! pooled 1 %-FPR threshold. Probes come two ways: trained per token (every token carries its
+//! text's label; read as the mean, max or windowed token probability) and trained per text on
+//! the mean activation over its tokens ("pooled"). Two baselines run in the same protocol, side
+//! by side: logistic regression on MiniLM's sentence embedding, and a fixed keyword filter.
+//! With `--out`, the best probe (by held-out TPR at 1 % FPR), trained on every family, is saved
+//! with the threshold those held-out scores give.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -30,9 +33,10 @@ pub struct FamiliesArgs {
     /// The model the probe reads (a packaged name, GGUF file or directory).
     #[arg(long)]
     model: String,
-    /// The hook point read, e.g. blocks.3.hook_resid_pre.
-    #[arg(long)]
-    hook: String,
+    /// The hook point read, e.g. blocks.3.hook_resid_pre; repeat it to compare layers in one
+    /// run (the texts are read once).
+    #[arg(long = "hook", required = true)]
+    hooks: Vec<String>,
     /// Labelled texts with families: JSON lines `{"text", "label": 0|1, "family"}` (e.g. the
     /// set `glassbox setup --data redteam` builds).
     #[arg(long)]
@@ -43,8 +47,11 @@ pub struct FamiliesArgs {
     /// Tokens of each text used for training (evenly spaced; all are scored).
     #[arg(long, default_value_t = 64)]
     train_tokens: usize,
-    /// Also train the probe on every family and save it here, calibrated for 1 % FPR on the
-    /// held-out scores.
+    /// Read at most this many tokens of each text (default: the model's context).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Also train the best probe (hook and aggregation by held-out TPR at 1 % FPR) on every
+    /// family and save it here, calibrated for 1 % FPR on the held-out scores.
     #[arg(long)]
     out: Option<PathBuf>,
     /// The saved probe's name in monitor rules (default: the data file's stem).
@@ -57,26 +64,37 @@ struct Text {
     label: bool,
     family: String,
     hash: [u8; 32],
-    /// `[tokens, d]` at the hook.
-    acts: Vec<f32>,
+    /// Per hook: `[tokens, d]` and its mean over tokens, `[d]`.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
     /// MiniLM's sentence embedding.
     embedding: Vec<f32>,
     keywords: f32,
 }
 
-/// Held-out scores of every text, per detector.
+/// Held-out scores of one family's texts, per detector.
 struct HeldOut {
     probe: Vec<TextScores>,
+    pooled: Vec<f32>,
     embedding: Vec<f32>,
 }
 
-const DETECTORS: [&str; 5] = [
+const DETECTORS: [&str; 6] = [
     "probe mean",
     "probe max",
     "probe window",
+    "pooled probe",
     "embedding LR",
     "keywords",
 ];
+const N: usize = DETECTORS.len();
+
+/// The protocol's result at one hook.
+struct HookReport {
+    hook: String,
+    summaries: Vec<Summary>,
+    per_family: BTreeMap<(bool, String), (usize, [usize; N])>,
+    dropped: usize,
+}
 
 pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     let records = read_records(&a.data)?;
@@ -85,7 +103,8 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         .map(|r| r.labelled(&a.data))
         .collect::<Result<Vec<_>>>()?;
     let model = input::load_model(&a.model, device)?;
-    let reader = Reader::new(&model, &a.hook)?;
+    let hooks: Vec<&str> = a.hooks.iter().map(String::as_str).collect();
+    let reader = Reader::with_hooks(&model, &hooks)?;
     let minilm_owned;
     let minilm: &Model = if model.config.arch == glassbox_model::Architecture::Bert {
         &model
@@ -94,33 +113,34 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         &minilm_owned
     };
     let keywords = KeywordFilter::default();
+    let d = model.config.d_model;
     let bar = crate::report::progress(labelled.len() as u64, "reading texts", json_out);
     let mut texts = Vec::with_capacity(labelled.len());
     for (i, (text, label, family)) in labelled.iter().enumerate() {
-        let acts = reader
-            .activations(text)
-            .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?;
+        let layers = reader
+            .activations_at(text, a.max_tokens)
+            .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?
+            .into_iter()
+            .map(|acts| (mean_rows(&acts, d), acts))
+            .map(|(pooled, acts)| (acts, pooled))
+            .collect();
         texts.push(Text {
             label: *label,
             family: family.clone(),
             hash: Sha256::digest(text.as_bytes()).into(),
-            acts,
+            layers,
             embedding: sentence_embedding(minilm, text)?,
             keywords: keywords.score(text),
         });
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let families: Vec<(bool, String)> = {
-        let mut f: Vec<(bool, String)> = texts
-            .iter()
-            .map(|t| (t.label, t.family.clone()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        f.sort();
-        f
-    };
+    let families: Vec<(bool, String)> = texts
+        .iter()
+        .map(|t| (t.label, t.family.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let attack_families = families.iter().filter(|f| f.0).count();
     if attack_families < 2 || families.len() - attack_families < 1 {
         bail!(
@@ -130,14 +150,61 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             families.len() - attack_families
         );
     }
-    let d = model.config.d_model;
     let cfg = ProbeTraining::default();
+    let mut reports = Vec::new();
+    for (h, hook) in a.hooks.iter().enumerate() {
+        reports.push(evaluate(&a, &texts, h, hook, &families, d, &cfg, json_out)?);
+    }
+    let saved = match &a.out {
+        Some(dir) => Some(save_final(&a, &texts, &reports, d, dir, &cfg)?),
+        None => None,
+    };
+    if json_out {
+        let hooks: Vec<_> = reports.iter().map(report_json).collect();
+        println!(
+            "{}",
+            json!({"model": a.model, "data": a.data, "texts": texts.len(),
+                "families": families.len(), "window": a.window, "hooks": hooks, "saved": saved})
+        );
+        return Ok(());
+    }
+    println!(
+        "leave-one-family-out on {} ({} texts, {} attack and {} benign families), {}",
+        a.data.display(),
+        texts.len(),
+        attack_families,
+        families.len() - attack_families,
+        a.model
+    );
+    for r in &reports {
+        print_report(r, a.window);
+    }
+    if let Some(path) = saved {
+        println!(
+            "\nsaved {path}: trained on every family, flag rule calibrated on the held-out scores"
+        );
+    }
+    Ok(())
+}
+
+/// Leave-one-family-out at hook `h`: each family scored by detectors trained without it
+/// (families in parallel), the scores pooled.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    a: &FamiliesArgs,
+    texts: &[Text],
+    h: usize,
+    hook: &str,
+    families: &[(bool, String)],
+    d: usize,
+    cfg: &ProbeTraining,
+    quiet: bool,
+) -> Result<HookReport> {
     let bar = crate::report::progress(
         families.len() as u64,
-        "training without each family",
-        json_out,
+        &format!("{hook}: training without each family"),
+        quiet,
     );
-    // Each family's texts scored by probes trained without it (families in parallel).
     let folds: Vec<(Vec<usize>, HeldOut, usize)> = families
         .par_iter()
         .map(|(label, family)| {
@@ -151,8 +218,9 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
                 .filter(|&i| !held_hashes.contains(&texts[i].hash))
                 .collect();
             let dropped = texts.len() - held.len() - train.len();
-            let (w, b) = fit_tokens(&texts, &train, d, a.train_tokens, &cfg);
-            let (we, be) = fit_embedding(&texts, &train, &cfg);
+            let (w, b) = fit_tokens(texts, h, &train, d, a.train_tokens, cfg);
+            let (we, be) = fit_vectors(texts, &train, |t| &t.embedding, cfg);
+            let (wp, bp) = fit_vectors(texts, &train, |t| &t.layers[h].1, cfg);
             let p = Probe {
                 name: String::new(),
                 model: String::new(),
@@ -165,7 +233,11 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             let scores = HeldOut {
                 probe: held
                     .iter()
-                    .map(|&i| p.text_scores(&texts[i].acts, a.window))
+                    .map(|&i| p.text_scores(&texts[i].layers[h].0, a.window))
+                    .collect(),
+                pooled: held
+                    .iter()
+                    .map(|&i| sigmoid(dot(&wp, &texts[i].layers[h].1) + bp))
                     .collect(),
                 embedding: held
                     .iter()
@@ -177,79 +249,77 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         })
         .collect();
     bar.finish_and_clear();
-    // Pool the held-out scores back into text order.
-    let n = texts.len();
-    let mut pooled: Vec<[f32; 5]> = vec![[0.0; 5]; n];
+    let mut pooled: Vec<[f32; N]> = vec![[0.0; N]; texts.len()];
     let mut dropped = 0;
     for (held, s, drop) in &folds {
         dropped += drop;
         for (j, &i) in held.iter().enumerate() {
             let p = &s.probe[j];
-            pooled[i] = [p.mean, p.max, p.window, s.embedding[j], texts[i].keywords];
+            pooled[i] = [
+                p.mean,
+                p.max,
+                p.window,
+                s.pooled[j],
+                s.embedding[j],
+                texts[i].keywords,
+            ];
         }
     }
     let labels: Vec<bool> = texts.iter().map(|t| t.label).collect();
     let mut summaries = Vec::new();
-    for k in 0..DETECTORS.len() {
+    for k in 0..N {
         let s: Vec<f32> = pooled.iter().map(|p| p[k]).collect();
         summaries.push(Summary::of(&Scored::new(&s, &labels)?, 0.01));
     }
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
-    let mut per_family: BTreeMap<(bool, String), (usize, [usize; 5])> = BTreeMap::new();
+    let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
         let e = per_family
             .entry((t.label, t.family.clone()))
-            .or_insert((0, [0; 5]));
+            .or_insert((0, [0; N]));
         e.0 += 1;
-        for k in 0..DETECTORS.len() {
+        for k in 0..N {
             e.1[k] += usize::from(pooled[i][k] > summaries[k].threshold);
         }
     }
-    let saved = match &a.out {
-        Some(dir) => Some(save_final(&a, &model, &texts, &summaries, dir, &cfg)?),
-        None => None,
-    };
-    if json_out {
-        let detectors: Vec<_> = DETECTORS
-            .iter()
-            .zip(&summaries)
-            .map(|(name, s)| json!({"detector": name, "summary": s}))
-            .collect();
-        let fam: Vec<_> = per_family
-            .iter()
-            .map(|((label, f), (count, hit))| {
-                let rates: serde_json::Map<String, serde_json::Value> = DETECTORS
-                    .iter()
-                    .zip(hit)
-                    .map(|(d, h)| (d.to_string(), json!(*h as f64 / *count as f64)))
-                    .collect();
-                json!({"family": f, "label": label, "texts": count, "flagged": rates})
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({"model": a.model, "hook": a.hook, "data": a.data, "texts": n,
-                "families": families.len(), "window": a.window, "detectors": detectors,
-                "per_family": fam, "dropped_duplicates": dropped, "saved": saved})
-        );
-        return Ok(());
-    }
+    Ok(HookReport {
+        hook: hook.to_string(),
+        summaries,
+        per_family,
+        dropped,
+    })
+}
+
+fn report_json(r: &HookReport) -> serde_json::Value {
+    let detectors: Vec<_> = DETECTORS
+        .iter()
+        .zip(&r.summaries)
+        .map(|(name, s)| json!({"detector": name, "summary": s}))
+        .collect();
+    let fam: Vec<_> = r
+        .per_family
+        .iter()
+        .map(|((label, f), (count, hit))| {
+            let rates: serde_json::Map<String, serde_json::Value> = DETECTORS
+                .iter()
+                .zip(hit)
+                .map(|(d, h)| (d.to_string(), json!(*h as f64 / *count as f64)))
+                .collect();
+            json!({"family": f, "label": label, "texts": count, "flagged": rates})
+        })
+        .collect();
+    json!({"hook": r.hook, "detectors": detectors, "per_family": fam,
+        "dropped_duplicates": r.dropped})
+}
+
+fn print_report(r: &HookReport, window: usize) {
     println!(
-        "leave-one-family-out on {} ({} texts, {} attack and {} benign families); {} at {}",
-        a.data.display(),
-        n,
-        attack_families,
-        families.len() - attack_families,
-        a.model,
-        a.hook
+        "\n{}\n{:<14} {:>7} {:>17} {:>10} {:>10}",
+        r.hook, "detector", "AUROC", "95 % interval", "TPR@1%FPR", "TPR@5%FPR"
     );
-    println!(
-        "\n{:<14} {:>7} {:>17} {:>10} {:>10}",
-        "detector", "AUROC", "95 % interval", "TPR@1%FPR", "TPR@5%FPR"
-    );
-    for (name, s) in DETECTORS.iter().zip(&summaries) {
+    for (name, s) in DETECTORS.iter().zip(&r.summaries) {
         let label = if *name == "probe window" {
-            format!("probe window{}", a.window)
+            format!("probe window{window}")
         } else {
             name.to_string()
         };
@@ -262,15 +332,15 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             s.tpr_at_5pct_fpr
         );
     }
-    println!("\nflagged at each detector's 1 %-FPR threshold (held-out family):");
+    println!("flagged at each detector's 1 %-FPR threshold (held-out family):");
     println!(
-        "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>9} {:>8}",
-        "family", "label", "texts", "mean", "max", "window", "embedding", "keywords"
+        "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
+        "family", "label", "texts", "mean", "max", "window", "pooled", "embedding", "keywords"
     );
-    for ((label, f), (count, hit)) in &per_family {
+    for ((label, f), (count, hit)) in &r.per_family {
         let pct = |k: usize| format!("{:.1}%", 100.0 * hit[k] as f64 / *count as f64);
         println!(
-            "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>9} {:>8}",
+            "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
             f,
             u8::from(*label),
             count,
@@ -278,18 +348,16 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             pct(1),
             pct(2),
             pct(3),
-            pct(4)
+            pct(4),
+            pct(5)
         );
     }
-    if dropped > 0 {
-        println!("({dropped} training texts left out because they repeat a held-out text)");
-    }
-    if let Some(path) = saved {
+    if r.dropped > 0 {
         println!(
-            "\nsaved {path}: trained on every family, flag rule calibrated on the held-out scores"
+            "({} training texts left out because they repeat a held-out text)",
+            r.dropped
         );
     }
-    Ok(())
 }
 
 fn sigmoid(z: f32) -> f32 {
@@ -326,6 +394,7 @@ fn spaced(x: &[f32], d: usize, keep: usize) -> Vec<f32> {
 
 fn fit_tokens(
     texts: &[Text],
+    h: usize,
     train: &[usize],
     d: usize,
     keep: usize,
@@ -334,7 +403,7 @@ fn fit_tokens(
     let samples: Vec<Sample> = train
         .iter()
         .map(|&i| Sample {
-            x: spaced(&texts[i].acts, d, keep.max(1)),
+            x: spaced(&texts[i].layers[h].0, d, keep.max(1)),
             label: texts[i].label,
         })
         .collect();
@@ -342,12 +411,28 @@ fn fit_tokens(
     probe::fit(&refs, d, cfg)
 }
 
-fn fit_embedding(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> (Vec<f32>, f32) {
-    let d = texts[0].embedding.len();
+/// The mean of the rows of `[n, d]`.
+fn mean_rows(x: &[f32], d: usize) -> Vec<f32> {
+    let n = (x.len() / d).max(1) as f32;
+    let mut m = vec![0f32; d];
+    for row in x.chunks(d) {
+        m.iter_mut().zip(row).for_each(|(m, v)| *m += v / n);
+    }
+    m
+}
+
+/// Logistic regression on one vector per text (`which` picks it).
+fn fit_vectors(
+    texts: &[Text],
+    train: &[usize],
+    which: impl Fn(&Text) -> &Vec<f32>,
+    cfg: &ProbeTraining,
+) -> (Vec<f32>, f32) {
+    let d = which(&texts[0]).len();
     let samples: Vec<Sample> = train
         .iter()
         .map(|&i| Sample {
-            x: texts[i].embedding.clone(),
+            x: which(&texts[i]).clone(),
             label: texts[i].label,
         })
         .collect();
@@ -355,31 +440,37 @@ fn fit_embedding(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> (Vec<f
     probe::fit(&refs, d, cfg)
 }
 
-/// The probe trained on every family, with the flag rule of the best-held-out aggregation
-/// (by TPR at 1 % FPR) and its threshold from the held-out scores.
+/// The best probe (hook and aggregation by held-out TPR at 1 % FPR) trained on every family,
+/// with that aggregation as its flag rule and the threshold from the held-out scores.
 fn save_final(
     a: &FamiliesArgs,
-    model: &Model,
     texts: &[Text],
-    summaries: &[Summary],
+    reports: &[HookReport],
+    d: usize,
     dir: &std::path::Path,
     cfg: &ProbeTraining,
 ) -> Result<String> {
     let all: Vec<usize> = (0..texts.len()).collect();
-    let (weights, bias) = fit_tokens(texts, &all, model.config.d_model, a.train_tokens, cfg);
     let aggs = [
         Aggregation::Mean,
         Aggregation::Max,
         Aggregation::Window { tokens: a.window },
+        Aggregation::MeanLogit,
     ];
-    let best = (0..3)
-        .max_by(|&x, &y| {
-            summaries[x]
-                .tpr_at_1pct_fpr
-                .total_cmp(&summaries[y].tpr_at_1pct_fpr)
+    let (h, best) = (0..reports.len())
+        .flat_map(|h| (0..aggs.len()).map(move |k| (h, k)))
+        .max_by(|&(h1, k1), &(h2, k2)| {
+            let t = |h: usize, k: usize| reports[h].summaries[k].tpr_at_1pct_fpr;
+            t(h1, k1).total_cmp(&t(h2, k2))
         })
-        .unwrap_or(2);
-    let s = &summaries[best];
+        .unwrap_or((0, 2));
+    let s = &reports[h].summaries[best];
+    // The pooled probe, applied to each token, averages to its text-level logit.
+    let (weights, bias) = if aggs[best] == Aggregation::MeanLogit {
+        fit_vectors(texts, &all, |t| &t.layers[h].1, cfg)
+    } else {
+        fit_tokens(texts, h, &all, d, a.train_tokens, cfg)
+    };
     let bytes = std::fs::read(&a.data)?;
     let name = a.name.clone().unwrap_or_else(|| {
         a.data
@@ -389,7 +480,7 @@ fn save_final(
     let p = Probe {
         name,
         model: a.model.clone(),
-        hook: a.hook.clone(),
+        hook: a.hooks[h].clone(),
         weights,
         bias,
         metrics: None,

@@ -37,12 +37,14 @@ pub enum Command {
     Families(super::families::FamiliesArgs),
 }
 
+/// A probe and the texts it reads (score and eval).
 #[derive(clap::Args)]
-pub struct ScoreArgs {
+pub struct ProbeOnTexts {
     /// The probe directory (or probe.json).
     #[arg(long)]
     probe: PathBuf,
-    /// Texts: JSON lines with a "text" (and optionally "label" and "family").
+    /// Texts: JSON lines `{"text": …}`, with `"label": 0|1` (eval needs it) and optionally
+    /// `"family": …`.
     #[arg(long)]
     data: PathBuf,
     /// Tokens per window of the windowed score.
@@ -51,16 +53,15 @@ pub struct ScoreArgs {
 }
 
 #[derive(clap::Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    on: ProbeOnTexts,
+}
+
+#[derive(clap::Args)]
 pub struct EvalArgs {
-    /// The probe directory (or probe.json).
-    #[arg(long)]
-    probe: PathBuf,
-    /// Labelled texts: JSON lines `{"text": …, "label": 0|1}`, optionally `"family": …`.
-    #[arg(long)]
-    data: PathBuf,
-    /// Tokens per window of the windowed score.
-    #[arg(long, default_value_t = 4)]
-    window: usize,
+    #[command(flatten)]
+    on: ProbeOnTexts,
     /// The aggregation whose threshold and per-family detection are reported (mean, max or
     /// windowN; default: the probe's calibrated one, else window).
     #[arg(long)]
@@ -263,16 +264,29 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
 /// but not returned). Texts longer than the model's context keep their first tokens.
 pub(crate) struct Reader<'m> {
     model: &'m Model,
-    hook: HookPoint,
+    /// In forward order; the pass stops at the last.
+    hooks: Vec<HookPoint>,
     prefix: Vec<u32>,
     suffix: Vec<u32>,
 }
 
 impl<'m> Reader<'m> {
     pub(crate) fn new(model: &'m Model, hook: &str) -> Result<Self> {
+        Self::with_hooks(model, &[hook])
+    }
+
+    /// A reader of several hooks in one pass (results in the order given).
+    pub(crate) fn with_hooks(model: &'m Model, hooks: &[&str]) -> Result<Self> {
         let (prefix, suffix) = model.tokenizer.special_affixes()?;
+        let hooks = hooks
+            .iter()
+            .map(|h| model.hook_point(h))
+            .collect::<glassbox_model::Result<Vec<_>>>()?;
+        if hooks.is_empty() {
+            bail!("give at least one --hook");
+        }
         Ok(Self {
-            hook: model.hook_point(hook)?,
+            hooks,
             model,
             prefix,
             suffix,
@@ -281,24 +295,46 @@ impl<'m> Reader<'m> {
 
     /// `[tokens, d_model]`, flattened.
     pub(crate) fn activations(&self, text: &str) -> Result<Vec<f32>> {
+        self.activations_capped(text, None)
+    }
+
+    /// The first hook's activations over at most the first `cap` tokens of the text.
+    pub(crate) fn activations_capped(&self, text: &str, cap: Option<usize>) -> Result<Vec<f32>> {
+        let mut all = self.activations_at(text, cap)?;
+        Ok(all.swap_remove(0))
+    }
+
+    /// Every hook's `[tokens, d_model]` over at most the first `cap` tokens of the text.
+    pub(crate) fn activations_at(&self, text: &str, cap: Option<usize>) -> Result<Vec<Vec<f32>>> {
         let mut content = self.model.tokenizer.encode_plain(text)?;
         if content.is_empty() {
             bail!("the text has no tokens");
         }
         let max = self.model.config.max_positions - self.prefix.len() - self.suffix.len();
-        content.truncate(max);
+        content.truncate(cap.map_or(max, |c| c.clamp(1, max)));
         let ids = [self.prefix.as_slice(), &content, self.suffix.as_slice()].concat();
-        let mut hooks = Hooks::none().record(self.hook).stop_at(self.hook);
+        let order = self.model.hook_points();
+        let last = self
+            .hooks
+            .iter()
+            .copied()
+            .max_by_key(|h| order.iter().position(|p| p == h))
+            .context("no hook")?;
+        let mut hooks = Hooks::none()
+            .record_all(self.hooks.iter().copied())
+            .stop_at(last);
         self.model
             .forward(&self.model.batch_ids(&[ids])?, &mut hooks, None)?;
-        let act = hooks
-            .cache()
-            .get(&self.hook)
-            .context("the hook did not fire")?;
-        Ok(act
-            .narrow(1, self.prefix.len(), content.len())?
-            .flatten_all()?
-            .to_vec1()?)
+        self.hooks
+            .iter()
+            .map(|h| {
+                let act = hooks.cache().get(h).context("the hook did not fire")?;
+                Ok(act
+                    .narrow(1, self.prefix.len(), content.len())?
+                    .flatten_all()?
+                    .to_vec1()?)
+            })
+            .collect()
     }
 }
 
@@ -336,7 +372,8 @@ fn score_records(
 }
 
 fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
-    let (probe, records, scores) = score_records(&a.probe, &a.data, a.window, device, json_out)?;
+    let (probe, records, scores) =
+        score_records(&a.on.probe, &a.on.data, a.on.window, device, json_out)?;
     let rule = probe.calibration.as_ref();
     if json_out {
         let rows: Vec<Value> = records
@@ -344,7 +381,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             .zip(&scores)
             .map(|(r, s)| {
                 let mut row = json!({"line": r.line, "label": r.label, "family": r.family,
-                    "scores": s, "window_tokens": a.window});
+                    "scores": s, "window_tokens": a.on.window});
                 if let Some(c) = rule {
                     row["rule"] = json!({"aggregation": c.aggregation, "score": c.aggregation.of(s),
                         "threshold": c.threshold, "flagged": c.aggregation.of(s) > c.threshold});
@@ -363,7 +400,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         "tokens",
         "mean",
         "max",
-        format!("window{}", a.window),
+        format!("window{}", a.on.window),
         "mean z",
         "max z",
         "flag"
@@ -404,7 +441,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         ),
         None => println!(
             "no calibrated threshold; `glassbox probe eval --probe {} --data LABELLED.jsonl --calibrate 0.01` sets one",
-            a.probe.display()
+            a.on.probe.display()
         ),
     }
     Ok(())
@@ -418,21 +455,25 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
     }
     let target = a.calibrate.unwrap_or(a.target_fpr);
     let (mut probe, records, scores) =
-        score_records(&a.probe, &a.data, a.window, device, json_out)?;
+        score_records(&a.on.probe, &a.on.data, a.on.window, device, json_out)?;
     let labelled = records
         .into_iter()
-        .map(|r| r.labelled(&a.data))
+        .map(|r| r.labelled(&a.on.data))
         .collect::<Result<Vec<_>>>()?;
     let labels: Vec<bool> = labelled.iter().map(|(_, l, _)| *l).collect();
     let aggregations = [
         Aggregation::Mean,
         Aggregation::Max,
-        Aggregation::Window { tokens: a.window },
+        Aggregation::Window {
+            tokens: a.on.window,
+        },
     ];
     let chosen = a
         .aggregate
         .or(probe.calibration.as_ref().map(|c| c.aggregation))
-        .unwrap_or(Aggregation::Window { tokens: a.window });
+        .unwrap_or(Aggregation::Window {
+            tokens: a.on.window,
+        });
     let mut summaries = Vec::new();
     for agg in aggregations
         .iter()
@@ -454,22 +495,25 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         e.1 += 1;
     }
     if let Some(fpr) = a.calibrate {
-        let bytes = std::fs::read(&a.data)?;
+        let bytes = std::fs::read(&a.on.data)?;
         probe.calibration = Some(Calibration {
             aggregation: chosen,
             threshold: best.threshold,
             target_fpr: fpr,
             fpr: best.fpr,
             tpr: best.tpr,
-            data: a.data.display().to_string(),
+            data: a.on.data.display().to_string(),
             data_sha256: format!("{:x}", Sha256::digest(&bytes)),
             positives: best.positives,
             negatives: best.negatives,
         });
-        let dir = if a.probe.is_dir() {
-            a.probe.clone()
+        let dir = if a.on.probe.is_dir() {
+            a.on.probe.clone()
         } else {
-            a.probe.parent().map(Path::to_path_buf).unwrap_or_default()
+            a.on.probe
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
         };
         probe.save(&dir)?;
     }
@@ -499,7 +543,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         labels.len(),
         best.positives,
         best.negatives,
-        a.data.display()
+        a.on.data.display()
     );
     println!(
         "\n{:<10} {:>7} {:>17} {:>10} {:>10}",
@@ -539,7 +583,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
     if a.calibrate.is_some() {
         println!(
             "\nsaved the threshold in {}; monitors and `glassbox probe score` use it",
-            a.probe.display()
+            a.on.probe.display()
         );
     }
     Ok(())

