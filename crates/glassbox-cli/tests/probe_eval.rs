@@ -257,6 +257,14 @@ fn bad_labelled_sets_are_clear_errors() {
         &["probe", "eval", "--probe", p, "--data", &one_class],
         "both labels",
     );
+    let bad_span = file(
+        "span.jsonl",
+        "{\"text\": \"abc\", \"label\": 1, \"span\": [2, 9]}\n",
+    );
+    fails(
+        &["probe", "score", "--probe", p, "--data", &bad_span],
+        "line 1: \"span\" must be [start, end) byte offsets inside the text (3 bytes)",
+    );
     let unlabelled = file("unlabelled.jsonl", "{\"text\": \"a\"}\n");
     fails(
         &["probe", "eval", "--probe", p, "--data", &unlabelled],

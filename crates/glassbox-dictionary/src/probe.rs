@@ -21,6 +21,19 @@ use crate::linalg;
 pub struct Sample {
     pub x: Vec<f32>,
     pub label: bool,
+    /// Per-token labels where they are known (e.g. the tokens of an instruction buried in a
+    /// document); otherwise every token carries `label`.
+    pub token_labels: Option<Vec<bool>>,
+}
+
+impl Sample {
+    pub fn new(x: Vec<f32>, label: bool) -> Self {
+        Self {
+            x,
+            label,
+            token_labels: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -337,11 +350,22 @@ pub fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32
         for s in samples {
             let n = s.x.len() / d;
             let weight = 0.5 / if s.label { pos } else { neg } / n as f32;
-            let y = f32::from(u8::from(s.label));
-            for t in s.x.chunks(d) {
+            // With token labels, the labelled-positive tokens weigh as one positive text and
+            // the rest as one negative text.
+            let split = s.token_labels.as_ref().map(|l| {
+                let p = l.iter().filter(|&&v| v).count().max(1) as f32;
+                let q = (l.len() as f32 - p).max(1.0);
+                (0.5 / pos / p, 0.5 / neg / q)
+            });
+            for (i, t) in s.x.chunks(d).enumerate() {
                 for ((z, x), mu) in z.iter_mut().zip(t).zip(&mean) {
                     *z = (x - mu) * scale;
                 }
+                let (y, weight) = match (&s.token_labels, split) {
+                    (Some(l), Some((wp, _))) if l[i] => (1.0, wp),
+                    (Some(_), Some((_, wn))) => (0.0, wn),
+                    _ => (f32::from(u8::from(s.label)), weight),
+                };
                 let err = (sigmoid(linalg::dot(&w, &z) + b) - y) * weight;
                 linalg::axpy(err, &z, &mut g[..d]);
                 g[d] += err;
@@ -409,7 +433,7 @@ mod tests {
                         noise + if j % d == 2 && label { shift } else { 0.0 }
                     })
                     .collect();
-                Sample { x, label }
+                Sample::new(x, label)
             })
             .collect()
     }
@@ -461,6 +485,45 @@ mod tests {
         assert!(noise.heldout_balanced_accuracy < 0.7, "{noise:?}");
     }
 
+    /// A positive text whose signal sits in two of its eight tokens (a buried instruction):
+    /// with token labels the probe learns that axis, not the document around it.
+    #[test]
+    fn token_labels_teach_the_span_not_the_document() {
+        let d = 4;
+        let token = |signal: f32, doc: f32| vec![doc, 0.1, signal, -0.1];
+        let mut samples = Vec::new();
+        for i in 0..20 {
+            let jitter = i as f32 * 0.01;
+            // Attack: a document (axis 0 = 1) with a two-token instruction (axis 2).
+            let x: Vec<f32> = (0..8)
+                .flat_map(|t| token(if (3..5).contains(&t) { 2.0 } else { 0.0 }, 1.0 + jitter))
+                .collect();
+            let labels = (0..8).map(|t| (3..5).contains(&t)).collect();
+            samples.push(Sample {
+                x,
+                label: true,
+                token_labels: Some(labels),
+            });
+            // Benign: plain questions (no document, no instruction).
+            samples.push(Sample::new(
+                (0..8).flat_map(|_| token(0.0, jitter)).collect(),
+                false,
+            ));
+        }
+        let refs: Vec<&Sample> = samples.iter().collect();
+        let (w, _) = fit(&refs, d, &ProbeTraining::default());
+        // The instruction axis carries the weight; the document axis does not flag.
+        assert!(w[2] > 2.0 * w[0].abs(), "{w:?}");
+        // Without token labels, the document axis is as good a separator and gets weight.
+        let plain: Vec<Sample> = samples
+            .iter()
+            .map(|s| Sample::new(s.x.clone(), s.label))
+            .collect();
+        let refs: Vec<&Sample> = plain.iter().collect();
+        let (w_plain, _) = fit(&refs, d, &ProbeTraining::default());
+        assert!(w_plain[0] > w[0], "{w_plain:?} vs {w:?}");
+    }
+
     #[test]
     fn balanced_accuracy_weighs_both_classes() {
         let t = [true, true, false, false, false, false];
@@ -475,13 +538,7 @@ mod tests {
 
     #[test]
     fn one_class_is_refused() {
-        let s = vec![
-            Sample {
-                x: vec![0.0; 4],
-                label: true
-            };
-            3
-        ];
+        let s = vec![Sample::new(vec![0.0; 4], true); 3];
         assert!(train(&s, 4, &ProbeTraining::default())
             .unwrap_err()
             .to_string()

@@ -7,6 +7,9 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{ModelError, Result};
 
+/// `[start, end)` in bytes of a text.
+pub type ByteRange = (usize, usize);
+
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -106,6 +109,15 @@ impl TextTokenizer {
             .encode(text, false)
             .map_err(|e| self.err(format!("cannot encode: {e}")))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// [`Self::encode_plain`] with each token's `[start, end)` byte range in `text`.
+    pub fn encode_plain_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteRange>)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| self.err(format!("cannot encode: {e}")))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     /// The special tokens the model expects before and after a text (`[CLS]` / `[SEP]` for

@@ -66,6 +66,8 @@ struct Text {
     hash: [u8; 32],
     /// Per hook: `[tokens, d]` and its mean over tokens, `[d]`.
     layers: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Which tokens are the positive part, where the data says (a buried injection's span).
+    token_labels: Option<Vec<bool>>,
     /// MiniLM's sentence embedding.
     embedding: Vec<f32>,
     keywords: f32,
@@ -116,18 +118,37 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     let d = model.config.d_model;
     let bar = crate::report::progress(labelled.len() as u64, "reading texts", json_out);
     let mut texts = Vec::with_capacity(labelled.len());
-    for (i, (text, label, family)) in labelled.iter().enumerate() {
-        let layers = reader
+    for (i, l) in labelled.iter().enumerate() {
+        let text = &l.text;
+        let layers: Vec<(Vec<f32>, Vec<f32>)> = reader
             .activations_at(text, a.max_tokens)
             .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?
             .into_iter()
             .map(|acts| (mean_rows(&acts, d), acts))
             .map(|(pooled, acts)| (acts, pooled))
             .collect();
+        let token_labels = match l.span {
+            Some(span) if l.label => {
+                let labels = reader.span_labels(text, span, a.max_tokens)?;
+                if labels.len() * d != layers[0].0.len() {
+                    bail!(
+                        "{}, text {}: {} token labels for {} tokens",
+                        a.data.display(),
+                        i + 1,
+                        labels.len(),
+                        layers[0].0.len() / d
+                    );
+                }
+                // A span cut off by --max-tokens labels nothing: the text counts whole.
+                labels.iter().any(|&v| v).then_some(labels)
+            }
+            _ => None,
+        };
         texts.push(Text {
-            label: *label,
-            family: family.clone(),
+            label: l.label,
+            family: l.family.clone(),
             hash: Sha256::digest(text.as_bytes()).into(),
+            token_labels,
             layers,
             embedding: sentence_embedding(minilm, text)?,
             keywords: keywords.score(text),
@@ -377,19 +398,32 @@ fn sentence_embedding(m: &Model, text: &str) -> Result<Vec<f32>> {
         .to_vec1()?)
 }
 
-/// At most `keep` evenly spaced tokens of a `[tokens, d]` activation.
-fn spaced(x: &[f32], d: usize, keep: usize) -> Vec<f32> {
+/// The training tokens of a text: at most `keep` evenly spaced ones, plus every labelled-positive
+/// token (a short span would otherwise fall between the picks).
+fn training_sample(t: &Text, h: usize, d: usize, keep: usize) -> Sample {
+    let x = &t.layers[h].0;
     let n = x.len() / d;
-    if n <= keep {
-        return x.to_vec();
+    let mut picks: Vec<usize> = if n <= keep {
+        (0..n).collect()
+    } else {
+        (0..keep).map(|j| j * n / keep).collect()
+    };
+    if let Some(l) = &t.token_labels {
+        picks.extend((0..n).filter(|&i| l[i]));
+        picks.sort_unstable();
+        picks.dedup();
     }
-    (0..keep)
-        .flat_map(|j| {
-            x[(j * n / keep) * d..(j * n / keep + 1) * d]
-                .iter()
-                .copied()
-        })
-        .collect()
+    Sample {
+        x: picks
+            .iter()
+            .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+            .collect(),
+        label: t.label,
+        token_labels: t
+            .token_labels
+            .as_ref()
+            .map(|l| picks.iter().map(|&i| l[i]).collect()),
+    }
 }
 
 fn fit_tokens(
@@ -402,10 +436,7 @@ fn fit_tokens(
 ) -> (Vec<f32>, f32) {
     let samples: Vec<Sample> = train
         .iter()
-        .map(|&i| Sample {
-            x: spaced(&texts[i].layers[h].0, d, keep.max(1)),
-            label: texts[i].label,
-        })
+        .map(|&i| training_sample(&texts[i], h, d, keep.max(1)))
         .collect();
     let refs: Vec<&Sample> = samples.iter().collect();
     probe::fit(&refs, d, cfg)
@@ -431,10 +462,7 @@ fn fit_vectors(
     let d = which(&texts[0]).len();
     let samples: Vec<Sample> = train
         .iter()
-        .map(|&i| Sample {
-            x: which(&texts[i]).clone(),
-            label: texts[i].label,
-        })
+        .map(|&i| Sample::new(which(&texts[i]).clone(), texts[i].label))
         .collect();
     let refs: Vec<&Sample> = samples.iter().collect();
     probe::fit(&refs, d, cfg)

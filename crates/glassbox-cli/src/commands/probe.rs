@@ -121,7 +121,7 @@ fn train(a: TrainArgs, device: &str, json_out: bool) -> Result<()> {
         let x = reader
             .activations(text)
             .with_context(|| format!("text {}", i + 1))?;
-        samples.push(Sample { x, label: *label });
+        samples.push(Sample::new(x, *label));
     }
     let cfg = ProbeTraining {
         folds: a.folds,
@@ -188,7 +188,7 @@ fn labelled_texts(a: &TrainArgs) -> Result<(Vec<(String, bool)>, String)> {
         .map(|r| r.labelled(path))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
-        .map(|(text, label, _)| (text, label))
+        .map(|l| (l.text, l.label))
         .collect();
     let stem = path
         .file_stem()
@@ -202,10 +202,21 @@ pub(crate) struct Record {
     text: String,
     label: Option<bool>,
     family: Option<String>,
+    span: Option<(usize, usize)>,
+}
+
+/// A record whose label is known.
+pub(crate) struct Labelled {
+    pub text: String,
+    pub label: bool,
+    /// The record's family, else "positive" / "negative".
+    pub family: String,
+    /// The part of the text that makes it positive, `[start, end)` in bytes, where known.
+    pub span: Option<(usize, usize)>,
 }
 
 impl Record {
-    pub(crate) fn labelled(self, path: &Path) -> Result<(String, bool, String)> {
+    pub(crate) fn labelled(self, path: &Path) -> Result<Labelled> {
         let label = self.label.with_context(|| {
             format!(
                 "{}, line {}: no \"label\" (0 or 1) to evaluate against",
@@ -216,7 +227,12 @@ impl Record {
         let family = self
             .family
             .unwrap_or_else(|| if label { "positive" } else { "negative" }.into());
-        Ok((self.text, label, family))
+        Ok(Labelled {
+            text: self.text,
+            label,
+            family,
+            span: self.span,
+        })
     }
 }
 
@@ -247,11 +263,29 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
             Value::String(f) => Some(f.clone()),
             other => bail!("{}: \"family\" must be a string, not {other}", at()),
         };
+        let span = match &v["span"] {
+            Value::Null => None,
+            Value::Array(a) => match (a.first().and_then(Value::as_u64), a.get(1).and_then(Value::as_u64)) {
+                (Some(s), Some(e)) if a.len() == 2 && s < e && e as usize <= t.len()
+                    && t.is_char_boundary(s as usize) && t.is_char_boundary(e as usize) =>
+                {
+                    Some((s as usize, e as usize))
+                }
+                _ => bail!(
+                    "{}: \"span\" must be [start, end) byte offsets inside the text ({} bytes), not {}",
+                    at(),
+                    t.len(),
+                    v["span"]
+                ),
+            },
+            other => bail!("{}: \"span\" must be [start, end], not {other}", at()),
+        };
         out.push(Record {
             line: i + 1,
             text: t.to_string(),
             label,
             family,
+            span,
         });
     }
     if out.is_empty() {
@@ -302,6 +336,22 @@ impl<'m> Reader<'m> {
     pub(crate) fn activations_capped(&self, text: &str, cap: Option<usize>) -> Result<Vec<f32>> {
         let mut all = self.activations_at(text, cap)?;
         Ok(all.swap_remove(0))
+    }
+
+    /// Per token read by [`Self::activations_at`], whether it overlaps `span` (bytes).
+    pub(crate) fn span_labels(
+        &self,
+        text: &str,
+        span: (usize, usize),
+        cap: Option<usize>,
+    ) -> Result<Vec<bool>> {
+        let (_, offsets) = self.model.tokenizer.encode_plain_offsets(text)?;
+        let max = self.model.config.max_positions - self.prefix.len() - self.suffix.len();
+        let n = offsets.len().min(cap.map_or(max, |c| c.clamp(1, max)));
+        Ok(offsets[..n]
+            .iter()
+            .map(|&(s, e)| s < span.1 && e > span.0)
+            .collect())
     }
 
     /// Every hook's `[tokens, d_model]` over at most the first `cap` tokens of the text.
@@ -393,7 +443,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>5} {:>5} {:<14} {:>6} {:>7} {:>7} {:>8} {:>9} {:>8} {:>5}  text",
+        "{:>5} {:>5} {:<30} {:>6} {:>7} {:>7} {:>8} {:>9} {:>8} {:>5}  text",
         "line",
         "label",
         "family",
@@ -418,7 +468,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             .collect::<String>()
             .replace('\n', " ");
         println!(
-            "{:>5} {:>5} {:<14} {:>6} {:>7.4} {:>7.4} {:>8.4} {:>9.3} {:>8.3} {:>5}  {preview}",
+            "{:>5} {:>5} {:<30} {:>6} {:>7.4} {:>7.4} {:>8.4} {:>9.3} {:>8.3} {:>5}  {preview}",
             r.line,
             r.label.map_or("-".into(), |l| u8::from(l).to_string()),
             r.family.as_deref().unwrap_or("-"),
@@ -460,7 +510,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         .into_iter()
         .map(|r| r.labelled(&a.on.data))
         .collect::<Result<Vec<_>>>()?;
-    let labels: Vec<bool> = labelled.iter().map(|(_, l, _)| *l).collect();
+    let labels: Vec<bool> = labelled.iter().map(|l| l.label).collect();
     let aggregations = [
         Aggregation::Mean,
         Aggregation::Max,
@@ -489,8 +539,8 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         .context("the chosen aggregation was scored")?;
     // Detection per family at the chosen threshold: positives caught, negatives flagged.
     let mut families: BTreeMap<(bool, String), (usize, usize)> = BTreeMap::new();
-    for ((_, label, family), s) in labelled.iter().zip(&scores) {
-        let e = families.entry((*label, family.clone())).or_default();
+    for (l, s) in labelled.iter().zip(&scores) {
+        let e = families.entry((l.label, l.family.clone())).or_default();
         e.0 += usize::from(chosen.of(s) > best.threshold);
         e.1 += 1;
     }
