@@ -236,45 +236,36 @@ fn bad_labelled_sets_are_clear_errors() {
         std::fs::write(&path, body).unwrap();
         path.to_str().unwrap().to_string()
     };
+    // (file body, command, what the error must say)
+    let cases = [
+        ("\n\n", "eval", "holds no texts"),
+        (
+            "{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 0}\n{\"text\": oops}\n",
+            "eval",
+            "line 3",
+        ),
+        (
+            "{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 1}\n",
+            "eval",
+            "both labels",
+        ),
+        (
+            "{\"text\": \"abc\", \"label\": 1, \"span\": [2, 9]}\n",
+            "score",
+            "line 1: \"span\" must be [start, end) byte offsets inside the text (3 bytes)",
+        ),
+        ("{\"text\": \"a\"}\n", "eval", "line 1: no \"label\""),
+        (
+            "{\"text\": \"a\", \"label\": 2}\n",
+            "score",
+            "\"label\" must be",
+        ),
+    ];
+    for (i, (body, command, expect)) in cases.iter().enumerate() {
+        let data = file(&format!("case{i}.jsonl"), body);
+        fails(&["probe", command, "--probe", p, "--data", &data], expect);
+    }
     let empty = file("empty.jsonl", "\n\n");
-    fails(
-        &["probe", "eval", "--probe", p, "--data", &empty],
-        "holds no texts",
-    );
-    let broken = file(
-        "broken.jsonl",
-        "{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 0}\n{\"text\": oops}\n",
-    );
-    fails(
-        &["probe", "eval", "--probe", p, "--data", &broken],
-        "line 3",
-    );
-    let one_class = file(
-        "one.jsonl",
-        "{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 1}\n",
-    );
-    fails(
-        &["probe", "eval", "--probe", p, "--data", &one_class],
-        "both labels",
-    );
-    let bad_span = file(
-        "span.jsonl",
-        "{\"text\": \"abc\", \"label\": 1, \"span\": [2, 9]}\n",
-    );
-    fails(
-        &["probe", "score", "--probe", p, "--data", &bad_span],
-        "line 1: \"span\" must be [start, end) byte offsets inside the text (3 bytes)",
-    );
-    let unlabelled = file("unlabelled.jsonl", "{\"text\": \"a\"}\n");
-    fails(
-        &["probe", "eval", "--probe", p, "--data", &unlabelled],
-        "line 1: no \"label\"",
-    );
-    let bad_label = file("bad.jsonl", "{\"text\": \"a\", \"label\": 2}\n");
-    fails(
-        &["probe", "score", "--probe", p, "--data", &bad_label],
-        "\"label\" must be",
-    );
     fails(
         &[
             "probe",
@@ -295,7 +286,7 @@ fn bad_labelled_sets_are_clear_errors() {
             "--probe",
             p,
             "--data",
-            &broken,
+            &empty,
             "--aggregate",
             "median",
         ],

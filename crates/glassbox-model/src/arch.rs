@@ -82,8 +82,8 @@ impl Loader<'_> {
         width: usize,
     ) -> Result<Norm> {
         let mut w = self.get(&format!("{name}.{weight}"), &[width])?;
-        if self.cfg.norm_weight_offset != 0.0 {
-            w = (w + self.cfg.norm_weight_offset)?;
+        if self.cfg.extras.norm_weight_offset != 0.0 {
+            w = (w + self.cfg.extras.norm_weight_offset)?;
         }
         let b = match bias {
             Some(b) => Some(self.get(&format!("{name}.{b}"), &[width])?),
@@ -259,7 +259,7 @@ fn rotary_decoder(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
     };
     // Gemma's `post_attention_layernorm` normalises the attention output; Llama's is the
     // norm before the MLP.
-    let pre_mlp_norm = if cfg.sandwich_norms {
+    let pre_mlp_norm = if cfg.extras.sandwich_norms {
         "pre_feedforward_layernorm"
     } else {
         "post_attention_layernorm"
@@ -276,7 +276,7 @@ fn rotary_decoder(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
                 |name: &str| l.norm_of_width(&format!("{p}.{name}"), "weight", None, cfg.d_head);
             let attn = Attention {
                 scale: cfg.attn_scale,
-                qk_norm: if cfg.qk_norm {
+                qk_norm: if cfg.extras.qk_norm {
                     Some((
                         head_norm("self_attn.q_norm")?,
                         head_norm("self_attn.k_norm")?,
@@ -308,7 +308,7 @@ fn rotary_decoder(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
                     act: cfg.act,
                 },
                 post_norm: false,
-                out_norms: if cfg.sandwich_norms {
+                out_norms: if cfg.extras.sandwich_norms {
                     Some((
                         norm("post_attention_layernorm")?,
                         norm("post_feedforward_layernorm")?,
@@ -339,7 +339,7 @@ fn rotary_decoder(cfg: &ModelConfig, w: &Weights) -> Result<Parts> {
             pos: None,
             token_type: None,
             norm: None,
-            scale: cfg.embed_scale,
+            scale: cfg.extras.embed_scale,
         },
         blocks,
         final_norm: Some(l.norm("norm", "weight", None)?),

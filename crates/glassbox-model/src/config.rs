@@ -80,6 +80,15 @@ pub struct ModelConfig {
     pub eos_token_id: Option<u32>,
     /// The token a sequence starts with, where the model has one (probes prepend it).
     pub bos_token_id: Option<u32>,
+    /// Attention scores are `q·k` times this (`1/√d_head` unless the model says otherwise).
+    pub attn_scale: f64,
+    /// What some decoders add to the plain block (Gemma 3: all of it); none by default.
+    pub extras: Extras,
+}
+
+/// Departures from the plain pre-norm block, each off by default.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Extras {
     /// How many keys (itself included) a query of a sliding-window layer sees.
     pub sliding_window: Option<usize>,
     /// Per layer, whether its attention is the sliding window (empty: every layer is global).
@@ -90,8 +99,6 @@ pub struct ModelConfig {
     pub norm_weight_offset: f64,
     /// The token embedding is multiplied by this before it enters the residual stream.
     pub embed_scale: Option<f64>,
-    /// Attention scores are `q·k` times this (`1/√d_head` unless the model says otherwise).
-    pub attn_scale: f64,
     /// RMSNorm over each head's queries and keys, before RoPE.
     pub qk_norm: bool,
     /// Norms on the attention and MLP outputs before they join the residual stream.
@@ -165,14 +172,8 @@ impl ModelConfig {
             type_vocab_size: f.opt_usize("type_vocab_size")?.unwrap_or(0),
             eos_token_id: None,
             bos_token_id: None,
-            sliding_window: None,
-            sliding_layers: Vec::new(),
-            sliding_rope_theta: None,
-            norm_weight_offset: 0.0,
-            embed_scale: None,
             attn_scale: 1.0 / (d_head as f64).sqrt(),
-            qk_norm: false,
-            sandwich_norms: false,
+            extras: Extras::default(),
         })
     }
 
@@ -204,14 +205,8 @@ impl ModelConfig {
             type_vocab_size: 0,
             eos_token_id: f.token_id("eos_token_id")?,
             bos_token_id: f.token_id("bos_token_id")?,
-            sliding_window: None,
-            sliding_layers: Vec::new(),
-            sliding_rope_theta: None,
-            norm_weight_offset: 0.0,
-            embed_scale: None,
             attn_scale: 1.0 / (d_head as f64).sqrt(),
-            qk_norm: false,
-            sandwich_norms: false,
+            extras: Extras::default(),
         })
     }
 
@@ -252,14 +247,8 @@ impl ModelConfig {
             type_vocab_size: 0,
             eos_token_id: f.token_id("eos_token_id")?,
             bos_token_id: f.token_id("bos_token_id")?,
-            sliding_window: None,
-            sliding_layers: Vec::new(),
-            sliding_rope_theta: None,
-            norm_weight_offset: 0.0,
-            embed_scale: None,
             attn_scale: 1.0 / (d_head as f64).sqrt(),
-            qk_norm: false,
-            sandwich_norms: false,
+            extras: Extras::default(),
             model_type,
         })
     }
@@ -293,22 +282,24 @@ impl ModelConfig {
             qkv_bias: attention_bias,
             o_bias: attention_bias,
             tie_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(true),
-            sliding_window: f.opt_usize("sliding_window")?,
-            sliding_layers: f.sliding_layers(base.n_layers)?,
-            sliding_rope_theta: Some(sliding_theta),
-            norm_weight_offset: 1.0,
-            embed_scale: Some((base.d_model as f64).sqrt()),
             attn_scale: 1.0 / scalar.sqrt(),
-            qk_norm: true,
-            sandwich_norms: true,
+            extras: Extras {
+                sliding_window: f.opt_usize("sliding_window")?,
+                sliding_layers: f.sliding_layers(base.n_layers)?,
+                sliding_rope_theta: Some(sliding_theta),
+                norm_weight_offset: 1.0,
+                embed_scale: Some((base.d_model as f64).sqrt()),
+                qk_norm: true,
+                sandwich_norms: true,
+            },
             ..base
         })
     }
 
     /// The attention window of `layer`'s queries (`None`: every earlier key).
     pub fn window(&self, layer: usize) -> Option<usize> {
-        match self.sliding_layers.get(layer) {
-            Some(true) => self.sliding_window,
+        match self.extras.sliding_layers.get(layer) {
+            Some(true) => self.extras.sliding_window,
             _ => None,
         }
     }
@@ -316,8 +307,8 @@ impl ModelConfig {
     /// The RoPE base of `layer` (`None` for learned positions).
     pub fn rope_theta(&self, layer: usize) -> Option<f64> {
         match self.positional {
-            Positional::Rotary { theta } => Some(match self.sliding_layers.get(layer) {
-                Some(true) => self.sliding_rope_theta.unwrap_or(theta),
+            Positional::Rotary { theta } => Some(match self.extras.sliding_layers.get(layer) {
+                Some(true) => self.extras.sliding_rope_theta.unwrap_or(theta),
                 _ => theta,
             }),
             Positional::Learned => None,
@@ -368,7 +359,8 @@ impl ModelConfig {
                 "rotary embeddings need an even head dimension",
             ));
         }
-        if self.sliding_layers.iter().any(|&s| s) && self.sliding_window.is_none_or(|w| w == 0) {
+        let x = &self.extras;
+        if x.sliding_layers.iter().any(|&s| s) && x.sliding_window.is_none_or(|w| w == 0) {
             return Err(ModelError::config(
                 path,
                 "sliding_window",
@@ -643,7 +635,7 @@ mod tests {
             (Some(5e3), Some(1e6))
         );
         assert_eq!(four.attn_scale, 1.0 / 16.0);
-        assert_eq!(four.embed_scale, Some(640f64.sqrt()));
+        assert_eq!(four.extras.embed_scale, Some(640f64.sqrt()));
         assert_eq!(four.act, Activation::GeluTanh);
     }
 

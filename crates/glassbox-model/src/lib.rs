@@ -47,7 +47,7 @@ pub(crate) fn xorshift(n: usize, seed: u32) -> Vec<u32> {
 
 pub use candle_core as candle;
 pub use candle_core::{DType, Device, Tensor};
-pub use config::{Architecture, ModelConfig};
+pub use config::{Architecture, Extras, ModelConfig};
 pub use error::{ModelError, Result};
 pub use hooks::{ActivationCache, BlockHook, HookPoint, Hooks};
 pub use model::{Batch, KvCache, Model, Output};
