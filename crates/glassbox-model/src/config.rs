@@ -467,16 +467,7 @@ impl Fields<'_> {
             }
         }
         if let Some(p) = self.present("rope_parameters") {
-            let kind = p
-                .get("rope_type")
-                .and_then(Value::as_str)
-                .unwrap_or("default");
-            if kind != "default" {
-                return Err(self.err(
-                    "rope_parameters.rope_type",
-                    format!("`{kind}` is not supported; only \"default\""),
-                ));
-            }
+            self.default_rope_type("rope_parameters.rope_type", p)?;
             if let Some(t) = p.get("rope_theta") {
                 return t.as_f64().ok_or_else(|| {
                     self.err(
@@ -489,6 +480,17 @@ impl Fields<'_> {
         Ok(self.opt_f64("rope_theta")?.unwrap_or(10_000.0))
     }
 
+    /// Refuses a `rope_type` other than "default" (absent means default) in `p`, named `field`.
+    fn default_rope_type(&self, field: &str, p: &Value) -> Result<()> {
+        match p.get("rope_type").and_then(Value::as_str) {
+            None | Some("default") => Ok(()),
+            Some(kind) => Err(self.err(
+                field,
+                format!("`{kind}` is not supported; only \"default\""),
+            )),
+        }
+    }
+
     /// Gemma 3's two RoPE bases, global and sliding-window: from `rope_parameters.{full,sliding}_attention`
     /// (transformers 5) or `rope_theta` and `rope_local_base_freq` (transformers 4).
     fn gemma_rope_thetas(&self) -> Result<(f64, f64)> {
@@ -496,16 +498,7 @@ impl Fields<'_> {
             return Err(self.err("rope_scaling", "RoPE scaling is not supported"));
         }
         let theta_of = |key: &str, p: &Value| -> Result<f64> {
-            let kind = p
-                .get("rope_type")
-                .and_then(Value::as_str)
-                .unwrap_or("default");
-            if kind != "default" {
-                return Err(self.err(
-                    &format!("rope_parameters.{key}.rope_type"),
-                    format!("`{kind}` is not supported; only \"default\""),
-                ));
-            }
+            self.default_rope_type(&format!("rope_parameters.{key}.rope_type"), p)?;
             p.get("rope_theta").and_then(Value::as_f64).ok_or_else(|| {
                 self.err(
                     &format!("rope_parameters.{key}.rope_theta"),
