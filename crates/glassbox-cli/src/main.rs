@@ -82,6 +82,10 @@ enum Command {
     /// Linear probes on a hook from labelled texts (for monitors and analyses).
     #[command(subcommand)]
     Probe(commands::probe::Command),
+    /// Attack a monitored deployment (templates, encodings, splitting, multi-turn, paraphrase,
+    /// GCG, embedding edits) and report detection per attack family; --defend retrains the
+    /// probe on the evasions and re-attacks a held-out set committed to the audit log.
+    Redteam(commands::redteam::RedteamArgs),
     /// Serve the model over HTTP (OpenAI-compatible) with monitors inside the forward pass:
     /// per-token rules over features and anomaly scores that log, alert, clamp, steer or block.
     Serve(commands::serve::ServeArgs),
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
         Command::Graph(args) => commands::graph::run(args, &cli.device, cli.json),
         Command::Heads(cmd) => commands::heads::run(cmd, &cli.device, cli.json),
         Command::Probe(cmd) => commands::probe::run(cmd, &cli.device, cli.json),
+        Command::Redteam(args) => commands::redteam::run(args, &cli.device, cli.json),
         Command::Serve(args) => commands::serve::run_serve(args, &cli.device, cli.json),
         Command::Key(args) => commands::serve::run_key(args, cli.json),
         Command::Audit(cmd) => commands::serve::run_audit(cmd, cli.json),

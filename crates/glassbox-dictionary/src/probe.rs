@@ -34,6 +34,48 @@ impl Sample {
             token_labels: None,
         }
     }
+
+    /// A text's training tokens from its `[tokens, d]` activations: at most `keep` evenly
+    /// spaced ones, plus every labelled-positive token (a short span would otherwise fall
+    /// between the picks).
+    pub fn subsampled(
+        x: &[f32],
+        d: usize,
+        label: bool,
+        token_labels: Option<&[bool]>,
+        keep: usize,
+    ) -> Sample {
+        let n = x.len() / d;
+        let keep = keep.max(1);
+        let mut picks: Vec<usize> = if n <= keep {
+            (0..n).collect()
+        } else {
+            (0..keep).map(|j| j * n / keep).collect()
+        };
+        if let Some(l) = token_labels {
+            picks.extend((0..n).filter(|&i| l[i]));
+            picks.sort_unstable();
+            picks.dedup();
+        }
+        Sample {
+            x: picks
+                .iter()
+                .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+                .collect(),
+            label,
+            token_labels: token_labels.map(|l| picks.iter().map(|&i| l[i]).collect()),
+        }
+    }
+}
+
+/// The mean of the rows of `[n, d]` (a text's pooled activation).
+pub fn mean_rows(x: &[f32], d: usize) -> Vec<f32> {
+    let n = (x.len() / d).max(1) as f32;
+    let mut m = vec![0f32; d];
+    for row in x.chunks(d) {
+        m.iter_mut().zip(row).for_each(|(m, v)| *m += v / n);
+    }
+    m
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -132,6 +174,25 @@ pub struct Calibration {
     pub data_sha256: String,
     pub positives: usize,
     pub negatives: usize,
+}
+
+impl Calibration {
+    /// The served monitor rule (see `glassbox_serve::rules`) that flags what this calibration
+    /// flags, for a probe registered as `name`: the window and max rules fire on the token where
+    /// the text's score first passes the threshold; the mean rules read the mean over the tokens
+    /// so far, so a short prefix can fire before the whole text would.
+    pub fn rule(&self, name: &str) -> String {
+        let t = self.threshold;
+        match self.aggregation {
+            Aggregation::Mean => format!("mean(probe {name}) > {t}"),
+            Aggregation::Max => format!("probe {name} > {t}"),
+            Aggregation::Window { tokens } => format!("mean(probe {name}, {tokens}) > {t}"),
+            Aggregation::MeanLogit => {
+                let p = f64::from(t).clamp(1e-12, 1.0 - 1e-12);
+                format!("mean(logit {name}) > {:.6}", (p / (1.0 - p)).ln())
+            }
+        }
+    }
 }
 
 /// A probe's scores over one text's tokens.

@@ -472,6 +472,17 @@ impl Model {
         }
     }
 
+    /// The token embedding matrix as it enters the residual stream (`hook_embed` of each
+    /// token; Gemma's scale applied), `[vocab, d_model]`, f32: what a gradient with respect to
+    /// `hook_embed` is multiplied by to rank token substitutions.
+    pub fn scaled_token_embeddings(&self) -> Result<Tensor> {
+        let e = self.embed.tok.to_dtype(DType::F32)?;
+        Ok(match self.embed.scale {
+            Some(s) => (e * s)?,
+            None => e,
+        })
+    }
+
     /// Sentence embeddings as sentence-transformers computes them for MiniLM: the mean of
     /// the last hidden state over real tokens, L2-normalised. `[batch, d_model]`
     pub fn sentence_embedding(&self, batch: &Batch, hidden: &Tensor) -> Result<Tensor> {

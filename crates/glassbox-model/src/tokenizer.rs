@@ -143,6 +143,14 @@ impl TextTokenizer {
             .map_err(|e| self.err(format!("cannot decode: {e}")))
     }
 
+    /// Which of `ids` are the tokenizer's special tokens (`[CLS]`, `<|im_start|>`, …).
+    pub fn special_mask(&self, ids: &[u32]) -> Vec<bool> {
+        let added = self.inner.get_added_tokens_decoder();
+        ids.iter()
+            .map(|id| added.get(id).is_some_and(|t| t.special))
+            .collect()
+    }
+
     /// The id of a special (added) token written as `text`, e.g. `<end_of_turn>`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
         self.inner

@@ -16,6 +16,8 @@ use crate::webhook::Alerts;
 pub struct Report {
     pub firings: Vec<crate::monitor::Firing>,
     pub blocked: Option<crate::monitor::Blocked>,
+    /// Per input, per monitor: its rule's value nearest to firing (see `Watch::peaks`).
+    pub peaks: Vec<Vec<Option<f32>>>,
 }
 
 fn finish(watch: RefCell<Watch>) -> Report {
@@ -23,6 +25,7 @@ fn finish(watch: RefCell<Watch>) -> Report {
     Report {
         firings: w.firings,
         blocked: w.blocked,
+        peaks: w.peaks,
     }
 }
 
@@ -37,6 +40,12 @@ pub fn embed(
     let watch = RefCell::new(Watch::new(set, alerts, request_id));
     let batch = model.batch_ids(inputs)?;
     watch.borrow_mut().set_lengths(&batch.lengths);
+    watch.borrow_mut().set_special(
+        inputs
+            .iter()
+            .map(|i| model.tokenizer.special_mask(i))
+            .collect(),
+    );
     let out = {
         let mut hooks = Watch::hooks(&watch);
         model.forward(&batch, &mut hooks, None)?
@@ -86,6 +95,9 @@ pub fn generate(
         )));
     }
     let watch = RefCell::new(Watch::new(set, alerts, request_id));
+    watch
+        .borrow_mut()
+        .set_special(vec![model.tokenizer.special_mask(prompt)]);
     let generation = model.generate(
         prompt,
         cfg,

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::config::{Action, DictionaryConfig, MonitorConfig, ProbeConfig};
 use crate::error::{Result, ServeError};
-use crate::rules::{Rule, RuleState, Signal};
+use crate::rules::{Cmp, Rule, RuleState, Signal};
 use crate::webhook::Alerts;
 
 pub struct Dictionary {
@@ -143,15 +143,15 @@ fn monitor(readers: &Readers, m: &MonitorConfig) -> Result<Monitor> {
         ),
         None => None,
     };
-    let probe = match rule.signal.base() {
-        Signal::Probe(name) => Some(
+    let probe = match rule.signal.probe() {
+        Some(name) => Some(
             readers
                 .probes
                 .iter()
-                .position(|p| &p.name == name)
+                .position(|p| p.name == name)
                 .ok_or_else(|| bad(format!("no [[probe]] is named `{name}`")))?,
         ),
-        _ => None,
+        None => None,
     };
     let needs_dict = matches!(rule.signal.base(), Signal::Feature(_) | Signal::Anomaly)
         || matches!(m.action, Action::Clamp | Action::Steer);
@@ -226,8 +226,13 @@ pub struct Watch<'s> {
     seen: HashMap<HookPoint, Vec<usize>>,
     /// Real tokens per input (the rest of a padded row is skipped).
     lengths: Vec<usize>,
+    /// Per input, which positions hold special tokens (probe rules skip them).
+    special: Vec<Vec<bool>>,
     pub firings: Vec<Firing>,
     pub blocked: Option<Blocked>,
+    /// Per input, per monitor: the rule's value nearest to firing over the tokens seen (the
+    /// highest for `>` rules, the lowest for `<` ones); `None` before any token was read.
+    pub peaks: Vec<Vec<Option<f32>>>,
 }
 
 impl<'s> Watch<'s> {
@@ -239,14 +244,22 @@ impl<'s> Watch<'s> {
             states: Vec::new(),
             seen: HashMap::new(),
             lengths: Vec::new(),
+            special: Vec::new(),
             firings: Vec::new(),
             blocked: None,
+            peaks: Vec::new(),
         }
     }
 
     /// Declares the real lengths of a padded batch about to run (embeddings).
     pub fn set_lengths(&mut self, lengths: &[usize]) {
         self.lengths = lengths.to_vec();
+    }
+
+    /// Declares which positions of each input are special tokens (probe rules skip them, as
+    /// probes are trained and evaluated on a text's own tokens).
+    pub fn set_special(&mut self, special: Vec<Vec<bool>>) {
+        self.special = special;
     }
 
     /// Hooks for one forward pass: a replacement at each monitored dictionary's hook.
@@ -276,6 +289,7 @@ impl<'s> Watch<'s> {
         while self.states.len() < b {
             self.states
                 .push(vec![RuleState::default(); set.monitors.len()]);
+            self.peaks.push(vec![None; set.monitors.len()]);
         }
         let here: Vec<(usize, &Monitor)> = set
             .monitors
@@ -328,14 +342,27 @@ impl<'s> Watch<'s> {
                 Some((codes, _)) => codes[k].iter().find(|e| e.0 == f).map_or(0.0, |e| e.1),
                 None => set.dictionaries[d].sae.latent(&orig, f),
             };
+            let special = self
+                .special
+                .get(row)
+                .and_then(|s| s.get(position))
+                .copied()
+                .unwrap_or(false);
             for &(mi, m) in &here {
                 let base = match (m.rule.signal.base(), m.dict, m.probe) {
+                    (Signal::Probe(_) | Signal::Logit(_), ..) if special => continue,
                     (Signal::Feature(f), Some(d), _) => read(d, *f),
                     (Signal::Anomaly, Some(d), _) => full.get(&d).map_or(0.0, |(_, e)| e[k]),
                     (Signal::Probe(_), _, Some(q)) => set.probes[q].probe.score(&orig),
+                    (Signal::Logit(_), _, Some(q)) => set.probes[q].probe.logit(&orig),
                     _ => 0.0,
                 };
                 let (value, holds) = m.rule.step(&mut self.states[row][mi], base);
+                let peak = &mut self.peaks[row][mi];
+                let up = matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge);
+                if peak.is_none_or(|p| if up { value > p } else { value < p }) {
+                    *peak = Some(value);
+                }
                 if !holds {
                     continue;
                 }

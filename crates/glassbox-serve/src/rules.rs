@@ -5,14 +5,18 @@
 //! signal  := "feature" ID                  a dictionary feature's activation on this token
 //!          | "anomaly"                     the dictionary's relative reconstruction error ‖x−x̂‖²/‖x‖²
 //!          | "probe" NAME                  a linear probe's probability on this token
+//!          | "logit" NAME                  the same probe's logit w·x + b on this token
 //!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens
+//!          | "mean" "(" signal ")"         its mean over every token of the input so far
 //!          | "count" "(" signal CMP number "," N ")"   how many of the last N tokens satisfy it
 //! CMP     := ">" | ">=" | "<" | "<="
 //! ```
 //!
 //! `feature 1234 > 3.0` fires on any token where feature 1234 exceeds 3; `mean(feature 7, 8) > 1`
 //! when its mean over the last 8 tokens does; `count(feature 7 > 0, 16) >= 3` when it fired on at
-//! least 3 of the last 16 tokens.
+//! least 3 of the last 16 tokens. Probe signals skip the model's special tokens (`[CLS]`,
+//! `<|im_start|>`, …), as `glassbox probe score` does, so a calibrated probe reads the same
+//! tokens served as evaluated: `glassbox probe eval --calibrate` prints the rule.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -23,7 +27,9 @@ pub enum Signal {
     Feature(u32),
     Anomaly,
     Probe(String),
-    Mean(Box<Signal>, usize),
+    Logit(String),
+    /// The mean over the last N tokens, or over every token so far (`None`).
+    Mean(Box<Signal>, Option<usize>),
     Count(Box<Signal>, Cmp, f32, usize),
 }
 
@@ -70,6 +76,14 @@ impl Signal {
         match self {
             Signal::Mean(s, _) | Signal::Count(s, ..) => s.base(),
             s => s,
+        }
+    }
+
+    /// The probe the signal reads, if it reads one.
+    pub fn probe(&self) -> Option<&str> {
+        match self.base() {
+            Signal::Probe(p) | Signal::Logit(p) => Some(p),
+            _ => None,
         }
     }
 
@@ -160,7 +174,8 @@ impl Parser {
     }
 
     fn signal(&mut self) -> Result<Signal, String> {
-        let word = self.next("a signal (feature N, anomaly, probe NAME, mean(…), count(…))")?;
+        let word =
+            self.next("a signal (feature N, anomaly, probe NAME, logit NAME, mean(…), count(…))")?;
         match word.as_str() {
             "feature" => {
                 let id = self.next("a feature id")?;
@@ -170,13 +185,17 @@ impl Parser {
             }
             "anomaly" => Ok(Signal::Anomaly),
             "probe" => Ok(Signal::Probe(self.next("a probe name")?)),
+            "logit" => Ok(Signal::Logit(self.next("a probe name")?)),
             "mean" => {
                 self.expect("(")?;
                 let s = self.signal()?;
-                self.expect(",")?;
-                let n = self.window()?;
+                let n = match self.next("`,` or `)`")?.as_str() {
+                    ")" => return Ok(Signal::Mean(Box::new(s), None)),
+                    "," => self.window()?,
+                    t => return Err(format!("expected `,` or `)`, found `{t}`")),
+                };
                 self.expect(")")?;
-                Ok(Signal::Mean(Box::new(s), n))
+                Ok(Signal::Mean(Box::new(s), Some(n)))
             }
             "count" => {
                 self.expect("(")?;
@@ -189,7 +208,7 @@ impl Parser {
                 Ok(Signal::Count(Box::new(s), cmp, v, n))
             }
             w => Err(format!(
-                "unknown signal `{w}`; use feature N, anomaly, probe NAME, mean(…) or count(…)"
+                "unknown signal `{w}`; use feature N, anomaly, probe NAME, logit NAME, mean(…) or count(…)"
             )),
         }
     }
@@ -226,15 +245,23 @@ impl Parser {
 #[derive(Debug, Clone, Default)]
 pub struct RuleState {
     recent: VecDeque<f32>,
+    /// Sum and count of every value so far (a mean over the whole input).
+    total: f64,
+    seen: u64,
 }
 
 impl Rule {
     /// Feeds this token's base-signal value; returns the rule's value and whether it holds.
     pub fn step(&self, state: &mut RuleState, base: f32) -> (f32, bool) {
         let value = match &self.signal {
-            Signal::Mean(_, n) => {
+            Signal::Mean(_, Some(n)) => {
                 push(&mut state.recent, base, *n);
                 state.recent.iter().sum::<f32>() / state.recent.len() as f32
+            }
+            Signal::Mean(_, None) => {
+                state.total += f64::from(base);
+                state.seen += 1;
+                (state.total / state.seen as f64) as f32
             }
             Signal::Count(_, cmp, v, n) => {
                 push(&mut state.recent, f32::from(cmp.holds(base, *v)), *n);
@@ -263,7 +290,16 @@ mod tests {
         assert_eq!(r.signal, Signal::Feature(1234));
         assert_eq!((r.cmp, r.threshold), (Cmp::Gt, 3.0));
         let r = Rule::parse("mean(feature 7, 8) >= 1").unwrap();
-        assert_eq!(r.signal, Signal::Mean(Box::new(Signal::Feature(7)), 8));
+        assert_eq!(
+            r.signal,
+            Signal::Mean(Box::new(Signal::Feature(7)), Some(8))
+        );
+        let r = Rule::parse("mean(logit inj) > 2.5").unwrap();
+        assert_eq!(
+            r.signal,
+            Signal::Mean(Box::new(Signal::Logit("inj".into())), None)
+        );
+        assert_eq!(r.signal.probe(), Some("inj"));
         let r = Rule::parse("count(feature 7 > 0, 16) >= 3").unwrap();
         assert_eq!(
             r.signal,
@@ -288,6 +324,8 @@ mod tests {
             ("feature 1 = 2", "expected a comparison"),
             ("neuron 3 > 1", "unknown signal `neuron`"),
             ("mean(feature 1, 0) > 1", "not a window"),
+            ("mean(feature 1; 2) > 1", "unexpected character"),
+            ("mean(feature 1 2) > 1", "expected `,` or `)`"),
             ("feature 1 > 2 extra", "unexpected `extra`"),
             ("feature 1 > 2; drop", "unexpected character `;`"),
             ("feature 1 > nan", "not a number"),
@@ -313,5 +351,12 @@ mod tests {
             .map(|&v| count.step(&mut s, v).1)
             .collect();
         assert_eq!(got, [false, false, true, true, true, false]);
+        let all = Rule::parse("mean(logit p) > 0").unwrap();
+        let mut s = RuleState::default();
+        let got: Vec<f32> = [2.0, -4.0, 5.0]
+            .iter()
+            .map(|&v| all.step(&mut s, v).0)
+            .collect();
+        assert_eq!(got, [2.0, -1.0, 1.0]);
     }
 }

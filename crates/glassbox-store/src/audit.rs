@@ -197,6 +197,65 @@ pub fn verify(path: &Path) -> Result<Verification> {
     }
 }
 
+/// The event a commitment is recorded under: `{"sha256", "file", ...}` in its detail.
+pub const COMMIT_EVENT: &str = "commitment";
+
+/// A commitment in the log to a file's exact bytes, made before the file may be shown (the red
+/// team's held-out set), checked against the file when it is revealed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Commitment {
+    pub seq: u64,
+    pub file: PathBuf,
+    pub sha256: String,
+    /// `Some(true)`: the file has the committed bytes; `Some(false)`: it differs; `None`: absent.
+    pub matches: Option<bool>,
+}
+
+/// Appends a commitment to `file`'s current bytes (SHA-256) and syncs it.
+pub fn commit(log: &mut AuditLog, actor: &str, file: &Path, detail: Value) -> Result<Record> {
+    let bytes = std::fs::read(file).map_err(|e| StoreError::io(file, e))?;
+    let mut d = serde_json::Map::new();
+    d.insert("file".into(), Value::String(file.display().to_string()));
+    d.insert("sha256".into(), Value::String(hex(&Sha256::digest(&bytes))));
+    if let Value::Object(extra) = detail {
+        d.extend(extra);
+    }
+    let r = log.append(actor, COMMIT_EVENT, Value::Object(d))?;
+    log.sync()?;
+    Ok(r)
+}
+
+/// Every commitment in the log, each checked against its file as it is now (a relative path
+/// is taken from the log's folder).
+pub fn commitments(path: &Path) -> Result<Vec<Commitment>> {
+    let text = std::fs::read_to_string(path).map_err(|e| StoreError::io(path, e))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Ok(r) = serde_json::from_str::<Record>(line) else {
+            continue;
+        };
+        if r.event != COMMIT_EVENT {
+            continue;
+        }
+        let (Some(file), Some(sha)) = (r.detail["file"].as_str(), r.detail["sha256"].as_str())
+        else {
+            continue;
+        };
+        let file = base.join(file);
+        let matches = std::fs::read(&file)
+            .ok()
+            .map(|b| hex(&Sha256::digest(&b)) == sha);
+        out.push(Commitment {
+            seq: r.seq,
+            file,
+            sha256: sha.to_string(),
+            matches,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +294,29 @@ mod tests {
         let r = again.append("admin", "monitor.delete", json!({})).unwrap();
         assert_eq!((r.seq, r.prev), (5, v.last_hash));
         assert_eq!(verify(&path).unwrap().records, 6);
+    }
+
+    #[test]
+    fn a_commitment_fails_when_its_file_differs_by_one_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let held = dir.path().join("heldout.jsonl");
+        std::fs::write(&held, b"{\"text\":\"attack one\"}\n").unwrap();
+        let mut log = AuditLog::open(&path).unwrap();
+        commit(&mut log, "red", &held, json!({"texts": 1})).unwrap();
+        let c = commitments(&path).unwrap();
+        assert_eq!((c.len(), c[0].matches), (1, Some(true)));
+        let mut bytes = std::fs::read(&held).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&held, &bytes).unwrap();
+        assert_eq!(commitments(&path).unwrap()[0].matches, Some(false));
+        std::fs::remove_file(&held).unwrap();
+        assert_eq!(commitments(&path).unwrap()[0].matches, None);
+        assert_eq!(
+            verify(&path).unwrap().problem,
+            None,
+            "the chain itself is intact"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use glassbox_analysis::keywords::KeywordFilter;
 use glassbox_dictionary::probe::{
-    self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
+    self, mean_rows, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_model::{Hooks, Model};
@@ -185,7 +185,8 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         println!(
             "{}",
             json!({"model": a.model, "data": a.data, "texts": texts.len(),
-                "families": families.len(), "window": a.window, "hooks": hooks, "saved": saved})
+                "families": families.len(), "window": a.window, "hooks": hooks,
+                "saved": saved.as_ref().map(|s| &s.0), "rule": saved.as_ref().map(|s| &s.1)})
         );
         return Ok(());
     }
@@ -200,9 +201,9 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     for r in &reports {
         print_report(r, a.window);
     }
-    if let Some(path) = saved {
+    if let Some((path, rule)) = saved {
         println!(
-            "\nsaved {path}: trained on every family, flag rule calibrated on the held-out scores"
+            "\nsaved {path}: trained on every family, flag rule calibrated on the held-out scores;\na monitor in deploy.toml reads it as\n  when = \"{rule}\""
         );
     }
     Ok(())
@@ -398,34 +399,6 @@ fn sentence_embedding(m: &Model, text: &str) -> Result<Vec<f32>> {
         .to_vec1()?)
 }
 
-/// The training tokens of a text: at most `keep` evenly spaced ones, plus every labelled-positive
-/// token (a short span would otherwise fall between the picks).
-fn training_sample(t: &Text, h: usize, d: usize, keep: usize) -> Sample {
-    let x = &t.layers[h].0;
-    let n = x.len() / d;
-    let mut picks: Vec<usize> = if n <= keep {
-        (0..n).collect()
-    } else {
-        (0..keep).map(|j| j * n / keep).collect()
-    };
-    if let Some(l) = &t.token_labels {
-        picks.extend((0..n).filter(|&i| l[i]));
-        picks.sort_unstable();
-        picks.dedup();
-    }
-    Sample {
-        x: picks
-            .iter()
-            .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
-            .collect(),
-        label: t.label,
-        token_labels: t
-            .token_labels
-            .as_ref()
-            .map(|l| picks.iter().map(|&i| l[i]).collect()),
-    }
-}
-
 fn fit_tokens(
     texts: &[Text],
     h: usize,
@@ -436,20 +409,13 @@ fn fit_tokens(
 ) -> (Vec<f32>, f32) {
     let samples: Vec<Sample> = train
         .iter()
-        .map(|&i| training_sample(&texts[i], h, d, keep.max(1)))
+        .map(|&i| {
+            let t = &texts[i];
+            Sample::subsampled(&t.layers[h].0, d, t.label, t.token_labels.as_deref(), keep)
+        })
         .collect();
     let refs: Vec<&Sample> = samples.iter().collect();
     probe::fit(&refs, d, cfg)
-}
-
-/// The mean of the rows of `[n, d]`.
-fn mean_rows(x: &[f32], d: usize) -> Vec<f32> {
-    let n = (x.len() / d).max(1) as f32;
-    let mut m = vec![0f32; d];
-    for row in x.chunks(d) {
-        m.iter_mut().zip(row).for_each(|(m, v)| *m += v / n);
-    }
-    m
 }
 
 /// Logistic regression on one vector per text (`which` picks it).
@@ -477,7 +443,7 @@ fn save_final(
     d: usize,
     dir: &std::path::Path,
     cfg: &ProbeTraining,
-) -> Result<String> {
+) -> Result<(String, String)> {
     let all: Vec<usize> = (0..texts.len()).collect();
     let aggs = [
         Aggregation::Mean,
@@ -525,5 +491,9 @@ fn save_final(
         }),
     };
     p.save(dir)?;
-    Ok(dir.join(probe::FILE).display().to_string())
+    let rule = p
+        .calibration
+        .as_ref()
+        .map_or(String::new(), |c| c.rule(&p.name));
+    Ok((dir.join(probe::FILE).display().to_string(), rule))
 }

@@ -11,6 +11,7 @@ pub mod lens;
 pub mod models;
 pub mod patch;
 pub mod probe;
+pub mod redteam;
 pub mod run;
 pub mod serve;
 pub mod setup;

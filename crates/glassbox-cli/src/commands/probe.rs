@@ -583,7 +583,8 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
             "{}",
             json!({"probe": probe.name, "aggregations": summaries, "chosen": chosen.label(),
                 "threshold": best.threshold, "target_fpr": target, "families": families,
-                "calibrated": a.calibrate.is_some()})
+                "calibrated": a.calibrate.is_some(),
+                "rule": probe.calibration.as_ref().map(|c| c.rule(&probe.name))})
         );
         return Ok(());
     }
@@ -630,10 +631,11 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
             100.0 * *hit as f64 / *n as f64
         );
     }
-    if a.calibrate.is_some() {
+    if let Some(c) = probe.calibration.as_ref().filter(|_| a.calibrate.is_some()) {
         println!(
-            "\nsaved the threshold in {}; monitors and `glassbox probe score` use it",
-            a.on.probe.display()
+            "\nsaved the threshold in {}; `glassbox probe score` uses it, and a monitor in deploy.toml reads it as\n  when = \"{}\"",
+            a.on.probe.display(),
+            c.rule(&probe.name)
         );
     }
     Ok(())

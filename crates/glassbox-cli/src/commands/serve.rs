@@ -91,7 +91,9 @@ pub fn run_key(a: KeyArgs, json_out: bool) -> Result<()> {
 
 #[derive(clap::Subcommand)]
 pub enum AuditCommand {
-    /// Check an audit log's hash chain; names the first edited, removed or reordered record.
+    /// Check an audit log's hash chain (names the first edited, removed or reordered record)
+    /// and every commitment in it (a red team's held-out set must still have the committed
+    /// SHA-256).
     Verify {
         /// The audit log (JSON lines).
         log: PathBuf,
@@ -101,10 +103,12 @@ pub enum AuditCommand {
 pub fn run_audit(cmd: AuditCommand, json_out: bool) -> Result<()> {
     let AuditCommand::Verify { log } = cmd;
     let v = glassbox_store::audit::verify(&log)?;
+    let commitments = glassbox_store::audit::commitments(&log)?;
     if json_out {
         println!(
             "{}",
-            json!({"log": log, "records": v.records, "last_hash": v.last_hash, "problem": v.problem})
+            json!({"log": log, "records": v.records, "last_hash": v.last_hash, "problem": v.problem,
+                "commitments": commitments})
         );
     } else if v.problem.is_none() {
         println!(
@@ -113,12 +117,33 @@ pub fn run_audit(cmd: AuditCommand, json_out: bool) -> Result<()> {
             v.records,
             v.last_hash
         );
+        for c in &commitments {
+            let state = match c.matches {
+                Some(true) => "matches its commitment",
+                Some(false) => "DIFFERS from its commitment",
+                None => "not revealed (file absent)",
+            };
+            println!(
+                "commitment (record {}): {} {state}",
+                c.seq,
+                c.file.display()
+            );
+        }
     }
     if let Some(p) = v.problem {
         bail!(
             "{}: {p} ({} records verified before it)",
             log.display(),
             v.records
+        );
+    }
+    if let Some(c) = commitments.iter().find(|c| c.matches == Some(false)) {
+        bail!(
+            "{}: record {} committed to {} with SHA-256 {}, and the file now differs: the revealed set is not the one committed",
+            log.display(),
+            c.seq,
+            c.file.display(),
+            c.sha256
         );
     }
     Ok(())

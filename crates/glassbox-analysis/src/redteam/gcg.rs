@@ -1,0 +1,370 @@
+//! White-box attacks on a linear monitor (a probe, or an SAE latent's encoder row), using the
+//! model's own gradients.
+//!
+//! [`gcg`] is greedy coordinate gradient search (Zou et al., 2023) with the monitor's score as
+//! the loss: the payload is kept as it is and a suffix of tokens is searched for. Each step
+//! takes one backward pass for the gradient of the mean token logit with respect to the token
+//! embeddings, ranks every vocabulary token at every suffix position by the first-order change
+//! it promises, and scores `candidates` single-token substitutions drawn from the `top_k` best
+//! of each position with exact forward passes, keeping the best. A candidate whose text does not
+//! tokenize back to its tokens is dropped, so the result is a real text anyone can send.
+//!
+//! [`residual`] drops the token constraint: projected gradient descent on an additive edit of
+//! the token embeddings, within a budget relative to each embedding's norm. No text produces
+//! such an edit; it bounds from above what any token-level attack of that size could do.
+
+use std::cell::RefCell;
+
+use glassbox_model::candle::{DType, Tensor, Var, D};
+use glassbox_model::{HookPoint, Hooks, Model};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::error::{AnalysisError, Result};
+
+/// A linear read-out of one hook: `w·x + b` per token.
+pub struct Readout {
+    pub hook: HookPoint,
+    pub weights: Vec<f32>,
+    pub bias: f32,
+}
+
+/// Scores a text from its content tokens' activations at the read-out hook, `[tokens, d]`:
+/// the monitor's own aggregation, so the search optimises what the monitor decides on.
+pub type Score<'a> = &'a dyn Fn(&[f32]) -> f32;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GcgConfig {
+    pub suffix_tokens: usize,
+    pub candidates: usize,
+    pub top_k: usize,
+    pub steps: usize,
+    /// Stop once the score is below this (the monitor's threshold).
+    pub stop_below: Option<f32>,
+    pub seed: u64,
+}
+
+impl Default for GcgConfig {
+    fn default() -> Self {
+        Self {
+            suffix_tokens: 20,
+            candidates: 256,
+            top_k: 64,
+            steps: 20,
+            stop_below: None,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GcgResult {
+    /// Payload and suffix, as sent.
+    pub text: String,
+    pub suffix: String,
+    /// The score of the payload with the initial suffix, and the best reached.
+    pub initial: f32,
+    pub best: f32,
+    /// The best score after each step.
+    pub history: Vec<f32>,
+    pub forward_passes: usize,
+    pub backward_passes: usize,
+}
+
+/// The token layout of one attack text: special prefix, payload, suffix, special suffix.
+struct Layout {
+    prefix: Vec<u32>,
+    payload: Vec<u32>,
+    end: Vec<u32>,
+}
+
+impl Layout {
+    fn ids(&self, suffix: &[u32]) -> Vec<u32> {
+        [&self.prefix[..], &self.payload, suffix, &self.end].concat()
+    }
+    fn content(&self, suffix: &[u32]) -> (usize, usize) {
+        (self.prefix.len(), self.payload.len() + suffix.len())
+    }
+}
+
+fn bad(msg: String) -> AnalysisError {
+    AnalysisError::Mismatch(msg)
+}
+
+/// Activations at the read-out hook for rows of equal length, content positions only.
+fn read_rows(
+    model: &Model,
+    readout: &Readout,
+    rows: &[Vec<u32>],
+    content: (usize, usize),
+) -> Result<Vec<Vec<f32>>> {
+    let batch = model.batch_ids(rows)?;
+    let mut hooks = Hooks::none().record(readout.hook).stop_at(readout.hook);
+    model.forward(&batch, &mut hooks, None)?;
+    let act = hooks
+        .cache()
+        .get(&readout.hook)
+        .ok_or_else(|| bad(format!("{} was not reached", readout.hook)))?
+        .narrow(1, content.0, content.1)?
+        .to_dtype(DType::F32)?;
+    (0..rows.len())
+        .map(|r| Ok(act.get(r)?.flatten_all()?.to_vec1()?))
+        .collect()
+}
+
+/// The mean read-out logit over the content positions, with `edit` added to the token
+/// embeddings, and its gradient with respect to that edit, `[tokens, d]`.
+fn logit_and_gradient(
+    model: &Model,
+    readout: &Readout,
+    ids: &[u32],
+    content: (usize, usize),
+    edit: &Var,
+) -> Result<(f32, Tensor)> {
+    let batch = model.batch_ids(&[ids.to_vec()])?;
+    let read: RefCell<Option<Tensor>> = RefCell::new(None);
+    let w = Tensor::from_slice(&readout.weights, (readout.weights.len(), 1), model.device())?;
+    {
+        let mut hooks = Hooks::none()
+            .replace(HookPoint::Embed, |x| x.add(edit.as_tensor()))
+            .replace(readout.hook, |x| {
+                *read.borrow_mut() = Some(x.clone());
+                Ok(x.clone())
+            })
+            .stop_at(readout.hook);
+        model.forward(&batch, &mut hooks, None)?;
+    }
+    let x = read
+        .into_inner()
+        .ok_or_else(|| bad(format!("{} was not reached", readout.hook)))?;
+    let x = x
+        .narrow(1, content.0, content.1)?
+        .squeeze(0)?
+        .to_dtype(DType::F32)?;
+    let loss = (x.matmul(&w)?.mean_all()? + f64::from(readout.bias))?;
+    let grads = loss.backward()?;
+    let g = grads
+        .get(edit.as_tensor())
+        .ok_or_else(|| bad("no gradient reached the token embeddings".into()))?
+        .squeeze(0)?
+        .to_dtype(DType::F32)?;
+    Ok((loss.to_scalar::<f32>()?, g))
+}
+
+fn layout(model: &Model, payload: &str) -> Result<Layout> {
+    let (prefix, end) = model.tokenizer.special_affixes()?;
+    let payload = model.tokenizer.encode_plain(payload)?;
+    if payload.is_empty() {
+        return Err(bad("the payload has no tokens".into()));
+    }
+    Ok(Layout {
+        prefix,
+        payload,
+        end,
+    })
+}
+
+/// GCG against `readout`, whose decision `score` computes (see the module documentation).
+pub fn gcg(
+    model: &Model,
+    readout: &Readout,
+    payload: &str,
+    cfg: &GcgConfig,
+    score: Score,
+) -> Result<GcgResult> {
+    if cfg.suffix_tokens == 0 || cfg.candidates == 0 || cfg.top_k == 0 {
+        return Err(bad(
+            "GCG needs at least one suffix token, candidate and top-k token".into(),
+        ));
+    }
+    let l = layout(model, payload)?;
+    let max = model.config.max_positions;
+    if l.ids(&vec![0; cfg.suffix_tokens]).len() > max {
+        return Err(bad(format!(
+            "payload and a {}-token suffix exceed the model's {max} positions",
+            cfg.suffix_tokens
+        )));
+    }
+    let tok = &model.tokenizer;
+    let bang = tok
+        .encode_plain(" !")?
+        .last()
+        .copied()
+        .ok_or_else(|| bad("cannot encode the initial suffix".into()))?;
+    let text_of = |suffix: &[u32]| -> Result<String> {
+        Ok(format!("{payload} {}", tok.decode(suffix)?.trim()))
+    };
+    // A candidate is kept only if its text reads back as exactly its tokens.
+    let round_trips = |suffix: &[u32]| -> bool {
+        text_of(suffix)
+            .and_then(|t| Ok(tok.encode_plain(&t)?))
+            .is_ok_and(|ids| {
+                ids.len() == l.payload.len() + suffix.len()
+                    && ids[..l.payload.len()] == l.payload[..]
+                    && ids[l.payload.len()..] == *suffix
+            })
+    };
+    let special: Vec<bool> =
+        tok.special_mask(&(0..model.config.vocab_size as u32).collect::<Vec<_>>());
+    let embeddings = model.scaled_token_embeddings()?; // [vocab, d]
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut suffix = vec![bang; cfg.suffix_tokens];
+    let content = l.content(&suffix);
+    let d = model.config.d_model;
+    let initial = score(&read_rows(model, readout, &[l.ids(&suffix)], content)?[0]);
+    let (mut best, mut best_suffix) = (initial, suffix.clone());
+    let (mut forwards, mut backwards) = (1, 0);
+    let mut history = Vec::with_capacity(cfg.steps);
+    for _ in 0..cfg.steps {
+        if cfg.stop_below.is_some_and(|t| best < t) {
+            break;
+        }
+        let ids = l.ids(&suffix);
+        let edit = Var::zeros((1, ids.len(), d), DType::F32, model.device())?;
+        let (_, grad) = logit_and_gradient(model, readout, &ids, content, &edit)?;
+        backwards += 1;
+        // First-order change of the loss for each token at each suffix position: [S, vocab].
+        let at = l.prefix.len() + l.payload.len();
+        let change = grad
+            .narrow(0, at, cfg.suffix_tokens)?
+            .matmul(&embeddings.t()?)?;
+        let order = change.arg_sort_last_dim(true)?.narrow(
+            D::Minus1,
+            0,
+            (cfg.top_k * 2).min(model.config.vocab_size),
+        )?;
+        let order: Vec<Vec<u32>> = order.to_vec2()?;
+        let tops: Vec<Vec<u32>> = order
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .filter(|&t| !special[t as usize])
+                    .take(cfg.top_k)
+                    .collect()
+            })
+            .collect();
+        let mut candidates: Vec<Vec<u32>> = Vec::with_capacity(cfg.candidates);
+        for c in 0..cfg.candidates * 4 {
+            if candidates.len() == cfg.candidates {
+                break;
+            }
+            let pos = c % cfg.suffix_tokens;
+            let Some(&token) = tops[pos].get(rng.random_range(0..tops[pos].len().max(1))) else {
+                continue;
+            };
+            let mut s = suffix.clone();
+            s[pos] = token;
+            if s != suffix && round_trips(&s) {
+                candidates.push(s);
+            }
+        }
+        if candidates.is_empty() {
+            history.push(best);
+            continue;
+        }
+        let mut step_best: Option<(f32, Vec<u32>)> = None;
+        for chunk in candidates.chunks(32) {
+            let rows: Vec<Vec<u32>> = chunk.iter().map(|s| l.ids(s)).collect();
+            let acts = read_rows(model, readout, &rows, content)?;
+            forwards += chunk.len();
+            for (s, a) in chunk.iter().zip(&acts) {
+                let v = score(a);
+                if step_best.as_ref().is_none_or(|(b, _)| v < *b) {
+                    step_best = Some((v, s.clone()));
+                }
+            }
+        }
+        if let Some((v, s)) = step_best {
+            suffix = s;
+            if v < best {
+                best = v;
+                best_suffix = suffix.clone();
+            }
+        }
+        history.push(best);
+    }
+    Ok(GcgResult {
+        text: text_of(&best_suffix)?,
+        suffix: tok.decode(&best_suffix)?,
+        initial,
+        best,
+        history,
+        forward_passes: forwards,
+        backward_passes: backwards,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResidualResult {
+    /// The edit's norm relative to each token embedding's norm.
+    pub budget: f32,
+    pub initial: f32,
+    pub best: f32,
+    pub steps: usize,
+}
+
+/// Projected gradient descent on an additive edit of the payload's token embeddings, at most
+/// `budget` × each embedding's norm per token (see the module documentation).
+pub fn residual(
+    model: &Model,
+    readout: &Readout,
+    payload: &str,
+    budget: f32,
+    steps: usize,
+    score: Score,
+) -> Result<ResidualResult> {
+    let l = layout(model, payload)?;
+    let ids = l.ids(&[]);
+    let content = l.content(&[]);
+    let d = model.config.d_model;
+    let n = ids.len();
+    // Each content token's embedding norm sets its budget; special tokens stay untouched.
+    let emb = model
+        .scaled_token_embeddings()?
+        .index_select(&Tensor::from_slice(&ids, n, model.device())?, 0)?;
+    let norms: Vec<f32> = emb.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+    let mask: Vec<f32> = (0..n)
+        .map(|i| f32::from(u8::from(i >= content.0 && i < content.0 + content.1)))
+        .collect();
+    let radius: Vec<f32> = norms
+        .iter()
+        .zip(&mask)
+        .map(|(r, m)| r * budget * m)
+        .collect();
+    let radius_t = Tensor::from_vec(radius.clone(), (1, n, 1), model.device())?;
+    let initial = score(&read_rows(model, readout, std::slice::from_ref(&ids), content)?[0]);
+    let edit = Var::zeros((1, n, d), DType::F32, model.device())?;
+    let mut best = initial;
+    let step = 0.25f64;
+    for _ in 0..steps {
+        let (_, g) = logit_and_gradient(model, readout, &ids, content, &edit)?;
+        // A step of `step` × radius against each token's gradient, then back onto the ball.
+        let gn = (g.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-12)?;
+        let dir = g.broadcast_div(&gn)?.unsqueeze(0)?;
+        let moved = (edit.as_tensor() - (dir.broadcast_mul(&radius_t)? * step)?)?;
+        let len = (moved.sqr()?.sum_keepdim(2)?.sqrt()? + 1e-12)?;
+        let shrink = radius_t.broadcast_div(&len)?.clamp(0f32, 1f32)?;
+        edit.set(&moved.broadcast_mul(&shrink)?)?;
+        let batch = model.batch_ids(std::slice::from_ref(&ids))?;
+        let mut hooks = Hooks::none()
+            .replace(HookPoint::Embed, |x| x.add(&edit.as_tensor().detach()))
+            .record(readout.hook)
+            .stop_at(readout.hook);
+        model.forward(&batch, &mut hooks, None)?;
+        let act: Vec<f32> = hooks
+            .cache()
+            .get(&readout.hook)
+            .ok_or_else(|| bad(format!("{} was not reached", readout.hook)))?
+            .narrow(1, content.0, content.1)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        best = best.min(score(&act));
+    }
+    Ok(ResidualResult {
+        budget,
+        initial,
+        best,
+        steps,
+    })
+}

@@ -1,0 +1,11 @@
+//! The red team's attacks on monitors: [`attacks`] rewrites a payload the way published
+//! jailbreaks do (templates, encodings, splitting, multi-turn escalation); [`gcg`] searches
+//! with the model's gradients for text that lowers a monitor's score while keeping the
+//! payload, and bounds such attacks from above in embedding space. Running them against a
+//! deployment and scoring the outcome is `glassbox redteam`'s job.
+
+pub mod attacks;
+pub mod gcg;
+
+pub use attacks::{apply, Attack, Materials};
+pub use gcg::{gcg, residual, GcgConfig, GcgResult, Readout, ResidualResult};

@@ -1,0 +1,221 @@
+//! The white-box attacks on a model whose monitored direction is planted by hand: a one-layer
+//! GPT-2 whose attention and MLP write nothing, so the residual stream after the block is the
+//! token's one-hot, its position's one-hot, and a planted coordinate that is 1 on the trigger
+//! letters `z`, `q` and `x`. A probe trained on texts with and without a trigger word must
+//! find the direction (every held-out trigger text caught, no clean one), and GCG against it
+//! must find a suffix that lowers the monitor's score without touching the payload.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use glassbox_analysis::redteam::{gcg, residual, GcgConfig, Readout};
+use glassbox_dictionary::probe::{self, mean_rows, Probe, ProbeTraining, Sample};
+use glassbox_model::candle::{safetensors, Device, Tensor};
+use glassbox_model::{HookPoint, Hooks, Model};
+
+const VOCAB: usize = 384; // the tiny-gpt2 fixture's tokenizer
+const POS: usize = 64;
+const PLANT: usize = VOCAB + POS;
+const D: usize = VOCAB + POS + 2;
+const HOOK: &str = "blocks.0.hook_resid_post";
+
+fn zeros(rows: usize, cols: usize) -> Tensor {
+    Tensor::zeros(
+        (rows, cols),
+        glassbox_model::candle::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn vector(x: f32, n: usize) -> Tensor {
+    Tensor::from_vec(vec![x; n], n, &Device::Cpu).unwrap()
+}
+
+fn write_planted_model(dir: &Path, trigger: &[u32]) {
+    let mut wte = vec![0f32; VOCAB * D];
+    for t in 0..VOCAB {
+        wte[t * D + t] = 1.0;
+    }
+    for &t in trigger {
+        wte[t as usize * D + PLANT] = 1.0;
+    }
+    let mut wpe = vec![0f32; POS * D];
+    for p in 0..POS {
+        wpe[p * D + VOCAB + p] = 1.0;
+    }
+    let mut w: HashMap<String, Tensor> = HashMap::new();
+    w.insert(
+        "wte.weight".into(),
+        Tensor::from_vec(wte, (VOCAB, D), &Device::Cpu).unwrap(),
+    );
+    w.insert(
+        "wpe.weight".into(),
+        Tensor::from_vec(wpe, (POS, D), &Device::Cpu).unwrap(),
+    );
+    let p = "h.0";
+    w.insert(format!("{p}.attn.c_attn.weight"), zeros(D, 3 * D));
+    w.insert(format!("{p}.attn.c_attn.bias"), vector(0.0, 3 * D));
+    w.insert(format!("{p}.attn.c_proj.weight"), zeros(D, D));
+    w.insert(format!("{p}.attn.c_proj.bias"), vector(0.0, D));
+    w.insert(format!("{p}.mlp.c_fc.weight"), zeros(D, 4));
+    w.insert(format!("{p}.mlp.c_fc.bias"), vector(0.0, 4));
+    w.insert(format!("{p}.mlp.c_proj.weight"), zeros(4, D));
+    w.insert(format!("{p}.mlp.c_proj.bias"), vector(0.0, D));
+    for ln in ["ln_1", "ln_2"] {
+        w.insert(format!("{p}.{ln}.weight"), vector(1.0, D));
+        w.insert(format!("{p}.{ln}.bias"), vector(0.0, D));
+    }
+    w.insert("ln_f.weight".into(), vector(1.0, D));
+    w.insert("ln_f.bias".into(), vector(0.0, D));
+    safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": VOCAB,
+        "n_positions": POS, "n_embd": D, "n_layer": 1, "n_head": 2, "n_inner": 4,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": true
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../glassbox-model/tests/fixtures/tiny-gpt2/tokenizer.json");
+    std::fs::copy(fixture, dir.join("tokenizer.json")).unwrap();
+}
+
+fn activations(model: &Model, text: &str) -> Vec<f32> {
+    let ids = model.tokenizer.encode_plain(text).unwrap();
+    let point = model.hook_point(HOOK).unwrap();
+    let mut hooks = Hooks::none().record(point).stop_at(point);
+    model
+        .forward(&model.batch_ids(&[ids]).unwrap(), &mut hooks, None)
+        .unwrap();
+    hooks
+        .cache()
+        .get(&point)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+const CLEAN: [&str; 12] = [
+    "the model reads the tensor files",
+    "a tiny test for the glassbox tools",
+    "save the weights and load them again",
+    "print the hook points of the model",
+    "the reference runs on the tiny inputs",
+    "clean text with nothing in it",
+    "what does the lens see in the middle",
+    "each layer writes to the stream",
+    "load the safetensors and check them",
+    "a plain sentence about the weather",
+    "the index holds the features",
+    "run it on the held out texts",
+];
+
+#[test]
+fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Model::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../glassbox-model/tests/fixtures/tiny-gpt2"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let trigger: Vec<u32> = ["z", "q", "x"]
+        .iter()
+        .map(|c| fixture.tokenizer.encode_plain(c).unwrap()[0])
+        .collect();
+    write_planted_model(dir.path(), &trigger);
+    let model = Model::load(dir.path(), &Device::Cpu).unwrap();
+    let planted = |s: &str| {
+        let words: Vec<&str> = s.split(' ').collect();
+        let at = words.len() / 2;
+        [&words[..at], &["zqx zqx"], &words[at..]]
+            .concat()
+            .join(" ")
+    };
+    // Train on the first eight sentences, test on the last four (never seen, either way).
+    let d = model.config.d_model;
+    let samples: Vec<Sample> = CLEAN[..8]
+        .iter()
+        .flat_map(|s| {
+            [
+                Sample::new(mean_rows(&activations(&model, s), d), false),
+                Sample::new(mean_rows(&activations(&model, &planted(s)), d), true),
+            ]
+        })
+        .collect();
+    let refs: Vec<&Sample> = samples.iter().collect();
+    let (weights, bias) = probe::fit(&refs, d, &ProbeTraining::default());
+    let p = Probe {
+        name: "planted".into(),
+        model: "constructed".into(),
+        hook: HOOK.into(),
+        weights,
+        bias,
+        metrics: None,
+        calibration: None,
+    };
+    // Its largest weight is the planted coordinate.
+    let top = (0..d)
+        .max_by(|&a, &b| p.weights[a].total_cmp(&p.weights[b]))
+        .unwrap();
+    assert_eq!(top, PLANT, "the probe's largest weight");
+    let score = |acts: &[f32]| p.text_scores(acts, 4).mean_logit;
+    for s in &CLEAN[8..] {
+        let (clean, dirty) = (
+            score(&activations(&model, s)),
+            score(&activations(&model, &planted(s))),
+        );
+        assert!(
+            dirty > 0.0 && clean < 0.0,
+            "{s}: planted {dirty}, clean {clean}"
+        );
+    }
+
+    // GCG: the payload is a held-out planted text; only the suffix may change.
+    let payload = planted(CLEAN[9]);
+    let readout = Readout {
+        hook: HookPoint::Block(0, glassbox_model::BlockHook::ResidPost),
+        weights: p.weights.clone(),
+        bias: p.bias,
+    };
+    let cfg = GcgConfig {
+        suffix_tokens: 6,
+        candidates: 48,
+        top_k: 16,
+        steps: 6,
+        stop_below: None,
+        seed: 3,
+    };
+    let r = gcg(&model, &readout, &payload, &cfg, &score).unwrap();
+    assert!(r.text.starts_with(&payload), "{}", r.text);
+    assert!(
+        r.best < r.initial - 0.05,
+        "GCG did not lower the score: {} → {} ({:?})",
+        r.initial,
+        r.best,
+        r.history
+    );
+    // The reported score is the text's real score: re-read from scratch.
+    let again = score(&activations(&model, &r.text));
+    assert!((again - r.best).abs() < 1e-4, "{again} vs {}", r.best);
+    assert!(
+        r.history.windows(2).all(|w| w[1] <= w[0]),
+        "{:?}",
+        r.history
+    );
+    assert_eq!(r.backward_passes, cfg.steps);
+
+    // The embedding-space bound goes further than any suffix, and more with more budget.
+    let small = residual(&model, &readout, &payload, 0.1, 8, &score).unwrap();
+    let large = residual(&model, &readout, &payload, 1.0, 8, &score).unwrap();
+    assert!((small.initial - score(&activations(&model, &payload))).abs() < 1e-4);
+    assert!(
+        large.best < small.best && small.best < small.initial,
+        "{small:?} {large:?}"
+    );
+    assert!(
+        large.best < 0.0,
+        "a full-norm edit hides the planted tokens: {large:?}"
+    );
+}
