@@ -179,8 +179,8 @@ pub struct Calibration {
 impl Calibration {
     /// The served monitor rule (see `glassbox_serve::rules`) that flags what this calibration
     /// flags, for a probe registered as `name`: the window and max rules fire on the token where
-    /// the text's score first passes the threshold; the mean rules read the mean over the tokens
-    /// so far, so a short prefix can fire before the whole text would.
+    /// the text's score first passes the threshold; the mean rules decide on the whole prompt
+    /// (then again at each generated token).
     pub fn rule(&self, name: &str) -> String {
         let t = self.threshold;
         match self.aggregation {

@@ -213,6 +213,25 @@ impl Model {
         )
     }
 
+    /// `messages` as the model reads them, text and token ids: rendered with its chat template
+    /// (whose special tokens are in the text), or for a model without one as a plain
+    /// `role: content` transcript ending in `assistant:` (tokenized with the model's special
+    /// tokens; cut to the context when `truncate`).
+    pub fn chat_prompt(&self, messages: &[Message], truncate: bool) -> Result<(String, Vec<u32>)> {
+        if self.chat_template.is_some() {
+            let prompt = self.apply_chat_template(messages, true)?;
+            let ids = self.tokenizer.encode_plain(&prompt)?;
+            return Ok((prompt, ids));
+        }
+        let mut prompt = String::new();
+        for m in messages {
+            prompt.push_str(&format!("{}: {}\n", m.role, m.content));
+        }
+        prompt.push_str("assistant:");
+        let ids = self.tokenize(&prompt, truncate)?;
+        Ok((prompt, ids))
+    }
+
     /// What the model was loaded from: a directory or a GGUF file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -333,6 +333,24 @@ impl<'s> Watch<'s> {
                 .collect();
             full.insert(d, (codes.rows, errors));
         }
+        let is_special = |row: usize, position: usize| {
+            self.special
+                .get(row)
+                .and_then(|s| s.get(position))
+                .copied()
+                .unwrap_or(false)
+        };
+        // A whole-input mean decides once per forward pass, at the last token it reads (the end
+        // of the prompt, then each new token): its value over a prefix is no text's score.
+        let decide_at: Vec<(Option<usize>, Option<usize>)> = (0..b)
+            .map(|r| {
+                let last = lengths[r].checked_sub(1);
+                let plain = (0..lengths[r])
+                    .rev()
+                    .find(|&p| !is_special(r, start[r] + p));
+                (last, plain)
+            })
+            .collect();
         let mut edited = false;
         for (k, &(row, p)) in positions.iter().enumerate() {
             let at = row_of(row, p);
@@ -342,12 +360,7 @@ impl<'s> Watch<'s> {
                 Some((codes, _)) => codes[k].iter().find(|e| e.0 == f).map_or(0.0, |e| e.1),
                 None => set.dictionaries[d].sae.latent(&orig, f),
             };
-            let special = self
-                .special
-                .get(row)
-                .and_then(|s| s.get(position))
-                .copied()
-                .unwrap_or(false);
+            let special = is_special(row, position);
             for &(mi, m) in &here {
                 let base = match (m.rule.signal.base(), m.dict, m.probe) {
                     (Signal::Probe(_) | Signal::Logit(_), ..) if special => continue,
@@ -358,6 +371,17 @@ impl<'s> Watch<'s> {
                     _ => 0.0,
                 };
                 let (value, holds) = m.rule.step(&mut self.states[row][mi], base);
+                if m.rule.signal.is_running_mean() {
+                    let (last, plain) = decide_at[row];
+                    let decides = if m.rule.signal.probe().is_some() {
+                        plain
+                    } else {
+                        last
+                    };
+                    if decides != Some(p) {
+                        continue;
+                    }
+                }
                 let peak = &mut self.peaks[row][mi];
                 let up = matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge);
                 if peak.is_none_or(|p| if up { value > p } else { value < p }) {

@@ -7,7 +7,8 @@
 //!          | "probe" NAME                  a linear probe's probability on this token
 //!          | "logit" NAME                  the same probe's logit w·x + b on this token
 //!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens
-//!          | "mean" "(" signal ")"         its mean over every token of the input so far
+//!          | "mean" "(" signal ")"         its mean over every token of the input so far, decided
+//!                                          at the end of the prompt and at each new token
 //!          | "count" "(" signal CMP number "," N ")"   how many of the last N tokens satisfy it
 //! CMP     := ">" | ">=" | "<" | "<="
 //! ```
@@ -77,6 +78,11 @@ impl Signal {
             Signal::Mean(s, _) | Signal::Count(s, ..) => s.base(),
             s => s,
         }
+    }
+
+    /// A mean over the whole input so far (decided once per forward pass, see `monitor`).
+    pub fn is_running_mean(&self) -> bool {
+        matches!(self, Signal::Mean(_, None))
     }
 
     /// The probe the signal reads, if it reads one.

@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use glassbox_model::chat::Message;
 use glassbox_model::generate::{Finish, GenerateConfig};
 use glassbox_model::sampling::{Choice, Sampling};
-use glassbox_model::Model;
+use glassbox_model::{Model, ModelError};
 use glassbox_store::audit::AuditLog;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -732,29 +732,15 @@ async fn chat_completions(
             .iter()
             .map(|m| Message::new(&m.role, &m.content))
             .collect();
-        let (prompt, ids) = if state.model.chat_template.is_some() {
-            // The model's own template; its special tokens are in the text, none are added.
-            let prompt = state
-                .model
-                .apply_chat_template(&messages, true)
-                .map_err(|e| ApiError::bad(e.to_string()))?;
-            let ids = state
-                .model
-                .tokenizer
-                .encode_plain(&prompt)
-                .map_err(ServeError::from)?;
-            check_length(&state, &ids, "the conversation")?;
-            (prompt, ids)
-        } else {
-            // A model without a template gets a plain transcript.
-            let mut prompt = String::new();
-            for m in &messages {
-                prompt.push_str(&format!("{}: {}\n", m.role, m.content));
-            }
-            prompt.push_str("assistant:");
-            let ids = tokenize(&state, &prompt, "the conversation")?;
-            (prompt, ids)
-        };
+        // The model's own template (its special tokens are in the text), or a plain transcript.
+        let (prompt, ids) = state
+            .model
+            .chat_prompt(&messages, false)
+            .map_err(|e| match e {
+                ModelError::ChatTemplate(_) => ApiError::bad(e.to_string()),
+                e => ServeError::from(e).into(),
+            })?;
+        check_length(&state, &ids, "the conversation")?;
         complete(
             state,
             caller,

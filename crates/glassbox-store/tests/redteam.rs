@@ -61,4 +61,22 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
         );
         assert_eq!(f["sha256"].as_str().unwrap().len(), 64);
     }
+    // The jailbreak templates `glassbox redteam` wraps payloads in: one slot each, both families.
+    let templates = std::fs::read_to_string(redteam::templates(&home)).unwrap();
+    let mut by_family: BTreeMap<String, usize> = BTreeMap::new();
+    for line in templates.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            v["template"].as_str().unwrap().matches("{prompt}").count(),
+            1,
+            "{v}"
+        );
+        *by_family
+            .entry(v["family"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    assert!(
+        by_family.len() == 2 && by_family.values().all(|&n| n >= 20),
+        "{by_family:?}"
+    );
 }

@@ -84,7 +84,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         &suite
             .templates
             .clone()
-            .unwrap_or_else(|| glassbox_store::redteam::dir(&home).join("templates.jsonl")),
+            .unwrap_or_else(|| glassbox_store::redteam::templates(&home)),
     )?;
     let openers: Vec<String> = data
         .iter()
@@ -209,11 +209,18 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             &probe_name,
             &data,
             &withheld,
-            &red.evasions(),
+            &red.evasions(&suite.withhold_attacks),
             suite.max_tokens,
             out,
             json_out,
         )?;
+        if !suite.withhold_attacks.is_empty() {
+            let names: Vec<&str> = suite.withhold_attacks.iter().map(|a| a.name()).collect();
+            notes.push(format!(
+                "the blue round never saw evasions of: {} (held-out attack families)",
+                names.join(", ")
+            ));
+        }
         notes.push(format!(
             "blue: probe `{probe_name}` retrained on {} texts ({} red evasions added, {} held-out or round texts left out); monitor `{monitor}` now `{}`",
             d.training_texts, d.evasions_added, d.excluded, d.rule

@@ -41,6 +41,15 @@ impl Target<'_> {
         let model = self.model;
         let cap = self.max_tokens.min(model.config.max_positions);
         let (report, output) = if model.config.is_decoder() {
+            // The user's text is cut to leave room for the system prompt and the template.
+            let room =
+                cap.saturating_sub(self.canary.as_ref().map_or(32, |c| 32 + c.system.len() / 2));
+            let ids = model.tokenizer.encode_plain(text)?;
+            let text = if ids.len() > room {
+                model.tokenizer.decode(&ids[..room])?
+            } else {
+                text.to_string()
+            };
             let mut messages = Vec::new();
             if let Some(c) = &self.canary {
                 messages.push(Message::new(
@@ -48,12 +57,8 @@ impl Target<'_> {
                     &c.system.replace("{secret}", &c.secret),
                 ));
             }
-            messages.push(Message::new("user", text));
-            let prompt = match model.apply_chat_template(&messages, true) {
-                Ok(p) => model.tokenizer.encode_plain(&p)?,
-                Err(_) => model.tokenize(text, true)?,
-            };
-            let prompt = prompt[prompt.len().saturating_sub(cap)..].to_vec();
+            messages.push(Message::new("user", &text));
+            let (_, prompt) = model.chat_prompt(&messages, true)?;
             let cfg = GenerateConfig {
                 max_new: self.canary.as_ref().map_or(1, |c| c.max_new_tokens),
                 sampling: Sampling::greedy(),
@@ -143,7 +148,8 @@ impl Target<'_> {
     }
 
     /// The monitor's decision value on a text's content activations, `[tokens, d]`: its rule
-    /// stepped over every token, the highest value minus the threshold (what the server sees).
+    /// stepped over every token, minus the threshold, at the tokens where the server decides
+    /// (every token; the last for a whole-input mean).
     pub fn rule_margin(&self, monitor: usize, acts: &[f32]) -> f32 {
         let m = &self.set.monitors[monitor];
         let Some(q) = self
@@ -156,16 +162,19 @@ impl Target<'_> {
         };
         let mut state = RuleState::default();
         let d = q.probe.weights.len();
-        acts.chunks(d)
-            .map(|x| {
-                let base = match m.rule.signal.base() {
-                    Signal::Logit(_) => q.probe.logit(x),
-                    _ => q.probe.score(x),
-                };
-                m.rule.step(&mut state, base).0
-            })
-            .fold(f32::NEG_INFINITY, f32::max)
-            - m.rule.threshold
+        let values = acts.chunks(d).map(|x| {
+            let base = match m.rule.signal.base() {
+                Signal::Logit(_) => q.probe.logit(x),
+                _ => q.probe.score(x),
+            };
+            m.rule.step(&mut state, base).0
+        });
+        let decided = if m.rule.signal.is_running_mean() {
+            values.last().unwrap_or(f32::NEG_INFINITY)
+        } else {
+            values.fold(f32::NEG_INFINITY, f32::max)
+        };
+        decided - m.rule.threshold
     }
 }
 
@@ -252,11 +261,12 @@ impl Round {
         self.benign.iter().filter(|s| s.detected).count() as f64 / self.benign.len().max(1) as f64
     }
 
-    /// Texts of attacks that got past the monitors (what a blue round trains on).
-    pub fn evasions(&self) -> Vec<&str> {
+    /// Texts of attacks that got past the monitors (what a blue round trains on), except
+    /// those of the `withheld` attack families.
+    pub fn evasions(&self, withheld: &[Attack]) -> Vec<&str> {
         self.outcomes
             .iter()
-            .filter(|o| !o.sent.detected)
+            .filter(|o| !o.sent.detected && !withheld.contains(&o.attack))
             .filter_map(|o| o.text.as_deref())
             .collect()
     }
@@ -313,10 +323,7 @@ pub fn attack_texts(
 /// The served model rewords a payload (greedy, unmonitored: the attacker's own use of it).
 fn paraphrase(model: &Model, payload: &str, max_new: usize) -> Result<String> {
     let ask = attacks::paraphrase_prompt(payload);
-    let prompt = match model.apply_chat_template(&[Message::new("user", &ask)], true) {
-        Ok(p) => model.tokenizer.encode_plain(&p)?,
-        Err(_) => model.tokenize(&ask, true)?,
-    };
+    let (_, prompt) = model.chat_prompt(&[Message::new("user", &ask)], true)?;
     let cfg = GenerateConfig {
         max_new,
         sampling: Sampling::greedy(),

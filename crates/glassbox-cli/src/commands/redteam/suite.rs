@@ -37,6 +37,9 @@ pub struct Suite {
     pub canary: Option<Canary>,
     /// The share of payloads the blue round never sees (`--defend`).
     pub heldout: f64,
+    /// Attack families whose evasions the blue round never sees either: the held-out round then
+    /// measures the defence on attacks of a kind it was not trained against.
+    pub withhold_attacks: Vec<Attack>,
 }
 
 impl Default for Suite {
@@ -58,6 +61,7 @@ impl Default for Suite {
             paraphrase: ParaphraseSuite::default(),
             canary: None,
             heldout: 0.5,
+            withhold_attacks: Vec::new(),
         }
     }
 }
