@@ -195,6 +195,21 @@ pub struct AuditConfig {
     /// Keep the request text in firing records (off: privacy by default).
     #[serde(default)]
     pub store_text: bool,
+    /// One record per firing token, or one per monitor and request (how many tokens fired,
+    /// where, the highest value): a log-only monitor on busy traffic stays small.
+    #[serde(default)]
+    pub firings: FiringRecords,
+}
+
+/// How rule firings are written to the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FiringRecords {
+    /// A record per token on which a rule held.
+    #[default]
+    Each,
+    /// A record per monitor and request that fired.
+    PerRequest,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -29,11 +29,11 @@ use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_stream::StreamExt;
 
 use crate::auth::{Caller, Keys, Role};
-use crate::config::{Config, Fsync, MonitorConfig};
+use crate::config::{Config, FiringRecords, Fsync, MonitorConfig};
 use crate::error::{Result, ServeError};
 use crate::infer::{self, Report};
 use crate::metrics::Metrics;
-use crate::monitor::{MonitorSet, Readers};
+use crate::monitor::{Firing, MonitorSet, Readers};
 use crate::webhook::Alerts;
 
 pub struct AppState {
@@ -412,6 +412,30 @@ fn logprobs_json(model: &Model, tokens: &[Choice], chat: bool) -> Value {
     }
 }
 
+/// A request's firings summed per monitor and input: how many tokens fired, the first and last
+/// position, the highest value (`audit.firings = "per-request"`).
+fn per_request(firings: &[Firing]) -> Vec<Value> {
+    let mut by: Vec<((&str, usize), Value)> = Vec::new();
+    for f in firings {
+        let key = (f.monitor.as_str(), f.input);
+        match by.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => {
+                v["tokens"] = json!(v["tokens"].as_u64().unwrap_or(0) + 1);
+                v["last_position"] = json!(f.position);
+                if f64::from(f.value) > v["max_value"].as_f64().unwrap_or(f64::MIN) {
+                    v["max_value"] = json!(f.value);
+                }
+            }
+            None => by.push((
+                key,
+                json!({"monitor": f.monitor, "input": f.input, "action": f.action, "tokens": 1,
+                    "first_position": f.position, "last_position": f.position, "max_value": f.value}),
+            )),
+        }
+    }
+    by.into_iter().map(|(_, v)| v).collect()
+}
+
 /// A finished request's bookkeeping: metrics, audit records, live events.
 fn account(
     state: &AppState,
@@ -440,8 +464,18 @@ fn account(
         )
     })?;
     let always = state.cfg.audit.fsync == Fsync::Always;
-    for f in &report.firings {
-        let mut detail = json!({"request_id": id, "route": route, "firing": f});
+    let records = match state.cfg.audit.firings {
+        FiringRecords::Each => report
+            .firings
+            .iter()
+            .map(|f| json!({"request_id": id, "route": route, "firing": f}))
+            .collect(),
+        FiringRecords::PerRequest => per_request(&report.firings)
+            .into_iter()
+            .map(|s| json!({"request_id": id, "route": route, "firings": s}))
+            .collect::<Vec<_>>(),
+    };
+    for mut detail in records {
         if state.cfg.audit.store_text {
             detail["text"] = json!(text);
         }
@@ -1023,4 +1057,44 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown())
         .await
         .map_err(|e| ServeError::Io(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Action;
+
+    #[test]
+    fn per_request_records_sum_each_monitors_firings_per_input() {
+        let f = |monitor: &str, input, position, value| Firing {
+            monitor: monitor.into(),
+            input,
+            position,
+            value,
+            action: Action::Log,
+        };
+        let firings = [
+            f("a", 0, 3, 0.5),
+            f("a", 0, 4, 0.9),
+            f("b", 0, 4, 2.0),
+            f("a", 0, 9, 0.7),
+            f("a", 1, 2, 0.6),
+        ];
+        let s = per_request(&firings);
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert_eq!(
+            (
+                &s[0]["tokens"],
+                &s[0]["first_position"],
+                &s[0]["last_position"]
+            ),
+            (&json!(3), &json!(3), &json!(9))
+        );
+        assert!((s[0]["max_value"].as_f64().unwrap() - 0.9).abs() < 1e-6);
+        assert_eq!(
+            (&s[1]["monitor"], &s[1]["tokens"]),
+            (&json!("b"), &json!(1))
+        );
+        assert_eq!((&s[2]["input"], &s[2]["tokens"]), (&json!(1), &json!(1)));
+    }
 }

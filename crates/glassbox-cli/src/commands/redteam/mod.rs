@@ -39,7 +39,7 @@ pub struct RedteamArgs {
     /// deploy.example.toml).
     #[arg(long, default_value = "deploy.toml")]
     config: PathBuf,
-    /// Payloads, attacks and thresholds (see redteam.example.toml).
+    /// Payloads, attacks and thresholds (see redteam/suite.toml).
     #[arg(long)]
     suite: PathBuf,
     /// Retrain the attacked probe on the red round's evasions and attack a held-out set before

@@ -1,5 +1,5 @@
 //! The red team's suite file: what payloads, which attacks, how hard, and the thresholds a CI
-//! gate applies. See `redteam.example.toml`.
+//! gate applies. See `redteam/suite.toml`.
 
 use std::path::{Path, PathBuf};
 
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn the_example_suite_parses_and_bad_fields_are_named() {
-        let s: Suite = toml::from_str(include_str!("../../../../../redteam.example.toml")).unwrap();
+        let s: Suite = toml::from_str(include_str!("../../../../../redteam/suite.toml")).unwrap();
         assert!(s.attacks.contains(&Attack::Gcg));
         let err = toml::from_str::<Suite>("payloads = 3\nattack = [\"plain\"]\n")
             .unwrap_err()
