@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use glassbox_analysis::keywords::KeywordFilter;
-use glassbox_analysis::redteam::{gcg, GcgConfig, Readout};
+use glassbox_analysis::redteam::{gcg, Framing, GcgConfig, Readout};
 use glassbox_dictionary::probe::Probe;
 use glassbox_model::{registry, Device, Hooks, Model};
 use rand::{Rng, SeedableRng};
@@ -42,7 +42,7 @@ fn gcg_step(model: &Model, hook: &str) -> (f64, usize) {
         weights: weights.clone(),
         bias: 0.0,
     };
-    let score = move |acts: &[f32]| -> f32 {
+    let score = move |acts: &[f32], _: &[bool]| -> f32 {
         let n = (acts.len() / d).max(1) as f32;
         acts.chunks(d)
             .map(|x| x.iter().zip(&weights).map(|(a, b)| a * b).sum::<f32>())
@@ -61,7 +61,8 @@ fn gcg_step(model: &Model, hook: &str) -> (f64, usize) {
     let mut passes = 0;
     for _ in 0..3 {
         let t = Instant::now();
-        let r = gcg(model, &readout, PAYLOAD, &cfg, &score).expect("GCG step");
+        let context = Framing::plain(model).expect("special tokens");
+        let r = gcg(model, &readout, &context, PAYLOAD, &cfg, &score).expect("GCG step");
         times.push(t.elapsed().as_secs_f64());
         passes = r.forward_passes;
     }

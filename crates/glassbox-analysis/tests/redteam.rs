@@ -5,13 +5,15 @@
 //! find the direction (every held-out trigger text caught, no clean one), and GCG against it
 //! must find a suffix that lowers the monitor's score without touching the payload.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
-use glassbox_analysis::redteam::{gcg, residual, GcgConfig, Readout};
+use glassbox_analysis::redteam::{gcg, residual, Framing, GcgConfig, Readout};
 use glassbox_dictionary::probe::{self, mean_rows, Probe, ProbeTraining, Sample};
 use glassbox_model::candle::{safetensors, Device, Tensor};
-use glassbox_model::{HookPoint, Hooks, Model};
+use glassbox_model::{HookPoint, Model};
 
 const VOCAB: usize = 384; // the tiny-gpt2 fixture's tokenizer
 const POS: usize = 64;
@@ -81,20 +83,7 @@ fn write_planted_model(dir: &Path, trigger: &[u32]) {
 }
 
 fn activations(model: &Model, text: &str) -> Vec<f32> {
-    let ids = model.tokenizer.encode_plain(text).unwrap();
-    let point = model.hook_point(HOOK).unwrap();
-    let mut hooks = Hooks::none().record(point).stop_at(point);
-    model
-        .forward(&model.batch_ids(&[ids]).unwrap(), &mut hooks, None)
-        .unwrap();
-    hooks
-        .cache()
-        .get(&point)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    common::hook_rows(model, HOOK, text)
 }
 
 const CLEAN: [&str; 12] = [
@@ -187,7 +176,9 @@ fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
         stop_below: None,
         seed: 3,
     };
-    let r = gcg(&model, &readout, &payload, &cfg, &score).unwrap();
+    let context = Framing::plain(&model).unwrap();
+    let whole = |acts: &[f32], _: &[bool]| score(acts);
+    let r = gcg(&model, &readout, &context, &payload, &cfg, &whole).unwrap();
     assert!(r.text.starts_with(&payload), "{}", r.text);
     assert!(
         r.best < r.initial - 0.05,
@@ -207,8 +198,8 @@ fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
     assert_eq!(r.backward_passes, cfg.steps);
 
     // The embedding-space bound goes further than any suffix, and more with more budget.
-    let small = residual(&model, &readout, &payload, 0.1, 8, &score).unwrap();
-    let large = residual(&model, &readout, &payload, 1.0, 8, &score).unwrap();
+    let small = residual(&model, &readout, &context, &payload, 0.1, 8, &whole).unwrap();
+    let large = residual(&model, &readout, &context, &payload, 1.0, 8, &whole).unwrap();
     assert!((small.initial - score(&activations(&model, &payload))).abs() < 1e-4);
     assert!(
         large.best < small.best && small.best < small.initial,

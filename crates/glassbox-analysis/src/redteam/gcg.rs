@@ -7,7 +7,9 @@
 //! embeddings, ranks every vocabulary token at every suffix position by the first-order change
 //! it promises, and scores `candidates` single-token substitutions drawn from the `top_k` best
 //! of each position with exact forward passes, keeping the best. A candidate whose text does not
-//! tokenize back to its tokens is dropped, so the result is a real text anyone can send.
+//! tokenize back to its tokens is dropped, so the result is a real text anyone can send. The
+//! payload sits in a [`Framing`]: what the monitor reads around it (special tokens, or a chat
+//! template and system prompt), scored with it.
 //!
 //! [`residual`] drops the token constraint: projected gradient descent on an additive edit of
 //! the token embeddings, within a budget relative to each embedding's norm. No text produces
@@ -29,9 +31,27 @@ pub struct Readout {
     pub bias: f32,
 }
 
-/// Scores a text from its content tokens' activations at the read-out hook, `[tokens, d]`:
-/// the monitor's own aggregation, so the search optimises what the monitor decides on.
-pub type Score<'a> = &'a dyn Fn(&[f32]) -> f32;
+/// Scores a whole input from its activations at the read-out hook, `[tokens, d]`, and which of
+/// its tokens are special: the monitor's own decision, so the search optimises what the
+/// monitor decides on, over everything the monitor reads (a chat template and system prompt
+/// included).
+pub type Score<'a> = &'a dyn Fn(&[f32], &[bool]) -> f32;
+
+/// What surrounds the payload in the input the monitor reads: the model's special tokens for a
+/// plain text, or a chat template and system prompt before it and the template's end after it.
+#[derive(Debug, Clone, Default)]
+pub struct Framing {
+    pub before: Vec<u32>,
+    pub after: Vec<u32>,
+}
+
+impl Framing {
+    /// A plain text with the model's special tokens (`[CLS]` … `[SEP]`, `<s>` …).
+    pub fn plain(model: &Model) -> Result<Framing> {
+        let (before, after) = model.tokenizer.special_affixes()?;
+        Ok(Framing { before, after })
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GcgConfig {
@@ -71,7 +91,7 @@ pub struct GcgResult {
     pub backward_passes: usize,
 }
 
-/// The token layout of one attack text: special prefix, payload, suffix, special suffix.
+/// The token layout of one attack input: context before, payload, suffix, context after.
 struct Layout {
     prefix: Vec<u32>,
     payload: Vec<u32>,
@@ -91,13 +111,8 @@ fn bad(msg: String) -> AnalysisError {
     AnalysisError::Mismatch(msg)
 }
 
-/// Activations at the read-out hook for rows of equal length, content positions only.
-fn read_rows(
-    model: &Model,
-    readout: &Readout,
-    rows: &[Vec<u32>],
-    content: (usize, usize),
-) -> Result<Vec<Vec<f32>>> {
+/// Activations at the read-out hook for rows of equal length.
+fn read_rows(model: &Model, readout: &Readout, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
     let batch = model.batch_ids(rows)?;
     let mut hooks = Hooks::none().record(readout.hook).stop_at(readout.hook);
     model.forward(&batch, &mut hooks, None)?;
@@ -105,7 +120,6 @@ fn read_rows(
         .cache()
         .get(&readout.hook)
         .ok_or_else(|| bad(format!("{} was not reached", readout.hook)))?
-        .narrow(1, content.0, content.1)?
         .to_dtype(DType::F32)?;
     (0..rows.len())
         .map(|r| Ok(act.get(r)?.flatten_all()?.to_vec1()?))
@@ -151,16 +165,15 @@ fn logit_and_gradient(
     Ok((loss.to_scalar::<f32>()?, g))
 }
 
-fn layout(model: &Model, payload: &str) -> Result<Layout> {
-    let (prefix, end) = model.tokenizer.special_affixes()?;
+fn layout(model: &Model, context: &Framing, payload: &str) -> Result<Layout> {
     let payload = model.tokenizer.encode_plain(payload)?;
     if payload.is_empty() {
         return Err(bad("the payload has no tokens".into()));
     }
     Ok(Layout {
-        prefix,
+        prefix: context.before.clone(),
         payload,
-        end,
+        end: context.after.clone(),
     })
 }
 
@@ -168,6 +181,7 @@ fn layout(model: &Model, payload: &str) -> Result<Layout> {
 pub fn gcg(
     model: &Model,
     readout: &Readout,
+    context: &Framing,
     payload: &str,
     cfg: &GcgConfig,
     score: Score,
@@ -177,7 +191,7 @@ pub fn gcg(
             "GCG needs at least one suffix token, candidate and top-k token".into(),
         ));
     }
-    let l = layout(model, payload)?;
+    let l = layout(model, context, payload)?;
     let max = model.config.max_positions;
     if l.ids(&vec![0; cfg.suffix_tokens]).len() > max {
         return Err(bad(format!(
@@ -211,7 +225,12 @@ pub fn gcg(
     let mut suffix = vec![bang; cfg.suffix_tokens];
     let content = l.content(&suffix);
     let d = model.config.d_model;
-    let initial = score(&read_rows(model, readout, &[l.ids(&suffix)], content)?[0]);
+    let special_of = |ids: &[u32]| tok.special_mask(ids);
+    let ids0 = l.ids(&suffix);
+    let initial = score(
+        &read_rows(model, readout, std::slice::from_ref(&ids0))?[0],
+        &special_of(&ids0),
+    );
     let (mut best, mut best_suffix) = (initial, suffix.clone());
     let (mut forwards, mut backwards) = (1, 0);
     let mut history = Vec::with_capacity(cfg.steps);
@@ -265,10 +284,11 @@ pub fn gcg(
         let mut step_best: Option<(f32, Vec<u32>)> = None;
         for chunk in candidates.chunks(32) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|s| l.ids(s)).collect();
-            let acts = read_rows(model, readout, &rows, content)?;
+            let acts = read_rows(model, readout, &rows)?;
             forwards += chunk.len();
+            let special = special_of(&rows[0]);
             for (s, a) in chunk.iter().zip(&acts) {
-                let v = score(a);
+                let v = score(a, &special);
                 if step_best.as_ref().is_none_or(|(b, _)| v < *b) {
                     step_best = Some((v, s.clone()));
                 }
@@ -308,13 +328,15 @@ pub struct ResidualResult {
 pub fn residual(
     model: &Model,
     readout: &Readout,
+    context: &Framing,
     payload: &str,
     budget: f32,
     steps: usize,
     score: Score,
 ) -> Result<ResidualResult> {
-    let l = layout(model, payload)?;
+    let l = layout(model, context, payload)?;
     let ids = l.ids(&[]);
+    let special = model.tokenizer.special_mask(&ids);
     let content = l.content(&[]);
     let d = model.config.d_model;
     let n = ids.len();
@@ -332,7 +354,10 @@ pub fn residual(
         .map(|(r, m)| r * budget * m)
         .collect();
     let radius_t = Tensor::from_vec(radius.clone(), (1, n, 1), model.device())?;
-    let initial = score(&read_rows(model, readout, std::slice::from_ref(&ids), content)?[0]);
+    let initial = score(
+        &read_rows(model, readout, std::slice::from_ref(&ids))?[0],
+        &special,
+    );
     let edit = Var::zeros((1, n, d), DType::F32, model.device())?;
     let mut best = initial;
     let step = 0.25f64;
@@ -355,11 +380,10 @@ pub fn residual(
             .cache()
             .get(&readout.hook)
             .ok_or_else(|| bad(format!("{} was not reached", readout.hook)))?
-            .narrow(1, content.0, content.1)?
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1()?;
-        best = best.min(score(&act));
+        best = best.min(score(&act, &special));
     }
     Ok(ResidualResult {
         budget,

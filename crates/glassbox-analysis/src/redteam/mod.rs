@@ -8,4 +8,4 @@ pub mod attacks;
 pub mod gcg;
 
 pub use attacks::{apply, Attack, Materials};
-pub use gcg::{gcg, residual, GcgConfig, GcgResult, Readout, ResidualResult};
+pub use gcg::{gcg, residual, Framing, GcgConfig, GcgResult, Readout, ResidualResult};

@@ -1,4 +1,5 @@
 //! Helpers shared by the MiniLM tests of this crate.
+#![allow(dead_code)]
 
 use glassbox_dictionary::{Activation, DictConfig, Sae};
 use glassbox_model::{Hooks, Model};

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use glassbox_analysis::redteam::{self, attacks, Attack, GcgConfig, Materials, Readout};
+use glassbox_analysis::redteam::{self, attacks, Attack, Framing, GcgConfig, Materials, Readout};
 use glassbox_model::chat::Message;
 use glassbox_model::generate::GenerateConfig;
 use glassbox_model::sampling::Sampling;
@@ -123,6 +123,44 @@ impl Target<'_> {
         })
     }
 
+    /// The conversation a user text is sent in: the canary's system prompt, then the text.
+    fn messages(&self, text: &str) -> Vec<Message> {
+        let mut messages = Vec::new();
+        if let Some(c) = &self.canary {
+            messages.push(Message::new(
+                "system",
+                &c.system.replace("{secret}", &c.secret),
+            ));
+        }
+        messages.push(Message::new("user", text));
+        messages
+    }
+
+    /// What the monitors read around a user text: the model's special tokens for an encoder;
+    /// for a decoder the chat prompt before and after it (found by rendering a marker).
+    pub fn context(&self) -> Result<Framing> {
+        let model = self.model;
+        if !model.config.is_decoder() {
+            return Ok(Framing::plain(model)?);
+        }
+        const MARK: &str = "\u{1}GLASSBOX-PAYLOAD\u{1}";
+        let (text, _) = model.chat_prompt(&self.messages(MARK), true)?;
+        let (before, after) = text
+            .split_once(MARK)
+            .context("the chat template dropped the user's text")?;
+        let mut ctx = Framing {
+            before: model.tokenizer.encode_plain(before)?,
+            after: model.tokenizer.encode_plain(after)?,
+        };
+        if model.chat_template.is_none() {
+            // A plain transcript is tokenized with the model's special tokens around it.
+            let plain = Framing::plain(model)?;
+            ctx.before.splice(0..0, plain.before);
+            ctx.after.extend(plain.after);
+        }
+        Ok(ctx)
+    }
+
     /// The attacked probe monitor as a linear read-out and the rule it decides by, for the
     /// white-box attacks (the first attacked monitor that reads a probe).
     pub fn probe_readout(&self) -> Option<(Readout, usize)> {
@@ -147,10 +185,10 @@ impl Target<'_> {
         })
     }
 
-    /// The monitor's decision value on a text's content activations, `[tokens, d]`: its rule
-    /// stepped over every token, minus the threshold, at the tokens where the server decides
-    /// (every token; the last for a whole-input mean).
-    pub fn rule_margin(&self, monitor: usize, acts: &[f32]) -> f32 {
+    /// The monitor's decision value on an input's activations, `[tokens, d]`: its rule stepped
+    /// over every token but the special ones, minus the threshold, at the tokens where the
+    /// server decides (every token; the last for a whole-input mean).
+    pub fn rule_margin(&self, monitor: usize, acts: &[f32], special: &[bool]) -> f32 {
         let m = &self.set.monitors[monitor];
         let Some(q) = self
             .set
@@ -162,13 +200,17 @@ impl Target<'_> {
         };
         let mut state = RuleState::default();
         let d = q.probe.weights.len();
-        let values = acts.chunks(d).map(|x| {
-            let base = match m.rule.signal.base() {
-                Signal::Logit(_) => q.probe.logit(x),
-                _ => q.probe.score(x),
-            };
-            m.rule.step(&mut state, base).0
-        });
+        let values = acts
+            .chunks(d)
+            .zip(special)
+            .filter(|(_, &s)| !s)
+            .map(|(x, _)| {
+                let base = match m.rule.signal.base() {
+                    Signal::Logit(_) => q.probe.logit(x),
+                    _ => q.probe.score(x),
+                };
+                m.rule.step(&mut state, base).0
+            });
         let decided = if m.rule.signal.is_running_mean() {
             values.last().unwrap_or(f32::NEG_INFINITY)
         } else {
@@ -401,7 +443,9 @@ pub fn run(
                 )
             })),
             Some((readout, monitor)) => {
-                let score = |acts: &[f32]| target.rule_margin(monitor, acts);
+                let score =
+                    |acts: &[f32], special: &[bool]| target.rule_margin(monitor, acts, special);
+                let context = target.context()?;
                 if white_box.contains(&Attack::Gcg) {
                     let n = suite.gcg.payloads.min(payloads.len());
                     let bar = crate::report::progress(n as u64, &format!("{name}: GCG"), quiet);
@@ -414,7 +458,8 @@ pub fn run(
                             stop_below: Some(0.0),
                             seed: suite.seed + p as u64,
                         };
-                        let r = redteam::gcg(target.model, &readout, payload, &cfg, &score)?;
+                        let r =
+                            redteam::gcg(target.model, &readout, &context, payload, &cfg, &score)?;
                         let sent = target.send(&r.text)?;
                         outcomes.push(Outcome {
                             attack: Attack::Gcg,
@@ -434,6 +479,7 @@ pub fn run(
                             let r = redteam::residual(
                                 target.model,
                                 &readout,
+                                &context,
                                 payload,
                                 budget,
                                 suite.residual.steps,
