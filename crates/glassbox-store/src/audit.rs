@@ -62,6 +62,14 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(|e| StoreError::io(path, e))?;
+        // One writer at a time: two processes appending would fork the chain.
+        file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => StoreError::store(
+                path,
+                "another process is writing this audit log (a running `glassbox serve`?); stop it or use another log",
+            ),
+            std::fs::TryLockError::Error(e) => StoreError::io(path, e),
+        })?;
         let report = verify(path)?;
         if let Some(problem) = report.problem {
             return Err(StoreError::store(
@@ -294,6 +302,17 @@ mod tests {
         let r = again.append("admin", "monitor.delete", json!({})).unwrap();
         assert_eq!((r.seq, r.prev), (5, v.last_hash));
         assert_eq!(verify(&path).unwrap().records, 6);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let first = AuditLog::open(&path).unwrap();
+        let err = AuditLog::open(&path).err().unwrap().to_string();
+        assert!(err.contains("another process is writing"), "{err}");
+        drop(first);
+        AuditLog::open(&path).unwrap();
     }
 
     #[test]
