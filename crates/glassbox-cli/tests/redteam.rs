@@ -277,6 +277,25 @@ fn bad_suites_are_clear_errors() {
         ],
         "--out",
     );
+    let data = dir.path().join("set.jsonl");
+    let out = dir.path().join("p8");
+    fails(
+        &[
+            "probe",
+            "families",
+            "--model",
+            "minilm",
+            "--hook",
+            "blocks.3.hook_resid_pre",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--aggregation",
+            "window8",
+        ],
+        "needs --window 8",
+    );
 }
 
 #[test]
@@ -303,8 +322,12 @@ fn a_decoder_deployment_is_attacked_with_a_canary_and_its_own_paraphrases() {
         dir.path().join("probe").to_str().unwrap(),
         "--name",
         "injection",
+        "--aggregation",
+        "window4",
     ]);
+    // A windowed rule this time: the served path's other decision shape.
     let rule = fam["rule"].as_str().unwrap();
+    assert!(rule.starts_with("mean(probe injection, 4) > "), "{rule}");
     std::fs::write(
         dir.path().join("deploy.toml"),
         format!(

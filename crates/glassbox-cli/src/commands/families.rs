@@ -57,6 +57,11 @@ pub struct FamiliesArgs {
     /// The saved probe's name in monitor rules (default: the data file's stem).
     #[arg(long)]
     name: Option<String>,
+    /// Save the probe read this way (mean, max, mean_logit or windowN with N = --window)
+    /// instead of the best by held-out TPR at 1 % FPR: e.g. a windowed rule, which appended
+    /// text cannot dilute.
+    #[arg(long, requires = "out")]
+    aggregation: Option<Aggregation>,
 }
 
 /// One labelled text, read once.
@@ -99,6 +104,14 @@ struct HookReport {
 }
 
 pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
+    if let Some(Aggregation::Window { tokens }) = a.aggregation {
+        if tokens != a.window {
+            bail!(
+                "--aggregation window{tokens} needs --window {tokens} (the windows scored are --window {} tokens long)",
+                a.window
+            );
+        }
+    }
     let records = read_records(&a.data)?;
     let labelled = records
         .into_iter()
@@ -453,6 +466,7 @@ fn save_final(
     ];
     let (h, best) = (0..reports.len())
         .flat_map(|h| (0..aggs.len()).map(move |k| (h, k)))
+        .filter(|&(_, k)| a.aggregation.is_none_or(|x| x == aggs[k]))
         .max_by(|&(h1, k1), &(h2, k2)| {
             let t = |h: usize, k: usize| reports[h].summaries[k].tpr_at_1pct_fpr;
             t(h1, k1).total_cmp(&t(h2, k2))
