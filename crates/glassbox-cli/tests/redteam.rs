@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fails, glassbox, ok_json, rows, write_jsonl};
+use common::{fails, families_args, glassbox, ok_json, rows, write_jsonl};
 use serde_json::Value;
 
 /// A deployment with a probe monitor calibrated by `probe families`, and a suite.
@@ -14,21 +14,14 @@ fn setup(dir: &Path, suite_extra: &str) -> (String, String, String) {
     let data = dir.join("set.jsonl");
     write_jsonl(&data, &rows());
     let probe = dir.join("probe");
-    let fam = ok_json(&[
-        "--json",
-        "probe",
-        "families",
-        "--model",
+    let fam = ok_json(&families_args(
         "minilm",
-        "--hook",
         "blocks.3.hook_resid_pre",
-        "--data",
         data.to_str().unwrap(),
-        "--out",
         probe.to_str().unwrap(),
-        "--name",
         "injection",
-    ]);
+        &["--json"],
+    ));
     let rule = fam["rule"].as_str().unwrap().to_string();
     assert!(rule.contains("injection"), "{rule}");
     let deploy = dir.join("deploy.toml");
@@ -280,20 +273,14 @@ fn bad_suites_are_clear_errors() {
     let data = dir.path().join("set.jsonl");
     let out = dir.path().join("p8");
     fails(
-        &[
-            "probe",
-            "families",
-            "--model",
+        &families_args(
             "minilm",
-            "--hook",
             "blocks.3.hook_resid_pre",
-            "--data",
             data.to_str().unwrap(),
-            "--out",
             out.to_str().unwrap(),
-            "--aggregation",
-            "window8",
-        ],
+            "p8",
+            &["--aggregation", "window8"],
+        ),
         "needs --window 8",
     );
 }
@@ -308,23 +295,15 @@ fn a_decoder_deployment_is_attacked_with_a_canary_and_its_own_paraphrases() {
         .canonicalize()
         .unwrap();
     let model = model.to_str().unwrap();
-    let fam = ok_json(&[
-        "--json",
-        "probe",
-        "families",
-        "--model",
+    let probe = dir.path().join("probe");
+    let fam = ok_json(&families_args(
         model,
-        "--hook",
         "blocks.1.hook_resid_post",
-        "--data",
         data.to_str().unwrap(),
-        "--out",
-        dir.path().join("probe").to_str().unwrap(),
-        "--name",
+        probe.to_str().unwrap(),
         "injection",
-        "--aggregation",
-        "window4",
-    ]);
+        &["--json", "--aggregation", "window4"],
+    ));
     // A windowed rule this time: the served path's other decision shape.
     let rule = fam["rule"].as_str().unwrap();
     assert!(rule.starts_with("mean(probe injection, 4) > "), "{rule}");

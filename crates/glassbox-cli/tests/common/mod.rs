@@ -92,3 +92,21 @@ pub fn rows() -> Vec<(&'static str, u8, &'static str)> {
     rows.extend(BENIGN[4..].iter().map(|t| (*t, 0, "benign_b")));
     rows
 }
+
+/// The arguments of `glassbox probe families` on one hook, saving the probe to `out` under `name`,
+/// plus `extra`.
+pub fn families_args<'a>(
+    model: &'a str,
+    hook: &'a str,
+    data: &'a str,
+    out: &'a str,
+    name: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "probe", "families", "--model", model, "--hook", hook, "--data", data, "--out", out,
+        "--name", name,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
