@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use glassbox_analysis::redteam::{gcg, residual, Framing, GcgConfig, Readout};
+use glassbox_analysis::redteam::{gcg, recovery, residual, Clamp, Framing, GcgConfig, Readout};
 use glassbox_dictionary::probe::{self, mean_rows, Probe, ProbeTraining, Sample};
 use glassbox_model::candle::{safetensors, Device, Tensor};
 use glassbox_model::{HookPoint, Model};
@@ -208,5 +208,39 @@ fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
     assert!(
         large.best < 0.0,
         "a full-norm edit hides the planted tokens: {large:?}"
+    );
+
+    // Post-intervention recovery: a clamp holds the planted feature at 0 before the block;
+    // the attack may only move directions the feature does not read, and it brings part of the
+    // probe's reading back through them (the token coordinates the probe also weighs) while the
+    // feature reads exactly what it read before.
+    // The decoder is half the encoder row (a dictionary's decoder is never exactly its
+    // encoder): the clamp then leaves some of the planted coordinate, and an edit along it
+    // would pay — the projection is what keeps the attack off the feature.
+    let (mut encoder, mut decoder) = (vec![0f32; d], vec![0f32; d]);
+    encoder[PLANT] = 1.0;
+    decoder[PLANT] = 0.5;
+    let clamp = Clamp {
+        hook: HookPoint::Block(0, glassbox_model::BlockHook::ResidPre),
+        encoder,
+        bias: 0.0,
+        threshold: 0.0,
+        decoder,
+        value: 0.0,
+    };
+    let r = recovery(&model, &clamp, &readout, &context, &payload, 0.05, 8).unwrap();
+    assert!(
+        r.clamped < r.free - 0.1,
+        "the clamp removes the behaviour: {r:?}"
+    );
+    assert!(r.attacked > r.clamped + 0.05, "nothing recovered: {r:?}");
+    assert!(r.recovered > 0.0 && r.recovered.is_finite(), "{r:?}");
+    assert!(
+        (r.feature_attacked - r.feature).abs() < 1e-4,
+        "the feature moved: {r:?}"
+    );
+    assert!(
+        r.feature > 0.1,
+        "the payload holds the planted feature: {r:?}"
     );
 }

@@ -45,7 +45,7 @@ fn setup(dir: &Path, suite_extra: &str) -> (String, String, String) {
         format!(
             "data = \"set.jsonl\"\ntemplates = \"templates.jsonl\"\npayload_families = [\"override\", \"extraction\"]\n\
              payloads = 8\nbenign = 4\nseed = 5\nmin_detection = 0.9\n\
-             attacks = [\"plain\", \"template\", \"base64\", \"split\", \"multi_turn\", \"paraphrase\", \"gcg\", \"residual\"]\n\
+             attacks = [\"plain\", \"template\", \"base64\", \"split\", \"multi_turn\", \"paraphrase\", \"gcg\", \"residual\", \"recovery\"]\n\
              {suite_extra}\n\
              [gcg]\npayloads = 1\nsuffix_tokens = 4\ncandidates = 16\ntop_k = 16\nsteps = 2\n\
              [residual]\npayloads = 2\nbudgets = [0.02, 3.0]\nsteps = 6\n"
@@ -97,6 +97,11 @@ fn a_red_round_reports_every_family_and_served_firings_agree_with_margins() {
     let skipped = round["skipped"].to_string();
     assert!(
         skipped.contains("paraphrase") && skipped.contains("encoder"),
+        "{skipped}"
+    );
+    // The recovery attack needs a clamp monitor; this deployment has none, and says so.
+    assert!(
+        skipped.contains("recovery") && skipped.contains("no clamp monitor"),
         "{skipped}"
     );
     // The plain payloads come from the families the probe was trained on: it catches some.

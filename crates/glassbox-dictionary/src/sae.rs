@@ -256,6 +256,25 @@ impl Sae {
 
     /// Latent `j`'s decoder row in raw units of the output space: what adding 1 to its
     /// activation adds to the reconstruction.
+    /// Latent `j`'s pre-activation as a linear function of a raw activation, `(w, b)` with
+    /// `pre = w·x + b`, and the threshold it must pass (`None` for a transcoder, whose input is
+    /// another hook).
+    pub fn linear_reading(&self, j: u32) -> Option<(Vec<f32>, f32, f32)> {
+        if self.cfg.is_transcoder() {
+            return None;
+        }
+        let (d, j) = (self.d_in(), j as usize);
+        let w = &self.w_enc_t[j * d..(j + 1) * d];
+        let s = self.cfg.input_scale;
+        let b = self.b_enc[j] - w.iter().zip(&self.b_dec).map(|(w, b)| w * b).sum::<f32>();
+        let threshold = match self.cfg.activation {
+            Activation::JumpRelu { .. } => self.threshold[j],
+            Activation::BatchTopK { threshold, .. } => threshold,
+            _ => 0.0,
+        };
+        Some((w.iter().map(|w| w * s).collect(), b, threshold.max(0.0)))
+    }
+
     pub fn direction(&self, j: u32) -> Vec<f32> {
         let d = self.d_in();
         let inv = 1.0 / self.cfg.output_scale;

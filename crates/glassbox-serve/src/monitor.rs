@@ -44,6 +44,16 @@ pub struct Monitor {
     target: Option<u32>,
 }
 
+impl Monitor {
+    /// A clamp monitor's dictionary (index into `MonitorSet::dictionaries`), feature and value.
+    pub fn clamp(&self) -> Option<(usize, u32, f32)> {
+        match (self.cfg.action, self.dict, self.target, self.cfg.value) {
+            (Action::Clamp, Some(d), Some(f), Some(v)) => Some((d, f, v)),
+            _ => None,
+        }
+    }
+}
+
 /// The dictionaries, probes and monitors in force.
 pub struct MonitorSet {
     pub dictionaries: Vec<Arc<Dictionary>>,

@@ -297,7 +297,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         "deployment": a.config, "suite": a.suite, "data": data_path, "notes": notes,
         "rounds": rounds.iter().map(|r| json!({"name": r.name, "families": r.families(),
             "false_alarms": r.false_alarms(), "benign": r.benign.len(), "seconds": r.seconds,
-            "skipped": r.skipped, "outcomes": r.outcomes})).collect::<Vec<_>>(),
+            "skipped": r.skipped, "recoveries": r.recoveries, "outcomes": r.outcomes})).collect::<Vec<_>>(),
         "defence": defence, "failed": failed,
     });
     if let Some(dir) = &a.out {

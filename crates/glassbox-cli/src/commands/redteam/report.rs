@@ -65,6 +65,18 @@ pub fn print_round(r: &Round, suite: &Suite) {
             if o.sent.detected { "" } else { "  (evades)" }
         );
     }
+    for (name, p, x) in &r.recoveries {
+        println!(
+            "  recovery vs clamp `{name}`, payload {p}, budget {}: behaviour {:+.3} free, {:+.3} clamped, {:+.3} attacked ({:.0} % of the clamp's effect undone); feature pre-activation {:.3} → {:.3}",
+            x.budget,
+            x.free,
+            x.clamped,
+            x.attacked,
+            100.0 * x.recovered,
+            x.feature,
+            x.feature_attacked
+        );
+    }
     for (a, why) in &r.skipped {
         println!("  skipped {}: {why}", a.name());
     }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use glassbox_analysis::redteam::{self, attacks, Attack, Framing, GcgConfig, Materials, Readout};
+use glassbox_analysis::redteam::{
+    self, attacks, Attack, Clamp, Framing, GcgConfig, Materials, Readout, Recovery,
+};
 use glassbox_model::chat::Message;
 use glassbox_model::generate::GenerateConfig;
 use glassbox_model::sampling::Sampling;
@@ -185,6 +187,36 @@ impl Target<'_> {
         })
     }
 
+    /// The deployment's clamp monitors whose dictionary writes before `behaviour` reads, as the
+    /// recovery attack's clamps.
+    pub fn clamps(&self, behaviour: &Readout) -> Vec<(String, Clamp)> {
+        let order = self.model.hook_points();
+        let at = |h: &glassbox_model::HookPoint| order.iter().position(|p| p == h);
+        self.set
+            .monitors
+            .iter()
+            .filter_map(|m| {
+                let (d, f, value) = m.clamp()?;
+                let dict = &self.set.dictionaries[d];
+                if at(&dict.hook) >= at(&behaviour.hook) {
+                    return None;
+                }
+                let (encoder, bias, threshold) = dict.sae.linear_reading(f)?;
+                Some((
+                    m.cfg.name.clone(),
+                    Clamp {
+                        hook: dict.hook,
+                        encoder,
+                        bias,
+                        threshold,
+                        decoder: dict.sae.direction(f),
+                        value,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// The monitor's decision value on an input's activations, `[tokens, d]`: its rule stepped
     /// over every token but the special ones, minus the threshold, at the tokens where the
     /// server decides (every token; the last for a whole-input mean).
@@ -244,6 +276,8 @@ pub struct Round {
     pub benign: Vec<Sent>,
     /// Attacks asked for but not run, with the reason.
     pub skipped: Vec<(Attack, String)>,
+    /// Recovery attacks on clamp monitors: (monitor, payload, result).
+    pub recoveries: Vec<(String, usize, Recovery)>,
     pub seconds: f64,
 }
 
@@ -432,8 +466,9 @@ pub fn run(
         .attacks
         .iter()
         .copied()
-        .filter(|a| matches!(a, Attack::Gcg | Attack::Residual))
+        .filter(|a| matches!(a, Attack::Gcg | Attack::Residual | Attack::Recovery))
         .collect();
+    let mut recoveries = Vec::new();
     if !white_box.is_empty() {
         match target.probe_readout() {
             None => skipped.extend(white_box.iter().map(|&a| {
@@ -472,6 +507,33 @@ pub fn run(
                         bar.inc(1);
                     }
                     bar.finish_and_clear();
+                }
+                if white_box.contains(&Attack::Recovery) {
+                    let clamps = target.clamps(&readout);
+                    if clamps.is_empty() {
+                        skipped.push((
+                            Attack::Recovery,
+                            "no clamp monitor writes before the attacked probe reads".into(),
+                        ));
+                    }
+                    for (name, clamp) in &clamps {
+                        for (p, payload) in
+                            payloads.iter().enumerate().take(suite.residual.payloads)
+                        {
+                            for &budget in &suite.residual.budgets {
+                                let r = redteam::recovery(
+                                    target.model,
+                                    clamp,
+                                    &readout,
+                                    &context,
+                                    payload,
+                                    budget,
+                                    suite.residual.steps,
+                                )?;
+                                recoveries.push((name.clone(), p, r));
+                            }
+                        }
+                    }
                 }
                 if white_box.contains(&Attack::Residual) {
                     for (p, payload) in payloads.iter().enumerate().take(suite.residual.payloads) {
@@ -512,6 +574,7 @@ pub fn run(
         outcomes,
         benign: benign_sent,
         skipped,
+        recoveries,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
