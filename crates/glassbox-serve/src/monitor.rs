@@ -45,6 +45,11 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// The probe the rule reads (index into `MonitorSet::probes`).
+    pub fn probe(&self) -> Option<usize> {
+        self.probe
+    }
+
     /// A clamp monitor's dictionary (index into `MonitorSet::dictionaries`), feature and value.
     pub fn clamp(&self) -> Option<(usize, u32, f32)> {
         match (self.cfg.action, self.dict, self.target, self.cfg.value) {

@@ -168,12 +168,7 @@ impl Target<'_> {
     pub fn probe_readout(&self) -> Option<(Readout, usize)> {
         self.watched.iter().find_map(|&i| {
             let m = &self.set.monitors[i];
-            m.rule.signal.probe()?;
-            let q = self
-                .set
-                .probes
-                .iter()
-                .find(|p| Some(p.name.as_str()) == m.rule.signal.probe())?;
+            let q = &self.set.probes[m.probe()?];
             matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge).then(|| {
                 (
                     Readout {
@@ -222,12 +217,7 @@ impl Target<'_> {
     /// server decides (every token; the last for a whole-input mean).
     pub fn rule_margin(&self, monitor: usize, acts: &[f32], special: &[bool]) -> f32 {
         let m = &self.set.monitors[monitor];
-        let Some(q) = self
-            .set
-            .probes
-            .iter()
-            .find(|p| Some(p.name.as_str()) == m.rule.signal.probe())
-        else {
+        let Some(q) = m.probe().map(|q| &self.set.probes[q]) else {
             return f32::NAN;
         };
         let mut state = RuleState::default();
