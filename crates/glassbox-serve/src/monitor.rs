@@ -357,7 +357,9 @@ impl<'s> Watch<'s> {
         };
         // A whole-input mean decides once per forward pass, at the last token it reads (the end
         // of the prompt, then each new token): its value over a prefix is no text's score.
+        let any_running = here.iter().any(|(_, m)| m.rule.signal.is_running_mean());
         let decide_at: Vec<(Option<usize>, Option<usize>)> = (0..b)
+            .filter(|_| any_running)
             .map(|r| {
                 let last = lengths[r].checked_sub(1);
                 let plain = (0..lengths[r])

@@ -314,6 +314,19 @@ pub fn gcg(
     })
 }
 
+/// One step of projected gradient descent (`rate` < 0) or ascent on an edit `[1, tokens, d]`:
+/// `|rate|` × each token's radius along its normalised gradient, then back onto the ball of
+/// that radius.
+pub(super) fn pgd_step(edit: &Var, grad: &Tensor, radius: &Tensor, rate: f64) -> Result<()> {
+    let norm = (grad.sqr()?.sum_keepdim(2)?.sqrt()? + 1e-12)?;
+    let step = (grad.broadcast_div(&norm)?.broadcast_mul(radius)? * rate)?;
+    let moved = (edit.as_tensor() + step)?;
+    let len = (moved.sqr()?.sum_keepdim(2)?.sqrt()? + 1e-12)?;
+    let shrink = radius.broadcast_div(&len)?.clamp(0f32, 1f32)?;
+    edit.set(&moved.broadcast_mul(&shrink)?)?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ResidualResult {
     /// The edit's norm relative to each token embedding's norm.
@@ -363,13 +376,7 @@ pub fn residual(
     let step = 0.25f64;
     for _ in 0..steps {
         let (_, g) = logit_and_gradient(model, readout, &ids, content, &edit)?;
-        // A step of `step` × radius against each token's gradient, then back onto the ball.
-        let gn = (g.sqr()?.sum_keepdim(1)?.sqrt()? + 1e-12)?;
-        let dir = g.broadcast_div(&gn)?.unsqueeze(0)?;
-        let moved = (edit.as_tensor() - (dir.broadcast_mul(&radius_t)? * step)?)?;
-        let len = (moved.sqr()?.sum_keepdim(2)?.sqrt()? + 1e-12)?;
-        let shrink = radius_t.broadcast_div(&len)?.clamp(0f32, 1f32)?;
-        edit.set(&moved.broadcast_mul(&shrink)?)?;
+        pgd_step(&edit, &g.unsqueeze(0)?, &radius_t, -step)?;
         let batch = model.batch_ids(std::slice::from_ref(&ids))?;
         let mut hooks = Hooks::none()
             .replace(HookPoint::Embed, |x| x.add(&edit.as_tensor().detach()))

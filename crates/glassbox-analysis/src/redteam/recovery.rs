@@ -13,7 +13,7 @@ use glassbox_model::candle::{DType, Tensor, Var};
 use glassbox_model::{HookPoint, Hooks, Model};
 use serde::Serialize;
 
-use super::gcg::{Framing, Readout};
+use super::gcg::{pgd_step, Framing, Readout};
 use crate::error::{AnalysisError, Result};
 
 /// A clamp as a monitor applies it: at `hook`, the feature read as `encoder·x + bias` (zero
@@ -62,8 +62,10 @@ fn run(
 ) -> Result<(Tensor, f32)> {
     let dev = model.device();
     let d = c.encoder.len();
-    let w = Tensor::from_slice(&c.encoder, (d, 1), dev)?;
-    let dec = Tensor::from_slice(&c.decoder, (1, d), dev)?;
+    // The encoder row as a column (to read the feature) and as a row (to project off it).
+    let w = Tensor::from_slice(&c.encoder, (1, d, 1), dev)?;
+    let w_row = Tensor::from_slice(&c.encoder, (1, 1, d), dev)?;
+    let dec = Tensor::from_slice(&c.decoder, (1, 1, d), dev)?;
     let norm2: f32 = c.encoder.iter().map(|v| v * v).sum::<f32>().max(1e-12);
     let n = ids.len();
     let mask: Vec<f32> = (0..n)
@@ -80,17 +82,15 @@ fn run(
                     Some(e) => {
                         // Off the encoder row: the feature's reading does not move.
                         let e = e.as_tensor().broadcast_mul(&mask)?;
-                        let along =
-                            e.matmul(&w.unsqueeze(0)?.broadcast_as((1, d, 1))?.contiguous()?)?;
-                        let proj = along
-                            .broadcast_mul(&w.t()?.unsqueeze(0)?)?
+                        let proj = e
+                            .matmul(&w)?
+                            .broadcast_mul(&w_row)?
                             .affine(1.0 / f64::from(norm2), 0.0)?;
                         (x + (e - proj)?)?
                     }
                     None => x,
                 };
-                let pre = (x.matmul(&w.unsqueeze(0)?.broadcast_as((1, d, 1))?.contiguous()?)?
-                    + f64::from(c.bias))?;
+                let pre = (x.matmul(&w)? + f64::from(c.bias))?;
                 let pre_span = pre.narrow(1, span.0, span.1)?;
                 *feature.borrow_mut() = pre_span.mean_all()?.to_scalar::<f32>()?;
                 if !clamp_on {
@@ -99,7 +99,7 @@ fn run(
                 let act =
                     pre.broadcast_mul(&pre.gt(f64::from(c.threshold))?.to_dtype(DType::F32)?)?;
                 let shift = (act.neg()? + f64::from(c.value))?.broadcast_mul(&mask)?;
-                x + shift.broadcast_mul(&dec.unsqueeze(0)?)?
+                x + shift.broadcast_mul(&dec)?
             })
             .replace(behaviour.hook, |x| {
                 *read.borrow_mut() = Some(x.clone());
@@ -169,10 +169,7 @@ pub fn recovery(
             .get(edit.as_tensor())
             .ok_or_else(|| bad("no gradient reached the clamp's hook".into()))?
             .clone();
-        let gn = (g.sqr()?.sum_keepdim(2)?.sqrt()? + 1e-12)?;
-        let moved = (edit.as_tensor() + (g.broadcast_div(&gn)?.broadcast_mul(&radius)? * 0.25)?)?;
-        let len = (moved.sqr()?.sum_keepdim(2)?.sqrt()? + 1e-12)?;
-        edit.set(&moved.broadcast_mul(&radius.broadcast_div(&len)?.clamp(0f32, 1f32)?)?)?;
+        pgd_step(&edit, &g, &radius, 0.25)?;
         let (logit, f) = run(model, clamp, behaviour, &ids, span, Some(&edit), true)?;
         let v = scalar(logit)?;
         if v > attacked {
