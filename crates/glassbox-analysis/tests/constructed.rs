@@ -3,12 +3,13 @@
 //! attend uniformly and write nothing, the MLPs are zero. Its induction scores and its direct
 //! logit attribution are known without running it.
 
-use std::collections::HashMap;
+mod common;
+
 use std::path::Path;
 
 use glassbox_analysis::heads::induction_scores;
 use glassbox_analysis::lens::{direct_logit_attribution, LogitTarget};
-use glassbox_model::candle::{safetensors, Device, Tensor};
+use glassbox_model::candle::{Device, Tensor};
 use glassbox_model::Model;
 
 const VOCAB: usize = 384; // the tiny-gpt2 fixture's tokenizer
@@ -43,14 +44,9 @@ impl Matrix {
     }
 }
 
-fn vector(x: f32, n: usize) -> Tensor {
-    Tensor::from_vec(vec![x; n], n, &Device::Cpu).unwrap()
-}
-
 /// Writes the checkpoint: Conv1D weights are `[d_in, d_out]`; c_attn's columns are q, k, v,
 /// each split into heads of `D_HEAD`.
 fn write_induction_model(dir: &Path) {
-    let mut w: HashMap<String, Tensor> = HashMap::new();
     let mut wte = Matrix::zeros(VOCAB, D);
     for t in 0..VOCAB {
         wte.set(t, t, 1.0);
@@ -59,11 +55,10 @@ fn write_induction_model(dir: &Path) {
     for p in 0..POS {
         wpe.set(p, VOCAB + p, 1.0);
     }
-    w.insert("wte.weight".into(), wte.tensor());
-    w.insert("wpe.weight".into(), wpe.tensor());
     // After a norm a one-hot coordinate is ≈ √(D / ones); these gains make the attended
     // score ≈ 20 above the rest and the copied one-hot ≈ 1.
     let (q_gain, copy_gain) = (2.0, 0.05);
+    let mut layers = Vec::new();
     for layer in 0..2 {
         let (mut qkv, mut proj) = (Matrix::zeros(D, 3 * D), Matrix::zeros(D, D));
         let (q, k, v) = (0, D, 2 * D); // head 0's columns in c_attn
@@ -88,35 +83,9 @@ fn write_induction_model(dir: &Path) {
                 proj.set(t, t, 3.0 * copy_gain);
             }
         }
-        let p = format!("h.{layer}");
-        w.insert(format!("{p}.attn.c_attn.weight"), qkv.tensor());
-        w.insert(format!("{p}.attn.c_attn.bias"), vector(0.0, 3 * D));
-        w.insert(format!("{p}.attn.c_proj.weight"), proj.tensor());
-        w.insert(format!("{p}.attn.c_proj.bias"), vector(0.0, D));
-        w.insert(format!("{p}.mlp.c_fc.weight"), Matrix::zeros(D, 4).tensor());
-        w.insert(format!("{p}.mlp.c_fc.bias"), vector(0.0, 4));
-        w.insert(
-            format!("{p}.mlp.c_proj.weight"),
-            Matrix::zeros(4, D).tensor(),
-        );
-        w.insert(format!("{p}.mlp.c_proj.bias"), vector(0.0, D));
-        for ln in ["ln_1", "ln_2"] {
-            w.insert(format!("{p}.{ln}.weight"), vector(1.0, D));
-            w.insert(format!("{p}.{ln}.bias"), vector(0.0, D));
-        }
+        layers.push((qkv.tensor(), proj.tensor()));
     }
-    w.insert("ln_f.weight".into(), vector(1.0, D));
-    w.insert("ln_f.bias".into(), vector(0.0, D));
-    safetensors::save(&w, dir.join("model.safetensors")).unwrap();
-    let config = serde_json::json!({
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": VOCAB,
-        "n_positions": POS, "n_embd": D, "n_layer": 2, "n_head": HEADS, "n_inner": 4,
-        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": true
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../glassbox-model/tests/fixtures/tiny-gpt2/tokenizer.json");
-    std::fs::copy(fixture, dir.join("tokenizer.json")).unwrap();
+    common::save_gpt2(dir, wte.tensor(), wpe.tensor(), layers, HEADS);
 }
 
 #[test]

@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use glassbox_analysis::redteam::{gcg, recovery, residual, Clamp, Framing, GcgConfig, Readout};
 use glassbox_dictionary::probe::{self, mean_rows, Probe, ProbeTraining, Sample};
-use glassbox_model::candle::{safetensors, Device, Tensor};
+use glassbox_model::candle::{Device, Tensor};
 use glassbox_model::{HookPoint, Model};
 
 const VOCAB: usize = 384; // the tiny-gpt2 fixture's tokenizer
@@ -20,19 +19,6 @@ const POS: usize = 64;
 const PLANT: usize = VOCAB + POS;
 const D: usize = VOCAB + POS + 2;
 const HOOK: &str = "blocks.0.hook_resid_post";
-
-fn zeros(rows: usize, cols: usize) -> Tensor {
-    Tensor::zeros(
-        (rows, cols),
-        glassbox_model::candle::DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap()
-}
-
-fn vector(x: f32, n: usize) -> Tensor {
-    Tensor::from_vec(vec![x; n], n, &Device::Cpu).unwrap()
-}
 
 fn write_planted_model(dir: &Path, trigger: &[u32]) {
     let mut wte = vec![0f32; VOCAB * D];
@@ -46,40 +32,20 @@ fn write_planted_model(dir: &Path, trigger: &[u32]) {
     for p in 0..POS {
         wpe[p * D + VOCAB + p] = 1.0;
     }
-    let mut w: HashMap<String, Tensor> = HashMap::new();
-    w.insert(
-        "wte.weight".into(),
-        Tensor::from_vec(wte, (VOCAB, D), &Device::Cpu).unwrap(),
+    let tensor =
+        |v: Vec<f32>, r: usize, c: usize| Tensor::from_vec(v, (r, c), &Device::Cpu).unwrap();
+    // Attention writes nothing: the block passes the residual stream through.
+    let layer = (
+        tensor(vec![0.0; D * 3 * D], D, 3 * D),
+        tensor(vec![0.0; D * D], D, D),
     );
-    w.insert(
-        "wpe.weight".into(),
-        Tensor::from_vec(wpe, (POS, D), &Device::Cpu).unwrap(),
+    common::save_gpt2(
+        dir,
+        tensor(wte, VOCAB, D),
+        tensor(wpe, POS, D),
+        vec![layer],
+        2,
     );
-    let p = "h.0";
-    w.insert(format!("{p}.attn.c_attn.weight"), zeros(D, 3 * D));
-    w.insert(format!("{p}.attn.c_attn.bias"), vector(0.0, 3 * D));
-    w.insert(format!("{p}.attn.c_proj.weight"), zeros(D, D));
-    w.insert(format!("{p}.attn.c_proj.bias"), vector(0.0, D));
-    w.insert(format!("{p}.mlp.c_fc.weight"), zeros(D, 4));
-    w.insert(format!("{p}.mlp.c_fc.bias"), vector(0.0, 4));
-    w.insert(format!("{p}.mlp.c_proj.weight"), zeros(4, D));
-    w.insert(format!("{p}.mlp.c_proj.bias"), vector(0.0, D));
-    for ln in ["ln_1", "ln_2"] {
-        w.insert(format!("{p}.{ln}.weight"), vector(1.0, D));
-        w.insert(format!("{p}.{ln}.bias"), vector(0.0, D));
-    }
-    w.insert("ln_f.weight".into(), vector(1.0, D));
-    w.insert("ln_f.bias".into(), vector(0.0, D));
-    safetensors::save(&w, dir.join("model.safetensors")).unwrap();
-    let config = serde_json::json!({
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": VOCAB,
-        "n_positions": POS, "n_embd": D, "n_layer": 1, "n_head": 2, "n_inner": 4,
-        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": true
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../glassbox-model/tests/fixtures/tiny-gpt2/tokenizer.json");
-    std::fs::copy(fixture, dir.join("tokenizer.json")).unwrap();
 }
 
 fn activations(model: &Model, text: &str) -> Vec<f32> {

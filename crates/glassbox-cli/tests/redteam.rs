@@ -238,37 +238,25 @@ fn a_defended_round_commits_its_held_out_set_and_the_check_catches_one_byte() {
 fn bad_suites_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (deploy, suite, _) = setup(dir.path(), "monitors = [\"nope\"]");
-    fails(
-        &["redteam", "--config", &deploy, "--suite", &suite],
-        "monitor `nope`, but",
-    );
+    let redteam = |suite: &str, expect: &str| {
+        fails(&["redteam", "--config", &deploy, "--suite", suite], expect)
+    };
+    redteam(&suite, "monitor `nope`, but");
+    // (suite file, what the error must say)
     let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "payload_families = [\"cooking\"]\ndata = \"set.jsonl\"\n",
-    )
-    .unwrap();
-    fails(
-        &[
-            "redteam",
-            "--config",
-            &deploy,
-            "--suite",
-            bad.to_str().unwrap(),
-        ],
-        "payload family `cooking` is not an attack family",
-    );
-    std::fs::write(&bad, "payloads = 3\nattack = [\"plain\"]\n").unwrap();
-    fails(
-        &[
-            "redteam",
-            "--config",
-            &deploy,
-            "--suite",
-            bad.to_str().unwrap(),
-        ],
-        "unknown field `attack`",
-    );
+    for (body, expect) in [
+        (
+            "payload_families = [\"cooking\"]\ndata = \"set.jsonl\"\n",
+            "payload family `cooking` is not an attack family",
+        ),
+        (
+            "payloads = 3\nattack = [\"plain\"]\n",
+            "unknown field `attack`",
+        ),
+    ] {
+        std::fs::write(&bad, body).unwrap();
+        redteam(bad.to_str().unwrap(), expect);
+    }
     fails(
         &[
             "redteam", "--config", &deploy, "--suite", &suite, "--defend",

@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 use glassbox_dictionary::{Activation, DictConfig, Sae};
+use std::collections::HashMap;
+
+use glassbox_model::candle::{safetensors, DType, Device, Tensor};
 use glassbox_model::{Hooks, Model};
 
 /// The activation at `hook` of every token of `text`, `[tokens × d_model]` flattened.
@@ -59,4 +62,52 @@ pub fn two_way_dictionary(model: &Model, hook: &str, positive: &[&str], negative
     sae.w_enc_t = w.iter().copied().chain(w.iter().map(|v| -v)).collect();
     sae.b_enc = vec![-mid, mid];
     sae
+}
+
+/// Writes a hand-built GPT-2 checkpoint into `dir` on the tiny-gpt2 fixture's tokenizer: the
+/// embeddings `wte` `[vocab, d]` and `wpe` `[positions, d]`, and per layer the attention's
+/// `c_attn` `[d, 3d]` and `c_proj` `[d, d]` (Conv1D layout); MLPs (4 wide) and biases are zero,
+/// norms are identity-scaled, the unembedding is tied.
+pub fn save_gpt2(
+    dir: &std::path::Path,
+    wte: Tensor,
+    wpe: Tensor,
+    layers: Vec<(Tensor, Tensor)>,
+    heads: usize,
+) {
+    let (vocab, d) = wte.dims2().unwrap();
+    let positions = wpe.dims2().unwrap().0;
+    let vector = |x: f32, n: usize| Tensor::from_vec(vec![x; n], n, &Device::Cpu).unwrap();
+    let zeros = |r: usize, c: usize| Tensor::zeros((r, c), DType::F32, &Device::Cpu).unwrap();
+    let n_layer = layers.len();
+    let mut w: HashMap<String, Tensor> = HashMap::new();
+    w.insert("wte.weight".into(), wte);
+    w.insert("wpe.weight".into(), wpe);
+    for (layer, (qkv, proj)) in layers.into_iter().enumerate() {
+        let p = format!("h.{layer}");
+        w.insert(format!("{p}.attn.c_attn.weight"), qkv);
+        w.insert(format!("{p}.attn.c_attn.bias"), vector(0.0, 3 * d));
+        w.insert(format!("{p}.attn.c_proj.weight"), proj);
+        w.insert(format!("{p}.attn.c_proj.bias"), vector(0.0, d));
+        w.insert(format!("{p}.mlp.c_fc.weight"), zeros(d, 4));
+        w.insert(format!("{p}.mlp.c_fc.bias"), vector(0.0, 4));
+        w.insert(format!("{p}.mlp.c_proj.weight"), zeros(4, d));
+        w.insert(format!("{p}.mlp.c_proj.bias"), vector(0.0, d));
+        for ln in ["ln_1", "ln_2"] {
+            w.insert(format!("{p}.{ln}.weight"), vector(1.0, d));
+            w.insert(format!("{p}.{ln}.bias"), vector(0.0, d));
+        }
+    }
+    w.insert("ln_f.weight".into(), vector(1.0, d));
+    w.insert("ln_f.bias".into(), vector(0.0, d));
+    safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": vocab,
+        "n_positions": positions, "n_embd": d, "n_layer": n_layer, "n_head": heads, "n_inner": 4,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": true
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../glassbox-model/tests/fixtures/tiny-gpt2/tokenizer.json");
+    std::fs::copy(fixture, dir.join("tokenizer.json")).unwrap();
 }
