@@ -60,3 +60,35 @@ pub fn text(arg: Option<String>, file: Option<&Path>) -> Result<String> {
         (None, None) => bail!("no input text: pass it as an argument or with --file PATH"),
     }
 }
+
+/// The corpus to read: `--corpus`, else the installed default.
+pub fn corpus(arg: Option<std::path::PathBuf>) -> Result<std::path::PathBuf> {
+    use glassbox_store::corpus::DEFAULT_CORPUS;
+    match arg {
+        Some(c) => Ok(c),
+        None if DEFAULT_CORPUS.is_installed(&registry::home()) => {
+            Ok(DEFAULT_CORPUS.dir(&registry::home()))
+        }
+        None => {
+            bail!("no --corpus given and the default corpus is not installed; run `glassbox setup`")
+        }
+    }
+}
+
+/// The first `n` contexts of `len` content tokens of a corpus, each with the model's special
+/// tokens around it (deterministic: the same contexts on every run).
+pub fn contexts(model: &Model, corpus: &Path, n: usize, len: usize) -> Result<Vec<Vec<u32>>> {
+    let (prefix, suffix) = model.tokenizer.special_affixes()?;
+    let rows = glassbox_store::harvest::Contexts::new(model, corpus, len)?
+        .take(n)
+        .map(|c| Ok([prefix.as_slice(), &c?, suffix.as_slice()].concat()))
+        .collect::<Result<Vec<_>>>()?;
+    if rows.len() < n {
+        bail!(
+            "{} holds {} contexts of {len} tokens, {n} are needed",
+            corpus.display(),
+            rows.len()
+        );
+    }
+    Ok(rows)
+}

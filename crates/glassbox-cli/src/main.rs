@@ -82,6 +82,10 @@ enum Command {
     /// Linear probes on a hook from labelled texts (for monitors and analyses).
     #[command(subcommand)]
     Probe(commands::probe::Command),
+    /// Write a changed copy of a model: re-saved (benign), or with a planted ROME-style trigger
+    /// or a steered-in feature — candidates for `glassbox scan`.
+    #[command(subcommand)]
+    Edit(commands::edit::Command),
     /// Attack a monitored deployment (templates, encodings, splitting, multi-turn, paraphrase,
     /// GCG, embedding edits) and report detection per attack family; --defend retrains the
     /// probe on the evasions and re-attacks a held-out set committed to the audit log.
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
         Command::Graph(args) => commands::graph::run(args, &cli.device, cli.json),
         Command::Heads(cmd) => commands::heads::run(cmd, &cli.device, cli.json),
         Command::Probe(cmd) => commands::probe::run(cmd, &cli.device, cli.json),
+        Command::Edit(cmd) => commands::edit::run(cmd, &cli.device, cli.json),
         Command::Redteam(args) => commands::redteam::run(args, &cli.device, cli.json),
         Command::Serve(args) => commands::serve::run_serve(args, &cli.device, cli.json),
         Command::Key(args) => commands::serve::run_key(args, cli.json),

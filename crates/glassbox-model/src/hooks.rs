@@ -110,6 +110,14 @@ impl HookPoint {
     pub fn block(layer: usize, hook: BlockHook) -> Self {
         Self::Block(layer, hook)
     }
+
+    /// The block a point belongs to (`None` for embeddings, the final norm and logits).
+    pub fn layer(&self) -> Option<usize> {
+        match self {
+            Self::Block(i, _) => Some(*i),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for HookPoint {

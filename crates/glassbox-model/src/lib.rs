@@ -16,6 +16,7 @@ pub mod block;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod export;
 mod fastmath;
 pub mod fsutil;
 pub mod generate;

@@ -1,6 +1,8 @@
 //! Reading tensors out of a `.safetensors` or GGUF file with checks that name the tensor at
 //! fault.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -24,6 +26,9 @@ pub struct Weights<'a> {
     path: &'a Path,
     source: Source<'a>,
     device: &'a Device,
+    /// When set, every tensor handed out is kept under its Hugging Face name (see
+    /// [`Weights::recording`]): what an architecture reads is what a re-saved checkpoint holds.
+    recorded: Option<RefCell<BTreeMap<String, Tensor>>>,
 }
 
 enum Source<'a> {
@@ -69,11 +74,23 @@ impl WeightFile {
             path: self.path(),
             source,
             device,
+            recorded: None,
         }
     }
 }
 
 impl Weights<'_> {
+    /// Keeps a copy of every tensor loaded through this view.
+    pub fn recording(mut self) -> Self {
+        self.recorded = Some(RefCell::default());
+        self
+    }
+
+    /// The tensors loaded so far (empty unless [`Weights::recording`]), by Hugging Face name.
+    pub fn into_recorded(self) -> BTreeMap<String, Tensor> {
+        self.recorded.map(RefCell::into_inner).unwrap_or_default()
+    }
+
     /// Where the tensors are put.
     pub fn device(&self) -> &Device {
         self.device
@@ -120,6 +137,9 @@ impl Weights<'_> {
                 }
             }
         };
+        if let Some(r) = &self.recorded {
+            r.borrow_mut().insert(name.to_string(), t.clone());
+        }
         Ok(t.to_device(self.device)?)
     }
 

@@ -2,8 +2,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use glassbox_model::registry;
-use glassbox_store::corpus::DEFAULT_CORPUS;
 use glassbox_store::harvest::{harvest, HarvestConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -46,16 +44,7 @@ pub struct Args {
 pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
     let model = input::load_model(&args.model, device)?;
     let hook = model.hook_point(&args.hook)?;
-    let corpus = match args.corpus {
-        Some(c) => c,
-        None => {
-            let dir = DEFAULT_CORPUS.dir(&registry::home());
-            if !DEFAULT_CORPUS.is_installed(&registry::home()) {
-                anyhow::bail!("no --corpus given and the default corpus is not installed; run `glassbox setup`");
-            }
-            dir
-        }
-    };
+    let corpus = input::corpus(args.corpus)?;
     let target = args
         .target_hook
         .as_deref()

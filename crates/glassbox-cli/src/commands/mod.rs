@@ -1,6 +1,7 @@
 pub mod catalog;
 pub mod chat;
 pub mod dla;
+pub mod edit;
 pub mod eval_dict;
 pub mod families;
 pub mod generate;
