@@ -3,6 +3,7 @@
 //! and the red team's attacks on monitors.
 
 pub mod catalog;
+pub mod diff;
 pub mod edit;
 pub mod error;
 pub mod graph;

@@ -86,6 +86,10 @@ enum Command {
     /// or a steered-in feature — candidates for `glassbox scan`.
     #[command(subcommand)]
     Edit(commands::edit::Command),
+    /// The deployment gate: compare a candidate checkpoint with the baseline on a spec's suites
+    /// (weights, dictionaries, monitors, canaries, assertions); exit 1 when a check fails, 2
+    /// when the scan cannot run.
+    Scan(commands::scan::Args),
     /// Attack a monitored deployment (templates, encodings, splitting, multi-turn, paraphrase,
     /// GCG, embedding edits) and report detection per attack family; --defend retrains the
     /// probe on the evasions and re-attacks a held-out set committed to the audit log.
@@ -113,7 +117,19 @@ fn main() -> ExitCode {
     }
     glassbox_model::join_thread_pool();
     let cli = Cli::parse();
+    if let Command::Scan(args) = cli.command {
+        // A gate's exit status says which: 0 pass, 1 a check failed, 2 it could not run.
+        return match commands::scan::run(args, &cli.device, cli.json) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.command {
+        Command::Scan(_) => unreachable!("handled above"),
         Command::Setup(args) => commands::setup::run(args, cli.json),
         Command::Models => commands::models::run(cli.json),
         Command::Run(args) => commands::run::run(args, &cli.device, cli.json),

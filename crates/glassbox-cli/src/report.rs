@@ -59,7 +59,7 @@ pub fn highlight_terminal(e: &Example, max: f32, color: bool) -> String {
     s.trim().to_string()
 }
 
-fn esc(s: &str) -> String {
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -308,4 +308,23 @@ impl Progress {
     pub fn finish_and_clear(&self) {
         self.bar.finish_and_clear();
     }
+}
+
+/// ROC curves (FPR, TPR points) in one square plot, a colour and a legend entry each.
+pub fn roc_svg(curves: &[(String, Vec<(f64, f64)>)]) -> String {
+    let (size, pad) = (320.0, 40.0);
+    let colours = ["#4a7bd0", "#d0794a", "#5aa05a"];
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">", size + 2.0 * pad + 120.0, size + 2.0 * pad);
+    let _ = write!(s, "<rect x=\"{pad}\" y=\"{pad}\" width=\"{size}\" height=\"{size}\" fill=\"none\" stroke=\"#888\"/><line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{pad}\" stroke=\"#ccc\" stroke-dasharray=\"3 3\"/>", pad + size, pad + size);
+    let _ = write!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">false-positive rate (benign)</text><text x=\"12\" y=\"{}\" transform=\"rotate(-90 12 {})\" text-anchor=\"middle\">true-positive rate (attacks)</text>", pad + size / 2.0, pad + size + 30.0, pad + size / 2.0, pad + size / 2.0);
+    for (i, (name, pts)) in curves.iter().enumerate() {
+        let path: Vec<String> = pts
+            .iter()
+            .map(|(f, t)| format!("{:.1},{:.1}", pad + size * f, pad + size * (1.0 - t)))
+            .collect();
+        let c = colours[i % colours.len()];
+        let _ = write!(s, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/><text x=\"{}\" y=\"{}\" fill=\"{c}\">{}</text>", path.join(" "), pad + size + 10.0, pad + 16.0 * (i as f64 + 1.0), esc(name));
+    }
+    s.push_str("</svg>");
+    s
 }

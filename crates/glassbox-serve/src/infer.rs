@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use glassbox_model::generate::{GenerateConfig, Generation, Steps};
 use glassbox_model::sampling::Choice;
-use glassbox_model::{Hooks, Model};
+use glassbox_model::{Batch, Hooks, Model, Output};
 
 use crate::error::{Result, ServeError};
 use crate::monitor::{MonitorSet, Watch};
@@ -37,6 +37,30 @@ pub fn embed(
     request_id: &str,
     inputs: &[Vec<u32>],
 ) -> Result<(Vec<Vec<f32>>, Report)> {
+    let (batch, out, report) = watched_pass(model, set, alerts, request_id, inputs, false)?;
+    let e = model.sentence_embedding(&batch, &out.hidden)?;
+    Ok((e.to_vec2()?, report))
+}
+
+/// What the monitors make of `inputs` (a decoder's prompts, an encoder's texts) in one batched
+/// forward pass that stops after the deepest monitored hook: nothing is generated or embedded.
+pub fn observe(
+    model: &Model,
+    set: &MonitorSet,
+    request_id: &str,
+    inputs: &[Vec<u32>],
+) -> Result<Report> {
+    Ok(watched_pass(model, set, None, request_id, inputs, true)?.2)
+}
+
+fn watched_pass(
+    model: &Model,
+    set: &MonitorSet,
+    alerts: Option<&Alerts>,
+    request_id: &str,
+    inputs: &[Vec<u32>],
+    stop_early: bool,
+) -> Result<(Batch, Output, Report)> {
     let watch = RefCell::new(Watch::new(set, alerts, request_id));
     let batch = model.batch_ids(inputs)?;
     watch.borrow_mut().set_lengths(&batch.lengths);
@@ -46,12 +70,15 @@ pub fn embed(
             .map(|i| model.tokenizer.special_mask(i))
             .collect(),
     );
+    let deepest = set.monitors.iter().map(|m| m.hook()).max();
     let out = {
         let mut hooks = Watch::hooks(&watch);
+        if let Some(p) = deepest.filter(|_| stop_early) {
+            hooks = hooks.stop_at(p);
+        }
         model.forward(&batch, &mut hooks, None)?
     };
-    let e = model.sentence_embedding(&batch, &out.hidden)?;
-    Ok((e.to_vec2()?, finish(watch)))
+    Ok((batch, out, finish(watch)))
 }
 
 /// The monitors' side of the decoding loop: their hooks on every forward pass, a stop at a

@@ -45,6 +45,11 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    /// Where the rule reads.
+    pub fn hook(&self) -> HookPoint {
+        self.hook
+    }
+
     /// The probe the rule reads (index into `MonitorSet::probes`).
     pub fn probe(&self) -> Option<usize> {
         self.probe

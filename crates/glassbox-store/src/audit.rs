@@ -233,16 +233,21 @@ pub fn commit(log: &mut AuditLog, actor: &str, file: &Path, detail: Value) -> Re
     Ok(r)
 }
 
+/// Every record of the log that parses, oldest first (check the chain with [`verify`]).
+pub fn records(path: &Path) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).map_err(|e| StoreError::io(path, e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+        .collect())
+}
+
 /// Every commitment in the log, each checked against its file as it is now (a relative path
 /// is taken from the log's folder).
 pub fn commitments(path: &Path) -> Result<Vec<Commitment>> {
-    let text = std::fs::read_to_string(path).map_err(|e| StoreError::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
-    for line in text.lines() {
-        let Ok(r) = serde_json::from_str::<Record>(line) else {
-            continue;
-        };
+    for r in records(path)? {
         if r.event != COMMIT_EVENT {
             continue;
         }

@@ -14,6 +14,7 @@ pub mod patch;
 pub mod probe;
 pub mod redteam;
 pub mod run;
+pub mod scan;
 pub mod serve;
 pub mod setup;
 pub mod train_dict;

@@ -98,10 +98,20 @@ pub enum AuditCommand {
         /// The audit log (JSON lines).
         log: PathBuf,
     },
+    /// List an audit log's records (oldest first), optionally of one event (`scan`,
+    /// `monitor.create`, `firing`, ...).
+    List {
+        log: PathBuf,
+        #[arg(long)]
+        event: Option<String>,
+    },
 }
 
 pub fn run_audit(cmd: AuditCommand, json_out: bool) -> Result<()> {
-    let AuditCommand::Verify { log } = cmd;
+    let log = match cmd {
+        AuditCommand::Verify { log } => log,
+        AuditCommand::List { log, event } => return list_audit(&log, event.as_deref(), json_out),
+    };
     let v = glassbox_store::audit::verify(&log)?;
     let commitments = glassbox_store::audit::commitments(&log)?;
     if json_out {
@@ -209,6 +219,57 @@ pub fn run_monitor(cmd: MonitorCommand, json_out: bool) -> Result<()> {
             v["route"].as_str().unwrap_or("")
         );
         let _ = std::io::stdout().flush();
+    }
+    Ok(())
+}
+
+fn list_audit(log: &std::path::Path, event: Option<&str>, json_out: bool) -> Result<()> {
+    let records = glassbox_store::audit::records(log)?;
+    let chosen: Vec<_> = records
+        .iter()
+        .filter(|r| event.is_none_or(|e| r.event == e))
+        .collect();
+    if json_out {
+        println!("{}", serde_json::to_string(&chosen)?);
+        return Ok(());
+    }
+    for r in &chosen {
+        let d = &r.detail;
+        let summary = if r.event == "scan" {
+            format!(
+                "{} → {}: {} ({} checks{}); candidate sha256 {}",
+                d["baseline"].as_str().unwrap_or("?"),
+                d["candidate"].as_str().unwrap_or("?"),
+                d["verdict"].as_str().unwrap_or("?"),
+                d["checks"],
+                d["failed"]
+                    .as_array()
+                    .filter(|f| !f.is_empty())
+                    .map(|f| format!(
+                        "; failed: {}",
+                        f.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .unwrap_or_default(),
+                d["candidate_sha256"].as_str().unwrap_or("?")
+            )
+        } else {
+            d.to_string()
+        };
+        println!(
+            "{:>5}  {}  {:<10} {:<16} {summary}",
+            r.seq, r.time_ms, r.actor, r.event
+        );
+    }
+    if chosen.is_empty() {
+        println!(
+            "no records{}",
+            event
+                .map(|e| format!(" of event `{e}`"))
+                .unwrap_or_default()
+        );
     }
     Ok(())
 }

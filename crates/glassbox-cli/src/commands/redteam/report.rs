@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::report::{esc as escape, roc_svg};
+
 use super::round::{FamilyStats, Round};
 use super::suite::Suite;
 
@@ -80,13 +82,6 @@ pub fn print_round(r: &Round, suite: &Suite) {
     for (a, why) in &r.skipped {
         println!("  skipped {}: {why}", a.name());
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// JUnit XML over rounds: each attack family a test case that fails below `min_detection`,
@@ -210,24 +205,6 @@ fn bars_svg(rows: &[(String, Vec<f64>)], series: &[&str], floor: f64) -> String 
     }
     let fx = left + scale * floor;
     let _ = write!(s, "<line x1=\"{fx:.1}\" x2=\"{fx:.1}\" y1=\"5\" y2=\"{:.1}\" stroke=\"#c00\" stroke-dasharray=\"4 3\"/><text x=\"{fx:.1}\" y=\"{:.1}\" fill=\"#c00\" text-anchor=\"middle\">floor {:.0} %</text>", h - 25.0, h - 10.0, 100.0 * floor);
-    s.push_str("</svg>");
-    s
-}
-
-fn roc_svg(curves: &[(String, Vec<(f64, f64)>)]) -> String {
-    let (size, pad) = (320.0, 40.0);
-    let colours = ["#4a7bd0", "#d0794a", "#5aa05a"];
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">", size + 2.0 * pad + 120.0, size + 2.0 * pad);
-    let _ = write!(s, "<rect x=\"{pad}\" y=\"{pad}\" width=\"{size}\" height=\"{size}\" fill=\"none\" stroke=\"#888\"/><line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{pad}\" stroke=\"#ccc\" stroke-dasharray=\"3 3\"/>", pad + size, pad + size);
-    let _ = write!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">false-positive rate (benign)</text><text x=\"12\" y=\"{}\" transform=\"rotate(-90 12 {})\" text-anchor=\"middle\">true-positive rate (attacks)</text>", pad + size / 2.0, pad + size + 30.0, pad + size / 2.0, pad + size / 2.0);
-    for (i, (name, pts)) in curves.iter().enumerate() {
-        let path: Vec<String> = pts
-            .iter()
-            .map(|(f, t)| format!("{:.1},{:.1}", pad + size * f, pad + size * (1.0 - t)))
-            .collect();
-        let c = colours[i % colours.len()];
-        let _ = write!(s, "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/><text x=\"{}\" y=\"{}\" fill=\"{c}\">{}</text>", path.join(" "), pad + size + 10.0, pad + 16.0 * (i as f64 + 1.0), escape(name));
-    }
     s.push_str("</svg>");
     s
 }
