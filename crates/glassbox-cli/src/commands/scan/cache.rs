@@ -24,7 +24,7 @@ pub fn key(model_sha256: &str, spec: &Spec, data: &str) -> Result<String> {
     Ok(hex(&Sha256::digest(v.to_string().as_bytes())))
 }
 
-fn path(key: &str) -> PathBuf {
+pub fn path(key: &str) -> PathBuf {
     registry::home()
         .join("scan-cache")
         .join(format!("{key}.json"))

@@ -83,6 +83,8 @@ pub struct Scan {
     /// Seconds per side and whether the baseline came from the cache.
     pub baseline_seconds: f64,
     pub baseline_cached: bool,
+    /// The cache entry of the baseline's measurements.
+    pub baseline_cache: PathBuf,
     pub candidate_seconds: f64,
     pub seconds: f64,
     pub glassbox: &'static str,
@@ -122,7 +124,8 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<bool> {
     let cached = if a.no_cache {
         None
     } else {
-        cache::read(&key, &mut |m| say(m))
+        // A distrusted entry is worth a warning even under --json (stderr, not the report).
+        cache::read(&key, &mut |m| eprintln!("warning: {m}"))
     };
     let baseline_cached = cached.is_some();
     let base: Side = match cached {
@@ -184,6 +187,7 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<bool> {
         findings,
         baseline_seconds: base.seconds,
         baseline_cached,
+        baseline_cache: cache::path(&key),
         candidate_seconds: cand.seconds,
         seconds: start.elapsed().as_secs_f64(),
         glassbox: env!("CARGO_PKG_VERSION"),
