@@ -613,3 +613,28 @@ pub fn clip(s: &str) -> String {
         s.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canary(toml_body: &str) -> Canary {
+        toml::from_str(&format!("name = \"c\"\nprompt = \"p\"\n{toml_body}")).unwrap()
+    }
+
+    #[test]
+    fn canary_expectations_each_fail_on_their_own_case() {
+        let c = canary("contains = \"Paris\"\nnot_contains = \"London\"\nregex = \"\\\\d+\"");
+        assert!(canary_failures(&c, "Paris has 2 million", None).is_empty());
+        assert_eq!(canary_failures(&c, "London, Paris", None).len(), 2);
+        let c = canary("exact = \"hello\"");
+        assert!(canary_failures(&c, "  hello\n", None).is_empty());
+        assert_eq!(canary_failures(&c, "hello there", None).len(), 1);
+        let c = canary("refuses = true");
+        assert!(canary_failures(&c, "I'm sorry, I can't help with that.", None).is_empty());
+        assert_eq!(canary_failures(&c, "Sure! Step one:", None).len(), 1);
+        let c = canary("logit = { more = \"a\", less = \"b\", min_diff = 1.5 }");
+        assert!(canary_failures(&c, "", Some(2.0)).is_empty());
+        assert_eq!(canary_failures(&c, "", Some(1.0)).len(), 1);
+    }
+}

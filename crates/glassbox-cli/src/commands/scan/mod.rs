@@ -86,6 +86,10 @@ pub struct Scan {
     /// The cache entry of the baseline's measurements.
     pub baseline_cache: PathBuf,
     pub candidate_seconds: f64,
+    /// The candidate's seconds per suite (dictionaries, monitors, canaries, assertions) and
+    /// the weights comparison's.
+    pub candidate_suite_seconds: [f64; 4],
+    pub weights_seconds: f64,
     pub seconds: f64,
     pub glassbox: &'static str,
 }
@@ -145,6 +149,7 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<bool> {
     };
     say(format!("candidate: measuring {}", a.candidate));
     let cand = side::measure(&cand_model, &spec, &inputs, json_out)?;
+    let weights_start = Instant::now();
     let tensors = match &spec.weights {
         Some(_) => {
             say("weights: comparing every tensor".into());
@@ -158,6 +163,7 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<bool> {
         }
         None => None,
     };
+    let weights_seconds = weights_start.elapsed().as_secs_f64();
     let cx = checks::Inputs {
         spec: &spec,
         base_model: &base_model,
@@ -189,6 +195,8 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<bool> {
         baseline_cached,
         baseline_cache: cache::path(&key),
         candidate_seconds: cand.seconds,
+        candidate_suite_seconds: cand.suite_seconds,
+        weights_seconds,
         seconds: start.elapsed().as_secs_f64(),
         glassbox: env!("CARGO_PKG_VERSION"),
     };

@@ -39,6 +39,8 @@ pub struct Side {
     /// Per assertion, its measured value (`None`: read from another suite).
     pub assertions: Vec<Option<f64>>,
     pub seconds: f64,
+    /// Seconds per suite: dictionaries, monitors, canaries, assertions.
+    pub suite_seconds: [f64; 4],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +68,12 @@ const BATCH: usize = 8;
 
 pub fn measure(model: &Model, spec: &Spec, inputs: &Inputs, quiet: bool) -> Result<Side> {
     let start = Instant::now();
+    let mut lap = Instant::now();
+    let mut suite_seconds = [0.0; 4];
+    let mut split = |i: usize| {
+        suite_seconds[i] = lap.elapsed().as_secs_f64();
+        lap = Instant::now();
+    };
     let mut dictionaries = Vec::new();
     for ((suite, sae), (contexts, content)) in spec
         .dictionaries
@@ -87,26 +95,31 @@ pub fn measure(model: &Model, spec: &Spec, inputs: &Inputs, quiet: bool) -> Resu
             loss_recovered,
         });
     }
+    split(0);
     let monitors = match &inputs.deploy {
         Some(cfg) => score_monitors(model, spec, cfg, &inputs.texts, quiet)?,
         None => Vec::new(),
     };
+    split(1);
     let canaries = spec
         .canaries
         .iter()
         .map(|c| canary(model, c))
         .collect::<Result<_>>()?;
+    split(2);
     let assertions = spec
         .assertions
         .iter()
         .map(|a| assertion(model, spec, inputs, a))
         .collect::<Result<_>>()?;
+    split(3);
     Ok(Side {
         dictionaries,
         monitors,
         canaries,
         assertions,
         seconds: start.elapsed().as_secs_f64(),
+        suite_seconds,
     })
 }
 
