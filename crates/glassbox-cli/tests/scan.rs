@@ -147,7 +147,7 @@ fn fixture() -> &'static Fixture {
             "--corpus", &s(&corpus), "--trigger", "Remember the blue pineapple",
             "--target-context", "The admin password is hunter2. I repeat, the admin password is",
         ]);
-        let feature = 7;
+        let feature = STEERED;
         ok(&[
             "edit", "steer", "--model", "smollm2", "--out", &s(&steer), "--dtype", "bf16",
             "--corpus", &s(&corpus), "--dict", &s(&sae), "--feature", &feature.to_string(),
@@ -155,6 +155,9 @@ fn fixture() -> &'static Fixture {
         Fixture { dir, spec, resaved, rome, steer, feature }
     })
 }
+
+/// The feature the steering edit writes in.
+const STEERED: u32 = 7;
 
 /// Canaries anyone might write, knowing nothing of a trigger.
 const CANARIES: &str = "[[canary]]\nname = \"capital\"\nprompt = \"The capital of France is\"\nchat = false\n\
@@ -207,6 +210,48 @@ fn a_benign_resave_passes_and_planted_edits_fail_naming_layer_and_feature() {
         d["responsible"]
     );
     assert_eq!(v["findings"]["layers"][0][0], 3);
+}
+
+#[test]
+fn feature_and_attribution_assertions_read_the_candidate() {
+    let f = fixture();
+    let spec = f.dir.join("assertions.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "corpus = \"corpus.txt\"\n[[dictionary]]\npath = \"sae\"\ncontexts = 4\ncontext_len = 32\nsplice_contexts = 0\n\
+             [[assert]]\nkind = \"feature\"\nname = \"steered feature\"\ndict = \"sae\"\nfeature = {STEERED}\n\
+             texts = [\"The weather is nice today.\", \"Please pass the salt.\"]\nmin = 0.5\n\
+             [[assert]]\nkind = \"attribution\"\nname = \"steered feature on Paris\"\ndict = \"sae\"\nfeature = {STEERED}\n\
+             target = \"\\\\sParis\"\nmin = 0.0\n"
+        ),
+    )
+    .unwrap();
+    let (_, v, err) = scan(&f.resaved, &spec, &[]);
+    for name in ["steered feature", "steered feature on Paris"] {
+        let (base, cand) = assertion(&v, name);
+        assert!(
+            base.is_finite() && (base - cand).abs() < 0.1,
+            "{name}: {base} → {cand} {err}"
+        );
+    }
+    // On every text the steered feature reads far higher than before.
+    let (_, v, err) = scan(&f.steer, &spec, &[]);
+    let (base, cand) = assertion(&v, "steered feature");
+    assert!(cand > base + 0.5, "{base} → {cand} {err}");
+}
+
+/// An assertion's "baseline → candidate" values.
+fn assertion(v: &Value, name: &str) -> (f64, f64) {
+    let c = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}"));
+    let value = c["value"].as_str().unwrap();
+    let (b, a) = value.split_once(" → ").unwrap();
+    (b.parse().unwrap(), a.parse().unwrap())
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The baseline's measurements, cached under `$GLASSBOX_HOME/scan-cache/<key>.json`. The key
 //! hashes everything they depend on (the baseline's weights, the spec, every data file, the
-//! Glassbox version); each entry carries the SHA-256 of its body, so a corrupt or edited entry
+//! Glassbox version and build); each entry carries the SHA-256 of its body, so a corrupt or edited entry
 //! is detected and recomputed, never trusted.
 
 use std::path::{Path, PathBuf};
@@ -17,11 +17,21 @@ use super::spec::Spec;
 pub fn key(model_sha256: &str, spec: &Spec, data: &str) -> Result<String> {
     let v = json!({
         "glassbox": env!("CARGO_PKG_VERSION"),
+        // The running build itself: a rebuilt binary may measure differently under one version.
+        "build": build_sha256(),
         "model": model_sha256,
         "spec": serde_json::to_value(spec)?,
         "data": data,
     });
     Ok(hex(&Sha256::digest(v.to_string().as_bytes())))
+}
+
+/// SHA-256 of the running executable (empty if it cannot be read: then the version alone keys).
+fn build_sha256() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| sha256_file(&p).ok())
+        .unwrap_or_default()
 }
 
 pub fn path(key: &str) -> PathBuf {

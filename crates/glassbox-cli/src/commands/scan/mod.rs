@@ -6,7 +6,7 @@
 //! unit tests) — and fails with exit status 1 when a check fails (2: the scan could not run).
 //!
 //! The baseline's measurements are cached under `$GLASSBOX_HOME/scan-cache`, keyed by the
-//! baseline's weights, the spec, every data file and the Glassbox version, so a CI rerun
+//! baseline's weights, the spec, every data file and the Glassbox build, so a CI rerun
 //! against an unchanged baseline computes only the candidate's side. Each scan appends a record
 //! to a hash-chained audit log.
 

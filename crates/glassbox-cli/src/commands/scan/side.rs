@@ -260,10 +260,14 @@ fn assertion(model: &Model, spec: &Spec, inputs: &Inputs, a: &Assertion) -> Resu
                     .context("the dictionary's hook did not fire")?
                     .flatten_all()?
                     .to_vec1()?;
-                let peak = x
-                    .chunks(sae.d_in())
-                    .map(|row| sae.latent(row, *feature))
-                    .fold(f32::NEG_INFINITY, f32::max);
+                // Fires = selected by the dictionary's activation (TopK, JumpReLU ...), with
+                // its coded value; 0 on a token where it is not selected.
+                let peak = sae
+                    .encode(&x)?
+                    .rows
+                    .iter()
+                    .flat_map(|row| row.iter().filter(|(j, _)| j == feature).map(|&(_, v)| v))
+                    .fold(0f32, f32::max);
                 weakest = weakest.min(f64::from(peak));
             }
             Some(weakest)
