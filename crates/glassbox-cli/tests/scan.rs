@@ -412,4 +412,45 @@ fn bad_input_exits_2_and_leaves_no_report() {
     let weights = std::fs::read(f.resaved.join("model.safetensors")).unwrap();
     std::fs::write(cut.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
     exits_2(&s(&cut), &f.spec, "truncated");
+    // A tokenizer that splits text differently (its first merges dropped), same weights.
+    let other = f.dir.join("other-tokenizer");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(f.resaved.join("config.json"), other.join("config.json")).unwrap();
+    let _ = std::fs::remove_file(other.join("model.safetensors"));
+    std::os::unix::fs::symlink(
+        f.resaved.join("model.safetensors"),
+        other.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut tok: Value =
+        serde_json::from_str(&std::fs::read_to_string(f.resaved.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let merges = tok["model"]["merges"].as_array_mut().unwrap();
+    merges.drain(..200);
+    std::fs::write(other.join("tokenizer.json"), tok.to_string()).unwrap();
+    exits_2(&s(&other), &f.spec, "tokenize text differently");
+    // References the model or the dictionary does not have.
+    std::fs::write(
+        &bad,
+        "corpus = \"corpus.txt\"\n[[dictionary]]\npath = \"sae\"\ncontexts = 2\ncontext_len = 16\nsplice_contexts = 0\n\
+                 [[assert]]\nkind = \"feature\"\nname = \"x\"\ndict = \"sae\"\nfeature = 99999\ntexts = [\"a\"]\nmin = 1.0\n",
+    )
+    .unwrap();
+    exits_2(&rs, &bad, "feature 99999 does not exist");
+    let moved = f.dir.join("sae-elsewhere");
+    std::fs::create_dir_all(&moved).unwrap();
+    for name in ["sae_weights.safetensors", "cfg.json"] {
+        let text = std::fs::read(f.dir.join("sae").join(name)).unwrap();
+        let text = if name == "cfg.json" {
+            String::from_utf8(text)
+                .unwrap()
+                .replace("blocks.3.hook_resid_post", "blocks.99.hook_resid_post")
+                .into_bytes()
+        } else {
+            text
+        };
+        std::fs::write(moved.join(name), text).unwrap();
+    }
+    std::fs::write(&bad, "[[dictionary]]\npath = \"sae-elsewhere\"\n").unwrap();
+    exits_2(&rs, &bad, "reads a hook the model lacks");
 }

@@ -39,6 +39,11 @@ impl SqliteCatalog {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         }
         let mut conn = Connection::open(path).map_err(err)?;
+        // A reader (`catalog show`, the server) and a build may open the file at once: wait for
+        // the other's lock instead of failing with "database is locked" (which killed builds
+        // polled by a reader, tests/catalog.rs's kill test under load).
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
