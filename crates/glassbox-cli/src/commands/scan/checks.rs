@@ -90,7 +90,7 @@ pub struct Findings {
 }
 
 /// What the comparison reads besides the two sides.
-pub struct Inputs<'a> {
+pub struct Comparison<'a> {
     pub spec: &'a Spec,
     pub base_model: &'a Model,
     pub cand_model: &'a Model,
@@ -102,7 +102,7 @@ pub struct Inputs<'a> {
     pub tensors: Option<Vec<TensorChange>>,
 }
 
-pub fn compare(cx: &Inputs, base: &Side, cand: &Side) -> Result<(Vec<Check>, Findings)> {
+pub fn compare(cx: &Comparison, base: &Side, cand: &Side) -> Result<(Vec<Check>, Findings)> {
     let mut checks = Vec::new();
     let mut f = Findings::default();
     if let (Some(w), Some(tensors)) = (&cx.spec.weights, &cx.tensors) {
@@ -507,7 +507,7 @@ fn drift_line(d: &FeatureDrift) -> String {
 
 /// Per feature of `features`: the cosine between its decoder direction's logit effects through
 /// the baseline's and the candidate's unembeddings.
-fn vocab_cosines(cx: &Inputs, sae: &Sae, features: &[u32]) -> Result<BTreeMap<u32, f32>> {
+fn vocab_cosines(cx: &Comparison, sae: &Sae, features: &[u32]) -> Result<BTreeMap<u32, f32>> {
     let (Some(wb), Some(wc)) = (cx.base_model.unembedding()?, cx.cand_model.unembedding()?) else {
         return Ok(BTreeMap::new());
     };

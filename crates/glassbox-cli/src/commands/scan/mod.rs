@@ -164,7 +164,7 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<bool> {
         None => None,
     };
     let weights_seconds = weights_start.elapsed().as_secs_f64();
-    let cx = checks::Inputs {
+    let cx = checks::Comparison {
         spec: &spec,
         base_model: &base_model,
         cand_model: &cand_model,
