@@ -163,6 +163,8 @@ fn feature(model: &Model, id: u32, texts: &[&str]) -> Feature {
                 tokens,
                 acts,
                 focus: 0,
+                text: String::new(),
+                spans: Vec::new(),
             }
         })
         .collect();
@@ -268,6 +270,7 @@ fn a_catalog_keeps_the_labels_and_refuses_another_dictionary() {
         contexts_done: 17,
         tokens: 120,
         generation: 0,
+        vocab_effect: String::new(),
     };
     let mut store = SqliteCatalog::open(&dir.path().join("catalog.db")).unwrap();
     let features = vec![feature(&model, 0, &CATS), feature(&model, 1, &OTHERS)];

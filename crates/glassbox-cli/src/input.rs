@@ -24,6 +24,56 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
+/// The model and the text of a command that takes both: `--model M "text"`, or the older
+/// spelling `M "text"` (kept), as every command names its model with `--model`.
+#[derive(clap::Args)]
+pub struct ModelText {
+    /// The model: a packaged name (`minilm`, `smollm2`, see `glassbox models`), a GGUF file or
+    /// a model directory.
+    #[arg(long = "model", value_name = "MODEL")]
+    model: Option<String>,
+    /// The text (or use --file). Without --model, the model comes first: `minilm "text"`.
+    #[arg(value_name = "TEXT", num_args = 0..=2)]
+    words: Vec<String>,
+}
+
+impl ModelText {
+    /// (model, text if given inline).
+    pub fn resolve(&self) -> Result<(String, Option<String>)> {
+        let mut words = self.words.clone();
+        match (&self.model, words.len()) {
+            (Some(m), 0 | 1) => Ok((m.clone(), words.pop())),
+            (Some(_), _) => bail!("with --model, give the text once (the other words: {words:?})"),
+            (None, 0) => bail!("name the model with --model M (e.g. --model minilm)"),
+            (None, _) => {
+                let model = words.remove(0);
+                Ok((model, words.pop()))
+            }
+        }
+    }
+}
+
+/// The model of a command that takes no text: `--model M`, or the older spelling `M` (kept).
+#[derive(clap::Args)]
+pub struct ModelName {
+    /// The model: a packaged name (`minilm`, `smollm2`, see `glassbox models`), a GGUF file or
+    /// a model directory.
+    #[arg(long = "model", value_name = "MODEL", conflicts_with = "positional")]
+    model: Option<String>,
+    /// The older spelling of --model.
+    #[arg(value_name = "MODEL", hide = true)]
+    positional: Option<String>,
+}
+
+impl ModelName {
+    pub fn resolve(&self) -> Result<String> {
+        self.model
+            .clone()
+            .or_else(|| self.positional.clone())
+            .context("name the model with --model M (e.g. --model smollm2)")
+    }
+}
+
 pub fn load_model(name: &str, device_name: &str) -> Result<Model> {
     let dir = registry::resolve(name)?;
     let device = device(device_name)?;

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use glassbox_store::catalog::{histogram_edge, CatalogMeta, Example, ExampleKind, Feature};
+use glassbox_store::catalog::{
+    histogram_edge, readable_token, CatalogMeta, Example, ExampleKind, Feature,
+};
 
 /// The first and last non-empty bins of a histogram.
 pub fn histogram_range(h: &[u64]) -> Option<(usize, usize)> {
@@ -38,25 +40,68 @@ pub fn spread(mut v: Vec<&Example>, n: usize) -> Vec<&Example> {
     (0..n).map(|i| v[i * (v.len() - 1) / (n - 1)]).collect()
 }
 
-/// An example's window with the tokens where the feature is active highlighted: shades of
-/// red by activation (relative to the feature's max) on a terminal, `⟦…⟧` around the peak
-/// otherwise.
+/// An example's window as its original text with the tokens where the feature is active
+/// highlighted (their characters only, not the spacing before them): shades of red by
+/// activation (relative to the feature's max) on a terminal, `⟦…⟧` around the peak otherwise.
 pub fn highlight_terminal(e: &Example, max: f32, color: bool) -> String {
     let mut s = String::new();
-    for (i, (t, a)) in e.tokens.iter().zip(&e.acts).enumerate() {
-        let t = t.replace('\n', "⏎");
-        if color && *a > 0.0 {
+    for (i, seg) in e.segments().iter().enumerate() {
+        s.push_str(&seg.gap.replace('\n', "⏎"));
+        let t = seg.token.replace('\n', "⏎");
+        if color && seg.activation > 0.0 {
             // 256-colour backgrounds from pale to strong red.
             const SHADES: [u8; 5] = [224, 217, 210, 203, 196];
-            let k = ((a / max.max(1e-9)) * 4.0).round().clamp(0.0, 4.0) as usize;
+            let k = ((seg.activation / max.max(1e-9)) * 4.0)
+                .round()
+                .clamp(0.0, 4.0) as usize;
             let _ = write!(s, "\x1b[48;5;{}m\x1b[30m{t}\x1b[0m", SHADES[k]);
         } else if !color && i == e.focus {
-            let _ = write!(s, "⟦{}⟧", t.trim_start());
+            let _ = write!(s, "⟦{t}⟧");
         } else {
             s.push_str(&t);
         }
     }
     s.trim().to_string()
+}
+
+/// How to call this program in a printed next step so that it works verbatim: the path it was
+/// started by (relative to the working directory when under it), or `glassbox` when it was
+/// found on the PATH.
+pub fn program() -> String {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if !argv0.contains('/') {
+        return "glassbox".into();
+    }
+    let path = Path::new(&argv0);
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf());
+    shell_word(&shown.to_string_lossy())
+}
+
+/// `s` as one shell word (single-quoted unless it is plain).
+pub fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,=:".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Column titles for a feature's vocabulary effects: what they are depends on the model.
+pub fn vocab_titles(meta: &CatalogMeta) -> (&'static str, &'static str) {
+    match meta.vocab_effect.as_str() {
+        glassbox_store::catalog::VOCAB_EMBEDDING => (
+            "nearest token embeddings (cosine)",
+            "farthest token embeddings",
+        ),
+        glassbox_store::catalog::VOCAB_LOGIT => ("promotes (logit effect)", "suppresses"),
+        _ => ("promotes", "suppresses"),
+    }
 }
 
 pub fn esc(s: &str) -> String {
@@ -144,12 +189,18 @@ fn index_page(meta: &CatalogMeta, features: &[Feature]) -> String {
 /// max (classes keep 16k pages small), the value on hover.
 fn context_html(e: &Example, max: f32) -> String {
     let mut s = String::from("<div class=ctx>");
-    for (t, a) in e.tokens.iter().zip(&e.acts) {
-        if *a > 0.0 {
+    for seg in e.segments() {
+        s.push_str(&esc(seg.gap));
+        let a = seg.activation;
+        if a > 0.0 {
             let level = ((a / max.max(1e-9)) * 5.0).round().clamp(0.0, 5.0) as usize;
-            let _ = write!(s, "<span class=a{level} title={a:.3}>{}</span>", esc(t));
+            let _ = write!(
+                s,
+                "<span class=a{level} title={a:.3}>{}</span>",
+                esc(seg.token)
+            );
         } else {
-            s.push_str(&esc(t));
+            s.push_str(&esc(seg.token));
         }
     }
     s.push_str("</div>");
@@ -219,13 +270,15 @@ fn feature_page(meta: &CatalogMeta, f: &Feature) -> String {
             esc(&flag.evidence)
         );
     }
-    s.push_str(
-        "<h2>Vocabulary</h2><table><tr><th>promotes<th class=num><th>suppresses<th class=num>",
+    let (up, down) = vocab_titles(meta);
+    let _ = write!(
+        s,
+        "<h2>Vocabulary</h2><table><tr><th>{up}<th class=num><th>{down}<th class=num>"
     );
     for i in 0..f.promoted.len().max(f.suppressed.len()) {
         let cell = |v: &[(String, f32)]| {
             v.get(i).map_or("<td><td>".into(), |(t, x)| {
-                format!("<td>{}<td class=num>{x:+.3}", esc(t))
+                format!("<td>{}<td class=num>{x:+.3}", esc(&readable_token(t)))
             })
         };
         let _ = write!(s, "<tr>{}{}", cell(&f.promoted), cell(&f.suppressed));
@@ -255,8 +308,9 @@ fn feature_page(meta: &CatalogMeta, f: &Feature) -> String {
     s
 }
 
-/// Progress over `len` items of `what`: a bar on a terminal, a plain line every 10 % when
-/// stderr is not one (logs, CI), nothing when `hidden` (`--json`).
+/// Progress over `len` items of `what`: a bar on a terminal; when stderr is not one (logs,
+/// CI) a plain line every 10 % or every 30 s, whichever comes first; nothing when `hidden`
+/// (`--json`).
 pub fn progress(len: u64, what: &str, hidden: bool) -> Progress {
     use std::io::IsTerminal;
     let plain = !hidden && !std::io::stderr().is_terminal();
@@ -266,16 +320,25 @@ pub fn progress(len: u64, what: &str, hidden: bool) -> Progress {
         let bar = indicatif::ProgressBar::new(len);
         bar.set_style(
             indicatif::ProgressStyle::with_template(&format!(
-                "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} · ETA {{eta}}"
+                "{{spinner}} {what} [{{bar:40}}] {{human_pos}}/{{human_len}} · {{per_sec}} · ETA {{eta}} {{msg}}"
             ))
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
         bar
     };
+    let now = std::time::Instant::now();
     Progress {
         bar,
-        plain: plain.then(|| (what.to_string(), std::time::Instant::now())),
+        plain: plain.then(|| {
+            std::sync::Mutex::new(Plain {
+                what: what.to_string(),
+                start: now,
+                last_line: now,
+                first: None,
+                message: String::new(),
+            })
+        }),
         len,
         done: std::sync::atomic::AtomicU64::new(0),
     }
@@ -283,26 +346,80 @@ pub fn progress(len: u64, what: &str, hidden: bool) -> Progress {
 
 pub struct Progress {
     bar: indicatif::ProgressBar,
-    plain: Option<(String, std::time::Instant)>,
+    plain: Option<std::sync::Mutex<Plain>>,
     len: u64,
     done: std::sync::atomic::AtomicU64,
 }
 
+/// State of the plain-line mode.
+struct Plain {
+    what: String,
+    start: std::time::Instant,
+    last_line: std::time::Instant,
+    /// Position when progress started (a resumed run starts part-way).
+    first: Option<u64>,
+    message: String,
+}
+
+/// Seconds between plain progress lines at most.
+const PLAIN_EVERY: f64 = 30.0;
+
 impl Progress {
     pub fn inc(&self, n: u64) {
-        self.bar.inc(n);
         let before = self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        if let Some((what, start)) = &self.plain {
-            let step = (self.len / 10).max(1);
-            let now = before + n;
-            if now / step != before / step || now == self.len {
-                eprintln!(
-                    "{what}: {now}/{} ({:.0} s)",
-                    self.len,
-                    start.elapsed().as_secs_f64()
-                );
+        self.bar.inc(n);
+        self.report(before, before + n);
+    }
+
+    pub fn set_position(&self, pos: u64) {
+        let before = self.done.swap(pos, std::sync::atomic::Ordering::Relaxed);
+        self.bar.set_position(pos);
+        self.report(before, pos);
+    }
+
+    /// A short status shown after the bar (and in the plain lines).
+    pub fn set_message(&self, msg: impl Into<String>) {
+        let msg = msg.into();
+        if let Some(p) = &self.plain {
+            if let Ok(mut p) = p.lock() {
+                p.message = msg;
             }
+        } else {
+            self.bar.set_message(msg);
         }
+    }
+
+    fn report(&self, before: u64, now: u64) {
+        let Some(p) = &self.plain else { return };
+        let Ok(mut p) = p.lock() else { return };
+        let first = *p.first.get_or_insert(before);
+        let step = (self.len / 10).max(1);
+        let due = now / step != before / step
+            || now == self.len
+            || p.last_line.elapsed().as_secs_f64() >= PLAIN_EVERY;
+        if !due || now == before {
+            return;
+        }
+        p.last_line = std::time::Instant::now();
+        let secs = p.start.elapsed().as_secs_f64();
+        let rate = (now - first) as f64 / secs.max(1e-9);
+        let eta = if rate > 0.0 {
+            format!("{:.0} s", self.len.saturating_sub(now) as f64 / rate)
+        } else {
+            "?".into()
+        };
+        eprintln!(
+            "{}: {now}/{} ({:.0} %) · {:.0} s · {rate:.1}/s · ETA {eta}{}",
+            p.what,
+            self.len,
+            100.0 * now as f64 / self.len.max(1) as f64,
+            secs,
+            if p.message.is_empty() {
+                String::new()
+            } else {
+                format!(" · {}", p.message)
+            }
+        );
     }
 
     pub fn finish_and_clear(&self) {

@@ -138,16 +138,25 @@ fn build_show_search_export_and_resume_after_a_kill() {
         .filter(|a| *a != "--json")
         .collect();
     let printed = String::from_utf8(ok(&table).stdout).unwrap();
+    let program = env!("CARGO_BIN_EXE_glassbox");
     let suggested: Vec<&str> = printed
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("glassbox catalog "))
-        .filter(|l| !l.starts_with("export"))
+        .map(str::trim)
+        .filter(|l| l.starts_with(&format!("{program} catalog ")))
         .collect();
-    assert!(suggested.len() >= 2, "{printed}");
+    assert!(suggested.len() >= 3, "{printed}");
     for line in suggested {
-        let mut words = vec!["catalog"];
-        words.extend(line.split_whitespace().map(|w| w.trim_matches('"')));
-        ok(&words);
+        // Run as a shell would run it, in a directory of its own (export writes there).
+        let out = Command::new("sh")
+            .args(["-c", line])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     // The card, without a terminal: the peak token of each context is marked.
@@ -166,7 +175,13 @@ fn build_show_search_export_and_resume_after_a_kill() {
     );
     let err = glassbox(&["catalog", "show", "9999", "--catalog", cat]);
     assert_eq!(err.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&err.stderr).contains("not in the catalog"));
+    let msg = String::from_utf8_lossy(&err.stderr);
+    assert!(msg.contains("not in the catalog") && msg.contains("0 to 255"), "{msg}");
+    // An unknown concept is an error that lists the known ones.
+    let err = glassbox(&["catalog", "search", "--flag", "selfharm", "--catalog", cat]);
+    assert_eq!(err.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&err.stderr);
+    assert!(msg.contains("\"selfharm\"") && msg.contains("self-harm"), "{msg}");
 
     // Search by words, token and similarity.
     let hits: serde_json::Value = serde_json::from_slice(

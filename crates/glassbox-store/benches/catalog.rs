@@ -34,6 +34,8 @@ fn synthetic(n: usize) -> Vec<Feature> {
                     tokens: (0..12).map(|_| format!(" {}", word())).collect(),
                     acts: vec![0.5; 12],
                     focus: 6,
+                    text: String::new(),
+                    spans: Vec::new(),
                 })
                 .collect();
             Feature {
@@ -79,6 +81,7 @@ fn main() {
         contexts_done: 0,
         tokens: 1_000_000,
         generation: 0,
+        vocab_effect: String::new(),
     };
     let t = Instant::now();
     store.save(&meta, &synthetic(n)).unwrap();

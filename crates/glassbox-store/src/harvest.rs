@@ -54,7 +54,55 @@ pub struct Contexts {
     model: std::sync::Arc<glassbox_model::tokenizer::TextTokenizer>,
     content_len: usize,
     pending: Vec<u32>,
+    /// Where each pending token came from, when text is tracked ([`Contexts::with_text`]).
+    sources: Option<Vec<Source>>,
     done: bool,
+}
+
+/// A token's document and its `[start, end)` byte range there.
+#[derive(Clone)]
+struct Source {
+    doc: std::sync::Arc<str>,
+    start: usize,
+    end: usize,
+}
+
+/// The tokens of one context as they read in the corpus.
+#[derive(Clone, Default)]
+pub struct ContextText {
+    sources: Vec<Source>,
+}
+
+impl ContextText {
+    /// The original text of tokens `range` (documents joined by a newline) and each token's
+    /// byte range in it.
+    pub fn window(&self, range: std::ops::Range<usize>) -> (String, Vec<(u32, u32)>) {
+        let mut text = String::new();
+        let mut spans = Vec::with_capacity(range.len());
+        let Some(sources) = self.sources.get(range) else {
+            return (text, spans); // text was not tracked
+        };
+        let mut prev: Option<&Source> = None;
+        for s in sources {
+            let start = match prev {
+                Some(p) if std::sync::Arc::ptr_eq(&p.doc, &s.doc) => {
+                    // Spacing between tokens; byte-level pieces of one character may overlap.
+                    text.push_str(s.doc.get(p.end..s.start).unwrap_or(""));
+                    s.start.max(p.end)
+                }
+                Some(_) => {
+                    text.push('\n');
+                    s.start
+                }
+                None => s.start,
+            };
+            let at = text.len() as u32;
+            text.push_str(s.doc.get(start..s.end.max(start)).unwrap_or(""));
+            spans.push((at, text.len() as u32));
+            prev = Some(s);
+        }
+        (text, spans)
+    }
 }
 
 impl Contexts {
@@ -64,29 +112,69 @@ impl Contexts {
             model: std::sync::Arc::new(model.tokenizer.clone()),
             content_len,
             pending: Vec::new(),
+            sources: None,
             done: false,
         })
     }
-}
 
-impl Iterator for Contexts {
-    type Item = Result<Vec<u32>>;
-    fn next(&mut self) -> Option<Self::Item> {
+    /// Also track each token's original text, for [`Contexts::next_with_text`].
+    pub fn with_text(mut self) -> Self {
+        self.sources = Some(Vec::new());
+        self
+    }
+
+    /// The next context with its original text (empty unless [`Contexts::with_text`]).
+    pub fn next_with_text(&mut self) -> Option<Result<(Vec<u32>, ContextText)>> {
         while self.pending.len() < self.content_len && !self.done {
             match self.docs.next() {
                 None => self.done = true,
                 Some(Err(e)) => return Some(Err(e)),
-                Some(Ok(doc)) => match self.model.encode_plain(&doc) {
-                    Ok(ids) => self.pending.extend(ids),
-                    Err(e) => return Some(Err(e.into())),
-                },
+                Some(Ok(doc)) => {
+                    if let Err(e) = self.push(doc) {
+                        return Some(Err(e));
+                    }
+                }
             }
         }
         if self.pending.len() < self.content_len {
             return None; // a last partial context is dropped
         }
         let rest = self.pending.split_off(self.content_len);
-        Some(Ok(std::mem::replace(&mut self.pending, rest)))
+        let ids = std::mem::replace(&mut self.pending, rest);
+        let text = match &mut self.sources {
+            Some(sources) => {
+                let rest = sources.split_off(self.content_len);
+                ContextText {
+                    sources: std::mem::replace(sources, rest),
+                }
+            }
+            None => ContextText::default(),
+        };
+        Some(Ok((ids, text)))
+    }
+
+    fn push(&mut self, doc: String) -> Result<()> {
+        match &mut self.sources {
+            None => self.pending.extend(self.model.encode_plain(&doc)?),
+            Some(sources) => {
+                let (ids, offsets) = self.model.encode_plain_offsets(&doc)?;
+                let doc: std::sync::Arc<str> = doc.into();
+                sources.extend(offsets.into_iter().map(|(start, end)| Source {
+                    doc: doc.clone(),
+                    start,
+                    end,
+                }));
+                self.pending.extend(ids);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Contexts {
+    type Item = Result<Vec<u32>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_with_text().map(|r| r.map(|(ids, _)| ids))
     }
 }
 

@@ -19,6 +19,7 @@ fn meta() -> CatalogMeta {
         contexts_done: 7,
         tokens: 882,
         generation: 0,
+        vocab_effect: "embedding".into(),
     }
 }
 
@@ -37,6 +38,8 @@ fn feature(id: u32, token: &str, count: u32, flag: Option<(&str, f32)>) -> Featu
             tokens: vec![" Grüße".into(), token.into()],
             acts: vec![0.0, 2.5],
             focus: 1,
+            text: format!("Grüße{token}"),
+            spans: vec![(0, 7), (7, 7 + token.len() as u32)],
         }],
         top_tokens: vec![(token.into(), count)],
         promoted: vec![(" cat".into(), 0.5)],

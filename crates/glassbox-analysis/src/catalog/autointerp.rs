@@ -193,13 +193,12 @@ pub fn method(endpoint_model: &str, o: &Outcome) -> String {
 /// `<<like this>>` when `mark` is set.
 pub fn snippet(e: &Example, mark: bool) -> String {
     let mut s = String::new();
-    for (t, a) in e.tokens.iter().zip(&e.acts) {
-        if mark && *a > 0.0 {
-            let word = t.trim_start();
-            s.push_str(&t[..t.len() - word.len()]);
-            s.push_str(&format!("<<{word}>>"));
+    for seg in e.segments() {
+        s.push_str(seg.gap);
+        if mark && seg.activation > 0.0 {
+            s.push_str(&format!("<<{}>>", seg.token));
         } else {
-            s.push_str(t);
+            s.push_str(seg.token);
         }
     }
     s.trim().replace('\n', " ")
@@ -430,6 +429,8 @@ mod tests {
             tokens: vec!["the".into(), " cat".into(), "s".into(), " sat".into()],
             acts: vec![0.0, 2.0, 0.5, 0.0],
             focus: 1,
+            text: String::new(),
+            spans: Vec::new(),
         };
         assert_eq!(snippet(&e, true), "the <<cat>><<s>> sat");
         assert_eq!(snippet(&e, false), "the cats sat");

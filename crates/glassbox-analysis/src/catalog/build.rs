@@ -9,8 +9,9 @@ use glassbox_dictionary::Sae;
 use glassbox_model::{Hooks, Model};
 use glassbox_store::catalog::{
     histogram_bin, CatalogMeta, CatalogStore, Example, ExampleKind, Feature, HISTOGRAM_BINS,
+    VOCAB_EMBEDDING, VOCAB_LOGIT,
 };
-use glassbox_store::harvest::{corpus_sha256, model_sha256, Contexts};
+use glassbox_store::harvest::{corpus_sha256, model_sha256, ContextText, Contexts};
 use rand::{Rng, SeedableRng};
 
 use super::taxonomy::Taxonomy;
@@ -114,11 +115,24 @@ pub fn build(
         contexts_done: 0,
         tokens: 0,
         generation: 0,
+        vocab_effect: if model.config.is_decoder() {
+            VOCAB_LOGIT
+        } else {
+            VOCAB_EMBEDDING
+        }
+        .into(),
     };
     let (mut meta, mut features) = match store.meta()? {
         Some(old) => {
             check_same_sources(&old, &fresh)?;
-            (old, store.features()?)
+            let vocab_effect = fresh.vocab_effect.clone();
+            (
+                CatalogMeta {
+                    vocab_effect,
+                    ..old
+                },
+                store.features()?,
+            )
         }
         None => (fresh, Vec::new()),
     };
@@ -147,14 +161,27 @@ pub fn build(
     }
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ meta.contexts_done as u64);
-    let mut contexts = Contexts::new(model, src.corpus, content)?.skip(meta.contexts_done);
+    let mut contexts = Contexts::new(model, src.corpus, content)?.with_text();
+    for _ in 0..meta.contexts_done {
+        if let Some(Err(e)) = contexts.next() {
+            return Err(e.into());
+        }
+    }
     let mut since_save = 0;
     let mut peak = PeakTracker::new(sae.d_sae());
     while meta.tokens < cfg.tokens as u64 {
-        let batch_ids: Vec<Vec<u32>> = contexts
-            .by_ref()
-            .take(cfg.batch)
-            .collect::<std::result::Result<_, _>>()?;
+        let mut batch_ids: Vec<Vec<u32>> = Vec::with_capacity(cfg.batch);
+        let mut texts: Vec<ContextText> = Vec::with_capacity(cfg.batch);
+        while batch_ids.len() < cfg.batch {
+            match contexts.next_with_text() {
+                Some(r) => {
+                    let (ids, text) = r?;
+                    batch_ids.push(ids);
+                    texts.push(text);
+                }
+                None => break,
+            }
+        }
         if batch_ids.is_empty() {
             break; // the corpus ran out
         }
@@ -180,7 +207,13 @@ pub fn build(
             for &(j, v, pos) in &peak.peaks {
                 let f = &mut features[j as usize];
                 f.contexts += 1;
-                let example = || window(model, ids, rows, j, pos, v, context, cfg.window);
+                let at = Peak {
+                    ids,
+                    text: &texts[i],
+                    rows,
+                    context,
+                };
+                let example = || at.window(model, j, pos, v, cfg.window);
                 offer(f, cfg, &mut rng, v, example);
             }
         }
@@ -339,37 +372,41 @@ fn offer(
     }
 }
 
-/// The window of `ids` around `pos` with feature `j`'s activation on each token (code rows
-/// list latents in increasing order, so each is a binary search).
-#[allow(clippy::too_many_arguments)]
-fn window(
-    model: &Model,
-    ids: &[u32],
-    rows: &[Vec<(u32, f32)>],
-    j: u32,
-    pos: usize,
-    activation: f32,
+/// One context as the examples are cut from it.
+struct Peak<'a> {
+    ids: &'a [u32],
+    text: &'a ContextText,
+    rows: &'a [Vec<(u32, f32)>],
+    /// Context number in the corpus stream.
     context: u64,
-    half: usize,
-) -> Example {
-    let start = pos.saturating_sub(half);
-    let end = (pos + half + 1).min(ids.len());
-    Example {
-        kind: ExampleKind::Top,
-        activation,
-        context,
-        tokens: ids[start..end]
-            .iter()
-            .map(|&t| model.tokenizer.piece(t))
-            .collect(),
-        acts: rows[start..end]
-            .iter()
-            .map(|row| {
-                row.binary_search_by_key(&j, |e| e.0)
-                    .map_or(0.0, |k| row[k].1)
-            })
-            .collect(),
-        focus: pos - start,
+}
+
+impl Peak<'_> {
+    /// The window around `pos` with feature `j`'s activation on each token (code rows list
+    /// latents in increasing order, so each is a binary search) and its original text.
+    fn window(&self, model: &Model, j: u32, pos: usize, activation: f32, half: usize) -> Example {
+        let start = pos.saturating_sub(half);
+        let end = (pos + half + 1).min(self.ids.len());
+        let (text, spans) = self.text.window(start..end);
+        Example {
+            kind: ExampleKind::Top,
+            activation,
+            context: self.context,
+            tokens: self.ids[start..end]
+                .iter()
+                .map(|&t| model.tokenizer.piece(t))
+                .collect(),
+            acts: self.rows[start..end]
+                .iter()
+                .map(|row| {
+                    row.binary_search_by_key(&j, |e| e.0)
+                        .map_or(0.0, |k| row[k].1)
+                })
+                .collect(),
+            focus: pos - start,
+            text,
+            spans,
+        }
     }
 }
 
@@ -384,7 +421,7 @@ fn save(
         let mut counts: HashMap<String, u32> = HashMap::new();
         for e in &f.examples {
             if let Some(t) = e.tokens.get(e.focus) {
-                *counts.entry(t.trim().to_string()).or_default() += 1;
+                *counts.entry(t.clone()).or_default() += 1;
             }
         }
         let mut top: Vec<(String, u32)> = counts.into_iter().collect();

@@ -14,10 +14,9 @@ use glassbox_store::catalog::postgres::PgCatalog;
 use glassbox_store::catalog::search::SearchIndex;
 use glassbox_store::catalog::sqlite::SqliteCatalog;
 use glassbox_store::catalog::{
-    histogram_edge, CatalogMeta, CatalogStore, Example, ExampleKind, Feature,
+    histogram_edge, readable_token, CatalogMeta, CatalogStore, Example, ExampleKind, Feature,
 };
 use glassbox_store::corpus::DEFAULT_CORPUS;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::{input, report};
@@ -234,18 +233,7 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         save_every: a.save_every.max(1),
         ..Default::default()
     };
-    let bar = if json_out {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(a.tokens as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} catalog [{bar:40}] {human_pos}/{human_len} tokens · {per_sec} · ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = report::progress(a.tokens as u64, "catalog (tokens)", json_out);
     let started = Instant::now();
     let mut first = None;
     let src = Sources {
@@ -298,40 +286,33 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
     // The next commands work verbatim: they name this catalog unless it is the default one.
     let mut at = String::new();
     if a.at.catalog != registry::home().join("catalog") {
-        at += &format!(" --catalog {}", shell_word(&a.at.catalog.to_string_lossy()));
+        at += &format!(
+            " --catalog {}",
+            report::shell_word(&a.at.catalog.to_string_lossy())
+        );
     }
     if a.at.store.is_some() {
         at += " --store URL";
     }
+    let gb = report::program();
     println!("look at it with:");
-    println!("  glassbox catalog show {example}{at}");
+    println!("  {gb} catalog show {example}{at}");
     if let Some(c) = flagged.keys().next() {
-        println!("  glassbox catalog search --flag {c}{at}");
+        println!("  {gb} catalog search --flag {c}{at}");
     }
-    println!("  glassbox catalog search \"error\"{at}");
-    println!(
-        "  glassbox catalog export --html catalog-site{at}   # then open catalog-site/index.html"
-    );
+    println!("  {gb} catalog search \"error\"{at}");
+    println!("  {gb} catalog export --html catalog-site{at}   # then open catalog-site/index.html");
     Ok(())
-}
-
-/// `s` as one shell word (single-quoted unless it is plain).
-fn shell_word(s: &str) -> String {
-    if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-+,=:".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 fn run_show(a: ShowArgs, json_out: bool) -> Result<()> {
     let (store, meta) = open(&a.at)?;
     let f = store.feature(a.feature)?.with_context(|| {
         format!(
-            "feature {} is not in the catalog (it has {} features: 0..{})",
-            a.feature, meta.d_sae, meta.d_sae
+            "feature {} is not in the catalog (it has {} features, 0 to {})",
+            a.feature,
+            meta.d_sae,
+            meta.d_sae.saturating_sub(1)
         )
     })?;
     if json_out {
@@ -379,12 +360,22 @@ fn card(f: &Feature, meta: &CatalogMeta, examples: usize, color: bool) -> String
     let list = |v: &[(String, f32)]| {
         v.iter()
             .take(8)
-            .map(|(t, x)| format!("{} {x:+.2}", t.trim()))
+            .map(|(t, x)| format!("{} {x:+.2}", readable_token(t)))
             .collect::<Vec<_>>()
             .join(" · ")
     };
-    let _ = writeln!(s, "promotes    {}", list(&f.promoted));
-    let _ = writeln!(s, "suppresses  {}", list(&f.suppressed));
+    let (up, down) = report::vocab_titles(meta);
+    let _ = writeln!(s, "{up}: {}", list(&f.promoted));
+    let _ = writeln!(s, "{down}: {}", list(&f.suppressed));
+    if !f.top_tokens.is_empty() {
+        let peaks: Vec<String> = f
+            .top_tokens
+            .iter()
+            .take(8)
+            .map(|(t, n)| format!("{} ×{n}", readable_token(t)))
+            .collect();
+        let _ = writeln!(s, "peaks on: {}", peaks.join(" · "));
+    }
     let near: Vec<String> = f
         .neighbours
         .iter()
@@ -426,6 +417,7 @@ fn card(f: &Feature, meta: &CatalogMeta, examples: usize, color: bool) -> String
 fn run_search(a: SearchArgs, json_out: bool) -> Result<()> {
     let (store, meta) = open(&a.at)?;
     let hits: Vec<(u32, f32)> = if let Some(c) = &a.flag {
+        check_concept(store.as_ref(), c)?;
         store.flagged(c, a.limit)?
     } else if let Some(t) = &a.token {
         store
@@ -487,6 +479,30 @@ fn run_search(a: SearchArgs, json_out: bool) -> Result<()> {
     Ok(())
 }
 
+/// An unknown concept is an error naming the known ones: the default taxonomy's and any a
+/// catalog built from another taxonomy flagged.
+fn check_concept(store: &dyn CatalogStore, concept: &str) -> Result<()> {
+    let mut known: std::collections::BTreeSet<String> = Taxonomy::default_taxonomy()
+        .concepts
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    if known.contains(concept) {
+        return Ok(());
+    }
+    for f in store.features()? {
+        known.extend(f.flags.into_iter().map(|x| x.concept));
+    }
+    if known.contains(concept) {
+        return Ok(());
+    }
+    let list: Vec<String> = known.into_iter().collect();
+    bail!(
+        "no concept named {concept:?}; the concepts are: {}",
+        list.join(", ")
+    )
+}
+
 fn run_export(a: ExportArgs, json_out: bool) -> Result<()> {
     let (store, meta) = open(&a.at)?;
     let features = store.features()?;
@@ -540,18 +556,7 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
         timeout: std::time::Duration::from_secs(a.timeout),
         retries: 3,
     });
-    let bar = if json_out {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(ids.len() as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} labelling [{bar:40}] {pos}/{len} features · ETA {eta} · {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = report::progress(ids.len() as u64, "labelling (features)", json_out);
     let mut rows = Vec::new();
     let failures = autointerp::label_catalog(
         store.as_mut(),

@@ -17,9 +17,8 @@ use crate::input;
     glassbox chat smollm2 --system \"Answer in one sentence.\" --temperature 0.7 --top-p 0.9"
 )]
 pub struct Args {
-    /// A chat model: a packaged name (`smollm2`), a GGUF file or a model directory with a chat
-    /// template.
-    model: String,
+    #[command(flatten)]
+    model: input::ModelName,
     /// A system message that opens the conversation.
     #[arg(long)]
     system: Option<String>,
@@ -31,7 +30,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args, device: &str) -> Result<()> {
-    let model = input::load_model(&args.model, device)?;
+    let model_name = args.model.resolve()?;
+    let model = input::load_model(&model_name, device)?;
     // Fail now, not after the first message, if there is no usable template.
     model.apply_chat_template(&[Message::new("user", "hi")], true)?;
     let opening: Vec<Message> = args
@@ -42,7 +42,7 @@ pub fn run(args: Args, device: &str) -> Result<()> {
     let mut history = opening.clone();
     eprintln!(
         "chatting with {} ({} layers) · /reset, /exit",
-        args.model, model.config.n_layers
+        model_name, model.config.n_layers
     );
     let stdin = std::io::stdin();
     let mut turn = 0u64;
@@ -72,7 +72,7 @@ pub fn run(args: Args, device: &str) -> Result<()> {
         let mut cfg = args.sampling.config(args.max_tokens, 0);
         cfg.sampling.seed = cfg.sampling.seed.wrapping_add(turn);
         turn += 1;
-        eprint!("{}> ", args.model);
+        eprint!("{}> ", model_name);
         let g = model.generate(&ids, &cfg, &mut Print)?;
         println!();
         history.push(Message::new("assistant", g.text.trim()));

@@ -18,10 +18,8 @@ use crate::input;
     glassbox dla path/to/gpt2 \"The capital of France is\" --target \\\\sParis --json"
 )]
 pub struct Args {
-    /// A decoder model directory (GPT-2, Llama, Qwen2 families).
-    model: String,
-    /// The text (or use --file).
-    text: Option<String>,
+    #[command(flatten)]
+    input: input::ModelText,
     /// Read the text from a file (`-` for standard input).
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
@@ -41,8 +39,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
-    let model = input::load_model(&a.model, device)?;
-    let text = input::text(a.text, a.file.as_deref())?;
+    let (model_name, text_arg) = a.input.resolve()?;
+    let model = input::load_model(&model_name, device)?;
+    let text = input::text(text_arg, a.file.as_deref())?;
     let ids = model.tokenize(&text, false)?;
     let target = match &a.target {
         Some(t) => single_token(&model, t)?,

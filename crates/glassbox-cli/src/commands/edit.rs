@@ -206,9 +206,10 @@ pub fn run(cmd: Command, device: &str, json_out: bool) -> Result<()> {
             println!("{l}");
         }
         println!(
-            "next: glassbox scan --baseline {} --candidate {} --spec scan.example.toml",
-            io.model,
-            io.out.display()
+            "next: {} scan --baseline {} --candidate {} --spec scan.example.toml",
+            crate::report::program(),
+            crate::report::shell_word(&io.model),
+            crate::report::shell_word(&io.out.to_string_lossy())
         );
     }
     Ok(())

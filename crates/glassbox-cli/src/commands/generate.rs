@@ -69,10 +69,8 @@ fn unescape(s: &str) -> String {
     glassbox generate smollm2 \"Write a haiku about rust.\" --chat --temperature 0.8 --top-p 0.9 --seed 7\n  \
     glassbox generate smollm2 \"1, 2, 3,\" --stop '\\n' --logprobs 3 --json")]
 pub struct Args {
-    /// A decoder: a packaged name (`smollm2`), a GGUF file or a model directory.
-    model: String,
-    /// The prompt (or use --file).
-    prompt: Option<String>,
+    #[command(flatten)]
+    input: input::ModelText,
     /// Read the prompt from a file (`-` for standard input).
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
@@ -119,8 +117,9 @@ pub fn prompt_ids(model: &Model, messages: Option<&[Message]>, text: &str) -> Re
 }
 
 pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
-    let model = input::load_model(&args.model, device)?;
-    let prompt = input::text(args.prompt, args.file.as_deref())?;
+    let (model_name, prompt_arg) = args.input.resolve()?;
+    let model = input::load_model(&model_name, device)?;
+    let prompt = input::text(prompt_arg, args.file.as_deref())?;
     let messages: Option<Vec<Message>> = args.chat.then(|| {
         args.system
             .iter()

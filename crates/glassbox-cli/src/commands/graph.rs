@@ -23,10 +23,8 @@ use crate::input;
     glassbox graph minilm \"my password is hunter2\" --dict glassbox-work/dict --probe probes/credentials --out graph.json"
 )]
 pub struct Args {
-    /// A packaged model name (`minilm`) or a model directory.
-    model: String,
-    /// The prompt (or use --file).
-    text: Option<String>,
+    #[command(flatten)]
+    input: input::ModelText,
     /// Read the prompt from a file (`-` for standard input).
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
@@ -60,8 +58,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
-    let model = input::load_model(&a.model, device)?;
-    let text = input::text(a.text, a.file.as_deref())?;
+    let (model_name, text_arg) = a.input.resolve()?;
+    let model = input::load_model(&model_name, device)?;
+    let text = input::text(text_arg, a.file.as_deref())?;
     let ids = model.tokenize(&text, false)?;
     let dicts = a
         .dicts
@@ -101,7 +100,7 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.html {
-        glassbox_store::fsutil::atomic_write(path, page(&g, &a.model).as_bytes())
+        glassbox_store::fsutil::atomic_write(path, page(&g, &model_name).as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if json_out {

@@ -3,7 +3,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use glassbox_store::harvest::{harvest, HarvestConfig};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::input;
@@ -58,18 +57,7 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
         batch: args.batch,
         shard_rows: args.shard_rows,
     };
-    let bar = if json_out {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(args.tokens as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} harvest [{bar:40}] {human_pos}/{human_len} tokens · {per_sec} · ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = crate::report::progress(args.tokens as u64, "harvest (tokens)", json_out);
     let start = Instant::now();
     let mut first = None;
     let manifest = harvest(

@@ -21,8 +21,8 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct InductionArgs {
-    /// A packaged model name (`minilm`) or a model directory.
-    model: String,
+    #[command(flatten)]
+    model: input::ModelName,
     /// Random tokens per copy (the input is 2 × this, plus BOS where the model has one).
     #[arg(long, default_value_t = 50)]
     seq_len: usize,
@@ -38,7 +38,8 @@ pub struct InductionArgs {
 
 pub fn run(cmd: Command, device: &str, json_out: bool) -> Result<()> {
     let Command::Induction(a) = cmd;
-    let model = input::load_model(&a.model, device)?;
+    let model_name = a.model.resolve()?;
+    let model = input::load_model(&model_name, device)?;
     let started = Instant::now();
     let scores = induction_scores(&model, a.seq_len, a.batch, a.seed)?;
     let secs = started.elapsed().as_secs_f64();
@@ -48,7 +49,7 @@ pub fn run(cmd: Command, device: &str, json_out: bool) -> Result<()> {
     }
     println!(
         "{}: {} sequences of 2 × {} random tokens, {:.2} s\n",
-        a.model, a.batch, a.seq_len, secs
+        model_name, a.batch, a.seq_len, secs
     );
     println!(
         "{:>5} {:>4} {:>9} {:>9}",

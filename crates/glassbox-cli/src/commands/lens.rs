@@ -15,10 +15,8 @@ use crate::input;
     glassbox lens path/to/gpt2 \"The Eiffel Tower is in the city of\"\n  \
     glassbox lens path/to/gpt2 \"The Eiffel Tower is in the city of\" --target \\\\sParis --json")]
 pub struct Args {
-    /// A decoder model directory (GPT-2, Llama, Qwen2 families).
-    model: String,
-    /// The text (or use --file).
-    text: Option<String>,
+    #[command(flatten)]
+    input: input::ModelText,
     /// Read the text from a file (`-` for standard input).
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
@@ -32,8 +30,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
-    let model = input::load_model(&a.model, device)?;
-    let text = input::text(a.text, a.file.as_deref())?;
+    let (model_name, text_arg) = a.input.resolve()?;
+    let model = input::load_model(&model_name, device)?;
+    let text = input::text(text_arg, a.file.as_deref())?;
     let ids = model.tokenize(&text, false)?;
     let target = a
         .target

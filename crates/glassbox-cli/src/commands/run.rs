@@ -9,10 +9,8 @@ use crate::input;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A packaged model name (`minilm`) or a model directory.
-    model: String,
-    /// The input text (or use --file).
-    text: Option<String>,
+    #[command(flatten)]
+    input: input::ModelText,
     /// Read the input text from a file (`-` for standard input).
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
@@ -137,7 +135,8 @@ fn describe(point: &HookPoint, t: &Tensor, top: usize) -> Result<Value> {
 }
 
 pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
-    let model = input::load_model(&args.model, device)?;
+    let (model_name, text_arg) = args.input.resolve()?;
+    let model = input::load_model(&model_name, device)?;
     if args.list_hooks {
         let names: Vec<String> = model
             .hook_points()
@@ -151,7 +150,7 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let text = input::text(args.text, args.file.as_deref())?;
+    let text = input::text(text_arg, args.file.as_deref())?;
     let points = resolve_hooks(&model, &args.hooks)?;
     let ids = model.tokenize(&text, args.truncate)?;
     let batch = model.batch_ids(std::slice::from_ref(&ids))?;
@@ -168,7 +167,7 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
         .filter_map(|p| cache.get(p).map(|t| describe(p, t, args.top)))
         .collect::<Result<Vec<_>>>()?;
     let mut report = json!({
-        "model": args.model,
+        "model": model_name,
         "architecture": model.config.arch,
         "tokens": tokens,
         "token_ids": ids,

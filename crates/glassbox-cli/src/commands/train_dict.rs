@@ -5,7 +5,6 @@ use anyhow::{bail, Context, Result};
 use glassbox_dictionary::train::{TrainConfig, Trainer};
 use glassbox_dictionary::{saelens, Activation, DictConfig, Sae};
 use glassbox_store::activations::ActivationStore;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -25,6 +24,9 @@ pub struct Args {
     /// Output directory. With several --k, one subdirectory `k<K>` per dictionary.
     #[arg(long)]
     out: PathBuf,
+    /// The sparsity mechanism: `topk` (exactly k latents per token), `batchtopk` (k per token on
+    /// average over a batch, a threshold at inference), `relu` (L1 penalty, --l1) or
+    /// `jumprelu` (learned per-latent thresholds, --l0, --bandwidth).
     #[arg(long, value_enum, default_value = "topk")]
     arch: Arch,
     /// Active latents per token (TopK, BatchTopK; for JumpReLU the L0 its thresholds start
@@ -54,6 +56,8 @@ pub struct Args {
     /// 2e-3 reached a given FVE in a third of the steps 4e-4 needed).
     #[arg(long, default_value_t = 2e-3)]
     lr: f32,
+    /// Steps over which the learning rate rises linearly from 0 (it decays to 0 over the last
+    /// 20 % of the steps).
     #[arg(long, default_value_t = 50)]
     warmup: usize,
     /// Dead latents recruited per token by the auxiliary loss (0 = off; default d_in/2).
@@ -65,6 +69,8 @@ pub struct Args {
     /// Save a checkpoint every N steps (a killed run resumes from the last one).
     #[arg(long, default_value_t = 100)]
     checkpoint_every: usize,
+    /// Seed of the initialisation and of the order batches are drawn in (same seed, same
+    /// store, same dictionary).
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -150,18 +156,7 @@ pub fn run(args: Args, json_out: bool) -> Result<()> {
     let mut batches = store.batches(args.batch, WINDOW, args.seed)?;
     batches.fast_forward(start_step);
 
-    let bar = if json_out {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(steps as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} train [{bar:30}] {pos}/{len} steps · {per_sec} · ETA {eta} · {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = crate::report::progress(steps as u64, "train (steps)", json_out);
     bar.set_position(start_step as u64);
     let started = Instant::now();
     for step in start_step..steps {

@@ -30,7 +30,16 @@ pub struct CatalogMeta {
     pub tokens: u64,
     /// Bumped by every save; the search index records the generation it was built from.
     pub generation: u64,
+    /// What a feature's vocabulary effects are: `logit` (decoders: the direct effect on
+    /// each next-token logit through the unembedding) or `embedding` (encoders: cosine with
+    /// each token's input embedding). Empty in catalogs built before it was recorded.
+    #[serde(default)]
+    pub vocab_effect: String,
 }
+
+/// [`CatalogMeta::vocab_effect`] values.
+pub const VOCAB_LOGIT: &str = "logit";
+pub const VOCAB_EMBEDDING: &str = "embedding";
 
 /// Why an example context was kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +65,90 @@ pub struct Example {
     pub acts: Vec<f32>,
     /// Index in `tokens` of the peak.
     pub focus: usize,
+    /// The window as it reads in the corpus (original casing and spacing; documents joined
+    /// by a newline) and each token's `[start, end)` byte range in it. Empty in catalogs
+    /// built before they were recorded; [`Example::segments`] then falls back to `tokens`.
+    #[serde(default)]
+    pub text: String,
+    #[serde(default)]
+    pub spans: Vec<(u32, u32)>,
+}
+
+/// A stretch of an example's text: what precedes a token (spacing), the token's own
+/// characters, and the feature's activation on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment<'a> {
+    pub gap: &'a str,
+    pub token: &'a str,
+    pub activation: f32,
+}
+
+impl Example {
+    /// The window as gap/token segments, in order, so that a highlight covers a token's
+    /// characters only. Concatenated they give the original text.
+    pub fn segments(&self) -> Vec<Segment<'_>> {
+        let from_text = self.spans.len() == self.tokens.len()
+            && self.spans.iter().all(|&(a, b)| {
+                a <= b
+                    && self.text.is_char_boundary(a as usize)
+                    && self.text.is_char_boundary(b as usize)
+                    && (b as usize) <= self.text.len()
+            });
+        let mut out = Vec::with_capacity(self.tokens.len());
+        if from_text {
+            let mut at = 0usize;
+            for (&(a, b), &act) in self.spans.iter().zip(&self.acts) {
+                let (a, b) = ((a as usize).max(at), (b as usize).max(at));
+                out.push(Segment {
+                    gap: &self.text[at..a],
+                    token: &self.text[a..b],
+                    activation: act,
+                });
+                at = b;
+            }
+        } else {
+            for (t, &act) in self.tokens.iter().zip(&self.acts) {
+                let token = t.trim_start();
+                out.push(Segment {
+                    gap: &t[..t.len() - token.len()],
+                    token,
+                    activation: act,
+                });
+            }
+        }
+        out
+    }
+
+    /// The window's text (original when recorded, else the joined token pieces).
+    pub fn plain_text(&self) -> String {
+        if self.text.is_empty() {
+            self.tokens.concat()
+        } else {
+            self.text.clone()
+        }
+    }
+
+    /// The peak token's own characters as they read in the text (`"Password"`, `":"`).
+    pub fn focus_text(&self) -> &str {
+        self.segments().get(self.focus).map_or("", |s| s.token)
+    }
+}
+
+/// A token piece made readable where its spacing matters: a leading space shows as `␣`
+/// (`" key"` → `␣key`, a word; `"key"`, e.g. WordPiece `##key`, a word's continuation),
+/// newlines as `⏎` and tabs as `⇥`.
+pub fn readable_token(piece: &str) -> String {
+    let mut s = String::with_capacity(piece.len() + 2);
+    for c in piece.chars() {
+        match c {
+            ' ' => s.push('␣'),
+            '\n' => s.push('⏎'),
+            '\t' => s.push('⇥'),
+            '\r' => {}
+            c => s.push(c),
+        }
+    }
+    s
 }
 
 /// A concept a feature was flagged for, with the evidence.
