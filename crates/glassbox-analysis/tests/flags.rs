@@ -1,9 +1,10 @@
 //! Sensitivity flags on MiniLM: a feature built to point from the control texts towards a
 //! concept's texts is flagged for it; its opposite is not.
 
-use glassbox_analysis::catalog::flags::flags;
-use glassbox_analysis::catalog::taxonomy::Taxonomy;
+use glassbox_analysis::catalog::flags::{flags, gate};
+use glassbox_analysis::catalog::taxonomy::{ConceptText, Taxonomy};
 use glassbox_model::{registry, Device, Model};
+use glassbox_store::catalog::Feature;
 
 mod common;
 use common::{hook_rows, two_way_dictionary};
@@ -41,7 +42,60 @@ fn a_feature_aligned_with_a_concept_is_flagged_and_its_opposite_is_not() {
     let dir =
         registry::resolve("minilm").expect("MiniLM must be installed: run `cargo glassbox setup`");
     let model = Model::load(&dir, &Device::Cpu).unwrap();
-    let taxonomy = Taxonomy::parse(TAXONOMY, "test").unwrap();
+    // Labelled data: more controls for the decision, and held-out texts to confirm it.
+    let row = |text: &str, concept: &str, split: &str| ConceptText {
+        text: text.into(),
+        concept: concept.into(),
+        split: split.into(),
+    };
+    let mut data = vec![
+        row("The bus was late again this morning.", "control", "train"),
+        row(
+            "Water boils at a lower temperature on mountains.",
+            "control",
+            "train",
+        ),
+        row(
+            "The spreadsheet lists every order since March.",
+            "control",
+            "train",
+        ),
+        row(
+            "He repainted the fence a pale shade of green.",
+            "control",
+            "train",
+        ),
+        row(
+            "The cat curled up next to the fireplace.",
+            "cats",
+            "heldout",
+        ),
+        row(
+            "Our kitten learned to open the cupboard door.",
+            "cats",
+            "heldout",
+        ),
+        row(
+            "The old tomcat guarded the barn at night.",
+            "cats",
+            "heldout",
+        ),
+        row(
+            "A kitten slept inside the laundry basket.",
+            "cats",
+            "heldout",
+        ),
+    ];
+    for t in [
+        "The meeting moved to Thursday afternoon.",
+        "Tides follow the phases of the moon.",
+        "The recipe needs three eggs and some butter.",
+        "The printer on the second floor is jammed.",
+    ] {
+        data.push(row(t, "control", "heldout"));
+    }
+    let (taxonomy, added) = Taxonomy::parse(TAXONOMY, "test").unwrap().with_data(&data);
+    assert_eq!(added, data.len());
     // The direction comes from other sentences than the ones the flags are scored on, so a
     // flag shows that the feature generalises to the concept, not that it memorised examples.
     let (cats, others) = (CAT_SENTENCES, OTHER_SENTENCES);
@@ -66,13 +120,29 @@ fn a_feature_aligned_with_a_concept_is_flagged_and_its_opposite_is_not() {
     let positive = cats.iter().map(|t| peak(t)).fold(f32::MAX, f32::min);
     assert!(positive > negative, "the training sentences separate");
     sae.b_enc[0] = -(negative + positive) / 2.0;
-    let f = flags(&model, &sae, &taxonomy, &[]).unwrap();
+    let (f, mut report) = flags(&model, &sae, &taxonomy, &[]).unwrap();
     assert_eq!(f[0].len(), 1, "{:?}", f[0]);
-    assert_eq!(f[0][0].concept, "cats");
+    let flag = &f[0][0].flag;
+    assert_eq!(flag.concept, "cats");
     assert!(
-        f[0][0].score >= 0.5 && f[0][0].evidence.contains("cats examples"),
-        "{:?}",
-        f[0]
+        flag.score >= 0.5
+            && flag.evidence.contains("cats texts")
+            && flag.evidence.contains("held out"),
+        "{flag:?}"
     );
+    assert_eq!(f[0][0].confirmed, Some(true), "{flag:?}");
     assert!(f[1].is_empty(), "{:?}", f[1]);
+    // The density gate: a feature that fires on more than 1 % of tokens loses its flags.
+    let mut features = vec![Feature::default(); sae.d_sae()];
+    features[0].count = 5;
+    gate(&mut features, &f, 1000, &mut report);
+    assert_eq!(features[0].flags.len(), 1);
+    assert_eq!(report.concepts[0].precision, Some(1.0), "{report:?}");
+    features[0].count = 50;
+    gate(&mut features, &f, 1000, &mut report);
+    assert!(features[0].flags.is_empty());
+    assert_eq!(
+        (report.concepts[0].flagged, report.concepts[0].precision),
+        (0, None)
+    );
 }

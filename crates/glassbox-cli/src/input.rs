@@ -142,3 +142,24 @@ pub fn contexts(model: &Model, corpus: &Path, n: usize, len: usize) -> Result<Ve
     }
     Ok(rows)
 }
+
+/// Labelled concept texts from a JSONL file (`{"text", "concept", "split"}` per line).
+pub fn concept_texts(
+    path: &Path,
+) -> Result<Vec<glassbox_analysis::catalog::taxonomy::ConceptText>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading concept texts from {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| {
+                format!(
+                    "{}, line {}: expected {{\"text\", \"concept\", \"split\"}}",
+                    path.display(),
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}

@@ -176,12 +176,18 @@ fn build_show_search_export_and_resume_after_a_kill() {
     let err = glassbox(&["catalog", "show", "9999", "--catalog", cat]);
     assert_eq!(err.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&err.stderr);
-    assert!(msg.contains("not in the catalog") && msg.contains("0 to 255"), "{msg}");
+    assert!(
+        msg.contains("not in the catalog") && msg.contains("0 to 255"),
+        "{msg}"
+    );
     // An unknown concept is an error that lists the known ones.
     let err = glassbox(&["catalog", "search", "--flag", "selfharm", "--catalog", cat]);
     assert_eq!(err.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&err.stderr);
-    assert!(msg.contains("\"selfharm\"") && msg.contains("self-harm"), "{msg}");
+    assert!(
+        msg.contains("\"selfharm\"") && msg.contains("self-harm"),
+        "{msg}"
+    );
 
     // Search by words, token and similarity.
     let hits: serde_json::Value = serde_json::from_slice(

@@ -46,7 +46,10 @@ fn the_main_job_and_every_command_it_and_the_readme_suggest() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "scripts/main failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "scripts/main failed:\n{stdout}\n{stderr}"
+    );
     // Off a terminal, the long steps still report progress as plain lines.
     assert!(stderr.contains("harvest (tokens):"), "{stderr}");
     assert!(stderr.contains("train (steps):"), "{stderr}");

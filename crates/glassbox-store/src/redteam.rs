@@ -26,6 +26,12 @@ pub fn jsonl(home: &Path) -> PathBuf {
     dir(home).join("redteam.jsonl")
 }
 
+/// Labelled texts per sensitivity concept (`{"text", "concept", "split", "source"}`), for
+/// the catalog's flags.
+pub fn concepts(home: &Path) -> PathBuf {
+    dir(home).join("concepts.jsonl")
+}
+
 /// The jailbreak templates (`{"template", "family", "source"}`, one `{prompt}` slot each).
 pub fn templates(home: &Path) -> PathBuf {
     dir(home).join("templates.jsonl")
@@ -40,6 +46,7 @@ pub fn is_installed(home: &Path) -> bool {
     let d = dir(home);
     jsonl(home).is_file()
         && templates(home).is_file()
+        && concepts(home).is_file()
         && d.join("sources.json").is_file()
         && std::fs::read_to_string(d.join("builder.sha256")).is_ok_and(|s| s.trim() == stamp())
 }

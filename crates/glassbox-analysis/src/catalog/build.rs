@@ -14,8 +14,9 @@ use glassbox_store::catalog::{
 use glassbox_store::harvest::{corpus_sha256, model_sha256, ContextText, Contexts};
 use rand::{Rng, SeedableRng};
 
+use super::flags::{self, FlagReport};
 use super::taxonomy::Taxonomy;
-use super::{effects, flags, label};
+use super::{effects, label};
 use crate::error::{AnalysisError, Result};
 
 #[derive(Debug, Clone)]
@@ -77,12 +78,20 @@ pub struct Sources<'a> {
 /// Progress as (tokens read, tokens wanted).
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
+/// What a build produced: the catalog's metadata, and how its flags hold up on held-out
+/// concept texts (`None` without a taxonomy).
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub meta: CatalogMeta,
+    pub flags: Option<FlagReport>,
+}
+
 pub fn build(
     store: &mut dyn CatalogStore,
     src: &Sources,
     cfg: &BuildConfig,
     progress: Progress,
-) -> Result<CatalogMeta> {
+) -> Result<Built> {
     let (model, sae) = (src.model, src.sae);
     let hook = model.hook_point(&sae.cfg.hook)?;
     if sae.d_in() != model.config.d_model {
@@ -140,24 +149,32 @@ pub fn build(
     if features.len() != sae.d_sae() {
         features = initial_features(model, sae, cfg.effects)?;
     }
-    // Flags depend on the weights and the taxonomy only, so each build sets them afresh.
-    let flags = match &cfg.taxonomy {
+    // Flags depend on the weights and the taxonomy (and, through the density gate, on the
+    // counts), so each build decides them afresh.
+    let mut flagging = match &cfg.taxonomy {
         Some(t) => {
             let windows: Vec<Vec<u32>> = Contexts::new(model, src.corpus, CONTROL_WINDOW)?
                 .take(CONTROL_WINDOWS)
                 .collect::<std::result::Result<_, _>>()?;
-            flags::flags(model, sae, t, &windows)?
+            Some(flags::flags(model, sae, t, &windows)?)
         }
-        None => vec![Vec::new(); sae.d_sae()],
+        None => None,
     };
-    for (f, fl) in features.iter_mut().zip(flags) {
-        f.flags = fl;
-    }
+    let mut save = |store: &mut dyn CatalogStore, meta: &CatalogMeta, features: &mut [Feature]| {
+        match &mut flagging {
+            Some((candidates, report)) => flags::gate(features, candidates, meta.tokens, report),
+            None => features.iter_mut().for_each(|f| f.flags.clear()),
+        }
+        save(store, meta, features, decoder)
+    };
     progress(meta.tokens, cfg.tokens as u64);
     if meta.tokens >= cfg.tokens as u64 {
         // Nothing more to read; labels and flags (perhaps from a new taxonomy) are refreshed.
-        meta.generation = save(store, &meta, &mut features, decoder)?;
-        return Ok(meta);
+        meta.generation = save(store, &meta, &mut features)?;
+        return Ok(Built {
+            meta,
+            flags: flagging.map(|f| f.1),
+        });
     }
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ meta.contexts_done as u64);
@@ -222,12 +239,16 @@ pub fn build(
         since_save += batch_ids.len();
         progress(meta.tokens, cfg.tokens as u64);
         if since_save >= cfg.save_every {
-            meta.generation = save(store, &meta, &mut features, decoder)?;
+            meta.generation = save(store, &meta, &mut features)?;
             since_save = 0;
         }
     }
-    meta.generation = save(store, &meta, &mut features, decoder)?;
-    Ok(meta)
+    meta.generation = save(store, &meta, &mut features)?;
+    drop(save);
+    Ok(Built {
+        meta,
+        flags: flagging.map(|f| f.1),
+    })
 }
 
 fn dict_sha256(dict_dir: &Path) -> Result<String> {

@@ -10,4 +10,4 @@ pub mod flags;
 pub mod label;
 pub mod taxonomy;
 
-pub use build::{build, BuildConfig, Sources};
+pub use build::{build, BuildConfig, Built, Sources};

