@@ -244,7 +244,6 @@ pub fn build(
         }
     }
     meta.generation = save(store, &meta, &mut features)?;
-    drop(save);
     Ok(Built {
         meta,
         flags: flagging.map(|f| f.1),
