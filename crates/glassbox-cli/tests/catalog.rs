@@ -376,6 +376,45 @@ fn mismatched_inputs_are_refused_and_the_catalog_is_kept() {
     );
     assert_eq!(show(&catalog, 0), before, "the catalog is untouched");
 
+    // In-process labelling (the packaged Qwen2.5-Coder-1.5B as the labeller, no endpoint): the busiest
+    // feature gets an LLM label with its detection score, searchable at once.
+    let busy = (0..64)
+        .max_by_key(|&i| show(&catalog, i)["feature"]["contexts"].as_u64().unwrap())
+        .unwrap();
+    let out = glassbox(&[
+        "catalog",
+        "label",
+        "--local",
+        "qwen-coder-1.5b",
+        "--features",
+        &busy.to_string(),
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let labelled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &labelled["labelled"][0];
+    let score = row["score"].as_f64().unwrap();
+    assert!(
+        row["id"] == busy
+            && !row["label"].as_str().unwrap().is_empty()
+            && (0.0..=1.0).contains(&score),
+        "{labelled}"
+    );
+    let f = show(&catalog, busy)["feature"].clone();
+    assert!(
+        f["label_method"]
+            .as_str()
+            .unwrap()
+            .starts_with("llm qwen-coder-1.5b"),
+        "{f}"
+    );
+    // Neither or both of the endpoint flags; not with --local.
+    let out = glassbox(&["catalog", "label", "--catalog", catalog.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+
     // A dictionary of another width than the model's hook.
     let cfg = dict.join("cfg.json");
     let text = std::fs::read_to_string(&cfg).unwrap();

@@ -44,6 +44,42 @@ pub trait Chat {
     fn chat(&self, system: &str, user: &str) -> Result<String>;
 }
 
+/// A chat model run in this process (e.g. `qwen-coder-1.5b` from `glassbox setup --model`):
+/// its chat template applied, greedy decoding, no service to run.
+pub struct LocalChat {
+    model: Model,
+    max_tokens: usize,
+}
+
+impl LocalChat {
+    pub fn new(model: Model, max_tokens: usize) -> Result<Self> {
+        if !model.config.is_decoder() {
+            return Err(AnalysisError::Mismatch(format!(
+                "`{}` is an encoder; the labeller needs a chat model (e.g. qwen-coder-1.5b)",
+                model.config.model_type
+            )));
+        }
+        Ok(Self { model, max_tokens })
+    }
+}
+
+impl Chat for LocalChat {
+    fn chat(&self, system: &str, user: &str) -> Result<String> {
+        use glassbox_model::chat::Message;
+        use glassbox_model::generate::{GenerateConfig, Plain};
+        let messages = [Message::new("system", system), Message::new("user", user)];
+        let prompt = self.model.apply_chat_template(&messages, true)?;
+        let ids = self.model.tokenizer.encode_plain(&prompt)?;
+        let cfg = GenerateConfig {
+            max_new: self.max_tokens,
+            sampling: glassbox_model::sampling::Sampling::greedy(),
+            stop: Vec::new(),
+            top_logprobs: 0,
+        };
+        Ok(self.model.generate(&ids, &cfg, &mut Plain)?.text)
+    }
+}
+
 /// A blocking client for one endpoint.
 pub struct ChatClient {
     agent: ureq::Agent,

