@@ -126,8 +126,7 @@ pub fn flags(
         for (j, flags) in out.iter_mut().enumerate() {
             let (n_c, n_0) = (hits.fired(j), controls.fired(j));
             let score = share(n_c, hits.peaks.len()) - share(n_0, controls.peaks.len());
-            if score < concept.threshold || !specific(&hits, &controls, j, ALPHA / tests, MIN_HITS)
-            {
+            if score < concept.threshold || !specific(hits, &controls, j, ALPHA / tests, MIN_HITS) {
                 continue;
             }
             let (held, hits) = (&held, &hits.peaks);
@@ -293,12 +292,15 @@ pub(crate) fn peaks(model: &Model, sae: &Sae, texts: &[Vec<u32>]) -> Result<Vec<
     responses(model, sae, texts, &mut |_| {})
 }
 
+/// One token's active latents, (latent, value) in increasing latent order.
+type CodeRow = [(u32, f32)];
+
 /// [`peaks`], showing every token's code row to `each`.
 fn responses(
     model: &Model,
     sae: &Sae,
     texts: &[Vec<u32>],
-    each: &mut dyn FnMut(&[(u32, f32)]),
+    each: &mut dyn FnMut(&CodeRow),
 ) -> Result<Vec<Vec<f32>>> {
     let hook = model.hook_point(&sae.cfg.hook)?;
     let (prefix, suffix) = model.tokenizer.special_affixes()?;
