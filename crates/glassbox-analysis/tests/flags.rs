@@ -91,6 +91,14 @@ fn a_feature_aligned_with_a_concept_is_flagged_and_its_opposite_is_not() {
         "Tides follow the phases of the moon.",
         "The recipe needs three eggs and some butter.",
         "The printer on the second floor is jammed.",
+        "Interest rates rose for the third month in a row.",
+        "The hikers reached the summit before noon.",
+        "Copy the file into the backup folder tonight.",
+        "The choir rehearses every Wednesday evening.",
+        "A new bridge will connect the two villages.",
+        "The lecture covered the causes of inflation.",
+        "Check the tyre pressure before a long drive.",
+        "The garden needs weeding after the rain.",
     ] {
         data.push(row(t, "control", "heldout"));
     }
