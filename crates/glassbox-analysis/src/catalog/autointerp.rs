@@ -187,6 +187,9 @@ pub struct AutoInterpConfig {
     /// Contexts of other features in the detection test.
     pub others: usize,
     pub seed: u64,
+    /// Also score the feature's offline label by the same detection test (same snippets, same
+    /// truth), to compare the labellers.
+    pub score_offline: bool,
 }
 
 impl Default for AutoInterpConfig {
@@ -196,6 +199,7 @@ impl Default for AutoInterpConfig {
             held_out: 6,
             others: 6,
             seed: 0,
+            score_offline: false,
         }
     }
 }
@@ -208,6 +212,8 @@ pub struct Outcome {
     /// What the score counted: snippets shown, and how many activate the feature.
     pub snippets: usize,
     pub activating: usize,
+    /// The offline label the feature had and its detection score (with `score_offline`).
+    pub offline: Option<(String, f32)>,
 }
 
 pub const SYSTEM: &str = "You are an interpretability researcher studying one feature of a \
@@ -299,11 +305,18 @@ pub fn explain_and_score(
         .collect();
     let predicted = detect(chat, &label, &texts)?;
     let score = balanced_accuracy(&truth, &predicted);
+    let offline = if cfg.score_offline && f.label_method == super::label::METHOD {
+        let predicted = detect(chat, &f.label, &texts)?;
+        Some((f.label.clone(), balanced_accuracy(&truth, &predicted)))
+    } else {
+        None
+    };
     Ok(Outcome {
         label,
         score,
         snippets: texts.len(),
         activating: truth.iter().filter(|&&t| t).count(),
+        offline,
     })
 }
 

@@ -182,6 +182,13 @@ pub struct LabelArgs {
     /// Features to label when none are named.
     #[arg(long, default_value_t = 20)]
     limit: usize,
+    /// Also score each feature's offline label by the same detection test, and print both
+    /// (the comparison of the two labellers; one more question per feature).
+    #[arg(long)]
+    compare_offline: bool,
+    /// Label a random sample of the fired features (seeded) instead of the first ones.
+    #[arg(long, conflicts_with_all = ["features", "flagged"])]
+    sample: bool,
     /// Seconds to wait for one answer.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -589,7 +596,7 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
     } else {
         let features = store.features()?;
         let llm = |f: &Feature| f.label_method.starts_with(autointerp::METHOD_PREFIX);
-        features
+        let mut candidates: Vec<&Feature> = features
             .iter()
             .filter(|f| {
                 if a.flagged {
@@ -598,6 +605,14 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
                     f.contexts > 0 && !llm(f)
                 }
             })
+            .collect();
+        if a.sample {
+            use rand::seq::SliceRandom;
+            use rand::SeedableRng;
+            candidates.shuffle(&mut rand::rngs::StdRng::seed_from_u64(0));
+        }
+        candidates
+            .into_iter()
             .take(if a.flagged { usize::MAX } else { a.limit })
             .map(|f| f.id)
             .collect()
@@ -634,6 +649,12 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
         };
     let bar = report::progress(ids.len() as u64, "labelling (features)", json_out);
     let mut rows = Vec::new();
+    let cfg = autointerp::AutoInterpConfig {
+        score_offline: a.compare_offline,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let mut last = Instant::now();
     let failures = autointerp::label_catalog(
         store.as_mut(),
         &model,
@@ -642,13 +663,20 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
         chat.as_ref(),
         &labeller,
         &ids,
-        &autointerp::AutoInterpConfig::default(),
+        &cfg,
         10,
         &mut |id, outcome| {
             bar.inc(1);
+            let seconds = last.elapsed().as_secs_f64();
+            last = Instant::now();
             if let Ok(o) = outcome {
                 bar.set_message(format!("{id}: {}", o.label));
-                rows.push(json!({"id": id, "label": o.label, "score": o.score, "snippets": o.snippets, "activating": o.activating}));
+                let (offline, offline_score) = match &o.offline {
+                    Some((l, s)) => (json!(l), json!(s)),
+                    None => (json!(null), json!(null)),
+                };
+                rows.push(json!({"id": id, "label": o.label, "score": o.score, "snippets": o.snippets, "activating": o.activating,
+                    "offline_label": offline, "offline_score": offline_score, "seconds": seconds}));
             }
         },
     )
@@ -660,10 +688,16 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
         .iter()
         .map(|(id, e)| json!({"id": id, "error": e.to_string()}))
         .collect();
+    let mean = |key: &str| {
+        let v: Vec<f64> = rows.iter().filter_map(|r| r[key].as_f64()).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let summary = json!({"features": rows.len(), "mean_score": mean("score"), "mean_offline_score": mean("offline_score"),
+        "seconds_per_feature": started.elapsed().as_secs_f64() / ids.len().max(1) as f64, "labeller": source});
     if json_out {
         println!(
             "{}",
-            json!({"labelled": rows, "failed": failed, "meta": meta})
+            json!({"labelled": rows, "failed": failed, "summary": summary, "meta": meta})
         );
     } else {
         println!(
@@ -677,7 +711,19 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
                 r["score"].as_f64().unwrap_or(0.0),
                 r["label"].as_str().unwrap_or("")
             );
+            if let (Some(l), Some(x)) = (r["offline_label"].as_str(), r["offline_score"].as_f64()) {
+                println!("{:>7}  {x:>5.2}  offline: {l}", "");
+            }
         }
+        let show = |v: &serde_json::Value| v.as_f64().map_or("—".into(), |x| format!("{x:.3}"));
+        println!(
+            "{} features · mean detection score {} (offline labels {}) · {:.1} s per feature with {}",
+            rows.len(),
+            show(&summary["mean_score"]),
+            show(&summary["mean_offline_score"]),
+            summary["seconds_per_feature"].as_f64().unwrap_or(0.0),
+            source
+        );
         for (id, e) in &failures {
             eprintln!("feature {id}: not labelled: {e}");
         }
