@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use glassbox_analysis::catalog::{build, BuildConfig, Sources};
 use glassbox_dictionary::{saelens, Activation, DictConfig, Sae};
 use glassbox_model::{Device, Hooks, Model};
+use glassbox_store::activations::ActivationStore;
 use glassbox_store::catalog::search::SearchIndex;
 use glassbox_store::catalog::sqlite::{normalise_token, SqliteCatalog};
 use glassbox_store::catalog::{CatalogStore, ExampleKind, Feature};
-use glassbox_store::harvest::Contexts;
+use glassbox_store::harvest::{harvest, Contexts, HarvestConfig};
 
 const HOOK: &str = "blocks.1.hook_resid_pre";
 
@@ -65,6 +66,18 @@ fn run(
     corpus: &Path,
     tokens: usize,
 ) -> glassbox_analysis::Result<Vec<Feature>> {
+    run_with(db, model, sae, dict, corpus, tokens, None)
+}
+
+fn run_with(
+    db: &Path,
+    model: &Model,
+    sae: &Sae,
+    dict: &Path,
+    corpus: &Path,
+    tokens: usize,
+    acts: Option<&ActivationStore>,
+) -> glassbox_analysis::Result<Vec<Feature>> {
     let mut store = SqliteCatalog::open(db).unwrap();
     let src = Sources {
         model,
@@ -72,6 +85,7 @@ fn run(
         sae,
         dict_dir: dict,
         corpus,
+        acts,
     };
     build(&mut store, &src, &config(tokens), &mut |_, _| {})?;
     Ok(store.features().unwrap())
@@ -233,4 +247,83 @@ fn search_finds_features_by_context_words_tokens_and_similarity() {
     }
     // A nonsense word finds nothing.
     assert!(index.search("zzqxjv", 10).unwrap().is_empty());
+}
+
+/// A harvest of the same model, hook, corpus and context length stands in for the forward
+/// pass over the contexts it holds (the model takes over after them); the counts agree up to
+/// the f16 rounding of the stored rows. A harvest cut into other contexts is refused.
+#[test]
+fn a_harvest_stands_in_for_the_forward_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (m, corpus) = (model(), corpus(tmp.path()));
+    let (sae, dict) = dictionary(tmp.path(), 7);
+    let harvested = |context_len: usize, dir: &str| {
+        let cfg = HarvestConfig {
+            hook: m.hook_point(HOOK).unwrap(),
+            target: None,
+            tokens: 1200,
+            context_len,
+            batch: 4,
+            shard_rows: 256,
+        };
+        let out = tmp.path().join(dir);
+        harvest(&m, "tiny-gpt2", &corpus, &out, &cfg, &mut |_, _| {}).unwrap();
+        ActivationStore::open(&out).unwrap()
+    };
+    let store = harvested(32, "acts");
+    let plain = run(
+        &tmp.path().join("a/catalog.db"),
+        &m,
+        &sae,
+        &dict,
+        &corpus,
+        2000,
+    )
+    .unwrap();
+    let reused = run_with(
+        &tmp.path().join("b/catalog.db"),
+        &m,
+        &sae,
+        &dict,
+        &corpus,
+        2000,
+        Some(&store),
+    )
+    .unwrap();
+    let total: u64 = plain.iter().map(|f| f.count).sum();
+    let differ: u64 = plain
+        .iter()
+        .zip(&reused)
+        .map(|(a, b)| a.count.abs_diff(b.count))
+        .sum();
+    assert!(
+        total > 0 && differ * 100 <= total,
+        "{differ} of {total} counts differ"
+    );
+    assert!(
+        plain
+            .iter()
+            .zip(&reused)
+            .filter(|(a, b)| a.max > 0.0 && (a.max - b.max).abs() < 1e-2 * a.max)
+            .count()
+            * 10
+            >= plain.iter().filter(|f| f.max > 0.0).count() * 9
+    );
+
+    let other = harvested(16, "acts16");
+    let err = run_with(
+        &tmp.path().join("c/catalog.db"),
+        &m,
+        &sae,
+        &dict,
+        &corpus,
+        2000,
+        Some(&other),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("contexts of 16 tokens") && err.contains("drop --acts"),
+        "{err}"
+    );
 }

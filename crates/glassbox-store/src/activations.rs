@@ -329,6 +329,18 @@ impl ActivationStore {
         })
     }
 
+    /// The stored rows in harvest order, a context's worth at a time (for reusing a harvest
+    /// instead of rerunning the model over the same contexts).
+    pub fn sequential(&self) -> Sequential<'_> {
+        Sequential {
+            store: self,
+            shard: 0,
+            rows: Vec::new(),
+            ids: Vec::new(),
+            at: 0,
+        }
+    }
+
     /// Shuffled training batches, an endless stream over epochs. Shards are visited in a
     /// seeded random order, `window` at a time, and the rows of a window are shuffled
     /// together, so memory stays at `window` shards.
@@ -476,6 +488,40 @@ impl Iterator for Batches<'_> {
         };
         self.index += 1;
         Some(Ok(batch))
+    }
+}
+
+/// Rows of a store in harvest order; see [`ActivationStore::sequential`].
+pub struct Sequential<'a> {
+    store: &'a ActivationStore,
+    shard: usize,
+    rows: Vec<f32>,
+    ids: Vec<u32>,
+    at: usize,
+}
+
+impl Sequential<'_> {
+    /// The next `n` stored tokens' rows (`n × d`) and token ids; `None` once the store has
+    /// fewer than `n` left.
+    pub fn take(&mut self, n: usize) -> Result<Option<(Vec<f32>, Vec<u32>)>> {
+        let d = self.store.manifest.d;
+        let (mut rows, mut ids) = (Vec::with_capacity(n * d), Vec::with_capacity(n));
+        while ids.len() < n {
+            if self.at == self.ids.len() {
+                if self.shard >= self.store.manifest.shards.len() {
+                    return Ok(None);
+                }
+                let shard = self.store.read_shard(self.shard)?;
+                (self.rows, self.ids, self.at) = (shard.rows, shard.token_ids, 0);
+                self.shard += 1;
+                continue;
+            }
+            let k = (n - ids.len()).min(self.ids.len() - self.at);
+            ids.extend_from_slice(&self.ids[self.at..self.at + k]);
+            rows.extend_from_slice(&self.rows[self.at * d..(self.at + k) * d]);
+            self.at += k;
+        }
+        Ok(Some((rows, ids)))
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use glassbox_dictionary::Sae;
 use glassbox_model::{Hooks, Model};
+use glassbox_store::activations::ActivationStore;
 use glassbox_store::catalog::{
     histogram_bin, CatalogMeta, CatalogStore, Example, ExampleKind, Feature, HISTOGRAM_BINS,
     VOCAB_EMBEDDING, VOCAB_LOGIT,
@@ -73,6 +74,9 @@ pub struct Sources<'a> {
     /// The dictionary's directory (its weights are hashed).
     pub dict_dir: &'a Path,
     pub corpus: &'a Path,
+    /// A harvest of the same model, hook, corpus and context length: its stored activations
+    /// stand in for the forward pass over the contexts it holds (f16, as training saw them).
+    pub acts: Option<&'a ActivationStore>,
 }
 
 /// Progress as (tokens read, tokens wanted).
@@ -184,6 +188,21 @@ pub fn build(
             return Err(e.into());
         }
     }
+    let mut stored = match src.acts {
+        Some(store) => {
+            check_harvest(store, &meta, &sae.cfg.hook)?;
+            let mut seq = store.sequential();
+            // The contexts already read are skipped in the store too.
+            if meta.contexts_done > 0 && seq.take(meta.contexts_done * content)?.is_none() {
+                return Err(AnalysisError::Mismatch(
+                    "the harvest holds fewer contexts than the catalog has read; drop --acts"
+                        .into(),
+                ));
+            }
+            Some(seq)
+        }
+        None => None,
+    };
     let mut since_save = 0;
     let mut peak = PeakTracker::new(sae.d_sae());
     while meta.tokens < cfg.tokens as u64 {
@@ -202,20 +221,38 @@ pub fn build(
         if batch_ids.is_empty() {
             break; // the corpus ran out
         }
-        let full: Vec<Vec<u32>> = batch_ids
-            .iter()
-            .map(|c| [prefix.as_slice(), c, suffix.as_slice()].concat())
-            .collect();
-        let mut hooks = Hooks::none().record(hook).stop_at(hook);
-        model.forward(&model.batch_ids(&full)?, &mut hooks, None)?;
-        let act = hooks
-            .cache()
-            .get(&hook)
-            .ok_or_else(|| AnalysisError::Mismatch(format!("hook {hook} did not fire")))?;
-        let x: Vec<f32> = act
-            .narrow(1, prefix.len(), content)?
-            .flatten_all()?
-            .to_vec1()?;
+        let n = batch_ids.len() * content;
+        let from_store = match stored.as_mut() {
+            Some(seq) => seq.take(n)?,
+            None => None,
+        };
+        let x: Vec<f32> = match from_store {
+            Some((rows, ids)) => {
+                if ids != batch_ids.concat() {
+                    return Err(AnalysisError::Mismatch(format!(
+                        "the harvest's tokens differ from the corpus's at context {}; it was cut differently (drop --acts)",
+                        meta.contexts_done
+                    )));
+                }
+                rows
+            }
+            None => {
+                stored = None; // the harvest ran out: the model takes over
+                let full: Vec<Vec<u32>> = batch_ids
+                    .iter()
+                    .map(|c| [prefix.as_slice(), c, suffix.as_slice()].concat())
+                    .collect();
+                let mut hooks = Hooks::none().record(hook).stop_at(hook);
+                model.forward(&model.batch_ids(&full)?, &mut hooks, None)?;
+                let act = hooks
+                    .cache()
+                    .get(&hook)
+                    .ok_or_else(|| AnalysisError::Mismatch(format!("hook {hook} did not fire")))?;
+                act.narrow(1, prefix.len(), content)?
+                    .flatten_all()?
+                    .to_vec1()?
+            }
+        };
         let codes = sae.encode(&x)?;
         for (i, ids) in batch_ids.iter().enumerate() {
             let rows = &codes.rows[i * content..(i + 1) * content];
@@ -248,6 +285,33 @@ pub fn build(
         meta,
         flags: flagging.map(|f| f.1),
     })
+}
+
+/// Checks that a harvest holds the activations this catalog would compute.
+fn check_harvest(store: &ActivationStore, meta: &CatalogMeta, hook: &str) -> Result<()> {
+    let m = &store.manifest;
+    let pairs = [
+        ("model", &m.model_sha256, &meta.model_sha256),
+        ("corpus", &m.corpus_sha256, &meta.corpus_sha256),
+    ];
+    for (what, a, b) in pairs {
+        if a != b {
+            return Err(AnalysisError::Mismatch(format!(
+                "the harvest in {} is of another {what} (SHA-256 {a} ≠ {b}); drop --acts",
+                store.dir.display()
+            )));
+        }
+    }
+    if m.hook != hook || m.context_len != meta.context_len {
+        return Err(AnalysisError::Mismatch(format!(
+            "the harvest in {} holds {} in contexts of {} tokens; the catalog needs {hook} in contexts of {}; drop --acts",
+            store.dir.display(),
+            m.hook,
+            m.context_len,
+            meta.context_len
+        )));
+    }
+    Ok(())
 }
 
 fn dict_sha256(dict_dir: &Path) -> Result<String> {

@@ -97,6 +97,10 @@ pub struct BuildArgs {
     /// Contexts per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// A harvest (`glassbox harvest --out DIR`) of the same model, hook, corpus and context
+    /// length: its stored activations replace the forward pass over the contexts it holds.
+    #[arg(long, value_name = "DIR")]
+    acts: Option<PathBuf>,
     /// Save the catalog every N contexts; a killed build reruns from the last save.
     #[arg(long, default_value_t = 2048)]
     save_every: usize,
@@ -289,7 +293,13 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
     let bar = report::progress(a.tokens as u64, "catalog (tokens)", json_out);
     let started = Instant::now();
     let mut first = None;
+    let acts = a
+        .acts
+        .as_deref()
+        .map(glassbox_store::activations::ActivationStore::open)
+        .transpose()?;
     let src = Sources {
+        acts: acts.as_ref(),
         model: &model,
         model_name: &a.model,
         sae: &sae,
