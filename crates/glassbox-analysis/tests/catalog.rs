@@ -65,17 +65,6 @@ fn run(
     dict: &Path,
     corpus: &Path,
     tokens: usize,
-) -> glassbox_analysis::Result<Vec<Feature>> {
-    run_with(db, model, sae, dict, corpus, tokens, None)
-}
-
-fn run_with(
-    db: &Path,
-    model: &Model,
-    sae: &Sae,
-    dict: &Path,
-    corpus: &Path,
-    tokens: usize,
     acts: Option<&ActivationStore>,
 ) -> glassbox_analysis::Result<Vec<Feature>> {
     let mut store = SqliteCatalog::open(db).unwrap();
@@ -97,7 +86,7 @@ fn statistics_match_a_direct_recount_and_builds_extend() {
     let (m, corpus) = (model(), corpus(tmp.path()));
     let (sae, dict) = dictionary(tmp.path(), 7);
     let db = tmp.path().join("a/catalog.db");
-    let features = run(&db, &m, &sae, &dict, &corpus, 2000).unwrap();
+    let features = run(&db, &m, &sae, &dict, &corpus, 2000, None).unwrap();
     assert_eq!(features.len(), 128);
 
     // Recount: the same contexts through the model and the dictionary.
@@ -150,8 +139,8 @@ fn statistics_match_a_direct_recount_and_builds_extend() {
 
     // Built in two steps: the same statistics and top examples.
     let db2 = tmp.path().join("b/catalog.db");
-    run(&db2, &m, &sae, &dict, &corpus, 1000).unwrap();
-    let extended = run(&db2, &m, &sae, &dict, &corpus, 2000).unwrap();
+    run(&db2, &m, &sae, &dict, &corpus, 1000, None).unwrap();
+    let extended = run(&db2, &m, &sae, &dict, &corpus, 2000, None).unwrap();
     for (a, b) in features.iter().zip(&extended) {
         assert_eq!(
             (a.count, a.contexts, a.max, &a.histogram),
@@ -170,7 +159,7 @@ fn statistics_match_a_direct_recount_and_builds_extend() {
 
     // Another dictionary cannot extend this catalog, and the catalog is left as it was.
     let (other, other_dir) = dictionary(tmp.path(), 8);
-    let err = run(&db, &m, &other, &other_dir, &corpus, 3000)
+    let err = run(&db, &m, &other, &other_dir, &corpus, 3000, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("another dictionary"), "{err}");
@@ -186,7 +175,7 @@ fn search_finds_features_by_context_words_tokens_and_similarity() {
     let (m, corpus) = (model(), corpus(tmp.path()));
     let (sae, dict) = dictionary(tmp.path(), 3);
     let db = tmp.path().join("cat/catalog.db");
-    let features = run(&db, &m, &sae, &dict, &corpus, 1500).unwrap();
+    let features = run(&db, &m, &sae, &dict, &corpus, 1500, None).unwrap();
     let store = SqliteCatalog::open(&db).unwrap();
     let index = SearchIndex::open(&tmp.path().join("cat/index"), &store).unwrap();
     // A word from the README that must be in some feature's contexts.
@@ -270,26 +259,13 @@ fn a_harvest_stands_in_for_the_forward_pass() {
         harvest(&m, "tiny-gpt2", &corpus, &out, &cfg, &mut |_, _| {}).unwrap();
         ActivationStore::open(&out).unwrap()
     };
+    let build = |db: &str, acts: Option<&ActivationStore>| {
+        let db = tmp.path().join(db).join("catalog.db");
+        run(&db, &m, &sae, &dict, &corpus, 2000, acts)
+    };
     let store = harvested(32, "acts");
-    let plain = run(
-        &tmp.path().join("a/catalog.db"),
-        &m,
-        &sae,
-        &dict,
-        &corpus,
-        2000,
-    )
-    .unwrap();
-    let reused = run_with(
-        &tmp.path().join("b/catalog.db"),
-        &m,
-        &sae,
-        &dict,
-        &corpus,
-        2000,
-        Some(&store),
-    )
-    .unwrap();
+    let plain = build("a", None).unwrap();
+    let reused = build("b", Some(&store)).unwrap();
     let total: u64 = plain.iter().map(|f| f.count).sum();
     let differ: u64 = plain
         .iter()
@@ -311,17 +287,7 @@ fn a_harvest_stands_in_for_the_forward_pass() {
     );
 
     let other = harvested(16, "acts16");
-    let err = run_with(
-        &tmp.path().join("c/catalog.db"),
-        &m,
-        &sae,
-        &dict,
-        &corpus,
-        2000,
-        Some(&other),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = build("c", Some(&other)).unwrap_err().to_string();
     assert!(
         err.contains("contexts of 16 tokens") && err.contains("drop --acts"),
         "{err}"
