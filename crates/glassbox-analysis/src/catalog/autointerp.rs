@@ -352,6 +352,8 @@ fn explain(chat: &dyn Chat, f: &Feature, shown: &[&Example]) -> Result<String> {
         .trim_matches(|c: char| c == '"' || c == '“' || c == '”' || c == '.' || c == '*')
         .trim()
         .to_string();
+    // Small models open with a formula the catalog does not need.
+    let label = strip_preamble(&label);
     if label.is_empty() {
         return Err(AnalysisError::Llm(format!(
             "the explainer gave an empty description for feature {}",
@@ -359,6 +361,25 @@ fn explain(chat: &dyn Chat, f: &Feature, shown: &[&Example]) -> Result<String> {
         )));
     }
     Ok(label.chars().take(200).collect())
+}
+
+/// "This feature detects the word X" → "the word X".
+fn strip_preamble(label: &str) -> String {
+    const OPENINGS: [&str; 6] = [
+        "this feature detects ",
+        "the feature detects ",
+        "this feature fires on ",
+        "the feature fires on ",
+        "detects ",
+        "fires on ",
+    ];
+    let lower = label.to_lowercase();
+    for o in OPENINGS {
+        if lower.starts_with(o) && label.is_char_boundary(o.len()) {
+            return label[o.len()..].trim().to_string();
+        }
+    }
+    label.to_string()
 }
 
 fn detect(chat: &dyn Chat, label: &str, texts: &[String]) -> Result<Vec<bool>> {
@@ -467,6 +488,16 @@ mod tests {
         assert_eq!(parse_numbers("[]"), Some(vec![]));
         assert_eq!(parse_numbers("none of them"), None);
         assert_eq!(parse_numbers("[one]"), None);
+    }
+
+    #[test]
+    fn drops_the_explainers_preamble() {
+        assert_eq!(
+            strip_preamble("This feature detects the colon in smileys"),
+            "the colon in smileys"
+        );
+        assert_eq!(strip_preamble("Fires on dates"), "dates");
+        assert_eq!(strip_preamble("dates in logs"), "dates in logs");
     }
 
     #[test]
