@@ -81,71 +81,65 @@ pub fn flags(
     taxonomy: &Taxonomy,
     corpus_controls: &[Vec<u32>],
 ) -> Result<(Vec<Vec<Candidate>>, FlagReport)> {
-    let mut base_controls = Response::of(model, sae, &tokenize(model, &taxonomy.controls)?)?;
-    base_controls.extend(Response::of(model, sae, corpus_controls)?);
-    let heldout_controls = Response::of(model, sae, &tokenize(model, &taxonomy.heldout_controls)?)?;
+    let mut base_controls = Response::of(model, sae, &tokenize(model, &taxonomy.controls)?)?.0;
+    base_controls.add(&Response::of(model, sae, corpus_controls)?.0);
+    let heldout_controls =
+        Response::of(model, sae, &tokenize(model, &taxonomy.heldout_controls)?)?.0;
     let share = |n: usize, of: usize| n as f32 / of.max(1) as f32;
     // The decision tests every feature against every concept, so its significance level is
     // divided among them (Bonferroni); the held-out check tests one flag each.
     let tests = (sae.d_sae() * taxonomy.concepts.len().max(1)) as f64;
     let specific = |c: &Response, z: &Response, j: usize, alpha: f64, min_hits: usize| {
-        let n_0 = z.fired(j);
         c.fired(j) >= min_hits
-            && share(n_0, z.peaks.len()) <= MAX_CONTROL_SHARE
+            && share(z.fired(j), z.texts) <= MAX_CONTROL_SHARE
             && c.enrichment(j, z) <= alpha
     };
     let mut out: Vec<Vec<Candidate>> = vec![Vec::new(); sae.d_sae()];
     let mut report = FlagReport {
-        controls: base_controls.peaks.len(),
-        heldout_controls: heldout_controls.peaks.len(),
+        controls: base_controls.texts,
+        heldout_controls: heldout_controls.texts,
         concepts: Vec::new(),
     };
-    let texts: Vec<Response> = taxonomy
+    let texts: Vec<(Response, Vec<Vec<f32>>)> = taxonomy
         .concepts
         .iter()
         .map(|c| Response::of(model, sae, &tokenize(model, &c.examples)?))
         .collect::<Result<_>>()?;
     for (i, concept) in taxonomy.concepts.iter().enumerate() {
-        let hits = &texts[i];
+        let (hits, peaks) = &texts[i];
         // The other concepts' texts are negatives too: a feature for the question form "How
         // do I …" fires on self-harm and violence requests alike and detects neither.
-        let mut controls = Response::of(model, sae, &[])?;
-        controls.extend(base_controls.clone());
-        for (k, other) in texts.iter().enumerate() {
+        let mut controls = base_controls.clone();
+        for (k, (other, _)) in texts.iter().enumerate() {
             if k != i {
-                controls.extend(other.clone());
+                controls.add(other);
             }
         }
-        let held = Response::of(model, sae, &tokenize(model, &concept.heldout)?)?;
+        let held = Response::of(model, sae, &tokenize(model, &concept.heldout)?)?.0;
         let r = ConceptReport {
             concept: concept.name.clone(),
-            examples: hits.peaks.len(),
-            heldout: held.peaks.len(),
+            examples: hits.texts,
+            heldout: held.texts,
             ..Default::default()
         };
         for (j, flags) in out.iter_mut().enumerate() {
             let (n_c, n_0) = (hits.fired(j), controls.fired(j));
-            let score = share(n_c, hits.peaks.len()) - share(n_0, controls.peaks.len());
+            let score = share(n_c, hits.texts) - share(n_0, controls.texts);
             if score < concept.threshold || !specific(hits, &controls, j, ALPHA / tests, MIN_HITS) {
                 continue;
             }
-            let (held, hits) = (&held, &hits.peaks);
-            let controls = &controls;
-            let controls_n = controls.peaks.len();
-            let best = (0..hits.len())
-                .max_by(|&a, &b| hits[a][j].total_cmp(&hits[b][j]))
+            let best = (0..peaks.len())
+                .max_by(|&a, &b| peaks[a][j].total_cmp(&peaks[b][j]))
                 .unwrap_or(0);
             let (h_c, h_0) = (held.fired(j), heldout_controls.fired(j));
-            let confirmed = (!held.peaks.is_empty())
-                .then(|| specific(held, &heldout_controls, j, HELDOUT_ALPHA, 2));
-            let heldout = if held.peaks.is_empty() {
+            let confirmed =
+                (held.texts > 0).then(|| specific(&held, &heldout_controls, j, HELDOUT_ALPHA, 2));
+            let heldout = if held.texts == 0 {
                 String::new()
             } else {
                 format!(
                     "; held out: {h_c} of {} {} texts and {h_0} of {} controls",
-                    held.peaks.len(),
-                    concept.name,
-                    heldout_controls.peaks.len()
+                    held.texts, concept.name, heldout_controls.texts
                 )
             };
             flags.push(Candidate {
@@ -154,15 +148,15 @@ pub fn flags(
                     score,
                     evidence: format!(
                         "fires on {n_c} of {} {} texts and {n_0} of {} control texts{heldout}; most on “{}” ({:.3})",
-                        hits.len(),
+                        hits.texts,
                         concept.name,
-                        controls_n,
+                        controls.texts,
                         concept.examples[best],
-                        hits[best][j]
+                        peaks[best][j]
                     ),
                 },
                 confirmed,
-                peak: hits[best][j],
+                peak: peaks[best][j],
             });
         }
         report.concepts.push(r);
@@ -215,18 +209,20 @@ fn tokenize(model: &Model, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         .collect::<std::result::Result<_, _>>()?)
 }
 
-/// How a feature responds to a set of texts: its peak per text, and on how many of their
-/// tokens it is active (a rate that does not grow with text length).
+/// How the features respond to a set of texts: per feature, how many texts it fires on (is
+/// active on any of their tokens) and how many tokens it is active on (a rate that does not
+/// grow with text length). Counts add, so control sets are combined without re-running them.
 #[derive(Clone)]
 struct Response {
-    peaks: Vec<Vec<f32>>,
-    /// Per feature, tokens it is active on.
+    texts: usize,
+    fired: Vec<u32>,
     active: Vec<u32>,
     tokens: usize,
 }
 
 impl Response {
-    fn of(model: &Model, sae: &Sae, texts: &[Vec<u32>]) -> Result<Self> {
+    /// The counts, and each text's peak per feature (for naming the text a flag fires on most).
+    fn of(model: &Model, sae: &Sae, texts: &[Vec<u32>]) -> Result<(Self, Vec<Vec<f32>>)> {
         let mut active = vec![0u32; sae.d_sae()];
         let mut tokens = 0;
         let peaks = responses(model, sae, texts, &mut |row| {
@@ -235,24 +231,35 @@ impl Response {
                 active[j as usize] += 1;
             }
         })?;
-        Ok(Self {
-            peaks,
+        let mut fired = vec![0u32; sae.d_sae()];
+        for p in &peaks {
+            for (f, &v) in fired.iter_mut().zip(p) {
+                *f += u32::from(v > 0.0);
+            }
+        }
+        let counts = Self {
+            texts: peaks.len(),
+            fired,
             active,
             tokens,
-        })
+        };
+        Ok((counts, peaks))
     }
 
-    fn extend(&mut self, other: Self) {
-        self.peaks.extend(other.peaks);
+    fn add(&mut self, other: &Self) {
+        self.texts += other.texts;
         self.tokens += other.tokens;
-        for (a, b) in self.active.iter_mut().zip(other.active) {
+        for (a, b) in self.fired.iter_mut().zip(&other.fired) {
+            *a += b;
+        }
+        for (a, b) in self.active.iter_mut().zip(&other.active) {
             *a += b;
         }
     }
 
     /// Texts feature `j` fires on.
     fn fired(&self, j: usize) -> usize {
-        self.peaks.iter().filter(|p| p[j] > 0.0).count()
+        self.fired[j] as usize
     }
 
     /// How surprising feature `j`'s active tokens here are if it fired at its rate on the
