@@ -31,6 +31,39 @@ pub struct Config {
     /// API keys; with none, the server is open (and says so at start).
     #[serde(default, rename = "key")]
     pub keys: Vec<KeyConfig>,
+    /// What the web console at /console shows besides the live server.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Feature catalogs to browse (directories from `glassbox catalog build`).
+    #[serde(rename = "catalog")]
+    pub catalogs: Vec<CatalogRef>,
+    /// A directory of attribution graphs (`glassbox graph --out DIR`'s JSON files).
+    pub graphs: Option<PathBuf>,
+    /// Minutes a console sign-in lasts.
+    pub session_minutes: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            catalogs: Vec::new(),
+            graphs: None,
+            session_minutes: 480,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogRef {
+    /// The name pages and links use (e.g. the dictionary's: `l3`).
+    pub name: String,
+    pub path: PathBuf,
 }
 
 fn default_listen() -> SocketAddr {
@@ -235,6 +268,12 @@ impl Config {
                 *path = base.join(&*path);
             }
         }
+        let console = cfg.console.catalogs.iter_mut().map(|c| &mut c.path);
+        for path in console.chain(cfg.console.graphs.as_mut()) {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
         if cfg.audit.path.is_relative() {
             cfg.audit.path = base.join(&cfg.audit.path);
         }
@@ -258,6 +297,18 @@ impl Config {
                 return Err(ServeError::Config(format!(
                     "key `{}`: sha256 must be 64 hex digits (make one with `glassbox key`)",
                     k.name
+                )));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.console.catalogs {
+            let ok = !c.name.is_empty()
+                && c.name.len() <= 64
+                && c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok || !names.insert(&c.name) {
+                return Err(ServeError::Config(format!(
+                    "console catalog `{}`: names must be unique, 1 to 64 letters, digits, `-` or `_`",
+                    c.name
                 )));
             }
         }

@@ -1,11 +1,12 @@
 //! Glassbox layer 5: serving a model with monitors inside it. `config` reads `deploy.toml`,
 //! `rules` is the per-token rule language, `monitor` runs rules and interventions at the
 //! dictionaries' hooks, `infer` drives the model for a request, `server` is the HTTP API with
-//! `auth` (keys and roles), `metrics`, `webhook` (alerts) and `openapi`; the audit log lives
+//! `auth` (keys and roles), `metrics`, `webhook` (alerts) and `openapi`, and `console` (the web console); the audit log lives
 //! in `glassbox_store::audit`.
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod infer;
 pub mod metrics;

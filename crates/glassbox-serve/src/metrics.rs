@@ -89,6 +89,11 @@ impl Metrics {
         })
     }
 
+    /// Every metric's current values (the console's KPI page reads them).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The text exposition, with the alert queue read at scrape time.
     pub fn render(&self, alerts: Option<&AlertStats>) -> String {
         use std::sync::atomic::Ordering::Relaxed;

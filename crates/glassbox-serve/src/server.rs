@@ -29,6 +29,8 @@ use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_stream::StreamExt;
 
 use crate::auth::{Caller, Keys, Role};
+use crate::console::catalog::Catalogs;
+use crate::console::session::{csrf_ok, Sessions, CSRF_HEADER};
 use crate::config::{Config, FiringRecords, Fsync, MonitorConfig};
 use crate::error::{Result, ServeError};
 use crate::infer::{self, Report};
@@ -41,11 +43,14 @@ pub struct AppState {
     pub cfg: Config,
     readers: Readers,
     monitors: RwLock<(Vec<MonitorConfig>, Arc<MonitorSet>)>,
-    keys: Keys,
+    pub(crate) keys: Keys,
+    pub(crate) sessions: Sessions,
+    pub(crate) catalogs: Catalogs,
     audit: Mutex<AuditLog>,
     alerts: Option<Alerts>,
     pub metrics: Metrics,
-    events: broadcast::Sender<String>,
+    /// Live events for `/v1/events`: (SSE event name, JSON data).
+    events: broadcast::Sender<(&'static str, String)>,
     workers: Semaphore,
     next_id: AtomicU64,
     started: u64,
@@ -66,12 +71,18 @@ impl AppState {
         audit.sync()?;
         let metrics = Metrics::new().map_err(|e| ServeError::Config(format!("metrics: {e}")))?;
         let alerts = cfg.alert.as_ref().map(Alerts::start).transpose()?;
+        let catalogs = Catalogs::open(&cfg.console.catalogs)?;
+        let sessions = Sessions::new(std::time::Duration::from_secs(
+            cfg.console.session_minutes.max(1) * 60,
+        ));
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Ok(Arc::new(AppState {
             model: Arc::new(model),
             keys: Keys::new(&cfg.keys),
+            sessions,
+            catalogs,
             monitors: RwLock::new((cfg.monitors.clone(), Arc::new(set))),
             readers,
             audit: Mutex::new(audit),
@@ -85,10 +96,71 @@ impl AppState {
         }))
     }
 
-    fn monitor_set(&self) -> Arc<MonitorSet> {
+    pub(crate) fn monitor_set(&self) -> Arc<MonitorSet> {
         self.monitors
             .read()
             .map_or_else(|p| p.into_inner().1.clone(), |g| g.1.clone())
+    }
+
+    /// The monitors in force, as configured.
+    pub(crate) fn monitor_configs(&self) -> Vec<MonitorConfig> {
+        self.monitors
+            .read()
+            .map_or_else(|p| p.into_inner().0.clone(), |g| g.0.clone())
+    }
+
+    pub(crate) fn readers(&self) -> Readers {
+        self.readers.clone()
+    }
+
+    pub(crate) fn next_request_id(&self) -> String {
+        request_id(self)
+    }
+
+    /// The caller of a request that acts (inference, changes): a bearer key, or a console
+    /// session that also presents its CSRF token.
+    pub(crate) fn authorize_api(&self, headers: &HeaderMap, need: Role) -> ApiResult<Caller> {
+        authorize(self, headers, need)
+    }
+
+    /// The caller of a request that only reads (a session's cookie is enough).
+    pub(crate) fn authorize_read(&self, headers: &HeaderMap, need: Role) -> ApiResult<Caller> {
+        authorize_as(self, headers, need, false)
+    }
+
+    pub(crate) async fn on_worker<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&AppState) -> Result<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        on_worker(self, work).await
+    }
+
+    /// Metrics, audit records and live events of a finished request.
+    pub(crate) fn account_request(
+        &self,
+        caller: &Caller,
+        id: &str,
+        route: &str,
+        text: &str,
+        report: &Report,
+    ) -> ApiResult<()> {
+        account(self, caller, id, route, text, report)
+    }
+
+    /// Appends one record to the audit log (sign-ins and the like); a failure is logged.
+    pub(crate) fn audit_event(&self, actor: &str, event: &str, detail: Value) {
+        let written = self
+            .audit
+            .lock()
+            .map_err(|_| "the audit log lock is poisoned".to_string())
+            .and_then(|mut a| {
+                a.append(actor, event, detail)
+                    .and_then(|_| a.sync())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            tracing::error!(error = %e, event, "audit record not written");
+        }
     }
 }
 
@@ -110,6 +182,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/monitors/{name}", delete(delete_monitor))
         .route("/v1/events", get(events))
         .route("/v1/config", get(config))
+        .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -187,17 +260,41 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = std::result::Result<T, ApiError>;
 
 fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> ApiResult<Caller> {
+    authorize_as(state, headers, need, true)
+}
+
+/// A bearer key, or else a console session (whose CSRF token must come with the request when
+/// `acts`: a cookie alone cannot make another site's page act for the user).
+fn authorize_as(state: &AppState, headers: &HeaderMap, need: Role, acts: bool) -> ApiResult<Caller> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let caller = state.keys.identify(token).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid API key is needed: `Authorization: Bearer <key>`",
-        )
-    })?;
+    let session = if token.is_none() && !state.keys.open() {
+        state.sessions.get(headers)
+    } else {
+        None
+    };
+    let caller = match session {
+        Some(s) => {
+            let presented = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+            if acts && !csrf_ok(&s, presented) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("a console session must send its CSRF token in `{CSRF_HEADER}`"),
+                ));
+            }
+            s.caller
+        }
+        None => state.keys.identify(token).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid API key is needed: `Authorization: Bearer <key>`",
+            )
+        })?,
+    };
     if caller.role < need {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -229,7 +326,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    authorize(&state, &headers, Role::Admin)?;
+    authorize_as(&state, &headers, Role::Admin, false)?;
     let mut cfg = serde_json::to_value(&state.cfg).unwrap_or(Value::Null);
     cfg["monitor"] = json!(state
         .monitors
@@ -449,10 +546,18 @@ fn account(
         state.metrics.firings.with_label_values(&[&f.monitor]).inc();
         let action = format!("{:?}", f.action).to_lowercase();
         state.metrics.actions.with_label_values(&[&action]).inc();
-        let _ = state
-            .events
-            .send(json!({"request_id": id, "route": route, "firing": f}).to_string());
+        let _ = state.events.send((
+            "firing",
+            json!({"request_id": id, "route": route, "firing": f}).to_string(),
+        ));
     }
+    let _ = state.events.send((
+        "request",
+        json!({"request_id": id, "route": route, "key": caller.name,
+               "request": {"firings": per_request(&report.firings),
+                           "blocked": report.blocked.as_ref().map(|b| &b.monitor)}})
+        .to_string(),
+    ));
     if report.firings.is_empty() {
         return Ok(());
     }
@@ -930,7 +1035,7 @@ async fn list_monitors(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
-    authorize(&state, &headers, Role::Viewer)?;
+    authorize_as(&state, &headers, Role::Viewer, false)?;
     let list = state
         .monitors
         .read()
@@ -1014,11 +1119,11 @@ async fn delete_monitor(
 }
 
 async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers, Role::Viewer)?;
+    authorize_as(&state, &headers, Role::Viewer, false)?;
     let stream = BroadcastStream::new(state.events.subscribe()).filter_map(|m| {
         // A slow reader that lagged behind misses events rather than slowing the server.
         m.ok()
-            .map(|data| Ok::<_, Infallible>(Event::default().event("firing").data(data)))
+            .map(|(kind, data)| Ok::<_, Infallible>(Event::default().event(kind).data(data)))
     });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())

@@ -224,4 +224,39 @@ pub trait CatalogStore {
     fn flagged(&self, concept: &str, limit: usize) -> Result<Vec<(u32, f32)>>;
     /// Features that fire on `token` (case-insensitive), most often first.
     fn features_on_token(&self, token: &str, limit: usize) -> Result<Vec<(u32, u32)>>;
+    /// One line per feature, in id order, without examples or vocabulary: what a listing,
+    /// filter or search result needs (a backend overrides it with a cheaper query).
+    fn summaries(&self) -> Result<Vec<FeatureSummary>> {
+        Ok(self.features()?.iter().map(FeatureSummary::of).collect())
+    }
+}
+
+/// A feature's listing line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSummary {
+    pub id: u32,
+    pub count: u64,
+    pub max: f32,
+    pub label: String,
+    pub label_score: f32,
+    /// Concepts it is flagged for.
+    pub flags: Vec<String>,
+}
+
+impl FeatureSummary {
+    pub fn of(f: &Feature) -> Self {
+        Self {
+            id: f.id,
+            count: f.count,
+            max: f.max,
+            label: f.label.clone(),
+            label_score: f.label_score,
+            flags: f.flags.iter().map(|g| g.concept.clone()).collect(),
+        }
+    }
+
+    /// Fraction of tokens it fires on.
+    pub fn density(&self, tokens: u64) -> f64 {
+        self.count as f64 / tokens.max(1) as f64
+    }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{CatalogMeta, CatalogStore, Feature};
+use super::{CatalogMeta, CatalogStore, Feature, FeatureSummary};
 use crate::error::{Result, StoreError};
 
 /// Schema migrations, applied in order; `user_version` is how many have run.
@@ -188,6 +188,10 @@ impl CatalogStore for SqliteCatalog {
         rows.map(|r| r.map_err(|e| self.err(e))).collect()
     }
 
+    fn summaries(&self) -> Result<Vec<FeatureSummary>> {
+        self.summary_rows()
+    }
+
     fn features_on_token(&self, token: &str, limit: usize) -> Result<Vec<(u32, u32)>> {
         let mut stmt = self
             .conn
@@ -199,6 +203,46 @@ impl CatalogStore for SqliteCatalog {
             })
             .map_err(|e| self.err(e))?;
         rows.map(|r| r.map_err(|e| self.err(e))).collect()
+    }
+}
+
+impl SqliteCatalog {
+    fn summary_rows(&self) -> Result<Vec<FeatureSummary>> {
+        let mut flags: std::collections::HashMap<u32, Vec<String>> = Default::default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT feature, concept FROM feature_flags ORDER BY feature, score DESC")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (id, concept) = row.map_err(|e| self.err(e))?;
+            flags.entry(id).or_default().push(concept);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, count, max, label, label_score FROM features ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(FeatureSummary {
+                    id: r.get(0)?,
+                    count: r.get::<_, i64>(1)?.max(0) as u64,
+                    max: r.get(2)?,
+                    label: r.get(3)?,
+                    label_score: r.get(4)?,
+                    flags: Vec::new(),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.map(|r| {
+            r.map_err(|e| self.err(e)).map(|mut s| {
+                s.flags = flags.remove(&s.id).unwrap_or_default();
+                s
+            })
+        })
+        .collect()
     }
 }
 
