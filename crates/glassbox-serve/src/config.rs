@@ -304,7 +304,9 @@ impl Config {
         for c in &self.console.catalogs {
             let ok = !c.name.is_empty()
                 && c.name.len() <= 64
-                && c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                && c.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !ok || !names.insert(&c.name) {
                 return Err(ServeError::Config(format!(
                     "console catalog `{}`: names must be unique, 1 to 64 letters, digits, `-` or `_`",

@@ -29,9 +29,9 @@ use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_stream::StreamExt;
 
 use crate::auth::{Caller, Keys, Role};
+use crate::config::{Config, FiringRecords, Fsync, MonitorConfig};
 use crate::console::catalog::Catalogs;
 use crate::console::session::{csrf_ok, Sessions, CSRF_HEADER};
-use crate::config::{Config, FiringRecords, Fsync, MonitorConfig};
 use crate::error::{Result, ServeError};
 use crate::infer::{self, Report};
 use crate::metrics::Metrics;
@@ -265,7 +265,12 @@ fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> ApiResult<Cal
 
 /// A bearer key, or else a console session (whose CSRF token must come with the request when
 /// `acts`: a cookie alone cannot make another site's page act for the user).
-fn authorize_as(state: &AppState, headers: &HeaderMap, need: Role, acts: bool) -> ApiResult<Caller> {
+fn authorize_as(
+    state: &AppState,
+    headers: &HeaderMap,
+    need: Role,
+    acts: bool,
+) -> ApiResult<Caller> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

@@ -37,7 +37,11 @@ pub fn monitor_of(r: &Record) -> Option<&str> {
     ["firing", "firings", "blocked", "monitor"]
         .iter()
         .filter_map(|k| d.get(*k))
-        .find_map(|v| v.as_str().or_else(|| v.get("monitor").and_then(|m| m.as_str())).or_else(|| v.get("name").and_then(|m| m.as_str())))
+        .find_map(|v| {
+            v.as_str()
+                .or_else(|| v.get("monitor").and_then(|m| m.as_str()))
+                .or_else(|| v.get("name").and_then(|m| m.as_str()))
+        })
 }
 
 /// `2026-12-01 08:15:02` (UTC) from milliseconds since the epoch.
@@ -70,7 +74,7 @@ pub async fn page(
 ) -> Response {
     let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let hours = match p.hours.trim() {
         "" => None,
@@ -96,12 +100,20 @@ pub async fn page(
     })
     .await;
     let Ok((verification, records, commitments, state)) = read else {
-        return page::error(StatusCode::INTERNAL_SERVER_ERROR, "Audit log", "reading the audit log failed");
+        return page::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Audit log",
+            "reading the audit log failed",
+        );
     };
     let (verification, records) = match (verification, records) {
         (Ok(v), Ok(r)) => (v, r),
         (Err(e), _) | (_, Err(e)) => {
-            return page::error(StatusCode::INTERNAL_SERVER_ERROR, "Audit log", &format!("cannot read {}: {e}", state.cfg.audit.path.display()))
+            return page::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Audit log",
+                &format!("cannot read {}: {e}", state.cfg.audit.path.display()),
+            )
         }
     };
     let now_ms = std::time::SystemTime::now()
@@ -169,6 +181,9 @@ mod tests {
     #[test]
     fn utc_formats_civil_time() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc(1_764_547_200_000 + 3_723_000), "2025-12-01 01:02:03");
+        assert_eq!(
+            super::utc(1_764_547_200_000 + 3_723_000),
+            "2025-12-01 01:02:03"
+        );
     }
 }

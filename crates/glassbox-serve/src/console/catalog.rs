@@ -92,7 +92,10 @@ impl Catalog {
             ServeError::Config(format!("console catalog `{}` is empty", self.name))
         })?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if loaded.as_ref().is_none_or(|l| l.meta.generation != meta.generation) {
+        if loaded
+            .as_ref()
+            .is_none_or(|l| l.meta.generation != meta.generation)
+        {
             let index = SearchIndex::open(&self.dir.join("index"), &*store)?;
             *loaded = Some(Loaded {
                 meta: meta.clone(),
@@ -100,7 +103,9 @@ impl Catalog {
                 index: Arc::new(index),
             });
         }
-        let l = loaded.as_ref().ok_or_else(|| ServeError::Io("catalog not loaded".into()))?;
+        let l = loaded
+            .as_ref()
+            .ok_or_else(|| ServeError::Io("catalog not loaded".into()))?;
         Ok((l.meta.clone(), l.summaries.clone(), l.index.clone()))
     }
 
@@ -132,7 +137,9 @@ fn percent(field: &str, v: &str) -> std::result::Result<Option<f64>, String> {
     }
     match v.parse::<f64>() {
         Ok(x) if (0.0..=100.0).contains(&x) => Ok(Some(x / 100.0)),
-        _ => Err(format!("{field} must be a percentage from 0 to 100, not `{v}`")),
+        _ => Err(format!(
+            "{field} must be a percentage from 0 to 100, not `{v}`"
+        )),
     }
 }
 
@@ -144,33 +151,44 @@ struct Hits {
     flags: Vec<String>,
 }
 
-fn search(state: &AppState, p: &SearchParams) -> std::result::Result<Hits, Response> {
+fn search(state: &AppState, p: &SearchParams) -> std::result::Result<Hits, page::Refusal> {
     let cats = &state.catalogs.0;
-    let Some(cat) = (if p.catalog.is_empty() { cats.first() } else { state.catalogs.get(&p.catalog) }) else {
-        return Err(if cats.is_empty() {
+    let Some(cat) = (if p.catalog.is_empty() {
+        cats.first()
+    } else {
+        state.catalogs.get(&p.catalog)
+    }) else {
+        return Err(Box::new(if cats.is_empty() {
             page::error(
                 StatusCode::NOT_FOUND,
                 "No catalog",
                 "This server has no catalog to browse: add `[[console.catalog]] name = \"l3\"  path = \"glassbox-work/catalog\"` to deploy.toml and restart.",
             )
         } else {
-            page::error(StatusCode::NOT_FOUND, "No such catalog", &format!("There is no catalog named `{}`.", p.catalog))
-        });
+            page::error(
+                StatusCode::NOT_FOUND,
+                "No such catalog",
+                &format!("There is no catalog named `{}`.", p.catalog),
+            )
+        }));
     };
-    let bad = |m: String| page::error(StatusCode::BAD_REQUEST, "Bad filter", &m);
+    let bad = |m: String| Box::new(page::error(StatusCode::BAD_REQUEST, "Bad filter", &m));
     let lo = percent("minimum density", &p.min_density).map_err(bad)?;
     let hi = percent("maximum density", &p.max_density).map_err(bad)?;
     if p.q.len() > 1_000 {
         return Err(bad("a search of at most 1,000 characters, please".into()));
     }
-    let (meta, summaries, index) = cat.current().map_err(internal)?;
-    let mut flags: Vec<String> = summaries.iter().flat_map(|s| s.flags.iter().cloned()).collect();
+    let (meta, summaries, index) = cat.current().map_err(|e| Box::new(internal(e)))?;
+    let mut flags: Vec<String> = summaries
+        .iter()
+        .flat_map(|s| s.flags.iter().cloned())
+        .collect();
     flags.sort();
     flags.dedup();
     let keep = |s: &FeatureSummary| {
         let d = s.density(meta.tokens);
         s.count > 0
-            && (p.flag.is_empty() || s.flags.iter().any(|f| *f == p.flag))
+            && (p.flag.is_empty() || s.flags.contains(&p.flag))
             && lo.is_none_or(|lo| d >= lo)
             && hi.is_none_or(|hi| d <= hi)
     };
@@ -181,13 +199,21 @@ fn search(state: &AppState, p: &SearchParams) -> std::result::Result<Hits, Respo
             .map(|i| &summaries[i])
     };
     let matches: Vec<(FeatureSummary, Option<f32>)> = if p.q.trim().is_empty() {
-        summaries.iter().filter(|s| keep(s)).map(|s| (s.clone(), None)).collect()
+        summaries
+            .iter()
+            .filter(|s| keep(s))
+            .map(|s| (s.clone(), None))
+            .collect()
     } else {
         index
             .search(&p.q, SEARCH_HITS)
-            .map_err(|e| internal(e.into()))?
+            .map_err(|e| Box::new(internal(e.into())))?
             .into_iter()
-            .filter_map(|(id, score)| by_id(id).filter(|s| keep(s)).map(|s| (s.clone(), Some(score))))
+            .filter_map(|(id, score)| {
+                by_id(id)
+                    .filter(|s| keep(s))
+                    .map(|s| (s.clone(), Some(score)))
+            })
             .collect()
     };
     let total = matches.len();
@@ -202,7 +228,11 @@ fn search(state: &AppState, p: &SearchParams) -> std::result::Result<Hits, Respo
 
 fn internal(e: ServeError) -> Response {
     tracing::error!(error = %e, "console catalog");
-    page::error(StatusCode::INTERNAL_SERVER_ERROR, "Catalog error", &e.to_string())
+    page::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Catalog error",
+        &e.to_string(),
+    )
 }
 
 fn results_table(h: &Hits) -> Markup {
@@ -239,12 +269,12 @@ pub async fn search_page(
 ) -> Response {
     let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let s = state.clone();
     let hits = match tokio::task::spawn_blocking(move || search(&s, &p).map(|h| (h, p))).await {
         Ok(Ok(h)) => h,
-        Ok(Err(r)) => return r,
+        Ok(Err(r)) => return *r,
         Err(e) => return internal(ServeError::Io(e.to_string())),
     };
     let (h, p) = hits;
@@ -279,12 +309,12 @@ pub async fn results(
     Query(p): Query<SearchParams>,
 ) -> Response {
     if let Err(r) = page::who(&state, &headers, Role::Viewer, uri.path()) {
-        return r;
+        return *r;
     }
     let s = state.clone();
     match tokio::task::spawn_blocking(move || search(&s, &p)).await {
         Ok(Ok(h)) => results_table(&h).into_response(),
-        Ok(Err(r)) => r,
+        Ok(Err(r)) => *r,
         Err(e) => internal(ServeError::Io(e.to_string())),
     }
 }
@@ -350,27 +380,47 @@ pub async fn feature_page(
 ) -> Response {
     let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(cat) = state.catalogs.get(&name) else {
-        return page::error(StatusCode::NOT_FOUND, "No such catalog", &format!("There is no catalog named `{name}`."));
+        return page::error(
+            StatusCode::NOT_FOUND,
+            "No such catalog",
+            &format!("There is no catalog named `{name}`."),
+        );
     };
     let (meta, _, _) = match cat.current() {
         Ok(c) => c,
         Err(e) => return internal(e),
     };
-    let range = format!("Feature ids of `{name}` run from 0 to {}.", meta.d_sae.saturating_sub(1));
+    let range = format!(
+        "Feature ids of `{name}` run from 0 to {}.",
+        meta.d_sae.saturating_sub(1)
+    );
     let Ok(id) = id.parse::<u32>() else {
-        return page::error(StatusCode::BAD_REQUEST, "Not a feature id", &format!("`{id}` is not a number. {range}"));
+        return page::error(
+            StatusCode::BAD_REQUEST,
+            "Not a feature id",
+            &format!("`{id}` is not a number. {range}"),
+        );
     };
     let f = match cat.feature(id) {
         Ok(Some(f)) => f,
-        Ok(None) => return page::error(StatusCode::NOT_FOUND, "No such feature", &format!("Feature {id} is not in the catalog. {range}")),
+        Ok(None) => {
+            return page::error(
+                StatusCode::NOT_FOUND,
+                "No such feature",
+                &format!("Feature {id} is not in the catalog. {range}"),
+            )
+        }
         Err(e) => return internal(e),
     };
     let encoder = meta.vocab_effect == VOCAB_EMBEDDING;
     let (up, down) = if encoder {
-        ("Nearest token embeddings (cosine)", "Farthest token embeddings (cosine)")
+        (
+            "Nearest token embeddings (cosine)",
+            "Farthest token embeddings (cosine)",
+        )
     } else {
         ("Promotes (logit effect)", "Suppresses (logit effect)")
     };

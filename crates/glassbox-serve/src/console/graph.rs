@@ -59,17 +59,27 @@ impl Graph {
     fn check(&self) -> Result<(), String> {
         let n = self.nodes.len();
         if n > 100_000 || self.edges.len() > 1_000_000 || self.tokens.len() > 4096 {
-            return Err(format!("{n} nodes, {} edges, {} tokens is more than the viewer draws", self.edges.len(), self.tokens.len()));
+            return Err(format!(
+                "{n} nodes, {} edges, {} tokens is more than the viewer draws",
+                self.edges.len(),
+                self.tokens.len()
+            ));
         }
         let cols = self.dictionaries.len() + 2;
         for (i, node) in self.nodes.iter().enumerate() {
             if node.column >= cols || node.position >= self.tokens.len().max(1) {
-                return Err(format!("node {i} sits at column {}, position {} outside the graph", node.column, node.position));
+                return Err(format!(
+                    "node {i} sits at column {}, position {} outside the graph",
+                    node.column, node.position
+                ));
             }
         }
         for (i, e) in self.edges.iter().enumerate() {
             if e.source >= n || e.target >= n {
-                return Err(format!("edge {i} joins node {} to node {}, but there are {n} nodes", e.source, e.target));
+                return Err(format!(
+                    "edge {i} joins node {} to node {}, but there are {n} nodes",
+                    e.source, e.target
+                ));
             }
         }
         for (i, p) in self.paths.iter().enumerate() {
@@ -91,14 +101,16 @@ fn graph_file(dir: &Path, name: &str) -> Option<PathBuf> {
         && name.len() <= 200
         && name.ends_with(".json")
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     plain.then(|| dir.join(name))
 }
 
 pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
     let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut files: Vec<String> = graph_dir(&state)
         .and_then(|d| std::fs::read_dir(d).ok())
@@ -132,25 +144,55 @@ pub async fn view(
 ) -> Response {
     let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(path) = graph_dir(&state).and_then(|d| graph_file(d, &name)) else {
-        return page::error(StatusCode::NOT_FOUND, "No such graph", "Graph names are plain `NAME.json` files of the graph directory.");
+        return page::error(
+            StatusCode::NOT_FOUND,
+            "No such graph",
+            "Graph names are plain `NAME.json` files of the graph directory.",
+        );
     };
     let read = match std::fs::metadata(&path) {
-        Ok(m) if m.len() > MAX_BYTES => Err(format!("the file is {} MB; the viewer opens up to {} MB", m.len() >> 20, MAX_BYTES >> 20)),
+        Ok(m) if m.len() > MAX_BYTES => Err(format!(
+            "the file is {} MB; the viewer opens up to {} MB",
+            m.len() >> 20,
+            MAX_BYTES >> 20
+        )),
         Ok(_) => std::fs::read(&path).map_err(|e| e.to_string()),
-        Err(_) => return page::error(StatusCode::NOT_FOUND, "No such graph", &format!("There is no `{name}` in the graph directory.")),
+        Err(_) => {
+            return page::error(
+                StatusCode::NOT_FOUND,
+                "No such graph",
+                &format!("There is no `{name}` in the graph directory."),
+            )
+        }
     };
-    let graph = read.and_then(|b| serde_json::from_slice::<Graph>(&b).map_err(|e| format!("not a graph from `glassbox graph --out`: {e}"))).and_then(|g| g.check().map(|_| g));
+    let graph = read
+        .and_then(|b| {
+            serde_json::from_slice::<Graph>(&b)
+                .map_err(|e| format!("not a graph from `glassbox graph --out`: {e}"))
+        })
+        .and_then(|g| g.check().map(|_| g));
     let g = match graph {
         Ok(g) => g,
-        Err(e) => return page::error(StatusCode::UNPROCESSABLE_ENTITY, "Cannot show this graph", &format!("{name}: {e}")),
+        Err(e) => {
+            return page::error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Cannot show this graph",
+                &format!("{name}: {e}"),
+            )
+        }
     };
     let links: Vec<Option<String>> = g
         .dictionaries
         .iter()
-        .map(|hook| state.catalogs.by_hook(hook).map(|c| format!("/console/catalog/{c}/features/")))
+        .map(|hook| {
+            state
+                .catalogs
+                .by_hook(hook)
+                .map(|c| format!("/console/catalog/{c}/features/"))
+        })
         .collect();
     let body = html! {
         p { a href="/console/graphs" { "← graphs" } }
@@ -184,8 +226,16 @@ fn svg(g: &Graph, links: &[Option<String>]) -> Markup {
             (x, top + n.position as f64 * row_h)
         })
         .collect();
-    let on_path: std::collections::HashSet<(usize, usize)> = g.paths.iter().flat_map(|p| p.nodes.windows(2).map(|w| (w[0], w[1]))).collect();
-    let max = g.edges.iter().map(|e| e.effect.abs()).fold(1e-12f32, f32::max);
+    let on_path: std::collections::HashSet<(usize, usize)> = g
+        .paths
+        .iter()
+        .flat_map(|p| p.nodes.windows(2).map(|w| (w[0], w[1])))
+        .collect();
+    let max = g
+        .edges
+        .iter()
+        .map(|e| e.effect.abs())
+        .fold(1e-12f32, f32::max);
     let width = left + (g.dictionaries.len() + 2) as f64 * col_w;
     let height = top + g.tokens.len() as f64 * row_h + 20.0;
     let mut headers = vec!["tokens".to_string()];
@@ -224,7 +274,14 @@ mod tests {
     fn graph_names_cannot_leave_the_directory() {
         let d = Path::new("/srv/graphs");
         assert!(graph_file(d, "paris.json").is_some());
-        for bad in ["../etc/passwd.json", "a/b.json", ".hidden.json", "x.html", "", "%2e%2e.json"] {
+        for bad in [
+            "../etc/passwd.json",
+            "a/b.json",
+            ".hidden.json",
+            "x.html",
+            "",
+            "%2e%2e.json",
+        ] {
             assert!(graph_file(d, bad).is_none(), "{bad}");
         }
     }

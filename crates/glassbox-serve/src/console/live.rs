@@ -27,7 +27,10 @@ fn feature_links(state: &AppState) -> serde_json::Value {
         };
         let Some(f) = m.target(&rule) else { continue };
         if state.catalogs.0.iter().any(|c| &c.name == d) {
-            links.insert(m.name.clone(), json!(format!("/console/catalog/{d}/features/{f}")));
+            links.insert(
+                m.name.clone(),
+                json!(format!("/console/catalog/{d}/features/{f}")),
+            );
         }
     }
     serde_json::Value::Object(links)
@@ -36,7 +39,7 @@ fn feature_links(state: &AppState) -> serde_json::Value {
 pub async fn page(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
     let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let monitors = state.monitor_configs();
     let body = html! {
@@ -105,13 +108,23 @@ struct Latency {
 
 fn latencies(families: &[MetricFamily], name: &str) -> Vec<Latency> {
     let mut out = Vec::new();
-    for f in families.iter().filter(|f| f.name() == name && f.get_field_type() == MetricType::HISTOGRAM) {
+    for f in families
+        .iter()
+        .filter(|f| f.name() == name && f.get_field_type() == MetricType::HISTOGRAM)
+    {
         for m in f.get_metric() {
             let h = m.get_histogram();
-            let buckets: Vec<(f64, u64)> = h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+            let buckets: Vec<(f64, u64)> = h
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect();
             let count = h.get_sample_count();
             out.push(Latency {
-                route: m.get_label().first().map_or("all".into(), |l| l.value().to_string()),
+                route: m
+                    .get_label()
+                    .first()
+                    .map_or("all".into(), |l| l.value().to_string()),
                 count,
                 p50: quantile(&buckets, count, 0.5),
                 p95: quantile(&buckets, count, 0.95),
@@ -134,17 +147,31 @@ fn hourly_chart(records: &[audit::Record]) -> Markup {
         let h = r.time_ms / 3_600_000;
         let e = per_hour.entry(h).or_default();
         match r.event.as_str() {
-            "firing" => e.0 += r.detail.get("firings").and_then(|f| f["tokens"].as_u64()).unwrap_or(1),
+            "firing" => {
+                e.0 += r
+                    .detail
+                    .get("firings")
+                    .and_then(|f| f["tokens"].as_u64())
+                    .unwrap_or(1)
+            }
             "block" => e.1 += 1,
             _ => {}
         }
     }
-    let hours: Vec<(u64, (u64, u64))> = per_hour.into_iter().filter(|(_, v)| v.0 + v.1 > 0).collect();
+    let hours: Vec<(u64, (u64, u64))> = per_hour
+        .into_iter()
+        .filter(|(_, v)| v.0 + v.1 > 0)
+        .collect();
     let hours = &hours[hours.len().saturating_sub(48)..];
     if hours.is_empty() {
         return html! { p { "No firings or blocks in the audit log yet." } };
     }
-    let max = hours.iter().map(|(_, v)| v.0.max(v.1)).max().unwrap_or(1).max(1) as f64;
+    let max = hours
+        .iter()
+        .map(|(_, v)| v.0.max(v.1))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     let (w, ht) = (22.0, 120.0);
     let width = hours.len() as f64 * w + 40.0;
     html! {
@@ -173,7 +200,7 @@ fn audit_hour(h: u64) -> String {
 pub async fn kpis(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
     let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let families = state.metrics.gather();
     let requests = counter_total(&families, "glassbox_requests_total", "route");
@@ -188,7 +215,9 @@ pub async fn kpis(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: U
         .unwrap_or_default();
     let mut per_monitor: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for r in &records {
-        let Some(m) = super::audit::monitor_of(r) else { continue };
+        let Some(m) = super::audit::monitor_of(r) else {
+            continue;
+        };
         let e = per_monitor.entry(m.to_string()).or_default();
         match r.event.as_str() {
             "firing" => e.0 += 1,

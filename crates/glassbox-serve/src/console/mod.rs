@@ -34,14 +34,23 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/console", get(|| async { Redirect::to("/console/catalog") }))
-        .route("/console/", get(|| async { Redirect::to("/console/catalog") }))
+        .route(
+            "/console",
+            get(|| async { Redirect::to("/console/catalog") }),
+        )
+        .route(
+            "/console/",
+            get(|| async { Redirect::to("/console/catalog") }),
+        )
         .route("/console/login", get(login_page).post(login))
         .route("/console/logout", post(logout))
         .route("/console/assets/{file}", get(asset))
         .route("/console/catalog", get(catalog::search_page))
         .route("/console/catalog/results", get(catalog::results))
-        .route("/console/catalog/{name}/features/{id}", get(catalog::feature_page))
+        .route(
+            "/console/catalog/{name}/features/{id}",
+            get(catalog::feature_page),
+        )
         .route("/console/api/features", get(catalog::suggest))
         .route("/console/playground", get(playground::page))
         .route("/console/api/playground", post(playground::run))
@@ -72,8 +81,14 @@ async fn security_headers(mut r: Response) -> Response {
 
 async fn asset(Path(file): Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
-        "console.css" => (include_str!("assets/console.css"), "text/css; charset=utf-8"),
-        "console.js" => (include_str!("assets/console.js"), "text/javascript; charset=utf-8"),
+        "console.css" => (
+            include_str!("assets/console.css"),
+            "text/css; charset=utf-8",
+        ),
+        "console.js" => (
+            include_str!("assets/console.js"),
+            "text/javascript; charset=utf-8",
+        ),
         _ => return page::not_found().await,
     };
     (
@@ -133,14 +148,31 @@ struct LoginForm {
     next: String,
 }
 
-async fn login(State(state): State<Arc<AppState>>, form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>) -> Response {
+async fn login(
+    State(state): State<Arc<AppState>>,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
     let Ok(Form(f)) = form else {
-        return login_form(&state, "/console", Some("The sign-in form was malformed."), StatusCode::BAD_REQUEST);
+        return login_form(
+            &state,
+            "/console",
+            Some("The sign-in form was malformed."),
+            StatusCode::BAD_REQUEST,
+        );
     };
     let next = safe_next(&f.next);
-    let Some(caller) = state.keys.identify(Some(f.key.trim())).filter(|_| !state.keys.open()) else {
+    let Some(caller) = state
+        .keys
+        .identify(Some(f.key.trim()))
+        .filter(|_| !state.keys.open())
+    else {
         tracing::warn!("console sign-in with an unknown key");
-        return login_form(&state, next, Some("That key is not valid (or has been removed from deploy.toml)."), StatusCode::UNAUTHORIZED);
+        return login_form(
+            &state,
+            next,
+            Some("That key is not valid (or has been removed from deploy.toml)."),
+            StatusCode::UNAUTHORIZED,
+        );
     };
     let name = caller.name.clone();
     let id = state.sessions.start(caller);
@@ -166,7 +198,11 @@ async fn logout(
     if let Some(s) = state.sessions.get(&headers) {
         let token = form.as_ref().ok().map(|f| f.csrf.as_str());
         if !session::csrf_ok(&s, token) {
-            return page::error(StatusCode::FORBIDDEN, "Not allowed", "Sign out from the console's own button.");
+            return page::error(
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                "Sign out from the console's own button.",
+            );
         }
         state.sessions.end(&headers);
         state.audit_event(&s.caller.name, "console.logout", serde_json::json!({}));

@@ -25,7 +25,10 @@ const NAV: &[(&str, &str)] = &[
 
 /// The caller a console request comes from, or the response that sends them to sign in
 /// (no credentials) or tells them their role is not enough.
-pub fn who(state: &AppState, headers: &HeaderMap, need: Role, here: &str) -> Result<Who, Response> {
+/// A response that ends a request early (boxed: a `Response` is large).
+pub type Refusal = Box<Response>;
+
+pub fn who(state: &AppState, headers: &HeaderMap, need: Role, here: &str) -> Result<Who, Refusal> {
     let keyed = !state.keys.open();
     let bearer = headers
         .get("authorization")
@@ -35,23 +38,35 @@ pub fn who(state: &AppState, headers: &HeaderMap, need: Role, here: &str) -> Res
         match state.keys.identify(Some(token)) {
             Some(c) => (c, None),
             None => {
-                return Err(error(
+                return Err(Box::new(error(
                     StatusCode::UNAUTHORIZED,
                     "Unknown key",
                     "The API key in the Authorization header is not one this server knows.",
-                ))
+                )))
             }
         }
     } else if let Some(s) = state.sessions.get(headers) {
         (s.caller, Some(s.csrf))
     } else if !keyed {
-        (state.keys.identify(None).unwrap_or(Caller { name: "anonymous".into(), role: Role::Admin }), None)
+        (
+            state.keys.identify(None).unwrap_or(Caller {
+                name: "anonymous".into(),
+                role: Role::Admin,
+            }),
+            None,
+        )
     } else {
-        let next = if here.starts_with("/console") { here } else { "/console" };
-        return Err(Redirect::to(&format!("/console/login?next={}", url_encode(next))).into_response());
+        let next = if here.starts_with("/console") {
+            here
+        } else {
+            "/console"
+        };
+        return Err(Box::new(
+            Redirect::to(&format!("/console/login?next={}", url_encode(next))).into_response(),
+        ));
     };
     if caller.role < need {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "Not allowed",
             &format!(
@@ -60,7 +75,7 @@ pub fn who(state: &AppState, headers: &HeaderMap, need: Role, here: &str) -> Res
                 caller.name,
                 role_name(caller.role)
             ),
-        ));
+        )));
     }
     Ok(Who { caller, csrf })
 }
@@ -156,7 +171,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -59,12 +59,15 @@ pub struct Edit {
     value: f32,
 }
 
+/// A dictionary's strongest features on a token: `(feature, activation, label)`.
+type TopFeatures = (String, Vec<(u32, f32, String)>);
+
 #[derive(Serialize)]
 struct TokenView {
     text: String,
     generated: bool,
     /// Per dictionary: `(feature, activation, label)`, strongest first.
-    features: Vec<(String, Vec<(u32, f32, String)>)>,
+    features: Vec<TopFeatures>,
     /// Per probe: its score (0 to 1).
     probes: Vec<(String, f32)>,
 }
@@ -81,7 +84,7 @@ struct RunView {
 pub async fn page(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
     let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let readers = state.readers();
     let decoder = state.model.config.is_decoder();
@@ -124,7 +127,11 @@ pub async fn page(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: U
 }
 
 fn bad(m: impl Into<String>) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "invalid_request", "message": m.into()}}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": {"type": "invalid_request", "message": m.into()}})),
+    )
+        .into_response()
 }
 
 pub async fn run(
@@ -136,7 +143,11 @@ pub async fn run(
         Ok(b) => b,
         Err(e) => return bad(e.body_text()),
     };
-    let need = if req.edit.is_some() { Role::Operator } else { Role::Viewer };
+    let need = if req.edit.is_some() {
+        Role::Operator
+    } else {
+        Role::Viewer
+    };
     let caller = match state.authorize_api(&headers, need) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -145,14 +156,21 @@ pub async fn run(
         return bad("this server runs an encoder; the playground needs a decoder");
     }
     if req.prompt.trim().is_empty() || req.prompt.len() > MAX_PROMPT_CHARS {
-        return bad(format!("a prompt of 1 to {MAX_PROMPT_CHARS} characters, please"));
+        return bad(format!(
+            "a prompt of 1 to {MAX_PROMPT_CHARS} characters, please"
+        ));
     }
     let max_new = state.cfg.limits.max_new_tokens;
     if req.max_tokens == 0 || req.max_tokens > max_new {
-        return bad(format!("max_tokens must be 1 to {max_new} (limits.max_new_tokens)"));
+        return bad(format!(
+            "max_tokens must be 1 to {max_new} (limits.max_new_tokens)"
+        ));
     }
     let (prompt, ids) = if req.chat {
-        match state.model.chat_prompt(&[Message::new("user", &req.prompt)], false) {
+        match state
+            .model
+            .chat_prompt(&[Message::new("user", &req.prompt)], false)
+        {
             Ok(p) => p,
             Err(e) => return bad(e.to_string()),
         }
@@ -162,9 +180,16 @@ pub async fn run(
             Err(e) => return bad(e.to_string()),
         }
     };
-    let limit = state.cfg.limits.max_input_tokens.min(state.model.config.max_positions);
+    let limit = state
+        .cfg
+        .limits
+        .max_input_tokens
+        .min(state.model.config.max_positions);
     if ids.len() > limit {
-        return bad(format!("the prompt is {} tokens; the limit is {limit} (limits.max_input_tokens)", ids.len()));
+        return bad(format!(
+            "the prompt is {} tokens; the limit is {limit} (limits.max_input_tokens)",
+            ids.len()
+        ));
     }
     let edit_cfg = match &req.edit {
         Some(e) => match edit_monitor(&state, e) {
@@ -191,7 +216,13 @@ pub async fn run(
                 monitors.push(m.clone());
                 let set = MonitorSet::new(&s.readers(), &monitors)?;
                 let only = MonitorSet::new(&s.readers(), &[m])?;
-                let title = format!("{} feature {} {} {}", e.mode, e.feature, if e.mode == "clamp" { "=" } else { "+" }, e.value);
+                let title = format!(
+                    "{} feature {} {} {}",
+                    e.mode,
+                    e.feature,
+                    if e.mode == "clamp" { "=" } else { "+" },
+                    e.value
+                );
                 out.push(one_run(s, &set, Some(&only), &title, &rid, &ids, &cfg)?);
             }
             Ok(out)
@@ -215,13 +246,27 @@ fn edit_monitor(state: &AppState, e: &Edit) -> Result<MonitorConfig> {
     let action = match e.mode.as_str() {
         "steer" => Action::Steer,
         "clamp" => Action::Clamp,
-        m => return Err(ServeError::Config(format!("mode must be `steer` or `clamp`, not `{m}`"))),
+        m => {
+            return Err(ServeError::Config(format!(
+                "mode must be `steer` or `clamp`, not `{m}`"
+            )))
+        }
     };
     if !e.value.is_finite() || e.value.abs() > 1e4 {
-        return Err(ServeError::Config("value must be a finite number of at most 10,000 in size".into()));
+        return Err(ServeError::Config(
+            "value must be a finite number of at most 10,000 in size".into(),
+        ));
     }
-    if !state.readers().dictionaries.iter().any(|d| d.name == e.dictionary) {
-        return Err(ServeError::Config(format!("no [[dictionary]] is named `{}`", e.dictionary)));
+    if !state
+        .readers()
+        .dictionaries
+        .iter()
+        .any(|d| d.name == e.dictionary)
+    {
+        return Err(ServeError::Config(format!(
+            "no [[dictionary]] is named `{}`",
+            e.dictionary
+        )));
     }
     Ok(MonitorConfig {
         name: "console-edit".into(),
@@ -247,9 +292,18 @@ fn one_run(
     cfg: &GenerateConfig,
 ) -> Result<(RunView, infer::Report)> {
     let (g, report) = infer::generate(&s.model, set, None, rid, ids, cfg, &mut |_, _| true)?;
-    let all: Vec<u32> = ids.iter().copied().chain(g.tokens.iter().map(|c| c.id)).collect();
+    let all: Vec<u32> = ids
+        .iter()
+        .copied()
+        .chain(g.tokens.iter().map(|c| c.id))
+        .collect();
     let readers = s.readers();
-    let mut points: Vec<_> = readers.dictionaries.iter().map(|d| d.hook).chain(readers.probes.iter().map(|p| p.hook)).collect();
+    let mut points: Vec<_> = readers
+        .dictionaries
+        .iter()
+        .map(|d| d.hook)
+        .chain(readers.probes.iter().map(|p| p.hook))
+        .collect();
     points.sort();
     points.dedup();
     let batch = s.model.batch_ids(std::slice::from_ref(&all))?;
@@ -266,7 +320,9 @@ fn one_run(
     };
     let n = all.len();
     let rows = |p| -> Result<Vec<f32>> {
-        let t = cache.get(&p).ok_or_else(|| ServeError::Io(format!("no activation recorded at {p}")))?;
+        let t = cache
+            .get(&p)
+            .ok_or_else(|| ServeError::Io(format!("no activation recorded at {p}")))?;
         Ok(t.flatten_all()?.to_vec1::<f32>()?)
     };
     let width = s.model.config.d_model;
@@ -282,12 +338,18 @@ fn one_run(
         .collect();
     for d in &readers.dictionaries {
         let x = rows(d.hook)?;
-        let codes = d.sae.encode(&x[..n * width]).map_err(|e| ServeError::Config(e.to_string()))?;
+        let codes = d
+            .sae
+            .encode(&x[..n * width])
+            .map_err(|e| ServeError::Config(e.to_string()))?;
         for (tv, row) in tokens.iter_mut().zip(&codes.rows) {
             let mut top: Vec<(u32, f32)> = row.iter().copied().filter(|e| e.1 > 0.0).collect();
             top.sort_by(|a, b| b.1.total_cmp(&a.1));
             top.truncate(TOP_FEATURES);
-            let labelled = top.into_iter().map(|(j, v)| (j, v, s.catalogs.label(&d.name, j).unwrap_or_default())).collect();
+            let labelled = top
+                .into_iter()
+                .map(|(j, v)| (j, v, s.catalogs.label(&d.name, j).unwrap_or_default()))
+                .collect();
             tv.features.push((d.name.clone(), labelled));
         }
     }

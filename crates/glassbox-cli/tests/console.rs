@@ -1,0 +1,483 @@
+//! The web console in a real browser: Debian's chromium, headless, driven through
+//! chromedriver (WebDriver, `fantoccini`) against a real `glassbox serve` of SmolLM2 with a
+//! dictionary and a catalog built by the CLI. Search finds a known feature, its page shows
+//! highlighted contexts, steering in the playground changes the output, a firing appears in
+//! the live view, the audit page shows a tampered log as broken, and a viewer can neither see
+//! nor craft a steer. Screenshots of each page go to $GLASSBOX_SCREENSHOTS (default: the
+//! test's temporary directory).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use glassbox_dictionary::{saelens, Activation, DictConfig, Sae};
+use glassbox_store::catalog::sqlite::SqliteCatalog;
+use glassbox_store::catalog::CatalogStore;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn glassbox(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "glassbox {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn first_line(from: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+fn serve(config: &Path) -> (Kill, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = first_line(child.stdout.take().unwrap())
+        .recv_timeout(Duration::from_secs(300))
+        .expect("the server did not start");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    (Kill(child), url)
+}
+
+/// chromedriver on a free loopback port (the test set-up installs `chromium-driver`).
+fn chromedriver() -> (Kill, String) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(
+            "chromedriver is missing: scripts/test installs Debian's chromium and chromium-driver",
+        );
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < WAIT, "chromedriver did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Kill(child), url)
+}
+
+async fn browser(driver: &str) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]}),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(driver)
+        .await
+        .expect("cannot start chromium through chromedriver")
+}
+
+async fn shot(c: &Client, dir: &Path, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(dir.join(format!("console-{name}.png")), png).unwrap();
+}
+
+async fn sign_in(c: &Client, base: &str, key: &str) {
+    c.goto(&format!("{base}/console/playground")).await.unwrap();
+    assert!(c
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .starts_with("/console/login"));
+    c.find(Locator::Id("key"))
+        .await
+        .unwrap()
+        .send_keys(key)
+        .await
+        .unwrap();
+    c.find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Id("play"))
+        .await
+        .unwrap();
+}
+
+/// A word that a feature fires on most and few other features share, with that feature.
+fn known_feature(catalog: &Path) -> (u32, String) {
+    let store = SqliteCatalog::open(&catalog.join("catalog.db")).unwrap();
+    let features = store.features().unwrap();
+    let word = |t: &str| {
+        let w = t.trim().to_lowercase();
+        (w.len() >= 4 && w.chars().all(|c| c.is_ascii_alphabetic())).then_some(w)
+    };
+    let mut best: Option<(usize, u32, String)> = None;
+    for f in features.iter().filter(|f| f.count > 0) {
+        let Some(w) = f.top_tokens.first().and_then(|t| word(&t.0)) else {
+            continue;
+        };
+        let sharing = features
+            .iter()
+            .filter(|g| g.top_tokens.iter().any(|t| t.0.to_lowercase().contains(&w)))
+            .count();
+        if best.as_ref().is_none_or(|b| sharing < b.0) {
+            best = Some((sharing, f.id, w));
+        }
+    }
+    let (_, id, w) = best.expect("no feature fires on a word");
+    (id, w)
+}
+
+#[test]
+fn the_console_works_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let shots: PathBuf =
+        std::env::var_os("GLASSBOX_SCREENSHOTS").map_or(d.to_path_buf(), PathBuf::from);
+    std::fs::create_dir_all(&shots).unwrap();
+
+    // A TopK dictionary on SmolLM2's residual stream and a small catalog of it.
+    let hook = "blocks.3.hook_resid_pre";
+    let sae = Sae::init(
+        DictConfig::sae(Activation::TopK { k: 16 }, 576, 512, "smollm2", hook),
+        7,
+    )
+    .unwrap();
+    saelens::save(&sae, &d.join("dict"), Value::Null).unwrap();
+    glassbox(&[
+        "catalog",
+        "build",
+        "--model",
+        "smollm2",
+        "--dict",
+        d.join("dict").to_str().unwrap(),
+        "--tokens",
+        "6000",
+        "--context",
+        "64",
+        "--no-flags",
+        "--catalog",
+        d.join("catalog").to_str().unwrap(),
+    ]);
+    let (feature, word) = known_feature(&d.join("catalog"));
+    let busiest = SqliteCatalog::open(&d.join("catalog/catalog.db"))
+        .unwrap()
+        .summaries()
+        .unwrap()
+        .into_iter()
+        .max_by_key(|s| s.count)
+        .unwrap()
+        .id;
+
+    let mut keys = Vec::new();
+    let mut key_toml = String::new();
+    for role in ["viewer", "operator"] {
+        let v = glassbox(&[
+            "key",
+            "--name",
+            &format!("{role}-key"),
+            "--role",
+            role,
+            "--json",
+        ]);
+        keys.push(v["key"].as_str().unwrap().to_string());
+        key_toml += &format!(
+            "[[key]]\nname = \"{role}-key\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            v["sha256"].as_str().unwrap()
+        );
+    }
+    let (viewer, operator) = (keys[0].clone(), keys[1].clone());
+    std::fs::create_dir_all(d.join("graphs")).unwrap();
+    std::fs::write(
+        d.join("graphs/broken.json"),
+        r#"{"tokens": ["a"], "nodes": 3}"#,
+    )
+    .unwrap();
+    glassbox(&[
+        "graph",
+        "--model",
+        "smollm2",
+        "The capital of France is",
+        "--dict",
+        d.join("dict").to_str().unwrap(),
+        "--target",
+        "\\sParis",
+        "--out",
+        d.join("graphs/paris.json").to_str().unwrap(),
+    ]);
+    std::fs::write(
+        d.join("deploy.toml"),
+        format!(
+            "model = \"smollm2\"\n[limits]\nmax_new_tokens = 16\n[[dictionary]]\nname = \"l3\"\npath = \"dict\"\n\
+             [[monitor]]\nname = \"busy\"\ndictionary = \"l3\"\nwhen = \"feature {busiest} > 0\"\naction = \"log\"\n\
+             [audit]\npath = \"audit/audit.jsonl\"\nfirings = \"per-request\"\n[console]\ngraphs = \"graphs\"\n\
+             [[console.catalog]]\nname = \"l3\"\npath = \"catalog\"\n{key_toml}"
+        ),
+    )
+    .unwrap();
+    let (_server, base) = serve(&d.join("deploy.toml"));
+    let (_driver, driver_url) = chromedriver();
+
+    // Headers: a strict CSP, and a viewer's crafted steer is refused by the API.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let r = agent.get(&format!("{base}/console/login")).call().unwrap();
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let steer = json!({"prompt": "Hello", "max_tokens": 4, "edit": {"dictionary": "l3", "feature": 1, "mode": "steer", "value": 50}});
+    let r = agent
+        .post(&format!("{base}/console/api/playground"))
+        .header("Authorization", &format!("Bearer {viewer}"))
+        .header("Content-Type", "application/json")
+        .send(steer.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+
+    // A bounded fuzz of console requests on loopback: odd paths, ids, queries and bodies get
+    // pages or JSON errors (never a 5xx), and the server stays up.
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let pieces = [
+        "/console/catalog",
+        "/console/catalog/results",
+        "/console/catalog/l3/features/",
+        "/console/catalog/zz/features/1",
+        "/console/graphs/",
+        "/console/audit",
+        "/console/kpis",
+        "/console/live",
+        "/console/api/features",
+        "/console/assets/",
+        "/console/nope/..%2f..",
+        "/console/login",
+    ];
+    let junk = [
+        "",
+        "-1",
+        "99999999999",
+        "abc",
+        "%00",
+        "%ff%fe",
+        "..%2f..%2fetc%2fpasswd",
+        "q=%22",
+        "min_density=-3",
+        "max_density=1e400",
+        "hours=999999",
+        "flag=%3Cscript%3E",
+        "q=AND%20OR%20(((",
+        "catalog=../../x",
+        "next=//evil",
+    ];
+    for i in 0..300 {
+        let path = pieces[next() as usize % pieces.len()];
+        let extra = junk[next() as usize % junk.len()];
+        let url = if path.ends_with('/') {
+            format!("{base}{path}{extra}")
+        } else {
+            format!("{base}{path}?{extra}")
+        };
+        let key = if i % 2 == 0 { &viewer } else { &operator };
+        let r = if i % 5 == 0 {
+            let body: Vec<u8> = (0..(next() % 300)).map(|_| next() as u8).collect();
+            agent
+                .post(&format!("{base}/console/api/playground"))
+                .header("Authorization", &format!("Bearer {key}"))
+                .header("Content-Type", "application/json")
+                .send(&body[..])
+                .unwrap()
+        } else {
+            agent
+                .get(&url)
+                .header("Authorization", &format!("Bearer {key}"))
+                .call()
+                .unwrap()
+        };
+        assert!(r.status().as_u16() < 500, "{url}: {}", r.status());
+    }
+    assert_eq!(
+        agent
+            .get(&format!("{base}/healthz"))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = browser(&driver_url).await;
+        sign_in(&c, &base, &operator).await;
+
+        // Search as you type finds the known feature; its page highlights its contexts.
+        c.goto(&format!("{base}/console/catalog")).await.unwrap();
+        c.find(Locator::Id("q")).await.unwrap().send_keys(&word).await.unwrap();
+        let link = format!("a[href='/console/catalog/l3/features/{feature}']");
+        c.wait().at_most(WAIT).for_element(Locator::Css(&link)).await
+            .unwrap_or_else(|_| panic!("searching `{word}` did not list feature {feature}"));
+        // Each keystroke re-renders the results: let the last one land before clicking.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        shot(&c, &shots, "catalog").await;
+        c.find(Locator::Css(&link)).await.unwrap().click().await.unwrap();
+        c.wait().at_most(WAIT).for_element(Locator::Css(".ctx span.a5")).await.expect("no highlighted peak token");
+        let h1 = c.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
+        assert!(h1.starts_with(&format!("Feature {feature}")), "{h1}");
+        assert!(!c.find_all(Locator::Css(".example")).await.unwrap().is_empty());
+        shot(&c, &shots, "feature").await;
+
+        // Steering changes the output, side by side with the run as served.
+        c.goto(&format!("{base}/console/playground")).await.unwrap();
+        let prompt = c.find(Locator::Id("prompt")).await.unwrap();
+        prompt.clear().await.unwrap();
+        prompt.send_keys("The capital of France is").await.unwrap();
+        c.find(Locator::Id("chat")).await.unwrap().click().await.ok(); // plain completion
+        c.find(Locator::Id("max-tokens")).await.unwrap().clear().await.unwrap();
+        c.find(Locator::Id("max-tokens")).await.unwrap().send_keys("8").await.unwrap();
+        c.find(Locator::Id("feature")).await.unwrap().send_keys(&feature.to_string()).await.unwrap();
+        let value = c.find(Locator::Id("value")).await.unwrap();
+        value.clear().await.unwrap();
+        value.send_keys("400").await.unwrap();
+        c.find(Locator::Id("run")).await.unwrap().click().await.unwrap();
+        c.wait().at_most(Duration::from_secs(300)).for_element(Locator::Css(".run[data-run='1']")).await.expect("no steered run");
+        let outputs: Vec<String> = {
+            let mut v = Vec::new();
+            for e in c.find_all(Locator::Css(".run .output")).await.unwrap() {
+                v.push(e.text().await.unwrap());
+            }
+            v
+        };
+        assert_eq!(outputs.len(), 2);
+        assert_ne!(outputs[0], outputs[1], "steering feature {feature} by 400 changed nothing");
+        c.find(Locator::Css(".run .tok.gen")).await.unwrap().click().await.unwrap();
+        c.wait().at_most(WAIT).for_element(Locator::Css("#token-detail h3")).await.unwrap();
+        shot(&c, &shots, "playground").await;
+
+        // A firing reaches the live view while it is open.
+        c.goto(&format!("{base}/console/live")).await.unwrap();
+        c.wait().at_most(WAIT).for_element(Locator::XPath("//p[@id='live-status' and starts-with(., 'Connected')]")).await.unwrap();
+        let sent = Instant::now();
+        let r = agent.post(&format!("{base}/v1/completions")).header("Authorization", &format!("Bearer {viewer}"))
+            .header("Content-Type", "application/json").send(json!({"prompt": "Hello there", "max_tokens": 2}).to_string().as_bytes()).unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let answered = sent.elapsed();
+        c.wait().at_most(WAIT).for_element(Locator::Css("#events tr.firing")).await.expect("no firing in the live view");
+        eprintln!("live view: firing shown {:?} after the response ({answered:?} to answer)", sent.elapsed() - answered);
+        let firings = c.find(Locator::Css("tr[data-monitor='busy'] .firings")).await.unwrap().text().await.unwrap();
+        assert!(firings.parse::<u32>().unwrap() > 0);
+        shot(&c, &shots, "live").await;
+
+        // KPIs and a malformed graph: pages, not blank screens.
+        c.goto(&format!("{base}/console/kpis")).await.unwrap();
+        assert!(c.source().await.unwrap().contains("Latency (ms)"));
+        shot(&c, &shots, "kpis").await;
+        c.goto(&format!("{base}/console/graphs/paris.json")).await.unwrap();
+        let kinds: Value = serde_json::from_slice(&std::fs::read(d.join("graphs/paris.json")).unwrap()).unwrap();
+        let node = c.find(Locator::Css("circle.node.feature")).await;
+        let node = node.unwrap_or_else(|_| panic!("no feature node drawn; the graph's nodes: {}", kinds["nodes"]));
+        node.click().await.unwrap();
+        c.wait().at_most(WAIT).for_element(Locator::Css("#node-detail h2")).await.unwrap();
+        assert!(c.find(Locator::Css("#node-detail a")).await.is_ok(), "a feature node links to its page");
+        shot(&c, &shots, "graph").await;
+        c.goto(&format!("{base}/console/graphs/broken.json")).await.unwrap();
+        let err = c.find(Locator::Css(".error")).await.unwrap().text().await.unwrap();
+        assert!(err.contains("not a graph") && err.contains("Back to the console"), "{err}");
+        c.goto(&format!("{base}/console/catalog/l3/features/999999")).await.unwrap();
+        assert!(c.find(Locator::Css(".error")).await.unwrap().text().await.unwrap().contains("0 to 511"));
+
+        // The audit page verifies the chain, and names the record an edit broke.
+        c.goto(&format!("{base}/console/audit")).await.unwrap();
+        assert!(c.find(Locator::Css(".status.ok")).await.unwrap().text().await.unwrap().contains("Chain verified"));
+        let log = d.join("audit/audit.jsonl");
+        let text = std::fs::read_to_string(&log).unwrap();
+        std::fs::write(&log, text.replacen("operator-key", "someone-else", 1)).unwrap();
+        c.refresh().await.unwrap();
+        let broken = c.find(Locator::Css(".status.broken")).await.unwrap().text().await.unwrap();
+        assert!(broken.contains("Chain broken") && broken.contains("line"), "{broken}");
+        shot(&c, &shots, "audit").await;
+
+        // A viewer sees the playground without the edit controls, and a crafted steer from
+        // their signed-in page (with the page's own CSRF token) is refused.
+        c.find(Locator::Css("form.inline button")).await.unwrap().click().await.unwrap();
+        sign_in(&c, &base, &viewer).await;
+        assert!(c.find(Locator::Id("edit")).await.unwrap().attr("disabled").await.unwrap().is_some());
+        let status = c.execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/console/api/playground', {method: 'POST', headers: {'content-type': 'application/json',
+               'x-glassbox-csrf': document.querySelector('meta[name=glassbox-csrf]').content},
+               body: JSON.stringify(arguments[0])}).then(r => done(r.status));",
+            vec![steer.clone()],
+        ).await.unwrap();
+        assert_eq!(status, json!(403));
+        // And a cookie without the CSRF token cannot act at all.
+        let status = c.execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/v1/completions', {method: 'POST', headers: {'content-type': 'application/json'},
+               body: JSON.stringify({prompt: 'x', max_tokens: 1})}).then(r => done(r.status));",
+            vec![],
+        ).await.unwrap();
+        assert_eq!(status, json!(403));
+        c.close().await.unwrap();
+    });
+}
