@@ -424,6 +424,11 @@ fn the_console_works_in_chromium() {
         let answered = sent.elapsed();
         c.wait().at_most(WAIT).for_element(Locator::Css("#events tr.firing")).await.expect("no firing in the live view");
         eprintln!("live view: firing shown {:?} after the response ({answered:?} to answer)", sent.elapsed() - answered);
+        c.wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css("#events tr.request .heat.trace span"))
+            .await
+            .expect("no per-token trace of the request in the live view");
         let firings = c.find(Locator::Css("tr[data-monitor='busy'] .firings")).await.unwrap().text().await.unwrap();
         assert!(firings.parse::<u32>().unwrap() > 0);
         shot(&c, &shots, "live").await;

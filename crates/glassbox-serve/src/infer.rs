@@ -18,11 +18,21 @@ pub struct Report {
     pub blocked: Option<crate::monitor::Blocked>,
     /// Per input, per monitor: its rule's value nearest to firing (see `Watch::peaks`).
     pub peaks: Vec<Vec<Option<f32>>>,
+    /// Per monitor (name, its rule's value on each token of the first input).
+    pub trace: Vec<(String, Vec<f32>)>,
 }
 
 fn finish(watch: RefCell<Watch>) -> Report {
     let w = watch.into_inner();
+    let trace = w
+        .set
+        .monitors
+        .iter()
+        .map(|m| m.cfg.name.clone())
+        .zip(w.trace)
+        .collect();
     Report {
+        trace,
         firings: w.firings,
         blocked: w.blocked,
         peaks: w.peaks,

@@ -237,7 +237,7 @@ pub struct Blocked {
 
 /// One request's monitoring state.
 pub struct Watch<'s> {
-    set: &'s MonitorSet,
+    pub(crate) set: &'s MonitorSet,
     alerts: Option<&'s Alerts>,
     request_id: &'s str,
     /// Per input, per monitor.
@@ -253,7 +253,13 @@ pub struct Watch<'s> {
     /// Per input, per monitor: the rule's value nearest to firing over the tokens seen (the
     /// highest for `>` rules, the lowest for `<` ones); `None` before any token was read.
     pub peaks: Vec<Vec<Option<f32>>>,
+    /// Per monitor: its rule's value on each token of the first input, in order (at most
+    /// [`TRACE_TOKENS`]): the live view's per-token trace.
+    pub trace: Vec<Vec<f32>>,
 }
+
+/// Tokens a request's trace keeps per monitor.
+pub const TRACE_TOKENS: usize = 1024;
 
 impl<'s> Watch<'s> {
     pub fn new(set: &'s MonitorSet, alerts: Option<&'s Alerts>, request_id: &'s str) -> Self {
@@ -268,6 +274,7 @@ impl<'s> Watch<'s> {
             firings: Vec::new(),
             blocked: None,
             peaks: Vec::new(),
+            trace: vec![Vec::new(); set.monitors.len()],
         }
     }
 
@@ -393,6 +400,9 @@ impl<'s> Watch<'s> {
                     _ => 0.0,
                 };
                 let (value, holds) = m.rule.step(&mut self.states[row][mi], base);
+                if row == 0 && self.trace[mi].len() < TRACE_TOKENS {
+                    self.trace[mi].push(value);
+                }
                 if m.rule.signal.is_running_mean() {
                     let (last, plain) = decide_at[row];
                     let decides = if m.rule.signal.probe().is_some() {

@@ -113,38 +113,9 @@ impl AppState {
         self.readers.clone()
     }
 
-    pub(crate) fn next_request_id(&self) -> String {
-        request_id(self)
-    }
-
-    /// The caller of a request that acts (inference, changes): a bearer key, or a console
-    /// session that also presents its CSRF token.
-    pub(crate) fn authorize_api(&self, headers: &HeaderMap, need: Role) -> ApiResult<Caller> {
-        authorize(self, headers, need)
-    }
-
     /// The caller of a request that only reads (a session's cookie is enough).
     pub(crate) fn authorize_read(&self, headers: &HeaderMap, need: Role) -> ApiResult<Caller> {
         authorize_as(self, headers, need, false)
-    }
-
-    pub(crate) async fn on_worker<T: Send + 'static>(
-        self: &Arc<Self>,
-        work: impl FnOnce(&AppState) -> Result<T> + Send + 'static,
-    ) -> ApiResult<T> {
-        on_worker(self, work).await
-    }
-
-    /// Metrics, audit records and live events of a finished request.
-    pub(crate) fn account_request(
-        &self,
-        caller: &Caller,
-        id: &str,
-        route: &str,
-        text: &str,
-        report: &Report,
-    ) -> ApiResult<()> {
-        account(self, caller, id, route, text, report)
     }
 
     /// Appends one record to the audit log (sign-ins and the like); a failure is logged.
@@ -257,9 +228,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = std::result::Result<T, ApiError>;
+pub(crate) type ApiResult<T> = std::result::Result<T, ApiError>;
 
-fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> ApiResult<Caller> {
+/// The caller of a request that acts (inference, changes): a bearer key, or a console
+/// session that also presents its CSRF token.
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap, need: Role) -> ApiResult<Caller> {
     authorize_as(state, headers, need, true)
 }
 
@@ -539,7 +512,7 @@ fn per_request(firings: &[Firing]) -> Vec<Value> {
 }
 
 /// A finished request's bookkeeping: metrics, audit records, live events.
-fn account(
+pub(crate) fn account(
     state: &AppState,
     caller: &Caller,
     id: &str,
@@ -560,7 +533,8 @@ fn account(
         "request",
         json!({"request_id": id, "route": route, "key": caller.name,
                "request": {"firings": per_request(&report.firings),
-                           "blocked": report.blocked.as_ref().map(|b| &b.monitor)}})
+                           "blocked": report.blocked.as_ref().map(|b| &b.monitor),
+                           "trace": report.trace.iter().map(|(m, v)| (m.clone(), json!(v))).collect::<serde_json::Map<String, Value>>()}})
         .to_string(),
     ));
     if report.firings.is_empty() {
@@ -660,7 +634,7 @@ fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<Vec<u32>> {
     Ok(ids)
 }
 
-fn check_length(state: &AppState, ids: &[u32], what: &str) -> ApiResult<()> {
+pub(crate) fn check_length(state: &AppState, ids: &[u32], what: &str) -> ApiResult<()> {
     let max = state
         .cfg
         .limits
@@ -679,7 +653,7 @@ fn check_length(state: &AppState, ids: &[u32], what: &str) -> ApiResult<()> {
 }
 
 /// Runs model work on a blocking thread once a worker is free.
-async fn on_worker<T: Send + 'static>(
+pub(crate) async fn on_worker<T: Send + 'static>(
     state: &Arc<AppState>,
     work: impl FnOnce(&AppState) -> Result<T> + Send + 'static,
 ) -> ApiResult<T> {
@@ -712,7 +686,7 @@ async fn on_worker<T: Send + 'static>(
     .map_err(ApiError::from)
 }
 
-fn request_id(state: &AppState) -> String {
+pub(crate) fn request_id(state: &AppState) -> String {
     format!(
         "req-{}-{}",
         state.started,

@@ -194,11 +194,20 @@ pub fn run_monitor(cmd: MonitorCommand, json_out: bool) -> Result<()> {
     // The server subscribed this stream before answering: from here on no firing is missed.
     eprintln!("following rule firings at {address} (Ctrl-C to stop)");
     let reader = BufReader::new(resp.into_body().into_reader());
+    // The stream also carries one `request` summary per request (the web console's live view).
+    let mut kind = String::new();
     for line in reader.lines() {
         let line = line.with_context(|| format!("reading {address}"))?;
+        if let Some(k) = line.strip_prefix("event:") {
+            kind = k.trim().to_string();
+            continue;
+        }
         let Some(data) = line.strip_prefix("data:") else {
             continue;
         };
+        if kind != "firing" {
+            continue;
+        }
         let data = data.trim();
         if json_out {
             println!("{data}");

@@ -24,7 +24,7 @@ use crate::config::{Action, MonitorConfig};
 use crate::error::{Result, ServeError};
 use crate::infer;
 use crate::monitor::{MonitorSet, Watch};
-use crate::server::AppState;
+use crate::server::{self, AppState};
 
 /// Features listed per token and dictionary.
 const TOP_FEATURES: usize = 5;
@@ -148,7 +148,7 @@ pub async fn run(
     } else {
         Role::Viewer
     };
-    let caller = match state.authorize_api(&headers, need) {
+    let caller = match server::authorize(&state, &headers, need) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -180,16 +180,8 @@ pub async fn run(
             Err(e) => return bad(e.to_string()),
         }
     };
-    let limit = state
-        .cfg
-        .limits
-        .max_input_tokens
-        .min(state.model.config.max_positions);
-    if ids.len() > limit {
-        return bad(format!(
-            "the prompt is {} tokens; the limit is {limit} (limits.max_input_tokens)",
-            ids.len()
-        ));
+    if let Err(e) = server::check_length(&state, &ids, "the prompt") {
+        return e.into_response();
     }
     let edit_cfg = match &req.edit {
         Some(e) => match edit_monitor(&state, e) {
@@ -204,35 +196,34 @@ pub async fn run(
         stop: Vec::new(),
         top_logprobs: 0,
     };
-    let id = state.next_request_id();
+    let id = server::request_id(&state);
     let (rid, edit) = (id.clone(), req.edit.clone());
-    let runs = state
-        .on_worker(move |s| {
-            let mut out = Vec::new();
-            let served = s.monitor_set();
-            out.push(one_run(s, &served, None, "As served", &rid, &ids, &cfg)?);
-            if let (Some(m), Some(e)) = (edit_cfg, edit) {
-                let mut monitors = s.monitor_configs();
-                monitors.push(m.clone());
-                let set = MonitorSet::new(&s.readers(), &monitors)?;
-                let only = MonitorSet::new(&s.readers(), &[m])?;
-                let title = format!(
-                    "{} feature {} {} {}",
-                    e.mode,
-                    e.feature,
-                    if e.mode == "clamp" { "=" } else { "+" },
-                    e.value
-                );
-                out.push(one_run(s, &set, Some(&only), &title, &rid, &ids, &cfg)?);
-            }
-            Ok(out)
-        })
-        .await;
+    let runs = server::on_worker(&state, move |s| {
+        let mut out = Vec::new();
+        let served = s.monitor_set();
+        out.push(one_run(s, &served, None, "As served", &rid, &ids, &cfg)?);
+        if let (Some(m), Some(e)) = (edit_cfg, edit) {
+            let mut monitors = s.monitor_configs();
+            monitors.push(m.clone());
+            let set = MonitorSet::new(&s.readers(), &monitors)?;
+            let only = MonitorSet::new(&s.readers(), &[m])?;
+            let title = format!(
+                "{} feature {} {} {}",
+                e.mode,
+                e.feature,
+                if e.mode == "clamp" { "=" } else { "+" },
+                e.value
+            );
+            out.push(one_run(s, &set, Some(&only), &title, &rid, &ids, &cfg)?);
+        }
+        Ok(out)
+    })
+    .await;
     match runs {
         Ok(runs) => {
-            for (r, report) in &runs {
-                let _ = state.account_request(&caller, &id, "console.playground", &prompt, report);
-                let _ = r;
+            for (_, report) in &runs {
+                let _ =
+                    server::account(&state, &caller, &id, "console.playground", &prompt, report);
             }
             let views: Vec<&RunView> = runs.iter().map(|(v, _)| v).collect();
             Json(json!({"id": id, "runs": views})).into_response()

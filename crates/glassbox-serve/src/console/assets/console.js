@@ -71,7 +71,15 @@ function live() {
     const d = JSON.parse(m.data), r = d.request;
     for (const f of r.firings) bump(f.monitor, "requests");
     if (r.blocked) bump(r.blocked, "blocks");
-    const what = r.blocked ? `blocked by ${r.blocked}` : `${r.firings.length} monitor(s) fired`;
+    const what = el("div", { text: r.blocked ? `blocked by ${r.blocked}` : `${r.firings.length} monitor(s) fired` });
+    // Each monitor's rule value per token of the request (first input), shaded to its own max.
+    for (const [monitor, values] of Object.entries(r.trace || {})) {
+      if (!values.length) continue;
+      const max = Math.max(1e-9, ...values.map((v) => Math.abs(v)));
+      const strip = el("div", { class: "heat trace", role: "img", "aria-label": `${monitor} per token`, title: monitor });
+      values.forEach((v, i) => strip.append(el("span", { class: "a" + level(Math.abs(v), max), title: `${monitor} token ${i}: ${v.toFixed(3)}` })));
+      what.append(el("div", { class: "small", text: monitor }), strip);
+    }
     add([new Date().toLocaleTimeString(), d.request_id, d.route, what, "", "", "", d.key], "request");
   });
 }
