@@ -467,11 +467,23 @@ pub async fn feature_page(
 }
 
 impl Catalogs {
-    /// A feature's label in the catalog named `name` (the playground's token details).
-    pub fn label(&self, name: &str, id: u32) -> Option<String> {
-        let (_, summaries, _) = self.get(name)?.current().ok()?;
-        let i = summaries.binary_search_by_key(&id, |s| s.id).ok()?;
-        Some(summaries[i].label.clone())
+    /// Feature labels of the catalog named `name`, read once for many lookups (the
+    /// playground's token details): `label(id)`, empty where the catalog has no such feature.
+    pub fn labels(&self, name: &str) -> impl Fn(u32) -> String {
+        let summaries = self
+            .get(name)
+            .and_then(|c| c.current().ok())
+            .map(|(_, s, _)| s);
+        move |id| {
+            summaries
+                .as_ref()
+                .and_then(|s| {
+                    s.binary_search_by_key(&id, |f| f.id)
+                        .ok()
+                        .map(|i| s[i].label.clone())
+                })
+                .unwrap_or_default()
+        }
     }
 
     /// The name of a catalog built at `hook` (graph nodes link to it).

@@ -333,14 +333,12 @@ fn one_run(
             .sae
             .encode(&x[..n * width])
             .map_err(|e| ServeError::Config(e.to_string()))?;
+        let label = s.catalogs.labels(&d.name);
         for (tv, row) in tokens.iter_mut().zip(&codes.rows) {
             let mut top: Vec<(u32, f32)> = row.iter().copied().filter(|e| e.1 > 0.0).collect();
             top.sort_by(|a, b| b.1.total_cmp(&a.1));
             top.truncate(TOP_FEATURES);
-            let labelled = top
-                .into_iter()
-                .map(|(j, v)| (j, v, s.catalogs.label(&d.name, j).unwrap_or_default()))
-                .collect();
+            let labelled = top.into_iter().map(|(j, v)| (j, v, label(j))).collect();
             tv.features.push((d.name.clone(), labelled));
         }
     }
