@@ -465,6 +465,12 @@ fn the_console_works_in_chromium() {
         // A viewer sees the playground without the edit controls, and a crafted steer from
         // their signed-in page (with the page's own CSRF token) is refused.
         c.find(Locator::Css("form.inline button")).await.unwrap().click().await.unwrap();
+        // Let the sign-out's own redirect land first, or it can replace the next sign-in page.
+        c.wait()
+            .at_most(WAIT)
+            .for_element(Locator::Id("key"))
+            .await
+            .unwrap();
         sign_in(&c, &base, &viewer).await;
         assert!(c.find(Locator::Id("edit")).await.unwrap().attr("disabled").await.unwrap().is_some());
         let status = c.execute_async(
