@@ -535,6 +535,70 @@ fn a_catalog_in_postgres_reads_like_one_in_sqlite() {
     );
     assert!(!a["results"].as_array().unwrap().is_empty(), "{a}");
     assert_eq!(a["results"], b["results"]);
+
+    // The web console browses the catalog in PostgreSQL: a feature page and a search.
+    let busy = a["results"][0]["id"].as_u64().unwrap();
+    std::fs::write(
+        tmp.path().join("deploy.toml"),
+        format!(
+            "model = \"{}\"\n[audit]\npath = \"audit.jsonl\"\n\
+             [[console.catalog]]\nname = \"pg\"\npath = \"pg\"\nstore = \"{url}\"\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(["serve", "--config"])
+        .arg(tmp.path().join("deploy.toml"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let Some(console) = line
+        .trim()
+        .strip_prefix("listening on ")
+        .map(str::to_string)
+    else {
+        let _ = server.kill();
+        let out = server.wait_with_output().unwrap();
+        panic!(
+            "serve did not start: {line} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let get = |path: &str| {
+        let mut r = ureq::get(&format!("{console}{path}")).call().unwrap();
+        r.body_mut().read_to_string().unwrap()
+    };
+    let page = get(&format!("/console/catalog/pg/features/{busy}"));
+    let label = b["results"][0]["label"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(page.contains(&format!("Feature {busy}")), "{page}");
+    let escaped = label
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    assert!(page.contains(&escaped), "{label} is not on {page}");
+    let found = get(&format!(
+        "/console/catalog/results?catalog=pg&q={}",
+        token.trim()
+    ));
+    assert!(
+        found.contains("/console/catalog/pg/features/"),
+        "searching {token:?}: {found}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
     let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap();
     admin
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))

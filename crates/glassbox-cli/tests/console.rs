@@ -6,6 +6,8 @@
 //! nor craft a steer. Screenshots of each page go to $GLASSBOX_SCREENSHOTS (default: the
 //! test's temporary directory).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,20 @@ fn glassbox(args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// A command that may exit 1 (a failed gate) but must write its report: the exit status.
+fn gate(args: &[&str], report: &Path) -> i32 {
+    let out = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        report.is_file(),
+        "glassbox {args:?} wrote no report: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.status.code().unwrap_or(-1)
 }
 
 fn first_line(from: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
@@ -253,11 +269,74 @@ fn the_console_works_in_chromium() {
         format!(
             "model = \"smollm2\"\n[limits]\nmax_new_tokens = 16\n[[dictionary]]\nname = \"l3\"\npath = \"dict\"\n\
              [[monitor]]\nname = \"busy\"\ndictionary = \"l3\"\nwhen = \"feature {busiest} > 0\"\naction = \"log\"\n\
-             [audit]\npath = \"audit/audit.jsonl\"\nfirings = \"per-request\"\n[console]\ngraphs = \"graphs\"\n\
+             [audit]\npath = \"audit/audit.jsonl\"\nfirings = \"per-request\"\n[console]\ngraphs = \"graphs\"\nreports = \"reports\"\n\
              [[console.catalog]]\nname = \"l3\"\npath = \"catalog\"\n{key_toml}"
         ),
     )
     .unwrap();
+
+    // Reports to list, open and compare: two real red-team runs of this deployment (the
+    // server is not up yet: the audit log takes one writer) and two scans of SmolLM2 against
+    // itself, one with a canary it fails.
+    let reports = d.join("reports");
+    common::write_jsonl(&d.join("set.jsonl"), &common::rows());
+    for (name, seed, attacks) in [
+        ("rt-a", 1, "\"plain\""),
+        ("rt-b", 2, "\"plain\", \"base64\""),
+    ] {
+        let suite = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &suite,
+            format!(
+                "data = \"set.jsonl\"\npayload_families = [\"override\", \"extraction\"]\npayloads = 3\n\
+                 benign = 3\nseed = {seed}\nmax_tokens = 3\nattacks = [{attacks}]\n"
+            ),
+        )
+        .unwrap();
+        let out = reports.join(name);
+        gate(
+            &[
+                "redteam",
+                "--config",
+                d.join("deploy.toml").to_str().unwrap(),
+                "--suite",
+                suite.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &out.join("report.json"),
+        );
+    }
+    for (name, day) in [("scan-pass", "Thursday"), ("scan-fail", "Saturday")] {
+        let spec = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &spec,
+            format!(
+                "[[canary]]\nname = \"days\"\nprompt = \"Monday, Tuesday, Wednesday,\"\nchat = false\n\
+                 max_tokens = 3\ncontains = \"{day}\"\n"
+            ),
+        )
+        .unwrap();
+        let out = reports.join(name);
+        let code = gate(
+            &[
+                "scan",
+                "--baseline",
+                "smollm2",
+                "--candidate",
+                "smollm2",
+                "--spec",
+                spec.to_str().unwrap(),
+                "--no-cache",
+                "--audit",
+                d.join("scans.jsonl").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &out.join("report.json"),
+        );
+        assert_eq!(code, i32::from(name == "scan-fail"), "{name}");
+    }
     let (_server, base) = serve(&d.join("deploy.toml"));
     let (_driver, driver_url) = chromedriver();
 
@@ -287,6 +366,46 @@ fn the_console_works_in_chromium() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
 
+    // The playground streams: lines of JSON, each run's tokens before the run's analysis,
+    // and the tokens add up to the run's text.
+    let mut streamed = steer.clone();
+    streamed["stream"] = json!(true);
+    streamed["prompt"] = json!("The capital of France is");
+    let r = agent
+        .post(&format!("{base}/console/api/playground"))
+        .header("Authorization", &format!("Bearer {operator}"))
+        .header("Content-Type", "application/json")
+        .send(streamed.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.into_body().read_to_string().unwrap();
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0]["start"]["runs"].as_array().unwrap().len(),
+        2,
+        "{body}"
+    );
+    assert!(lines.last().unwrap()["done"]["id"].is_string(), "{body}");
+    for run in 0..2 {
+        let at = lines
+            .iter()
+            .position(|l| l["run"]["index"] == run)
+            .expect("a finished run");
+        let text: String = lines[..at]
+            .iter()
+            .filter(|l| l["token"]["run"] == run)
+            .map(|l| l["token"]["text"].as_str().unwrap())
+            .collect();
+        assert!(
+            !text.is_empty(),
+            "run {run} streamed no token before its analysis: {body}"
+        );
+        assert_eq!(text, lines[at]["run"]["view"]["text"].as_str().unwrap());
+    }
+
     // A bounded fuzz of console requests on loopback: odd paths, ids, queries and bodies get
     // pages or JSON errors (never a 5xx), and the server stays up.
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -309,6 +428,8 @@ fn the_console_works_in_chromium() {
         "/console/assets/",
         "/console/nope/..%2f..",
         "/console/login",
+        "/console/reports/",
+        "/console/reports/compare",
     ];
     let junk = [
         "",
@@ -400,7 +521,8 @@ fn the_console_works_in_chromium() {
         value.clear().await.unwrap();
         value.send_keys("400").await.unwrap();
         c.find(Locator::Id("run")).await.unwrap().click().await.unwrap();
-        c.wait().at_most(Duration::from_secs(300)).for_element(Locator::Css(".run[data-run='1']")).await.expect("no steered run");
+        c.wait().at_most(Duration::from_secs(300))
+            .for_element(Locator::XPath("//p[@id='play-status' and starts-with(., 'Done')]")).await.expect("the runs did not finish");
         let outputs: Vec<String> = {
             let mut v = Vec::new();
             for e in c.find_all(Locator::Css(".run .output")).await.unwrap() {
@@ -433,9 +555,38 @@ fn the_console_works_in_chromium() {
         assert!(firings.parse::<u32>().unwrap() > 0);
         shot(&c, &shots, "live").await;
 
-        // KPIs and a malformed graph: pages, not blank screens.
+        // Reports: listed, opened, compared through the page's form; two kinds do not mix.
+        c.goto(&format!("{base}/console/reports")).await.unwrap();
+        let listed = c.find(Locator::Css("table.reports")).await.unwrap().text().await.unwrap();
+        for name in ["rt-a", "rt-b", "scan-pass", "scan-fail"] {
+            assert!(listed.contains(name), "{name} is not listed: {listed}");
+        }
+        c.find(Locator::Css("select[name=a]")).await.unwrap().select_by_value("scan-pass").await.unwrap();
+        c.find(Locator::Css("select[name=b]")).await.unwrap().select_by_value("scan-fail").await.unwrap();
+        c.find(Locator::Css("form.filters button")).await.unwrap().click().await.unwrap();
+        let changed = c.wait().at_most(WAIT).for_element(Locator::Css("table.compare tr.changed")).await
+            .expect("the failing canary is not marked as changed").text().await.unwrap();
+        assert!(changed.contains("days") && changed.contains("verdict changed"), "{changed}");
+        shot(&c, &shots, "reports").await;
+        c.goto(&format!("{base}/console/reports/compare?a=rt-a&b=rt-b")).await.unwrap();
+        for attack in ["plain", "base64"] {
+            c.find(Locator::Css(&format!("table.compare tr[data-attack='{attack}']"))).await
+                .unwrap_or_else(|_| panic!("no {attack} row in the comparison"));
+        }
+        c.goto(&format!("{base}/console/reports/rt-b")).await.unwrap();
+        let fam = c.find(Locator::Css("table.families tr[data-attack='base64']")).await.unwrap().text().await.unwrap();
+        assert!(fam.contains('%'), "{fam}");
+        c.goto(&format!("{base}/console/reports/compare?a=rt-a&b=scan-pass")).await.unwrap();
+        assert!(c.find(Locator::Css(".error")).await.unwrap().text().await.unwrap().contains("two of one kind"));
+
+        // KPIs (with the latest red-team report's detection rates) and a malformed graph:
+        // pages, not blank screens.
         c.goto(&format!("{base}/console/kpis")).await.unwrap();
-        assert!(c.source().await.unwrap().contains("Latency (ms)"));
+        let kpis = c.source().await.unwrap();
+        assert!(kpis.contains("Latency (ms)") && kpis.contains("/console/reports/rt-b"), "the KPI page names the latest red-team report");
+        c.find(Locator::Css("table.families tr[data-attack='base64']")).await.expect("detection rates on the KPI page");
+        let overhead = c.find(Locator::Id("overhead")).await.unwrap().text().await.unwrap();
+        assert!(overhead.contains(" % (") && !overhead.contains("0.0 ms"), "{overhead}");
         shot(&c, &shots, "kpis").await;
         c.goto(&format!("{base}/console/graphs/paris.json")).await.unwrap();
         let kinds: Value = serde_json::from_slice(&std::fs::read(d.join("graphs/paris.json")).unwrap()).unwrap();

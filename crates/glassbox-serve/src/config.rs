@@ -44,6 +44,9 @@ pub struct ConsoleConfig {
     pub catalogs: Vec<CatalogRef>,
     /// A directory of attribution graphs (`glassbox graph --out DIR`'s JSON files).
     pub graphs: Option<PathBuf>,
+    /// A directory of reports: `glassbox scan --out DIR/NAME` and `glassbox redteam --out
+    /// DIR/NAME` write one each.
+    pub reports: Option<PathBuf>,
     /// Minutes a console sign-in lasts.
     pub session_minutes: u64,
 }
@@ -53,6 +56,7 @@ impl Default for ConsoleConfig {
         Self {
             catalogs: Vec::new(),
             graphs: None,
+            reports: None,
             session_minutes: 480,
         }
     }
@@ -63,7 +67,12 @@ impl Default for ConsoleConfig {
 pub struct CatalogRef {
     /// The name pages and links use (e.g. the dictionary's: `l3`).
     pub name: String,
+    /// The catalog directory (its catalog.db and search index).
     pub path: PathBuf,
+    /// A catalog kept in PostgreSQL (`glassbox catalog build --store URL`): its URL, e.g.
+    /// `postgres://user@host/db`; `path` then holds only the search index.
+    #[serde(default)]
+    pub store: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -269,7 +278,13 @@ impl Config {
             }
         }
         let console = cfg.console.catalogs.iter_mut().map(|c| &mut c.path);
-        for path in console.chain(cfg.console.graphs.as_mut()) {
+        for path in console.chain(
+            cfg.console
+                .graphs
+                .as_mut()
+                .into_iter()
+                .chain(cfg.console.reports.as_mut()),
+        ) {
             if path.is_relative() {
                 *path = base.join(&*path);
             }

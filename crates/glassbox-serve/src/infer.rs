@@ -20,6 +20,8 @@ pub struct Report {
     pub peaks: Vec<Vec<Option<f32>>>,
     /// Per monitor (name, its rule's value on each token of the first input).
     pub trace: Vec<(String, Vec<f32>)>,
+    /// Seconds the monitors' hooks took.
+    pub monitor_seconds: f64,
 }
 
 fn finish(watch: RefCell<Watch>) -> Report {
@@ -33,6 +35,7 @@ fn finish(watch: RefCell<Watch>) -> Report {
         .collect();
     Report {
         trace,
+        monitor_seconds: w.busy.as_secs_f64(),
         firings: w.firings,
         blocked: w.blocked,
         peaks: w.peaks,

@@ -1,8 +1,8 @@
 //! Prometheus metrics: requests, tokens, latency, rule firings, actions, queue depths.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::webhook::AlertStats;
@@ -17,6 +17,8 @@ pub struct Metrics {
     pub waiting: IntGauge,
     pub running: IntGauge,
     pub monitor_seconds: Histogram,
+    /// Seconds inside the monitors' hooks, summed over requests (their share of model time).
+    pub monitor_time: Counter,
     alerts_queued: IntGauge,
     alerts: IntCounterVec,
 }
@@ -58,6 +60,10 @@ impl Metrics {
             )
             .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
         )?;
+        let monitor_time = Counter::new(
+            "monitor_seconds_total",
+            "Seconds spent in the monitors' hooks (dictionaries, probes, rules, edits)",
+        )?;
         let alerts_queued = IntGauge::new("alert_queue_depth", "Alerts waiting for the webhook")?;
         let alerts = IntCounterVec::new(
             Opts::new(
@@ -73,6 +79,7 @@ impl Metrics {
         registry.register(Box::new(waiting.clone()))?;
         registry.register(Box::new(running.clone()))?;
         registry.register(Box::new(monitor_seconds.clone()))?;
+        registry.register(Box::new(monitor_time.clone()))?;
         registry.register(Box::new(alerts_queued.clone()))?;
         Ok(Metrics {
             registry,
@@ -84,6 +91,7 @@ impl Metrics {
             waiting,
             running,
             monitor_seconds,
+            monitor_time,
             alerts_queued,
             alerts,
         })

@@ -256,6 +256,8 @@ pub struct Watch<'s> {
     /// Per monitor: its rule's value on each token of the first input, in order (at most
     /// [`TRACE_TOKENS`]): the live view's per-token trace.
     pub trace: Vec<Vec<f32>>,
+    /// Time spent in the monitors' hooks (dictionaries, probes, rules, edits): the overhead.
+    pub busy: std::time::Duration,
 }
 
 /// Tokens a request's trace keeps per monitor.
@@ -275,6 +277,7 @@ impl<'s> Watch<'s> {
             blocked: None,
             peaks: Vec::new(),
             trace: vec![Vec::new(); set.monitors.len()],
+            busy: std::time::Duration::ZERO,
         }
     }
 
@@ -300,7 +303,13 @@ impl<'s> Watch<'s> {
         points.dedup();
         let mut hooks = Hooks::none();
         for point in points {
-            hooks = hooks.replace(point, move |t| cell.borrow_mut().at_point(point, t));
+            hooks = hooks.replace(point, move |t| {
+                let started = std::time::Instant::now();
+                let mut w = cell.borrow_mut();
+                let out = w.at_point(point, t);
+                w.busy += started.elapsed();
+                out
+            });
         }
         hooks
     }

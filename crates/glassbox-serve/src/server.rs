@@ -31,6 +31,7 @@ use tokio_stream::StreamExt;
 use crate::auth::{Caller, Keys, Role};
 use crate::config::{Config, FiringRecords, Fsync, MonitorConfig};
 use crate::console::catalog::Catalogs;
+use crate::console::reports::Reports;
 use crate::console::session::{csrf_ok, Sessions, CSRF_HEADER};
 use crate::error::{Result, ServeError};
 use crate::infer::{self, Report};
@@ -46,6 +47,7 @@ pub struct AppState {
     pub(crate) keys: Keys,
     pub(crate) sessions: Sessions,
     pub(crate) catalogs: Catalogs,
+    pub(crate) reports: Reports,
     audit: Mutex<AuditLog>,
     alerts: Option<Alerts>,
     pub metrics: Metrics,
@@ -83,6 +85,7 @@ impl AppState {
             keys: Keys::new(&cfg.keys),
             sessions,
             catalogs,
+            reports: Reports::new(cfg.console.reports.clone()),
             monitors: RwLock::new((cfg.monitors.clone(), Arc::new(set))),
             readers,
             audit: Mutex::new(audit),
@@ -176,8 +179,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// An error answer.
 pub struct ApiError {
     status: StatusCode,
-    kind: &'static str,
-    message: String,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
     extra: Option<Value>,
 }
 
@@ -520,6 +523,7 @@ pub(crate) fn account(
     text: &str,
     report: &Report,
 ) -> ApiResult<()> {
+    state.metrics.monitor_time.inc_by(report.monitor_seconds);
     for f in &report.firings {
         state.metrics.firings.with_label_values(&[&f.monitor]).inc();
         let action = format!("{:?}", f.action).to_lowercase();

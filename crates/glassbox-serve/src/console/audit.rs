@@ -5,14 +5,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use glassbox_store::audit::{self, Record};
 use maud::html;
 use serde::Deserialize;
 
 use super::page;
-use crate::auth::Role;
 use crate::server::AppState;
 
 const PAGE_ROWS: usize = 500;
@@ -68,14 +67,9 @@ pub fn utc(ms: u64) -> String {
 
 pub async fn page(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uri: Uri,
+    who: page::Who,
     Query(p): Query<AuditParams>,
 ) -> Response {
-    let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
     let hours = match p.hours.trim() {
         "" => None,
         h => match h.parse::<u64>() {

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use glassbox_store::catalog::postgres::PgCatalog;
 use glassbox_store::catalog::search::SearchIndex;
 use glassbox_store::catalog::sqlite::SqliteCatalog;
 use glassbox_store::catalog::{
@@ -37,10 +38,17 @@ struct Loaded {
     index: Arc<SearchIndex>,
 }
 
+/// A store the console reads from any thread (SQLite file or PostgreSQL).
+type Store = Box<dyn CatalogStore + Send>;
+
 pub struct Catalog {
     pub name: String,
+    /// Where its search index lives (and, without a `store` URL, its catalog.db).
     dir: PathBuf,
-    store: Mutex<SqliteCatalog>,
+    /// The hook its dictionary reads, as of start-up (graph nodes link by it).
+    hook: String,
+    /// Blocking reads (PostgreSQL's client runs its own runtime): only from blocking threads.
+    store: Mutex<Store>,
     loaded: Mutex<Option<Loaded>>,
 }
 
@@ -48,27 +56,37 @@ pub struct Catalog {
 pub struct Catalogs(pub Vec<Catalog>);
 
 impl Catalogs {
-    /// Opens each catalog and its search index (building a missing or stale index).
+    /// Opens each catalog and its search index (building a missing or stale index). Call it
+    /// outside an async runtime, or on a blocking thread.
     pub fn open(refs: &[CatalogRef]) -> Result<Catalogs> {
         let list = refs
             .iter()
             .map(|r| {
-                let db = r.path.join("catalog.db");
-                if !db.is_file() {
-                    return Err(ServeError::Config(format!(
-                        "console catalog `{}`: no catalog at {} (build one with `glassbox catalog build --catalog {}`)",
-                        r.name,
-                        db.display(),
-                        r.path.display()
-                    )));
-                }
-                let c = Catalog {
+                let store: Store = match &r.store {
+                    Some(url) => Box::new(PgCatalog::open(url).map_err(|e| {
+                        ServeError::Config(format!("console catalog `{}`: {e}", r.name))
+                    })?),
+                    None => {
+                        let db = r.path.join("catalog.db");
+                        if !db.is_file() {
+                            return Err(ServeError::Config(format!(
+                                "console catalog `{}`: no catalog at {} (build one with `glassbox catalog build --catalog {}`)",
+                                r.name,
+                                db.display(),
+                                r.path.display()
+                            )));
+                        }
+                        Box::new(SqliteCatalog::open(&db)?)
+                    }
+                };
+                let mut c = Catalog {
                     name: r.name.clone(),
                     dir: r.path.clone(),
-                    store: Mutex::new(SqliteCatalog::open(&db)?),
+                    hook: String::new(),
+                    store: Mutex::new(store),
                     loaded: Mutex::new(None),
                 };
-                c.current()?;
+                c.hook = c.current()?.0.hook;
                 Ok(c)
             })
             .collect::<Result<_>>()?;
@@ -81,7 +99,7 @@ impl Catalogs {
 }
 
 impl Catalog {
-    fn store(&self) -> std::sync::MutexGuard<'_, SqliteCatalog> {
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -96,7 +114,7 @@ impl Catalog {
             .as_ref()
             .is_none_or(|l| l.meta.generation != meta.generation)
         {
-            let index = SearchIndex::open(&self.dir.join("index"), &*store)?;
+            let index = SearchIndex::open(&self.dir.join("index"), store.as_ref())?;
             *loaded = Some(Loaded {
                 meta: meta.clone(),
                 summaries: Arc::new(store.summaries()?),
@@ -205,15 +223,22 @@ fn search(state: &AppState, p: &SearchParams) -> std::result::Result<Hits, page:
             .map(|s| (s.clone(), None))
             .collect()
     } else {
-        index
+        // Features whose top tokens are the query first (the index's word tokenizer drops
+        // punctuation like `.` or `:-)`), then the index's ranked matches.
+        let on_token = cat
+            .store()
+            .features_on_token(p.q.trim(), PAGE_ROWS)
+            .map_err(|e| Box::new(internal(e.into())))?;
+        let ranked = index
             .search(&p.q, SEARCH_HITS)
-            .map_err(|e| Box::new(internal(e.into())))?
+            .map_err(|e| Box::new(internal(e.into())))?;
+        let mut seen = std::collections::HashSet::new();
+        on_token
             .into_iter()
-            .filter_map(|(id, score)| {
-                by_id(id)
-                    .filter(|s| keep(s))
-                    .map(|s| (s.clone(), Some(score)))
-            })
+            .map(|(id, _)| (id, None))
+            .chain(ranked.into_iter().map(|(id, score)| (id, Some(score))))
+            .filter(|(id, _)| seen.insert(*id))
+            .filter_map(|(id, score)| by_id(id).filter(|s| keep(s)).map(|s| (s.clone(), score)))
             .collect()
     };
     let total = matches.len();
@@ -263,14 +288,9 @@ fn results_table(h: &Hits) -> Markup {
 
 pub async fn search_page(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uri: Uri,
+    who: page::Who,
     Query(p): Query<SearchParams>,
 ) -> Response {
-    let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
     let s = state.clone();
     let hits = match tokio::task::spawn_blocking(move || search(&s, &p).map(|h| (h, p))).await {
         Ok(Ok(h)) => h,
@@ -304,13 +324,9 @@ pub async fn search_page(
 /// The results table alone, for search as you type.
 pub async fn results(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uri: Uri,
+    _who: page::Who,
     Query(p): Query<SearchParams>,
 ) -> Response {
-    if let Err(r) = page::who(&state, &headers, Role::Viewer, uri.path()) {
-        return *r;
-    }
     let s = state.clone();
     match tokio::task::spawn_blocking(move || search(&s, &p)).await {
         Ok(Ok(h)) => results_table(&h).into_response(),
@@ -372,48 +388,53 @@ fn vocab(title: &str, list: &[(String, f32)]) -> Markup {
     }
 }
 
-pub async fn feature_page(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uri: Uri,
-    UrlPath((name, id)): UrlPath<(String, String)>,
-) -> Response {
-    let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
-    let Some(cat) = state.catalogs.get(&name) else {
-        return page::error(
+/// Catalog `name`'s meta and feature `id`, or the page that says what is wrong (blocking).
+fn lookup(
+    state: &AppState,
+    name: &str,
+    id: &str,
+) -> std::result::Result<(CatalogMeta, Feature), page::Refusal> {
+    let Some(cat) = state.catalogs.get(name) else {
+        return Err(Box::new(page::error(
             StatusCode::NOT_FOUND,
             "No such catalog",
             &format!("There is no catalog named `{name}`."),
-        );
+        )));
     };
-    let (meta, _, _) = match cat.current() {
-        Ok(c) => c,
-        Err(e) => return internal(e),
-    };
+    let (meta, _, _) = cat.current().map_err(|e| Box::new(internal(e)))?;
     let range = format!(
         "Feature ids of `{name}` run from 0 to {}.",
         meta.d_sae.saturating_sub(1)
     );
     let Ok(id) = id.parse::<u32>() else {
-        return page::error(
+        return Err(Box::new(page::error(
             StatusCode::BAD_REQUEST,
             "Not a feature id",
             &format!("`{id}` is not a number. {range}"),
-        );
+        )));
     };
-    let f = match cat.feature(id) {
-        Ok(Some(f)) => f,
-        Ok(None) => {
-            return page::error(
-                StatusCode::NOT_FOUND,
-                "No such feature",
-                &format!("Feature {id} is not in the catalog. {range}"),
-            )
-        }
-        Err(e) => return internal(e),
+    match cat.feature(id) {
+        Ok(Some(f)) => Ok((meta, f)),
+        Ok(None) => Err(Box::new(page::error(
+            StatusCode::NOT_FOUND,
+            "No such feature",
+            &format!("Feature {id} is not in the catalog. {range}"),
+        ))),
+        Err(e) => Err(Box::new(internal(e))),
+    }
+}
+
+pub async fn feature_page(
+    State(state): State<Arc<AppState>>,
+    who: page::Who,
+    UrlPath((name, id)): UrlPath<(String, String)>,
+) -> Response {
+    let s = state.clone();
+    let n = name.clone();
+    let (meta, f) = match tokio::task::spawn_blocking(move || lookup(&s, &n, &id)).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(r)) => return *r,
+        Err(e) => return internal(ServeError::Io(e.to_string())),
     };
     let encoder = meta.vocab_effect == VOCAB_EMBEDDING;
     let (up, down) = if encoder {
@@ -490,7 +511,7 @@ impl Catalogs {
     pub fn by_hook(&self, hook: &str) -> Option<&str> {
         self.0
             .iter()
-            .find(|c| c.current().is_ok_and(|(m, _, _)| m.hook == hook))
+            .find(|c| c.hook == hook)
             .map(|c| c.name.as_str())
     }
 }

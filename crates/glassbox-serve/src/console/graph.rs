@@ -6,13 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::page;
-use crate::auth::Role;
 use crate::server::AppState;
 
 /// Largest graph file the viewer opens.
@@ -107,11 +106,7 @@ fn graph_file(dir: &Path, name: &str) -> Option<PathBuf> {
     plain.then(|| dir.join(name))
 }
 
-pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
-    let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub async fn list(State(state): State<Arc<AppState>>, who: page::Who) -> Response {
     let mut files: Vec<String> = graph_dir(&state)
         .and_then(|d| std::fs::read_dir(d).ok())
         .map(|rd| {
@@ -138,14 +133,9 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: U
 
 pub async fn view(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uri: Uri,
+    who: page::Who,
     UrlPath(name): UrlPath<String>,
 ) -> Response {
-    let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
     let Some(path) = graph_dir(&state).and_then(|d| graph_file(d, &name)) else {
         return page::error(
             StatusCode::NOT_FOUND,

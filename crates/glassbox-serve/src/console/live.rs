@@ -1,12 +1,12 @@
 //! The on-call views: the live monitor (requests and rule firings as they happen, from the
 //! server's event stream over SSE) and the KPI page (requests, firings and blocks per monitor,
-//! over time from the audit log; latency percentiles and monitor overhead from the metrics).
+//! over time from the audit log; latency percentiles and monitor overhead from the metrics;
+//! detection rates from the latest red-team report).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use glassbox_store::audit;
 use maud::{html, Markup};
@@ -14,7 +14,6 @@ use prometheus::proto::{MetricFamily, MetricType};
 use serde_json::json;
 
 use super::page;
-use crate::auth::Role;
 use crate::server::AppState;
 
 /// Where each monitor's firings link: the feature page of the feature its rule reads, when a
@@ -36,11 +35,7 @@ fn feature_links(state: &AppState) -> serde_json::Value {
     serde_json::Value::Object(links)
 }
 
-pub async fn page(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
-    let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub async fn page(State(state): State<Arc<AppState>>, who: page::Who) -> Response {
     let monitors = state.monitor_configs();
     let body = html! {
         h1 { "Live monitor" }
@@ -136,6 +131,24 @@ fn latencies(families: &[MetricFamily], name: &str) -> Vec<Latency> {
     out
 }
 
+/// The monitors' hooks' share of model time, over every request since start.
+fn overhead(families: &[MetricFamily], model: &[Latency]) -> String {
+    let monitors: f64 = counter_total(families, "glassbox_monitor_seconds_total", "")
+        .values()
+        .sum();
+    let total: f64 = model.iter().map(|l| l.mean * l.count as f64).sum();
+    let rest = total - monitors;
+    if total <= 0.0 || rest <= 0.0 {
+        return "Monitor overhead: no requests yet.".into();
+    }
+    format!(
+        "Monitor overhead: {:.1} % ({:.1} ms in the monitors' hooks of {:.1} s of model time since start).",
+        100.0 * monitors / rest,
+        monitors * 1e3,
+        total
+    )
+}
+
 fn ms(v: Option<f64>) -> String {
     v.map_or("—".into(), |s| format!("{:.1}", s * 1e3))
 }
@@ -197,11 +210,7 @@ fn audit_hour(h: u64) -> String {
     s[5..13].to_string() + "h"
 }
 
-pub async fn kpis(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
-    let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub async fn kpis(State(state): State<Arc<AppState>>, who: page::Who) -> Response {
     let families = state.metrics.gather();
     let requests = counter_total(&families, "glassbox_requests_total", "route");
     let firings = counter_total(&families, "glassbox_rule_firings_total", "monitor");
@@ -211,6 +220,10 @@ pub async fn kpis(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: U
     let model = latencies(&families, "glassbox_model_seconds");
     let path = state.cfg.audit.path.clone();
     let records = tokio::task::spawn_blocking(move || audit::records(&path).unwrap_or_default())
+        .await
+        .unwrap_or_default();
+    let s = state.clone();
+    let detection = tokio::task::spawn_blocking(move || super::reports::latest_detection(&s))
         .await
         .unwrap_or_default();
     let mut per_monitor: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -250,6 +263,9 @@ pub async fn kpis(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: U
             }
         }
         p.small { "Percentiles interpolate within the histogram buckets of /metrics." }
+        p #overhead { (overhead(&families, &model)) }
+        h2 { "Detection rates (latest red-team evaluation)" }
+        (detection)
         h2 { "Firings and blocks over time" }
         (hourly_chart(&records))
         h2 { "Per monitor, all time (audit log)" }

@@ -1,6 +1,6 @@
 //! The web console at `/console`, served by the same process as the API and behind the same
 //! keys and roles: the catalog browser, the playground, the live monitor, attribution graphs,
-//! the audit log and KPIs.
+//! scan and red-team reports, the audit log and KPIs.
 //!
 //! Stack: pages are rendered on the server with `maud` (HTML checked and escaped at compile
 //! time) and work without JavaScript; one small vanilla script adds search as you type, the
@@ -14,6 +14,7 @@ mod graph;
 mod live;
 mod page;
 mod playground;
+pub mod reports;
 pub mod session;
 
 use std::sync::Arc;
@@ -59,6 +60,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/console/audit", get(audit::page))
         .route("/console/graphs", get(graph::list))
         .route("/console/graphs/{file}", get(graph::view))
+        .route("/console/reports", get(reports::list))
+        .route("/console/reports/compare", get(reports::compare))
+        .route("/console/reports/{name}", get(reports::view))
         .route("/console/{*rest}", get(page::not_found))
         .layer(axum::middleware::map_response(security_headers))
 }

@@ -1,6 +1,10 @@
 //! The console's page shell (navigation, who is signed in), its error pages, and who may see
 //! a page: an `Authorization: Bearer` key, a console session, or anyone on an open server.
 
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup, DOCTYPE};
@@ -19,6 +23,7 @@ const NAV: &[(&str, &str)] = &[
     ("/console/playground", "Playground"),
     ("/console/live", "Live"),
     ("/console/graphs", "Graphs"),
+    ("/console/reports", "Reports"),
     ("/console/audit", "Audit"),
     ("/console/kpis", "KPIs"),
 ];
@@ -27,6 +32,19 @@ const NAV: &[(&str, &str)] = &[
 /// (no credentials) or tells them their role is not enough.
 /// A response that ends a request early (boxed: a `Response` is large).
 pub type Refusal = Box<Response>;
+
+/// Every console page needs at least a viewer: handlers take a `Who` argument, and a request
+/// without one is sent to sign in (or told its role is not enough) before the handler runs.
+impl FromRequestParts<Arc<AppState>> for Who {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        who(state, &parts.headers, Role::Viewer, parts.uri.path()).map_err(|r| *r)
+    }
+}
 
 pub fn who(state: &AppState, headers: &HeaderMap, need: Role, here: &str) -> Result<Who, Refusal> {
     let keyed = !state.keys.open();

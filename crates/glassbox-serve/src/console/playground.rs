@@ -4,10 +4,12 @@
 //! requests of the `console` route; steering needs the operator role.
 
 use std::cell::RefCell;
+use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use glassbox_model::chat::Message;
@@ -17,6 +19,9 @@ use glassbox_model::Hooks;
 use maud::html;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::mpsc::Sender;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 
 use super::page;
 use crate::auth::Role;
@@ -42,6 +47,9 @@ pub struct PlayRequest {
     chat: bool,
     #[serde(default)]
     edit: Option<Edit>,
+    /// Answer as lines of JSON while the runs work (the console's script asks for this).
+    #[serde(default)]
+    stream: bool,
 }
 
 fn default_tokens() -> usize {
@@ -81,11 +89,7 @@ struct RunView {
     tokens: Vec<TokenView>,
 }
 
-pub async fn page(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
-    let who = match page::who(&state, &headers, Role::Viewer, uri.path()) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub async fn page(State(state): State<Arc<AppState>>, who: page::Who) -> Response {
     let readers = state.readers();
     let decoder = state.model.config.is_decoder();
     let can_edit = who.caller.role >= Role::Operator;
@@ -197,38 +201,132 @@ pub async fn run(
         top_logprobs: 0,
     };
     let id = server::request_id(&state);
-    let (rid, edit) = (id.clone(), req.edit.clone());
-    let runs = server::on_worker(&state, move |s| {
-        let mut out = Vec::new();
+    let mut titles = vec!["As served".to_string()];
+    if let Some(e) = &req.edit {
+        titles.push(format!(
+            "{} feature {} {} {}",
+            e.mode,
+            e.feature,
+            if e.mode == "clamp" { "=" } else { "+" },
+            e.value
+        ));
+    }
+    let play = Play {
+        id: id.clone(),
+        ids,
+        cfg,
+        edit: edit_cfg,
+        titles: titles.clone(),
+    };
+    if !req.stream {
+        return match server::on_worker(&state, move |s| play.run(s, None)).await {
+            Ok(runs) => {
+                for (_, report) in &runs {
+                    let _ = server::account(
+                        &state,
+                        &caller,
+                        &id,
+                        "console.playground",
+                        &prompt,
+                        report,
+                    );
+                }
+                let views: Vec<&RunView> = runs.iter().map(|(v, _)| v).collect();
+                Json(json!({"id": id, "runs": views})).into_response()
+            }
+            Err(e) => e.into_response(),
+        };
+    }
+
+    // Streamed: one JSON object per line: `start` (the runs' titles), each `token` as it is
+    // generated, each finished `run` with its per-token features, then `done` or `error`.
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(256);
+    let _ = tx.try_send(json!({"start": {"id": id, "runs": titles}}).to_string());
+    tokio::spawn(async move {
+        let sink = tx.clone();
+        let last = match server::on_worker(&state, move |s| play.run(s, Some(&sink))).await {
+            Ok(runs) => {
+                for (_, report) in &runs {
+                    let _ = server::account(
+                        &state,
+                        &caller,
+                        &id,
+                        "console.playground",
+                        &prompt,
+                        report,
+                    );
+                }
+                json!({"done": {"id": id}})
+            }
+            Err(e) => json!({"error": {"type": e.kind, "message": e.message}}),
+        };
+        let _ = tx.send(last.to_string()).await;
+    });
+    let lines = ReceiverStream::new(rx).map(|l| Ok::<_, Infallible>(l + "\n"));
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// A checked playground request, ready for a worker.
+struct Play {
+    id: String,
+    ids: Vec<u32>,
+    cfg: GenerateConfig,
+    edit: Option<MonitorConfig>,
+    titles: Vec<String>,
+}
+
+impl Play {
+    /// The run as served and, with an edit, the edited run; with a sink, every generated token
+    /// and every finished run is sent as it comes (a closed sink stops the generation).
+    fn run(
+        self,
+        s: &AppState,
+        sink: Option<&Sender<String>>,
+    ) -> Result<Vec<(RunView, infer::Report)>> {
         let served = s.monitor_set();
-        out.push(one_run(s, &served, None, "As served", &rid, &ids, &cfg)?);
-        if let (Some(m), Some(e)) = (edit_cfg, edit) {
+        let mut sets = vec![(served, None)];
+        if let Some(m) = self.edit {
             let mut monitors = s.monitor_configs();
             monitors.push(m.clone());
-            let set = MonitorSet::new(&s.readers(), &monitors)?;
-            let only = MonitorSet::new(&s.readers(), &[m])?;
-            let title = format!(
-                "{} feature {} {} {}",
-                e.mode,
-                e.feature,
-                if e.mode == "clamp" { "=" } else { "+" },
-                e.value
-            );
-            out.push(one_run(s, &set, Some(&only), &title, &rid, &ids, &cfg)?);
+            sets.push((
+                Arc::new(MonitorSet::new(&s.readers(), &monitors)?),
+                Some(MonitorSet::new(&s.readers(), &[m])?),
+            ));
+        }
+        let mut out = Vec::new();
+        for (i, ((set, only), title)) in sets.iter().zip(&self.titles).enumerate() {
+            let mut on_text = |text: &str| {
+                sink.is_none_or(|tx| {
+                    tx.blocking_send(json!({"token": {"run": i, "text": text}}).to_string())
+                        .is_ok()
+                })
+            };
+            let run = one_run(
+                s,
+                set,
+                only.as_ref(),
+                title,
+                &self.id,
+                &self.ids,
+                &self.cfg,
+                &mut on_text,
+            )?;
+            if let Some(tx) = sink {
+                let line = json!({"run": {"index": i, "view": &run.0}}).to_string();
+                if tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+            out.push(run);
         }
         Ok(out)
-    })
-    .await;
-    match runs {
-        Ok(runs) => {
-            for (_, report) in &runs {
-                let _ =
-                    server::account(&state, &caller, &id, "console.playground", &prompt, report);
-            }
-            let views: Vec<&RunView> = runs.iter().map(|(v, _)| v).collect();
-            Json(json!({"id": id, "runs": views})).into_response()
-        }
-        Err(e) => e.into_response(),
     }
 }
 
@@ -271,8 +369,10 @@ fn edit_monitor(state: &AppState, e: &Edit) -> Result<MonitorConfig> {
     })
 }
 
-/// Generates with `set`, then reads every token's features and probe scores in one pass over
-/// prompt and continuation (with `edit` applied, so a steered run shows its steered features).
+/// Generates with `set` (each piece of text to `on_text`), then reads every token's features
+/// and probe scores in one pass over prompt and continuation (with `edit` applied, so a
+/// steered run shows its steered features).
+#[allow(clippy::too_many_arguments)]
 fn one_run(
     s: &AppState,
     set: &MonitorSet,
@@ -281,8 +381,9 @@ fn one_run(
     rid: &str,
     ids: &[u32],
     cfg: &GenerateConfig,
+    on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<(RunView, infer::Report)> {
-    let (g, report) = infer::generate(&s.model, set, None, rid, ids, cfg, &mut |_, _| true)?;
+    let (g, report) = infer::generate(&s.model, set, None, rid, ids, cfg, &mut |_, t| on_text(t))?;
     let all: Vec<u32> = ids
         .iter()
         .copied()

@@ -36,8 +36,8 @@ use crate::input;
 #[derive(clap::Args)]
 #[command(
     after_help = "Examples (after `glassbox setup --data redteam` and building the probe, see README):\n  \
-    glassbox redteam --config redteam/deploy.toml --suite redteam/suite.toml --out redteam-report\n  \
-    glassbox redteam --config redteam/deploy.toml --suite redteam/suite.toml --defend --out redteam-defended\n  \
+    glassbox redteam --config redteam/deploy.toml --suite redteam/suite.toml --out reports/redteam\n  \
+    glassbox redteam --config redteam/deploy.toml --suite redteam/suite.toml --defend --out reports/redteam-defended\n  \
     glassbox audit verify audit/redteam.jsonl        # the held-out commitment\n\n\
     A text counts as detected when an attacked monitor fires on it. Writes the commitment to the \
     deployment's audit log; the log takes one writer at a time, so stop a server using it first."

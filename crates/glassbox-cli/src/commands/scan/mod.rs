@@ -42,7 +42,7 @@ use crate::input;
 #[derive(clap::Args)]
 #[command(after_help = "Examples:\n  \
     glassbox edit resave --model smollm2 --out candidates/resaved --dtype bf16\n  \
-    glassbox scan --baseline smollm2 --candidate candidates/resaved --spec scan.example.toml --out scan-report\n  \
+    glassbox scan --baseline smollm2 --candidate candidates/resaved --spec scan.example.toml --out reports/scan-resaved\n  \
     glassbox audit list ~/.cache/glassbox/audit/scans.jsonl --event scan\n\n\
     Exit status: 0 every check passed, 1 a check failed, 2 the scan could not run. \
     --out writes report.json, junit.xml, summary.md (for a pull-request comment) and report.html.")]

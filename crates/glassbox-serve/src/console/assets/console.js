@@ -116,28 +116,35 @@ function playground() {
     }
     if (tok.probes.length) detail.append(el("p", { text: tok.probes.map(([n, v]) => `probe ${n}: ${v.toFixed(3)}`).join(" · ") }));
   };
-  const render = (data) => {
+  const signalOf = () => {
     const heat = document.getElementById("heat").value;
-    const signal = (t) => heat ? (t.probes.find(([n]) => n === heat)?.[1] ?? 0) : (t.features[0]?.[1][0]?.[1] ?? 0);
-    const max = Math.max(1e-9, ...data.runs.flatMap((r) => r.tokens.map(signal)));
-    runs.replaceChildren();
-    data.runs.forEach((run, ri) => {
-      const strip = el("div", { class: "heat", role: "img", "aria-label": "per-token heat strip" });
-      const text = el("div", { class: "tokens" });
-      for (const t of run.tokens) {
-        const v = signal(t);
-        strip.append(el("span", { class: "a" + level(v, max), title: `${t.text}: ${v.toFixed(3)}` }));
-        const b = el("button", { type: "button", class: `tok a${level(v, max)}${t.generated ? " gen" : ""}`, title: v.toFixed(3), text: t.text });
-        b.addEventListener("click", () => { document.querySelectorAll(".tok.selected").forEach((x) => x.classList.remove("selected")); b.classList.add("selected"); show(t, run); });
-        text.append(b);
-      }
-      const box = el("section", { class: "run", "data-run": String(ri) }, el("h2", { text: run.title }),
-        el("p", { class: "output" }, el("strong", { text: "Output: " }), run.text));
-      if (run.blocked) box.append(el("p", { class: "blocked", text: "Blocked: " + run.blocked }));
-      box.append(el("p", { class: "small", text: `${run.firings} monitor firing(s)` }), strip, text);
-      runs.append(box);
-    });
+    return (t) => heat ? (t.probes.find(([n]) => n === heat)?.[1] ?? 0) : (t.features[0]?.[1][0]?.[1] ?? 0);
   };
+  // A finished run: output, heat strip and clickable tokens, shaded against `max`.
+  const runBox = (run, ri, max, signal) => {
+    const strip = el("div", { class: "heat", role: "img", "aria-label": "per-token heat strip" });
+    const text = el("div", { class: "tokens" });
+    for (const t of run.tokens) {
+      const v = signal(t);
+      strip.append(el("span", { class: "a" + level(v, max), title: `${t.text}: ${v.toFixed(3)}` }));
+      const b = el("button", { type: "button", class: `tok a${level(v, max)}${t.generated ? " gen" : ""}`, title: v.toFixed(3), text: t.text });
+      b.addEventListener("click", () => { document.querySelectorAll(".tok.selected").forEach((x) => x.classList.remove("selected")); b.classList.add("selected"); show(t, run); });
+      text.append(b);
+    }
+    const box = el("section", { class: "run", "data-run": String(ri) }, el("h2", { text: run.title }),
+      el("p", { class: "output" }, el("strong", { text: "Output: " }), run.text));
+    if (run.blocked) box.append(el("p", { class: "blocked", text: "Blocked: " + run.blocked }));
+    box.append(el("p", { class: "small", text: `${run.firings} monitor firing(s)` }), strip, text);
+    return box;
+  };
+  const maxOf = (views, signal) => Math.max(1e-9, ...views.flatMap((r) => r.tokens.map(signal)));
+  const render = (views) => {
+    const signal = signalOf(), max = maxOf(views, signal);
+    runs.replaceChildren(...views.map((run, ri) => runBox(run, ri, max, signal)));
+  };
+  // A run still generating: its title and the text so far.
+  const liveBox = (title, ri) => el("section", { class: "run streaming", "data-run": String(ri) }, el("h2", { text: title }),
+    el("p", { class: "output" }, el("strong", { text: "Output: " }), el("span", { class: "so-far" })));
   let last;
   document.getElementById("heat")?.addEventListener("change", () => last && render(last));
   form.addEventListener("submit", async (e) => {
@@ -146,6 +153,7 @@ function playground() {
       prompt: document.getElementById("prompt").value,
       max_tokens: Number(document.getElementById("max-tokens").value),
       chat: document.getElementById("chat").checked,
+      stream: true,
     };
     const feature = document.getElementById("feature")?.value;
     if (feature !== "" && feature !== undefined && !document.getElementById("edit").disabled) {
@@ -158,11 +166,43 @@ function playground() {
       const headers = { "content-type": "application/json" };
       if (csrf()) headers["x-glassbox-csrf"] = csrf();
       const r = await fetch("/console/api/playground", { method: "POST", headers, body: JSON.stringify(body), credentials: "same-origin" });
-      const data = await r.json();
-      if (!r.ok) { status.textContent = "Error: " + (data.error?.message || r.status); return; }
-      last = data;
-      render(data);
-      status.textContent = `Done (${data.id}). Click a token for its features.`;
+      if (!r.ok) { const data = await r.json().catch(() => ({})); status.textContent = "Error: " + (data.error?.message || r.status); return; }
+      // One JSON object per line: start, token…, run, (token…, run), done | error.
+      const views = [], boxes = [];
+      const handle = (m) => {
+        if (m.start) {
+          boxes.push(...m.start.runs.map((t, i) => liveBox(t, i)));
+          runs.replaceChildren(...boxes);
+          status.textContent = "Generating…";
+        } else if (m.token) {
+          boxes[m.token.run]?.querySelector(".so-far")?.append(m.token.text);
+        } else if (m.run) {
+          const signal = signalOf();
+          views[m.run.index] = m.run.view;
+          const box = runBox(m.run.view, m.run.index, maxOf([m.run.view], signal), signal);
+          boxes[m.run.index]?.replaceWith(box);
+          boxes[m.run.index] = box;
+        } else if (m.done) {
+          last = views.filter(Boolean);
+          render(last); // one shading scale for the runs side by side
+          status.textContent = `Done (${m.done.id}). Click a token for its features.`;
+        } else if (m.error) {
+          status.textContent = "Error: " + m.error.message;
+        }
+      };
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          if (line.trim()) handle(JSON.parse(line));
+        }
+      }
     } catch (err) {
       status.textContent = "Error: " + err;
     } finally {

@@ -1,0 +1,686 @@
+//! Scan and red-team reports in the browser: every `report.json` that `glassbox scan --out DIR`
+//! or `glassbox redteam --out DIR` wrote under the `[console] reports` directory, listed newest
+//! first, opened one at a time, and two of a kind side by side (checks, or detection per attack
+//! family). The KPI page reads the latest red-team report's detection rates from here.
+//!
+//! The pages are drawn from the JSON, not the reports' own HTML (which carries inline styles
+//! the console's CSP forbids). Parsed reports are kept per file and reread when it changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::page;
+use crate::server::AppState;
+
+/// Largest report file the console reads (a red-team report keeps every attack text).
+const MAX_BYTES: u64 = 64 << 20;
+/// Reports the list shows (newest first).
+const MAX_LISTED: usize = 500;
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+    #[serde(default)]
+    sha256: String,
+}
+
+#[derive(Deserialize)]
+struct Check {
+    suite: String,
+    name: String,
+    passed: bool,
+    value: String,
+    limit: String,
+    #[serde(default)]
+    detail: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct MonitorRow {
+    name: String,
+    base_auroc: f64,
+    cand_auroc: f64,
+    base_detection: f64,
+    cand_detection: f64,
+    base_benign_firing: f64,
+    cand_benign_firing: f64,
+}
+
+#[derive(Deserialize)]
+struct CanaryRow {
+    name: String,
+    base_reply: String,
+    cand_reply: String,
+    passed: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Findings {
+    layers: Vec<(Option<usize>, f64)>,
+    monitors: Vec<MonitorRow>,
+    canaries: Vec<CanaryRow>,
+}
+
+/// `glassbox scan --out`'s report.json (the fields the console shows).
+#[derive(Deserialize)]
+struct ScanReport {
+    baseline: Named,
+    candidate: Named,
+    spec: String,
+    passed: bool,
+    checks: Vec<Check>,
+    #[serde(default)]
+    findings: Findings,
+    #[serde(default)]
+    seconds: f64,
+    #[serde(default)]
+    glassbox: String,
+}
+
+#[derive(Deserialize, Clone)]
+struct Family {
+    attack: String,
+    texts: usize,
+    detected: usize,
+    #[serde(default)]
+    known_positive: usize,
+    #[serde(default)]
+    evaded: usize,
+    #[serde(default)]
+    leaked_undetected: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct RoundSummary {
+    name: String,
+    families: Vec<Family>,
+    false_alarms: f64,
+    benign: usize,
+    #[serde(default)]
+    seconds: f64,
+    #[serde(default)]
+    skipped: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+struct Defence {
+    rule: String,
+    training_texts: usize,
+    evasions_added: usize,
+    threshold: f32,
+}
+
+/// `glassbox redteam --out`'s report.json (the fields the console shows; not the outcomes).
+#[derive(Deserialize)]
+struct RedteamReport {
+    deployment: String,
+    suite: String,
+    #[serde(default)]
+    notes: Vec<String>,
+    rounds: Vec<RoundSummary>,
+    #[serde(default)]
+    defence: Option<Defence>,
+    failed: bool,
+}
+
+impl RedteamReport {
+    /// The round the run was judged on: after the defence when there was one, else the first.
+    fn gated(&self) -> Option<&RoundSummary> {
+        if self.defence.is_some() {
+            self.rounds.last()
+        } else {
+            self.rounds.first()
+        }
+    }
+}
+
+impl RoundSummary {
+    fn detection(&self) -> (usize, usize) {
+        self.families
+            .iter()
+            .fold((0, 0), |(d, t), f| (d + f.detected, t + f.texts))
+    }
+}
+
+enum Body {
+    Scan(ScanReport),
+    Redteam(RedteamReport),
+}
+
+/// One report directory's parsed report.json.
+pub struct Report {
+    name: String,
+    modified_ms: u64,
+    body: Body,
+}
+
+impl Report {
+    fn kind(&self) -> &'static str {
+        match self.body {
+            Body::Scan(_) => "scan",
+            Body::Redteam(_) => "red team",
+        }
+    }
+
+    fn passed(&self) -> bool {
+        match &self.body {
+            Body::Scan(s) => s.passed,
+            Body::Redteam(r) => !r.failed,
+        }
+    }
+
+    /// One line on what the report says.
+    fn headline(&self) -> String {
+        match &self.body {
+            Body::Scan(s) => format!(
+                "{} → {}: {} of {} checks failed",
+                s.baseline.name,
+                s.candidate.name,
+                s.checks.iter().filter(|c| !c.passed).count(),
+                s.checks.len()
+            ),
+            Body::Redteam(r) => match r.gated() {
+                Some(g) => {
+                    let (d, t) = g.detection();
+                    format!(
+                        "{}: {} of {} attack texts detected ({}), false alarms {}",
+                        g.name,
+                        d,
+                        t,
+                        pct(d as f64 / t.max(1) as f64),
+                        pct(g.false_alarms)
+                    )
+                }
+                None => "no rounds".into(),
+            },
+        }
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1} %", x * 100.0)
+}
+
+/// The reports directory and the reports read from it so far.
+pub struct Reports {
+    dir: Option<PathBuf>,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+/// A parsed report with the modification time and length of the file it was read from.
+type Cached = (SystemTime, u64, Arc<Report>);
+
+/// A report that could not be read: its name and why.
+type Unreadable = (String, String);
+
+impl Reports {
+    pub fn new(dir: Option<PathBuf>) -> Reports {
+        Reports {
+            dir,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The report in directory `name` (a plain name), read again only when its file changed.
+    fn get(&self, name: &str) -> Result<Arc<Report>, String> {
+        let dir = self
+            .dir
+            .as_deref()
+            .ok_or("this server has no `[console] reports` directory")?;
+        let file =
+            report_file(dir, name).ok_or_else(|| format!("`{name}` is not a report name"))?;
+        let meta = std::fs::metadata(&file).map_err(|_| format!("there is no report `{name}`"))?;
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((m, len, r)) = cache.get(name) {
+            if *m == modified && *len == meta.len() {
+                return Ok(r.clone());
+            }
+        }
+        let report = Arc::new(read(&file, name, meta.len(), modified)?);
+        cache.insert(name.to_string(), (modified, meta.len(), report.clone()));
+        Ok(report)
+    }
+
+    /// Every report, newest first, and those that could not be read.
+    fn all(&self) -> (Vec<Arc<Report>>, Vec<Unreadable>) {
+        let Some(dir) = self.dir.as_deref() else {
+            return (Vec::new(), Vec::new());
+        };
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| report_file(dir, n).is_some_and(|f| f.is_file()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        for n in names {
+            match self.get(&n) {
+                Ok(r) => ok.push(r),
+                Err(e) => bad.push((n, e)),
+            }
+        }
+        ok.sort_by(|a, b| b.modified_ms.cmp(&a.modified_ms).then(a.name.cmp(&b.name)));
+        ok.truncate(MAX_LISTED);
+        (ok, bad)
+    }
+
+    /// The newest red-team report, for the KPI page.
+    fn latest_redteam(&self) -> Option<Arc<Report>> {
+        self.all()
+            .0
+            .into_iter()
+            .find(|r| matches!(r.body, Body::Redteam(_)))
+    }
+}
+
+/// `DIR/NAME/report.json`, if `name` is a plain directory name (no paths).
+fn report_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    let plain = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    plain.then(|| dir.join(name).join("report.json"))
+}
+
+fn read(file: &Path, name: &str, len: u64, modified: SystemTime) -> Result<Report, String> {
+    if len > MAX_BYTES {
+        return Err(format!(
+            "{} is {len} bytes; the console reads reports of up to {MAX_BYTES}",
+            file.display()
+        ));
+    }
+    let text = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let value: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
+    let body = if value.get("checks").is_some() {
+        Body::Scan(
+            serde_json::from_value(value)
+                .map_err(|e| format!("{} is not a scan report: {e}", file.display()))?,
+        )
+    } else if value.get("rounds").is_some() {
+        Body::Redteam(
+            serde_json::from_value(value)
+                .map_err(|e| format!("{} is not a red-team report: {e}", file.display()))?,
+        )
+    } else {
+        return Err(format!(
+            "{} is neither a scan report (`checks`) nor a red-team report (`rounds`)",
+            file.display()
+        ));
+    };
+    let modified_ms = modified
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Report {
+        name: name.to_string(),
+        modified_ms,
+        body,
+    })
+}
+
+fn verdict(passed: bool) -> Markup {
+    html! { @if passed { span.ok { "pass" } } @else { span.bad { "fail" } } }
+}
+
+pub async fn list(State(state): State<Arc<AppState>>, who: page::Who) -> Response {
+    let s = state.clone();
+    let (reports, unreadable) = tokio::task::spawn_blocking(move || s.reports.all())
+        .await
+        .unwrap_or_default();
+    let body = html! {
+        h1 { "Reports" }
+        @if state.reports.dir.is_none() {
+            p { "This server has no reports directory: add " code { "[console] reports = \"reports\"" }
+                " to deploy.toml and write reports there with " code { "glassbox scan --out reports/NAME" }
+                " or " code { "glassbox redteam --out reports/NAME" } "." }
+        } @else if reports.is_empty() {
+            p { "No reports yet: " code { "glassbox scan … --out reports/NAME" } " and "
+                code { "glassbox redteam … --out reports/NAME" } " write them." }
+        } @else {
+            form.filters method="get" action="/console/reports/compare" {
+                label { "Compare " select name="a" { @for r in &reports { option value=(r.name) { (r.name) " (" (r.kind()) ")" } } } }
+                label { " with " select name="b" { @for (i, r) in reports.iter().enumerate() { option value=(r.name) selected[i == 1] { (r.name) " (" (r.kind()) ")" } } } }
+                button type="submit" { "Compare" }
+            }
+            table.reports {
+                thead { tr { th { "report" } th { "kind" } th { "written (UTC)" } th { "verdict" } th { "summary" } } }
+                tbody {
+                    @for r in &reports {
+                        tr {
+                            td { a href=(format!("/console/reports/{}", r.name)) { (r.name) } }
+                            td { (r.kind()) }
+                            td { (super::audit::utc(r.modified_ms)) }
+                            td { (verdict(r.passed())) }
+                            td { (r.headline()) }
+                        }
+                    }
+                }
+            }
+        }
+        @if !unreadable.is_empty() {
+            h2 { "Unreadable" }
+            ul { @for (n, e) in &unreadable { li { code { (n) } ": " (e) } } }
+        }
+    };
+    page::shell("Reports", Some(&who), "Reports", body).into_response()
+}
+
+fn not_found(e: String) -> Response {
+    page::error(StatusCode::NOT_FOUND, "No such report", &e)
+}
+
+pub async fn view(
+    State(state): State<Arc<AppState>>,
+    who: page::Who,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let s = state.clone();
+    let report = match tokio::task::spawn_blocking(move || s.reports.get(&name)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return not_found(e),
+        Err(e) => return not_found(e.to_string()),
+    };
+    let body = html! {
+        p.small { a href="/console/reports" { "← all reports" } }
+        h1 { (report.kind()) " report " code { (report.name) } " · " (verdict(report.passed())) }
+        p.meta { "written " (super::audit::utc(report.modified_ms)) " UTC · " (report.headline()) }
+        @match &report.body {
+            Body::Scan(s) => (scan(s)),
+            Body::Redteam(r) => (redteam(r)),
+        }
+    };
+    page::shell(
+        &format!("Report {}", report.name),
+        Some(&who),
+        "Reports",
+        body,
+    )
+    .into_response()
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+fn scan(s: &ScanReport) -> Markup {
+    let mut checks: Vec<&Check> = s.checks.iter().collect();
+    checks.sort_by_key(|c| c.passed);
+    html! {
+        table { tbody {
+            tr { th { "baseline" } td { code { (s.baseline.name) } " " span.small { (short(&s.baseline.sha256)) } } }
+            tr { th { "candidate" } td { code { (s.candidate.name) } " " span.small { (short(&s.candidate.sha256)) } } }
+            tr { th { "spec" } td { code { (s.spec) } } }
+            tr { th { "took" } td { (format!("{:.0} s", s.seconds)) " · glassbox " (s.glassbox) } }
+        } }
+        h2 { "Checks (failed first)" }
+        table.checks {
+            thead { tr { th { "suite" } th { "check" } th { "verdict" } th { "value" } th { "limit" } th { "why" } } }
+            tbody { @for c in &checks {
+                tr data-passed=(c.passed) {
+                    td { (c.suite) } td { (c.name) } td { (verdict(c.passed)) } td { (c.value) } td { (c.limit) }
+                    td { @if !c.detail.is_empty() { ul.small { @for d in c.detail.iter().take(12) { li { (d) } } } } }
+                }
+            } }
+        }
+        @if !s.findings.layers.is_empty() {
+            h2 { "Most changed layers" }
+            table { thead { tr { th { "layer" } th.num { "largest ‖ΔW‖/‖W‖" } } }
+                tbody { @for (l, v) in s.findings.layers.iter().take(8) {
+                    tr { td { (l.map_or("embeddings / final".into(), |l| l.to_string())) } td.num { (format!("{v:.4}")) } }
+                } } }
+        }
+        @if !s.findings.monitors.is_empty() {
+            h2 { "Monitors" }
+            table { thead { tr { th { "monitor" } th.num { "AUROC" } th.num { "detection" } th.num { "benign firing" } } }
+                tbody { @for m in &s.findings.monitors {
+                    tr { td { (m.name) }
+                        td.num { (format!("{:.4} → {:.4}", m.base_auroc, m.cand_auroc)) }
+                        td.num { (pct(m.base_detection)) " → " (pct(m.cand_detection)) }
+                        td.num { (pct(m.base_benign_firing)) " → " (pct(m.cand_benign_firing)) } }
+                } } }
+        }
+        @if !s.findings.canaries.is_empty() {
+            h2 { "Canaries" }
+            table { thead { tr { th { "canary" } th { "verdict" } th { "baseline's reply" } th { "candidate's reply" } } }
+                tbody { @for c in &s.findings.canaries {
+                    tr { td { (c.name) } td { (verdict(c.passed)) } td.ctx { (c.base_reply) } td.ctx { (c.cand_reply) } }
+                } } }
+        }
+    }
+}
+
+fn families_table(round: &RoundSummary) -> Markup {
+    let (d, t) = round.detection();
+    let leaks = round.families.iter().any(|f| f.leaked_undetected.is_some());
+    html! {
+        table.families {
+            thead { tr { th { "attack" } th.num { "texts" } th.num { "detected" } th.num { "rate" }
+                th.num { "evaded (of plain-caught)" } @if leaks { th.num { "leaked undetected" } } } }
+            tbody {
+                @for f in &round.families {
+                    tr data-attack=(f.attack) {
+                        td { (f.attack) } td.num { (f.texts) } td.num { (f.detected) }
+                        td.num { (pct(f.detected as f64 / f.texts.max(1) as f64)) }
+                        td.num { (f.evaded) " / " (f.known_positive) }
+                        @if leaks { td.num { (f.leaked_undetected.map_or("—".into(), |l| l.to_string())) } }
+                    }
+                }
+                tr { th { "all attacks" } th.num { (t) } th.num { (d) } th.num { (pct(d as f64 / t.max(1) as f64)) } th {} @if leaks { th {} } }
+                tr { td { "benign (false alarms)" } td.num { (round.benign) } td.num { (format!("{:.0}", round.false_alarms * round.benign as f64)) } td.num { (pct(round.false_alarms)) } td {} @if leaks { td {} } }
+            }
+        }
+    }
+}
+
+fn redteam(r: &RedteamReport) -> Markup {
+    html! {
+        table { tbody {
+            tr { th { "deployment" } td { code { (r.deployment) } } }
+            tr { th { "suite" } td { code { (r.suite) } } }
+        } }
+        @for n in &r.notes { p.small { (n) } }
+        @if let Some(d) = &r.defence {
+            p { "Defence: retrained on " (d.training_texts) " texts (" (d.evasions_added) " evasions added); rule "
+                code { (d.rule) } " (threshold " (format!("{:.4}", d.threshold)) ")." }
+        }
+        @for round in &r.rounds {
+            h2 { "Round: " (round.name) " " span.small { (format!("{:.0} s", round.seconds)) } }
+            (families_table(round))
+            @if !round.skipped.is_empty() {
+                p.small { "Not run: " @for (a, why) in &round.skipped { (a) " (" (why) ") " } }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Pair {
+    #[serde(default)]
+    a: String,
+    #[serde(default)]
+    b: String,
+}
+
+pub async fn compare(
+    State(state): State<Arc<AppState>>,
+    who: page::Who,
+    Query(p): Query<Pair>,
+) -> Response {
+    let s = state.clone();
+    let (a, b) = (p.a.clone(), p.b.clone());
+    let pair = tokio::task::spawn_blocking(move || {
+        Ok::<_, String>((s.reports.get(&a)?, s.reports.get(&b)?))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    let (a, b) = match pair {
+        Ok(p) => p,
+        Err(e) => return not_found(e),
+    };
+    let table = match (&a.body, &b.body) {
+        (Body::Scan(x), Body::Scan(y)) => compare_scans(x, y),
+        (Body::Redteam(x), Body::Redteam(y)) => compare_redteams(x, y),
+        _ => {
+            return page::error(
+                StatusCode::BAD_REQUEST,
+                "Different kinds",
+                &format!(
+                    "`{}` is a {} report and `{}` a {} report: compare two of one kind.",
+                    a.name,
+                    a.kind(),
+                    b.name,
+                    b.kind()
+                ),
+            )
+        }
+    };
+    let body = html! {
+        p.small { a href="/console/reports" { "← all reports" } }
+        h1 { "Compare " code { (a.name) } " with " code { (b.name) } }
+        table { tbody {
+            @for r in [&a, &b] {
+                tr { th { a href=(format!("/console/reports/{}", r.name)) { (r.name) } } td { (verdict(r.passed())) }
+                    td { (super::audit::utc(r.modified_ms)) " UTC" } td { (r.headline()) } }
+            }
+        } }
+        (table)
+    };
+    page::shell("Compare reports", Some(&who), "Reports", body).into_response()
+}
+
+fn compare_scans(a: &ScanReport, b: &ScanReport) -> Markup {
+    type Sides<'c> = (Option<&'c Check>, Option<&'c Check>);
+    let mut rows: BTreeMap<(&str, &str), Sides> = BTreeMap::new();
+    for c in &a.checks {
+        rows.entry((&c.suite, &c.name)).or_default().0 = Some(c);
+    }
+    for c in &b.checks {
+        rows.entry((&c.suite, &c.name)).or_default().1 = Some(c);
+    }
+    let cell = |c: Option<&Check>| {
+        html! {
+            @match c { Some(c) => { (verdict(c.passed)) " " (c.value) }, None => span.small { "not run" } }
+        }
+    };
+    html! {
+        h2 { "Checks" }
+        table.compare {
+            thead { tr { th { "suite" } th { "check" } th { "A" } th { "B" } th { "change" } } }
+            tbody { @for ((suite, name), (x, y)) in &rows {
+                @let changed = x.map(|c| c.passed) != y.map(|c| c.passed);
+                tr.changed[changed] {
+                    td { (suite) } td { (name) } td { (cell(*x)) } td { (cell(*y)) }
+                    td { @if changed { span.bad { "verdict changed" } } }
+                }
+            } }
+        }
+    }
+}
+
+fn compare_redteams(a: &RedteamReport, b: &RedteamReport) -> Markup {
+    let (Some(x), Some(y)) = (a.gated(), b.gated()) else {
+        return html! { p { "One of the reports has no rounds." } };
+    };
+    let mut rows: BTreeMap<&str, (Option<&Family>, Option<&Family>)> = BTreeMap::new();
+    for f in &x.families {
+        rows.entry(&f.attack).or_default().0 = Some(f);
+    }
+    for f in &y.families {
+        rows.entry(&f.attack).or_default().1 = Some(f);
+    }
+    let rate = |f: Option<&Family>| f.map(|f| f.detected as f64 / f.texts.max(1) as f64);
+    let cell = |f: Option<&Family>| match f {
+        Some(f) => format!(
+            "{} ({}/{})",
+            pct(f.detected as f64 / f.texts.max(1) as f64),
+            f.detected,
+            f.texts
+        ),
+        None => "—".into(),
+    };
+    let delta = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) => {
+            let d = (y - x) * 100.0;
+            html! { span.(if d < 0.0 { "bad" } else { "ok" }) { (format!("{d:+.1} pp")) } }
+        }
+        _ => html! {},
+    };
+    let (xd, xt) = x.detection();
+    let (yd, yt) = y.detection();
+    html! {
+        h2 { "Detection by attack family (rounds: " (x.name) " vs " (y.name) ")" }
+        table.compare {
+            thead { tr { th { "attack" } th.num { "A" } th.num { "B" } th.num { "B − A" } } }
+            tbody {
+                @for (attack, (fx, fy)) in &rows {
+                    tr data-attack=(attack) { td { (attack) } td.num { (cell(*fx)) } td.num { (cell(*fy)) } td.num { (delta(rate(*fx), rate(*fy))) } }
+                }
+                tr { th { "all attacks" }
+                    th.num { (pct(xd as f64 / xt.max(1) as f64)) } th.num { (pct(yd as f64 / yt.max(1) as f64)) }
+                    th.num { (delta(Some(xd as f64 / xt.max(1) as f64), Some(yd as f64 / yt.max(1) as f64))) } }
+                tr { td { "false alarms (benign)" } td.num { (pct(x.false_alarms)) } td.num { (pct(y.false_alarms)) }
+                    td.num { (format!("{:+.1} pp", (y.false_alarms - x.false_alarms) * 100.0)) } }
+            }
+        }
+    }
+}
+
+/// The KPI page's detection section: the newest red-team report's judged round.
+pub fn latest_detection(state: &AppState) -> Markup {
+    let Some(report) = state.reports.latest_redteam() else {
+        return html! { p { "No red-team report yet (" code { "glassbox redteam … --out REPORTS/NAME" } " with "
+        code { "[console] reports" } " set)." } };
+    };
+    let Body::Redteam(r) = &report.body else {
+        return html! {};
+    };
+    html! {
+        p { "From " a href=(format!("/console/reports/{}", report.name)) { (report.name) } ", written "
+            (super::audit::utc(report.modified_ms)) " UTC" @if let Some(g) = r.gated() { ", round " (g.name) } "." }
+        @if let Some(g) = r.gated() { (families_table(g)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_names_cannot_leave_the_directory() {
+        let d = Path::new("/reports");
+        assert!(report_file(d, "scan-1").is_some());
+        for bad in ["", "..", ".hidden", "a/b", "a\\b", "%2e%2e"] {
+            assert!(report_file(d, bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unreadable_reports_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let reports = Reports::new(Some(dir.path().to_path_buf()));
+        std::fs::create_dir(dir.path().join("x")).unwrap();
+        std::fs::write(dir.path().join("x/report.json"), "{\"rounds\": 3}").unwrap();
+        let e = reports.get("x").err().unwrap();
+        assert!(e.contains("not a red-team report"), "{e}");
+        std::fs::write(dir.path().join("x/report.json"), "{}").unwrap();
+        assert!(reports.get("x").err().unwrap().contains("neither"));
+        assert!(reports.get("nope").err().unwrap().contains("no report"));
+        let (ok, bad) = reports.all();
+        assert!(ok.is_empty() && bad.len() == 1);
+    }
+}
