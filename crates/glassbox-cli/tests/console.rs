@@ -230,7 +230,7 @@ fn the_console_works_in_chromium() {
 
     let mut keys = Vec::new();
     let mut key_toml = String::new();
-    for role in ["viewer", "operator"] {
+    for role in ["viewer", "operator", "admin"] {
         let v = glassbox(&[
             "key",
             "--name",
@@ -245,7 +245,7 @@ fn the_console_works_in_chromium() {
             v["sha256"].as_str().unwrap()
         );
     }
-    let (viewer, operator) = (keys[0].clone(), keys[1].clone());
+    let (viewer, operator, admin) = (keys[0].clone(), keys[1].clone(), keys[2].clone());
     std::fs::create_dir_all(d.join("graphs")).unwrap();
     std::fs::write(
         d.join("graphs/broken.json"),
@@ -365,6 +365,23 @@ fn the_console_works_in_chromium() {
         .send(steer.to_string().as_bytes())
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
+
+    // The configuration page is for admins only.
+    for (key, status) in [(&viewer, 403), (&operator, 403), (&admin, 200)] {
+        let r = agent
+            .get(&format!("{base}/console/config"))
+            .header("Authorization", &format!("Bearer {key}"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        if status == 200 {
+            let page = r.into_body().read_to_string().unwrap();
+            assert!(
+                page.contains("&quot;monitor&quot;") && page.contains("busy"),
+                "{page}"
+            );
+        }
+    }
 
     // The playground streams: lines of JSON, each run's tokens before the run's analysis,
     // and the tokens add up to the run's text.
@@ -555,6 +572,28 @@ fn the_console_works_in_chromium() {
         assert!(firings.parse::<u32>().unwrap() > 0);
         shot(&c, &shots, "live").await;
 
+        // Monitors: an operator adds one through the page's form; it is listed and its change
+        // audited under the operator's key; then deleted from the page.
+        c.goto(&format!("{base}/console/monitors")).await.unwrap();
+        let form = c.find(Locator::Id("add-monitor")).await.unwrap();
+        form.find(Locator::Css("input[name=name]")).await.unwrap().send_keys("added").await.unwrap();
+        form.find(Locator::Css("input[name=when]")).await.unwrap().send_keys(&format!("feature {feature} > 1000")).await.unwrap();
+        form.find(Locator::Css("select[name=dictionary]")).await.unwrap().select_by_value("l3").await.unwrap();
+        form.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+        c.wait().at_most(WAIT).for_element(Locator::Css("tr[data-monitor='added']")).await.expect("the new monitor is not listed");
+        let change = c.find(Locator::Css("table.changes tbody tr")).await.unwrap().text().await.unwrap();
+        assert!(change.contains("operator-key") && change.contains("monitor.create") && change.contains("added"), "{change}");
+        shot(&c, &shots, "monitors").await;
+        c.find(Locator::Css("button.delete[data-name='added']")).await.unwrap().click().await.unwrap();
+        c.accept_alert().await.unwrap();
+        let started = Instant::now();
+        while !c.find_all(Locator::Css("tr[data-monitor='added']")).await.unwrap().is_empty() {
+            assert!(started.elapsed() < WAIT, "the deleted monitor is still listed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let change = c.find(Locator::Css("table.changes tbody tr")).await.unwrap().text().await.unwrap();
+        assert!(change.contains("monitor.delete"), "{change}");
+
         // Reports: listed, opened, compared through the page's form; two kinds do not mix.
         c.goto(&format!("{base}/console/reports")).await.unwrap();
         let listed = c.find(Locator::Css("table.reports")).await.unwrap().text().await.unwrap();
@@ -624,6 +663,18 @@ fn the_console_works_in_chromium() {
             .unwrap();
         sign_in(&c, &base, &viewer).await;
         assert!(c.find(Locator::Id("edit")).await.unwrap().attr("disabled").await.unwrap().is_some());
+        c.goto(&format!("{base}/console/monitors")).await.unwrap();
+        assert!(c.find(Locator::Id("add-monitor")).await.is_err(), "a viewer sees the add form");
+        assert!(c.find(Locator::Css("button.delete")).await.is_err(), "a viewer sees delete buttons");
+        let status = c.execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/v1/monitors', {method: 'POST', headers: {'content-type': 'application/json',
+               'x-glassbox-csrf': document.querySelector('meta[name=glassbox-csrf]').content},
+               body: JSON.stringify({name: 'sneaky', when: 'feature 1 > 0', action: 'log', dictionary: 'l3'})}).then(r => done(r.status));",
+            vec![],
+        ).await.unwrap();
+        assert_eq!(status, json!(403), "a viewer added a monitor");
+        c.goto(&format!("{base}/console/playground")).await.unwrap();
         let status = c.execute_async(
             "const done = arguments[arguments.length - 1];
              fetch('/console/api/playground', {method: 'POST', headers: {'content-type': 'application/json',

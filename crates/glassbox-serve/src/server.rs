@@ -308,13 +308,30 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn config(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     authorize_as(&state, &headers, Role::Admin, false)?;
+    Ok(Json(effective_config(&state)))
+}
+
+/// The configuration as loaded, with the monitors in force now; database passwords and the
+/// webhook's path (which often is its secret) redacted.
+pub(crate) fn effective_config(state: &AppState) -> Value {
     let mut cfg = serde_json::to_value(&state.cfg).unwrap_or(Value::Null);
-    cfg["monitor"] = json!(state
-        .monitors
-        .read()
-        .map(|g| g.0.clone())
-        .unwrap_or_default());
-    Ok(Json(cfg))
+    cfg["monitor"] = json!(state.monitor_configs());
+    if let Some(catalogs) = cfg["console"]["catalog"].as_array_mut() {
+        for c in catalogs {
+            if let Some(url) = c["store"].as_str() {
+                c["store"] = json!(glassbox_store::catalog::postgres::redact(url));
+            }
+        }
+    }
+    if let Some(url) = cfg["alert"]["webhook"].as_str() {
+        let origin = url
+            .find("://")
+            .map(|s| s + 3)
+            .and_then(|s| url[s..].find('/').map(|p| &url[..s + p]))
+            .unwrap_or(url);
+        cfg["alert"]["webhook"] = json!(format!("{origin}/***"));
+    }
+    cfg
 }
 
 // ---- inference -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ use crate::server::AppState;
 
 /// Where each monitor's firings link: the feature page of the feature its rule reads, when a
 /// console catalog has the monitor's dictionary's name.
-fn feature_links(state: &AppState) -> serde_json::Value {
+pub(super) fn feature_links(state: &AppState) -> serde_json::Value {
     let mut links = serde_json::Map::new();
     for m in state.monitor_configs() {
         let (Some(d), Ok(rule)) = (&m.dictionary, crate::rules::Rule::parse(&m.when)) else {

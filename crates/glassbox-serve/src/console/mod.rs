@@ -12,6 +12,7 @@ mod audit;
 pub mod catalog;
 mod graph;
 mod live;
+mod monitors;
 mod page;
 mod playground;
 pub mod reports;
@@ -56,6 +57,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/console/playground", get(playground::page))
         .route("/console/api/playground", post(playground::run))
         .route("/console/live", get(live::page))
+        .route("/console/monitors", get(monitors::page))
+        .route("/console/config", get(monitors::config))
         .route("/console/kpis", get(live::kpis))
         .route("/console/audit", get(audit::page))
         .route("/console/graphs", get(graph::list))

@@ -22,6 +22,7 @@ const NAV: &[(&str, &str)] = &[
     ("/console/catalog", "Catalog"),
     ("/console/playground", "Playground"),
     ("/console/live", "Live"),
+    ("/console/monitors", "Monitors"),
     ("/console/graphs", "Graphs"),
     ("/console/reports", "Reports"),
     ("/console/audit", "Audit"),
@@ -142,6 +143,9 @@ pub fn shell(title: &str, who: Option<&Who>, active: &str, body: Markup) -> Mark
                         nav aria-label="Console" {
                             @for (href, name) in NAV {
                                 a href=(href) aria-current=[(*name == active).then_some("page")] { (name) }
+                            }
+                            @if who.is_some_and(|w| w.caller.role >= Role::Admin) {
+                                a href="/console/config" aria-current=[("Config" == active).then_some("page")] { "Config" }
                             }
                         }
                     }

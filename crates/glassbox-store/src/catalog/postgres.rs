@@ -105,7 +105,8 @@ fn describe(e: &postgres::Error) -> String {
 }
 
 /// The URL without its password, for messages.
-fn redact(url: &str) -> String {
+/// `url` with its password replaced by `***` (for messages and pages).
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];

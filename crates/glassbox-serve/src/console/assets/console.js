@@ -247,4 +247,33 @@ function graph() {
   }
 }
 
-document.addEventListener("DOMContentLoaded", () => { catalogSearch(); live(); playground(); graph(); });
+// ---- monitors: operators add and delete through /v1/monitors (role and CSRF checked there) ----
+function monitors() {
+  const status = document.getElementById("monitor-status");
+  if (!status) return;
+  const send = async (method, url, body) => {
+    const headers = { "x-glassbox-csrf": csrf() || "" };
+    if (body) headers["content-type"] = "application/json";
+    const r = await fetch(url, { method, headers, body: body && JSON.stringify(body), credentials: "same-origin" });
+    if (r.ok) { location.reload(); return; }
+    const data = await r.json().catch(() => ({}));
+    status.textContent = "Error: " + (data.error?.message || r.status);
+    status.className = "status broken";
+  };
+  document.getElementById("add-monitor")?.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target), body = {};
+    for (const [k, v] of f.entries()) {
+      if (v === "") continue;
+      body[k] = ["feature", "value", "strength"].includes(k) ? Number(v) : v;
+    }
+    send("POST", "/v1/monitors", body);
+  });
+  for (const b of document.querySelectorAll("button.delete")) {
+    b.addEventListener("click", () => {
+      if (confirm(`Delete monitor ${b.dataset.name}?`)) send("DELETE", "/v1/monitors/" + encodeURIComponent(b.dataset.name));
+    });
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => { catalogSearch(); live(); playground(); graph(); monitors(); });
