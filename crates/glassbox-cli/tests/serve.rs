@@ -864,3 +864,112 @@ fn a_chat_model_honours_the_openai_generation_parameters() {
         assert!(msg.contains(field), "{extra}: {msg}");
     }
 }
+
+/// Signed audit checkpoints: `audit keygen`, a server that signs checkpoints of its log into a
+/// witness elsewhere, and `audit verify --witness` passing on the log, then naming a truncated
+/// tail and a rewritten chain (both still valid hash chains), and refusing another key.
+#[test]
+fn signed_checkpoints_catch_a_truncated_tail_and_a_rewritten_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dict = dictionary(d, 64, "tiny-gpt2", "blocks.1.hook_resid_pre");
+    let keygen = |path: &Path| -> String {
+        let out = glassbox(&["--json", "audit", "keygen", "--out", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["public_key"].as_str().unwrap().to_string()
+    };
+    let key = d.join("keys/checkpoint.key");
+    let public = keygen(&key);
+    let config = |name: &str, key: &Path| {
+        let path = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "model = \"{}\"\n[[dictionary]]\nname = \"d\"\npath = \"{}\"\n[[monitor]]\nname = \"loud\"\n\
+                 dictionary = \"d\"\nwhen = \"feature 0 > 5\"\naction = \"log\"\n[audit]\npath = \"{name}/audit.jsonl\"\n\
+                 checkpoint_key = \"{}\"\nwitness = \"witness/{name}.jsonl\"\ncheckpoint_every = 2\n",
+                fixture("tiny-gpt2").display(),
+                dict.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    // Two servers with the same traffic: two valid chains of the same length.
+    for name in ["a", "b"] {
+        let s = start(&config(name, &key));
+        for _ in 0..2 {
+            let (status, body) = completion(&s, "unused");
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    let (log, witness) = (d.join("a/audit.jsonl"), d.join("witness/a.jsonl"));
+    let verify = |public: &str| {
+        glassbox(&[
+            "audit",
+            "verify",
+            log.to_str().unwrap(),
+            "--witness",
+            witness.to_str().unwrap(),
+            "--public-key",
+            public,
+        ])
+    };
+    let out = verify(&public);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && said.contains("signed checkpoints match"),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert!(records >= 4, "{records} records");
+
+    // Another key did not sign these checkpoints.
+    let other = keygen(&d.join("keys/other.key"));
+    let out = verify(&other);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signature does not verify"));
+
+    // The other server's chain in this log's place: intact, and not what was signed.
+    let original = std::fs::read_to_string(&log).unwrap();
+    std::fs::copy(d.join("b/audit.jsonl"), &log).unwrap();
+    let chain = glassbox(&["audit", "verify", log.to_str().unwrap()]);
+    assert!(
+        chain.status.success(),
+        "the swapped log is a valid chain on its own"
+    );
+    let out = verify(&public);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("rewritten"), "{err}");
+
+    // The tail cut off: intact, and shorter than what was signed.
+    let kept: Vec<&str> = original.lines().take(1).collect();
+    std::fs::write(&log, kept.join("\n") + "\n").unwrap();
+    assert!(glassbox(&["audit", "verify", log.to_str().unwrap()])
+        .status
+        .success());
+    let out = verify(&public);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("truncated"), "{err}");
+
+    // A key beside the log is refused at start.
+    std::fs::create_dir_all(d.join("c")).unwrap();
+    let beside = d.join("c/checkpoint.key");
+    keygen(&beside);
+    let out = glassbox(&[
+        "serve",
+        "--config",
+        config("c", &beside).to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keep it elsewhere"));
+}

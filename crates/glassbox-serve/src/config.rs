@@ -241,6 +241,43 @@ pub struct AuditConfig {
     /// where, the highest value): a log-only monitor on busy traffic stays small.
     #[serde(default)]
     pub firings: FiringRecords,
+    /// Sign checkpoints of the log (its record count and last hash) with this Ed25519 key
+    /// (`glassbox audit keygen --out PATH`); it must not sit in the log's directory.
+    #[serde(default)]
+    pub checkpoint_key: Option<PathBuf>,
+    /// Where the signed checkpoints go: a file outside the writer's reach (another disk or
+    /// mount). `glassbox audit verify LOG --witness FILE` then catches a truncated tail and a
+    /// rewritten chain.
+    #[serde(default)]
+    pub witness: Option<PathBuf>,
+    /// A checkpoint every this many records (and one at start and one at shutdown).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+}
+
+fn default_checkpoint_every() -> u64 {
+    100
+}
+
+impl AuditConfig {
+    /// Opens the log, signing checkpoints into the witness when one is configured.
+    pub fn open(&self) -> Result<glassbox_store::audit::AuditLog> {
+        let log = glassbox_store::audit::AuditLog::open(&self.path)?;
+        match (&self.checkpoint_key, &self.witness) {
+            (Some(key), Some(witness)) => {
+                Ok(log.with_checkpoints(glassbox_store::witness::Signer::open(
+                    key,
+                    witness,
+                    &self.path,
+                    self.checkpoint_every,
+                )?)?)
+            }
+            (None, None) => Ok(log),
+            _ => Err(ServeError::Config(
+                "[audit] checkpoint_key and witness go together: set both, or neither".into(),
+            )),
+        }
+    }
 }
 
 /// How rule firings are written to the audit log.
@@ -285,6 +322,16 @@ impl Config {
                 .into_iter()
                 .chain(cfg.console.reports.as_mut()),
         ) {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        let audit = &mut cfg.audit;
+        for path in audit
+            .checkpoint_key
+            .iter_mut()
+            .chain(audit.witness.as_mut())
+        {
             if path.is_relative() {
                 *path = base.join(&*path);
             }

@@ -63,7 +63,7 @@ impl AppState {
     pub fn new(cfg: Config, model: Model) -> Result<Arc<AppState>> {
         let readers = Readers::load(&model, &cfg.dictionaries, &cfg.probes)?;
         let set = MonitorSet::new(&readers, &cfg.monitors)?;
-        let mut audit = AuditLog::open(&cfg.audit.path)?;
+        let mut audit = cfg.audit.open()?;
         audit.append(
             "config",
             "server.start",

@@ -49,6 +49,8 @@ pub struct AuditLog {
     file: File,
     last_hash: String,
     next_seq: u64,
+    /// Signs checkpoints into a witness once records are on disk ([`crate::witness`]).
+    signer: Option<crate::witness::Signer>,
 }
 
 impl AuditLog {
@@ -82,7 +84,16 @@ impl AuditLog {
             file,
             last_hash: report.last_hash,
             next_seq: report.records,
+            signer: None,
         })
+    }
+
+    /// Signs checkpoints of this log from now on: one of the log as it is (verified at
+    /// opening, on disk), then one per `every` records synced, and one when it is closed.
+    pub fn with_checkpoints(mut self, mut signer: crate::witness::Signer) -> Result<AuditLog> {
+        signer.synced(self.next_seq, &self.last_hash, true)?;
+        self.signer = Some(signer);
+        Ok(self)
     }
 
     /// Appends one record (not yet synced).
@@ -115,15 +126,30 @@ impl AuditLog {
         Ok(r)
     }
 
-    /// Flushes appended records to the disk.
+    /// Flushes appended records to the disk (then signs a checkpoint when one is due).
     pub fn sync(&mut self) -> Result<()> {
         self.file
             .sync_data()
-            .map_err(|e| StoreError::io(&self.path, e))
+            .map_err(|e| StoreError::io(&self.path, e))?;
+        if let Some(s) = &mut self.signer {
+            s.synced(self.next_seq, &self.last_hash, false)?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for AuditLog {
+    /// A closing checkpoint covers the last records (best effort: errors cannot be returned).
+    fn drop(&mut self) {
+        if self.signer.is_some() && self.file.sync_data().is_ok() {
+            if let Some(s) = &mut self.signer {
+                let _ = s.synced(self.next_seq, &self.last_hash, true);
+            }
+        }
     }
 }
 

@@ -10,5 +10,6 @@ pub mod fsutil;
 pub mod harvest;
 mod parquet_text;
 pub mod redteam;
+pub mod witness;
 
 pub use error::{Result, StoreError};

@@ -97,6 +97,22 @@ pub enum AuditCommand {
     Verify {
         /// The audit log (JSON lines).
         log: PathBuf,
+        /// Also compare the log with the signed checkpoints in this witness file (`[audit]
+        /// witness`): catches a truncated tail and a rewritten chain.
+        #[arg(long)]
+        witness: Option<PathBuf>,
+        /// The checkpoint key's public half (hex, as `audit keygen` printed it). Without it
+        /// each checkpoint is checked against the key it names, which proves nothing against
+        /// someone who can write the witness.
+        #[arg(long, requires = "witness")]
+        public_key: Option<String>,
+    },
+    /// Make an Ed25519 key for signing audit checkpoints (`[audit] checkpoint_key`); prints its
+    /// public half for `audit verify --public-key`. Keep it outside the log's directory.
+    Keygen {
+        /// Where the key goes (never overwritten; readable by its owner only).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// List an audit log's records (oldest first), optionally of one event (`scan`,
     /// `monitor.create`, `firing`, ...).
@@ -108,17 +124,33 @@ pub enum AuditCommand {
 }
 
 pub fn run_audit(cmd: AuditCommand, json_out: bool) -> Result<()> {
-    let log = match cmd {
-        AuditCommand::Verify { log } => log,
+    let (log, witness, public_key) = match cmd {
+        AuditCommand::Verify {
+            log,
+            witness,
+            public_key,
+        } => (log, witness, public_key),
         AuditCommand::List { log, event } => return list_audit(&log, event.as_deref(), json_out),
+        AuditCommand::Keygen { out } => return keygen(&out, json_out),
     };
     let v = glassbox_store::audit::verify(&log)?;
     let commitments = glassbox_store::audit::commitments(&log)?;
+    let pinned = public_key
+        .as_deref()
+        .map(glassbox_store::witness::public_key)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+    let witnessed = match &witness {
+        Some(w) if v.problem.is_none() => {
+            Some(glassbox_store::witness::check(&log, w, pinned.as_ref())?)
+        }
+        _ => None,
+    };
     if json_out {
         println!(
             "{}",
             json!({"log": log, "records": v.records, "last_hash": v.last_hash, "problem": v.problem,
-                "commitments": commitments})
+                "commitments": commitments, "witness": witnessed})
         );
     } else if v.problem.is_none() {
         println!(
@@ -147,6 +179,25 @@ pub fn run_audit(cmd: AuditCommand, json_out: bool) -> Result<()> {
             v.records
         );
     }
+    if let (Some(w), Some(check)) = (&witness, &witnessed) {
+        if let Some(p) = &check.problem {
+            bail!("{}: {p}", log.display());
+        }
+        if !json_out {
+            println!(
+                "witness {}: {} signed checkpoints match, covering {} of {} records{}",
+                w.display(),
+                check.checkpoints,
+                check.covered,
+                v.records,
+                if check.pinned {
+                    ""
+                } else {
+                    " (no --public-key: checked against the keys the checkpoints name)"
+                }
+            );
+        }
+    }
     if let Some(c) = commitments.iter().find(|c| c.matches == Some(false)) {
         bail!(
             "{}: record {} committed to {} with SHA-256 {}, and the file now differs: the revealed set is not the one committed",
@@ -154,6 +205,25 @@ pub fn run_audit(cmd: AuditCommand, json_out: bool) -> Result<()> {
             c.seq,
             c.file.display(),
             c.sha256
+        );
+    }
+    Ok(())
+}
+
+fn keygen(out: &std::path::Path, json_out: bool) -> Result<()> {
+    let public = glassbox_store::witness::generate_key(out)?;
+    if json_out {
+        println!("{}", json!({"key": out, "public_key": public}));
+    } else {
+        println!(
+            "checkpoint key written to {} (keep it outside the audit log's directory)",
+            out.display()
+        );
+        println!("public key: {public}\n");
+        println!(
+            "add to deploy.toml:\n[audit]\ncheckpoint_key = \"{}\"\nwitness = \"/another/disk/witness.jsonl\"\n\n\
+             then check a log with:\nglassbox audit verify LOG --witness /another/disk/witness.jsonl --public-key {public}",
+            out.display()
         );
     }
     Ok(())

@@ -22,7 +22,7 @@ use glassbox_analysis::redteam::{Attack, Materials};
 use glassbox_model::registry;
 use glassbox_serve::config::Config;
 use glassbox_serve::monitor::{MonitorSet, Readers};
-use glassbox_store::audit::{self, AuditLog};
+use glassbox_store::audit;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::json;
@@ -158,7 +158,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             .collect();
         glassbox_store::fsutil::atomic_write(&held_file, lines.as_bytes())?;
         let held_file = std::path::absolute(&held_file)?;
-        let mut log = AuditLog::open(&cfg.audit.path)?;
+        let mut log = cfg.audit.open()?;
         let commitment = audit::commit(
             &mut log,
             "redteam",
@@ -245,7 +245,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
                 commitment.seq
             );
         }
-        let mut log = AuditLog::open(&cfg.audit.path)?;
+        let mut log = cfg.audit.open()?;
         log.append(
             "redteam",
             "reveal",
