@@ -547,32 +547,35 @@ fn a_catalog_in_postgres_reads_like_one_in_sqlite() {
         ),
     )
     .unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args(["serve", "--config"])
-        .arg(tmp.path().join("deploy.toml"))
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    /// Stops the server however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Kill(
+        Command::new(env!("CARGO_BIN_EXE_glassbox"))
+            .args(["serve", "--config"])
+            .arg(tmp.path().join("deploy.toml"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
         &mut line,
     )
     .unwrap();
-    let Some(console) = line
+    let console = line
         .trim()
         .strip_prefix("listening on ")
-        .map(str::to_string)
-    else {
-        let _ = server.kill();
-        let out = server.wait_with_output().unwrap();
-        panic!(
-            "serve did not start: {line} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+        .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
+        .to_string();
     let get = |path: &str| {
         let mut r = ureq::get(&format!("{console}{path}")).call().unwrap();
         r.body_mut().read_to_string().unwrap()
@@ -597,8 +600,7 @@ fn a_catalog_in_postgres_reads_like_one_in_sqlite() {
         found.contains("/console/catalog/pg/features/"),
         "searching {token:?}: {found}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap();
     admin
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))

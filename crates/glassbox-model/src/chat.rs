@@ -83,7 +83,20 @@ pub fn builtin_template(architecture: &str) -> Option<&'static str> {
     architecture.starts_with("gemma").then_some(GEMMA_TEMPLATE)
 }
 
-/// A compiled chat template.
+/// The work one render may do (minijinja's fuel: about one unit per instruction and per 64
+/// bytes of data created or processed), so a hostile template — one that loops for ever or
+/// doubles a string into gigabytes — is refused in milliseconds with bounded memory (≈ 128 MB)
+/// instead of hanging or exhausting the server. Real templates need one unit per 64 bytes of
+/// conversation and a few per turn: conversations of tens of MB fit.
+///
+/// Known gap (minijinja 3.1.0, the newest): list concatenation is lazy and charges no fuel, and
+/// once 33 concatenations are nested it is materialised uncharged — `ns.l = ns.l + ns.l` in a
+/// loop of 33 allocates 2³³ items (measured: 14 GB before it was killed). Until that is fixed
+/// upstream, a chat template is as trusted as the weights it ships with.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// A compiled chat template, rendered in minijinja's sandbox: no file or network access, the
+/// recursion limit of 500, and [`TEMPLATE_FUEL`].
 pub struct ChatTemplate {
     env: Environment<'static>,
 }
@@ -92,6 +105,7 @@ impl ChatTemplate {
     /// Compiles `source`; a syntax error names its line.
     pub fn new(source: &str) -> Result<Self> {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -139,7 +153,50 @@ fn template_error(e: &minijinja::Error) -> ModelError {
         ErrorKind::InvalidOperation if !detail.is_empty() => {
             format!("the template refused the conversation{at}: {detail}")
         }
+        ErrorKind::OutOfFuel => format!(
+            "the chat template does more work than Glassbox allows a template ({TEMPLATE_FUEL} \
+             fuel: loops or data out of proportion to the conversation){at}; refused"
+        ),
         _ => format!("{}{at}", e.to_string().lines().next().unwrap_or_default()),
     };
     ModelError::ChatTemplate(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(source: &str) -> Result<String> {
+        ChatTemplate::new(source)?.render(&[Message::new("user", "hi")], true, "<s>", "</s>")
+    }
+
+    #[test]
+    fn hostile_templates_are_refused_quickly_and_within_memory() {
+        let started = std::time::Instant::now();
+        for (what, source) in [
+            ("loops", "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"),
+            ("doubling", "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"),
+            ("repetition", "{{ 'x' * 10000000000 }}"),
+        ] {
+            let e = render(source).expect_err(what).to_string();
+            assert!(e.contains("more work than Glassbox allows") || e.contains("repeat"), "{what}: {e}");
+        }
+        let e = render("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").unwrap_err();
+        assert!(e.to_string().contains("recursion"), "{e}");
+        // Refusals, not hangs (a generous bound: this is about orders of magnitude).
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_long_real_conversation_fits_the_budget() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE).unwrap();
+        let long = "word ".repeat(400_000); // 2 MB in one turn
+        let mut turns = vec![Message::new("user", &long)];
+        for i in 0..200 {
+            let role = if i % 2 == 0 { "assistant" } else { "user" };
+            turns.push(Message::new(role, "a short turn"));
+        }
+        let out = t.render(&turns, true, "<bos>", "<eos>").unwrap();
+        assert!(out.len() > long.len() && out.ends_with("<start_of_turn>model\n"));
+    }
 }
