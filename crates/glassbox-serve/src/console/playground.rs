@@ -219,18 +219,11 @@ pub async fn run(
         titles: titles.clone(),
     };
     if !req.stream {
-        return match server::on_worker(&state, move |s| play.run(s, None)).await {
+        let runs = server::on_worker(&state, move |s| play.run(s, None))
+            .await
+            .and_then(|runs| account(&state, &caller, &id, &prompt, &runs).map(|_| runs));
+        return match runs {
             Ok(runs) => {
-                for (_, report) in &runs {
-                    let _ = server::account(
-                        &state,
-                        &caller,
-                        &id,
-                        "console.playground",
-                        &prompt,
-                        report,
-                    );
-                }
                 let views: Vec<&RunView> = runs.iter().map(|(v, _)| v).collect();
                 Json(json!({"id": id, "runs": views})).into_response()
             }
@@ -244,20 +237,11 @@ pub async fn run(
     let _ = tx.try_send(json!({"start": {"id": id, "runs": titles}}).to_string());
     tokio::spawn(async move {
         let sink = tx.clone();
-        let last = match server::on_worker(&state, move |s| play.run(s, Some(&sink))).await {
-            Ok(runs) => {
-                for (_, report) in &runs {
-                    let _ = server::account(
-                        &state,
-                        &caller,
-                        &id,
-                        "console.playground",
-                        &prompt,
-                        report,
-                    );
-                }
-                json!({"done": {"id": id}})
-            }
+        let runs = server::on_worker(&state, move |s| play.run(s, Some(&sink)))
+            .await
+            .and_then(|runs| account(&state, &caller, &id, &prompt, &runs));
+        let last = match runs {
+            Ok(()) => json!({"done": {"id": id}}),
             Err(e) => json!({"error": {"type": e.kind, "message": e.message}}),
         };
         let _ = tx.send(last.to_string()).await;
@@ -271,6 +255,21 @@ pub async fn run(
         Body::from_stream(lines),
     )
         .into_response()
+}
+
+/// Audits every run (and sends it to the live view); the first record that cannot be written
+/// fails the request: the playground does not answer what it could not audit.
+fn account(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    id: &str,
+    prompt: &str,
+    runs: &[(RunView, infer::Report)],
+) -> server::ApiResult<()> {
+    for (_, report) in runs {
+        server::account(state, caller, id, "console.playground", prompt, report)?;
+    }
+    Ok(())
 }
 
 /// A checked playground request, ready for a worker.
