@@ -973,3 +973,78 @@ fn signed_checkpoints_catch_a_truncated_tail_and_a_rewritten_chain() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("keep it elsewhere"));
 }
+
+/// A full disk under the audit log (a file-size limit on the server): the request whose
+/// records cannot be written is refused, not answered unaudited; the log keeps only whole
+/// records, so `audit verify` passes; and every answered request's firings are in it.
+#[cfg(unix)]
+#[test]
+fn a_full_audit_disk_fails_requests_closed_and_leaves_a_whole_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dict = dictionary(d, 64, "tiny-gpt2", "blocks.1.hook_resid_pre");
+    let log = d.join("audit/audit.jsonl");
+    let config = d.join("deploy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = \"{}\"\n[[dictionary]]\nname = \"d\"\npath = \"{}\"\n[[monitor]]\nname = \"loud\"\n\
+             dictionary = \"d\"\nwhen = \"feature 0 > 5\"\naction = \"log\"\n[audit]\npath = \"{}\"\n",
+            fixture("tiny-gpt2").display(),
+            dict.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    // 16 KiB of file per process (SIGXFSZ ignored, so a write past it fails with EFBIG).
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 32; exec '{}' serve --config '{}' --listen 127.0.0.1:0",
+            env!("CARGO_BIN_EXE_glassbox"),
+            config.display()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = lines(child.stdout.take().unwrap())
+        .recv_timeout(READ_TIMEOUT)
+        .expect("the server did not start");
+    let s = Server {
+        child,
+        url: line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_string(),
+    };
+    let (mut answered, mut refused) = (Vec::new(), None);
+    for _ in 0..200 {
+        let (status, body) = completion(&s, "unused");
+        if status == 200 {
+            answered.push(body["id"].as_str().unwrap().to_string());
+        } else {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("200 requests fit in 16 KiB of audit log?");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.to_string().contains("audit"), "{body}");
+    assert!(!answered.is_empty());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.ends_with('\n'), "a torn record was left behind");
+    let out = glassbox(&["audit", "verify", log.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in &answered {
+        assert!(
+            text.contains(id.as_str()),
+            "answered request {id} is not in the audit log"
+        );
+    }
+}

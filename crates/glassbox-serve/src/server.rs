@@ -1008,10 +1008,14 @@ async fn complete(
             )
         })
         .await;
+        // The text already went out; an audit failure still ends the stream with an error
+        // instead of a normal finish, so the client knows the record is missing.
+        let result = result.and_then(|(g, report)| {
+            count(&s, g.tokens.len());
+            account(&s, &caller, &rid, route, &prompt, &report).map(|_| (g, report))
+        });
         let last = match result {
             Ok((g, report)) => {
-                count(&s, g.tokens.len());
-                let _ = account(&s, &caller, &rid, route, &prompt, &report);
                 let finish = finish_reason(&report, g.finish);
                 json!({"id": rid, "object": object, "choices": [{"index": 0, "finish_reason": finish}],
                        "glassbox": decisions(&rid, &report)})

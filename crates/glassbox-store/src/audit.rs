@@ -49,6 +49,8 @@ pub struct AuditLog {
     file: File,
     last_hash: String,
     next_seq: u64,
+    /// The file's length after the last whole record: a failed write is cut back to it.
+    bytes: u64,
     /// Signs checkpoints into a witness once records are on disk ([`crate::witness`]).
     signer: Option<crate::witness::Signer>,
 }
@@ -73,6 +75,7 @@ impl AuditLog {
             std::fs::TryLockError::Error(e) => StoreError::io(path, e),
         })?;
         let report = verify(path)?;
+        let bytes = file.metadata().map_err(|e| StoreError::io(path, e))?.len();
         if let Some(problem) = report.problem {
             return Err(StoreError::store(
                 path,
@@ -84,6 +87,7 @@ impl AuditLog {
             file,
             last_hash: report.last_hash,
             next_seq: report.records,
+            bytes,
             signer: None,
         })
     }
@@ -118,9 +122,13 @@ impl AuditLog {
             .ok_or_else(|| StoreError::store(&self.path, "unexpected record encoding"))?;
         r.hash = hex(&Sha256::digest(format!("{prefix}}}").as_bytes()));
         let line = format!("{prefix}{HASH_MEMBER}{}\"}}\n", r.hash);
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(|e| StoreError::io(&self.path, e))?;
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            // A full disk or a size limit can leave part of the line: cut it off, so the log
+            // stays a chain of whole records and a later append does not continue a torn one.
+            let _ = self.file.set_len(self.bytes);
+            return Err(StoreError::io(&self.path, e));
+        }
+        self.bytes += line.len() as u64;
         self.last_hash = r.hash.clone();
         self.next_seq += 1;
         Ok(r)
