@@ -1048,3 +1048,114 @@ fn a_full_audit_disk_fails_requests_closed_and_leaves_a_whole_chain() {
         );
     }
 }
+
+/// SIGKILL in the middle of traffic (`fsync = "always"`): the log on disk is a chain of whole
+/// records, or names exactly its torn last line; every request that was answered is in it; and
+/// a server restarted on it refuses a torn log rather than append to it.
+#[test]
+fn a_sigkill_under_load_loses_no_answered_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dict = dictionary(d, 64, "tiny-gpt2", "blocks.1.hook_resid_pre");
+    let log = d.join("audit/audit.jsonl");
+    let config = d.join("deploy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = \"{}\"\n[limits]\nworkers = 2\n[[dictionary]]\nname = \"d\"\npath = \"{}\"\n\
+             [[monitor]]\nname = \"loud\"\ndictionary = \"d\"\nwhen = \"feature 0 > 5\"\naction = \"log\"\n\
+             [audit]\npath = \"{}\"\nfsync = \"always\"\n",
+            fixture("tiny-gpt2").display(),
+            dict.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut s = start(&config);
+    let url = s.url.clone();
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, answered) = (url.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let a = agent();
+                for _ in 0..10_000 {
+                    let body = json!({"prompt": "the quick brown fox", "max_tokens": 8});
+                    let Ok(r) = a
+                        .post(&format!("{url}/v1/completions"))
+                        .header("Content-Type", "application/json")
+                        .send(body.to_string().as_bytes())
+                    else {
+                        return; // the server is gone
+                    };
+                    if r.status() != 200 {
+                        return;
+                    }
+                    let Ok(text) = r.into_body().read_to_string() else {
+                        return;
+                    };
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    answered
+                        .lock()
+                        .unwrap()
+                        .push(v["id"].as_str().unwrap().to_string());
+                }
+            })
+        })
+        .collect();
+    // Let traffic build, then kill the server without warning.
+    let started = std::time::Instant::now();
+    while answered.lock().unwrap().len() < 20 && started.elapsed() < READ_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    assert!(answered.len() >= 20, "only {} answered", answered.len());
+
+    let out = glassbox(&["--json", "audit", "verify", log.to_str().unwrap()]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let whole = text.lines().count() - usize::from(!text.ends_with('\n'));
+    match v["problem"].as_str() {
+        None if out.status.success() => assert!(text.ends_with('\n')),
+        Some(p) => assert!(
+            p.starts_with(&format!("line {}: ", whole + 1)) && p.contains("torn"),
+            "a crash can only tear the last line: {p}"
+        ),
+        None => panic!("{}", String::from_utf8_lossy(&out.stderr)),
+    }
+    for id in &answered {
+        assert!(
+            text.contains(&format!("\"{id}\"")),
+            "answered request {id} is not in the log"
+        );
+    }
+    eprintln!(
+        "SIGKILL: {} requests answered, {whole} whole records on disk, torn tail: {}",
+        answered.len(),
+        !text.ends_with('\n')
+    );
+    // A torn tail stops a restart until `audit repair` removes it (and records that it did).
+    if !text.ends_with('\n') {
+        let out = glassbox(&["audit", "repair", log.to_str().unwrap(), "--actor", "ops"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("audit.repair"));
+    }
+    let s = start(&config);
+    let (status, body) = completion(&s, "unused");
+    assert_eq!(status, 200, "{body}");
+    drop(s);
+    assert!(glassbox(&["audit", "verify", log.to_str().unwrap()])
+        .status
+        .success());
+}

@@ -169,6 +169,9 @@ pub struct Verification {
     pub last_hash: String,
     /// The first problem, naming its line and record.
     pub problem: Option<String>,
+    /// The problem is only an incomplete last line (a crash mid-write): [`repair_torn_tail`]
+    /// can remove it.
+    pub torn: bool,
 }
 
 /// Checks every record's hash, sequence number and link to the record before it.
@@ -178,6 +181,7 @@ pub fn verify(path: &Path) -> Result<Verification> {
         records: 0,
         last_hash: GENESIS.into(),
         problem: None,
+        torn: false,
     };
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
@@ -193,7 +197,11 @@ pub fn verify(path: &Path) -> Result<Verification> {
         number += 1;
         let fail = |why: String| format!("line {number}: {why}");
         if line.last() != Some(&b'\n') {
-            out.problem = Some(fail("the last record is incomplete (a torn write)".into()));
+            out.problem = Some(fail(
+                "the last record is incomplete (a torn write; `glassbox audit repair` removes it)"
+                    .into(),
+            ));
+            out.torn = true;
             return Ok(out);
         }
         let text = String::from_utf8_lossy(&line[..line.len() - 1]);
@@ -237,6 +245,47 @@ pub fn verify(path: &Path) -> Result<Verification> {
         out.records += 1;
         out.last_hash = r.hash;
     }
+}
+
+/// Removes an incomplete last line — what a crash in the middle of a write leaves; a record
+/// that was never whole was never synced, so no answered request and no signed checkpoint is
+/// in it — and records the removal (its length and SHA-256) as an `audit.repair` record by
+/// `actor`. Anything else wrong with the chain is refused: that is tampering, not a crash.
+/// Returns the bytes removed (`None`: nothing to repair).
+pub fn repair_torn_tail(path: &Path, actor: &str) -> Result<Option<u64>> {
+    let v = verify(path)?;
+    match (&v.problem, v.torn) {
+        (None, _) => return Ok(None),
+        (Some(p), false) => {
+            return Err(StoreError::store(
+                path,
+                format!(
+                    "{p}: only a torn last record is repaired; anything else is evidence to keep"
+                ),
+            ))
+        }
+        (Some(_), true) => {}
+    }
+    let bytes = std::fs::read(path).map_err(|e| StoreError::io(path, e))?;
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let removed = &bytes[keep..];
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io(path, e))?;
+    file.set_len(keep as u64)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| StoreError::io(path, e))?;
+    drop(file);
+    let mut log = AuditLog::open(path)?;
+    log.append(
+        actor,
+        "audit.repair",
+        serde_json::json!({"removed_bytes": removed.len(), "removed_sha256": hex(&Sha256::digest(removed)),
+                           "after_record": v.records}),
+    )?;
+    log.sync()?;
+    Ok(Some(removed.len() as u64))
 }
 
 /// The event a commitment is recorded under: `{"sha256", "file", ...}` in its detail.
@@ -408,5 +457,31 @@ mod tests {
         assert!(torn.contains("line 6") && torn.contains("torn"), "{torn}");
         let err = AuditLog::open(&path).err().unwrap().to_string();
         assert!(err.contains("glassbox audit verify"), "{err}");
+    }
+
+    #[test]
+    fn only_a_torn_tail_is_repaired_and_the_repair_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log(dir.path(), 3);
+        let good = lines(&path);
+        assert_eq!(repair_torn_tail(&path, "ops").unwrap(), None);
+        std::fs::write(&path, good.join("\n") + "\n{\"seq\":3,\"ti").unwrap();
+        assert_eq!(repair_torn_tail(&path, "ops").unwrap(), Some(12));
+        let v = verify(&path).unwrap();
+        assert_eq!((v.problem, v.records), (None, 4));
+        let last = records(&path).unwrap().pop().unwrap();
+        assert_eq!(
+            (last.actor.as_str(), last.event.as_str()),
+            ("ops", "audit.repair")
+        );
+        assert_eq!(last.detail["removed_bytes"], 12);
+        // An edit is evidence, not a crash: refused, and the file is left as it was.
+        let mut edited = lines(&path);
+        edited[1] = edited[1].replace("\"i\":1", "\"i\":9");
+        write(&path, &edited);
+        let before = std::fs::read(&path).unwrap();
+        let e = repair_torn_tail(&path, "ops").unwrap_err().to_string();
+        assert!(e.contains("only a torn last record"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 }

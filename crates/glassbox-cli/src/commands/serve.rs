@@ -107,6 +107,14 @@ pub enum AuditCommand {
         #[arg(long, requires = "witness")]
         public_key: Option<String>,
     },
+    /// Remove an incomplete last record (what a crash mid-write leaves, which stops a server
+    /// from opening the log) and record the removal in the log; any other break is refused.
+    Repair {
+        log: PathBuf,
+        /// Who repairs it, for the log (default: $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
     /// Make an Ed25519 key for signing audit checkpoints (`[audit] checkpoint_key`); prints its
     /// public half for `audit verify --public-key`. Keep it outside the log's directory.
     Keygen {
@@ -132,6 +140,24 @@ pub fn run_audit(cmd: AuditCommand, json_out: bool) -> Result<()> {
         } => (log, witness, public_key),
         AuditCommand::List { log, event } => return list_audit(&log, event.as_deref(), json_out),
         AuditCommand::Keygen { out } => return keygen(&out, json_out),
+        AuditCommand::Repair { log, actor } => {
+            let actor = actor
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "unknown".into());
+            let removed = glassbox_store::audit::repair_torn_tail(&log, &actor)?;
+            if json_out {
+                println!("{}", json!({"log": log, "removed_bytes": removed}));
+            } else {
+                match removed {
+                    Some(n) => println!(
+                        "{}: removed a torn last record ({n} bytes) and recorded the repair as `audit.repair`",
+                        log.display()
+                    ),
+                    None => println!("{}: nothing to repair, the chain is intact", log.display()),
+                }
+            }
+            return Ok(());
+        }
     };
     let v = glassbox_store::audit::verify(&log)?;
     let commitments = glassbox_store::audit::commitments(&log)?;
