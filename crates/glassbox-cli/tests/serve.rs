@@ -66,14 +66,21 @@ impl Drop for Server {
 }
 
 fn start(config: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args([
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    serve.args([
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    start_with(serve)
+}
+
+/// Starts a server through `command` (which ends by running `glassbox serve … --listen
+/// 127.0.0.1:0`) and waits for its address.
+fn start_with(mut command: Command) -> Server {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -189,6 +196,21 @@ fn keys() -> (Vec<String>, String) {
         );
     }
     (keys, toml)
+}
+
+/// A deployment of tiny-gpt2 whose monitor `loud` (feature 0 of dictionary `d`) logs, with
+/// `extra` appended (its `[audit]` section, limits).
+fn loud_deployment(path: &Path, dict: &Path, extra: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "model = \"{}\"\n[[dictionary]]\nname = \"d\"\npath = \"{}\"\n[[monitor]]\nname = \"loud\"\n\
+             dictionary = \"d\"\nwhen = \"feature 0 > 5\"\naction = \"log\"\n{extra}",
+            fixture("tiny-gpt2").display(),
+            dict.display()
+        ),
+    )
+    .unwrap();
 }
 
 fn completion(s: &Server, key: &str) -> (u16, Value) {
@@ -887,18 +909,15 @@ fn signed_checkpoints_catch_a_truncated_tail_and_a_rewritten_chain() {
     let public = keygen(&key);
     let config = |name: &str, key: &Path| {
         let path = d.join(format!("{name}.toml"));
-        std::fs::write(
+        loud_deployment(
             &path,
-            format!(
-                "model = \"{}\"\n[[dictionary]]\nname = \"d\"\npath = \"{}\"\n[[monitor]]\nname = \"loud\"\n\
-                 dictionary = \"d\"\nwhen = \"feature 0 > 5\"\naction = \"log\"\n[audit]\npath = \"{name}/audit.jsonl\"\n\
-                 checkpoint_key = \"{}\"\nwitness = \"witness/{name}.jsonl\"\ncheckpoint_every = 2\n",
-                fixture("tiny-gpt2").display(),
-                dict.display(),
+            &dict,
+            &format!(
+                "[audit]\npath = \"{name}/audit.jsonl\"\ncheckpoint_key = \"{}\"\n\
+                 witness = \"witness/{name}.jsonl\"\ncheckpoint_every = 2\n",
                 key.display()
             ),
-        )
-        .unwrap();
+        );
         path
     };
     // Two servers with the same traffic: two valid chains of the same length.
@@ -985,40 +1004,19 @@ fn a_full_audit_disk_fails_requests_closed_and_leaves_a_whole_chain() {
     let dict = dictionary(d, 64, "tiny-gpt2", "blocks.1.hook_resid_pre");
     let log = d.join("audit/audit.jsonl");
     let config = d.join("deploy.toml");
-    std::fs::write(
+    loud_deployment(
         &config,
-        format!(
-            "model = \"{}\"\n[[dictionary]]\nname = \"d\"\npath = \"{}\"\n[[monitor]]\nname = \"loud\"\n\
-             dictionary = \"d\"\nwhen = \"feature 0 > 5\"\naction = \"log\"\n[audit]\npath = \"{}\"\n",
-            fixture("tiny-gpt2").display(),
-            dict.display(),
-            log.display()
-        ),
-    )
-    .unwrap();
+        &dict,
+        &format!("[audit]\npath = \"{}\"\n", log.display()),
+    );
     // 16 KiB of file per process (SIGXFSZ ignored, so a write past it fails with EFBIG).
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "trap '' XFSZ; ulimit -f 32; exec '{}' serve --config '{}' --listen 127.0.0.1:0",
-            env!("CARGO_BIN_EXE_glassbox"),
-            config.display()
-        ))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let line = lines(child.stdout.take().unwrap())
-        .recv_timeout(READ_TIMEOUT)
-        .expect("the server did not start");
-    let s = Server {
-        child,
-        url: line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap()
-            .to_string(),
-    };
+    let mut limited = Command::new("sh");
+    limited.arg("-c").arg(format!(
+        "trap '' XFSZ; ulimit -f 32; exec '{}' serve --config '{}' --listen 127.0.0.1:0",
+        env!("CARGO_BIN_EXE_glassbox"),
+        config.display()
+    ));
+    let s = start_with(limited);
     let (mut answered, mut refused) = (Vec::new(), None);
     for _ in 0..200 {
         let (status, body) = completion(&s, "unused");
@@ -1059,18 +1057,14 @@ fn a_sigkill_under_load_loses_no_answered_request() {
     let dict = dictionary(d, 64, "tiny-gpt2", "blocks.1.hook_resid_pre");
     let log = d.join("audit/audit.jsonl");
     let config = d.join("deploy.toml");
-    std::fs::write(
+    loud_deployment(
         &config,
-        format!(
-            "model = \"{}\"\n[limits]\nworkers = 2\n[[dictionary]]\nname = \"d\"\npath = \"{}\"\n\
-             [[monitor]]\nname = \"loud\"\ndictionary = \"d\"\nwhen = \"feature 0 > 5\"\naction = \"log\"\n\
-             [audit]\npath = \"{}\"\nfsync = \"always\"\n",
-            fixture("tiny-gpt2").display(),
-            dict.display(),
+        &dict,
+        &format!(
+            "[limits]\nworkers = 2\n[audit]\npath = \"{}\"\nfsync = \"always\"\n",
             log.display()
         ),
-    )
-    .unwrap();
+    );
     let mut s = start(&config);
     let url = s.url.clone();
     let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
