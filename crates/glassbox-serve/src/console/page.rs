@@ -47,7 +47,7 @@ impl FromRequestParts<Arc<AppState>> for Who {
     }
 }
 
-pub fn who(state: &AppState, headers: &HeaderMap, need: Role, here: &str) -> Result<Who, Refusal> {
+fn who(state: &AppState, headers: &HeaderMap, need: Role, here: &str) -> Result<Who, Refusal> {
     let keyed = !state.keys.open();
     let bearer = headers
         .get("authorization")
