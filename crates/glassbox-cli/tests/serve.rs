@@ -56,6 +56,8 @@ fn lines(from: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> 
 struct Server {
     child: Child,
     url: String,
+    /// Everything the server has written to stderr (its log).
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Server {
@@ -92,13 +94,19 @@ fn start_with(mut command: Command) -> Server {
         let said: Vec<String> = errors.iter().collect();
         panic!("the server did not start: {}", said.join("\n"));
     };
-    std::thread::spawn(move || errors.into_iter().for_each(drop));
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = logs.clone();
+    std::thread::spawn(move || {
+        for line in errors {
+            kept.lock().unwrap().push(line);
+        }
+    });
     let url = line
         .trim()
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("no listening line: {line:?}"))
         .to_string();
-    Server { child, url }
+    Server { child, url, logs }
 }
 
 fn agent() -> ureq::Agent {
@@ -1152,4 +1160,211 @@ fn a_sigkill_under_load_loses_no_answered_request() {
     assert!(glassbox(&["audit", "verify", log.to_str().unwrap()])
         .status
         .success());
+}
+
+/// A self-signed certificate for 127.0.0.1, written as PEM files; returns its DER form.
+fn certificate(cert: &Path, key: &Path) -> Vec<u8> {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    std::fs::write(cert, c.cert.pem()).unwrap();
+    std::fs::write(key, c.signing_key.serialize_pem()).unwrap();
+    c.cert.der().to_vec()
+}
+
+/// An HTTPS client that trusts only `der`.
+fn tls_agent(der: &[u8]) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let roots = RootCerts::Specific(std::sync::Arc::new(vec![
+        Certificate::from_der(der).to_owned()
+    ]));
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .tls_config(TlsConfig::builder().root_certs(roots).build())
+        .build()
+        .into()
+}
+
+/// (status, Retry-After, body) of a request with a bearer key.
+fn over(
+    agent: &ureq::Agent,
+    url: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Option<String>, String) {
+    let auth = format!("Bearer {key}");
+    let resp = match body {
+        None => agent.get(url).header("Authorization", &auth).call(),
+        Some(b) => agent.post(url).header("Authorization", &auth).send_json(&b),
+    }
+    .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let status = resp.status().as_u16();
+    (status, retry, resp.into_body().read_to_string().unwrap())
+}
+
+#[test]
+fn tls_per_key_rate_limits_and_key_rotation_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let dict = dictionary(dir.path(), 64, "tiny-gpt2", "blocks.1.hook_resid_pre");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let der = certificate(&cert, &key);
+    let (k, key_toml) = keys();
+    let (viewer, admin) = (&k[0], &k[2]);
+    let audit = dir.path().join("audit/log.jsonl");
+    let config = dir.path().join("deploy.toml");
+    let deployment = |keys: &str| {
+        loud_deployment(
+            &config,
+            &dict,
+            &format!(
+                "[audit]\npath = \"{}\"\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+                 [limits]\nrequests_per_minute = 30\n{keys}",
+                audit.display()
+            ),
+        )
+    };
+    // The viewer may make 3 requests a minute; the others the default 30.
+    let limited = key_toml.replacen(
+        "role = \"viewer\"\n",
+        "role = \"viewer\"\nrequests_per_minute = 3\n",
+        1,
+    );
+    deployment(&limited);
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    serve.env("GLASSBOX_LOG", "debug").args([
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let mut s = start_with(serve);
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    let tls = tls_agent(&der);
+    let monitors = format!("{}/v1/monitors", s.url);
+
+    // Plain HTTP on the TLS port gets no answer, and a client that does not trust the
+    // certificate refuses it.
+    let plain = s.url.replacen("https://", "http://", 1) + "/healthz";
+    assert!(agent().get(&plain).call().is_err());
+    assert!(agent().get(&format!("{}/healthz", s.url)).call().is_err());
+
+    // A distinctive prompt that must never reach the logs or the metrics.
+    let secret_prompt = "zyzzogeton quarantine marmalade";
+    let url = format!("{}/v1/completions", s.url);
+    let (status, _, body) = over(
+        &tls,
+        &url,
+        viewer,
+        Some(json!({"prompt": secret_prompt, "max_tokens": 2})),
+    );
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..2 {
+        assert_eq!(over(&tls, &monitors, viewer, None).0, 200);
+    }
+    let (status, retry, body) = over(&tls, &monitors, viewer, None);
+    assert_eq!(status, 429, "{body}");
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=20).contains(&retry), "Retry-After {retry}");
+    assert!(
+        body.contains("viewer-key") && body.contains("retry in"),
+        "{body}"
+    );
+    // Other keys have budgets of their own.
+    assert_eq!(over(&tls, &monitors, admin, None).0, 200);
+
+    // Rotation through the admin endpoint: the viewer key is replaced by a new one.
+    let out = glassbox(&["key", "--name", "viewer-2", "--role", "viewer", "--json"]);
+    let fresh: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fresh_key = fresh["key"].as_str().unwrap();
+    let rotated = key_toml.replacen("viewer-key", "viewer-2", 1).replacen(
+        &key_toml[key_toml.find("sha256 = \"").unwrap()..][..75],
+        &format!("sha256 = \"{}\"", fresh["sha256"].as_str().unwrap()),
+        1,
+    );
+    deployment(&rotated);
+    let reload = format!("{}/v1/keys/reload", s.url);
+    let (status, _, body) = over(&tls, &reload, &k[1], Some(json!({})));
+    assert_eq!(status, 403, "an operator cannot reload: {body}");
+    let (status, _, body) = over(&tls, &reload, admin, Some(json!({})));
+    assert_eq!(status, 200, "{body}");
+    let d: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["added"], json!(["viewer-2"]), "{d}");
+    assert_eq!(d["removed"], json!(["viewer-key"]), "{d}");
+    assert_eq!(
+        over(&tls, &monitors, viewer, None).0,
+        401,
+        "the old key still works"
+    );
+    assert_eq!(over(&tls, &monitors, fresh_key, None).0, 200);
+
+    // SIGHUP re-reads the file too; a broken file changes nothing.
+    let hup = |s: &Server| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &s.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    std::fs::write(&config, "model = \"broken").unwrap();
+    hup(&s);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(over(&tls, &monitors, fresh_key, None).0, 200);
+    // A new certificate and the original viewer key back, by SIGHUP.
+    let der2 = certificate(&cert, &key);
+    deployment(&limited);
+    hup(&s);
+    let tls2 = tls_agent(&der2);
+    let mut served = false;
+    for _ in 0..100 {
+        if tls2.get(&format!("{}/healthz", s.url)).call().is_ok() {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(served, "the new certificate is not served after SIGHUP");
+    // (A new client: connections made before the reload keep their session.)
+    let old = tls_agent(&der).get(&format!("{}/healthz", s.url)).call();
+    assert!(old.is_err(), "the old certificate is still served");
+    assert_eq!(over(&tls2, &monitors, fresh_key, None).0, 401);
+    assert_eq!(over(&tls2, &monitors, viewer, None).0, 200);
+
+    // Neither keys nor request text in logs or metrics.
+    let (status, _, metrics) = over(&tls2, &format!("{}/metrics", s.url), admin, None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("glassbox_rate_limited_total 1"),
+        "{metrics}"
+    );
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = s.logs.lock().unwrap().join("\n");
+    assert!(logs.contains("reload refused"), "{logs}");
+    for (what, text) in [("log", &logs), ("metrics", &metrics)] {
+        for secret in k
+            .iter()
+            .map(String::as_str)
+            .chain([fresh_key, secret_prompt, "zyzzogeton"])
+        {
+            assert!(!text.contains(secret), "the {what} contain {secret:?}");
+        }
+    }
+
+    // Both reloads that took effect are in the audit log, by who did them; the refused one is not.
+    let records = glassbox_store::audit::records(&audit).unwrap();
+    let reloads: Vec<_> = records
+        .iter()
+        .filter(|r| r.event == "keys.reload")
+        .collect();
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
+    assert_eq!(reloads[0].actor, "admin-key");
+    assert_eq!(reloads[1].actor, "SIGHUP");
+    assert_eq!(reloads[1].detail["certificate"], json!(true));
+    assert_eq!(reloads[1].detail["added"], json!(["viewer-key"]));
 }

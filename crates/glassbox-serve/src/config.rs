@@ -34,6 +34,22 @@ pub struct Config {
     /// What the web console at /console shows besides the live server.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Serve HTTPS with this certificate (else plain HTTP: keep it on loopback or behind a
+    /// TLS-terminating proxy).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The file this was loaded from: keys and certificates are re-read from it on reload.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -92,6 +108,9 @@ pub struct Limits {
     pub max_batch: usize,
     /// Requests computed at once (the model runs on blocking threads); others queue.
     pub workers: usize,
+    /// Requests per minute each key may make (a key's own `requests_per_minute` overrides
+    /// it); beyond it the server answers 429 with `Retry-After`. Unset: unlimited.
+    pub requests_per_minute: Option<u32>,
 }
 
 impl Default for Limits {
@@ -102,6 +121,7 @@ impl Default for Limits {
             max_new_tokens: 256,
             max_batch: 64,
             workers: 2,
+            requests_per_minute: None,
         }
     }
 }
@@ -298,6 +318,9 @@ pub struct KeyConfig {
     pub role: Role,
     /// SHA-256 (hex) of the key; `glassbox key` makes one. Keys are never stored.
     pub sha256: String,
+    /// This key's budget, overriding `[limits] requests_per_minute`.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
 }
 
 impl Config {
@@ -327,10 +350,12 @@ impl Config {
             }
         }
         let audit = &mut cfg.audit;
+        let tls = cfg.tls.iter_mut().flat_map(|t| [&mut t.cert, &mut t.key]);
         for path in audit
             .checkpoint_key
             .iter_mut()
             .chain(audit.witness.as_mut())
+            .chain(tls)
         {
             if path.is_relative() {
                 *path = base.join(&*path);
@@ -340,6 +365,7 @@ impl Config {
             cfg.audit.path = base.join(&cfg.audit.path);
         }
         cfg.validate()?;
+        cfg.source = Some(path.to_path_buf());
         Ok(cfg)
     }
 
@@ -375,6 +401,13 @@ impl Config {
                     c.name
                 )));
             }
+        }
+        if self.limits.requests_per_minute == Some(0)
+            || self.keys.iter().any(|k| k.requests_per_minute == Some(0))
+        {
+            return Err(ServeError::Config(
+                "requests_per_minute must be at least 1 (leave it out for no limit)".into(),
+            ));
         }
         if self.limits.workers == 0 {
             return Err(ServeError::Config(

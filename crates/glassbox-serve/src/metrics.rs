@@ -1,8 +1,8 @@
 //! Prometheus metrics: requests, tokens, latency, rule firings, actions, queue depths.
 
 use prometheus::{
-    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::webhook::AlertStats;
@@ -19,6 +19,9 @@ pub struct Metrics {
     pub monitor_seconds: Histogram,
     /// Seconds inside the monitors' hooks, summed over requests (their share of model time).
     pub monitor_time: Counter,
+    /// Requests refused because their key spent its budget (no key label: names stay out of
+    /// metrics).
+    pub rate_limited: IntCounter,
     alerts_queued: IntGauge,
     alerts: IntCounterVec,
 }
@@ -64,6 +67,10 @@ impl Metrics {
             "monitor_seconds_total",
             "Seconds spent in the monitors' hooks (dictionaries, probes, rules, edits)",
         )?;
+        let rate_limited = IntCounter::new(
+            "rate_limited_total",
+            "Requests refused with 429 because their key spent its requests per minute",
+        )?;
         let alerts_queued = IntGauge::new("alert_queue_depth", "Alerts waiting for the webhook")?;
         let alerts = IntCounterVec::new(
             Opts::new(
@@ -80,6 +87,7 @@ impl Metrics {
         registry.register(Box::new(running.clone()))?;
         registry.register(Box::new(monitor_seconds.clone()))?;
         registry.register(Box::new(monitor_time.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(alerts_queued.clone()))?;
         Ok(Metrics {
             registry,
@@ -92,6 +100,7 @@ impl Metrics {
             running,
             monitor_seconds,
             monitor_time,
+            rate_limited,
             alerts_queued,
             alerts,
         })

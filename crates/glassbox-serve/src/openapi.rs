@@ -66,7 +66,8 @@ pub fn document() -> Value {
             },
             "/v1/monitors/{name}": {"delete": op("remove a monitor (audited)", Some("operator"), None)},
             "/v1/events": {"get": op("rule firings as server-sent events", Some("viewer"), None)},
-            "/v1/config": {"get": op("the configuration in force (keys as hashes)", Some("admin"), None)}
+            "/v1/config": {"get": op("the configuration in force (keys as hashes)", Some("admin"), None)},
+            "/v1/keys/reload": {"post": op("re-read the keys and the TLS certificate from the deployment file (audited; SIGHUP does the same)", Some("admin"), None)}
         }
     })
 }

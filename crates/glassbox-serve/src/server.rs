@@ -45,6 +45,8 @@ pub struct AppState {
     readers: Readers,
     monitors: RwLock<(Vec<MonitorConfig>, Arc<MonitorSet>)>,
     pub(crate) keys: Keys,
+    /// The certificate being served, when TLS is on (replaced on reload).
+    pub(crate) tls: std::sync::OnceLock<axum_server::tls_rustls::RustlsConfig>,
     pub(crate) sessions: Sessions,
     pub(crate) catalogs: Catalogs,
     pub(crate) reports: Reports,
@@ -82,7 +84,8 @@ impl AppState {
             .map_or(0, |d| d.as_secs());
         Ok(Arc::new(AppState {
             model: Arc::new(model),
-            keys: Keys::new(&cfg.keys),
+            keys: Keys::new(&cfg.keys, cfg.limits.requests_per_minute),
+            tls: std::sync::OnceLock::new(),
             sessions,
             catalogs,
             reports: Reports::new(cfg.console.reports.clone()),
@@ -138,6 +141,27 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Writes a change to the audit log (synced) and only then applies it, under the log's
+    /// lock so that records and changes keep one order. An unwritable log refuses the change.
+    pub(crate) fn audit_change(
+        &self,
+        actor: &str,
+        event: &str,
+        detail: Value,
+        apply: impl FnOnce(),
+    ) -> Result<()> {
+        let mut audit = self
+            .audit
+            .lock()
+            .map_err(|_| ServeError::Io("the audit log lock is poisoned".into()))?;
+        audit.append(actor, event, detail)?;
+        audit.sync()?;
+        apply();
+        Ok(())
+    }
+}
+
 /// The routes; `ROUTES` lists them for the OpenAPI document (a test keeps the two in step).
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.limits.max_body_bytes;
@@ -156,6 +180,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/monitors/{name}", delete(delete_monitor))
         .route("/v1/events", get(events))
         .route("/v1/config", get(config))
+        .route("/v1/keys/reload", post(crate::transport::reload_keys))
         .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -174,6 +199,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/monitors/{name}"),
     ("get", "/v1/events"),
     ("get", "/v1/config"),
+    ("post", "/v1/keys/reload"),
 ];
 
 /// An error answer.
@@ -182,15 +208,18 @@ pub struct ApiError {
     pub(crate) kind: &'static str,
     pub(crate) message: String,
     extra: Option<Value>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             kind,
             message: message.into(),
             extra: None,
+            retry_after: None,
         }
     }
     fn bad(message: impl Into<String>) -> Self {
@@ -227,7 +256,12 @@ impl IntoResponse for ApiError {
         if let Some(extra) = self.extra {
             body["glassbox"] = extra;
         }
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -276,6 +310,21 @@ fn authorize_as(
             )
         })?,
     };
+    // Every identified request spends from its key's budget, refused ones included.
+    if let Err(wait) = state.keys.admit(&caller) {
+        state.metrics.rate_limited.inc();
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "key `{}` has spent its requests per minute; retry in {secs} s",
+                caller.name
+            ),
+        );
+        e.retry_after = Some(secs);
+        return Err(e);
+    }
     if caller.role < need {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -324,13 +373,10 @@ pub(crate) fn effective_config(state: &AppState) -> Value {
         }
     }
     if let Some(url) = cfg["alert"]["webhook"].as_str() {
-        let origin = url
-            .find("://")
-            .map(|s| s + 3)
-            .and_then(|s| url[s..].find('/').map(|p| &url[..s + p]))
-            .unwrap_or(url);
-        cfg["alert"]["webhook"] = json!(format!("{origin}/***"));
+        cfg["alert"]["webhook"] = json!(crate::webhook::origin(url));
     }
+    // The keys in force, which a reload may have changed since the start.
+    cfg["key"] = json!(state.keys.configs());
     cfg
 }
 
@@ -643,6 +689,7 @@ fn blocked_error(id: &str, report: &Report) -> Option<ApiError> {
         kind: "blocked",
         message: b.reason.clone(),
         extra: Some(decisions(id, report)),
+        retry_after: None,
     })
 }
 
@@ -1132,40 +1179,6 @@ async fn events(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiRe
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
-}
-
-/// Resolves on Ctrl-C or SIGTERM (what `docker stop` and systemd send).
-async fn shutdown() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Serves until Ctrl-C / SIGTERM, finishing the requests in flight.
-pub async fn serve(
-    state: Arc<AppState>,
-    on_ready: impl FnOnce(std::net::SocketAddr),
-) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(state.cfg.listen)
-        .await
-        .map_err(|e| ServeError::Io(format!("cannot listen on {}: {e}", state.cfg.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| ServeError::Io(e.to_string()))?;
-    on_ready(addr);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .map_err(|e| ServeError::Io(e.to_string()))
 }
 
 #[cfg(test)]

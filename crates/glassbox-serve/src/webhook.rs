@@ -46,7 +46,7 @@ impl Alerts {
                                 break;
                             }
                             Err(e) if attempt >= cfg.retries => {
-                                tracing::warn!(webhook = %cfg.webhook, error = %e, "alert not delivered");
+                                tracing::warn!(webhook = %origin(&cfg.webhook), error = %e, "alert not delivered");
                                 s.failed.fetch_add(1, Ordering::Relaxed);
                                 break;
                             }
@@ -71,4 +71,15 @@ impl Alerts {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// A webhook URL without its path, which often carries a secret token (for logs and the
+/// effective configuration).
+pub(crate) fn origin(url: &str) -> String {
+    let origin = url
+        .find("://")
+        .map(|s| s + 3)
+        .and_then(|s| url[s..].find('/').map(|p| &url[..s + p]))
+        .unwrap_or(url);
+    format!("{origin}/***")
 }

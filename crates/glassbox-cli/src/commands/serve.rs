@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use glassbox_serve::auth::{new_key, Role};
 use glassbox_serve::config::Config;
-use glassbox_serve::server::{serve, AppState};
+use glassbox_serve::server::AppState;
+use glassbox_serve::transport::serve;
 use serde_json::{json, Value};
 
 use crate::input;
@@ -47,12 +48,17 @@ pub fn run_serve(a: ServeArgs, device: &str, json_out: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let scheme = if state.cfg.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     runtime.block_on(serve(state.clone(), |addr| {
         // One line on stdout a script can wait for.
         if json_out {
-            println!("{}", json!({"listening": addr.to_string()}));
+            println!("{}", json!({"listening": addr.to_string(), "url": format!("{scheme}://{addr}")}));
         } else {
-            println!("listening on http://{addr}");
+            println!("listening on {scheme}://{addr}");
         }
         let _ = std::io::stdout().flush();
         tracing::info!(%addr, model = %state.cfg.model, monitors = state.cfg.monitors.len(), "serving");

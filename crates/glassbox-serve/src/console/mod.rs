@@ -185,7 +185,11 @@ async fn login(
     let id = state.sessions.start(caller);
     state.audit_event(&name, "console.login", serde_json::json!({}));
     let mut r = Redirect::to(next).into_response();
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(Some(&id), state.sessions.ttl())) {
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(
+        Some(&id),
+        state.sessions.ttl(),
+        state.cfg.tls.is_some(),
+    )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
@@ -215,7 +219,11 @@ async fn logout(
         state.audit_event(&s.caller.name, "console.logout", serde_json::json!({}));
     }
     let mut r = Redirect::to("/console/login").into_response();
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(None, state.sessions.ttl())) {
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(
+        None,
+        state.sessions.ttl(),
+        state.cfg.tls.is_some(),
+    )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r

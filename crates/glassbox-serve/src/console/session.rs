@@ -119,14 +119,16 @@ pub fn csrf_ok(session: &Session, presented: Option<&str>) -> bool {
     presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(session.csrf.as_bytes())))
 }
 
-/// The `Set-Cookie` value that starts (or, with `None`, ends) a session.
-pub fn set_cookie(id: Option<&str>, ttl: Duration) -> String {
+/// The `Set-Cookie` value that starts (or, with `None`, ends) a session; `secure` (served over
+/// TLS) keeps the browser from ever sending it over plain HTTP.
+pub fn set_cookie(id: Option<&str>, ttl: Duration, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
     match id {
         Some(id) => format!(
-            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
             ttl.as_secs()
         ),
-        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
     }
 }
 
