@@ -1,5 +1,9 @@
 //! GGUF files, the format llama.cpp and most deployable open models ship in: a header, typed
-//! metadata, a tensor table and aligned tensor data, read from a memory map.
+//! metadata, a tensor table and aligned tensor data.
+//!
+//! The file is read, not memory-mapped: a mapped file that shrinks underneath (another process
+//! truncating a model being loaded) is a SIGBUS, while a read of a shrunken file is an error
+//! that names the tensor. Each tensor is read once, when the model loads it.
 //!
 //! The header is parsed here (every length and offset bounds-checked, errors that name the
 //! key or tensor at fault); the quantised blocks are decoded by candle's GGML kernels.
@@ -143,7 +147,7 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
     pub kind: TensorType,
     /// Byte range in the file.
-    start: usize,
+    start: u64,
     len: usize,
 }
 
@@ -160,7 +164,7 @@ impl TensorInfo {
 /// An open GGUF file.
 pub struct GgufFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    file: std::fs::File,
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: BTreeMap<String, TensorInfo>,
@@ -188,11 +192,14 @@ pub fn is_gguf(path: &Path) -> bool {
         && &magic == MAGIC
 }
 
-/// A bounds-checked little-endian reader over the mapped bytes.
+/// A bounds-checked little-endian reader over the first bytes of a file of `total` bytes.
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
     path: &'a Path,
+    total: u64,
+    /// Set when a read ran past `bytes` but not past the file: read more and parse again.
+    short: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -211,12 +218,15 @@ impl<'a> Cursor<'a> {
                 self.pos = end;
                 Ok(out)
             }
-            None => Err(self.err(format!(
-                "truncated: {} needs {n} bytes at offset {}, the file has {}; re-download or reinstall it",
-                what(),
-                self.pos,
-                self.bytes.len()
-            ))),
+            None => {
+                self.short = (self.pos as u64).saturating_add(n as u64) <= self.total;
+                Err(self.err(format!(
+                    "truncated: {} needs {n} bytes at offset {}, the file has {}; re-download or reinstall it",
+                    what(),
+                    self.pos,
+                    self.total
+                )))
+            }
         }
     }
 
@@ -250,7 +260,7 @@ impl<'a> Cursor<'a> {
         let n = self.u64(what)?;
         let n = usize::try_from(n)
             .ok()
-            .filter(|&n| n <= self.bytes.len())
+            .filter(|&n| n as u64 <= self.total)
             .ok_or_else(|| self.err(format!("{} has an impossible length {n}", what())))?;
         let b = self.take(n, what)?;
         String::from_utf8(b.to_vec())
@@ -295,19 +305,34 @@ impl<'a> Cursor<'a> {
     }
 }
 
-impl GgufFile {
-    /// Maps `path` and parses its header and tensor table.
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-        // SAFETY: the map is read-only; a file changed underneath us while mapped would be read
-        // inconsistently, as with any reader, but every access is bounds-checked against the
-        // length taken here.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+/// What a GGUF file's header says: its metadata and where each tensor lies.
+pub struct Header {
+    pub version: u32,
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl Header {
+    /// Parses the header from `bytes`, the first bytes of a file of `total` bytes; tensors are
+    /// checked to lie inside those `total` bytes. The error says whether the parse ran past
+    /// `bytes` but not past the file (read more and try again).
+    pub fn parse(
+        bytes: &[u8],
+        total: u64,
+        path: &Path,
+    ) -> std::result::Result<Header, (ModelError, bool)> {
         let mut c = Cursor {
-            bytes: &map,
+            bytes,
             pos: 0,
             path,
+            total,
+            short: false,
         };
+        Self::read(&mut c).map_err(|e| (e, c.short))
+    }
+
+    fn read(c: &mut Cursor<'_>) -> Result<Header> {
+        let total = c.total;
         let magic = c.array::<4>(&|| "the GGUF magic".to_string())?;
         if &magic != MAGIC {
             return Err(c.err(format!(
@@ -383,14 +408,15 @@ impl GgufFile {
                 .filter(|_| offset % alignment == 0);
             let end = start.and_then(|s| s.checked_add(len));
             let (start, end) = match (start, end) {
-                (Some(s), Some(e)) if e <= map.len() as u64 => (s as usize, e as usize),
+                (Some(s), Some(e)) if e <= total => (s, e),
                 _ => {
                     return Err(c.err(format!(
-                        "tensor `{name}` ({len} bytes at data offset {offset}) lies outside the file's {} bytes; the file is truncated — re-download or reinstall it",
-                        map.len()
+                        "tensor `{name}` ({len} bytes at data offset {offset}) lies outside the file's {total} bytes; the file is truncated — re-download or reinstall it"
                     )))
                 }
             };
+            let len = usize::try_from(end - start)
+                .map_err(|_| c.err(format!("tensor `{name}` is too large for this machine")))?;
             let shape = dims.iter().rev().map(|&d| d as usize).collect();
             tensors.insert(
                 name,
@@ -398,17 +424,45 @@ impl GgufFile {
                     shape,
                     kind,
                     start,
-                    len: end - start,
+                    len,
                 },
             );
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            map,
+        Ok(Header {
             version,
             metadata,
             tensors,
         })
+    }
+}
+
+impl GgufFile {
+    /// Opens `path` and parses its header and tensor table (tensor data is read on demand).
+    pub fn open(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let total = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+        // The header's size is known only once parsed: read a prefix, and a longer one if the
+        // parse ran past it (vocabularies make headers of a few MB).
+        let mut want = total.min(1 << 20);
+        loop {
+            let mut prefix = vec![0u8; want as usize];
+            file.read_exact_at(&mut prefix, 0)
+                .map_err(|e| ModelError::io(path, e))?;
+            match Header::parse(&prefix, total, path) {
+                Ok(h) => {
+                    return Ok(Self {
+                        path: path.to_path_buf(),
+                        file,
+                        version: h.version,
+                        metadata: h.metadata,
+                        tensors: h.tensors,
+                    })
+                }
+                Err((e, short)) if !short || want >= total => return Err(e),
+                Err(_) => want = total.min(want.saturating_mul(4)),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -464,16 +518,24 @@ impl GgufFile {
             .ok_or_else(|| self.err(format!("tensor `{name}` is missing")))
     }
 
-    /// The tensor's bytes, as stored.
-    pub fn raw(&self, name: &str) -> Result<&[u8]> {
+    /// The tensor's bytes, as stored, read from the file now.
+    pub fn raw(&self, name: &str) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
         let t = self.info(name)?;
-        Ok(&self.map[t.start..t.start + t.len])
+        let mut buf = vec![0u8; t.len];
+        self.file.read_exact_at(&mut buf, t.start).map_err(|e| {
+            self.err(format!(
+                "tensor `{name}` ({} bytes at offset {}): {e}; the file changed or shrank since it was opened",
+                t.len, t.start
+            ))
+        })?;
+        Ok(buf)
     }
 
     /// The tensor as candle's quantised tensor (kept in its storage type).
     pub fn quantized(&self, name: &str, device: &Device) -> Result<QTensor> {
         let t = self.info(name)?;
-        ggml_file::qtensor_from_ggml(t.kind.ggml, self.raw(name)?, t.shape.clone(), device)
+        ggml_file::qtensor_from_ggml(t.kind.ggml, &self.raw(name)?, t.shape.clone(), device)
             .map_err(|e| self.err(format!("tensor `{name}` ({}): {e}", t.kind)))
     }
 

@@ -154,7 +154,7 @@ impl Weights<'_> {
         if info.shape != [rows, cols] {
             return None;
         }
-        let q = QuantWeight::from_ggml(info.kind.name, file.raw(&gguf_name).ok()?, rows, cols)?;
+        let q = QuantWeight::from_ggml(info.kind.name, &file.raw(&gguf_name).ok()?, rows, cols)?;
         match stored {
             Stored::AsIs => Some(q),
             Stored::Permuted { heads } => {

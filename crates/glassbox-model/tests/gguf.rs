@@ -53,7 +53,7 @@ fn quantised_decoding_weights_hold_the_gguf_packages_values() {
         candle_core::safetensors::load(fixtures().join("quants.safetensors"), &Device::Cpu)
             .unwrap();
     for name in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K"] {
-        let q = QuantWeight::from_ggml(name, file.raw(name).unwrap(), 3, 512)
+        let q = QuantWeight::from_ggml(name, &file.raw(name).unwrap(), 3, 512)
             .unwrap_or_else(|| panic!("{name} is kept quantised"));
         let want: Vec<f32> = expected[name].flatten_all().unwrap().to_vec1().unwrap();
         for (i, (a, b)) in q.dequantize().iter().zip(&want).enumerate() {
@@ -63,7 +63,7 @@ fn quantised_decoding_weights_hold_the_gguf_packages_values() {
             );
         }
     }
-    assert!(QuantWeight::from_ggml("Q6_K", file.raw("Q6_K").unwrap(), 3, 512).is_none());
+    assert!(QuantWeight::from_ggml("Q6_K", &file.raw("Q6_K").unwrap(), 3, 512).is_none());
 }
 
 fn damaged(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
@@ -114,4 +114,26 @@ fn truncated_and_corrupt_files_are_refused_with_reasons() {
     huge[count_at..count_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
     let err = open_err(&huge);
     assert!(err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn a_file_that_shrinks_while_open_is_an_error_not_a_crash() {
+    // (With a memory map this was a SIGBUS: pages past the new end no longer exist.)
+    let bytes = std::fs::read(fixtures().join("quants.gguf")).unwrap();
+    let (_dir, path) = damaged(&bytes);
+    let file = GgufFile::open(&path).unwrap();
+    assert!(file.raw("F32").is_ok());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(bytes.len() as u64 / 2)
+        .unwrap();
+    let err = file.raw("Q6_K").unwrap_err().to_string();
+    assert!(err.contains("`Q6_K`") && err.contains("shrank"), "{err}");
+    let err = file
+        .quantized("Q6_K", &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`Q6_K`"), "{err}");
 }
