@@ -172,6 +172,12 @@ fn tokenizer_that_does_not_match_the_vocab() {
     run_dir(d.path(), &["tokenizer.json", "1000 tokens", "384 rows"]);
     std::fs::write(d.path().join("tokenizer.json"), "[]").unwrap();
     run_dir(d.path(), &["tokenizer.json", "cannot parse"]);
+    // A merge list that makes the tokenizers library itself panic (found by fuzzing): one
+    // clean error, no panic message.
+    let hostile = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions/tokenizer_json/bpe-merge-slice-panic");
+    std::fs::copy(hostile, d.path().join("tokenizer.json")).unwrap();
+    run_dir(d.path(), &["tokenizer.json", "the tokenizers library failed"]);
 }
 
 #[test]

@@ -21,6 +21,7 @@ mod fastmath;
 pub mod fsutil;
 pub mod generate;
 pub mod gguf;
+pub mod guard;
 pub mod gguf_model;
 pub mod hooks;
 mod kernels;

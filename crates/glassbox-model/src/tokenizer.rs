@@ -29,18 +29,22 @@ impl TextTokenizer {
                 std::io::Error::from(std::io::ErrorKind::NotFound),
             ));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| err(format!("cannot parse: {e}")))?;
+        let inner = crate::guard::guard(|| Tokenizer::from_file(path))
+            .map_err(|p| err(format!("cannot parse: the tokenizers library failed on it ({p})")))?
+            .map_err(|e| err(format!("cannot parse: {e}")))?;
         Self::new(inner, path, vocab_size)
     }
 
     /// A tokenizer described by `tokenizer.json` content (e.g. built from a GGUF file's
     /// metadata); `path` names where it came from in errors.
     pub fn from_json(json: &serde_json::Value, path: &Path, vocab_size: usize) -> Result<Self> {
-        let inner: Tokenizer =
-            serde_json::from_value(json.clone()).map_err(|e| ModelError::Tokenizer {
-                path: path.to_path_buf(),
-                msg: format!("cannot build the tokenizer: {e}"),
-            })?;
+        let err = |msg: String| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            msg: format!("cannot build the tokenizer: {msg}"),
+        };
+        let inner: Tokenizer = crate::guard::guard(|| serde_json::from_value(json.clone()))
+            .map_err(|p| err(format!("the tokenizers library failed on it ({p})")))?
+            .map_err(|e| err(e.to_string()))?;
         Self::new(inner, path, vocab_size)
     }
 

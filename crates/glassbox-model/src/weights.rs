@@ -42,6 +42,11 @@ enum Source<'a> {
 impl WeightFile {
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// A safetensors file's bytes (`path` names it in errors).
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         // Validate the header and every offset now, so a truncated file fails here.
         SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Weights {
             path: path.to_path_buf(),

@@ -1,5 +1,6 @@
 //! Documents from the `text` column of a Parquet file, read row group by row group through
-//! the `parquet` crate's row API (no Arrow), projected onto that one column.
+//! the `parquet` crate's row API (no Arrow), projected onto that one column. The crate panics
+//! on some corrupt files (found by fuzzing); those calls run under `guard` and fail as errors.
 
 use std::path::{Path, PathBuf};
 
@@ -8,12 +9,16 @@ use parquet::record::reader::RowIter;
 use parquet::record::Field;
 use parquet::schema::types::Type;
 
+use glassbox_model::guard::guard;
+
 use crate::error::{Result, StoreError};
 
 pub(crate) struct ParquetTexts {
     path: PathBuf,
     rows: RowIter<'static>,
     row: usize,
+    /// Set after the reader panicked: its state is unknown, so nothing more is read.
+    broken: bool,
 }
 
 impl ParquetTexts {
@@ -23,7 +28,8 @@ impl ParquetTexts {
             msg,
         };
         let file = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
-        let reader = SerializedFileReader::new(file)
+        let reader = guard(|| SerializedFileReader::new(file))
+            .map_err(|p| bad(format!("not a readable Parquet file (the reader failed: {p})")))?
             .map_err(|e| bad(format!("not a readable Parquet file ({e})")))?;
         let schema = reader.metadata().file_metadata().schema();
         let text = schema
@@ -42,13 +48,14 @@ impl ParquetTexts {
             .with_fields(vec![text])
             .build()
             .map_err(|e| bad(e.to_string()))?;
-        let rows = RowIter::from_file_into(Box::new(reader))
-            .project(Some(projection))
+        let rows = guard(|| RowIter::from_file_into(Box::new(reader)).project(Some(projection)))
+            .map_err(|p| bad(format!("the reader failed: {p}")))?
             .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             path: path.into(),
             rows,
             row: 0,
+            broken: false,
         })
     }
 }
@@ -58,15 +65,23 @@ impl Iterator for ParquetTexts {
     type Item = Result<Option<String>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let row = self.rows.next()?;
+        if self.broken {
+            return None;
+        }
+        let row = guard(|| self.rows.next());
         self.row += 1;
         let bad = |msg: String| StoreError::Corpus {
             path: self.path.clone(),
             msg: format!("row {}: {msg}", self.row),
         };
         let row = match row {
-            Ok(r) => r,
-            Err(e) => return Some(Err(bad(format!("unreadable ({e})")))),
+            Ok(None) => return None,
+            Ok(Some(Ok(r))) => r,
+            Ok(Some(Err(e))) => return Some(Err(bad(format!("unreadable ({e})")))),
+            Err(p) => {
+                self.broken = true;
+                return Some(Err(bad(format!("unreadable (the reader failed: {p})"))));
+            }
         };
         let doc = match row.get_column_iter().next().map(|(_, f)| f) {
             Some(Field::Str(s)) => Ok(Some(s.clone())),
