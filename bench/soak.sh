@@ -8,8 +8,7 @@ cd "$(dirname "$0")/.."
 work=glassbox-work
 if [[ $# -gt 0 && "$1" != --* ]]; then work="$1"; shift; fi
 [[ -d "$work/acts" ]] || { echo "run scripts/main first (needs $work/acts)" >&2; exit 2; }
-cargo build -q --release -p glassbox-cli
 if [[ ! -f "$work/sae-batchtopk/sae_weights.safetensors" ]]; then
-  target/release/glassbox train-dict --acts "$work/acts" --out "$work/sae-batchtopk" --arch batchtopk --k 64 --steps 150 --json > /dev/null
+  cargo run -q --release -p glassbox-cli -- train-dict --acts "$work/acts" --out "$work/sae-batchtopk" --arch batchtopk --k 64 --steps 150 --json > /dev/null
 fi
 cargo bench -q -p glassbox-cli --bench soak -- "$(realpath "$work/sae-batchtopk")" "$@"

@@ -7,7 +7,7 @@
 //! witnessed audit log takes `--clients` concurrent clients for `--minutes`. Every 30 s a row:
 //! requests, errors, p50/p99 latency and the server's resident memory — the curve. Then faults,
 //! under the same load: the webhook hangs, then dies; the server is SIGKILLed mid-append; a
-//! fresh server's audit disk fills up (a file-size limit). After each: errors, `audit verify`,
+//! fresh server's audit disk fills up (a 2 MB file-size limit). After each: errors, `audit verify`,
 //! and whether every answered request is in the log.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -46,7 +46,8 @@ fn start(config: &Path, fsize_kb: Option<u64>) -> Server {
         config.display()
     );
     let script = match fsize_kb {
-        Some(kb) => format!("ulimit -f {kb}; {serve}"),
+        // SIGXFSZ ignored: a write past the limit fails with EFBIG, as on a full disk.
+        Some(kb) => format!("trap '' XFSZ; ulimit -f {kb}; {serve}"),
         None => serve,
     };
     let mut child = Command::new("sh")
@@ -61,7 +62,10 @@ fn start(config: &Path, fsize_kb: Option<u64>) -> Server {
         let _ = BufReader::new(out).read_line(&mut line);
     }
     let url = line.trim().trim_start_matches("listening on ").to_string();
-    assert!(url.starts_with("http://"), "the server did not start: {line:?}");
+    assert!(
+        url.starts_with("http://"),
+        "the server did not start: {line:?}"
+    );
     Server { child, url }
 }
 
@@ -75,7 +79,10 @@ struct Webhook {
 fn webhook() -> Webhook {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
     listener.set_nonblocking(true).expect("nonblocking");
-    let url = format!("http://{}/alerts", listener.local_addr().expect("an address"));
+    let url = format!(
+        "http://{}/alerts",
+        listener.local_addr().expect("an address")
+    );
     let mode = Arc::new(AtomicU8::new(0));
     let received = Arc::new(Mutex::new(0));
     let (m, r) = (mode.clone(), received.clone());
@@ -111,7 +118,9 @@ fn read_request(s: &mut TcpStream) -> bool {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let Ok(n) = s.read(&mut chunk) else { return false };
+        let Ok(n) = s.read(&mut chunk) else {
+            return false;
+        };
         if n == 0 {
             return false;
         }
@@ -155,8 +164,12 @@ fn load(url: &str, clients: usize) -> Load {
     let texts = Arc::new(texts());
     let threads = (0..clients)
         .map(|c| {
-            let (stop, outcomes, url, texts) =
-                (stop.clone(), outcomes.clone(), url.to_string(), texts.clone());
+            let (stop, outcomes, url, texts) = (
+                stop.clone(),
+                outcomes.clone(),
+                url.to_string(),
+                texts.clone(),
+            );
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
@@ -183,15 +196,19 @@ fn load(url: &str, clients: usize) -> Load {
                             if status == 200 {
                                 Ok(id)
                             } else {
-                                Err(format!("HTTP {status}: {}", body.chars().take(120).collect::<String>()))
+                                Err(format!(
+                                    "HTTP {status}: {}",
+                                    body.chars().take(120).collect::<String>()
+                                ))
                             }
                         }
                     };
                     let gone = matches!(&outcome, Err(e) if !e.starts_with("HTTP"));
-                    outcomes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((Instant::now(), t.elapsed(), outcome));
+                    outcomes.lock().unwrap_or_else(|p| p.into_inner()).push((
+                        Instant::now(),
+                        t.elapsed(),
+                        outcome,
+                    ));
                     if gone {
                         std::thread::sleep(Duration::from_millis(50));
                     }
@@ -317,7 +334,13 @@ fn missing(log: &Path, outcomes: &[(Instant, Duration, Result<String, String>)])
         .count()
 }
 
-fn deployment(dir: &Path, name: &str, dict: &Path, hook_url: &str, key: &Path) -> (PathBuf, PathBuf) {
+fn deployment(
+    dir: &Path,
+    name: &str,
+    dict: &Path,
+    hook_url: &str,
+    key: &Path,
+) -> (PathBuf, PathBuf) {
     let audit = dir.join(name).join("audit.jsonl");
     let mut rules = String::new();
     for i in 0..20u32 {
@@ -350,7 +373,10 @@ fn deployment(dir: &Path, name: &str, dict: &Path, hook_url: &str, key: &Path) -
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let value = |flag: &str, default: u64| {
         args.iter()
             .position(|a| a == flag)
@@ -359,7 +385,10 @@ fn main() {
             .unwrap_or(default)
     };
     let (minutes, clients) = (value("--minutes", 10), value("--clients", 64) as usize);
-    let Some(dict) = args.iter().find(|a| !a.starts_with("--") && Path::new(a).is_dir()) else {
+    let Some(dict) = args
+        .iter()
+        .find(|a| !a.starts_with("--") && Path::new(a).is_dir())
+    else {
         eprintln!("usage: soak DICT [--minutes M] [--clients N] (bench/soak.sh finds DICT)");
         std::process::exit(2);
     };
@@ -371,17 +400,31 @@ fn main() {
         .args(["audit", "keygen", "--out", &key.display().to_string()])
         .output()
         .expect("audit keygen");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hook = webhook();
     let (config, audit) = deployment(dir.path(), "soak", &dict, &hook.url, &key);
     let witness = dir.path().join("soak-witness.jsonl");
 
     println!("soak: {clients} clients for {minutes} min against MiniLM with {} and 22 monitors (one alerting on every request), audit log signed and witnessed\n", dict.display());
-    println!("{:<14} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>10}", "phase", "time", "answered", "req/s", "errors", "p50 ms", "p99 ms", "RSS MB", "audit MB");
+    println!(
+        "{:<14} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>10}",
+        "phase", "time", "answered", "req/s", "errors", "p50 ms", "p99 ms", "RSS MB", "audit MB"
+    );
     let server = start(&config, None);
     let started = Instant::now();
     let l = load(&server.url, clients);
-    let soak_errors = rows("soak", &l.outcomes, started, started + Duration::from_secs(minutes * 60), &server, &audit);
+    let soak_errors = rows(
+        "soak",
+        &l.outcomes,
+        started,
+        started + Duration::from_secs(minutes * 60),
+        &server,
+        &audit,
+    );
 
     // The webhook hangs, then dies, under the same load.
     hook.mode.store(1, Ordering::Relaxed);
@@ -403,35 +446,65 @@ fn main() {
     let lost = missing(&audit, &outcomes);
     let (_, killed) = verify(&audit, Some(&witness));
     let repaired = glassbox()
-        .args(["audit", "repair", &audit.display().to_string(), "--actor", "soak"])
+        .args([
+            "audit",
+            "repair",
+            &audit.display().to_string(),
+            "--actor",
+            "soak",
+        ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let (after_repair, after) = verify(&audit, Some(&witness));
 
-    // A fresh server whose audit disk holds 4 MB: it must fail closed, never answer unaudited.
+    // A fresh server whose audit disk holds 2 MB (`ulimit -f 4096` counts 512-byte blocks in
+    // sh): it must fail closed, never answer unaudited.
     let (config_full, audit_full) = deployment(dir.path(), "full", &dict, &hook.url, &key);
     let server = start(&config_full, Some(4096));
     let l = load(&server.url, clients);
     let t = Instant::now();
     let mut full_errors = 0;
     while t.elapsed() < Duration::from_secs(300) && full_errors == 0 {
-        full_errors = rows("audit disk full", &l.outcomes, Instant::now(), Instant::now() + Duration::from_secs(10), &server, &audit_full);
+        full_errors = rows(
+            "audit disk full",
+            &l.outcomes,
+            Instant::now(),
+            Instant::now() + Duration::from_secs(10),
+            &server,
+            &audit_full,
+        );
     }
     std::thread::sleep(Duration::from_secs(5));
     let full = l.finish();
     let refused: Vec<&String> = full.iter().filter_map(|o| o.2.as_ref().err()).collect();
-    let closed = refused.iter().filter(|e| e.starts_with("HTTP 500") && e.contains("audit")).count();
+    let closed = refused
+        .iter()
+        .filter(|e| e.starts_with("HTTP 500") && e.contains("audit"))
+        .count();
     let full_lost = missing(&audit_full, &full);
     let (full_ok, full_said) = verify(&audit_full, Some(&dir.path().join("full-witness.jsonl")));
     drop(server);
 
-    println!("\n{:<44} {}", "check", "result");
-    println!("{:<44} {soak_errors} errors in {answered} answered requests over the whole run", "soak");
+    println!("\n{:<44} result", "check");
+    println!(
+        "{:<44} {soak_errors} errors in {answered} answered requests over the whole run",
+        "soak"
+    );
     println!("{:<44} {hang_errors} errors while hanging, {dead_errors} while dead; alerts: {alerts}; received {}", "webhook hangs, then dies", hook.received.lock().map_or(0, |g| *g));
     println!("{:<44} {peak:.0} MB", "server peak RSS");
-    println!("{:<44} verify after the kill: {killed}", "SIGKILL mid-append");
-    println!("{:<44} {repaired}; then: {after} ({})", "  audit repair", if after_repair { "ok" } else { "FAILED" });
-    println!("{:<44} {lost} of {answered} answered requests missing from the log", "  answered requests in the log");
-    println!("{:<44} {} answered, then {closed} of {} refused with a 500 naming the audit log; verify: {full_said} ({}); {full_lost} answered missing", "audit disk full (4 MB file-size limit)", full.iter().filter(|o| o.2.is_ok()).count(), refused.len(), if full_ok { "ok" } else { "FAILED" });
+    println!(
+        "{:<44} verify after the kill: {killed}",
+        "SIGKILL mid-append"
+    );
+    println!(
+        "{:<44} {repaired}; then: {after} ({})",
+        "  audit repair",
+        if after_repair { "ok" } else { "FAILED" }
+    );
+    println!(
+        "{:<44} {lost} of {answered} answered requests missing from the log",
+        "  answered requests in the log"
+    );
+    println!("{:<44} {} answered, then {closed} of {} refused with a 500 naming the audit log; verify: {full_said} ({}); {full_lost} answered missing", "audit disk full (2 MB file-size limit)", full.iter().filter(|o| o.2.is_ok()).count(), refused.len(), if full_ok { "ok" } else { "FAILED" });
 }

@@ -177,7 +177,10 @@ fn tokenizer_that_does_not_match_the_vocab() {
     let hostile = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fuzz/regressions/tokenizer_json/bpe-merge-slice-panic");
     std::fs::copy(hostile, d.path().join("tokenizer.json")).unwrap();
-    run_dir(d.path(), &["tokenizer.json", "the tokenizers library failed"]);
+    run_dir(
+        d.path(),
+        &["tokenizer.json", "the tokenizers library failed"],
+    );
 }
 
 #[test]

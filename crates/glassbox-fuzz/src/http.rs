@@ -90,7 +90,10 @@ pub fn request(data: &[u8]) {
     let Ok(request) = request else { return };
     let state = s.state.clone();
     s.runtime.block_on(async move {
-        let response = router(state.clone()).oneshot(request).await.expect("infallible");
+        let response = router(state.clone())
+            .oneshot(request)
+            .await
+            .expect("infallible");
         let status = response.status();
         // Drive a streamed answer to its end.
         let body = axum::body::to_bytes(response.into_body(), 16 << 20).await;
@@ -115,7 +118,11 @@ pub fn request(data: &[u8]) {
                     .body(Body::empty())
                     .expect("a valid request");
                 let r = router(state).oneshot(req).await.expect("infallible");
-                assert_eq!(r.status().as_u16(), 200, "the created monitor {name:?} could not be deleted");
+                assert_eq!(
+                    r.status().as_u16(),
+                    200,
+                    "the created monitor {name:?} could not be deleted"
+                );
             }
         }
     });

@@ -18,8 +18,11 @@ use glassbox_model::Device;
 mod http;
 pub mod seeds;
 
+/// A fuzz target: any bytes in, no panic out.
+pub type Target = fn(&[u8]);
+
 /// Each target by name (the names of `fuzz/fuzz_targets/*.rs` and of the corpus folders).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors", safetensors),
     ("gguf", gguf),
     ("model_config", model_config),
@@ -85,7 +88,10 @@ pub fn safetensors(data: &[u8]) {
         let _ = weights.get(&name, &shape);
         let mut wrong = shape.clone();
         wrong.push(1);
-        assert!(weights.get(&name, &wrong).is_err(), "a wrong shape was accepted");
+        assert!(
+            weights.get(&name, &wrong).is_err(),
+            "a wrong shape was accepted"
+        );
     }
     let _ = weights.get("absent", &[1]);
 }

@@ -104,7 +104,7 @@ impl GgufWriter {
             out.extend(offset.to_le_bytes());
             offset += (data.len() as u64 * 4).div_ceil(32) * 32;
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         for (_, _, data) in &self.tensors {
@@ -112,7 +112,7 @@ impl GgufWriter {
             for v in data {
                 out.extend(v.to_le_bytes());
             }
-            while (out.len() - start) % 32 != 0 {
+            while !(out.len() - start).is_multiple_of(32) {
                 out.push(0);
             }
         }
@@ -171,7 +171,7 @@ pub fn small_safetensors() -> Vec<u8> {
     })
     .to_string();
     let mut header = header.into_bytes();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();

@@ -45,6 +45,9 @@ mod tests {
         let v: Vec<u8> = Vec::new();
         let err = guard(|| v[3]).unwrap_err();
         assert!(err.contains("out of bounds"), "{err}");
-        assert_eq!(guard(|| panic!("named {}", 1)), Err::<(), _>("named 1".into()));
+        assert_eq!(
+            guard(|| panic!("named {}", 1)),
+            Err::<(), _>("named 1".into())
+        );
     }
 }

@@ -30,7 +30,11 @@ impl TextTokenizer {
             ));
         }
         let inner = crate::guard::guard(|| Tokenizer::from_file(path))
-            .map_err(|p| err(format!("cannot parse: the tokenizers library failed on it ({p})")))?
+            .map_err(|p| {
+                err(format!(
+                    "cannot parse: the tokenizers library failed on it ({p})"
+                ))
+            })?
             .map_err(|e| err(format!("cannot parse: {e}")))?;
         Self::new(inner, path, vocab_size)
     }

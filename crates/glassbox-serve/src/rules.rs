@@ -108,7 +108,7 @@ impl Rule {
             toks: lex(text)?,
             at: 0,
         };
-        let signal = p.signal()?;
+        let signal = p.signal(0)?;
         let cmp = p.cmp()?;
         let threshold = p.number()?;
         if let Some(t) = p.toks.get(p.at) {
@@ -155,6 +155,9 @@ fn lex(text: &str) -> Result<Vec<String>, String> {
     Ok(toks)
 }
 
+/// Deepest nesting of `mean(…)` / `count(…)` a rule may have.
+const MAX_NESTING: usize = 8;
+
 struct Parser {
     toks: Vec<String>,
     at: usize,
@@ -179,7 +182,12 @@ impl Parser {
         Ok(())
     }
 
-    fn signal(&mut self) -> Result<Signal, String> {
+    fn signal(&mut self, depth: usize) -> Result<Signal, String> {
+        // Each nesting is a stack frame: unbounded, a rule of 40 kB of `mean(` overflowed a
+        // server thread's stack (found by fuzzing).
+        if depth > MAX_NESTING {
+            return Err(format!("aggregations nest more than {MAX_NESTING} deep"));
+        }
         let word =
             self.next("a signal (feature N, anomaly, probe NAME, logit NAME, mean(…), count(…))")?;
         match word.as_str() {
@@ -194,7 +202,7 @@ impl Parser {
             "logit" => Ok(Signal::Logit(self.next("a probe name")?)),
             "mean" => {
                 self.expect("(")?;
-                let s = self.signal()?;
+                let s = self.signal(depth + 1)?;
                 let n = match self.next("`,` or `)`")?.as_str() {
                     ")" => return Ok(Signal::Mean(Box::new(s), None)),
                     "," => self.window()?,
@@ -205,7 +213,7 @@ impl Parser {
             }
             "count" => {
                 self.expect("(")?;
-                let s = self.signal()?;
+                let s = self.signal(depth + 1)?;
                 let cmp = self.cmp()?;
                 let v = self.number()?;
                 self.expect(",")?;
@@ -339,6 +347,17 @@ mod tests {
             let err = Rule::parse(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");
         }
+        // Deep nesting is refused before it can exhaust a thread's stack; shallow is fine.
+        let deep = format!(
+            "{}feature 1{} > 1",
+            "mean(".repeat(10_000),
+            ")".repeat(10_000)
+        );
+        assert!(Rule::parse(&deep)
+            .unwrap_err()
+            .contains("nest more than 8 deep"));
+        let shallow = format!("{}feature 1{} > 1", "mean(".repeat(3), ")".repeat(3));
+        assert!(Rule::parse(&shallow).is_ok());
     }
 
     #[test]

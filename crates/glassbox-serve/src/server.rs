@@ -232,6 +232,13 @@ impl From<ServeError> for ApiError {
         match e {
             ServeError::Config(m) => ApiError::bad(m),
             ServeError::Model(glassbox_model::ModelError::Input(m)) => ApiError::bad(m),
+            // Too long for the model is the client's input, not a server fault (found by fuzzing:
+            // it was a 500).
+            ServeError::Model(glassbox_model::ModelError::InputTooLong { len, max }) => {
+                ApiError::bad(format!(
+                    "the input is {len} tokens; the model reads at most {max} (limits.max_input_tokens may be lower)"
+                ))
+            }
             e => {
                 tracing::error!(error = %e, "request failed");
                 ApiError::new(
@@ -694,12 +701,24 @@ fn blocked_error(id: &str, report: &Report) -> Option<ApiError> {
 }
 
 fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<Vec<u32>> {
-    let ids = state
-        .model
-        .tokenize(text, false)
-        .map_err(ServeError::from)?;
+    let ids = match state.model.tokenize(text, false) {
+        // Longer than the model: the same answer as longer than the configured limit.
+        Err(ModelError::InputTooLong { len, .. }) => return Err(too_long(state, len, what)),
+        r => r.map_err(ServeError::from)?,
+    };
     check_length(state, &ids, what)?;
     Ok(ids)
+}
+
+fn too_long(state: &AppState, len: usize, what: &str) -> ApiError {
+    let max = state
+        .cfg
+        .limits
+        .max_input_tokens
+        .min(state.model.config.max_positions);
+    ApiError::bad(format!(
+        "{what} is {len} tokens; the limit is {max} (limits.max_input_tokens)"
+    ))
 }
 
 pub(crate) fn check_length(state: &AppState, ids: &[u32], what: &str) -> ApiResult<()> {
@@ -709,10 +728,7 @@ pub(crate) fn check_length(state: &AppState, ids: &[u32], what: &str) -> ApiResu
         .max_input_tokens
         .min(state.model.config.max_positions);
     if ids.len() > max {
-        return Err(ApiError::bad(format!(
-            "{what} is {} tokens; the limit is {max} (limits.max_input_tokens)",
-            ids.len()
-        )));
+        return Err(too_long(state, ids.len(), what));
     }
     if ids.is_empty() {
         return Err(ApiError::bad(format!("{what} is empty")));

@@ -19,7 +19,13 @@ pub(crate) struct ParquetTexts {
     row: usize,
     /// Set after the reader panicked: its state is unknown, so nothing more is read.
     broken: bool,
+    /// Rows without text since the last row with text.
+    empty_run: usize,
 }
+
+/// More rows without text in a row than a text corpus has: a few bytes of run-length-encoded
+/// nulls can claim billions of rows (found by fuzzing: 231 bytes spun for minutes).
+const MAX_EMPTY_RUN: usize = 1 << 20;
 
 impl ParquetTexts {
     pub(crate) fn open(path: &Path) -> Result<Self> {
@@ -29,7 +35,11 @@ impl ParquetTexts {
         };
         let file = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
         let reader = guard(|| SerializedFileReader::new(file))
-            .map_err(|p| bad(format!("not a readable Parquet file (the reader failed: {p})")))?
+            .map_err(|p| {
+                bad(format!(
+                    "not a readable Parquet file (the reader failed: {p})"
+                ))
+            })?
             .map_err(|e| bad(format!("not a readable Parquet file ({e})")))?;
         let schema = reader.metadata().file_metadata().schema();
         let text = schema
@@ -56,6 +66,7 @@ impl ParquetTexts {
             rows,
             row: 0,
             broken: false,
+            empty_run: 0,
         })
     }
 }
@@ -91,6 +102,16 @@ impl Iterator for ParquetTexts {
             Some(Field::Null) | None => Ok(None),
             Some(other) => Err(bad(format!("\"text\" is not a string but {other:?}"))),
         };
+        match &doc {
+            Ok(Some(t)) if !t.trim().is_empty() => self.empty_run = 0,
+            _ => self.empty_run += 1,
+        }
+        if self.empty_run > MAX_EMPTY_RUN {
+            self.broken = true;
+            return Some(Err(bad(format!(
+                "{MAX_EMPTY_RUN} rows in a row have no text: not a text corpus, or a damaged file"
+            ))));
+        }
         Some(doc)
     }
 }
