@@ -8,30 +8,20 @@
 //! throughput and the overhead. Then 64 concurrent clients drive the monitored server for a
 //! fixed time: p50/p99 latency, errors and the server's peak resident memory.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+mod support;
+use support::{memory_mb, pct, rules, texts, Server};
+
 const REQUESTS: usize = 400;
 const CLIENTS: usize = 64;
 const LOAD_SECONDS: u64 = 20;
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start(dir: &Path, name: &str, body: &str) -> Server {
     let config = dir.join(format!("{name}.toml"));
@@ -44,7 +34,7 @@ fn start(dir: &Path, name: &str, body: &str) -> Server {
         ),
     )
     .expect("writing a config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+    let child = Command::new(env!("CARGO_BIN_EXE_glassbox"))
         .args([
             "serve",
             "--config",
@@ -57,27 +47,7 @@ fn start(dir: &Path, name: &str, body: &str) -> Server {
         .env("GLASSBOX_LOG", "warn")
         .spawn()
         .expect("starting glassbox serve");
-    let mut line = String::new();
-    if let Some(out) = child.stdout.as_mut() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    let url = line.trim().trim_start_matches("listening on ").to_string();
-    assert!(
-        url.starts_with("http://"),
-        "the server did not start: {line:?}"
-    );
-    Server { child, url }
-}
-
-fn texts() -> Vec<String> {
-    let taxonomy = include_str!("../../../taxonomy/default.toml");
-    // Every quoted example and control of the shipped taxonomy: real sentences, 5-40 tokens.
-    taxonomy
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with('"') && l.len() > 20)
-        .map(|l| l.trim_end_matches(',').trim_matches('"').to_string())
-        .collect()
+    support::listening(child)
 }
 
 fn request(agent: &ureq::Agent, url: &str, text: &str) -> Result<Duration, String> {
@@ -91,42 +61,6 @@ fn request(agent: &ureq::Agent, url: &str, text: &str) -> Result<Duration, Strin
         return Err(format!("HTTP {}", resp.status()));
     }
     Ok(t.elapsed())
-}
-
-fn pct(v: &mut [Duration], q: f64) -> f64 {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// 20 rules over the dictionary's first features: thresholds, window means and counts.
-fn rules(dict: &Path) -> String {
-    let mut s = format!(
-        "[[dictionary]]\nname = \"d\"\npath = \"{}\"\n",
-        dict.display()
-    );
-    for i in 0..20u32 {
-        let f = i * 797 % 16384;
-        let when = match i % 3 {
-            0 => format!("feature {f} > 2.0"),
-            1 => format!("mean(feature {f}, 8) > 1.0"),
-            _ => format!("count(feature {f} > 0.5, 16) >= 4"),
-        };
-        s += &format!("[[monitor]]\nname = \"r{i}\"\ndictionary = \"d\"\nwhen = \"{when}\"\naction = \"log\"\n");
-    }
-    s
 }
 
 fn main() {
@@ -273,6 +207,6 @@ fn load(server: &Server, texts: &[String], name: &str) {
         lat.len() as f64 / secs,
         pct(lat, 0.5),
         pct(lat, 0.99),
-        peak_rss_mb(server.child.id())
+        memory_mb(server.child.id(), "VmHWM:")
     );
 }

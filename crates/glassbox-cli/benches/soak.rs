@@ -10,32 +10,23 @@
 //! fresh server's audit disk fills up (a 2 MB file-size limit). After each: errors, `audit verify`,
 //! and whether every answered request is in the log.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod support;
+use support::{memory_mb, pct, rules, texts, Server};
+
 const WINDOW: Duration = Duration::from_secs(30);
 
 fn glassbox() -> Command {
     Command::new(env!("CARGO_BIN_EXE_glassbox"))
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts `glassbox serve --config CONFIG`, under a file-size limit of `fsize_kb` if given.
@@ -50,23 +41,14 @@ fn start(config: &Path, fsize_kb: Option<u64>) -> Server {
         Some(kb) => format!("trap '' XFSZ; ulimit -f {kb}; {serve}"),
         None => serve,
     };
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .args(["-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .env("GLASSBOX_LOG", "warn")
         .spawn()
         .expect("starting glassbox serve");
-    let mut line = String::new();
-    if let Some(out) = child.stdout.as_mut() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    let url = line.trim().trim_start_matches("listening on ").to_string();
-    assert!(
-        url.starts_with("http://"),
-        "the server did not start: {line:?}"
-    );
-    Server { child, url }
+    support::listening(child)
 }
 
 /// A webhook receiver: answers 200 (mode 0), accepts and never answers (1), or is gone (2).
@@ -138,15 +120,6 @@ fn read_request(s: &mut TcpStream) -> bool {
             return true;
         }
     }
-}
-
-fn texts() -> Vec<String> {
-    include_str!("../../../taxonomy/default.toml")
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with('"') && l.len() > 20)
-        .map(|l| l.trim_end_matches(',').trim_matches('"').to_string())
-        .collect()
 }
 
 /// What the clients saw: (finished at, latency, request id or the error).
@@ -234,27 +207,6 @@ impl Load {
     }
 }
 
-fn rss_mb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn pct(v: &mut [Duration], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort();
-    v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3
-}
-
 /// Prints a row per 30 s window of `outcomes` since `from`; returns the errors counted.
 fn rows(
     label: &str,
@@ -286,7 +238,7 @@ fn rows(
             errs,
             pct(&mut lat, 0.5),
             pct(&mut lat, 0.99),
-            rss_mb(server.child.id(), "VmRSS:"),
+            memory_mb(server.child.id(), "VmRSS:"),
             std::fs::metadata(audit).map_or(0.0, |m| m.len() as f64 / 1e6),
         );
         start = end;
@@ -342,27 +294,17 @@ fn deployment(
     key: &Path,
 ) -> (PathBuf, PathBuf) {
     let audit = dir.join(name).join("audit.jsonl");
-    let mut rules = String::new();
-    for i in 0..20u32 {
-        let f = i * 797 % 16384;
-        let when = match i % 3 {
-            0 => format!("feature {f} > 2.0"),
-            1 => format!("mean(feature {f}, 8) > 1.0"),
-            _ => format!("count(feature {f} > 0.5, 16) >= 4"),
-        };
-        rules += &format!("[[monitor]]\nname = \"r{i}\"\ndictionary = \"d\"\nwhen = \"{when}\"\naction = \"log\"\n");
-    }
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "model = \"minilm\"\n[limits]\nworkers = 2\n[[dictionary]]\nname = \"d\"\npath = \"{}\"\n{rules}\
+            "model = \"minilm\"\n[limits]\nworkers = 2\n{}\
              [[monitor]]\nname = \"every-request\"\ndictionary = \"d\"\nwhen = \"anomaly >= 0\"\naction = \"log\"\n\
              [[monitor]]\nname = \"alert-all\"\ndictionary = \"d\"\nwhen = \"mean(anomaly, 4) >= 0\"\naction = \"alert\"\n\
              [alert]\nwebhook = \"{hook_url}\"\nqueue = 1024\nretries = 1\ntimeout_ms = 1000\n\
              [audit]\npath = \"{}\"\nfsync = \"per-request\"\nfirings = \"per-request\"\n\
              checkpoint_key = \"{}\"\nwitness = \"{}\"\ncheckpoint_every = 1000\n",
-            dict.display(),
+            rules(dict),
             audit.display(),
             key.display(),
             dir.join(format!("{name}-witness.jsonl")).display()
@@ -434,7 +376,7 @@ fn main() {
     let t = Instant::now();
     let dead_errors = rows("webhook dead", &l.outcomes, t, t + WINDOW, &server, &audit);
     let alerts = metric(&server.url, "glassbox_alerts_total");
-    let peak = rss_mb(server.child.id(), "VmHWM:");
+    let peak = memory_mb(server.child.id(), "VmHWM:");
 
     // SIGKILL mid-append, under load.
     std::thread::sleep(Duration::from_secs(5));

@@ -1,4 +1,4 @@
-//! Seed corpora from real files (`cargo test -p glassbox-fuzz -- --ignored write_seeds`
+//! Seed corpora from real files (`cargo run -p glassbox-fuzz --example write_seeds`
 //! rewrites `fuzz/seeds/`), and the small fixtures some targets read beside their input.
 
 use std::path::Path;
