@@ -8,11 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use glassbox_fuzz::seeds;
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
-}
+use glassbox_fuzz::{fuzz_dir, seeds};
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");

@@ -38,6 +38,11 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http", http::request),
 ];
 
+/// The libFuzzer harness folder: `fuzz_targets/`, `seeds/`, `corpus/`, `regressions/`.
+pub fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+}
+
 /// The tiny GPT-2 checkpoint of the model tests: a real config, tokenizer and weights.
 pub fn tiny_gpt2() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../glassbox-model/tests/fixtures/tiny-gpt2")

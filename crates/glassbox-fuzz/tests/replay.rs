@@ -2,13 +2,9 @@
 //! (`fuzz/seeds`, `fuzz/corpus`, `fuzz/regressions`): on stable Rust, in seconds, so that a
 //! regression fails the test suite and not only a fuzzing run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use glassbox_fuzz::TARGETS;
-
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
-}
+use glassbox_fuzz::{fuzz_dir, TARGETS};
 
 fn inputs(target: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();

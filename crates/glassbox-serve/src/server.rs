@@ -126,22 +126,11 @@ impl AppState {
 
     /// Appends one record to the audit log (sign-ins and the like); a failure is logged.
     pub(crate) fn audit_event(&self, actor: &str, event: &str, detail: Value) {
-        let written = self
-            .audit
-            .lock()
-            .map_err(|_| "the audit log lock is poisoned".to_string())
-            .and_then(|mut a| {
-                a.append(actor, event, detail)
-                    .and_then(|_| a.sync())
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = written {
+        if let Err(e) = self.audit_change(actor, event, detail, || ()) {
             tracing::error!(error = %e, event, "audit record not written");
         }
     }
-}
 
-impl AppState {
     /// Writes a change to the audit log (synced) and only then applies it, under the log's
     /// lock so that records and changes keep one order. An unwritable log refuses the change.
     pub(crate) fn audit_change(
@@ -710,24 +699,24 @@ fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<Vec<u32>> {
     Ok(ids)
 }
 
-fn too_long(state: &AppState, len: usize, what: &str) -> ApiError {
-    let max = state
+/// The most input tokens a request may have: the configured limit or the model's context.
+fn input_limit(state: &AppState) -> usize {
+    state
         .cfg
         .limits
         .max_input_tokens
-        .min(state.model.config.max_positions);
+        .min(state.model.config.max_positions)
+}
+
+fn too_long(state: &AppState, len: usize, what: &str) -> ApiError {
+    let max = input_limit(state);
     ApiError::bad(format!(
         "{what} is {len} tokens; the limit is {max} (limits.max_input_tokens)"
     ))
 }
 
 pub(crate) fn check_length(state: &AppState, ids: &[u32], what: &str) -> ApiResult<()> {
-    let max = state
-        .cfg
-        .limits
-        .max_input_tokens
-        .min(state.model.config.max_positions);
-    if ids.len() > max {
+    if ids.len() > input_limit(state) {
         return Err(too_long(state, ids.len(), what));
     }
     if ids.is_empty() {
@@ -1128,20 +1117,9 @@ fn change_monitors(
     let mut list = guard.0.clone();
     let detail = edit(&mut list)?;
     let set = MonitorSet::new(&state.readers, &list)?;
-    {
-        let mut audit = state.audit.lock().map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "the audit log is unavailable",
-            )
-        })?;
-        audit
-            .append(&caller.name, event, detail.clone())
-            .map_err(ServeError::from)?;
-        audit.sync().map_err(ServeError::from)?;
-    }
-    *guard = (list, Arc::new(set));
+    state.audit_change(&caller.name, event, detail.clone(), || {
+        *guard = (list, Arc::new(set));
+    })?;
     Ok(detail)
 }
 
