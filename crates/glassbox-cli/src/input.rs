@@ -7,21 +7,7 @@ use anyhow::{bail, Context, Result};
 use glassbox_model::{registry, Device, Model};
 
 pub fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        cuda if cuda.starts_with("cuda") => {
-            let ordinal = match cuda.strip_prefix("cuda:") {
-                Some(n) => n
-                    .parse()
-                    .with_context(|| format!("`{cuda}`: expected cuda or cuda:N"))?,
-                None => 0,
-            };
-            Device::new_cuda(ordinal).with_context(|| {
-                format!("cannot open CUDA device {ordinal}; this build needs `--features cuda` and an NVIDIA GPU")
-            })
-        }
-        other => bail!("unknown device `{other}`; use cpu, cuda or cuda:N"),
-    }
+    Ok(glassbox_model::device(name)?)
 }
 
 /// The model and the text of a command that takes both: `--model M "text"`, or the older

@@ -405,3 +405,103 @@ fn damaged_gguf_files_and_bad_generation_requests_are_named() {
     let long = "word ".repeat(9000);
     fails(&["generate", "smollm2", &long], &["8192 positions"]);
 }
+
+/// `run --save`: full activations in a file other tools read, or a clean refusal with
+/// nothing left behind.
+#[test]
+fn run_saves_activations_or_refuses_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-gpt2");
+    let m = model.to_str().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let out = glassbox(&[
+        "run",
+        "--model",
+        m,
+        "hello world",
+        "--hook",
+        "blocks.*.hook_resid_post",
+        "--save",
+        &at("all.safetensors"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = candle_core::safetensors::load(at("all.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<_> = saved.keys().cloned().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    );
+    let one = glassbox(&[
+        "run",
+        "--model",
+        m,
+        "hello world",
+        "--hook",
+        "blocks.1.hook_resid_post",
+        "--save",
+        &at("one.npy"),
+    ]);
+    assert!(one.status.success());
+    let npy = Tensor::read_npy(at("one.npy")).unwrap();
+    let st = &saved["blocks.1.hook_resid_post"];
+    assert_eq!(npy.dims(), st.dims());
+    assert_eq!(
+        npy.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        st.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+
+    fails(
+        &[
+            "run",
+            "--model",
+            m,
+            "hi",
+            "--hook",
+            "blocks.*.hook_resid_post",
+            "--save",
+            &at("two.npy"),
+        ],
+        &["one array", ".safetensors"],
+    );
+    fails(
+        &[
+            "run",
+            "--model",
+            m,
+            "hi",
+            "--hook",
+            "hook_embed",
+            "--save",
+            &at("x.txt"),
+        ],
+        &[".safetensors", ".npy"],
+    );
+    fails(
+        &["run", "--model", m, "hi", "--save", &at("none.safetensors")],
+        &["--hook"],
+    );
+    fails(
+        &[
+            "run",
+            "--model",
+            m,
+            "hi",
+            "--hook",
+            "hook_embed",
+            "--save",
+            "/no/such/dir/x.npy",
+        ],
+        &["/no/such/dir/x.npy"],
+    );
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["all.safetensors", "one.npy"], "no partial files");
+}

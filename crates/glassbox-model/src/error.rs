@@ -12,6 +12,12 @@ pub enum ModelError {
         cause: std::io::Error,
     },
 
+    #[error("cannot write {path}: {cause}")]
+    Write {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+
     #[error("invalid config {path}: field `{field}`: {msg}")]
     Config {
         path: PathBuf,
@@ -36,6 +42,12 @@ pub enum ModelError {
         hook: String,
         got: Vec<usize>,
         expected: Vec<usize>,
+    },
+
+    #[error("intervention at `{hook}` failed: {source}")]
+    Intervention {
+        hook: String,
+        source: crate::hooks::InterventionError,
     },
 
     #[error(

@@ -7,11 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 
 use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
+use crate::fsutil::atomic_write_with;
 
 /// A hook point inside block `i`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -199,9 +201,96 @@ impl ActivationCache {
     pub fn into_map(self) -> BTreeMap<HookPoint, Tensor> {
         self.tensors
     }
+
+    /// Writes the whole cache for other tools: `.safetensors` (every tensor under its hook
+    /// name) or `.npy` (one recorded hook). Atomic: no partial file is left on failure.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let io = |cause: std::io::Error| ModelError::Write {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let candle_io = |e: candle_core::Error| std::io::Error::other(e.to_string());
+        match ext {
+            "safetensors" => {
+                let named: HashMap<String, Tensor> = self
+                    .tensors
+                    .iter()
+                    .map(|(p, t)| (p.to_string(), t.clone()))
+                    .collect();
+                atomic_write_with(path, |tmp| {
+                    candle_core::safetensors::save(&named, tmp).map_err(candle_io)
+                })
+                .map_err(io)
+            }
+            "npy" => match self.tensors.values().collect::<Vec<_>>().as_slice() {
+                [one] => {
+                    atomic_write_with(path, |tmp| one.write_npy(tmp).map_err(candle_io)).map_err(io)
+                }
+                many => Err(ModelError::Input(format!(
+                    "{}: a .npy file holds one array and {} hook points were recorded; \
+                     record one, or save as .safetensors",
+                    path.display(),
+                    many.len()
+                ))),
+            },
+            _ => Err(ModelError::Input(format!(
+                "{}: activations are saved as .safetensors (any number of hooks) or .npy (one)",
+                path.display()
+            ))),
+        }
+    }
 }
 
-type ReplaceFn<'a> = Box<dyn FnMut(&Tensor) -> candle_core::Result<Tensor> + 'a>;
+/// `*` wildcard match of a hook name against a pattern (TransformerLens's `names_filter` as a
+/// string): `blocks.*.hook_resid_post` matches every block's residual stream.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || !name.ends_with(last) || name.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Why an intervention failed: any error, kept whole so the caller can recover its own type
+/// (the Python package gets its exception back) from [`ModelError::Intervention`].
+pub type InterventionError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Something that rewrites the activation at a hook point during a forward pass: a patch, a
+/// steering vector, a clamp, a Python function. It must return a tensor of the same shape.
+pub trait Intervention {
+    fn apply(
+        &mut self,
+        point: HookPoint,
+        activation: &Tensor,
+    ) -> std::result::Result<Tensor, InterventionError>;
+}
+
+/// A closure over tensor operations is an intervention (its errors are candle's).
+struct TensorFn<F>(F);
+
+impl<F: FnMut(&Tensor) -> candle_core::Result<Tensor>> Intervention for TensorFn<F> {
+    fn apply(
+        &mut self,
+        _: HookPoint,
+        activation: &Tensor,
+    ) -> std::result::Result<Tensor, InterventionError> {
+        Ok((self.0)(activation)?)
+    }
+}
+
+type ReplaceFn<'a> = Box<dyn Intervention + 'a>;
 
 /// What one forward call should do at its hook points.
 #[derive(Default)]
@@ -237,11 +326,18 @@ impl<'a> Hooks<'a> {
     /// Replaces the activation at `point` with `f(activation)`; the shape must stay the same.
     /// Recording at the same point sees the replaced value.
     pub fn replace(
-        mut self,
+        self,
         point: HookPoint,
         f: impl FnMut(&Tensor) -> candle_core::Result<Tensor> + 'a,
     ) -> Self {
-        self.replace.insert(point, Box::new(f));
+        self.intervene(point, TensorFn(f))
+    }
+
+    /// Attaches an [`Intervention`] at `point` (as [`Hooks::replace`], for interventions with
+    /// their own error type; a failure ends the forward pass with
+    /// [`ModelError::Intervention`] holding that error).
+    pub fn intervene(mut self, point: HookPoint, intervention: impl Intervention + 'a) -> Self {
+        self.replace.insert(point, Box::new(intervention));
         self.active = true;
         self
     }
@@ -304,7 +400,12 @@ impl<'a> Hooks<'a> {
     fn apply(&mut self, point: HookPoint, t: Tensor) -> Result<Tensor> {
         let t = match self.replace.get_mut(&point) {
             Some(f) => {
-                let new = f(&t)?;
+                let new = f
+                    .apply(point, &t)
+                    .map_err(|source| ModelError::Intervention {
+                        hook: point.to_string(),
+                        source,
+                    })?;
                 if new.dims() != t.dims() {
                     return Err(ModelError::HookShape {
                         hook: point.to_string(),
@@ -366,6 +467,53 @@ mod tests {
         ] {
             let err = bad.parse::<HookPoint>().unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn name_patterns() {
+        assert!(name_matches(
+            "blocks.*.hook_resid_post",
+            "blocks.10.hook_resid_post"
+        ));
+        assert!(!name_matches(
+            "blocks.*.hook_resid_post",
+            "blocks.1.hook_resid_pre"
+        ));
+        assert!(name_matches("*pattern", "blocks.0.attn.hook_pattern"));
+        assert!(name_matches("blocks.1.*", "blocks.1.mlp.hook_post"));
+        assert!(!name_matches("a*b*c", "acb"));
+        assert!(name_matches("hook_embed", "hook_embed"));
+    }
+
+    #[test]
+    fn intervention_errors_keep_their_type() {
+        #[derive(Debug)]
+        struct Refused;
+        impl fmt::Display for Refused {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("refused")
+            }
+        }
+        impl std::error::Error for Refused {}
+        struct Refuse;
+        impl Intervention for Refuse {
+            fn apply(
+                &mut self,
+                _: HookPoint,
+                _: &Tensor,
+            ) -> std::result::Result<Tensor, InterventionError> {
+                Err(Box::new(Refused))
+            }
+        }
+        let t = Tensor::zeros(2, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let mut hooks = Hooks::none().intervene(HookPoint::Embed, Refuse);
+        match hooks.at(HookPoint::Embed, t) {
+            Err(ModelError::Intervention { hook, source }) => {
+                assert_eq!(hook, "hook_embed");
+                assert!(source.downcast_ref::<Refused>().is_some());
+            }
+            other => panic!("expected an intervention error, got {:?}", other.err()),
         }
     }
 

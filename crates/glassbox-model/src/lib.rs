@@ -51,8 +51,37 @@ pub use candle_core as candle;
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Architecture, Extras, ModelConfig};
 pub use error::{ModelError, Result};
-pub use hooks::{ActivationCache, BlockHook, HookPoint, Hooks};
+pub use hooks::{ActivationCache, BlockHook, HookPoint, Hooks, Intervention, InterventionError};
 pub use model::{Batch, KvCache, Model, Output};
+
+/// The device named `cpu`, `cuda` or `cuda:N`.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        cuda if cuda.starts_with("cuda") => {
+            let ordinal = match cuda.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| ModelError::Input(format!("`{cuda}`: expected cuda or cuda:N")))?,
+                None if cuda == "cuda" => 0,
+                None => {
+                    return Err(ModelError::Input(format!(
+                        "`{cuda}`: expected cuda or cuda:N"
+                    )))
+                }
+            };
+            Device::new_cuda(ordinal).map_err(|e| {
+                ModelError::Input(format!(
+                    "cannot open CUDA device {ordinal} ({e}); Glassbox must be built with its \
+                     `cuda` feature, on a machine with an NVIDIA GPU"
+                ))
+            })
+        }
+        other => Err(ModelError::Input(format!(
+            "unknown device `{other}`; use cpu, cuda or cuda:N"
+        ))),
+    }
+}
 
 /// Makes the calling thread (call it first thing in `main`) a worker of rayon's global pool,
 /// with the pool's usual size. Parallel kernels called from a worker run without handing their

@@ -288,6 +288,31 @@ impl Model {
         })
     }
 
+    /// The hook points named by `patterns`, in forward order: exact names (checked against this
+    /// model) or `*` patterns (see [`crate::hooks::name_matches`]), each of which must match.
+    pub fn resolve_hooks<S: AsRef<str>>(&self, patterns: &[S]) -> Result<Vec<HookPoint>> {
+        let all = self.hook_points();
+        let mut wanted = std::collections::HashSet::new();
+        for p in patterns.iter().map(AsRef::as_ref) {
+            if p.contains('*') {
+                let matched: Vec<_> = all
+                    .iter()
+                    .filter(|h| crate::hooks::name_matches(p, &h.to_string()))
+                    .collect();
+                if matched.is_empty() {
+                    return Err(ModelError::UnknownHook {
+                        name: p.to_string(),
+                        msg: "the pattern matches no hook point of this model".into(),
+                    });
+                }
+                wanted.extend(matched.into_iter().copied());
+            } else {
+                wanted.insert(self.hook_point(p)?);
+            }
+        }
+        Ok(all.into_iter().filter(|h| wanted.contains(h)).collect())
+    }
+
     /// Token ids of `text` (special tokens included). Over-long input is an error unless
     /// `truncate` keeps the first `max_positions` tokens.
     pub fn tokenize(&self, text: &str, truncate: bool) -> Result<Vec<u32>> {

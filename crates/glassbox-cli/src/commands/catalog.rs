@@ -10,11 +10,10 @@ use glassbox_analysis::catalog::autointerp;
 use glassbox_analysis::catalog::taxonomy::Taxonomy;
 use glassbox_analysis::catalog::{build, BuildConfig, Sources};
 use glassbox_model::registry;
-use glassbox_store::catalog::postgres::PgCatalog;
 use glassbox_store::catalog::search::SearchIndex;
-use glassbox_store::catalog::sqlite::SqliteCatalog;
 use glassbox_store::catalog::{
     histogram_edge, readable_token, CatalogMeta, CatalogStore, Example, ExampleKind, Feature,
+    INDEX_DIR,
 };
 use glassbox_store::corpus::DEFAULT_CORPUS;
 use serde_json::json;
@@ -69,11 +68,11 @@ pub struct Where {
 }
 
 impl Where {
-    fn connect(&self) -> Result<Box<dyn CatalogStore>> {
-        Ok(match &self.store {
-            Some(url) => Box::new(PgCatalog::open(url)?),
-            None => Box::new(SqliteCatalog::open(&self.catalog.join(DB))?),
-        })
+    fn connect(&self) -> Result<Box<dyn CatalogStore + Send>> {
+        Ok(glassbox_store::catalog::connect(
+            &self.catalog,
+            self.store.as_deref(),
+        )?)
     }
 }
 
@@ -206,24 +205,11 @@ pub struct LabelArgs {
     at: Where,
 }
 
-const DB: &str = "catalog.db";
-const INDEX: &str = "index";
-
-fn open(at: &Where) -> Result<(Box<dyn CatalogStore>, CatalogMeta)> {
-    if at.store.is_none() && !at.catalog.join(DB).exists() {
-        bail!(
-            "no catalog at {}; build one with `glassbox catalog build --model M --dict D` (or pass --catalog)",
-            at.catalog.display()
-        );
-    }
-    let store = at.connect()?;
-    let meta = store.meta()?.with_context(|| {
-        format!(
-            "the catalog at {} holds no finished build yet",
-            at.catalog.display()
-        )
-    })?;
-    Ok((store, meta))
+fn open(at: &Where) -> Result<(Box<dyn CatalogStore + Send>, CatalogMeta)> {
+    Ok(glassbox_store::catalog::open(
+        &at.catalog,
+        at.store.as_deref(),
+    )?)
 }
 
 pub fn run(cmd: Command, device: &str, json_out: bool) -> Result<()> {
@@ -315,7 +301,7 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
     let meta = built.meta;
     let secs = started.elapsed().as_secs_f64();
     let new_tokens = meta.tokens - first.unwrap_or(0);
-    SearchIndex::open(&a.at.catalog.join(INDEX), store.as_ref())?;
+    SearchIndex::open(&a.at.catalog.join(INDEX_DIR), store.as_ref())?;
     let features = store.features()?;
     let fired = features.iter().filter(|f| f.count > 0).count();
     let mut flagged = std::collections::BTreeMap::<&str, usize>::new();
@@ -504,7 +490,7 @@ fn run_search(a: SearchArgs, json_out: bool) -> Result<()> {
             .with_context(|| format!("feature {j} is not in the catalog"))?;
         f.neighbours.into_iter().take(a.limit).collect()
     } else if let Some(q) = &a.query {
-        SearchIndex::open(&a.at.catalog.join(INDEX), store.as_ref())?.search(q, a.limit)?
+        SearchIndex::open(&a.at.catalog.join(INDEX_DIR), store.as_ref())?.search(q, a.limit)?
     } else {
         bail!("give words to search for, --token T, --flag CONCEPT or --similar F");
     };
@@ -693,7 +679,7 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
     .with_context(|| format!("labelling with {source}"))?;
     bar.finish_and_clear();
     // The labels are searchable at once.
-    SearchIndex::open(&a.at.catalog.join(INDEX), store.as_ref())?;
+    SearchIndex::open(&a.at.catalog.join(INDEX_DIR), store.as_ref())?;
     let failed: Vec<_> = failures
         .iter()
         .map(|(id, e)| json!({"id": id, "error": e.to_string()}))

@@ -27,48 +27,10 @@ pub struct Args {
     /// Keep the first tokens of an input longer than the model's context instead of refusing it.
     #[arg(long)]
     truncate: bool,
-}
-
-/// `*` wildcard match.
-fn glob(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || !name.ends_with(last) || name.len() < first.len() + last.len() {
-        return false;
-    }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
-pub fn resolve_hooks(model: &Model, patterns: &[String]) -> Result<Vec<HookPoint>> {
-    let all = model.hook_points();
-    let mut out = Vec::new();
-    for p in patterns {
-        if p.contains('*') {
-            let matched: Vec<_> = all
-                .iter()
-                .filter(|h| glob(p, &h.to_string()))
-                .copied()
-                .collect();
-            if matched.is_empty() {
-                bail!("hook pattern `{p}` matches no hook point of this model; see --list-hooks");
-            }
-            out.extend(matched);
-        } else {
-            out.push(model.hook_point(p)?);
-        }
-    }
-    out.dedup();
-    Ok(out)
+    /// Write the recorded activations in full: `.safetensors` (every --hook, by name; NumPy,
+    /// PyTorch and safetensors readers open it) or `.npy` (one --hook).
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
 }
 
 /// Entries of `t` (indexed from dimension 0) with the largest magnitude.
@@ -151,7 +113,10 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
         return Ok(());
     }
     let text = input::text(text_arg, args.file.as_deref())?;
-    let points = resolve_hooks(&model, &args.hooks)?;
+    let points = model.resolve_hooks(&args.hooks)?;
+    if args.save.is_some() && points.is_empty() {
+        bail!("--save writes recorded activations: name them with --hook (see --list-hooks)");
+    }
     let ids = model.tokenize(&text, args.truncate)?;
     let batch = model.batch_ids(std::slice::from_ref(&ids))?;
     let mut hooks = Hooks::none().record_all(points.iter().copied());
@@ -159,6 +124,9 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
     let out = model.forward(&batch, &mut hooks, None)?;
     let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
     let cache = hooks.into_cache();
+    if let Some(path) = &args.save {
+        cache.save(path)?;
+    }
 
     // Readable pieces (` capital`), not vocabulary strings (`Ġcapital`).
     let tokens: Vec<String> = ids.iter().map(|&i| model.tokenizer.piece(i)).collect();
@@ -173,6 +141,7 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
         "token_ids": ids,
         "forward_ms": elapsed_ms,
         "activations": activations,
+        "saved": args.save,
     });
     if let Some(logits) = &out.logits {
         report["next_tokens"] = next_tokens(&model, logits, args.top)?;
@@ -184,6 +153,13 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
         println!("{report}");
     } else {
         print_report(&model, &report);
+        if let Some(path) = &args.save {
+            println!(
+                "\nsaved {} activation tensors to {}",
+                points.len(),
+                path.display()
+            );
+        }
     }
     Ok(())
 }
@@ -279,22 +255,5 @@ fn print_report(model: &Model, r: &Value) {
             e.len(),
             head.join(", ")
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob;
-
-    #[test]
-    fn glob_matches() {
-        assert!(glob(
-            "blocks.*.hook_resid_post",
-            "blocks.10.hook_resid_post"
-        ));
-        assert!(!glob("blocks.*.hook_resid_post", "blocks.1.hook_resid_pre"));
-        assert!(glob("*pattern", "blocks.0.attn.hook_pattern"));
-        assert!(glob("blocks.1.*", "blocks.1.mlp.hook_post"));
-        assert!(!glob("a*b*c", "acb"));
     }
 }

@@ -11,12 +11,10 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use glassbox_store::catalog::postgres::PgCatalog;
 use glassbox_store::catalog::search::SearchIndex;
-use glassbox_store::catalog::sqlite::SqliteCatalog;
 use glassbox_store::catalog::{
-    histogram_edge, readable_token, CatalogMeta, CatalogStore, Example, Feature, FeatureSummary,
-    VOCAB_EMBEDDING,
+    self, histogram_edge, readable_token, CatalogMeta, CatalogStore, Example, Feature,
+    FeatureSummary, DB_FILE, VOCAB_EMBEDDING,
 };
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -62,23 +60,16 @@ impl Catalogs {
         let list = refs
             .iter()
             .map(|r| {
-                let store: Store = match &r.store {
-                    Some(url) => Box::new(PgCatalog::open(url).map_err(|e| {
-                        ServeError::Config(format!("console catalog `{}`: {e}", r.name))
-                    })?),
-                    None => {
-                        let db = r.path.join("catalog.db");
-                        if !db.is_file() {
-                            return Err(ServeError::Config(format!(
-                                "console catalog `{}`: no catalog at {} (build one with `glassbox catalog build --catalog {}`)",
-                                r.name,
-                                db.display(),
-                                r.path.display()
-                            )));
-                        }
-                        Box::new(SqliteCatalog::open(&db)?)
-                    }
-                };
+                if r.store.is_none() && !r.path.join(DB_FILE).is_file() {
+                    return Err(ServeError::Config(format!(
+                        "console catalog `{}`: no catalog at {} (build one with `glassbox catalog build --catalog {}`)",
+                        r.name,
+                        r.path.join(DB_FILE).display(),
+                        r.path.display()
+                    )));
+                }
+                let store: Store = catalog::connect(&r.path, r.store.as_deref())
+                    .map_err(|e| ServeError::Config(format!("console catalog `{}`: {e}", r.name)))?;
                 let mut c = Catalog {
                     name: r.name.clone(),
                     dir: r.path.clone(),
@@ -114,7 +105,7 @@ impl Catalog {
             .as_ref()
             .is_none_or(|l| l.meta.generation != meta.generation)
         {
-            let index = SearchIndex::open(&self.dir.join("index"), store.as_ref())?;
+            let index = SearchIndex::open(&self.dir.join(catalog::INDEX_DIR), store.as_ref())?;
             *loaded = Some(Loaded {
                 meta: meta.clone(),
                 summaries: Arc::new(store.summaries()?),

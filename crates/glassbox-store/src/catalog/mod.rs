@@ -7,9 +7,47 @@ pub mod postgres;
 pub mod search;
 pub mod sqlite;
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
+
+/// The SQLite file of a catalog directory.
+pub const DB_FILE: &str = "catalog.db";
+/// The search index's folder in a catalog directory.
+pub const INDEX_DIR: &str = "index";
+
+/// A catalog's store: the SQLite file in `dir` (created if missing), or the PostgreSQL
+/// database at `store_url` (`postgres://…` or `host=… dbname=…`), whose search index still
+/// lives in `dir`. The CLI, the console and the Python package all open catalogs here.
+pub fn connect(dir: &Path, store_url: Option<&str>) -> Result<Box<dyn CatalogStore + Send>> {
+    Ok(match store_url {
+        Some(url) => Box::new(postgres::PgCatalog::open(url)?),
+        None => Box::new(sqlite::SqliteCatalog::open(&dir.join(DB_FILE))?),
+    })
+}
+
+/// Opens an existing, finished catalog (see [`connect`]) with its build record.
+pub fn open(
+    dir: &Path,
+    store_url: Option<&str>,
+) -> Result<(Box<dyn CatalogStore + Send>, CatalogMeta)> {
+    if store_url.is_none() && !dir.join(DB_FILE).is_file() {
+        return Err(StoreError::catalog_file(
+            dir,
+            "no catalog here; build one with `glassbox catalog build --model M --dict D --catalog DIR`",
+        ));
+    }
+    let store = connect(dir, store_url)?;
+    let meta = store.meta()?.ok_or_else(|| {
+        StoreError::catalog_file(
+            dir,
+            "holds no finished build yet (is a build still running?)",
+        )
+    })?;
+    Ok((store, meta))
+}
 
 /// What a catalog was built from (every hash recorded) and how far the build got.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

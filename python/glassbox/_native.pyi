@@ -1,0 +1,99 @@
+"""Type stubs of the Rust extension (see src/*.rs for the implementations)."""
+
+from os import PathLike
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class GlassboxError(Exception):
+    """An error of the Glassbox library; the message says what and where."""
+
+Input = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], npt.NDArray[np.integer]]
+NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+HookFn = Callable[[npt.NDArray[np.float32], "Hook"], Optional[npt.NDArray[np.floating]]]
+
+class Hook:
+    """The hook point a hook function is called at."""
+
+    name: str
+    def layer(self) -> Optional[int]: ...
+
+class Model:
+    @staticmethod
+    def load(name: str, device: str = "cpu") -> "Model":
+        """A packaged name (`minilm`, `smollm2`, …), a model directory or a GGUF file."""
+    @property
+    def cfg(self) -> dict[str, Any]:
+        """n_layers, d_model, n_heads, n_key_value_heads, d_head, d_mlp, d_vocab, n_ctx, …"""
+    @property
+    def hook_names(self) -> list[str]: ...
+    @property
+    def chat_template(self) -> Optional[str]: ...
+    def to_tokens(self, text: str, truncate: bool = False) -> npt.NDArray[np.int64]:
+        """`[1, pos]` token ids, special tokens included."""
+    def to_str_tokens(self, text: str, truncate: bool = False) -> list[str]: ...
+    def to_string(self, tokens: Input) -> str: ...
+    def run_with_cache(
+        self, input: Input, names_filter: NamesFilter = None, truncate: bool = False
+    ) -> tuple[npt.NDArray[np.float32], dict[str, npt.NDArray[np.float32]]]:
+        """`(logits, cache)`; for encoders the first item is the last hidden state."""
+    def run_with_hooks(
+        self,
+        input: Input,
+        fwd_hooks: Sequence[tuple[str, HookFn]],
+        truncate: bool = False,
+    ) -> npt.NDArray[np.float32]: ...
+    def generate(
+        self,
+        prompt: Union[str, Sequence[dict[str, str]]],
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: Optional[Sequence[str]] = None,
+        truncate: bool = False,
+    ) -> str: ...
+    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> str: ...
+
+class Sae:
+    @staticmethod
+    def load(path: Union[str, PathLike[str]]) -> "Sae": ...
+    def save(self, path: Union[str, PathLike[str]]) -> None: ...
+    @property
+    def d_in(self) -> int: ...
+    @property
+    def d_sae(self) -> int: ...
+    @property
+    def hook_name(self) -> str: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def W_enc(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def W_dec(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def b_enc(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def b_dec(self) -> npt.NDArray[np.float32]: ...
+    def encode(self, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """`[n, d_in]` → dense `[n, d_sae]` feature activations."""
+    def decode(self, f: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """`[n, d_sae]` → `[n, d_in]`."""
+
+class Catalog:
+    @staticmethod
+    def open(path: Union[str, PathLike[str]], store: Optional[str] = None) -> "Catalog": ...
+    def meta_json(self) -> str: ...
+    def summaries_json(self) -> str: ...
+    def feature_json(self, id: int) -> Optional[str]: ...
+    def search(self, query: str, limit: int) -> list[tuple[int, float]]: ...
+    def flagged(self, concept: str, limit: int) -> list[tuple[int, float]]: ...
+    def on_token(self, token: str, limit: int) -> list[tuple[int, int]]: ...

@@ -1,0 +1,73 @@
+//! Tensors and NumPy arrays. Out: one copy of the tensor's f32 values into a vector that
+//! NumPy then owns (no second copy). In: float32 arrays are read in place when C-contiguous;
+//! other float dtypes are converted; anything else is a TypeError that says what was given.
+
+use glassbox_model::{DType, Device, Tensor};
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+
+use crate::error;
+
+/// A tensor as a float32 NumPy array of the same shape.
+pub fn to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let values = t
+        .to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(error)?;
+    PyArray1::from_vec(py, values).reshape(t.dims().to_vec())
+}
+
+/// Float values of a NumPy array (or anything `numpy.asarray` takes) with its shape; `what`
+/// names the value in errors ("hook `blocks.0.hook_resid_pre` returned").
+pub fn from_numpy(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<f32>, Vec<usize>)> {
+    let py = obj.py();
+    let converted;
+    let not_an_array = || {
+        PyTypeError::new_err(format!(
+            "{what} a {}, not an array; give a NumPy array of floats",
+            type_name(obj)
+        ))
+    };
+    let obj = if obj.extract::<PyReadonlyArrayDyn<f32>>().is_ok() {
+        obj
+    } else if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+        return Err(not_an_array());
+    } else {
+        let np = py.import("numpy")?;
+        let arr = np
+            .call_method1("asarray", (obj,))
+            .map_err(|_| not_an_array())?;
+        let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+        if kind != "f" {
+            let dtype = arr.getattr("dtype")?.str()?.to_string();
+            return Err(PyTypeError::new_err(format!(
+                "{what} an array of dtype {dtype}; give floating-point values (float32)"
+            )));
+        }
+        converted = arr.call_method1("astype", ("float32",))?;
+        &converted
+    };
+    let arr: PyReadonlyArrayDyn<f32> = obj.extract()?;
+    let shape = arr.shape().to_vec();
+    let values = match arr.as_slice() {
+        Ok(s) => s.to_vec(),
+        Err(_) => arr.as_array().iter().copied().collect(),
+    };
+    Ok((values, shape))
+}
+
+/// A NumPy array as an f32 tensor on `device`.
+pub fn to_tensor(obj: &Bound<'_, PyAny>, what: &str, device: &Device) -> PyResult<Tensor> {
+    let (values, shape) = from_numpy(obj, what)?;
+    Tensor::from_vec(values, shape, device).map_err(error)
+}
+
+pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "value".into())
+}

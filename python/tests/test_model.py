@@ -1,0 +1,166 @@
+"""Models from Python: the arrays are the Rust path's, bit for bit; names and shapes are
+TransformerLens's; Python hooks change the forward pass as they say."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import glassbox as gb
+from conftest import cli_json, read_safetensors
+
+PROMPT = "The Eiffel Tower is in the city of"
+
+
+def test_cache_equals_the_cli_bit_for_bit(smollm2, tmp_path):
+    hooks = ["blocks.*.hook_resid_post", "blocks.7.attn.hook_pattern", "hook_logits"]
+    saved = tmp_path / "acts.safetensors"
+    args = ["run", "--model", "smollm2", PROMPT, "--save", str(saved)]
+    for h in hooks:
+        args += ["--hook", h]
+    report = cli_json(*args)
+    from_cli = read_safetensors(saved)
+    logits, cache = smollm2.run_with_cache(PROMPT, names_filter=hooks)
+    assert list(cache) == [h for h in smollm2.hook_names if h in from_cli]
+    assert len(cache) == smollm2.cfg["n_layers"] + 2
+    for name, arr in cache.items():
+        assert arr.dtype == np.float32 and arr.flags.c_contiguous
+        assert np.array_equal(arr, from_cli[name]), name
+    assert np.array_equal(logits, from_cli["hook_logits"])
+    assert smollm2.to_tokens(PROMPT)[0].tolist() == report["token_ids"]
+
+
+def test_names_and_shapes_follow_transformerlens(smollm2):
+    cfg = smollm2.cfg
+    n, d, h, kv, dh = (cfg[k] for k in ("n_layers", "d_model", "n_heads", "n_key_value_heads", "d_head"))
+    tokens = smollm2.to_tokens(PROMPT)
+    assert tokens.dtype == np.int64 and tokens.shape[0] == 1
+    pos = tokens.shape[1]
+    assert smollm2.to_string(tokens).endswith(PROMPT)
+    assert len(smollm2.to_str_tokens(PROMPT)) == pos
+    logits, cache = smollm2.run_with_cache(tokens, names_filter=lambda name: name.startswith("blocks.2."))
+    assert logits.shape == (1, pos, cfg["d_vocab"])
+    assert set(cache) == {x for x in smollm2.hook_names if x.startswith("blocks.2.")}
+    shapes = {
+        "blocks.2.hook_resid_pre": (1, pos, d),
+        "blocks.2.attn.hook_q": (1, pos, h, dh),
+        "blocks.2.attn.hook_k": (1, pos, kv, dh),
+        "blocks.2.attn.hook_v": (1, pos, kv, dh),
+        "blocks.2.attn.hook_pattern": (1, h, pos, pos),
+        "blocks.2.attn.hook_z": (1, pos, h, dh),
+        "blocks.2.hook_attn_out": (1, pos, d),
+        "blocks.2.mlp.hook_post": (1, pos, cfg["d_mlp"]),
+        "blocks.2.hook_resid_post": (1, pos, d),
+    }
+    for name, shape in shapes.items():
+        assert cache[name].shape == shape, name
+    # The residual stream adds up, and attention patterns are causal distributions.
+    c = cache
+    np.testing.assert_allclose(c["blocks.2.hook_resid_mid"], c["blocks.2.hook_resid_pre"] + c["blocks.2.hook_attn_out"], atol=1e-4)
+    np.testing.assert_allclose(c["blocks.2.hook_resid_post"], c["blocks.2.hook_resid_mid"] + c["blocks.2.hook_mlp_out"], atol=1e-4)
+    pattern = c["blocks.2.attn.hook_pattern"][0]
+    np.testing.assert_allclose(pattern.sum(-1), 1.0, atol=1e-5)
+    assert np.all(np.triu(pattern, k=1) == 0)
+
+
+def test_a_batch_is_its_rows(smollm2):
+    texts = ["Hello there, my friend.", "Two words"]
+    _, batch = smollm2.run_with_cache(texts, names_filter="blocks.5.hook_resid_post")
+    for i, text in enumerate(texts):
+        _, one = smollm2.run_with_cache(text, names_filter="blocks.5.hook_resid_post")
+        n = one["blocks.5.hook_resid_post"].shape[1]
+        np.testing.assert_allclose(batch["blocks.5.hook_resid_post"][i, :n], one["blocks.5.hook_resid_post"][0], atol=1e-3)
+
+
+def test_python_hooks_change_the_output_as_they_say(smollm2):
+    plain = smollm2.run_with_hooks(PROMPT, fwd_hooks=[])
+    seen = {}
+
+    def look(act, hook):
+        seen[hook.name] = act.copy()
+
+    same = smollm2.run_with_hooks(PROMPT, fwd_hooks=[("blocks.4.hook_resid_post", look)])
+    np.testing.assert_allclose(same, plain, rtol=1e-5, atol=1e-4)
+    _, cache = smollm2.run_with_cache(PROMPT, names_filter="blocks.4.hook_resid_post")
+    assert np.array_equal(seen["blocks.4.hook_resid_post"], cache["blocks.4.hook_resid_post"])
+
+    # The unembedding is linear without a bias: doubling the final norm's output doubles
+    # the logits; zeroing it in place (returning None) zeroes them.
+    doubled = smollm2.run_with_hooks(PROMPT, fwd_hooks=[("ln_final.hook_normalized", lambda a, h: 2 * a)])
+    np.testing.assert_allclose(doubled, 2 * plain, rtol=1e-4, atol=1e-4)
+
+    def zero(act, hook):
+        act[:] = 0
+
+    assert not smollm2.run_with_hooks(PROMPT, fwd_hooks=[("ln_final.hook_normalized", zero)]).any()
+
+    # Patterns reach every matching hook point; hook.layer() is the block.
+    layers = []
+    smollm2.run_with_hooks(PROMPT, fwd_hooks=[("blocks.*.hook_mlp_out", lambda a, h: layers.append(h.layer()))])
+    assert layers == list(range(smollm2.cfg["n_layers"]))
+
+    # Ablating every attention head of every layer changes the prediction.
+    ablated = smollm2.run_with_hooks(PROMPT, fwd_hooks=[("blocks.*.attn.hook_z", lambda a, h: np.zeros_like(a))])
+    assert not np.allclose(ablated, plain, atol=0.1)
+
+
+def test_generate_is_greedy_and_seeded(smollm2):
+    logits, _ = smollm2.run_with_cache(PROMPT, names_filter=[])
+    first = smollm2.to_string([int(logits[0, -1].argmax())])
+    text = smollm2.generate(PROMPT, max_new_tokens=6)
+    assert text.startswith(first) and len(text) > len(first)
+    a = smollm2.generate(PROMPT, max_new_tokens=8, temperature=0.9, top_p=0.95, seed=3)
+    assert a == smollm2.generate(PROMPT, max_new_tokens=8, temperature=0.9, top_p=0.95, seed=3)
+    chat = smollm2.generate([{"role": "user", "content": "Say hello."}], max_new_tokens=4)
+    assert isinstance(chat, str) and chat
+    assert "Say hello." in smollm2.apply_chat_template([{"role": "user", "content": "Say hello."}])
+
+
+def test_an_encoder_returns_its_last_hidden_state(minilm):
+    hidden, cache = minilm.run_with_cache("a sentence to embed", names_filter="blocks.*.hook_resid_post")
+    n = minilm.cfg["n_layers"]
+    assert hidden.shape[-1] == minilm.cfg["d_model"] and len(cache) == n
+    assert "hook_token_type_embed" in minilm.hook_names
+    assert not minilm.cfg["is_decoder"]
+    with pytest.raises(gb.GlassboxError, match="encoder"):
+        minilm.generate("hello")
+
+
+def test_bad_input_is_a_python_exception_never_a_crash(smollm2, tiny_gpt2, tmp_path):
+    with pytest.raises(gb.GlassboxError, match="blocks.99.hook_resid_post"):
+        smollm2.run_with_cache(PROMPT, names_filter="blocks.99.hook_resid_post")
+    with pytest.raises(gb.GlassboxError, match="nothing_like_this"):
+        smollm2.run_with_cache(PROMPT, names_filter="nothing_like_this*")
+    with pytest.raises(TypeError, match="names_filter"):
+        smollm2.run_with_cache(PROMPT, names_filter=3)
+    with pytest.raises(gb.GlassboxError, match=r"shape \[1, \d+, 4\]"):
+        smollm2.run_with_hooks(PROMPT, fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, h: a[..., :4])])
+    with pytest.raises(TypeError, match="int64"):
+        smollm2.run_with_hooks(PROMPT, fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, h: a.astype(np.int64))])
+    with pytest.raises(TypeError, match="not an array"):
+        smollm2.run_with_hooks(PROMPT, fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, h: "oops")])
+    with pytest.raises(TypeError, match="not a function"):
+        smollm2.run_with_hooks(PROMPT, fwd_hooks=[("blocks.0.hook_resid_pre", 42)])
+
+    def boom(act, hook):
+        raise ValueError("boom from the hook")
+
+    with pytest.raises(ValueError, match="boom from the hook"):
+        smollm2.run_with_hooks(PROMPT, fwd_hooks=[("blocks.3.hook_mlp_out", boom)])
+    # float64 from a hook is converted, not refused.
+    out = smollm2.run_with_hooks(PROMPT, fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, h: a.astype(np.float64))])
+    np.testing.assert_allclose(out, smollm2.run_with_hooks(PROMPT, fwd_hooks=[]), rtol=1e-5, atol=1e-4)
+    with pytest.raises(gb.GlassboxError, match="outside the vocabulary"):
+        smollm2.run_with_cache([10**9])
+    # Over-long input (on a model with a short context, to keep it quick): refused, or cut.
+    tiny = gb.Model.load(str(tiny_gpt2))
+    long_text = "word " * (2 * tiny.cfg["n_ctx"])
+    with pytest.raises(gb.GlassboxError, match="longer than the model"):
+        tiny.run_with_cache(long_text)
+    assert tiny.run_with_cache(long_text, names_filter=[], truncate=True)[0].shape[1] == tiny.cfg["n_ctx"]
+    with pytest.raises(gb.GlassboxError, match="no-such-model"):
+        gb.Model.load(str(tmp_path / "no-such-model"))
+    with pytest.raises(gb.GlassboxError, match="device"):
+        gb.Model.load("smollm2", device="tpu")
+    # The interpreter and the model are still fine.
+    assert smollm2.run_with_cache(PROMPT, names_filter=[])[0].shape[0] == 1
