@@ -2,7 +2,7 @@
 sparse dictionary, find one, and steer the model with it.
 
     source "$(scripts/python-env)/bin/activate"
-    python docs/tutorial.py                      # SmolLM2, ~5 min on 2 cores
+    python docs/tutorial.py                      # SmolLM2: 9 min on 2 cores, most of it the CLI steps
     python docs/tutorial.py --model PATH --tokens 3000 --steps 100   # quicker, any model
 
 The harvest, training and catalog steps run the `glassbox` command line (the same library the
@@ -34,8 +34,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2", help="packaged name, model directory or GGUF file")
     ap.add_argument("--layer", type=int, default=None, help="block whose residual stream to study (default: the middle)")
     ap.add_argument("--corpus", default=None, help="text corpus (default: the one `glassbox setup` installed)")
-    ap.add_argument("--tokens", type=int, default=200_000, help="tokens to harvest and catalog")
-    ap.add_argument("--steps", type=int, default=2_000, help="dictionary training steps")
+    ap.add_argument("--tokens", type=int, default=50_000, help="tokens to harvest and catalog")
+    ap.add_argument("--steps", type=int, default=400, help="dictionary training steps (batches of 1024 tokens)")
     ap.add_argument("--work", default="glassbox-work/tutorial", help="where the harvest, dictionary and catalog go")
     args = ap.parse_args()
     work = Path(args.work)
@@ -60,7 +60,7 @@ def main() -> None:
     glassbox("harvest", "--model", args.model, "--hook", hook, *corpus,
              "--tokens", str(args.tokens), "--context", "64", "--out", str(acts))
     glassbox("train-dict", "--acts", str(acts), "--out", str(dict_dir), "--k", "16",
-             "--width", str(8 * model.cfg["d_model"]), "--steps", str(args.steps))
+             "--width", str(8 * model.cfg["d_model"]), "--steps", str(args.steps), "--batch", "1024")
     glassbox("catalog", "build", "--model", args.model, "--dict", str(dict_dir), *corpus,
              "--tokens", str(args.tokens), "--context", "64", "--catalog", str(catalog_dir))
     sae = gb.Sae.load(dict_dir)
@@ -93,15 +93,14 @@ def main() -> None:
         return activation + scale * direction
 
     steered = model.run_with_hooks(prompt, fwd_hooks=[(hook, steer)])
-    _, steered_cache = model.run_with_cache(prompt, names_filter=hook)
     changed = float(np.abs(steered - logits).max())
     print(f"steering changes the logits by up to {changed:.2f}")
     if model.cfg["is_decoder"]:
         top = lambda l: model.to_string([int(l[0, -1].argmax())])  # noqa: E731
         print(f"next token: {top(logits)!r} → steered {top(steered)!r}")
     assert changed > 0, "steering had no effect"
-    # The feature reads its own direction back: encode the steered residual stream.
-    boosted = sae.encode(steered_cache[hook][0] + scale * direction)[:, chosen]
+    # The feature reads its own direction back: encode the residual stream as steered.
+    boosted = sae.encode(cache[hook][0] + scale * direction)[:, chosen]
     print(f"feature {chosen} on the steered stream: max {boosted.max():.3f} (was {acts_now[:, chosen].max():.3f})")
     assert boosted.max() > acts_now[:, chosen].max()
 

@@ -351,6 +351,35 @@ impl PyModel {
         Ok(to_numpy(py, &Self::output(out))?.into_any())
     }
 
+    /// Seconds per forward pass of the Rust library alone on `input`, recording the hooks
+    /// `names_filter` selects, no arrays made (median of `repeats`): the baseline of
+    /// bench/python.sh, which measures what the Python layer adds.
+    #[pyo3(signature = (input, names_filter = None, repeats = 5))]
+    fn _forward_seconds(
+        &self,
+        py: Python<'_>,
+        input: &Bound<'_, PyAny>,
+        names_filter: Option<&Bound<'_, PyAny>>,
+        repeats: usize,
+    ) -> PyResult<f64> {
+        let batch = self.batch(input, false)?;
+        let points = self.filter(names_filter)?;
+        let mut times = py
+            .detach(|| {
+                (0..repeats.max(1))
+                    .map(|_| {
+                        let start = std::time::Instant::now();
+                        let mut hooks = Hooks::none().record_all(points.iter().copied());
+                        self.inner.forward(&batch, &mut hooks, None)?;
+                        Ok(start.elapsed().as_secs_f64())
+                    })
+                    .collect::<Result<Vec<f64>, ModelError>>()
+            })
+            .map_err(model_error)?;
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+
     /// Generates a continuation of `prompt` and returns the new text. `prompt` is a string, or
     /// a chat (`[{"role": "user", "content": "…"}]`) that the model's chat template turns into
     /// one (the reply is then the assistant's). `temperature` 0 is

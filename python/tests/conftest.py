@@ -37,7 +37,7 @@ def cli_json(*args: str) -> dict:
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """The tensors of a safetensors file (F32 only, as Glassbox writes activations)."""
+    """The tensors of a safetensors file (F32, F16, U32: what Glassbox writes)."""
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
@@ -46,9 +46,9 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        assert info["dtype"] == "F32", f"{name}: {info['dtype']}"
+        dtype = {"F32": "<f4", "F16": "<f2", "U32": "<u4"}[info["dtype"]]
         start, end = info["data_offsets"]
-        out[name] = np.frombuffer(body[start:end], dtype="<f4").reshape(info["shape"])
+        out[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(info["shape"])
     return out
 
 

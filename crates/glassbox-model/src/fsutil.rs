@@ -31,3 +31,59 @@ pub fn atomic_write_with(
         let _ = std::fs::remove_file(&tmp);
     })
 }
+
+/// Replaces directory `dir` with what `fill` writes into a fresh temporary sibling: readers see
+/// the old directory or the new one, never a half-written one, and a failed `fill` leaves the
+/// old one as it was.
+pub fn replace_dir(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent)?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp)?;
+    let swap = || -> std::io::Result<()> {
+        fill(&tmp)?;
+        for entry in std::fs::read_dir(&tmp)? {
+            std::fs::File::open(entry?.path())?.sync_all()?;
+        }
+        if dir.exists() {
+            std::fs::rename(dir, &old)?;
+        }
+        std::fs::rename(&tmp, dir)?;
+        std::fs::File::open(parent)?.sync_all()
+    };
+    let done = swap();
+    let _ = std::fs::remove_dir_all(if done.is_ok() { &old } else { &tmp });
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_replacement_keeps_the_old_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("out");
+        replace_dir(&dir, |tmp| std::fs::write(tmp.join("a"), "old")).unwrap();
+        let failed = replace_dir(&dir, |tmp| {
+            std::fs::write(tmp.join("a"), "new")?;
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "old");
+        replace_dir(&dir, |tmp| std::fs::write(tmp.join("b"), "new")).unwrap();
+        assert!(!dir.join("a").exists());
+        assert_eq!(std::fs::read_to_string(dir.join("b")).unwrap(), "new");
+        let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary directories left");
+    }
+}

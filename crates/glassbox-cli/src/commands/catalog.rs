@@ -1,7 +1,7 @@
 //! `glassbox catalog build | show | search | export | label`: the feature catalog.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -153,8 +153,12 @@ pub struct SearchArgs {
 #[derive(clap::Args)]
 pub struct ExportArgs {
     /// Output directory for the static site (replaced atomically).
-    #[arg(long)]
-    html: PathBuf,
+    #[arg(long, required_unless_present = "parquet")]
+    html: Option<PathBuf>,
+    /// Output directory for Parquet tables (features, examples, vocab, flags; replaced
+    /// atomically) that pandas, polars and DuckDB read; see docs/formats.md.
+    #[arg(long, value_name = "DIR")]
+    parquet: Option<PathBuf>,
     #[command(flatten)]
     at: Where,
 }
@@ -565,17 +569,38 @@ fn check_concept(store: &dyn CatalogStore, concept: &str) -> Result<()> {
 fn run_export(a: ExportArgs, json_out: bool) -> Result<()> {
     let (store, meta) = open(&a.at)?;
     let features = store.features()?;
-    report::write_site(&a.html, &meta, &features)?;
+    let mut report = json!({"features": features.len()});
+    if let Some(html) = &a.html {
+        report::write_site(html, &meta, &features)?;
+        report["html"] = json!(html);
+        report["index"] = json!(html.join("index.html"));
+    }
+    if let Some(dir) = &a.parquet {
+        let done = glassbox_store::catalog::parquet_export::export(dir, &meta, &features)
+            .with_context(|| format!("exporting Parquet tables to {}", dir.display()))?;
+        report["parquet"] = json!(dir);
+        report["tables"] = json!(done.tables);
+    }
     if json_out {
-        println!(
-            "{}",
-            json!({"html": a.html, "features": features.len(), "index": a.html.join("index.html")})
-        );
-    } else {
+        println!("{report}");
+        return Ok(());
+    }
+    if let Some(html) = &a.html {
         println!(
             "wrote {} feature pages; open {}",
             features.len(),
-            Path::new(&a.html).join("index.html").display()
+            html.join("index.html").display()
+        );
+    }
+    if let (Some(dir), Some(tables)) = (&a.parquet, report["tables"].as_array()) {
+        let list: Vec<String> = tables
+            .iter()
+            .map(|t| format!("{} ({} rows)", t[0].as_str().unwrap_or(""), t[1]))
+            .collect();
+        println!("wrote {} in {}", list.join(", "), dir.display());
+        println!(
+            "read them with pandas: pd.read_parquet(\"{}/features.parquet\")",
+            dir.display()
         );
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! ([`sqlite::SqliteCatalog`]); shared deployments use PostgreSQL ([`postgres::PgCatalog`]).
 //! A tantivy index ([`search::SearchIndex`]) answers full-text queries over labels and contexts.
 
+pub mod parquet_export;
 pub mod postgres;
 pub mod search;
 pub mod sqlite;
