@@ -45,7 +45,8 @@ class Model:
         input: Input,
         fwd_hooks: Sequence[tuple[str, HookFn]],
         truncate: bool = False,
-    ) -> npt.NDArray[np.float32]: ...
+    ) -> npt.NDArray[np.float32]:
+        """Functions at the same point run in the order given, each on the previous result."""
     def generate(
         self,
         prompt: Union[str, Sequence[dict[str, str]]],

@@ -1,7 +1,5 @@
 //! `glassbox.Model`: a transformer with TransformerLens's hook names, as NumPy arrays.
 
-use std::collections::HashSet;
-
 use glassbox_model::generate::{GenerateConfig, Plain};
 use glassbox_model::sampling::Sampling;
 use glassbox_model::{
@@ -43,11 +41,12 @@ pub struct PyModel {
     name: String,
 }
 
-/// A Python function attached at a hook point: it gets the activation (float32 array) and a
-/// `Hook`; it may return a replacement of the same shape, or None to keep the array it was
-/// given (changed in place or not).
+/// The Python functions attached at one hook point, called in the order given: each gets the
+/// activation (float32 array; the previous function's result) and a `Hook`, and may return a
+/// replacement of the same shape, or None to keep the array it was given (changed in place or
+/// not).
 struct PyIntervention {
-    f: Py<PyAny>,
+    fns: Vec<Py<PyAny>>,
 }
 
 /// An exception raised by a hook function, carried through the forward pass unchanged.
@@ -70,12 +69,19 @@ impl Intervention for PyIntervention {
     ) -> Result<Tensor, InterventionError> {
         Python::attach(|py| {
             let name = point.to_string();
-            let arr = to_numpy(py, activation)?;
+            let mut current = to_numpy(py, activation)?.into_any();
             let hook = Py::new(py, PyHook { name: name.clone() })?;
-            let out = self.f.bind(py).call1((arr.clone(), hook))?;
-            let what = format!("hook `{name}` returned");
-            let new = if out.is_none() { arr.into_any() } else { out };
-            array::to_tensor(&new, &what, activation.device())
+            for f in &self.fns {
+                let out = f.bind(py).call1((current.clone(), hook.clone_ref(py)))?;
+                if !out.is_none() {
+                    current = out;
+                }
+            }
+            array::to_tensor(
+                &current,
+                &format!("hook `{name}` returned"),
+                activation.device(),
+            )
         })
         .map_err(|e| Box::new(Raised(e)) as InterventionError)
     }
@@ -305,7 +311,8 @@ impl PyModel {
     /// Runs the model with Python functions at hook points and returns the logits (the last
     /// hidden state for encoders). `fwd_hooks` is a list of `(name_or_pattern, fn)`; `fn(activation,
     /// hook)` gets a float32 array and a `Hook` (with `.name`) and returns a replacement of the
-    /// same shape, or None to keep `activation` (which it may have changed in place).
+    /// same shape, or None to keep `activation` (which it may have changed in place). Functions
+    /// at the same point run in the order given, each on the previous one's result.
     #[pyo3(signature = (input, fwd_hooks, truncate = false))]
     fn run_with_hooks<'py>(
         &self,
@@ -320,8 +327,8 @@ impl PyModel {
                 "fwd_hooks must be a list of (hook name or pattern, function) pairs",
             )
         })?;
-        let mut hooks = Hooks::none();
-        let mut seen = HashSet::new();
+        // Several functions at one point run in the order given, as in TransformerLens.
+        let mut at: Vec<(HookPoint, Vec<Py<PyAny>>)> = Vec::new();
         for (name, f) in pairs {
             if !f.is_callable() {
                 return Err(PyTypeError::new_err(format!(
@@ -330,18 +337,15 @@ impl PyModel {
                 )));
             }
             for p in self.inner.resolve_hooks(&[&name]).map_err(model_error)? {
-                if !seen.insert(p) {
-                    return Err(error(format!(
-                        "two hook functions at `{p}`; combine them into one"
-                    )));
+                match at.iter_mut().find(|(q, _)| *q == p) {
+                    Some((_, fns)) => fns.push(f.clone().unbind()),
+                    None => at.push((p, vec![f.clone().unbind()])),
                 }
-                hooks = hooks.intervene(
-                    p,
-                    PyIntervention {
-                        f: f.clone().unbind(),
-                    },
-                );
             }
+        }
+        let mut hooks = Hooks::none();
+        for (p, fns) in at {
+            hooks = hooks.intervene(p, PyIntervention { fns });
         }
         // The GIL stays held: the hook functions need it (and take it in turn anyway).
         let out = self

@@ -94,6 +94,16 @@ def test_python_hooks_change_the_output_as_they_say(smollm2):
 
     assert not smollm2.run_with_hooks(PROMPT, fwd_hooks=[("ln_final.hook_normalized", zero)]).any()
 
+    # Several functions at one point run in order, each on the previous one's result.
+    order = []
+    both = smollm2.run_with_hooks(PROMPT, fwd_hooks=[
+        ("ln_final.hook_normalized", lambda a, h: order.append(1) or 2 * a),
+        ("ln_final.hook_normalized", lambda a, h: order.append(2) or a + 0),
+        ("ln_final.hook_normalized", lambda a, h: order.append(3) or 1.5 * a),
+    ])
+    assert order == [1, 2, 3]
+    np.testing.assert_allclose(both, 3 * plain, rtol=1e-4, atol=1e-3)
+
     # Patterns reach every matching hook point; hook.layer() is the block.
     layers = []
     smollm2.run_with_hooks(PROMPT, fwd_hooks=[("blocks.*.hook_mlp_out", lambda a, h: layers.append(h.layer()))])

@@ -455,49 +455,32 @@ fn run_saves_activations_or_refuses_cleanly() {
         st.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
 
-    fails(
-        &[
-            "run",
-            "--model",
-            m,
-            "hi",
-            "--hook",
-            "blocks.*.hook_resid_post",
-            "--save",
-            &at("two.npy"),
-        ],
-        &["one array", ".safetensors"],
-    );
-    fails(
-        &[
-            "run",
-            "--model",
-            m,
-            "hi",
-            "--hook",
-            "hook_embed",
-            "--save",
-            &at("x.txt"),
-        ],
-        &[".safetensors", ".npy"],
-    );
-    fails(
-        &["run", "--model", m, "hi", "--save", &at("none.safetensors")],
-        &["--hook"],
-    );
-    fails(
-        &[
-            "run",
-            "--model",
-            m,
-            "hi",
-            "--hook",
-            "hook_embed",
-            "--save",
-            "/no/such/dir/x.npy",
-        ],
-        &["/no/such/dir/x.npy"],
-    );
+    // (hook, file, what the error must say)
+    let refused = [
+        (
+            Some("blocks.*.hook_resid_post"),
+            at("two.npy"),
+            vec!["one array", ".safetensors"],
+        ),
+        (
+            Some("hook_embed"),
+            at("x.txt"),
+            vec![".safetensors", ".npy"],
+        ),
+        (None, at("none.safetensors"), vec!["--hook"]),
+        (
+            Some("hook_embed"),
+            "/no/such/dir/x.npy".into(),
+            vec!["cannot write", "/no/such/dir/x.npy"],
+        ),
+    ];
+    for (hook, file, expect) in refused {
+        let mut args = vec!["run", "--model", m, "hi", "--save", &file];
+        if let Some(h) = hook {
+            args.extend(["--hook", h]);
+        }
+        fails(&args, &expect);
+    }
     let mut left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
