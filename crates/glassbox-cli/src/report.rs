@@ -118,31 +118,18 @@ table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #
 
 /// Writes the site into a temporary directory beside `dir`, then swaps it into place.
 pub fn write_site(dir: &Path, meta: &CatalogMeta, features: &[Feature]) -> Result<()> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => Path::new(".").to_path_buf(),
-    };
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".site-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
-    std::fs::create_dir(tmp.path().join("features"))?;
-    std::fs::write(tmp.path().join("index.html"), index_page(meta, features))?;
-    for f in features {
-        std::fs::write(
-            tmp.path().join("features").join(format!("{}.html", f.id)),
-            feature_page(meta, f),
-        )?;
-    }
-    let old = parent.join(".site-old");
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(dir, &old).with_context(|| format!("replacing {}", dir.display()))?;
-    }
-    std::fs::rename(tmp.keep(), dir).with_context(|| format!("writing {}", dir.display()))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    glassbox_model::fsutil::replace_dir(dir, |tmp| {
+        std::fs::create_dir(tmp.join("features"))?;
+        std::fs::write(tmp.join("index.html"), index_page(meta, features))?;
+        for f in features {
+            std::fs::write(
+                tmp.join("features").join(format!("{}.html", f.id)),
+                feature_page(meta, f),
+            )?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("writing the site {}", dir.display()))
 }
 
 fn header(meta: &CatalogMeta) -> String {

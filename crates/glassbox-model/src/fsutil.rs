@@ -4,6 +4,19 @@
 use std::io::Write;
 use std::path::Path;
 
+/// `path`'s directory and a hidden sibling of it for this process (`.NAME.KIND-PID`).
+fn sibling<'p>(path: &'p Path, kind: &str) -> (&'p Path, std::path::PathBuf) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    (
+        dir,
+        dir.join(format!(".{name}.{kind}-{}", std::process::id())),
+    )
+}
+
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     atomic_write_with(path, |tmp| std::fs::File::create(tmp)?.write_all(bytes))
 }
@@ -14,12 +27,7 @@ pub fn atomic_write_with(
     path: &Path,
     write: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let (dir, tmp) = sibling(path, "tmp");
     let write = || -> std::io::Result<()> {
         write(&tmp)?;
         std::fs::File::open(&tmp)?.sync_all()?;
@@ -39,14 +47,9 @@ pub fn replace_dir(
     dir: &Path,
     fill: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let (parent, tmp) = sibling(dir, "tmp");
+    let (_, old) = sibling(dir, "old");
     std::fs::create_dir_all(parent)?;
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp)?;
     let swap = || -> std::io::Result<()> {
