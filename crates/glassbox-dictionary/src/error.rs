@@ -16,6 +16,9 @@ pub enum DictError {
     Width { got: usize, expected: usize },
     #[error("training diverged at step {step}: {msg}")]
     Diverged { step: usize, msg: String },
+    /// A [`crate::sweep::BatchSource`] could not produce its rows.
+    #[error("{0}")]
+    Source(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Model(#[from] glassbox_model::ModelError),
 }

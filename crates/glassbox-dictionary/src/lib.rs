@@ -15,6 +15,7 @@ pub mod sae;
 pub mod saelens;
 pub mod similarity;
 pub mod splice;
+pub mod sweep;
 pub mod train;
 
 pub use config::{Activation, DictConfig};

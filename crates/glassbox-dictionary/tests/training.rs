@@ -491,3 +491,89 @@ fn a_transcoder_initialised_from_fewer_rows_than_latents_has_no_twin_latents() {
         }
     }
 }
+
+fn in_memory(x: Vec<f32>, d: usize) -> glassbox_dictionary::sweep::InMemory {
+    use glassbox_dictionary::sweep::{InMemory, SourceInfo};
+    let info = SourceInfo {
+        d_in: d,
+        rows: 0,
+        model: "test".into(),
+        hook: "test".into(),
+        target_hook: None,
+        origin: "sparse rows".into(),
+    };
+    InMemory::new(info, x, None).unwrap()
+}
+
+/// A k-sweep stopped by its progress callback (as Ctrl-C in Python stops it) and opened again
+/// resumes from its checkpoints and ends with the dictionaries of an uninterrupted run, bit
+/// for bit; each directory then holds a SAELens dictionary that learned the data.
+#[test]
+fn a_stopped_sweep_resumes_to_the_uninterrupted_result() {
+    use glassbox_dictionary::saelens;
+    use glassbox_dictionary::sweep::{Arch, Sweep, SweepConfig};
+    use std::ops::ControlFlow;
+    let d = 16;
+    let source = in_memory(sparse_data(64 * 12, d, 24, 3, 11), d);
+    let cfg = SweepConfig {
+        arch: Arch::TopK,
+        ks: vec![3, 6],
+        width: 48,
+        batch: 64,
+        steps: Some(30),
+        lr: 1e-2,
+        warmup: 3,
+        checkpoint_every: 7,
+        seed: 4,
+        ..SweepConfig::default()
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let report = Sweep::open(straight.path(), &source, &cfg)
+        .unwrap()
+        .run(&source, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!((report.resumed_from, report.stopped_at), (0, None));
+    assert_eq!(report.tokens, 30 * 64);
+
+    let stopped = tempfile::tempdir().unwrap();
+    let mut calls = 0;
+    let first = Sweep::open(stopped.path(), &source, &cfg)
+        .unwrap()
+        .run(&source, |p| {
+            calls += 1;
+            assert_eq!((p.step, p.steps), (calls, 30));
+            if p.step == 10 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(first.stopped_at, Some(10));
+    assert!(!stopped.path().join("k3/cfg.json").exists(), "no dictionary before the end");
+    let mut sweep = Sweep::open(stopped.path(), &source, &cfg).unwrap();
+    assert_eq!(sweep.start_step(), 10);
+    let resumed = sweep.run(&source, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!((resumed.resumed_from, resumed.tokens), (10, 20 * 64));
+    for (a, b) in report.dictionaries.iter().zip(&resumed.dictionaries) {
+        assert_eq!(a.last, b.last, "same last step");
+        let (a, b) = (saelens::load(&a.dir).unwrap(), saelens::load(&b.dir).unwrap());
+        assert_eq!(a.w_dec, b.w_dec);
+        assert_eq!(a.w_enc_t, b.w_enc_t);
+    }
+    let k6 = saelens::load(&straight.path().join("k6")).unwrap();
+    assert_eq!(k6.cfg.activation, Activation::TopK { k: 6 });
+    let history: Vec<glassbox_dictionary::train::StepStats> = serde_json::from_slice(
+        &std::fs::read(straight.path().join("k6").join(glassbox_dictionary::sweep::HISTORY))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(history.len(), 30);
+    let (start, end) = (history[0].fve, history[29].fve);
+    assert!(end > 0.6 && end > start + 0.3, "k=6 learns the data: FVE {start} → {end}");
+
+    // Another setting on the same directory is refused, not silently mixed.
+    let other = SweepConfig { lr: 5e-3, ..cfg };
+    let err = Sweep::open(straight.path(), &source, &other).err().unwrap().to_string();
+    assert!(err.contains("other training settings"), "{err}");
+}

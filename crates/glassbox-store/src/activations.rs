@@ -16,6 +16,8 @@ use crate::error::{Result, StoreError};
 use crate::fsutil;
 
 pub const MANIFEST: &str = "manifest.json";
+/// Shards shuffled together when drawing training batches.
+pub const TRAIN_WINDOW: usize = 4;
 const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -205,11 +207,7 @@ pub struct Shard {
 }
 
 /// A training batch: `[batch, d]` inputs and, in a transcoder store, their targets.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
-    pub inputs: Vec<f32>,
-    pub targets: Option<Vec<f32>>,
-}
+pub use glassbox_dictionary::sweep::TrainBatch as Batch;
 
 /// A harvested store, read for training.
 pub struct ActivationStore {
@@ -545,5 +543,35 @@ mod tests {
         std::fs::write(dir.path().join(MANIFEST), "{\"format_version\": 1}").unwrap();
         let err = Manifest::read(dir.path()).unwrap_err().to_string();
         assert!(err.contains("manifest.json is invalid"), "{err}");
+    }
+}
+
+/// A store is what `glassbox train-dict` (a [`Sweep`](glassbox_dictionary::sweep::Sweep)) trains
+/// on: shuffled batches, [`TRAIN_WINDOW`] shards at a time.
+impl glassbox_dictionary::sweep::BatchSource for ActivationStore {
+    fn info(&self) -> glassbox_dictionary::sweep::SourceInfo {
+        let m = &self.manifest;
+        glassbox_dictionary::sweep::SourceInfo {
+            d_in: m.d,
+            rows: self.rows(),
+            model: m.model.clone(),
+            hook: m.hook.clone(),
+            target_hook: m.target_hook.clone(),
+            origin: self.dir.display().to_string(),
+        }
+    }
+
+    fn stream(
+        &self,
+        batch: usize,
+        seed: u64,
+        skip: usize,
+    ) -> glassbox_dictionary::Result<
+        Box<dyn Iterator<Item = glassbox_dictionary::Result<Batch>> + '_>,
+    > {
+        let source = |e: StoreError| glassbox_dictionary::DictError::Source(Box::new(e));
+        let mut batches = self.batches(batch, TRAIN_WINDOW, seed).map_err(source)?;
+        batches.fast_forward(skip);
+        Ok(Box::new(batches.map(move |b| b.map_err(source))))
     }
 }
