@@ -65,6 +65,35 @@ class Model:
 class Sae:
     @staticmethod
     def load(path: Union[str, PathLike[str]]) -> "Sae": ...
+    @staticmethod
+    def train(
+        acts: Union[str, PathLike[str], npt.ArrayLike],
+        out: Union[str, PathLike[str]],
+        *,
+        k: Union[int, Sequence[int], None] = None,
+        arch: str = "topk",
+        width: int = 16384,
+        batch: int = 4096,
+        steps: Optional[int] = None,
+        lr: float = 2e-3,
+        warmup: int = 50,
+        aux_k: Optional[int] = None,
+        dead_after: int = 1_000_000,
+        l1: float = 5.0,
+        l0: float = 1.0,
+        bandwidth: float = 0.05,
+        checkpoint_every: int = 100,
+        seed: int = 0,
+        targets: Optional[npt.ArrayLike] = None,
+        model: str = "array",
+        hook: str = "array",
+        target_hook: Optional[str] = None,
+        progress: Union[bool, None, Callable[[int, int, dict[str, float]], Optional[bool]]] = None,
+    ) -> Any:
+        """Trains on a harvested store (a path) or an `[n, d_in]` array into `out`, as
+        `glassbox train-dict` does: one `Sae` for an int `k`, a list for a list of k (one
+        directory `out/k<K>` each). Resumes from checkpoints in `out`; Ctrl-C or a `progress`
+        callback returning True stops at a checkpoint (KeyboardInterrupt)."""
     def save(self, path: Union[str, PathLike[str]]) -> None: ...
     @property
     def d_in(self) -> int: ...

@@ -18,6 +18,12 @@ pub struct PySae {
     inner: Sae,
 }
 
+impl From<Sae> for PySae {
+    fn from(inner: Sae) -> Self {
+        Self { inner }
+    }
+}
+
 impl PySae {
     /// Rows of `x` (`[n, width]` or `[width]`) with the expected width; `[n, width]` out.
     fn rows(&self, x: &Bound<'_, PyAny>, width: usize, what: &str) -> PyResult<(Vec<f32>, usize)> {
@@ -42,6 +48,15 @@ impl PySae {
 
 #[pymethods]
 impl PySae {
+    /// `Sae.train(acts, out, k=…, …)`: see `crate::train::train`. A plain function held by the
+    /// class, so it is called the same way on the class or an instance, without `self`.
+    #[classattr]
+    fn train(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(pyo3::wrap_pyfunction!(crate::train::train, py)?
+            .into_any()
+            .unbind())
+    }
+
     /// Reads a dictionary directory in SAELens's format.
     #[staticmethod]
     fn load(path: PathBuf) -> PyResult<Self> {

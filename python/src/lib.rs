@@ -9,6 +9,7 @@ mod array;
 mod catalog;
 mod dictionary;
 mod model;
+mod train;
 
 use pyo3::prelude::*;
 

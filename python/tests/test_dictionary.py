@@ -52,3 +52,70 @@ def test_bad_input(tmp_path):
     with pytest.raises(gb.GlassboxError, match="cfg.json"):
         gb.Sae.load(tmp_path)
     assert sae.encode(np.zeros(sae.d_in)).shape == (1, sae.d_sae)
+
+
+def test_trains_as_the_cli_does(built, tmp_path):
+    """`Sae.train` on the harvested store is `glassbox train-dict` with the same settings: the
+    same dictionary, bit for bit (the conftest's `dict` was trained by the CLI)."""
+    lines = []
+    sae = gb.Sae.train(built / "acts", tmp_path / "py", k=4, width=256, batch=256, steps=100,
+                       progress=lambda step, steps, stats: lines.append((step, steps, stats["fve"])))
+    cli_sae = gb.Sae.load(built / "dict")
+    assert np.array_equal(sae.W_dec, cli_sae.W_dec) and np.array_equal(sae.W_enc, cli_sae.W_enc)
+    assert np.array_equal(sae.b_dec, cli_sae.b_dec)
+    assert [s for s, _, _ in lines] == list(range(1, 101)) and lines[0][1] == 100
+    assert lines[-1][2] > lines[0][2], "FVE rises"
+    assert sae.architecture == "topk" and sae.hook_name == "blocks.1.hook_resid_pre"
+
+
+def test_a_sweep_stopped_by_its_callback_resumes(built, tmp_path):
+    stop_at = 30
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 30 of 60"):
+        gb.Sae.train(built / "acts", tmp_path, k=[2, 4], width=128, batch=256, steps=60,
+                     checkpoint_every=25, progress=lambda step, steps, stats: step == stop_at)
+    assert (tmp_path / "k2" / "checkpoint.safetensors").exists()
+    assert not (tmp_path / "k2" / "cfg.json").exists()
+    resumed = gb.Sae.train(built / "acts", tmp_path, k=[2, 4], width=128, batch=256, steps=60,
+                           checkpoint_every=25, progress=False)
+    straight = gb.Sae.train(built / "acts", tmp_path / "straight", k=[2, 4], width=128, batch=256,
+                            steps=60, checkpoint_every=25, progress=False)
+    assert [s.d_sae for s in resumed] == [128, 128]
+    for a, b in zip(resumed, straight):
+        assert np.array_equal(a.W_dec, b.W_dec)
+
+
+def test_trains_on_an_array(tmp_path, capsys):
+    """Rows with a planted sparse structure, straight from NumPy: the default progress bar
+    prints plain lines (no tqdm here), and the dictionary reconstructs held-out rows."""
+    rng = np.random.default_rng(0)
+    dirs = rng.normal(size=(32, 24)).astype(np.float32)
+    def rows(n):
+        codes = np.zeros((n, 32), np.float32)
+        for r in codes:
+            r[rng.choice(32, 3, replace=False)] = rng.uniform(0.5, 2, 3)
+        return codes @ dirs
+    sae = gb.Sae.train(rows(4096), tmp_path, k=3, width=64, batch=128, steps=300, lr=1e-2,
+                       model="planted", hook="x")
+    held_out = rows(256)
+    err = ((sae.decode(sae.encode(held_out)) - held_out) ** 2).sum()
+    fve = 1 - err / ((held_out - held_out.mean(0)) ** 2).sum()
+    assert fve > 0.8, fve
+    assert sae.model_name == "planted" and sae.hook_name == "x"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("train (steps): 300/300 · FVE"), lines[-3:]
+    assert 10 <= len(lines) <= 40, len(lines)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda p: gb.Sae.train(p / "nowhere", p / "out"), gb.GlassboxError, "manifest"),
+    (lambda p: gb.Sae.train(np.zeros((10, 4, 2)), p), gb.GlassboxError, r"\[n, d_in\]"),
+    (lambda p: gb.Sae.train(np.zeros((10, 4)), p, batch=64), gb.GlassboxError, "fewer than one batch"),
+    (lambda p: gb.Sae.train(np.zeros((100, 4)), p, arch="l2"), ValueError, "topk, batchtopk"),
+    (lambda p: gb.Sae.train(np.zeros((100, 4)), p, k=[]), gb.GlassboxError, "at least one k"),
+    (lambda p: gb.Sae.train(np.zeros((100, 4)), p, targets=np.zeros((99, 4))), gb.GlassboxError, "one target row per row"),
+    (lambda p: gb.Sae.train(np.zeros((100, 4), dtype=np.int64), p), TypeError, "int64"),
+    (lambda p: gb.Sae.train(np.ones((100, 4)), p, batch=32, steps=2, progress=lambda *a: 1 / 0), ZeroDivisionError, "division"),
+])
+def test_bad_training_input_is_a_clear_error(tmp_path, call, error, message):
+    with pytest.raises(error, match=message):
+        call(tmp_path)

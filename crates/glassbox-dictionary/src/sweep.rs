@@ -88,7 +88,7 @@ impl InMemory {
     /// from them.
     pub fn new(mut info: SourceInfo, rows: Vec<f32>, targets: Option<Vec<f32>>) -> Result<Self> {
         let d = info.d_in;
-        if d == 0 || rows.is_empty() || rows.len() % d != 0 {
+        if d == 0 || rows.is_empty() || !rows.len().is_multiple_of(d) {
             return Err(DictError::Width {
                 got: rows.len(),
                 expected: d,
@@ -281,7 +281,9 @@ impl Sweep {
     pub fn open(out: &Path, source: &dyn BatchSource, cfg: &SweepConfig) -> Result<Self> {
         let info = source.info();
         if cfg.checkpoint_every == 0 {
-            return Err(DictError::Config("checkpoint_every must be positive".into()));
+            return Err(DictError::Config(
+                "checkpoint_every must be positive".into(),
+            ));
         }
         let ks: Vec<usize> = match cfg.arch {
             Arch::Relu { .. } => vec![0],
@@ -405,7 +407,7 @@ impl Sweep {
                 stopped_at = Some(step);
                 break;
             }
-            if step % self.checkpoint_every == 0 || step == self.steps {
+            if step.is_multiple_of(self.checkpoint_every) || step == self.steps {
                 self.save_checkpoints()?;
             }
         }
@@ -454,8 +456,8 @@ fn save(t: &Trainer, dir: &Path, origin: &str, tokens_per_second: f64) -> Result
     let extra = json!({"trained_on": origin, "train": t.tc, "steps": t.step,
                        "tokens_per_second": tokens_per_second});
     saelens::save(&t.sae, dir, extra)?;
-    let history = serde_json::to_string(&t.history)
-        .map_err(|e| DictError::format(dir, e.to_string()))?;
+    let history =
+        serde_json::to_string(&t.history).map_err(|e| DictError::format(dir, e.to_string()))?;
     let path = dir.join(HISTORY);
     glassbox_model::fsutil::atomic_write(&path, history.as_bytes())
         .map_err(|e| DictError::io(&path, e))

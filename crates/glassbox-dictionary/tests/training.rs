@@ -550,30 +550,47 @@ fn a_stopped_sweep_resumes_to_the_uninterrupted_result() {
         })
         .unwrap();
     assert_eq!(first.stopped_at, Some(10));
-    assert!(!stopped.path().join("k3/cfg.json").exists(), "no dictionary before the end");
+    assert!(
+        !stopped.path().join("k3/cfg.json").exists(),
+        "no dictionary before the end"
+    );
     let mut sweep = Sweep::open(stopped.path(), &source, &cfg).unwrap();
     assert_eq!(sweep.start_step(), 10);
     let resumed = sweep.run(&source, |_| ControlFlow::Continue(())).unwrap();
     assert_eq!((resumed.resumed_from, resumed.tokens), (10, 20 * 64));
     for (a, b) in report.dictionaries.iter().zip(&resumed.dictionaries) {
         assert_eq!(a.last, b.last, "same last step");
-        let (a, b) = (saelens::load(&a.dir).unwrap(), saelens::load(&b.dir).unwrap());
+        let (a, b) = (
+            saelens::load(&a.dir).unwrap(),
+            saelens::load(&b.dir).unwrap(),
+        );
         assert_eq!(a.w_dec, b.w_dec);
         assert_eq!(a.w_enc_t, b.w_enc_t);
     }
     let k6 = saelens::load(&straight.path().join("k6")).unwrap();
     assert_eq!(k6.cfg.activation, Activation::TopK { k: 6 });
     let history: Vec<glassbox_dictionary::train::StepStats> = serde_json::from_slice(
-        &std::fs::read(straight.path().join("k6").join(glassbox_dictionary::sweep::HISTORY))
-            .unwrap(),
+        &std::fs::read(
+            straight
+                .path()
+                .join("k6")
+                .join(glassbox_dictionary::sweep::HISTORY),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(history.len(), 30);
     let (start, end) = (history[0].fve, history[29].fve);
-    assert!(end > 0.6 && end > start + 0.3, "k=6 learns the data: FVE {start} → {end}");
+    assert!(
+        end > 0.6 && end > start + 0.3,
+        "k=6 learns the data: FVE {start} → {end}"
+    );
 
     // Another setting on the same directory is refused, not silently mixed.
     let other = SweepConfig { lr: 5e-3, ..cfg };
-    let err = Sweep::open(straight.path(), &source, &other).err().unwrap().to_string();
+    let err = Sweep::open(straight.path(), &source, &other)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("other training settings"), "{err}");
 }

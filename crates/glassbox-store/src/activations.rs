@@ -523,29 +523,6 @@ impl Sequential<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn non_finite_activations_are_refused_and_nothing_is_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = write_shard(dir.path(), 0, &[1.0, f32::NAN, 0.0, 2.0], None, &[5, 6], 2)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("NaN") && err.contains("shard 0"), "{err}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn an_invalid_manifest_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(MANIFEST), "{\"format_version\": 1}").unwrap();
-        let err = Manifest::read(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("manifest.json is invalid"), "{err}");
-    }
-}
-
 /// A store is what `glassbox train-dict` (a [`Sweep`](glassbox_dictionary::sweep::Sweep)) trains
 /// on: shuffled batches, [`TRAIN_WINDOW`] shards at a time.
 impl glassbox_dictionary::sweep::BatchSource for ActivationStore {
@@ -573,5 +550,28 @@ impl glassbox_dictionary::sweep::BatchSource for ActivationStore {
         let mut batches = self.batches(batch, TRAIN_WINDOW, seed).map_err(source)?;
         batches.fast_forward(skip);
         Ok(Box::new(batches.map(move |b| b.map_err(source))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_activations_are_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_shard(dir.path(), 0, &[1.0, f32::NAN, 0.0, 2.0], None, &[5, 6], 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NaN") && err.contains("shard 0"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_invalid_manifest_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MANIFEST), "{\"format_version\": 1}").unwrap();
+        let err = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("manifest.json is invalid"), "{err}");
     }
 }
