@@ -10,8 +10,9 @@ library the ``glassbox`` command line uses.
 (1, 6, 576)
 """
 
+from . import analysis
 from ._native import GlassboxError, Hook, Model, Sae, __version__
 from .catalog import Catalog
 from .client import Client, ServerError
 
-__all__ = ["Catalog", "Client", "GlassboxError", "Hook", "Model", "Sae", "ServerError", "__version__"]
+__all__ = ["analysis", "Catalog", "Client", "GlassboxError", "Hook", "Model", "Sae", "ServerError", "__version__"]

@@ -23,7 +23,7 @@ class Hook:
 
 class Model:
     @staticmethod
-    def load(name: str, device: str = "cpu") -> "Model":
+    def load(name: Union[str, PathLike[str]], device: str = "cpu") -> "Model":
         """A packaged name (`minilm`, `smollm2`, …), a model directory or a GGUF file."""
     @property
     def cfg(self) -> dict[str, Any]:
@@ -127,3 +127,18 @@ class Catalog:
     def search(self, query: str, limit: int) -> list[tuple[int, float]]: ...
     def flagged(self, concept: str, limit: int) -> list[tuple[int, float]]: ...
     def on_token(self, token: str, limit: int) -> list[tuple[int, int]]: ...
+
+TextOrIds = Union[str, Sequence[int]]
+
+def patch(model: Model, clean: TextOrIds, corrupt: TextOrIds, *, target: Optional[str] = None,
+          minus: Optional[str] = None, reverse: bool = False, attribution: bool = False) -> str:
+    """The patching report as JSON (see `glassbox.analysis.patch`)."""
+def logit_lens_table(model: Model, text: TextOrIds, *, k: int = 3, target: Optional[str] = None) -> str:
+    """The logit lens table as JSON (see `glassbox.analysis.logit_lens`)."""
+def dla(model: Model, text: TextOrIds, *, target: Optional[str] = None, minus: Optional[str] = None,
+        position: Optional[int] = None) -> str:
+    """Direct logit attribution as JSON (see `glassbox.analysis.dla`)."""
+def graph(model: Model, text: TextOrIds, saes: list[Sae], *, target: Optional[str] = None,
+          minus: Optional[str] = None, probe: Optional[str] = None, position: Optional[int] = None,
+          nodes_per_layer: int = 12, edge_threshold: float = 0.02) -> str:
+    """An attribution graph as JSON (see `glassbox.analysis.attribution_graph`)."""

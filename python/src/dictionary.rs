@@ -25,6 +25,11 @@ impl From<Sae> for PySae {
 }
 
 impl PySae {
+    /// The library's dictionary, for the analyses.
+    pub(crate) fn sae(&self) -> &Sae {
+        &self.inner
+    }
+
     /// Rows of `x` (`[n, width]` or `[width]`) with the expected width; `[n, width]` out.
     fn rows(&self, x: &Bound<'_, PyAny>, width: usize, what: &str) -> PyResult<(Vec<f32>, usize)> {
         let (values, shape) = from_numpy(x, what)?;

@@ -5,6 +5,7 @@
 //! errors become `glassbox.GlassboxError` with the library's message, and an exception
 //! raised inside a Python hook comes back out of the forward pass unchanged.
 
+mod analysis;
 mod array;
 mod catalog;
 mod dictionary;
@@ -35,5 +36,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyHook>()?;
     m.add_class::<dictionary::PySae>()?;
     m.add_class::<catalog::PyCatalog>()?;
+    m.add_function(wrap_pyfunction!(analysis::patch, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::logit_lens_table, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::dla, m)?)?;
+    m.add_function(wrap_pyfunction!(analysis::graph, m)?)?;
     Ok(())
 }

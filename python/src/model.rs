@@ -101,6 +101,11 @@ fn model_error(e: ModelError) -> PyErr {
 }
 
 impl PyModel {
+    /// The library's model, for the analyses.
+    pub(crate) fn model(&self) -> &Model {
+        &self.inner
+    }
+
     /// Token rows of the input: a string, a list of strings, or token ids (a list or array,
     /// one row or several).
     fn batch(&self, input: &Bound<'_, PyAny>, truncate: bool) -> PyResult<Batch> {
@@ -178,7 +183,10 @@ impl PyModel {
     /// `device` is `cpu`, `cuda` or `cuda:N`.
     #[staticmethod]
     #[pyo3(signature = (name, device = "cpu"))]
-    fn load(py: Python<'_>, name: &str, device: &str) -> PyResult<Self> {
+    fn load(py: Python<'_>, name: std::path::PathBuf, device: &str) -> PyResult<Self> {
+        let name = name
+            .to_str()
+            .ok_or_else(|| error(format!("the model path {name:?} is not valid UTF-8")))?;
         let device = glassbox_model::device(device).map_err(error)?;
         let path = registry::resolve(name).map_err(error)?;
         let inner = py

@@ -25,7 +25,7 @@
 //! transcoders are refused.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use glassbox_dictionary::probe::Probe;
 use glassbox_dictionary::Sae;
@@ -410,7 +410,9 @@ pub fn attribution_graph(
     for column in (1..columns).rev() {
         let site = &sites[column - 1];
         let l = site_leaves[column - 1];
-        let mut influence: HashMap<Key, (f32, f32)> = HashMap::new();
+        // Ordered, so nodes are added in the same order on every run (a HashMap's order
+        // changed the graph's node numbering from run to run).
+        let mut influence: BTreeMap<Key, (f32, f32)> = BTreeMap::new();
         let mut incoming: Vec<(Key, usize, f32, f32)> = Vec::new();
         for &(c, grad_c) in &frontier {
             let (p, j) = match b.keys[c] {
@@ -473,7 +475,7 @@ pub fn attribution_graph(
     Ok(graph)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Key {
     Token(usize),
     Feature(usize, usize, u32),

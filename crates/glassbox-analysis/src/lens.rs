@@ -218,6 +218,16 @@ pub enum LogitTarget {
 }
 
 impl LogitTarget {
+    /// `target`'s logit, or with `minus` the difference `target − minus`; each one token
+    /// (a leading space may be written `\s`).
+    pub fn parse(model: &Model, target: &str, minus: Option<&str>) -> Result<LogitTarget> {
+        let target = single_token(model, target)?;
+        Ok(match minus {
+            Some(b) => LogitTarget::Diff(target, single_token(model, b)?),
+            None => LogitTarget::Token(target),
+        })
+    }
+
     /// The target's value in one row of logits (`[vocab]`), differentiable.
     pub(crate) fn of(self, logits: &Tensor) -> Result<Tensor> {
         Ok(match self {
@@ -309,6 +319,16 @@ impl Dla {
         }
         out
     }
+}
+
+/// The model's most likely next token at `position` (`None` = the last token): the default
+/// target of direct logit attribution.
+pub fn top_prediction(model: &Model, ids: &[u32], position: Option<usize>) -> Result<u32> {
+    decoder_parts(model)?;
+    let run = forward_recording(model, ids, &[])?;
+    let last = ids.len() - 1;
+    let pos = position.unwrap_or(last).min(last);
+    Ok(run.logits.get(pos)?.argmax(0)?.to_scalar::<u32>()?)
 }
 
 /// Direct logit attribution at `position` (`None` = the last token).

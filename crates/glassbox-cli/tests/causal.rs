@@ -242,6 +242,26 @@ fn graph_writes_json_and_html_and_refuses_bad_requests() {
         .iter()
         .any(|n| n["kind"] == "target"));
     assert!(!g["paths"].as_array().unwrap().is_empty());
+    // The same request gives the same graph, node numbering included.
+    let again = dir.path().join("again.json");
+    let out = glassbox(&[
+        "graph",
+        &m,
+        PROMPT,
+        "--dict",
+        d0.to_str().unwrap(),
+        "--dict",
+        d1.to_str().unwrap(),
+        "--target",
+        "a",
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(
+        std::fs::read(&json).unwrap() == std::fs::read(&again).unwrap(),
+        "a graph must not depend on the run"
+    );
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(
         page.contains("<svg") && page.contains("Strongest paths"),

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use glassbox_analysis::lens::{direct_logit_attribution, single_token, LogitTarget};
+use glassbox_analysis::lens::{
+    direct_logit_attribution, single_token, top_prediction, LogitTarget,
+};
 use serde_json::json;
 
 use crate::input;
@@ -44,12 +46,14 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
     let text = input::text(text_arg, a.file.as_deref())?;
     let ids = model.tokenize(&text, false)?;
     let target = match &a.target {
-        Some(t) => single_token(&model, t)?,
-        None => top_prediction(&model, &ids, a.pos)?,
-    };
-    let target = match &a.minus {
-        Some(b) => LogitTarget::Diff(target, single_token(&model, b)?),
-        None => LogitTarget::Token(target),
+        Some(t) => LogitTarget::parse(&model, t, a.minus.as_deref())?,
+        None => {
+            let top = top_prediction(&model, &ids, a.pos)?;
+            match &a.minus {
+                Some(b) => LogitTarget::Diff(top, single_token(&model, b)?),
+                None => LogitTarget::Token(top),
+            }
+        }
     };
     let dla = direct_logit_attribution(&model, &ids, a.pos, target)?;
     if json_out {
@@ -81,19 +85,4 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
     }
     println!("(█ raises the target, ░ lowers it)");
     Ok(())
-}
-
-fn top_prediction(model: &glassbox_model::Model, ids: &[u32], pos: Option<usize>) -> Result<u32> {
-    let batch = model.batch_ids(&[ids.to_vec()])?;
-    let out = model.forward(&batch, &mut glassbox_model::Hooks::none(), None)?;
-    let logits = out.logits.ok_or_else(|| {
-        anyhow::anyhow!(
-            "`{}` has no unembedding; dla needs a decoder",
-            model.config.model_type
-        )
-    })?;
-    let p = pos
-        .unwrap_or(ids.len().saturating_sub(1))
-        .min(ids.len().saturating_sub(1));
-    Ok(logits.get(0)?.get(p)?.argmax(0)?.to_scalar::<u32>()?)
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use glassbox_analysis::graph::{attribution_graph, Graph, GraphConfig, GraphTarget, NodeKind};
-use glassbox_analysis::lens::{single_token, LogitTarget};
+use glassbox_analysis::lens::LogitTarget;
 use glassbox_dictionary::{probe::Probe, saelens};
 use serde_json::json;
 
@@ -71,13 +71,7 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let probe;
     let target = match (&a.target, &a.probe) {
-        (Some(t), _) => {
-            let t = single_token(&model, t)?;
-            GraphTarget::Logit(match &a.minus {
-                Some(b) => LogitTarget::Diff(t, single_token(&model, b)?),
-                None => LogitTarget::Token(t),
-            })
-        }
+        (Some(t), _) => GraphTarget::Logit(LogitTarget::parse(&model, t, a.minus.as_deref())?),
         (None, Some(p)) => {
             probe = Probe::load(p)?;
             GraphTarget::Probe(&probe)
