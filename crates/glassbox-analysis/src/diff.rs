@@ -125,7 +125,7 @@ pub fn profile(
     contexts: &[Vec<u32>],
     content: std::ops::Range<usize>,
 ) -> Result<DictProfile> {
-    let point = model.hook_point(&sae.cfg.hook)?;
+    let point = sae.hook_in(model, glassbox_dictionary::fit::Use::Read)?;
     let d = sae.d_in();
     let n = sae.d_sae();
     let (mut count, mut sum) = (vec![0u64; n], vec![0f64; n]);

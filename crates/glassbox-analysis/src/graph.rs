@@ -27,6 +27,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
+use glassbox_dictionary::fit::Use;
 use glassbox_dictionary::probe::Probe;
 use glassbox_dictionary::Sae;
 use glassbox_model::candle::{DType, Device, Tensor, Var};
@@ -163,21 +164,7 @@ pub fn attribution_graph(
     }
     let mut sites = Vec::new();
     for sae in dictionaries {
-        if sae.cfg.is_transcoder() {
-            return Err(AnalysisError::Mismatch(format!(
-                "the dictionary at {} is a transcoder; attribution graphs take SAEs",
-                sae.cfg.hook
-            )));
-        }
-        let point = model.hook_point(&sae.cfg.hook)?;
-        if sae.d_in() != model.config.d_model {
-            return Err(AnalysisError::Mismatch(format!(
-                "the dictionary at {} reads {} dimensions; the model has {}",
-                sae.cfg.hook,
-                sae.d_in(),
-                model.config.d_model
-            )));
-        }
+        let point = sae.hook_in(model, Use::Replace)?;
         let mut sae = sae.clone();
         sae.fold_input_scale();
         let (d, n) = (sae.d_in(), sae.d_sae());

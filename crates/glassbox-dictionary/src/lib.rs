@@ -8,6 +8,7 @@
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod fit;
 mod linalg;
 pub mod probe;
 pub mod roc;

@@ -48,7 +48,7 @@ pub fn loss_recovered(
     contexts: &[Vec<u32>],
     content: Range<usize>,
 ) -> Result<SpliceReport> {
-    let input = model.hook_point(&sae.cfg.hook)?;
+    let input = sae.hook_in(model, crate::fit::Use::Read)?;
     let output = match &sae.cfg.target_hook {
         Some(t) => model.hook_point(t)?,
         None => input,

@@ -37,6 +37,17 @@ pub enum ModelError {
     #[error("unknown hook point `{name}`: {msg}")]
     UnknownHook { name: String, msg: String },
 
+    #[error(
+        "{what} reads {width}-dimensional rows at {hook}, but this model's rows there are \
+         {expected} wide; it belongs to another model or hook"
+    )]
+    ReaderWidth {
+        what: String,
+        hook: String,
+        width: usize,
+        expected: usize,
+    },
+
     #[error("hook `{hook}` returned a tensor of shape {got:?}, expected {expected:?}")]
     HookShape {
         hook: String,

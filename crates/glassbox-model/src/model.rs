@@ -288,6 +288,49 @@ impl Model {
         })
     }
 
+    /// The width of one position's row at `point` (heads flattened): what a dictionary or
+    /// probe reading that hook takes. `None` for attention scores and patterns, which are per
+    /// query and key rather than per position.
+    pub fn row_width(&self, point: HookPoint) -> Option<usize> {
+        let c = &self.config;
+        Some(match point {
+            HookPoint::Logits => c.vocab_size,
+            HookPoint::Block(_, h) => match h {
+                BlockHook::AttnQ | BlockHook::AttnRotQ | BlockHook::AttnZ => c.n_heads * c.d_head,
+                BlockHook::AttnK | BlockHook::AttnV | BlockHook::AttnRotK => {
+                    c.n_kv_heads * c.d_head
+                }
+                BlockHook::AttnScores | BlockHook::AttnPattern => return None,
+                BlockHook::MlpPre | BlockHook::MlpPreLinear | BlockHook::MlpPost => c.d_mlp,
+                _ => c.d_model,
+            },
+            _ => c.d_model,
+        })
+    }
+
+    /// Resolves `hook` for a reader of `width`-dimensional rows (a dictionary, a probe: `what`
+    /// names it in the error) and checks that it fits there. The one check every surface that
+    /// attaches a reader to a model goes through.
+    pub fn reader_at(&self, hook: &str, width: usize, what: &str) -> Result<HookPoint> {
+        let point = self.hook_point(hook)?;
+        match self.row_width(point) {
+            Some(expected) if expected == width => Ok(point),
+            Some(expected) => Err(ModelError::ReaderWidth {
+                what: what.to_string(),
+                hook: hook.to_string(),
+                width,
+                expected,
+            }),
+            None => Err(ModelError::UnknownHook {
+                name: hook.to_string(),
+                msg: format!(
+                    "{what} needs rows per position; attention scores and patterns are per \
+                     query and key"
+                ),
+            }),
+        }
+    }
+
     /// The hook points named by `patterns`, in forward order: exact names (checked against this
     /// model) or `*` patterns (see [`crate::hooks::name_matches`]), each of which must match.
     pub fn resolve_hooks<S: AsRef<str>>(&self, patterns: &[S]) -> Result<Vec<HookPoint>> {

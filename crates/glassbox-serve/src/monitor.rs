@@ -84,26 +84,16 @@ impl Readers {
         dicts: &[DictionaryConfig],
         probes: &[ProbeConfig],
     ) -> Result<Readers> {
-        let width = |what: String, d_in: usize, hook: &str| {
-            if d_in == model.config.d_model {
-                Ok(())
-            } else {
-                Err(ServeError::Config(format!(
-                    "{what} reads {d_in} dimensions at {hook}, but the model is {} wide; it belongs to another model",
-                    model.config.d_model
-                )))
-            }
-        };
         let dictionaries = dicts
             .iter()
             .map(|d| {
+                let in_config = |e: &dyn std::fmt::Display| {
+                    ServeError::Config(format!("dictionary `{}`: {e}", d.name))
+                };
                 let sae = glassbox_dictionary::saelens::load(&d.path)?;
-                let hook = model.hook_point(&sae.cfg.hook)?;
-                width(
-                    format!("dictionary `{}`", d.name),
-                    sae.d_in(),
-                    &sae.cfg.hook,
-                )?;
+                let hook = sae
+                    .hook_in(model, glassbox_dictionary::fit::Use::Read)
+                    .map_err(|e| in_config(&e))?;
                 Ok(Arc::new(Dictionary {
                     name: d.name.clone(),
                     sae,
@@ -115,12 +105,10 @@ impl Readers {
             .iter()
             .map(|p| {
                 let probe = Probe::load(&p.path)?;
-                let hook = model.hook_point(&probe.hook)?;
-                width(
-                    format!("probe `{}`", p.name),
-                    probe.weights.len(),
-                    &probe.hook,
-                )?;
+                let what = format!("probe `{}`", p.name);
+                let hook = model
+                    .reader_at(&probe.hook, probe.weights.len(), &what)
+                    .map_err(|e| ServeError::Config(e.to_string()))?;
                 Ok(Arc::new(LoadedProbe {
                     name: p.name.clone(),
                     probe,

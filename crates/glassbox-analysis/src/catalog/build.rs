@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use glassbox_dictionary::fit::Use;
 use glassbox_dictionary::Sae;
 use glassbox_model::{Hooks, Model};
 use glassbox_store::activations::ActivationStore;
@@ -97,16 +98,7 @@ pub fn build(
     progress: Progress,
 ) -> Result<Built> {
     let (model, sae) = (src.model, src.sae);
-    let hook = model.hook_point(&sae.cfg.hook)?;
-    if sae.d_in() != model.config.d_model {
-        return Err(AnalysisError::Mismatch(format!(
-            "the dictionary reads {} dimensions but {} is {} wide at {}; it belongs to another model",
-            sae.d_in(),
-            src.model_name,
-            model.config.d_model,
-            sae.cfg.hook
-        )));
-    }
+    let hook = sae.hook_in(model, Use::Vocabulary)?;
     let (prefix, suffix) = model.tokenizer.special_affixes()?;
     let content = cfg.context_len.saturating_sub(prefix.len() + suffix.len());
     if content == 0 || cfg.context_len > model.config.max_positions {

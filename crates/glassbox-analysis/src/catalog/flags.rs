@@ -309,7 +309,7 @@ fn responses(
     texts: &[Vec<u32>],
     each: &mut dyn FnMut(&CodeRow),
 ) -> Result<Vec<Vec<f32>>> {
-    let hook = model.hook_point(&sae.cfg.hook)?;
+    let hook = sae.hook_in(model, glassbox_dictionary::fit::Use::Read)?;
     let (prefix, suffix) = model.tokenizer.special_affixes()?;
     texts
         .iter()

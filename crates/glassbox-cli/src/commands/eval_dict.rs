@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use glassbox_dictionary::sweep::BatchSource;
 use glassbox_dictionary::{eval, saelens, splice};
 use glassbox_store::activations::ActivationStore;
 use serde_json::json;
@@ -35,31 +36,7 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
     let sae = saelens::load(&args.dict)?;
     let store = ActivationStore::open(&args.acts)?;
     let m = &store.manifest;
-    if sae.d_in() != m.d {
-        bail!(
-            "the dictionary reads {} dimensions but {} holds {}-dimensional activations of {}",
-            sae.d_in(),
-            args.acts.display(),
-            m.d,
-            m.hook
-        );
-    }
-    if !sae.cfg.hook.is_empty() && sae.cfg.hook != m.hook {
-        bail!(
-            "the dictionary was trained on {} but {} holds {}",
-            sae.cfg.hook,
-            args.acts.display(),
-            m.hook
-        );
-    }
-    if sae.cfg.target_hook.is_some() && sae.cfg.target_hook != m.target_hook {
-        bail!(
-            "the transcoder reconstructs {} but {} holds targets of {}; harvest with --target-hook",
-            sae.cfg.target_hook.as_deref().unwrap_or_default(),
-            args.acts.display(),
-            m.target_hook.as_deref().unwrap_or("no hook")
-        );
-    }
+    sae.check_source(&store.info())?;
     let batches = store.batches(1024, 4, args.seed)?.map(|b| {
         b.map(|b| (b.inputs, b.targets))
             .map_err(anyhow::Error::from)

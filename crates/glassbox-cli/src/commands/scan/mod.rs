@@ -281,20 +281,8 @@ fn prepare(spec: &Spec, model: &Model) -> Result<Inputs> {
         spec::require_file(&d.path, "[[dictionary]] path")?;
         let sae = glassbox_dictionary::saelens::load(&d.path)
             .with_context(|| format!("[[dictionary]] {}", d.path.display()))?;
-        model.hook_point(&sae.cfg.hook).with_context(|| {
-            format!(
-                "[[dictionary]] {} reads a hook the model lacks",
-                d.path.display()
-            )
-        })?;
-        if sae.d_in() != model.config.d_model && !sae.cfg.hook.contains("mlp") {
-            bail!(
-                "[[dictionary]] {} reads {} dimensions; the model's residual stream has {}",
-                d.path.display(),
-                sae.d_in(),
-                model.config.d_model
-            );
-        }
+        sae.hook_in(model, glassbox_dictionary::fit::Use::Read)
+            .with_context(|| format!("[[dictionary]] {}", d.path.display()))?;
         let corpus = input::corpus(spec.corpus.clone())?;
         let rows = input::contexts(model, &corpus, d.contexts, d.context_len)?;
         let (prefix, _) = model.tokenizer.special_affixes()?;

@@ -246,7 +246,7 @@ fn assertion(model: &Model, spec: &Spec, inputs: &Inputs, a: &Assertion) -> Resu
         } => {
             let sae = sae_of(dict)?;
             check_feature(sae, *feature, a.name())?;
-            let point = model.hook_point(&sae.cfg.hook)?;
+            let point = sae.hook_in(model, glassbox_dictionary::fit::Use::Read)?;
             // The weakest text's peak: every text must set the feature off.
             let mut weakest = f64::INFINITY;
             for t in texts {
