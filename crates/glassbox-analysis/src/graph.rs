@@ -24,14 +24,13 @@
 //! Dictionaries must be SAEs on the residual stream (or any hook whose value they replace);
 //! transcoders are refused.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use glassbox_dictionary::fit::Use;
 use glassbox_dictionary::probe::Probe;
 use glassbox_dictionary::Sae;
 use glassbox_model::candle::{DType, Device, Tensor, Var};
-use glassbox_model::{BlockHook, HookPoint, Hooks, Model};
+use glassbox_model::{BlockHook, HookPoint, Hooks, Intervention, InterventionError, Model};
 use serde::Serialize;
 
 use crate::error::{AnalysisError, Result};
@@ -141,6 +140,62 @@ struct Leaves {
     error: Tensor,
 }
 
+/// The replacement forward pass's intervention: at each dictionary's hook the activation
+/// becomes `f·W_dec + b_dec + ε` with the features `f` and a zero error probe as gradient
+/// leaves (kept in `leaves`), and the first residual stream gets a zero probe of its own.
+struct Replacement<'s> {
+    sites: &'s [Site],
+    token_point: HookPoint,
+    /// The first residual stream's value and its probe.
+    token_probe: Option<(Tensor, Var)>,
+    leaves: HashMap<HookPoint, Leaves>,
+}
+
+impl Intervention for Replacement<'_> {
+    fn apply(&mut self, point: HookPoint, x: &Tensor) -> Result<Tensor, InterventionError> {
+        let mut x = x.clone();
+        if point == self.token_point {
+            let v = Var::zeros(x.shape(), x.dtype(), x.device())?;
+            let value = x.detach();
+            x = x.add(v.as_tensor())?;
+            self.token_probe = Some((value, v));
+        }
+        let Some(site) = self.sites.iter().find(|s| s.point == point) else {
+            return Ok(x);
+        };
+        let input = x.squeeze(0)?;
+        let flat: Vec<f32> = input.flatten_all()?.to_vec1()?;
+        let codes = site.sae.encode(&flat)?;
+        let n = site.sae.d_sae();
+        let mut dense = vec![0f32; codes.rows.len() * n];
+        for (r, row) in codes.rows.iter().enumerate() {
+            for &(j, v) in row {
+                dense[r * n + j as usize] = v;
+            }
+        }
+        let features =
+            Var::from_tensor(&Tensor::from_vec(dense, (codes.rows.len(), n), x.device())?)?;
+        let recon = features
+            .as_tensor()
+            .matmul(&site.w_dec)?
+            .broadcast_add(&site.b_dec)?;
+        let error = input.detach().sub(&recon.detach())?;
+        let error_probe = Var::zeros(error.shape(), error.dtype(), error.device())?;
+        let out = recon.add(&error)?.add(error_probe.as_tensor())?;
+        self.leaves.insert(
+            point,
+            Leaves {
+                input,
+                features,
+                error_probe,
+                active: codes.rows,
+                error,
+            },
+        );
+        Ok(out.unsqueeze(0)?)
+    }
+}
+
 fn tensor(v: &[f32], shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)?)
 }
@@ -207,61 +262,20 @@ pub fn attribution_graph(
     }
 
     // The replacement forward pass.
-    let token_probe: RefCell<Option<(Tensor, Var)>> = RefCell::new(None);
-    let leaves: RefCell<HashMap<HookPoint, Leaves>> = RefCell::new(HashMap::new());
+    let mut replacement = Replacement {
+        sites: &sites,
+        token_point,
+        token_probe: None,
+        leaves: HashMap::new(),
+    };
     let batch = model.batch_ids(&[ids.to_vec()])?;
-    let mut hooks = Hooks::none().freeze_attention_and_norms();
     let mut points: Vec<HookPoint> = sites.iter().map(|s| s.point).collect();
     if !points.contains(&token_point) {
         points.push(token_point);
     }
-    for &point in &points {
-        let site = sites.iter().find(|s| s.point == point);
-        let (token_probe, leaves) = (&token_probe, &leaves);
-        hooks = hooks.replace(point, move |x| {
-            let mut x = x.clone();
-            if point == token_point {
-                let v = Var::zeros(x.shape(), x.dtype(), x.device())?;
-                let value = x.detach();
-                x = x.add(v.as_tensor())?;
-                *token_probe.borrow_mut() = Some((value, v));
-            }
-            let Some(site) = site else { return Ok(x) };
-            let input = x.squeeze(0)?;
-            let flat: Vec<f32> = input.flatten_all()?.to_vec1()?;
-            let codes = site
-                .sae
-                .encode(&flat)
-                .map_err(|e| glassbox_model::candle::Error::Msg(e.to_string()))?;
-            let n = site.sae.d_sae();
-            let mut dense = vec![0f32; codes.rows.len() * n];
-            for (r, row) in codes.rows.iter().enumerate() {
-                for &(j, v) in row {
-                    dense[r * n + j as usize] = v;
-                }
-            }
-            let features =
-                Var::from_tensor(&Tensor::from_vec(dense, (codes.rows.len(), n), x.device())?)?;
-            let recon = features
-                .as_tensor()
-                .matmul(&site.w_dec)?
-                .broadcast_add(&site.b_dec)?;
-            let error = input.detach().sub(&recon.detach())?;
-            let error_probe = Var::zeros(error.shape(), error.dtype(), error.device())?;
-            let out = recon.add(&error)?.add(error_probe.as_tensor())?;
-            leaves.borrow_mut().insert(
-                point,
-                Leaves {
-                    input,
-                    features,
-                    error_probe,
-                    active: codes.rows,
-                    error,
-                },
-            );
-            out.unsqueeze(0)
-        });
-    }
+    let mut hooks = Hooks::none()
+        .freeze_attention_and_norms()
+        .intervene_at(points, &mut replacement);
     if let Some(tp) = target_point {
         hooks = hooks.record(tp);
     }
@@ -301,8 +315,12 @@ pub fn attribution_graph(
         }
     };
     drop(hooks);
-    let leaves = leaves.into_inner();
-    let (token_value, token_var) = token_probe.into_inner().ok_or_else(|| {
+    let Replacement {
+        leaves,
+        token_probe,
+        ..
+    } = replacement;
+    let (token_value, token_var) = token_probe.ok_or_else(|| {
         AnalysisError::Mismatch("the first residual stream was not reached".into())
     })?;
     let token_value = token_value.squeeze(0)?;

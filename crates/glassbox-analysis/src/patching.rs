@@ -22,11 +22,12 @@
 //!   hidden state, as sentence-transformers pools MiniLM) with the clean run's embedding; the
 //!   clean run scores 1.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 use glassbox_model::candle::{DType, Tensor, Var};
-use glassbox_model::{ActivationCache, BlockHook, HookPoint, Hooks, Model};
+use glassbox_model::{
+    ActivationCache, BlockHook, HookPoint, Hooks, Intervention, InterventionError, Model,
+};
 use serde::Serialize;
 
 use crate::error::{AnalysisError, Result};
@@ -405,6 +406,20 @@ fn metric_tensor(
     }
 }
 
+/// Adds a zero-valued variable to the activation at each point it is attached to: the
+/// gradient with respect to that variable is the gradient at the point.
+#[derive(Default)]
+pub(crate) struct ZeroProbes(pub HashMap<HookPoint, Var>);
+
+impl Intervention for ZeroProbes {
+    fn apply(&mut self, point: HookPoint, x: &Tensor) -> Result<Tensor, InterventionError> {
+        let v = Var::zeros(x.shape(), x.dtype(), x.device())?;
+        let out = x.add(v.as_tensor())?;
+        self.0.insert(point, v);
+        Ok(out)
+    }
+}
+
 /// Attribution patching over the same components as [`sweep`]: every effect estimated from the
 /// base run's gradient (see the module documentation). `metrics` holds the predicted metric of
 /// each patch, `base + estimate`.
@@ -420,24 +435,15 @@ pub fn attribute(
     let (base_run, source_run) = pair.base_and_source(direction);
     // Each component's value gets a zero-valued variable added: the gradient with respect to
     // that variable is the gradient at the component, and the graph upstream stays intact.
-    let probes: RefCell<HashMap<HookPoint, Var>> = RefCell::new(HashMap::new());
+    let mut probes = ZeroProbes::default();
     let batch = model.batch_ids(std::slice::from_ref(&base_run.ids))?;
-    let mut hooks = Hooks::none();
-    for &p in &pair.points {
-        let probes = &probes;
-        hooks = hooks.replace(p, move |x| {
-            let v = Var::zeros(x.shape(), x.dtype(), x.device())?;
-            let out = x.add(v.as_tensor())?;
-            probes.borrow_mut().insert(p, v);
-            Ok(out)
-        });
-    }
+    let mut hooks = Hooks::none().intervene_at(pair.points.iter().copied(), &mut probes);
     let out = model.forward(&batch, &mut hooks, None)?;
+    drop(hooks);
     let m = metric_tensor(model, &out, &batch, metric, &pair.clean_embedding)?;
     let base_metric = m.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     let grads = m.backward()?;
-    drop(hooks);
-    let probes = probes.into_inner();
+    let probes = probes.0;
     let span = source_run.metric - base_metric;
     let layers = model.config.n_layers;
     let mut sweeps = Vec::new();

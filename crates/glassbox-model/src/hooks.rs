@@ -290,13 +290,26 @@ impl<F: FnMut(&Tensor) -> candle_core::Result<Tensor>> Intervention for TensorFn
     }
 }
 
-type ReplaceFn<'a> = Box<dyn Intervention + 'a>;
+/// An intervention borrowed for one forward pass: the caller keeps it and reads what it
+/// gathered afterwards (a monitor's firings) without sharing it through a `RefCell`.
+impl<T: Intervention + ?Sized> Intervention for &mut T {
+    fn apply(
+        &mut self,
+        point: HookPoint,
+        activation: &Tensor,
+    ) -> std::result::Result<Tensor, InterventionError> {
+        (**self).apply(point, activation)
+    }
+}
 
 /// What one forward call should do at its hook points.
 #[derive(Default)]
 pub struct Hooks<'a> {
     record: HashSet<HookPoint>,
-    replace: HashMap<HookPoint, ReplaceFn<'a>>,
+    /// The interventions attached, and which one (an index) acts at each point: one
+    /// intervention may serve several points.
+    interventions: Vec<Box<dyn Intervention + 'a>>,
+    replace: HashMap<HookPoint, usize>,
     cache: ActivationCache,
     active: bool,
     stop_at: Option<HookPoint>,
@@ -336,8 +349,23 @@ impl<'a> Hooks<'a> {
     /// Attaches an [`Intervention`] at `point` (as [`Hooks::replace`], for interventions with
     /// their own error type; a failure ends the forward pass with
     /// [`ModelError::Intervention`] holding that error).
-    pub fn intervene(mut self, point: HookPoint, intervention: impl Intervention + 'a) -> Self {
-        self.replace.insert(point, Box::new(intervention));
+    pub fn intervene(self, point: HookPoint, intervention: impl Intervention + 'a) -> Self {
+        self.intervene_at([point], intervention)
+    }
+
+    /// Attaches one [`Intervention`] at every point of `points`: it is called at each in
+    /// forward order and is told which point it is at, so state it keeps across them (a
+    /// request's monitors) needs no sharing. Pass `&mut x` to read `x` after the pass.
+    pub fn intervene_at(
+        mut self,
+        points: impl IntoIterator<Item = HookPoint>,
+        intervention: impl Intervention + 'a,
+    ) -> Self {
+        let index = self.interventions.len();
+        self.interventions.push(Box::new(intervention));
+        for point in points {
+            self.replace.insert(point, index);
+        }
         self.active = true;
         self
     }
@@ -398,14 +426,14 @@ impl<'a> Hooks<'a> {
     }
 
     fn apply(&mut self, point: HookPoint, t: Tensor) -> Result<Tensor> {
-        let t = match self.replace.get_mut(&point) {
-            Some(f) => {
-                let new = f
-                    .apply(point, &t)
-                    .map_err(|source| ModelError::Intervention {
+        let t = match self.replace.get(&point) {
+            Some(&i) => {
+                let new = self.interventions[i].apply(point, &t).map_err(|source| {
+                    ModelError::Intervention {
                         hook: point.to_string(),
                         source,
-                    })?;
+                    }
+                })?;
                 if new.dims() != t.dims() {
                     return Err(ModelError::HookShape {
                         hook: point.to_string(),

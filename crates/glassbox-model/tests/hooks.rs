@@ -236,3 +236,60 @@ fn stopping_at_a_hook_keeps_its_activations() {
         assert_eq!(max_abs_diff(&out.hidden, recorded), 0.0);
     }
 }
+
+/// Scales the activation at every point it is attached to and remembers the points it saw.
+struct Scale {
+    factor: f64,
+    seen: Vec<HookPoint>,
+}
+
+impl glassbox_model::Intervention for Scale {
+    fn apply(
+        &mut self,
+        point: HookPoint,
+        activation: &Tensor,
+    ) -> Result<Tensor, glassbox_model::InterventionError> {
+        self.seen.push(point);
+        Ok((activation * self.factor)?)
+    }
+}
+
+/// One intervention at several points is called at each, in forward order, and its state is
+/// read after the pass (how a request's monitors keep their firings, without a `RefCell`).
+#[test]
+fn one_intervention_serves_several_points_and_is_read_afterwards() {
+    let model = tiny("tiny-gpt2");
+    let points = [
+        HookPoint::block(1, BlockHook::MlpOut),
+        HookPoint::block(0, BlockHook::AttnOut),
+    ];
+    let mut scale = Scale {
+        factor: 1.0,
+        seen: Vec::new(),
+    };
+    let plain = logits(&model, TEXT, &mut Hooks::none());
+    let same = logits(
+        &model,
+        TEXT,
+        &mut Hooks::none().intervene_at(points, &mut scale),
+    );
+    assert_eq!(scale.seen, vec![points[1], points[0]], "forward order");
+    assert!(max_abs_diff(&plain, &same) < 1e-5);
+    // Zeroing both is zeroing each in one pass.
+    scale.factor = 0.0;
+    let both = logits(
+        &model,
+        TEXT,
+        &mut Hooks::none().intervene_at(points, &mut scale),
+    );
+    let by_closures = logits(
+        &model,
+        TEXT,
+        &mut Hooks::none()
+            .replace(points[0], |t| t.zeros_like())
+            .replace(points[1], |t| t.zeros_like()),
+    );
+    assert!(max_abs_diff(&plain, &both) > 1e-2);
+    assert!(max_abs_diff(&by_closures, &both) < 1e-6);
+    assert_eq!(scale.seen.len(), 4);
+}

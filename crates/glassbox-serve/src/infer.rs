@@ -2,8 +2,6 @@
 //! decoding with the KV cache for decoders (one forward pass per new token, so rules and
 //! interventions act on each token as it is produced).
 
-use std::cell::RefCell;
-
 use glassbox_model::generate::{GenerateConfig, Generation, Steps};
 use glassbox_model::sampling::Choice;
 use glassbox_model::{Batch, Hooks, Model, Output};
@@ -24,8 +22,7 @@ pub struct Report {
     pub monitor_seconds: f64,
 }
 
-fn finish(watch: RefCell<Watch>) -> Report {
-    let w = watch.into_inner();
+fn finish(w: Watch) -> Report {
     let trace = w
         .set
         .monitors
@@ -74,10 +71,10 @@ fn watched_pass(
     inputs: &[Vec<u32>],
     stop_early: bool,
 ) -> Result<(Batch, Output, Report)> {
-    let watch = RefCell::new(Watch::new(set, alerts, request_id));
+    let mut watch = Watch::new(set, alerts, request_id);
     let batch = model.batch_ids(inputs)?;
-    watch.borrow_mut().set_lengths(&batch.lengths);
-    watch.borrow_mut().set_special(
+    watch.set_lengths(&batch.lengths);
+    watch.set_special(
         inputs
             .iter()
             .map(|i| model.tokenizer.special_mask(i))
@@ -85,7 +82,7 @@ fn watched_pass(
     );
     let deepest = set.monitors.iter().map(|m| m.hook()).max();
     let out = {
-        let mut hooks = Watch::hooks(&watch);
+        let mut hooks = watch.hooks();
         if let Some(p) = deepest.filter(|_| stop_early) {
             hooks = hooks.stop_at(p);
         }
@@ -97,18 +94,18 @@ fn watched_pass(
 /// The monitors' side of the decoding loop: their hooks on every forward pass, a stop at a
 /// block, and each new token handed on.
 struct Monitored<'w, 's> {
-    watch: &'w RefCell<Watch<'s>>,
+    watch: &'w mut Watch<'s>,
     on_token: &'w mut dyn FnMut(&Choice, &str) -> bool,
 }
 
 impl Steps for Monitored<'_, '_> {
     fn hooks(&mut self) -> Hooks<'_> {
-        Watch::hooks(self.watch)
+        self.watch.hooks()
     }
 
     /// A block on the tokens just read stops before anything more is produced.
     fn proceed(&mut self) -> bool {
-        self.watch.borrow().blocked.is_none()
+        self.watch.blocked.is_none()
     }
 
     fn token(&mut self, choice: &Choice, text: &str) -> bool {
@@ -134,15 +131,13 @@ pub fn generate(
             model.config.model_type
         )));
     }
-    let watch = RefCell::new(Watch::new(set, alerts, request_id));
-    watch
-        .borrow_mut()
-        .set_special(vec![model.tokenizer.special_mask(prompt)]);
+    let mut watch = Watch::new(set, alerts, request_id);
+    watch.set_special(vec![model.tokenizer.special_mask(prompt)]);
     let generation = model.generate(
         prompt,
         cfg,
         &mut Monitored {
-            watch: &watch,
+            watch: &mut watch,
             on_token,
         },
     )?;

@@ -6,14 +6,13 @@
 //! marks the request blocked. With a KV cache each decoding step brings one new token, so a
 //! rule fires on the token where it first holds, while the request is being processed.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use glassbox_dictionary::probe::Probe;
 use glassbox_dictionary::{CodeRow, Sae};
 use glassbox_model::candle::Tensor;
-use glassbox_model::{HookPoint, Hooks, Model};
+use glassbox_model::{HookPoint, Hooks, Intervention, InterventionError, Model};
 use serde::Serialize;
 use serde_json::json;
 
@@ -248,6 +247,15 @@ pub struct Watch<'s> {
     pub busy: std::time::Duration,
 }
 
+impl Intervention for Watch<'_> {
+    fn apply(&mut self, point: HookPoint, t: &Tensor) -> Result<Tensor, InterventionError> {
+        let started = std::time::Instant::now();
+        let out = self.at_point(point, t);
+        self.busy += started.elapsed();
+        Ok(out?)
+    }
+}
+
 /// Tokens a request's trace keeps per monitor.
 pub const TRACE_TOKENS: usize = 1024;
 
@@ -280,26 +288,13 @@ impl<'s> Watch<'s> {
         self.special = special;
     }
 
-    /// Hooks for one forward pass: a replacement at each monitored dictionary's hook.
-    pub fn hooks<'h>(cell: &'h RefCell<Watch<'s>>) -> Hooks<'h>
-    where
-        's: 'h,
-    {
-        let set = cell.borrow().set;
-        let mut points: Vec<HookPoint> = set.monitors.iter().map(|m| m.hook).collect();
+    /// Hooks for one forward pass: this watch intervenes at every monitored hook (and its
+    /// firings, blocks and traces are read from it after the pass).
+    pub fn hooks(&mut self) -> Hooks<'_> {
+        let mut points: Vec<HookPoint> = self.set.monitors.iter().map(|m| m.hook).collect();
         points.sort();
         points.dedup();
-        let mut hooks = Hooks::none();
-        for point in points {
-            hooks = hooks.replace(point, move |t| {
-                let started = std::time::Instant::now();
-                let mut w = cell.borrow_mut();
-                let out = w.at_point(point, t);
-                w.busy += started.elapsed();
-                out
-            });
-        }
-        hooks
+        Hooks::none().intervene_at(points, self)
     }
 
     /// Every monitor reading `point`: signals are read from the activation as the model

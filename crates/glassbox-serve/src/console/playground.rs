@@ -3,7 +3,6 @@
 //! side. The runs go through the monitors in force (a block shows as one) and are audited as
 //! requests of the `console` route; steering needs the operator role.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -399,9 +398,9 @@ fn one_run(
     points.dedup();
     let batch = s.model.batch_ids(std::slice::from_ref(&all))?;
     let empty = MonitorSet::new(&readers, &[])?;
-    let watch = RefCell::new(Watch::new(edit.unwrap_or(&empty), None, rid));
+    let mut watch = Watch::new(edit.unwrap_or(&empty), None, rid);
     let cache = {
-        let mut hooks = Watch::hooks(&watch).record_all(points.iter().copied());
+        let mut hooks = watch.hooks().record_all(points.iter().copied());
         if let Some(last) = points.last() {
             hooks = hooks.stop_at(*last);
         }
