@@ -144,7 +144,7 @@ pub struct ProbeConfig {
 }
 
 /// What a monitor does when its rule holds on a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Record the firing (audit log, metrics, response).
@@ -159,7 +159,9 @@ pub enum Action {
     Block,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// A monitor: a rule over the served model's features, probes or anomaly score, and what to
+/// do on a token where it holds (`[[monitor]]` in deploy.toml, `POST /v1/monitors`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MonitorConfig {
     pub name: String,
@@ -167,7 +169,8 @@ pub struct MonitorConfig {
     /// (not needed for a probe rule that only logs, alerts or blocks).
     #[serde(default)]
     pub dictionary: Option<String>,
-    /// The rule (see the rule language in `rules`), e.g. `feature 1234 > 3.0`.
+    /// The rule, e.g. `feature 1234 > 3.0`, `mean(feature 7, 8) > 1`, `count(feature 7 > 0,
+    /// 16) >= 3`, `anomaly > 0.5`, `probe credentials > 0.9`, `mean(logit injection) > 6.4`.
     pub when: String,
     pub action: Action,
     /// Clamp / steer: the feature edited (default: the rule's feature).

@@ -1,7 +1,11 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`. A test checks that it documents
 //! exactly the routes the router serves.
 
+use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
+
+use crate::config::MonitorConfig;
+use crate::server::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
 
 fn op(summary: &str, role: Option<&str>, body: Option<Value>) -> Value {
     let mut o = json!({
@@ -26,23 +30,23 @@ fn op(summary: &str, role: Option<&str>, body: Option<Value>) -> Value {
 }
 
 pub fn document() -> Value {
-    let text_or_list =
-        json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
-    let monitor = json!({"type": "object", "required": ["name", "when", "action"], "properties": {
-        "name": {"type": "string"}, "dictionary": {"type": "string"},
-        "when": {"type": "string", "description": "rule, e.g. `feature 1234 > 3.0`, `mean(feature 7, 8) > 1`, `count(feature 7 > 0, 16) >= 3`, `anomaly > 0.5`, `probe credentials > 0.9`"},
-        "action": {"enum": ["log", "alert", "clamp", "steer", "block"]},
-        "feature": {"type": "integer"}, "value": {"type": "number"}, "strength": {"type": "number"},
-        "reason": {"type": "string"}}});
-    let gen = |prompt: Value| {
-        json!({"type": "object", "properties": {
-        "max_tokens": {"type": "integer"}, "stream": {"type": "boolean"}}, "allOf": [prompt]})
-    };
+    // Request bodies are the handlers' own types; shared parts (`Stop`, `ChatMessage`, …) go to
+    // `components/schemas` and are referenced from there.
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
+    let embeddings = generator.subschema_for::<EmbeddingsRequest>().to_value();
+    let completion = generator.subschema_for::<CompletionRequest>().to_value();
+    let chat = generator.subschema_for::<ChatRequest>().to_value();
+    let monitor = generator.subschema_for::<MonitorConfig>().to_value();
+    let schemas = generator.take_definitions(true);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Glassbox server", "version": env!("CARGO_PKG_VERSION"),
                  "description": "OpenAI-compatible inference with per-token monitors. Inference responses carry `x-glassbox-request-id`, `x-glassbox-decisions` and a `glassbox` field with every firing and any block."},
         "components": {
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "responses": {"Error": {"description": "error", "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"error": {"type": "object", "properties": {
@@ -54,12 +58,11 @@ pub fn document() -> Value {
             "/metrics": {"get": op("Prometheus metrics", None, None)},
             "/openapi.json": {"get": op("this document", None, None)},
             "/v1/embeddings": {"post": op("sentence embeddings (encoders), monitored", Some("viewer"),
-                Some(json!({"type": "object", "required": ["input"], "properties": {"input": text_or_list, "model": {"type": "string"}}})))},
+                Some(embeddings))},
             "/v1/completions": {"post": op("text completion (decoders), monitored; SSE with stream", Some("viewer"),
-                Some(gen(json!({"required": ["prompt"], "properties": {"prompt": {"type": "string"}}}))))},
+                Some(completion))},
             "/v1/chat/completions": {"post": op("chat completion (decoders), monitored; SSE with stream", Some("viewer"),
-                Some(gen(json!({"required": ["messages"], "properties": {"messages": {"type": "array", "items": {
-                    "type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}}}}))))},
+                Some(chat))},
             "/v1/monitors": {
                 "get": op("the monitors in force", Some("viewer"), None),
                 "post": op("add a monitor (audited)", Some("operator"), Some(monitor))
@@ -70,4 +73,82 @@ pub fn document() -> Value {
             "/v1/keys/reload": {"post": op("re-read the keys and the TLS certificate from the deployment file (audited; SIGHUP does the same)", Some("admin"), None)}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` in `v`, as JSON pointers into the document.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.trim_start_matches('#').to_string());
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    /// Follows `$ref`s until a schema with content.
+    fn resolve<'a>(doc: &'a Value, mut v: &'a Value) -> &'a Value {
+        while let Some(Value::String(r)) = v.get("$ref") {
+            v = doc
+                .pointer(r.trim_start_matches('#'))
+                .expect("dangling $ref");
+        }
+        v
+    }
+
+    #[test]
+    fn request_bodies_are_the_handlers_types_and_every_reference_resolves() {
+        let doc = document();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() >= 5, "shared schemas are referenced: {all:?}");
+        for r in &all {
+            assert!(doc.pointer(r).is_some(), "{r} does not resolve");
+        }
+        let body = |path: &str| {
+            let b = &doc["paths"][path]["post"]["requestBody"]["content"]["application/json"];
+            resolve(&doc, &b["schema"]).clone()
+        };
+        let completion = body("/v1/completions");
+        // Fields of the flattened generation parameters, with their documentation.
+        for field in [
+            "prompt",
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "stop",
+            "seed",
+            "stream",
+        ] {
+            assert!(
+                completion["properties"].get(field).is_some(),
+                "{field} missing"
+            );
+        }
+        assert!(completion["properties"]["temperature"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("greedily")));
+        assert_eq!(completion["required"], json!(["prompt"]));
+        assert!(body("/v1/chat/completions")["properties"]["messages"].is_object());
+        let monitor = body("/v1/monitors");
+        // Documented variants are listed one by one (`oneOf` of `const`s with descriptions).
+        let action = resolve(&doc, &monitor["properties"]["action"]);
+        let names: Vec<&Value> = action["oneOf"]
+            .as_array()
+            .map(|v| v.iter().map(|x| &x["const"]).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            names,
+            ["log", "alert", "clamp", "steer", "block"],
+            "{action}"
+        );
+        assert_eq!(monitor["additionalProperties"], json!(false));
+    }
 }
