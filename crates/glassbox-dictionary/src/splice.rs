@@ -9,7 +9,7 @@
 //!
 //! Loss recovered = (L_zero − L_spliced) / (L_zero − L_clean): 1 is perfect, 0 is no better than
 //! deleting the hook's content. Only the content positions are replaced; special tokens
-//! ([CLS], [SEP]) keep their clean values, as the dictionary never saw them. A transcoder's
+//! (`[CLS]`, `[SEP]`) keep their clean values, as the dictionary never saw them. A transcoder's
 //! reconstruction replaces its target hook, computed from the clean input hook (which runs
 //! earlier in the same pass, so it is unchanged by the splice).
 

@@ -116,7 +116,7 @@ const TYPES: &[(u32, &str, GgmlDType)] = &[
     (30, "BF16", GgmlDType::BF16),
 ];
 
-/// A tensor's type: one of [`TYPES`].
+/// A tensor's type: one of the types in `TYPES`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TensorType {
     pub id: u32,

@@ -1,13 +1,37 @@
-//! Glassbox layer 1: load a transformer (BERT, GPT-2, Llama/Qwen2 families) from safetensors and
-//! run it with TransformerLens-style hook points that read or replace activations.
+//! Glassbox layer 1: load a transformer (BERT, GPT-2, Llama/Qwen2/Gemma 3 families, from a
+//! Hugging Face directory or a GGUF file) and run it with TransformerLens-style hook points
+//! that read or replace activations.
 //!
-//! ```no_run
-//! use glassbox_model::{Device, HookPoint, Hooks, Model, BlockHook};
-//! let model = Model::load("path/to/model".as_ref(), &Device::Cpu)?;
-//! let batch = model.batch(&["The cat sat."], false)?;
-//! let mut hooks = Hooks::none().record(HookPoint::block(2, BlockHook::ResidPost));
-//! let out = model.forward(&batch, &mut hooks, None)?;
-//! let resid = hooks.cache().get(&HookPoint::block(2, BlockHook::ResidPost));
+//! - [`Model::load`] (or [`registry::resolve`] for packaged names such as `smollm2`), then
+//!   [`Model::batch`] / [`Model::forward`] with [`Hooks`]: `record` a point, `replace` it with a
+//!   closure, or attach an [`Intervention`] (one may serve several points with
+//!   [`Hooks::intervene_at`] and be read after the pass).
+//! - Hook names are TransformerLens's (`blocks.3.hook_resid_post`, `blocks.0.attn.hook_z`);
+//!   [`Model::resolve_hooks`] takes `*` patterns, [`Model::reader_at`] checks that a reader
+//!   (a dictionary, a probe) of a given width fits a hook.
+//! - [`generate`] decodes with a KV cache, [`sampling`] chooses tokens, [`chat`] renders chat
+//!   templates; [`fsutil`] writes files atomically for every layer.
+//!
+//! Record a residual stream, then zero-ablate an MLP and see the logits move (the tiny GPT-2
+//! of the test fixtures):
+//!
+//! ```
+//! use glassbox_model::{BlockHook, Device, HookPoint, Hooks, Model};
+//! let model = Model::load("tests/fixtures/tiny-gpt2".as_ref(), &Device::Cpu)?;
+//! let batch = model.batch(&["The cat sat on the mat"], false)?;
+//!
+//! let resid = HookPoint::block(1, BlockHook::ResidPost);
+//! let mut hooks = Hooks::none().record(resid);
+//! let clean = model.forward(&batch, &mut hooks, None)?.logits.expect("a decoder has logits");
+//! let cached = hooks.cache().get(&resid).expect("recorded");
+//! assert_eq!(cached.dims(), &[1, batch.lengths[0], model.config.d_model]);
+//!
+//! let mlp = HookPoint::block(1, BlockHook::MlpOut);
+//! let mut ablate = Hooks::none().replace(mlp, |t| t.zeros_like());
+//! let ablated = model.forward(&batch, &mut ablate, None)?.logits.expect("logits");
+//! let moved = (clean - ablated)?.abs()?.max_all()?.to_scalar::<f32>()?;
+//! assert!(moved > 0.0);
+//! assert_eq!(model.resolve_hooks(&["blocks.*.hook_resid_post"])?.len(), model.config.n_layers);
 //! # Ok::<(), glassbox_model::ModelError>(())
 //! ```
 

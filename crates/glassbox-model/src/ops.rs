@@ -1,5 +1,5 @@
 //! Tensor-level operations of the forward pass. On CPU with f32 they run the fused kernels
-//! of [`crate::kernels`]; elsewhere (CUDA), and wherever an input is part of a candle autograd
+//! of `crate::kernels`; elsewhere (CUDA), and wherever an input is part of a candle autograd
 //! graph, they are composed from candle ops, so gradient-based attribution can backpropagate
 //! through the very same forward pass.
 

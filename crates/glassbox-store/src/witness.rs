@@ -32,7 +32,7 @@ pub struct Checkpoint {
     pub time_ms: u64,
     /// The signer's public key (hex); [`check`] trusts a pinned key over this one.
     pub key: String,
-    /// Ed25519 over [`message`] (hex).
+    /// Ed25519 over `message` (hex).
     pub signature: String,
 }
 

@@ -5,7 +5,7 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-/// A family of attack transformations (white-box ones live in [`super::gcg`]).
+/// A family of attack transformations (white-box ones live in [`super::gcg`](mod@super::gcg)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Attack {
@@ -32,7 +32,7 @@ pub enum Attack {
     /// what any token-level attack could reach.
     Residual,
     /// Against a clamp monitor: bring the clamped feature's behaviour back through what the
-    /// feature does not read (see [`super::recovery`]).
+    /// feature does not read (see [`super::recovery`](mod@super::recovery)).
     Recovery,
 }
 
