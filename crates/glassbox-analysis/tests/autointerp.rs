@@ -4,6 +4,7 @@
 //! that answers the opposite scores low (the truth is the model's own response); a catalog
 //! keeps the labels; dead, failing and off-format endpoints give clear errors.
 
+use glassbox_testkit::minilm;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -16,7 +17,7 @@ use glassbox_analysis::catalog::autointerp::{
 };
 use glassbox_analysis::AnalysisError;
 use glassbox_dictionary::Sae;
-use glassbox_model::{registry, Model};
+use glassbox_model::Model;
 
 mod common;
 use common::two_way_dictionary;
@@ -173,12 +174,6 @@ fn feature(model: &Model, id: u32, texts: &[&str]) -> Feature {
         examples,
         ..Default::default()
     }
-}
-
-fn minilm() -> Model {
-    let dir =
-        registry::resolve("minilm").expect("MiniLM must be installed: run `cargo glassbox setup`");
-    Model::load(&dir, &glassbox_model::Device::Cpu).unwrap()
 }
 
 #[test]

@@ -1,18 +1,12 @@
 //! Logit lens and direct logit attribution against TransformerLens (fixtures written by
 //! scripts/reference/lens_fixtures.py), and the identity that the pieces add up to the logit.
 
+use glassbox_testkit::fixture;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use glassbox_analysis::lens::{direct_logit_attribution, logit_lens, LogitTarget};
 use glassbox_model::candle::Tensor;
 use glassbox_model::{Device, Model};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../glassbox-model/tests/fixtures")
-        .join(name)
-}
 
 struct Case {
     model: Model,

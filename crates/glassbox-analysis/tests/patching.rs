@@ -5,18 +5,13 @@
 //! patching is the first-order term (checked by finite differences) and ranks components as
 //! activation patching does where the effect is large.
 
+use glassbox_testkit::minilm;
 use std::path::Path;
 
 use glassbox_analysis::patching::{
     attribute, patch_all, sweep, Component, Direction, Method, Metric,
 };
-use glassbox_model::{registry, BlockHook, Device, HookPoint, Hooks, Model};
-
-fn minilm() -> Model {
-    let dir =
-        registry::resolve("minilm").expect("MiniLM must be installed: run `cargo glassbox setup`");
-    Model::load(&dir, &Device::Cpu).unwrap()
-}
+use glassbox_model::{BlockHook, Device, HookPoint, Hooks, Model};
 
 fn close(a: f32, b: f32) -> bool {
     (a - b).abs() <= 1e-4 * (1.0 + b.abs())

@@ -1,24 +1,14 @@
 //! Bad input through the real binary: each case must exit non-zero with a message that names
 //! what is wrong, and never panic. Cases are made by damaging a copy of a real checkpoint.
 
+mod common;
+use common::glassbox;
+use glassbox_testkit::fixture;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../glassbox-model/tests/fixtures")
-        .join(name)
-}
-
-fn glassbox(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args(args)
-        .output()
-        .expect("run glassbox")
-}
 
 /// A copy of the tiny GPT-2 checkpoint to damage.
 fn model_copy() -> tempfile::TempDir {

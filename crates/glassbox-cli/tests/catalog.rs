@@ -2,16 +2,12 @@
 //! export; a killed build resumes to the same catalog; mismatched inputs and a dead LLM
 //! endpoint are refused.
 
+mod common;
+use common::glassbox;
+use glassbox_testkit::fixture;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn glassbox(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args(args)
-        .output()
-        .expect("run glassbox")
-}
 
 fn ok(args: &[&str]) -> Output {
     let out = glassbox(args);
@@ -21,12 +17,6 @@ fn ok(args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../glassbox-model/tests/fixtures")
-        .join(name)
 }
 
 /// A corpus (the README), a store and a small trained dictionary for the tiny GPT-2.

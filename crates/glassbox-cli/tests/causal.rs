@@ -2,31 +2,15 @@
 //! direct logit attribution, induction scores, attribution patching and attribution graphs
 //! (JSON, HTML), and their refusals.
 
+mod common;
+use common::{glassbox, ok_json};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use glassbox_analysis::heads::induction_scores;
 use glassbox_analysis::lens::{logit_lens, single_token};
 use glassbox_analysis::patching::{attribute, Component, Direction, Metric};
 use glassbox_dictionary::{saelens, Activation, DictConfig, Sae};
 use glassbox_model::{Device, Model};
-
-fn glassbox(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let out = glassbox(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn gpt2() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

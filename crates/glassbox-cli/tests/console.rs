@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use glassbox_testkit::Server;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,38 +58,8 @@ fn gate(args: &[&str], report: &Path) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
-fn first_line(from: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(from).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
-fn serve(config: &Path) -> (Kill, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args([
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let line = first_line(child.stdout.take().unwrap())
-        .recv_timeout(Duration::from_secs(300))
-        .expect("the server did not start");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
-    (Kill(child), url)
+fn serve(config: &Path) -> Server {
+    Server::start(env!("CARGO_BIN_EXE_glassbox"), config)
 }
 
 /// chromedriver on a free loopback port (the test set-up installs `chromium-driver`).
@@ -337,7 +307,8 @@ fn the_console_works_in_chromium() {
         );
         assert_eq!(code, i32::from(name == "scan-fail"), "{name}");
     }
-    let (_server, base) = serve(&d.join("deploy.toml"));
+    let server = serve(&d.join("deploy.toml"));
+    let base = server.url.clone();
     let (_driver, driver_url) = chromedriver();
 
     // Headers: a strict CSP, and a viewer's crafted steer is refused by the API.

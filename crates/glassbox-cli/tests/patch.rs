@@ -1,14 +1,8 @@
 //! `glassbox patch` through the real binary on MiniLM: JSON report, SVG heat map, and a
 //! clear error for prompts of different lengths.
 
-use std::process::Command;
-
-fn glassbox(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::glassbox;
 
 #[test]
 fn patch_reports_json_and_a_heat_map_and_refuses_unequal_prompts() {

@@ -4,20 +4,17 @@
 //! event tail, metrics, alerts to a webhook, garbage requests that never crash it, and an
 //! audit log whose chain verifies and breaks when edited.
 
+mod common;
+use common::glassbox;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use glassbox_dictionary::{saelens, Activation, DictConfig, Sae};
+use glassbox_testkit::{fixture, lines, Server, READ_TIMEOUT};
 use serde_json::{json, Value};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../glassbox-model/tests/fixtures")
-        .join(name)
-}
 
 /// A ReLU dictionary whose feature 0 is 10 on every token and feature 1 never fires.
 fn dictionary(dir: &Path, d_model: usize, model: &str, hook: &str) -> PathBuf {
@@ -35,78 +32,9 @@ fn dictionary(dir: &Path, d_model: usize, model: &str, hook: &str) -> PathBuf {
     path
 }
 
-/// The longest any test waits for a line from a child process or a socket.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The lines of a child's output, read on a thread, so that a test waits with a timeout
-/// (`recv_timeout`) instead of blocking forever on a process that never writes.
-fn lines(from: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(from).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    /// Everything the server has written to stderr (its log).
-    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// `glassbox serve --config CONFIG` on a free loopback port.
 fn start(config: &Path) -> Server {
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_glassbox"));
-    serve.args([
-        "serve",
-        "--config",
-        config.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    start_with(serve)
-}
-
-/// Starts a server through `command` (which ends by running `glassbox serve … --listen
-/// 127.0.0.1:0`) and waits for its address.
-fn start_with(mut command: Command) -> Server {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // stderr is drained (the server logs a line per request) and shown if it never listens.
-    let errors = lines(child.stderr.take().unwrap());
-    let Ok(line) = lines(child.stdout.take().unwrap()).recv_timeout(READ_TIMEOUT) else {
-        let _ = child.kill(); // so that its stderr ends
-        let said: Vec<String> = errors.iter().collect();
-        panic!("the server did not start: {}", said.join("\n"));
-    };
-    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let kept = logs.clone();
-    std::thread::spawn(move || {
-        for line in errors {
-            kept.lock().unwrap().push(line);
-        }
-    });
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
-        .to_string();
-    Server { child, url, logs }
+    Server::start(env!("CARGO_BIN_EXE_glassbox"), config)
 }
 
 fn agent() -> ureq::Agent {
@@ -173,13 +101,6 @@ fn post(s: &Server, path: &str, key: &str, body: Value) -> (u16, Value) {
         status,
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}")),
     )
-}
-
-fn glassbox(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// Three keys (viewer, operator, admin) made by `glassbox key`, as config entries.
@@ -1024,7 +945,7 @@ fn a_full_audit_disk_fails_requests_closed_and_leaves_a_whole_chain() {
         env!("CARGO_BIN_EXE_glassbox"),
         config.display()
     ));
-    let s = start_with(limited);
+    let s = Server::start_with(limited);
     let (mut answered, mut refused) = (Vec::new(), None);
     for _ in 0..200 {
         let (status, body) = completion(&s, "unused");
@@ -1242,7 +1163,7 @@ fn tls_per_key_rate_limits_and_key_rotation_without_restart() {
         "--listen",
         "127.0.0.1:0",
     ]);
-    let mut s = start_with(serve);
+    let mut s = Server::start_with(serve);
     assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
     let tls = tls_agent(&der);
     let monitors = format!("{}/v1/monitors", s.url);

@@ -1,5 +1,5 @@
-//! What the binary-level tests of probes and the red team share: running the binary, and a
-//! small labelled set of attack families and benign texts.
+//! What the binary-level tests share: running the binary (and reading its JSON), and a
+//! small labelled set of attack families and benign texts for the probe and red-team tests.
 #![allow(dead_code)]
 
 use std::path::Path;
