@@ -57,12 +57,13 @@ pub fn induction_scores(
     let len = 2 * seq_len + usize::from(bos.is_some());
     if seq_len < 2 || batch == 0 {
         return Err(AnalysisError::Mismatch(
-            "the induction probe needs --seq-len ≥ 2 and --batch ≥ 1".into(),
+            "the induction probe needs sequences of at least 2 tokens and a batch of at least 1"
+                .into(),
         ));
     }
     if len > cfg.max_positions {
         return Err(AnalysisError::Mismatch(format!(
-            "{len} positions (2 × {seq_len}{}) exceed the model's {}; use --seq-len {} or less",
+            "{len} positions (2 × {seq_len}{}) exceed the model's {}; use sequences of {} tokens or fewer",
             if bos.is_some() { " + BOS" } else { "" },
             cfg.max_positions,
             (cfg.max_positions - usize::from(bos.is_some())) / 2

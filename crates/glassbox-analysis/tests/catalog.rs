@@ -289,7 +289,7 @@ fn a_harvest_stands_in_for_the_forward_pass() {
     let other = harvested(16, "acts16");
     let err = build("c", Some(&other)).unwrap_err().to_string();
     assert!(
-        err.contains("contexts of 16 tokens") && err.contains("drop --acts"),
+        err.contains("contexts of 16 tokens") && err.contains("without this harvest"),
         "{err}"
     );
 }

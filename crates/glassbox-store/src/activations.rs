@@ -132,7 +132,7 @@ impl Manifest {
             if a != b {
                 return Err(StoreError::store(
                     dir,
-                    format!("holds activations of another {what} ({a} ≠ {b}); use another --out directory or delete it"),
+                    format!("holds activations of another {what} ({a} ≠ {b}); use another directory or delete it"),
                 ));
             }
         }

@@ -187,7 +187,7 @@ pub fn build(
             // The contexts already read are skipped in the store too.
             if meta.contexts_done > 0 && seq.take(meta.contexts_done * content)?.is_none() {
                 return Err(AnalysisError::Mismatch(
-                    "the harvest holds fewer contexts than the catalog has read; drop --acts"
+                    "the harvest holds fewer contexts than the catalog has read; build without this harvest"
                         .into(),
                 ));
             }
@@ -222,7 +222,7 @@ pub fn build(
             Some((rows, ids)) => {
                 if ids != batch_ids.concat() {
                     return Err(AnalysisError::Mismatch(format!(
-                        "the harvest's tokens differ from the corpus's at context {}; it was cut differently (drop --acts)",
+                        "the harvest's tokens differ from the corpus's at context {}; it was cut differently (build without this harvest)",
                         meta.contexts_done
                     )));
                 }
@@ -289,14 +289,14 @@ fn check_harvest(store: &ActivationStore, meta: &CatalogMeta, hook: &str) -> Res
     for (what, a, b) in pairs {
         if a != b {
             return Err(AnalysisError::Mismatch(format!(
-                "the harvest in {} is of another {what} (SHA-256 {a} ≠ {b}); drop --acts",
+                "the harvest in {} is of another {what} (SHA-256 {a} ≠ {b}); build without this harvest",
                 store.dir.display()
             )));
         }
     }
     if m.hook != hook || m.context_len != meta.context_len {
         return Err(AnalysisError::Mismatch(format!(
-            "the harvest in {} holds {} in contexts of {} tokens; the catalog needs {hook} in contexts of {}; drop --acts",
+            "the harvest in {} holds {} in contexts of {} tokens; the catalog needs {hook} in contexts of {}; build without this harvest",
             store.dir.display(),
             m.hook,
             m.context_len,
@@ -333,7 +333,7 @@ fn check_same_sources(old: &CatalogMeta, new: &CatalogMeta) -> Result<()> {
     for (what, a, b) in pairs {
         if a != b {
             return Err(AnalysisError::Mismatch(format!(
-                "this catalog was built from another {what} (SHA-256 {a} ≠ {b}); use another --out or delete it"
+                "this catalog was built from another {what} (SHA-256 {a} ≠ {b}); use another catalog directory or delete it"
             )));
         }
     }
