@@ -452,5 +452,5 @@ fn bad_input_exits_2_and_leaves_no_report() {
         std::fs::write(moved.join(name), text).unwrap();
     }
     std::fs::write(&bad, "[[dictionary]]\npath = \"sae-elsewhere\"\n").unwrap();
-    exits_2(&rs, &bad, "reads a hook the model lacks");
+    exits_2(&rs, &bad, "unknown hook point `blocks.99.hook_resid_post`");
 }
