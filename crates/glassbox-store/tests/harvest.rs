@@ -172,7 +172,7 @@ fn a_store_from_another_hook_is_not_extended() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("another hook") && err.contains("--out"),
+        err.contains("another hook") && err.contains("another directory"),
         "{err}"
     );
 }
