@@ -6,9 +6,7 @@
 use std::path::PathBuf;
 
 use glassbox_analysis::graph::{attribution_graph, GraphConfig, GraphTarget};
-use glassbox_analysis::lens::{
-    direct_logit_attribution, logit_lens, single_token, top_prediction, LogitTarget,
-};
+use glassbox_analysis::lens::{direct_logit_attribution, logit_lens, single_token, LogitTarget};
 use glassbox_analysis::patching::{self, Component, Direction, Metric};
 use glassbox_dictionary::probe::Probe;
 use glassbox_model::Model;
@@ -140,16 +138,7 @@ pub fn dla(
     let pos = self::position(position, ids.len())?;
     let dla = py
         .detach(|| {
-            let target = match target {
-                Some(t) => LogitTarget::parse(m, t, minus)?,
-                None => {
-                    let top = top_prediction(m, &ids, pos)?;
-                    match minus {
-                        Some(b) => LogitTarget::Diff(top, single_token(m, b)?),
-                        None => LogitTarget::Token(top),
-                    }
-                }
-            };
+            let target = LogitTarget::parse_or_top(m, &ids, pos, target, minus)?;
             direct_logit_attribution(m, &ids, pos, target)
         })
         .map_err(error)?;

@@ -228,6 +228,25 @@ impl LogitTarget {
         })
     }
 
+    /// As [`LogitTarget::parse`], with the model's top prediction at `position` (`None` = the
+    /// last token) standing in for a `target` not given: direct logit attribution's default.
+    pub fn parse_or_top(
+        model: &Model,
+        ids: &[u32],
+        position: Option<usize>,
+        target: Option<&str>,
+        minus: Option<&str>,
+    ) -> Result<LogitTarget> {
+        if let Some(t) = target {
+            return LogitTarget::parse(model, t, minus);
+        }
+        let top = top_prediction(model, ids, position)?;
+        Ok(match minus {
+            Some(b) => LogitTarget::Diff(top, single_token(model, b)?),
+            None => LogitTarget::Token(top),
+        })
+    }
+
     /// The target's value in one row of logits (`[vocab]`), differentiable.
     pub(crate) fn of(self, logits: &Tensor) -> Result<Tensor> {
         Ok(match self {

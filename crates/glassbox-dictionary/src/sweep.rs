@@ -445,11 +445,6 @@ impl Sweep {
         }
         Ok(())
     }
-
-    /// The trained dictionaries (unfolded input scale, as training holds them).
-    pub fn dictionaries(&self) -> impl Iterator<Item = &Sae> {
-        self.trainers.iter().map(|t| &t.sae)
-    }
 }
 
 fn save(t: &Trainer, dir: &Path, origin: &str, tokens_per_second: f64) -> Result<()> {

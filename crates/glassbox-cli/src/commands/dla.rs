@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use glassbox_analysis::lens::{
-    direct_logit_attribution, single_token, top_prediction, LogitTarget,
-};
+use glassbox_analysis::lens::{direct_logit_attribution, LogitTarget};
 use serde_json::json;
 
 use crate::input;
@@ -45,16 +43,8 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<()> {
     let model = input::load_model(&model_name, device)?;
     let text = input::text(text_arg, a.file.as_deref())?;
     let ids = model.tokenize(&text, false)?;
-    let target = match &a.target {
-        Some(t) => LogitTarget::parse(&model, t, a.minus.as_deref())?,
-        None => {
-            let top = top_prediction(&model, &ids, a.pos)?;
-            match &a.minus {
-                Some(b) => LogitTarget::Diff(top, single_token(&model, b)?),
-                None => LogitTarget::Token(top),
-            }
-        }
-    };
+    let target =
+        LogitTarget::parse_or_top(&model, &ids, a.pos, a.target.as_deref(), a.minus.as_deref())?;
     let dla = direct_logit_attribution(&model, &ids, a.pos, target)?;
     if json_out {
         println!("{}", json!({ "dla": dla, "sum": dla.total() }));
