@@ -478,3 +478,137 @@ fn run_saves_activations_or_refuses_cleanly() {
     left.sort();
     assert_eq!(left, ["all.safetensors", "one.npy"], "no partial files");
 }
+
+/// Every file under `dir`, relative to it.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+        }
+    }
+    out
+}
+
+/// A model file is untrusted: names inside it (the model's name, a named chat template, a
+/// tensor, vocabulary entries) that look like paths must not make Glassbox write anywhere but
+/// the directories it was given — through every command that loads a model and writes.
+#[test]
+fn a_model_file_cannot_make_glassbox_write_outside_its_directories() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let abs = root.join("escaped-absolute");
+    let abs = abs.to_str().unwrap();
+    let hostile = glassbox_fuzz::seeds::tiny_llama_writer()
+        .string("general.name", "../../../escaped-name")
+        .string("general.basename", abs)
+        .string(
+            "tokenizer.chat_template.../../../escaped-template",
+            "{{ messages }}",
+        )
+        .tensor("../../../escaped-tensor.weight", &[8])
+        .bytes();
+    let model_dir = root.join("models/a/b");
+    for d in ["models/a/b", "work", "home", "tmp", "out"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let model = model_dir.join("hostile.gguf");
+    std::fs::write(&model, hostile).unwrap();
+    std::fs::write(root.join("corpus.txt"), "ab ab a b ab\n".repeat(40)).unwrap();
+    let before = files_under(root);
+
+    let (m, out) = (model.to_str().unwrap(), root.join("out"));
+    let acts = out.join("acts");
+    let resaved = out.join("resaved");
+    let corpus = root.join("corpus.txt");
+    let saved = out.join("acts.safetensors");
+    let commands: Vec<Vec<&str>> = vec![
+        vec![
+            "run",
+            "--model",
+            m,
+            "ab",
+            "--hook",
+            "blocks.*",
+            "--save",
+            saved.to_str().unwrap(),
+        ],
+        vec![
+            "generate",
+            "--model",
+            m,
+            "ab",
+            "--chat",
+            "--max-tokens",
+            "3",
+        ],
+        vec![
+            "harvest",
+            "--model",
+            m,
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--tokens",
+            "64",
+            "--context",
+            "16",
+            "--batch",
+            "2",
+            "--out",
+            acts.to_str().unwrap(),
+        ],
+        vec![
+            "edit",
+            "resave",
+            "--model",
+            m,
+            "--out",
+            resaved.to_str().unwrap(),
+        ],
+        vec![
+            "generate",
+            "--model",
+            resaved.to_str().unwrap(),
+            "ab",
+            "--chat",
+            "--max-tokens",
+            "3",
+        ],
+    ];
+    for args in &commands {
+        let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+            .args(args)
+            .current_dir(root.join("work"))
+            .env("HOME", root.join("home"))
+            .env("GLASSBOX_HOME", root.join("home/glassbox"))
+            .env("TMPDIR", root.join("tmp"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{args:?}: {stderr}");
+    }
+
+    let new: Vec<_> = files_under(root)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    for made in ["out/resaved", "out/acts", "out/acts.safetensors"] {
+        assert!(new.iter().any(|p| p.starts_with(made)), "{made} missing: {new:?}");
+    }
+    for p in &new {
+        assert!(
+            p.starts_with("out") || p.starts_with("home/glassbox"),
+            "written outside the given directories: {}",
+            p.display()
+        );
+        assert!(!p.to_string_lossy().contains("escaped"), "{}", p.display());
+    }
+    assert!(!Path::new(abs).exists());
+}

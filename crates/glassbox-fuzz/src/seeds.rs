@@ -123,6 +123,11 @@ impl GgufWriter {
 /// A tiny llama-architecture GGUF (2 layers, d_model 8, a 6-token vocabulary, a chat template):
 /// enough metadata for the config, tokenizer and template paths.
 pub fn tiny_llama_gguf() -> Vec<u8> {
+    tiny_llama_writer().bytes()
+}
+
+/// [`tiny_llama_gguf`] before it is written, for tests that add metadata or tensors to it.
+pub fn tiny_llama_writer() -> GgufWriter {
     let (d, ff, vocab, layers) = (8u64, 16u64, 6u64, 2u32);
     let mut w = GgufWriter::new()
         .string("general.architecture", "llama")
@@ -157,7 +162,7 @@ pub fn tiny_llama_gguf() -> Vec<u8> {
             .tensor(&format!("blk.{l}.ffn_up.weight"), &[d, ff])
             .tensor(&format!("blk.{l}.ffn_down.weight"), &[ff, d]);
     }
-    w.bytes()
+    w
 }
 
 /// A small safetensors file with one tensor of each common dtype.

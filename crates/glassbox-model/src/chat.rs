@@ -89,10 +89,9 @@ pub fn builtin_template(architecture: &str) -> Option<&'static str> {
 /// instead of hanging or exhausting the server. Real templates need one unit per 64 bytes of
 /// conversation and a few per turn: conversations of tens of MB fit.
 ///
-/// Known gap (minijinja 3.1.0, the newest): list concatenation is lazy and charges no fuel, and
-/// once 33 concatenations are nested it is materialised uncharged — `ns.l = ns.l + ns.l` in a
-/// loop of 33 allocates 2³³ items (measured: 14 GB before it was killed). Until that is fixed
-/// upstream, a chat template is as trusted as the weights it ships with.
+/// minijinja 3.1.0 materialised a deep list concatenation without charging for it
+/// (`ns.l = ns.l + ns.l` in a loop: 14 GB before it was killed); the workspace uses a patched
+/// copy that charges for it (`vendor/README.md`).
 pub const TEMPLATE_FUEL: u64 = 2_000_000;
 
 /// A compiled chat template, rendered in minijinja's sandbox: no file or network access, the
@@ -177,6 +176,9 @@ mod tests {
             ("loops", "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"),
             ("doubling", "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"),
             ("repetition", "{{ 'x' * 10000000000 }}"),
+            // Materialised uncharged by minijinja 3.1.0 itself (vendor/README.md).
+            ("list doubling", "{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}"),
+            ("list doubling, one more", "{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l + [1] %}{% endfor %}{{ ns.l|length }}"),
         ] {
             let e = render(source).expect_err(what).to_string();
             assert!(e.contains("more work than Glassbox allows") || e.contains("repeat"), "{what}: {e}");
@@ -185,6 +187,13 @@ mod tests {
         assert!(e.to_string().contains("recursion"), "{e}");
         // Refusals, not hangs (a generous bound: this is about orders of magnitude).
         assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn lists_built_item_by_item_still_render() {
+        // The patched charge applies only to materialised concatenations (every 33rd here).
+        let source = "{% set ns = namespace(l=[]) %}{% for i in range(2000) %}{% set ns.l = ns.l + [i] %}{% endfor %}{{ ns.l|length }} {{ ns.l|last }}";
+        assert_eq!(render(source).unwrap(), "2000 1999");
     }
 
     #[test]
