@@ -1,6 +1,7 @@
 """Type stubs of the Rust extension (see src/*.rs for the implementations)."""
 
 from os import PathLike
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -32,6 +33,9 @@ class Model:
     def hook_names(self) -> list[str]: ...
     @property
     def chat_template(self) -> Optional[str]: ...
+    @property
+    def path(self) -> Path:
+        """What the model was loaded from: a directory or a GGUF file."""
     def to_tokens(self, text: str, truncate: bool = False) -> npt.NDArray[np.int64]:
         """`[1, pos]` token ids, special tokens included."""
     def to_str_tokens(self, text: str, truncate: bool = False) -> list[str]: ...

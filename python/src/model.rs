@@ -237,6 +237,12 @@ impl PyModel {
     }
 
     /// The chat template (Jinja) the model ships with, if any.
+    /// What the model was loaded from: a directory or a GGUF file.
+    #[getter]
+    fn path(&self) -> std::path::PathBuf {
+        self.inner.path().to_path_buf()
+    }
+
     #[getter]
     fn chat_template(&self) -> Option<String> {
         self.inner.chat_template.clone()

@@ -3,6 +3,8 @@ TransformerLens's; Python hooks change the forward pass as they say."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -164,6 +166,7 @@ def test_bad_input_is_a_python_exception_never_a_crash(smollm2, tiny_gpt2, tmp_p
         smollm2.run_with_cache([10**9])
     # Over-long input (on a model with a short context, to keep it quick): refused, or cut.
     tiny = gb.Model.load(str(tiny_gpt2))
+    assert tiny.path.resolve() == Path(tiny_gpt2).resolve()
     long_text = "word " * (2 * tiny.cfg["n_ctx"])
     with pytest.raises(gb.GlassboxError, match="longer than the model"):
         tiny.run_with_cache(long_text)

@@ -600,7 +600,10 @@ fn a_model_file_cannot_make_glassbox_write_outside_its_directories() {
         .filter(|p| !before.contains(p))
         .collect();
     for made in ["out/resaved", "out/acts", "out/acts.safetensors"] {
-        assert!(new.iter().any(|p| p.starts_with(made)), "{made} missing: {new:?}");
+        assert!(
+            new.iter().any(|p| p.starts_with(made)),
+            "{made} missing: {new:?}"
+        );
     }
     for p in &new {
         assert!(
