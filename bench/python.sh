@@ -5,7 +5,7 @@
 #   bench/python.sh [--model smollm2] [--tokens 128] [--repeats 7]
 #   bench/python.sh --setup-tl     first create the TransformerLens environment (~4 GB: PyPI's
 #                                  torch brings the CUDA libraries; not CI)
-# Builds the extension optimised first (PROFILE=dev: the dev build the tests use).
+# Builds the extension optimised first (PROFILE=dev bench/python.sh: the dev build the tests use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tl="${BENCH_TL_PYTHON:-${GLASSBOX_HOME:-$HOME/.cache/glassbox}/tl-venv/bin/python}"

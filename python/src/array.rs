@@ -1,6 +1,7 @@
 //! Tensors and NumPy arrays. Out: one copy of the tensor's f32 values into a vector that
-//! NumPy then owns (no second copy), split across threads with the GIL released. In: float32 arrays are read in place when C-contiguous;
-//! other float dtypes are converted; anything else is a TypeError that says what was given.
+//! NumPy then owns (no second copy), split across threads with the GIL released. In: float32
+//! arrays are read in place when C-contiguous; other float dtypes are converted; anything else
+//! is a TypeError that says what was given.
 
 use glassbox_model::candle::{CpuStorage, Storage};
 use glassbox_model::{DType, Device, Tensor};
