@@ -97,10 +97,55 @@ fn post(s: &Server, path: &str, key: &str, body: Value) -> (u16, Value) {
         Some(key),
         Some(body.to_string().as_bytes()),
     );
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}")),
-    )
+    let answer = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"));
+    documented(s, path, status, &answer);
+    (status, answer)
+}
+
+/// Asserts that a JSON answer is what the server's own `/openapi.json` says `POST path` answers
+/// with `status` (where the document gives that answer a schema).
+fn documented(s: &Server, path: &str, status: u16, answer: &Value) {
+    let (code, _, doc) = call(s, "GET", "/openapi.json", None, None);
+    assert_eq!(code, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let responses = &doc["paths"][path]["post"]["responses"];
+    let mut r = responses
+        .get(status.to_string())
+        .or_else(|| responses.get("default"))
+        .unwrap_or_else(|| panic!("POST {path} answered {status}, which the document lacks"));
+    if let Some(Value::String(at)) = r.get("$ref") {
+        r = doc.pointer(at.trim_start_matches('#')).unwrap();
+    }
+    if let Some(schema) = r.pointer("/content/application~1json/schema") {
+        if let Err(e) = glassbox_testkit::schema::conforms(&doc, schema, answer) {
+            panic!("POST {path} answered {status} off its documented schema at {e}\n{answer}");
+        }
+    }
+}
+
+/// The JSON events of a streamed answer of `POST path`, each checked against the chunk schema
+/// the document gives; the stream must end with `[DONE]`.
+fn events(s: &Server, path: &str, sse: &str) -> Vec<Value> {
+    let data: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{sse}");
+    let (_, _, doc) = call(s, "GET", "/openapi.json", None, None);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let stream = &doc["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"];
+    let schema = &stream["x-glassbox-event-data"];
+    assert!(schema.is_object(), "{path} documents its stream's events");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| {
+            let v: Value = serde_json::from_str(d).unwrap_or_else(|_| panic!("{d}"));
+            if let Err(e) = glassbox_testkit::schema::conforms(&doc, schema, &v) {
+                panic!("a streamed event of {path} is off its documented schema at {e}\n{v}");
+            }
+            v
+        })
+        .collect()
 }
 
 /// Three keys (viewer, operator, admin) made by `glassbox key`, as config entries.
@@ -275,12 +320,9 @@ fn monitors_steer_clamp_and_block_completions_and_every_change_is_audited() {
         Some(json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": true}).to_string().as_bytes()),
     );
     assert_eq!(status, 200);
-    let events: Vec<&str> = sse
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(events.last(), Some(&"[DONE]"), "{sse}");
-    let last: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+    let chunks = events(&s, "/v1/chat/completions", &sse);
+    assert!(!chunks.is_empty(), "{sse}");
+    let last = &chunks[chunks.len() - 1];
     assert_eq!(last["choices"][0]["finish_reason"], "content_filter");
     assert_eq!(last["glassbox"]["blocked"]["monitor"], "stop");
     assert_eq!(
@@ -298,10 +340,8 @@ fn monitors_steer_clamp_and_block_completions_and_every_change_is_audited() {
                 .as_bytes(),
         ),
     );
-    let streamed: String = sse
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+    let streamed: String = events(&s, "/v1/completions", &sse)
+        .iter()
         .filter_map(|v| v["choices"][0]["text"].as_str().map(str::to_string))
         .collect();
     assert_eq!(
@@ -796,6 +836,25 @@ fn a_chat_model_honours_the_openai_generation_parameters() {
         assert_eq!(entry["token"], top[0]["token"]);
         assert!(values[0] <= 0.0 && entry["logprob"].as_f64().unwrap() == values[0]);
     }
+    // The completions layout: parallel lists, alternatives keyed by their text.
+    let (status, lp) = post(
+        &s,
+        "/v1/completions",
+        "unused",
+        json!({"prompt": "The quick brown fox jumps over the", "max_tokens": 3, "logprobs": 2}),
+    );
+    assert_eq!(status, 200, "{lp}");
+    let n = lp["usage"]["completion_tokens"]
+        .as_u64()
+        .map(|n| n as usize);
+    let lp = &lp["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().map(Vec::len), n, "{lp}");
+    assert_eq!(lp["token_logprobs"].as_array().map(Vec::len), n);
+    let first = lp["top_logprobs"][0].as_object().unwrap();
+    assert!(
+        first.contains_key(lp["tokens"][0].as_str().unwrap()),
+        "{lp}"
+    );
 
     // Out of range: 400, and the message names the field.
     for (extra, field) in [

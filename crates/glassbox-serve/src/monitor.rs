@@ -202,7 +202,7 @@ fn monitor(readers: &Readers, m: &MonitorConfig) -> Result<Monitor> {
 }
 
 /// A rule firing on one token.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Firing {
     pub monitor: String,
     /// Which input of the request (embeddings take several).
@@ -214,7 +214,8 @@ pub struct Firing {
     pub action: Action,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The monitor that stopped a request, and where.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Blocked {
     pub monitor: String,
     pub reason: String,

@@ -5,17 +5,28 @@ use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
 
 use crate::config::MonitorConfig;
-use crate::server::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest};
+use crate::server::monitors::{MonitorChange, MonitorList};
+use crate::server::openai::{
+    ChatChoice, ChatRequest, CompletionChoice, CompletionRequest, CompletionResponse,
+    EmbeddingsRequest, EmbeddingsResponse, ErrorResponse,
+};
 
-fn op(summary: &str, role: Option<&str>, body: Option<Value>) -> Value {
+/// An operation; `answer` is the schema of its 200 body, when it is JSON the document describes.
+fn op(summary: &str, role: Option<&str>, body: Option<Value>, answer: Option<Value>) -> Value {
+    let ok = match answer {
+        Some(schema) => json!({"description": "success",
+            "content": {"application/json": {"schema": schema}}}),
+        None => json!({"description": "success"}),
+    };
     let mut o = json!({
         "summary": summary,
         "responses": {
-            "200": {"description": "success"},
+            "200": ok,
             "400": {"$ref": "#/components/responses/Error"},
             "401": {"$ref": "#/components/responses/Error"},
             "403": {"$ref": "#/components/responses/Error"},
-            "413": {"description": "request body over limits.max_body_bytes"}
+            "413": {"description": "request body over limits.max_body_bytes"},
+            "default": {"$ref": "#/components/responses/Error"}
         }
     });
     if let Some(r) = role {
@@ -26,6 +37,17 @@ fn op(summary: &str, role: Option<&str>, body: Option<Value>) -> Value {
         o["requestBody"] =
             json!({"required": true, "content": {"application/json": {"schema": schema}}});
     }
+    o
+}
+
+/// A completion route: JSON, or with `stream` server-sent events whose data are chunks of the
+/// same schema (then `[DONE]`).
+fn streaming_op(summary: &str, body: Value, answer: Value) -> Value {
+    let mut o = op(summary, Some("viewer"), Some(body), Some(answer.clone()));
+    o["responses"]["200"]["content"]["text/event-stream"] = json!({
+        "schema": {"type": "string", "description": "with `stream`: one event per piece of text, each `data` a chunk of the JSON answer's schema (the last with `finish_reason` and `glassbox`), then `data: [DONE]`"},
+        "x-glassbox-event-data": answer
+    });
     o
 }
 
@@ -40,6 +62,30 @@ pub fn document() -> Value {
     let completion = generator.subschema_for::<CompletionRequest>().to_value();
     let chat = generator.subschema_for::<ChatRequest>().to_value();
     let monitor = generator.subschema_for::<MonitorConfig>().to_value();
+    let embeddings_answer = generator.subschema_for::<EmbeddingsResponse>().to_value();
+    let completion_answer = generator
+        .subschema_for::<CompletionResponse<CompletionChoice>>()
+        .to_value();
+    let chat_answer = generator
+        .subschema_for::<CompletionResponse<ChatChoice>>()
+        .to_value();
+    let error = generator.subschema_for::<ErrorResponse>().to_value();
+    let monitor_list = generator.subschema_for::<MonitorList>().to_value();
+    let monitor_change = generator.subschema_for::<MonitorChange>().to_value();
+    let mut add_monitor = op(
+        "add a monitor (audited)",
+        Some("operator"),
+        Some(monitor),
+        None,
+    );
+    if let Some(r) = add_monitor["responses"].as_object_mut() {
+        r.remove("200");
+        r.insert(
+            "201".into(),
+            json!({"description": "added",
+            "content": {"application/json": {"schema": monitor_change.clone()}}}),
+        );
+    }
     let schemas = generator.take_definitions(true);
     json!({
         "openapi": "3.1.0",
@@ -48,29 +94,28 @@ pub fn document() -> Value {
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {"Error": {"description": "error", "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"error": {"type": "object", "properties": {
-                    "type": {"type": "string"}, "message": {"type": "string"}}}}}}}}}
+            "responses": {"Error": {"description": "error",
+                "content": {"application/json": {"schema": error}}}}
         },
         "paths": {
-            "/healthz": {"get": op("liveness", None, None)},
-            "/readyz": {"get": op("readiness: the model is loaded", None, None)},
-            "/metrics": {"get": op("Prometheus metrics", None, None)},
-            "/openapi.json": {"get": op("this document", None, None)},
+            "/healthz": {"get": op("liveness", None, None, None)},
+            "/readyz": {"get": op("readiness: the model is loaded", None, None, None)},
+            "/metrics": {"get": op("Prometheus metrics", None, None, None)},
+            "/openapi.json": {"get": op("this document", None, None, None)},
             "/v1/embeddings": {"post": op("sentence embeddings (encoders), monitored", Some("viewer"),
-                Some(embeddings))},
-            "/v1/completions": {"post": op("text completion (decoders), monitored; SSE with stream", Some("viewer"),
-                Some(completion))},
-            "/v1/chat/completions": {"post": op("chat completion (decoders), monitored; SSE with stream", Some("viewer"),
-                Some(chat))},
+                Some(embeddings), Some(embeddings_answer))},
+            "/v1/completions": {"post": streaming_op("text completion (decoders), monitored; SSE with stream",
+                completion, completion_answer)},
+            "/v1/chat/completions": {"post": streaming_op("chat completion (decoders), monitored; SSE with stream",
+                chat, chat_answer)},
             "/v1/monitors": {
-                "get": op("the monitors in force", Some("viewer"), None),
-                "post": op("add a monitor (audited)", Some("operator"), Some(monitor))
+                "get": op("the monitors in force", Some("viewer"), None, Some(monitor_list)),
+                "post": add_monitor
             },
-            "/v1/monitors/{name}": {"delete": op("remove a monitor (audited)", Some("operator"), None)},
-            "/v1/events": {"get": op("rule firings as server-sent events", Some("viewer"), None)},
-            "/v1/config": {"get": op("the configuration in force (keys as hashes)", Some("admin"), None)},
-            "/v1/keys/reload": {"post": op("re-read the keys and the TLS certificate from the deployment file (audited; SIGHUP does the same)", Some("admin"), None)}
+            "/v1/monitors/{name}": {"delete": op("remove a monitor (audited)", Some("operator"), None, Some(monitor_change))},
+            "/v1/events": {"get": op("rule firings as server-sent events", Some("viewer"), None, None)},
+            "/v1/config": {"get": op("the configuration in force (keys as hashes)", Some("admin"), None, None)},
+            "/v1/keys/reload": {"post": op("re-read the keys and the TLS certificate from the deployment file (audited; SIGHUP does the same)", Some("admin"), None, None)}
         }
     })
 }
@@ -150,5 +195,30 @@ mod tests {
             "{action}"
         );
         assert_eq!(monitor["additionalProperties"], json!(false));
+
+        // Answers are the handlers' types too: the chat answer's choice carries the message and
+        // the decisions name every firing's fields.
+        let answer = |path: &str| {
+            let ok = &doc["paths"][path]["post"]["responses"]["200"]["content"];
+            resolve(&doc, &ok["application/json"]["schema"]).clone()
+        };
+        let chat = answer("/v1/chat/completions");
+        let choice = resolve(&doc, &chat["properties"]["choices"]["items"]);
+        assert!(choice["properties"]["message"].is_object(), "{choice}");
+        let decisions = resolve(&doc, &chat["properties"]["glassbox"]);
+        let decisions = resolve(&doc, &decisions["anyOf"][0]);
+        let firing = resolve(&doc, &decisions["properties"]["firings"]["items"]);
+        assert_eq!(
+            firing["required"],
+            json!(["monitor", "input", "position", "value", "action"])
+        );
+        assert_eq!(
+            answer("/v1/embeddings")["required"]
+                .as_array()
+                .map(Vec::len),
+            Some(5)
+        );
+        let error = &doc["components"]["responses"]["Error"]["content"]["application/json"];
+        assert!(resolve(&doc, &error["schema"])["properties"]["error"].is_object());
     }
 }

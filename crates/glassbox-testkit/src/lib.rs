@@ -5,9 +5,12 @@
 //!   blocking on a process that never writes.
 //! - [`Server`]: `glassbox serve` as a real process on a free loopback port, killed on drop,
 //!   its log kept for assertions.
+//! - [`schema::conforms`]: does an answer conform to the server's own OpenAPI document?
 //!
 //! (The model crate's own tests cannot use this crate: it depends on `glassbox-model`, and a
 //! second copy of that crate's types would not match the first.)
+
+pub mod schema;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -14,66 +14,64 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use glassbox_model::chat::Message;
 use glassbox_model::generate::{Finish, GenerateConfig};
-use glassbox_model::sampling::Choice;
-use glassbox_model::{Model, ModelError};
+use glassbox_model::ModelError;
+use serde::Serialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use crate::auth::{Caller, Role};
-use crate::config::{FiringRecords, Fsync};
+use crate::config::{Action, FiringRecords, Fsync};
 use crate::error::{Result, ServeError};
 use crate::infer::{self, Report};
 use crate::monitor::Firing;
 
-use super::openai::{ChatRequest, CompletionRequest, EmbeddingsRequest, Input, Logprobs};
+use super::openai::{
+    ChatChoice, ChatRequest, ChoiceLayout, CompletionChoice, CompletionRequest, CompletionResponse,
+    Decisions, Embedding, EmbeddingsRequest, EmbeddingsResponse, ErrorDetail, ErrorResponse,
+    FinishReason, Input, Logprobs, Usage,
+};
 use super::{authorize, ApiError, ApiResult, AppState};
 
-/// One generated token's log-probabilities, in the chat (`content`) or completions layout.
-fn logprobs_json(model: &Model, tokens: &[Choice], chat: bool) -> Value {
-    let piece = |id: u32| model.tokenizer.piece(id);
-    if chat {
-        let content: Vec<Value> = tokens
-            .iter()
-            .map(|c| {
-                json!({"token": piece(c.id), "logprob": c.logprob, "bytes": piece(c.id).into_bytes(),
-                       "top_logprobs": c.top.iter().map(|(t, l)| json!({"token": piece(*t), "logprob": l, "bytes": piece(*t).into_bytes()})).collect::<Vec<_>>()})
-            })
-            .collect();
-        json!({ "content": content })
-    } else {
-        json!({
-            "tokens": tokens.iter().map(|c| piece(c.id)).collect::<Vec<_>>(),
-            "token_logprobs": tokens.iter().map(|c| c.logprob).collect::<Vec<_>>(),
-            "top_logprobs": tokens.iter().map(|c| {
-                c.top.iter().map(|(t, l)| (piece(*t), json!(l))).collect::<serde_json::Map<_, _>>()
-            }).collect::<Vec<_>>(),
-        })
-    }
+/// A request's firings of one monitor on one input, summed (`audit.firings = "per-request"`,
+/// and the console's request events).
+#[derive(Debug, Serialize)]
+struct FiringSummary<'a> {
+    monitor: &'a str,
+    input: usize,
+    action: Action,
+    /// Tokens on which the rule held.
+    tokens: usize,
+    first_position: usize,
+    last_position: usize,
+    max_value: f32,
 }
 
-/// A request's firings summed per monitor and input: how many tokens fired, the first and last
-/// position, the highest value (`audit.firings = "per-request"`).
-fn per_request(firings: &[Firing]) -> Vec<Value> {
-    let mut by: Vec<((&str, usize), Value)> = Vec::new();
+/// A request's firings summed per monitor and input, in order of first firing.
+fn per_request(firings: &[Firing]) -> Vec<FiringSummary<'_>> {
+    let mut by: Vec<FiringSummary> = Vec::new();
     for f in firings {
-        let key = (f.monitor.as_str(), f.input);
-        match by.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => {
-                v["tokens"] = json!(v["tokens"].as_u64().unwrap_or(0) + 1);
-                v["last_position"] = json!(f.position);
-                if f64::from(f.value) > v["max_value"].as_f64().unwrap_or(f64::MIN) {
-                    v["max_value"] = json!(f.value);
-                }
+        match by
+            .iter_mut()
+            .find(|s| s.monitor == f.monitor && s.input == f.input)
+        {
+            Some(s) => {
+                s.tokens += 1;
+                s.last_position = f.position;
+                s.max_value = s.max_value.max(f.value);
             }
-            None => by.push((
-                key,
-                json!({"monitor": f.monitor, "input": f.input, "action": f.action, "tokens": 1,
-                    "first_position": f.position, "last_position": f.position, "max_value": f.value}),
-            )),
+            None => by.push(FiringSummary {
+                monitor: &f.monitor,
+                input: f.input,
+                action: f.action,
+                tokens: 1,
+                first_position: f.position,
+                last_position: f.position,
+                max_value: f.value,
+            }),
         }
     }
-    by.into_iter().map(|(_, v)| v).collect()
+    by
 }
 
 /// A finished request's bookkeeping: metrics, audit records, live events.
@@ -149,10 +147,6 @@ pub(crate) fn account(
     Ok(())
 }
 
-fn decisions(id: &str, report: &Report) -> Value {
-    json!({"request_id": id, "firings": report.firings, "blocked": report.blocked})
-}
-
 fn headers_for(id: &str, report: Option<&Report>) -> HeaderMap {
     let mut h = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -174,11 +168,11 @@ fn headers_for(id: &str, report: Option<&Report>) -> HeaderMap {
 }
 
 /// OpenAI's `finish_reason`: a block reads as a content filter.
-fn finish_reason(report: &Report, finish: Finish) -> &'static str {
+fn finish_reason(report: &Report, finish: Finish) -> FinishReason {
     match (report.blocked.is_some(), finish) {
-        (true, _) => "content_filter",
-        (false, Finish::Length) => "length",
-        (false, Finish::Stop | Finish::Cancelled) => "stop",
+        (true, _) => FinishReason::ContentFilter,
+        (false, Finish::Length) => FinishReason::Length,
+        (false, Finish::Stop | Finish::Cancelled) => FinishReason::Stop,
     }
 }
 
@@ -187,7 +181,7 @@ fn blocked_error(id: &str, report: &Report) -> Option<ApiError> {
         status: StatusCode::FORBIDDEN,
         kind: "blocked",
         message: b.reason.clone(),
-        extra: Some(decisions(id, report)),
+        decisions: Some(Box::new(Decisions::new(id, report))),
         retry_after: None,
     })
 }
@@ -359,14 +353,21 @@ pub(super) async fn embeddings(
         if let Some(e) = blocked_error(&id, &report) {
             return Ok((headers_for(&id, Some(&report)), e).into_response());
         }
-        let data: Vec<Value> = vectors
-            .iter()
-            .enumerate()
-            .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
-            .collect();
-        let body = json!({"object": "list", "data": data, "model": state.cfg.model,
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-            "glassbox": decisions(&id, &report)});
+        let body = EmbeddingsResponse {
+            object: "list",
+            data: vectors
+                .into_iter()
+                .enumerate()
+                .map(|(index, embedding)| Embedding {
+                    object: "embedding",
+                    index,
+                    embedding,
+                })
+                .collect(),
+            model: state.cfg.model.clone(),
+            usage: Usage::new(n_tokens, None),
+            glassbox: Decisions::new(&id, &report),
+        };
         Ok((headers_for(&id, Some(&report)), Json(body)).into_response())
     })
     .await
@@ -388,7 +389,7 @@ pub(super) async fn completions(
         let cfg = req.params.config(&state.cfg.limits, top)?;
         let logprobs = req.logprobs.is_some() && top > 0;
         let ids = tokenize(&state, &req.prompt, "the prompt")?;
-        complete(
+        complete::<CompletionChoice>(
             state,
             caller,
             req.prompt,
@@ -396,7 +397,6 @@ pub(super) async fn completions(
             cfg,
             req.params.stream,
             logprobs,
-            false,
         )
         .await
     })
@@ -435,23 +435,14 @@ pub(super) async fn chat_completions(
                 e => ServeError::from(e).into(),
             })?;
         check_length(&state, &ids, "the conversation")?;
-        complete(
-            state,
-            caller,
-            prompt,
-            ids,
-            cfg,
-            req.params.stream,
-            logprobs,
-            true,
-        )
-        .await
+        complete::<ChatChoice>(state, caller, prompt, ids, cfg, req.params.stream, logprobs).await
     })
     .await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn complete(
+/// Generates and answers in layout `L` (chat or completions): one JSON answer, or server-sent
+/// events with `stream`.
+async fn complete<L: ChoiceLayout>(
     state: Arc<AppState>,
     caller: Caller,
     prompt: String,
@@ -459,8 +450,8 @@ async fn complete(
     cfg: GenerateConfig,
     stream: bool,
     logprobs: bool,
-    chat: bool,
 ) -> ApiResult<Response> {
+    let route = L::ROUTE;
     if !state.model.config.is_decoder() {
         return Err(ApiError::bad(
             "this server runs an encoder; use /v1/embeddings",
@@ -468,16 +459,6 @@ async fn complete(
     }
     let id = request_id(&state);
     let set = state.monitor_set();
-    let route = if chat {
-        "/v1/chat/completions"
-    } else {
-        "/v1/completions"
-    };
-    let object = if chat {
-        "chat.completion"
-    } else {
-        "text_completion"
-    };
     let n_prompt = ids.len();
     let count = move |s: &AppState, generated: usize| {
         let tokens = &s.metrics.tokens;
@@ -508,24 +489,33 @@ async fn complete(
             }
         }
         let finish = finish_reason(&report, g.finish);
-        let mut choice = if chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": g.text}, "finish_reason": finish})
-        } else {
-            json!({"index": 0, "text": g.text, "finish_reason": finish})
-        };
-        if logprobs {
-            choice["logprobs"] = logprobs_json(&state.model, &g.tokens, chat);
-        }
         let n = g.tokens.len();
-        let body = json!({"id": id, "object": object, "model": state.cfg.model, "choices": [choice],
-            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n},
-            "glassbox": decisions(&id, &report)});
+        let logprobs = logprobs.then_some((&*state.model, g.tokens.as_slice()));
+        let body = CompletionResponse {
+            id: id.clone(),
+            object: L::OBJECT,
+            model: Some(state.cfg.model.clone()),
+            choices: vec![L::whole(g.text, logprobs, finish)],
+            usage: Some(Usage::new(n_prompt, Some(n))),
+            glassbox: Some(Decisions::new(&id, &report)),
+        };
         return Ok((headers_for(&id, Some(&report)), Json(body)).into_response());
     }
 
     // Streaming: text goes out as server-sent events while the worker produces it (only text
     // that is final: no half characters, no start of a stop sequence); the last event carries
     // the finish reason and the decisions.
+    let chunk = |id: &str, choice: L, glassbox: Option<Decisions>| {
+        let body = CompletionResponse {
+            id: id.to_string(),
+            object: L::CHUNK_OBJECT,
+            model: None,
+            choices: vec![choice],
+            usage: None,
+            glassbox,
+        };
+        Event::default().json_data(body)
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     let s = state.clone();
     let rid = id.clone();
@@ -542,23 +532,11 @@ async fn complete(
                 &ids,
                 &cfg,
                 &mut |c, text| {
-                    let mut choice = if chat {
-                        json!({"index": 0, "delta": {"content": text}})
-                    } else {
-                        json!({"index": 0, "text": text})
-                    };
-                    if logprobs {
-                        choice["logprobs"] = logprobs_json(&model, std::slice::from_ref(c), chat);
+                    let logprobs = logprobs.then_some((&*model, std::slice::from_ref(c)));
+                    match chunk(&rid2, L::piece(text.to_string(), logprobs), None) {
+                        Ok(event) => chunk_tx.blocking_send(event).is_ok(),
+                        Err(_) => false,
                     }
-                    let object = if chat {
-                        "chat.completion.chunk"
-                    } else {
-                        "text_completion"
-                    };
-                    let body = json!({"id": rid2, "object": object, "choices": [choice]});
-                    chunk_tx
-                        .blocking_send(Event::default().data(body.to_string()))
-                        .is_ok()
                 },
             )
         })
@@ -570,14 +548,22 @@ async fn complete(
             account(&s, &caller, &rid, route, &prompt, &report).map(|_| (g, report))
         });
         let last = match result {
-            Ok((g, report)) => {
-                let finish = finish_reason(&report, g.finish);
-                json!({"id": rid, "object": object, "choices": [{"index": 0, "finish_reason": finish}],
-                       "glassbox": decisions(&rid, &report)})
-            }
-            Err(e) => json!({"error": {"type": e.kind, "message": e.message}}),
+            Ok((g, report)) => chunk(
+                &rid,
+                L::end(finish_reason(&report, g.finish)),
+                Some(Decisions::new(&rid, &report)),
+            ),
+            Err(e) => Event::default().json_data(ErrorResponse {
+                error: ErrorDetail {
+                    kind: e.kind,
+                    message: e.message,
+                },
+                glassbox: None,
+            }),
         };
-        let _ = tx.send(Event::default().data(last.to_string())).await;
+        if let Ok(event) = last {
+            let _ = tx.send(event).await;
+        }
         let _ = tx.send(Event::default().data("[DONE]")).await;
     });
     let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
@@ -591,7 +577,6 @@ async fn complete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Action;
 
     #[test]
     fn per_request_records_sum_each_monitors_firings_per_input() {
@@ -610,20 +595,23 @@ mod tests {
             f("a", 1, 2, 0.6),
         ];
         let s = per_request(&firings);
-        assert_eq!(s.len(), 3, "{s:?}");
+        let got: Vec<_> = s
+            .iter()
+            .map(|x| {
+                (
+                    x.monitor,
+                    x.input,
+                    x.tokens,
+                    x.first_position,
+                    x.last_position,
+                )
+            })
+            .collect();
         assert_eq!(
-            (
-                &s[0]["tokens"],
-                &s[0]["first_position"],
-                &s[0]["last_position"]
-            ),
-            (&json!(3), &json!(3), &json!(9))
+            got,
+            [("a", 0, 3, 3, 9), ("b", 0, 1, 4, 4), ("a", 1, 1, 2, 2)],
+            "{s:?}"
         );
-        assert!((s[0]["max_value"].as_f64().unwrap() - 0.9).abs() < 1e-6);
-        assert_eq!(
-            (&s[1]["monitor"], &s[1]["tokens"]),
-            (&json!("b"), &json!(1))
-        );
-        assert_eq!((&s[2]["input"], &s[2]["tokens"]), (&json!(1), &json!(1)));
+        assert_eq!(s[0].max_value, 0.9);
     }
 }

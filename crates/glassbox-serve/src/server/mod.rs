@@ -186,7 +186,8 @@ pub struct ApiError {
     status: StatusCode,
     pub(crate) kind: &'static str,
     pub(crate) message: String,
-    extra: Option<Value>,
+    /// A blocked request's decisions, answered with the error.
+    decisions: Option<Box<openai::Decisions>>,
     /// Seconds for a `Retry-After` header.
     retry_after: Option<u64>,
 }
@@ -197,7 +198,7 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
-            extra: None,
+            decisions: None,
             retry_after: None,
         }
     }
@@ -238,10 +239,13 @@ impl From<JsonRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"error": {"type": self.kind, "message": self.message}});
-        if let Some(extra) = self.extra {
-            body["glassbox"] = extra;
-        }
+        let body = openai::ErrorResponse {
+            error: openai::ErrorDetail {
+                kind: self.kind,
+                message: self.message,
+            },
+            glassbox: self.decisions.map(|d| *d),
+        };
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
@@ -367,7 +371,7 @@ pub(crate) fn effective_config(state: &AppState) -> Value {
 }
 
 mod inference;
-mod monitors;
+pub(crate) mod monitors;
 pub mod openai;
 
 pub(crate) use inference::{account, check_length, on_worker, request_id};

@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
 
@@ -19,17 +18,30 @@ use crate::monitor::MonitorSet;
 
 use super::{authorize, authorize_as, ApiError, ApiResult, AppState};
 
+/// The answer of `GET /v1/monitors`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct MonitorList {
+    pub monitors: Vec<MonitorConfig>,
+}
+
+/// The answer of `POST /v1/monitors` (the monitor added) and of `DELETE /v1/monitors/{name}`
+/// (the monitor removed); also the audit record's detail.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct MonitorChange {
+    pub monitor: MonitorConfig,
+}
+
 pub(super) async fn list_monitors(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<MonitorList>> {
     authorize_as(&state, &headers, Role::Viewer, false)?;
-    let list = state
+    let monitors = state
         .monitors
         .read()
         .map(|g| g.0.clone())
         .unwrap_or_default();
-    Ok(Json(json!({"monitors": list})))
+    Ok(Json(MonitorList { monitors }))
 }
 
 /// Replaces the monitor set under the write lock and records who did it.
@@ -37,8 +49,8 @@ fn change_monitors(
     state: &AppState,
     caller: &Caller,
     event: &str,
-    edit: impl FnOnce(&mut Vec<MonitorConfig>) -> ApiResult<Value>,
-) -> ApiResult<Value> {
+    edit: impl FnOnce(&mut Vec<MonitorConfig>) -> ApiResult<MonitorChange>,
+) -> ApiResult<MonitorChange> {
     let mut guard = state.monitors.write().map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -49,7 +61,14 @@ fn change_monitors(
     let mut list = guard.0.clone();
     let detail = edit(&mut list)?;
     let set = MonitorSet::new(&state.readers, &list)?;
-    state.audit_change(&caller.name, event, detail.clone(), || {
+    let record = serde_json::to_value(&detail).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            e.to_string(),
+        )
+    })?;
+    state.audit_change(&caller.name, event, record, || {
         *guard = (list, Arc::new(set));
     })?;
     Ok(detail)
@@ -59,7 +78,7 @@ pub(super) async fn create_monitor(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: std::result::Result<Json<MonitorConfig>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<MonitorChange>)> {
     let caller = authorize(&state, &headers, Role::Operator)?;
     let Json(m) = body?;
     let detail = change_monitors(&state, &caller, "monitor.create", |list| {
@@ -71,7 +90,7 @@ pub(super) async fn create_monitor(
             ));
         }
         list.push(m.clone());
-        Ok(json!({"monitor": m}))
+        Ok(MonitorChange { monitor: m.clone() })
     })?;
     Ok((StatusCode::CREATED, Json(detail)))
 }
@@ -80,7 +99,7 @@ pub(super) async fn delete_monitor(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<MonitorChange>> {
     let caller = authorize(&state, &headers, Role::Operator)?;
     let detail = change_monitors(&state, &caller, "monitor.delete", |list| {
         let at = list.iter().position(|x| x.name == name).ok_or_else(|| {
@@ -90,7 +109,9 @@ pub(super) async fn delete_monitor(
                 format!("no monitor is named `{name}`"),
             )
         })?;
-        Ok(json!({"monitor": list.remove(at)}))
+        Ok(MonitorChange {
+            monitor: list.remove(at),
+        })
     })?;
     Ok(Json(detail))
 }

@@ -1,13 +1,18 @@
-//! The OpenAI-compatible request bodies, typed: what the handlers parse and what the OpenAPI
-//! document describes (`/openapi.json` derives their JSON Schemas from these types, so the
-//! two cannot drift apart).
+//! The OpenAI-compatible wire format, typed: the request bodies the handlers parse and the
+//! answers they serialise. `/openapi.json` derives its JSON Schemas from these same types, so the
+//! document and the server cannot drift apart.
+
+use std::collections::BTreeMap;
 
 use glassbox_model::generate::GenerateConfig;
-use glassbox_model::sampling::Sampling;
+use glassbox_model::sampling::{Choice, Sampling};
+use glassbox_model::Model;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiResult};
+use crate::infer::Report;
+use crate::monitor::{Blocked, Firing};
 
 /// One text, or several embedded in one batch.
 #[derive(Deserialize, JsonSchema)]
@@ -105,6 +110,320 @@ pub struct ChatRequest {
     pub top_logprobs: Option<usize>,
     #[serde(flatten)]
     pub params: GenParams,
+}
+
+// ---- Answers -------------------------------------------------------------------------------
+
+/// What the monitors decided on one request: every firing and the block, if any. Every inference
+/// answer carries it as `glassbox` (a blocked request's 403 error too).
+#[derive(Serialize, JsonSchema)]
+pub struct Decisions {
+    pub request_id: String,
+    /// Each token on which a monitor's rule held, in order.
+    pub firings: Vec<Firing>,
+    /// The monitor that blocked the request, or null.
+    pub blocked: Option<Blocked>,
+}
+
+impl Decisions {
+    pub fn new(request_id: &str, report: &Report) -> Self {
+        Decisions {
+            request_id: request_id.to_string(),
+            firings: report.firings.clone(),
+            blocked: report.blocked.clone(),
+        }
+    }
+}
+
+/// Token counts, as OpenAI reports them (`completion_tokens` only where something was generated).
+#[derive(Serialize, JsonSchema)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<usize>,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: usize, completion_tokens: Option<usize>) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens.unwrap_or(0),
+        }
+    }
+}
+
+/// One input's embedding.
+#[derive(Serialize, JsonSchema)]
+pub struct Embedding {
+    #[schemars(extend("const" = "embedding"))]
+    pub object: &'static str,
+    /// Which input of the request.
+    pub index: usize,
+    pub embedding: Vec<f32>,
+}
+
+/// The answer of `POST /v1/embeddings`.
+#[derive(Serialize, JsonSchema)]
+pub struct EmbeddingsResponse {
+    #[schemars(extend("const" = "list"))]
+    pub object: &'static str,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: Usage,
+    pub glassbox: Decisions,
+}
+
+/// Why generation ended (OpenAI's values: a block reads as `content_filter`).
+#[derive(Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop sequence, the end-of-turn token, or the client left.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// A monitor blocked the rest.
+    ContentFilter,
+}
+
+/// A token and its log-probability, with the token's UTF-8 bytes (a piece may be part of a
+/// character).
+#[derive(Serialize, JsonSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// One generated token's log-probability and its most likely alternatives (chat layout).
+#[derive(Serialize, JsonSchema)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// `logprobs` of a chat choice: one entry per generated token.
+#[derive(Serialize, JsonSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<TokenLogprob>,
+}
+
+/// `logprobs` of a completion choice (the legacy layout: parallel lists per token).
+#[derive(Serialize, JsonSchema)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    /// Per token, the alternatives asked for, by their text.
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+}
+
+impl ChatLogprobs {
+    pub fn new(model: &Model, tokens: &[Choice]) -> Self {
+        let entry = |id: u32, logprob: f32| {
+            let token = model.tokenizer.piece(id);
+            let bytes = token.clone().into_bytes();
+            (token, logprob, bytes)
+        };
+        let content = tokens
+            .iter()
+            .map(|c| {
+                let (token, logprob, bytes) = entry(c.id, c.logprob);
+                let top_logprobs = c
+                    .top
+                    .iter()
+                    .map(|&(t, l)| {
+                        let (token, logprob, bytes) = entry(t, l);
+                        TopLogprob {
+                            token,
+                            logprob,
+                            bytes,
+                        }
+                    })
+                    .collect();
+                TokenLogprob {
+                    token,
+                    logprob,
+                    bytes,
+                    top_logprobs,
+                }
+            })
+            .collect();
+        ChatLogprobs { content }
+    }
+}
+
+impl CompletionLogprobs {
+    pub fn new(model: &Model, tokens: &[Choice]) -> Self {
+        let piece = |id: u32| model.tokenizer.piece(id);
+        CompletionLogprobs {
+            tokens: tokens.iter().map(|c| piece(c.id)).collect(),
+            token_logprobs: tokens.iter().map(|c| c.logprob).collect(),
+            top_logprobs: tokens
+                .iter()
+                .map(|c| c.top.iter().map(|&(t, l)| (piece(t), l)).collect())
+                .collect(),
+        }
+    }
+}
+
+/// One choice of a completion, or its part in a streamed chunk (`text` then holds the new text;
+/// the last chunk has only `finish_reason`).
+#[derive(Serialize, JsonSchema)]
+pub struct CompletionChoice {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<CompletionLogprobs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// The assistant's message in a chat answer.
+#[derive(Serialize, JsonSchema)]
+pub struct AssistantMessage {
+    #[schemars(extend("const" = "assistant"))]
+    pub role: &'static str,
+    pub content: String,
+}
+
+/// The new text of a streamed chat chunk.
+#[derive(Serialize, JsonSchema)]
+pub struct Delta {
+    pub content: String,
+}
+
+/// One choice of a chat answer (`message`), or its part in a streamed chunk (`delta`; the last
+/// chunk has only `finish_reason`).
+#[derive(Serialize, JsonSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<AssistantMessage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChatLogprobs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// What differs between the completions and the chat layout of a choice.
+pub trait ChoiceLayout: Serialize + Send + 'static {
+    /// The route that answers in this layout.
+    const ROUTE: &'static str;
+    /// `object` of a whole answer and of a streamed chunk.
+    const OBJECT: &'static str;
+    const CHUNK_OBJECT: &'static str;
+    /// The whole text of an answer.
+    fn whole(text: String, logprobs: Option<(&Model, &[Choice])>, finish: FinishReason) -> Self;
+    /// New text in a streamed chunk.
+    fn piece(text: String, logprobs: Option<(&Model, &[Choice])>) -> Self;
+    /// The last streamed chunk's choice.
+    fn end(finish: FinishReason) -> Self;
+}
+
+impl ChoiceLayout for CompletionChoice {
+    const ROUTE: &'static str = "/v1/completions";
+    const OBJECT: &'static str = "text_completion";
+    const CHUNK_OBJECT: &'static str = "text_completion";
+    fn whole(text: String, logprobs: Option<(&Model, &[Choice])>, finish: FinishReason) -> Self {
+        CompletionChoice {
+            finish_reason: Some(finish),
+            ..Self::piece(text, logprobs)
+        }
+    }
+    fn piece(text: String, logprobs: Option<(&Model, &[Choice])>) -> Self {
+        CompletionChoice {
+            index: 0,
+            text: Some(text),
+            logprobs: logprobs.map(|(m, t)| CompletionLogprobs::new(m, t)),
+            finish_reason: None,
+        }
+    }
+    fn end(finish: FinishReason) -> Self {
+        CompletionChoice {
+            index: 0,
+            text: None,
+            logprobs: None,
+            finish_reason: Some(finish),
+        }
+    }
+}
+
+impl ChoiceLayout for ChatChoice {
+    const ROUTE: &'static str = "/v1/chat/completions";
+    const OBJECT: &'static str = "chat.completion";
+    const CHUNK_OBJECT: &'static str = "chat.completion.chunk";
+    fn whole(text: String, logprobs: Option<(&Model, &[Choice])>, finish: FinishReason) -> Self {
+        ChatChoice {
+            message: Some(AssistantMessage {
+                role: "assistant",
+                content: text,
+            }),
+            logprobs: logprobs.map(|(m, t)| ChatLogprobs::new(m, t)),
+            ..Self::end(finish)
+        }
+    }
+    fn piece(content: String, logprobs: Option<(&Model, &[Choice])>) -> Self {
+        ChatChoice {
+            index: 0,
+            message: None,
+            delta: Some(Delta { content }),
+            logprobs: logprobs.map(|(m, t)| ChatLogprobs::new(m, t)),
+            finish_reason: None,
+        }
+    }
+    fn end(finish: FinishReason) -> Self {
+        ChatChoice {
+            index: 0,
+            message: None,
+            delta: None,
+            logprobs: None,
+            finish_reason: Some(finish),
+        }
+    }
+}
+
+/// The answer of `POST /v1/completions` (`object`: `text_completion`) and of
+/// `POST /v1/chat/completions` (`chat.completion`); with `stream`, each server-sent event holds
+/// one of these with the new text (`chat.completion.chunk` for chat), the last one the finish
+/// reason and `glassbox`, then `[DONE]`.
+#[derive(Serialize, JsonSchema)]
+pub struct CompletionResponse<C> {
+    pub id: String,
+    pub object: &'static str,
+    /// The deployment's model name (absent from streamed chunks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub choices: Vec<C>,
+    /// Absent from streamed chunks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// The monitors' decisions: in the answer, or in the last streamed chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub glassbox: Option<Decisions>,
+}
+
+/// The `error` of a failed request.
+#[derive(Serialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// `invalid_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `blocked`,
+    /// `rate_limited`, `unavailable` or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The body of every error answer; a blocked request's also carries the decisions.
+#[derive(Serialize, JsonSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub glassbox: Option<Decisions>,
 }
 
 /// Most alternatives a request may ask for per token (OpenAI's limit).
