@@ -517,6 +517,51 @@ mod tests {
         );
     }
 
+    /// The file at `path` with `field` added at the end of its footer's `FileMetaData` struct.
+    fn with_footer_field(path: &Path, field: &[u8]) -> Vec<u8> {
+        let bytes = std::fs::read(path).unwrap();
+        let n = bytes.len();
+        let len = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+        let (start, stop) = (n - 8 - len, n - 9); // `stop`: the struct's closing 0x00
+        assert_eq!(bytes[stop], 0);
+        let mut out = bytes[..stop].to_vec();
+        out.extend_from_slice(field);
+        out.extend_from_slice(&bytes[stop..n - 8]);
+        out.extend_from_slice(&((len + field.len()) as u32).to_le_bytes());
+        out.extend_from_slice(b"PAR1");
+        assert_eq!(out.len(), start + len + field.len() + 8);
+        out
+    }
+
+    /// Found by fuzzing: parquet 60.1 skipped an unknown list of booleans as if each element
+    /// took no bytes, so a footer claiming 2^31 of them looped 2^31 times on no input
+    /// (vendor/parquet.patch). Each element takes one byte, as the Thrift compact protocol says.
+    #[test]
+    fn unknown_footer_lists_of_booleans_are_skipped_byte_by_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docs.parquet");
+        write_parquet(&path, &[Some("kept")], 1);
+        // Field 100 (a full field id: type 9 = list, zigzag varint 200), a list of 3 booleans.
+        let three = [0x09, 0xC8, 0x01, 0x31, 0x01, 0x01, 0x01];
+        std::fs::write(&path, with_footer_field(&path, &three)).unwrap();
+        let docs: Vec<String> = Documents::open(&path)
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(docs, ["kept"], "the unknown field is skipped whole");
+        // The same list claiming 2^31 - 1 booleans, twice, with none there: an error at once.
+        let claim = [0x09, 0xC8, 0x01, 0xF1, 0xFF, 0xFF, 0xFF, 0xFF, 0x07];
+        write_parquet(&path, &[Some("kept")], 1);
+        std::fs::write(&path, with_footer_field(&path, &[claim, claim].concat())).unwrap();
+        let err = Documents::open(&path)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("docs.parquet"), "{err}");
+    }
+
     #[test]
     fn reads_text_and_jsonl_and_reports_bad_lines() {
         let dir = tempfile::tempdir().unwrap();
