@@ -649,17 +649,26 @@ impl<'a, R: Read> ThriftCompactInputProtocol<'a> for ThriftReadInputProtocol<R> 
     }
 
     fn read_bytes_owned(&mut self) -> ThriftProtocolResult<Vec<u8>> {
-        let len = self.read_vlq()? as usize;
-        let mut v = Vec::with_capacity(len);
-        std::io::copy(&mut self.reader.by_ref().take(len as u64), &mut v)?;
+        let len = self.read_vlq()?;
+        // The length is the input's claim: grow with what arrives instead of reserving it.
+        let mut v = Vec::with_capacity(len.min(64 * 1024) as usize);
+        let got = std::io::copy(&mut self.reader.by_ref().take(len), &mut v)?;
+        if got < len {
+            return Err(ThriftProtocolError::Eof);
+        }
         Ok(v)
     }
 
     fn skip_bytes(&mut self, n: usize) -> ThriftProtocolResult<()> {
-        std::io::copy(
+        let skipped = std::io::copy(
             &mut self.reader.by_ref().take(n as u64),
             &mut std::io::sink(),
         )?;
+        // Short is the end of the input: an error, as for the slice protocol. (Unchecked, a
+        // list claiming 2^31 doubles after the end looped 2^31 times on no input.)
+        if skipped < n as u64 {
+            return Err(ThriftProtocolError::Eof);
+        }
         Ok(())
     }
 
