@@ -341,6 +341,15 @@ impl<T: DataType> ColumnValueDecoder for ColumnValueDecoderImpl<T> {
             } else {
                 buf
             };
+            // The count is the page header's claim, and the dictionary is allocated at that
+            // size: a plain value takes at least one bit (a boolean), so more values than bits
+            // is a corrupt page, not a reason to reserve gigabytes.
+            if num_values as usize > buf.len().saturating_mul(8) {
+                return Err(general_err!(
+                    "dictionary page claims {num_values} values in {} bytes",
+                    buf.len()
+                ));
+            }
             let mut dictionary = PlainDecoder::<T>::new(self.descr.type_length());
             dictionary.set_data(buf, num_values as usize)?;
 
