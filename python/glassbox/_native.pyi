@@ -43,14 +43,16 @@ class Model:
     def run_with_cache(
         self, input: Input, names_filter: NamesFilter = None, truncate: bool = False
     ) -> tuple[npt.NDArray[np.float32], dict[str, npt.NDArray[np.float32]]]:
-        """`(logits, cache)`; for encoders the first item is the last hidden state."""
+        """`(logits, cache)`; for encoders the first item is the last hidden state. The arrays
+        are read-only views of the library's memory (no copy): `.copy()` one to edit it."""
     def run_with_hooks(
         self,
         input: Input,
         fwd_hooks: Sequence[tuple[str, HookFn]],
         truncate: bool = False,
     ) -> npt.NDArray[np.float32]:
-        """Functions at the same point run in the order given, each on the previous result."""
+        """Functions at the same point run in the order given, each on the previous result;
+        each receives a writable copy it may edit in place. Returns the logits (read-only)."""
     def generate(
         self,
         prompt: Union[str, Sequence[dict[str, str]]],

@@ -1,11 +1,16 @@
-//! Tensors and NumPy arrays. Out: one copy of the tensor's f32 values into a vector that
-//! NumPy then owns (no second copy), split across threads with the GIL released. In: float32
-//! arrays are read in place when C-contiguous; other float dtypes are converted; anything else
-//! is a TypeError that says what was given.
+//! Tensors and NumPy arrays. Out: results (logits, cached activations) are read-only NumPy
+//! views of the tensors' own memory, no copy; a hook's input is a writable copy (hooks edit in
+//! place), made on every thread with the GIL released. In: float32 arrays are read in place
+//! when C-contiguous; other float dtypes are converted; anything else is a TypeError that says
+//! what was given.
 
 use glassbox_model::candle::{CpuStorage, Storage};
 use glassbox_model::{DType, Device, Tensor};
-use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::ndarray::{ArrayViewD, IxDyn, ShapeBuilder};
+use numpy::{
+    PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArray,
+    PyUntypedArrayMethods,
+};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
@@ -13,7 +18,45 @@ use rayon::prelude::*;
 
 use crate::error;
 
-/// A tensor as a float32 NumPy array of the same shape.
+/// Keeps a tensor's memory alive for as long as NumPy views of it exist (their `base`).
+#[pyclass(frozen)]
+struct TensorMemory(#[allow(dead_code)] Tensor);
+
+/// A tensor as a read-only float32 NumPy array of the same shape and strides that views the
+/// tensor's own memory: no copy (at batch 32, SmolLM2's logits alone are 800 MB). For tensors
+/// no one writes to after the call that made them — a forward pass's outputs and recorded
+/// activations (only the KV cache is written in place, and it is not handed out). Tensors not
+/// in f32 on the CPU are copied.
+pub fn view_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let t = t.to_dtype(DType::F32).map_err(error)?;
+    let view = {
+        let (storage, layout) = t.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(CpuStorage::F32(data)) => {
+                let shape = IxDyn(layout.dims()).strides(IxDyn(layout.stride()));
+                // SAFETY: candle's layout describes elements inside `data` (start offset plus
+                // non-negative strides within its length); `data` is a Vec that is never
+                // reallocated or written again (see above) and lives as long as the tensor,
+                // which the array's base object below holds.
+                Some(unsafe {
+                    ArrayViewD::from_shape_ptr(shape, data.as_ptr().add(layout.start_offset()))
+                })
+            }
+            _ => None,
+        }
+    };
+    let Some(view) = view else {
+        return to_numpy(py, &t);
+    };
+    let memory = Bound::new(py, TensorMemory(t.clone()))?.into_any();
+    // SAFETY: `memory` owns the tensor whose memory `view` borrows, and becomes the array's base.
+    let array = unsafe { PyArrayDyn::borrow_from_array(&view, memory) };
+    let array: PyReadwriteArray<f32, IxDyn> = array.readwrite();
+    let readonly = array.make_nonwriteable();
+    Ok((*readonly).clone())
+}
+
+/// A tensor as a writable float32 NumPy array of the same shape (a copy).
 pub fn to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let values = py
         .detach(|| t.to_dtype(DType::F32).and_then(|t| host_values(&t)))

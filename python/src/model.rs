@@ -10,7 +10,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::array::{self, to_numpy, type_name};
+use crate::array::{self, to_numpy, type_name, view_numpy};
 use crate::error;
 
 /// What a hook function receives as its second argument (TransformerLens passes its
@@ -296,6 +296,9 @@ impl PyModel {
     /// hold values that mean nothing) or token ids. `names_filter`: None (every hook point),
     /// a name or `*` pattern (`blocks.*.hook_resid_post`), a list of them, or a function
     /// from name to bool.
+    ///
+    /// The arrays are read-only views of the library's own memory (no copy): `.copy()` one to
+    /// edit it.
     #[pyo3(signature = (input, names_filter = None, truncate = false))]
     fn run_with_cache<'py>(
         &self,
@@ -316,10 +319,10 @@ impl PyModel {
         let dict = PyDict::new(py);
         for p in &points {
             if let Some(t) = cache.get(p) {
-                dict.set_item(p.to_string(), to_numpy(py, t)?)?;
+                dict.set_item(p.to_string(), view_numpy(py, t)?)?;
             }
         }
-        Ok((to_numpy(py, &out)?.into_any(), dict))
+        Ok((view_numpy(py, &out)?.into_any(), dict))
     }
 
     /// Runs the model with Python functions at hook points and returns the logits (the last
@@ -366,7 +369,7 @@ impl PyModel {
             .inner
             .forward(&batch, &mut hooks, None)
             .map_err(model_error)?;
-        Ok(to_numpy(py, &Self::output(out))?.into_any())
+        Ok(view_numpy(py, &Self::output(out))?.into_any())
     }
 
     /// Seconds per forward pass of the Rust library alone on `input`, recording the hooks

@@ -32,6 +32,30 @@ def test_cache_equals_the_cli_bit_for_bit(smollm2, tmp_path):
     assert smollm2.to_tokens(PROMPT)[0].tolist() == report["token_ids"]
 
 
+def test_results_are_read_only_views_that_outlive_the_model():
+    model = gb.Model.load("smollm2")
+    logits, cache = model.run_with_cache(PROMPT, names_filter=["blocks.3.hook_resid_post", "blocks.3.attn.hook_pattern"])
+    kept = {name: arr.copy() for name, arr in cache.items()}
+    for arr in [logits, *cache.values()]:
+        # No copy: the array views memory it does not own, and cannot be written.
+        assert not arr.flags.owndata and not isinstance(arr.base, np.ndarray)
+        assert not arr.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            arr[..., 0] = 1.0
+        with pytest.raises(ValueError):
+            arr.flags.writeable = True
+    first = logits[0, -1].copy()
+    pattern = cache["blocks.3.attn.hook_pattern"]
+    # The model and the rest of the cache go; the arrays still hold their values.
+    del model, cache
+    import gc
+
+    gc.collect()
+    assert np.array_equal(logits[0, -1], first)
+    assert np.array_equal(pattern, kept["blocks.3.attn.hook_pattern"])
+    np.testing.assert_allclose(pattern[0].sum(-1), 1.0, atol=1e-5)
+
+
 def test_names_and_shapes_follow_transformerlens(smollm2):
     cfg = smollm2.cfg
     n, d, h, kv, dh = (cfg[k] for k in ("n_layers", "d_model", "n_heads", "n_key_value_heads", "d_head"))
