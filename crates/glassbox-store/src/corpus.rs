@@ -491,12 +491,7 @@ mod tests {
         )
         .unwrap();
         w.close().unwrap();
-        let err = Documents::open(&other)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap_err()
-            .to_string();
+        let err = first_error(&other);
         assert!(
             err.contains("no column \"text\"") && err.contains("body"),
             "{err}"
@@ -505,16 +500,21 @@ mod tests {
         // A truncated file is named, not a panic.
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        let err = Documents::open(&path)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap_err()
-            .to_string();
+        let err = first_error(&path);
         assert!(
             err.contains("docs.parquet") && err.contains("Parquet"),
             "{err}"
         );
+    }
+
+    /// The error of the first document read from `path`.
+    fn first_error(path: &Path) -> String {
+        Documents::open(path)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string()
     }
 
     /// The file at `path` with `field` added at the end of its footer's `FileMetaData` struct.
@@ -553,12 +553,7 @@ mod tests {
         let claim = [0x09, 0xC8, 0x01, 0xF1, 0xFF, 0xFF, 0xFF, 0xFF, 0x07];
         write_parquet(&path, &[Some("kept")], 1);
         std::fs::write(&path, with_footer_field(&path, &[claim, claim].concat())).unwrap();
-        let err = Documents::open(&path)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap_err()
-            .to_string();
+        let err = first_error(&path);
         assert!(err.contains("docs.parquet"), "{err}");
     }
 
