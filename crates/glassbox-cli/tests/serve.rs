@@ -102,12 +102,21 @@ fn post(s: &Server, path: &str, key: &str, body: Value) -> (u16, Value) {
     (status, answer)
 }
 
+/// The server's `/openapi.json`, fetched once: every server these tests start is this binary, so
+/// they serve the same document.
+fn openapi(s: &Server) -> &'static Value {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let (code, _, doc) = call(s, "GET", "/openapi.json", None, None);
+        assert_eq!(code, 200);
+        serde_json::from_str(&doc).unwrap()
+    })
+}
+
 /// Asserts that a JSON answer is what the server's own `/openapi.json` says `POST path` answers
 /// with `status` (where the document gives that answer a schema).
 fn documented(s: &Server, path: &str, status: u16, answer: &Value) {
-    let (code, _, doc) = call(s, "GET", "/openapi.json", None, None);
-    assert_eq!(code, 200);
-    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let doc = openapi(s);
     let responses = &doc["paths"][path]["post"]["responses"];
     let mut r = responses
         .get(status.to_string())
@@ -117,7 +126,7 @@ fn documented(s: &Server, path: &str, status: u16, answer: &Value) {
         r = doc.pointer(at.trim_start_matches('#')).unwrap();
     }
     if let Some(schema) = r.pointer("/content/application~1json/schema") {
-        if let Err(e) = glassbox_testkit::schema::conforms(&doc, schema, answer) {
+        if let Err(e) = glassbox_testkit::schema::conforms(doc, schema, answer) {
             panic!("POST {path} answered {status} off its documented schema at {e}\n{answer}");
         }
     }
@@ -131,8 +140,7 @@ fn events(s: &Server, path: &str, sse: &str) -> Vec<Value> {
         .filter_map(|l| l.strip_prefix("data: "))
         .collect();
     assert_eq!(data.last(), Some(&"[DONE]"), "{sse}");
-    let (_, _, doc) = call(s, "GET", "/openapi.json", None, None);
-    let doc: Value = serde_json::from_str(&doc).unwrap();
+    let doc = openapi(s);
     let stream = &doc["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"];
     let schema = &stream["x-glassbox-event-data"];
     assert!(schema.is_object(), "{path} documents its stream's events");
@@ -140,7 +148,7 @@ fn events(s: &Server, path: &str, sse: &str) -> Vec<Value> {
         .iter()
         .map(|d| {
             let v: Value = serde_json::from_str(d).unwrap_or_else(|_| panic!("{d}"));
-            if let Err(e) = glassbox_testkit::schema::conforms(&doc, schema, &v) {
+            if let Err(e) = glassbox_testkit::schema::conforms(doc, schema, &v) {
                 panic!("a streamed event of {path} is off its documented schema at {e}\n{v}");
             }
             v

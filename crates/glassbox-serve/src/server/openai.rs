@@ -224,30 +224,25 @@ impl ChatLogprobs {
     pub fn new(model: &Model, tokens: &[Choice]) -> Self {
         let entry = |id: u32, logprob: f32| {
             let token = model.tokenizer.piece(id);
-            let bytes = token.clone().into_bytes();
-            (token, logprob, bytes)
+            TopLogprob {
+                bytes: token.clone().into_bytes(),
+                token,
+                logprob,
+            }
         };
         let content = tokens
             .iter()
             .map(|c| {
-                let (token, logprob, bytes) = entry(c.id, c.logprob);
-                let top_logprobs = c
-                    .top
-                    .iter()
-                    .map(|&(t, l)| {
-                        let (token, logprob, bytes) = entry(t, l);
-                        TopLogprob {
-                            token,
-                            logprob,
-                            bytes,
-                        }
-                    })
-                    .collect();
+                let TopLogprob {
+                    token,
+                    logprob,
+                    bytes,
+                } = entry(c.id, c.logprob);
                 TokenLogprob {
                     token,
                     logprob,
                     bytes,
-                    top_logprobs,
+                    top_logprobs: c.top.iter().map(|&(t, l)| entry(t, l)).collect(),
                 }
             })
             .collect();
