@@ -1,5 +1,6 @@
 //! The LLM labeller over real HTTP, against a stand-in chat endpoint on loopback: the stand-in
-//! explains a feature by the word most often marked in its excerpts and detects by that word.
+//! explains a feature by the word most often marked in its excerpts and judges each snippet by
+//! that word, answering with the log-probabilities of "Yes" and "No" as OpenAI's API does.
 //! On a MiniLM feature built to fire on cat sentences, a keyword explainer scores high and one
 //! that answers the opposite scores low (the truth is the model's own response); a catalog
 //! keeps the labels; dead, failing and off-format endpoints give clear errors.
@@ -59,13 +60,14 @@ fn stand_in(mode: Mode) -> (String, Arc<AtomicUsize>) {
             count.fetch_add(1, Ordering::SeqCst);
             let req: Value = serde_json::from_slice(&body).unwrap();
             let user = req["messages"][1]["content"].as_str().unwrap_or("");
-            let (status, answer) = match mode {
+            let (status, out) = match mode {
                 Mode::Fails => (500, String::new()),
-                Mode::Prose => (200, "I am not sure.".to_string()),
-                _ => (200, answer(user, mode == Mode::Inverted)),
+                Mode::Prose => (
+                    200,
+                    json!({"choices": [{"message": {"content": "I am not sure."}}]}).to_string(),
+                ),
+                _ => (200, answer(user, mode == Mode::Inverted).to_string()),
             };
-            let out = json!({"choices": [{"message": {"role": "assistant", "content": answer}}]})
-                .to_string();
             let _ = write!(
                 stream,
                 "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}",
@@ -76,26 +78,26 @@ fn stand_in(mode: Mode) -> (String, Arc<AtomicUsize>) {
     (url, seen)
 }
 
-/// Explain: "mentions of W" for the word most often marked `<<W>>`. Detect: the excerpts that
-/// contain W (or, inverted, those that do not).
-fn answer(user: &str, inverted: bool) -> String {
+/// Explain: "mentions of W" for the word most often marked `<<W>>`. Judge: "Yes" (log-prob
+/// −0.1, "No" −2.4) when the text contains W, the other way round otherwise (or, inverted, the
+/// opposite).
+fn answer(user: &str, inverted: bool) -> Value {
     if let Some(rest) = user.split("described as: \"").nth(1) {
         let word = rest.split('"').next().unwrap().rsplit(' ').next().unwrap();
-        let picked: Vec<String> = user
-            .lines()
-            .filter_map(|l| l.split_once(". "))
-            .filter_map(|(n, text)| Some((n.parse::<usize>().ok()?, text)))
-            .filter(|(_, text)| text.to_lowercase().contains(word) != inverted)
-            .map(|(n, _)| n.to_string())
-            .collect();
-        return format!("[{}]", picked.join(", "));
+        let text = user.rsplit("Text: ").next().unwrap();
+        let yes = text.to_lowercase().contains(word) != inverted;
+        let (y, n): (f64, f64) = if yes { (-0.1, -2.4) } else { (-2.4, -0.1) };
+        let top = json!([{"token": "Yes", "logprob": y}, {"token": "No", "logprob": n}]);
+        let token = if yes { "Yes" } else { "No" };
+        return json!({"choices": [{"message": {"role": "assistant", "content": token},
+            "logprobs": {"content": [{"token": token, "logprob": y.max(n), "top_logprobs": top}]}}]});
     }
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for part in user.split("<<").skip(1) {
         *counts.entry(part.split(">>").next().unwrap()).or_default() += 1;
     }
     let best = counts.into_iter().max_by_key(|(w, n)| (*n, *w)).unwrap().0;
-    format!("Mentions of {best}.")
+    json!({"choices": [{"message": {"role": "assistant", "content": format!("Mentions of {best}.")}}]})
 }
 
 fn client(url: &str) -> ChatClient {
@@ -186,13 +188,13 @@ fn a_keyword_explanation_detects_the_cat_feature_and_its_negation_does_not() {
     let (url, seen) = stand_in(Mode::Keyword);
     let good = explain_and_score(&client(&url), &model, &sae, &pool[0], &pool, &cfg).unwrap();
     assert_eq!(good.label, "Mentions of cat");
-    assert_eq!(
-        seen.load(Ordering::SeqCst),
-        2,
-        "one explain and one detect request"
-    );
     // 3 held-out cat sentences (samples 2, 4, 6 of 6) and 6 of the 8 other sentences.
     assert_eq!(good.snippets, 9);
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1 + 9,
+        "one explain request and one judgement per snippet"
+    );
     assert!(good.activating >= 3, "{good:?}");
     assert!(good.score >= 0.8, "{good:?}");
 
@@ -235,7 +237,10 @@ fn failing_dead_and_off_format_endpoints_are_clear_errors() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("no list of excerpt numbers"), "{err}");
+    assert!(
+        err.contains("answered without choices[0].logprobs.content[0].top_logprobs"),
+        "{err}"
+    );
 }
 
 #[test]

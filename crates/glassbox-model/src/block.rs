@@ -141,6 +141,11 @@ impl LayerCache {
         Ok((kb.narrow(1, 0, need)?, vb.narrow(1, 0, need)?))
     }
 
+    /// Forgets every position from `len` on (the buffers keep their room).
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Positions the buffers hold room for (for tests of the growth policy).
     pub fn capacity(&self) -> usize {
         self.kv.as_ref().map_or(0, |(k, _)| k.dims()[1])

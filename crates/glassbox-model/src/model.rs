@@ -87,6 +87,13 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Forgets every position from `len` on, so one prefilled prefix can be continued in
+    /// several ways (the next append overwrites what followed it).
+    pub fn truncate(&mut self, len: usize) {
+        self.layers.iter_mut().for_each(|l| l.truncate(len));
+        self.len = self.len.min(len);
+    }
+
     /// Positions the first layer's buffers can hold before they grow.
     pub fn capacity(&self) -> usize {
         self.layers.first().map_or(0, LayerCache::capacity)

@@ -1,19 +1,22 @@
-//! The optional LLM labeller ("auto-interp"): a chat model behind any OpenAI-compatible
-//! endpoint explains a feature from its example contexts, then the explanation is scored by
-//! detection — given the explanation only, the same model predicts which of a shuffled set of
-//! unseen snippets make the feature fire.
+//! The optional LLM labeller ("auto-interp"): a chat model, in this process or behind any
+//! OpenAI-compatible endpoint, explains a feature from its example contexts, then the
+//! explanation is scored by detection — given the explanation only, the same model says of each
+//! of a shuffled set of unseen snippets whether the feature fires in it.
 //!
 //! The snippets are the feature's held-out sampled contexts (never shown to the explainer) and
 //! windows from other features' contexts. Whether each one really activates the feature is not
 //! assumed: every snippet is run through the model and the dictionary as the text it is shown
-//! as, so the truth is the feature's own response to exactly what the explainer predicted on.
-//! The score is balanced accuracy (½·(true-positive rate + true-negative rate)): 0.5 is chance,
-//! 1.0 a perfect explanation; with only one class present it is that class's accuracy.
+//! as, so the truth is the feature's own response to exactly what the judge saw. The judge
+//! answers one snippet at a time and its answer is read as log-odds, log P("Yes") − log P("No")
+//! of its first token, not as generated text, so a small model that cannot keep an answer
+//! format still ranks the snippets. The score is the AUROC of those log-odds against the truth:
+//! 0.5 is chance, 1.0 a perfect explanation; with only one class present it is the share of
+//! that class the judge gets right (log-odds above 0 counted as "Yes").
 
 use std::path::Path;
 use std::time::Duration;
 
-use glassbox_dictionary::probe::balanced_accuracy;
+use glassbox_dictionary::roc::Scored;
 use glassbox_dictionary::Sae;
 use glassbox_model::Model;
 use glassbox_store::catalog::{CatalogStore, Example, ExampleKind, Feature};
@@ -39,16 +42,29 @@ pub struct Endpoint {
     pub retries: u32,
 }
 
-/// Something that answers a system + user prompt (the endpoint; tests may use another).
+/// Something that answers a system + user prompt (the endpoint, or a model in this process).
 pub trait Chat {
     fn chat(&self, system: &str, user: &str) -> Result<String>;
+
+    /// For each user prompt, log P("Yes") − log P("No") of the answer's first token.
+    fn yes_no(&self, system: &str, users: &[String]) -> Result<Vec<f32>>;
 }
+
+/// Tokens an explanation may take (it is asked for in at most 12 words).
+pub const EXPLANATION_TOKENS: usize = 48;
+
+/// Spellings of the two answers a judge's first token may take.
+const YES: [&str; 3] = ["Yes", " Yes", "yes"];
+const NO: [&str; 3] = ["No", " No", "no"];
 
 /// A chat model run in this process (e.g. `qwen-coder-1.5b` from `glassbox setup --model`):
 /// its chat template applied, greedy decoding, no service to run.
 pub struct LocalChat {
     model: Model,
     max_tokens: usize,
+    /// Single-token spellings of "Yes" and of "No" in the model's vocabulary.
+    yes: Vec<u32>,
+    no: Vec<u32>,
 }
 
 impl LocalChat {
@@ -59,17 +75,41 @@ impl LocalChat {
                 model.config.model_type
             )));
         }
-        Ok(Self { model, max_tokens })
+        let single = |words: &[&str]| -> Result<Vec<u32>> {
+            let mut ids = Vec::new();
+            for w in words {
+                if let [id] = model.tokenizer.encode_plain(w)?[..] {
+                    ids.push(id);
+                }
+            }
+            Ok(ids)
+        };
+        let (yes, no) = (single(&YES)?, single(&NO)?);
+        if yes.is_empty() || no.is_empty() {
+            return Err(AnalysisError::Mismatch(
+                "the labeller's vocabulary has no single token for \"Yes\" or \"No\"".into(),
+            ));
+        }
+        Ok(Self {
+            model,
+            max_tokens,
+            yes,
+            no,
+        })
+    }
+
+    fn prompt_ids(&self, system: &str, user: &str) -> Result<Vec<u32>> {
+        use glassbox_model::chat::Message;
+        let messages = [Message::new("system", system), Message::new("user", user)];
+        let prompt = self.model.apply_chat_template(&messages, true)?;
+        Ok(self.model.tokenizer.encode_plain(&prompt)?)
     }
 }
 
 impl Chat for LocalChat {
     fn chat(&self, system: &str, user: &str) -> Result<String> {
-        use glassbox_model::chat::Message;
         use glassbox_model::generate::{GenerateConfig, Plain};
-        let messages = [Message::new("system", system), Message::new("user", user)];
-        let prompt = self.model.apply_chat_template(&messages, true)?;
-        let ids = self.model.tokenizer.encode_plain(&prompt)?;
+        let ids = self.prompt_ids(system, user)?;
         let cfg = GenerateConfig {
             max_new: self.max_tokens,
             sampling: glassbox_model::sampling::Sampling::greedy(),
@@ -77,6 +117,48 @@ impl Chat for LocalChat {
             top_logprobs: 0,
         };
         Ok(self.model.generate(&ids, &cfg, &mut Plain)?.text)
+    }
+
+    /// The prompts' common token prefix is run once; each prompt then continues it from a
+    /// truncated KV cache, so a judge over many snippets pays for its instructions once.
+    fn yes_no(&self, system: &str, users: &[String]) -> Result<Vec<f32>> {
+        use glassbox_model::Hooks;
+        let prompts = users
+            .iter()
+            .map(|u| self.prompt_ids(system, u))
+            .collect::<Result<Vec<_>>>()?;
+        let Some(first) = prompts.first() else {
+            return Ok(Vec::new());
+        };
+        // Each prompt keeps at least its last token to run: that position gives the logits.
+        let shared = prompts.iter().fold(first.len() - 1, |n, p| {
+            n.min(p.len() - 1)
+                .min(first.iter().zip(p).take_while(|(a, b)| a == b).count())
+        });
+        let mut cache = self.model.new_cache();
+        if shared > 0 {
+            let batch = self.model.batch_ids(&[first[..shared].to_vec()])?;
+            self.model
+                .forward_last(&batch, &mut Hooks::none(), &mut cache)?;
+        }
+        let best = |logits: &[f32], ids: &[u32]| {
+            ids.iter()
+                .map(|&i| logits[i as usize])
+                .fold(f32::NEG_INFINITY, f32::max)
+        };
+        prompts
+            .iter()
+            .map(|p| {
+                cache.truncate(shared);
+                let batch = self.model.batch_ids(&[p[shared..].to_vec()])?;
+                let logits = self
+                    .model
+                    .forward_last(&batch, &mut Hooks::none(), &mut cache)?
+                    .to_vec1::<f32>()?;
+                // Both from one softmax: the difference of logits is the log-odds.
+                Ok(best(&logits, &self.yes) - best(&logits, &self.no))
+            })
+            .collect()
     }
 }
 
@@ -107,7 +189,8 @@ impl ChatClient {
         }
     }
 
-    fn once(&self, body: &Value) -> std::result::Result<String, (bool, String)> {
+    /// One request; `Err((retry, why))` where `retry` says whether another attempt may help.
+    fn once(&self, body: &Value) -> std::result::Result<Value, (bool, String)> {
         let mut req = self.agent.post(&self.url);
         if let Some(key) = &self.endpoint.api_key {
             req = req.header("Authorization", &format!("Bearer {key}"));
@@ -130,42 +213,41 @@ impl ChatClient {
                 format!("{} answered HTTP {status}: {snippet}", self.url),
             ));
         }
-        let v: Value = serde_json::from_str(&text).map_err(|e| {
+        serde_json::from_str(&text).map_err(|e| {
             (
                 false,
                 format!("{} answered with invalid JSON: {e}", self.url),
             )
-        })?;
-        v.pointer("/choices/0/message/content")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| {
-                (
-                    false,
-                    format!(
-                        "{} answered without choices[0].message.content; is it an OpenAI-compatible chat endpoint?",
-                        self.url
-                    ),
-                )
-            })
+        })
     }
-}
 
-impl Chat for ChatClient {
-    fn chat(&self, system: &str, user: &str) -> Result<String> {
-        let body = json!({
-            "model": self.endpoint.model,
-            "temperature": 0.0,
-            "max_tokens": 200,
-            "messages": [
-                {"role": "system", "content": system},
-                {"role": "user", "content": user},
-            ],
-        });
+    /// Sends `body` with `system` and `user` as its messages, retrying what may pass later,
+    /// and returns what `read` takes from the answer (`None`: the answer lacks `what`).
+    fn ask<T>(
+        &self,
+        mut body: Value,
+        system: &str,
+        user: &str,
+        what: &str,
+        read: impl Fn(&Value) -> Option<T>,
+    ) -> Result<T> {
+        body["model"] = json!(self.endpoint.model);
+        body["temperature"] = json!(0.0);
+        body["messages"] = json!([
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ]);
         let mut attempt = 0;
         loop {
             match self.once(&body) {
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => {
+                    return read(&answer).ok_or_else(|| {
+                        AnalysisError::Llm(format!(
+                            "{} answered without {what}; is it an OpenAI-compatible chat endpoint?",
+                            self.url
+                        ))
+                    })
+                }
                 Err((true, _)) if attempt < self.endpoint.retries => {
                     // Back off 0.5 s, 1 s, 2 s, … so a rate limit can clear.
                     std::thread::sleep(Duration::from_millis(500 << attempt.min(5)));
@@ -174,6 +256,52 @@ impl Chat for ChatClient {
                 Err((_, why)) => return Err(AnalysisError::Llm(why)),
             }
         }
+    }
+}
+
+impl Chat for ChatClient {
+    fn chat(&self, system: &str, user: &str) -> Result<String> {
+        let body = json!({"max_tokens": EXPLANATION_TOKENS});
+        self.ask(body, system, user, "choices[0].message.content", |v| {
+            v.pointer("/choices/0/message/content")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+    }
+
+    /// One token per prompt with its 20 likeliest alternatives; an answer missing from them
+    /// counts as less likely than the least likely listed.
+    fn yes_no(&self, system: &str, users: &[String]) -> Result<Vec<f32>> {
+        let body = json!({"max_tokens": 1, "logprobs": true, "top_logprobs": 20});
+        let read = |v: &Value| -> Option<f32> {
+            let listed: Vec<(String, f32)> = v
+                .pointer("/choices/0/logprobs/content/0/top_logprobs")?
+                .as_array()?
+                .iter()
+                .filter_map(|t| {
+                    Some((
+                        t["token"].as_str()?.to_string(),
+                        t["logprob"].as_f64()? as f32,
+                    ))
+                })
+                .collect();
+            let floor = listed.iter().map(|t| t.1).fold(0f32, f32::min) - 1.0;
+            let best = |words: &[&str]| {
+                listed
+                    .iter()
+                    .filter(|t| words.contains(&t.0.as_str()))
+                    .map(|t| t.1)
+                    .fold(floor, f32::max)
+            };
+            (!listed.is_empty()).then(|| best(&YES) - best(&NO))
+        };
+        users
+            .iter()
+            .map(|u| {
+                let what = "choices[0].logprobs.content[0].top_logprobs";
+                self.ask(body.clone(), system, u, what, read)
+            })
+            .collect()
     }
 }
 
@@ -216,8 +344,8 @@ pub struct Outcome {
     pub offline: Option<(String, f32)>,
 }
 
-pub const SYSTEM: &str = "You are an interpretability researcher studying one feature of a \
-language model. A feature is a direction in the model's activations that fires on some tokens. \
+pub const SYSTEM: &str = "You are an interpretability researcher. You study one feature of a \
+language model: a detector that is active on some tokens of a text and silent on the others. \
 You are precise and never claim more than the evidence shows.";
 
 /// How the method recorded beside an LLM label starts.
@@ -226,7 +354,7 @@ pub const METHOD_PREFIX: &str = "llm ";
 /// The method recorded beside a label from `endpoint_model`.
 pub fn method(endpoint_model: &str, o: &Outcome) -> String {
     format!(
-        "{METHOD_PREFIX}{endpoint_model}: detection balanced accuracy on {} snippets ({} activating)",
+        "{METHOD_PREFIX}{endpoint_model}: detection AUROC on {} snippets ({} activating)",
         o.snippets, o.activating
     )
 }
@@ -303,11 +431,10 @@ pub fn explain_and_score(
         .iter()
         .map(|p| p[f.id as usize] > 0.0)
         .collect();
-    let predicted = detect(chat, &label, &texts)?;
-    let score = balanced_accuracy(&truth, &predicted);
+    let score = detection_score(&truth, &detect(chat, &label, &texts)?);
     let offline = if cfg.score_offline && f.label_method == super::label::METHOD {
-        let predicted = detect(chat, &f.label, &texts)?;
-        Some((f.label.clone(), balanced_accuracy(&truth, &predicted)))
+        let odds = detect(chat, &f.label, &texts)?;
+        Some((f.label.clone(), detection_score(&truth, &odds)))
     } else {
         None
     };
@@ -336,12 +463,14 @@ fn explain(chat: &dyn Chat, f: &Feature, shown: &[&Example]) -> Result<String> {
     if !f.promoted.is_empty() {
         let list: Vec<&str> = f.promoted.iter().take(8).map(|t| t.0.trim()).collect();
         user.push_str(&format!(
-            "\nTokens its direction is most aligned with: {}\n",
+            "\nTokens most aligned with it: {}\n",
             list.join(", ")
         ));
     }
     user.push_str(
-        "\nIn at most 12 words, what does this feature detect? Answer with the description only.",
+        "\nWhat do the marked tokens have in common? Answer in at most 12 words with the \
+         description only, as specific as the evidence allows, for example: \"the colon of :-) \
+         smileys\", \"'def' opening a Python function\", \"words about passwords and keys\".",
     );
     let answer = chat.chat(SYSTEM, &user)?;
     let label = answer
@@ -382,38 +511,31 @@ fn strip_preamble(label: &str) -> String {
     label.to_string()
 }
 
-fn detect(chat: &dyn Chat, label: &str, texts: &[String]) -> Result<Vec<bool>> {
-    let mut user = format!(
-        "A feature of a language model is described as: \"{label}\".\n\nHere are {} numbered \
-         text excerpts. Which of them contain a token the feature would fire on?\n\n",
-        texts.len()
-    );
-    for (i, t) in texts.iter().enumerate() {
-        user.push_str(&format!("{}. {t}\n", i + 1));
-    }
-    user.push_str(
-        "\nAnswer with a JSON list of the excerpt numbers only, e.g. [2, 5]; [] if none.",
-    );
-    let answer = chat.chat(SYSTEM, &user)?;
-    let chosen = parse_numbers(&answer).ok_or_else(|| {
-        AnalysisError::Llm(format!(
-            "the detection answer has no list of excerpt numbers: {:?}",
-            answer.chars().take(200).collect::<String>()
-        ))
-    })?;
-    Ok((1..=texts.len()).map(|i| chosen.contains(&i)).collect())
+/// The judge's log-odds that the feature described by `label` fires in each text.
+fn detect(chat: &dyn Chat, label: &str, texts: &[String]) -> Result<Vec<f32>> {
+    // The description comes first and the text last, so every prompt shares its opening.
+    let prompts: Vec<String> = texts
+        .iter()
+        .map(|t| {
+            format!(
+                "A feature of a language model is described as: \"{label}\".\n\nIs the feature \
+                 active on some token of the text below? Answer Yes or No.\n\nText: {t}"
+            )
+        })
+        .collect();
+    chat.yes_no(SYSTEM, &prompts)
 }
 
-/// The numbers in the last `[…]` list of an answer (models often think aloud first).
-fn parse_numbers(answer: &str) -> Option<Vec<usize>> {
-    let open = answer.rfind('[')?;
-    let close = open + answer[open..].find(']')?;
-    answer[open + 1..close]
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().ok())
-        .collect()
+/// AUROC of the judge's log-odds against the truth; with one class only, the share of it the
+/// judge gets right (log-odds above 0 read as "Yes").
+fn detection_score(truth: &[bool], odds: &[f32]) -> f32 {
+    match Scored::new(odds, truth) {
+        Ok(scored) => scored.auroc() as f32,
+        Err(_) => {
+            let right = truth.iter().zip(odds).filter(|(t, o)| **t == (**o > 0.0));
+            right.count() as f32 / truth.len().max(1) as f32
+        }
+    }
 }
 
 /// Labels the catalog's features `ids` through `chat` and saves them with their scores (every
@@ -479,15 +601,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_last_list_and_refuses_prose() {
-        assert_eq!(parse_numbers("[1, 3]"), Some(vec![1, 3]));
+    fn detection_is_scored_by_ranking_or_by_sign_for_one_class() {
+        let truth = [true, false, true, false];
+        assert_eq!(detection_score(&truth, &[2.0, -1.0, 0.5, 0.7]), 0.75);
+        assert_eq!(detection_score(&truth, &[2.0, -1.0, 0.5, -0.7]), 1.0);
+        assert_eq!(detection_score(&[true, true], &[1.0, -1.0]), 0.5);
         assert_eq!(
-            parse_numbers("Thinking [maybe 2]... final: [2,4 ]"),
-            Some(vec![2, 4])
+            detection_score(&[false, false, false, false], &[-1.0, -2.0, 3.0, -0.1]),
+            0.75
         );
-        assert_eq!(parse_numbers("[]"), Some(vec![]));
-        assert_eq!(parse_numbers("none of them"), None);
-        assert_eq!(parse_numbers("[one]"), None);
     }
 
     #[test]

@@ -34,12 +34,13 @@ pub enum Command {
     Search(SearchArgs),
     /// Write a static HTML site of the catalog (one page per feature) to open without a server.
     Export(ExportArgs),
-    /// Label features with an LLM behind any OpenAI-compatible chat endpoint (auto-interp): it
-    /// explains each feature from its contexts, then is scored by detection — predicting which
-    /// unseen snippets make the feature fire (balanced accuracy; 0.5 is chance). Without
+    /// Label features with an LLM, in-process (--local) or behind any OpenAI-compatible chat
+    /// endpoint (auto-interp): it explains each feature from its contexts, then is scored by
+    /// detection — judging for each unseen snippet whether the feature fires in it (AUROC of its
+    /// yes/no log-odds against the feature's real activations; 0.5 is chance). Without
     /// --features or --flagged it labels the next --limit fired features that have no LLM label,
     /// so repeated runs work through the catalog. The offline labels of `catalog build` need
-    /// no endpoint.
+    /// no LLM.
     Label(LabelArgs),
     /// Compare the catalog's flags with a hand audit (TOML: `[[feature]] id, concept, why`;
     /// concept "none" for a feature that detects no concept): per concept, the precision of the
@@ -650,7 +651,10 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
                 )
                 })?;
                 (
-                    Box::new(autointerp::LocalChat::new(m, 200)?),
+                    Box::new(autointerp::LocalChat::new(
+                        m,
+                        autointerp::EXPLANATION_TOKENS,
+                    )?),
                     name.clone(),
                     format!("{name} (in-process)"),
                 )
@@ -722,7 +726,7 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
         );
     } else {
         println!(
-            "{:>7}  {:>5}  label (detection balanced accuracy; 0.5 is chance)",
+            "{:>7}  {:>5}  label (detection AUROC; 0.5 is chance)",
             "feature", "score"
         );
         for r in &rows {
