@@ -53,6 +53,7 @@ pub mod probe;
 pub mod roc;
 pub mod sae;
 pub mod saelens;
+pub mod select;
 pub mod similarity;
 pub mod splice;
 pub mod sweep;

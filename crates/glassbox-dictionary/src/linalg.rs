@@ -1,25 +1,29 @@
-//! The one dense product training needs, on the `gemm` crate.
+//! The dense product training and encoding need, on the `gemm` crate, and the vector
+//! kernels of the sparse parts.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// `out[m, n] = a[m, k] · bᵀ` where `b_t` is `[n, k]` (row per output column), plus `bias[n]`.
-pub fn matmul_bt_bias(
+/// `out[m, n] = a[m, k] · b_tᵀ + bias[n]` where `b_t` is `[n, k]` (one row per output column,
+/// a weight in `nn.Linear` layout), into a reused buffer (a fresh one page-faults on every
+/// call). gemm packs its right-hand side anyway, so reading it transposed costs no copy.
+pub fn matmul_bt_bias_into(
+    out: &mut Vec<f32>,
     a: &[f32],
     b_t: &[f32],
     bias: &[f32],
     m: usize,
     k: usize,
     n: usize,
-) -> Vec<f32> {
+) {
     assert!(
         a.len() == m * k && b_t.len() == n * k && bias.len() == n,
-        "matmul_bt_bias: sizes"
+        "matmul_bt_bias_into: sizes"
     );
-    let mut out = vec![0f32; m * n];
+    out.resize(m * n, 0.0);
     out.par_chunks_mut(n).for_each(|r| r.copy_from_slice(bias));
     if m * n * k == 0 {
-        return out;
+        return;
     }
     let threads = rayon::current_num_threads();
     let par = if threads > 1 {
@@ -27,7 +31,7 @@ pub fn matmul_bt_bias(
     } else {
         Parallelism::None
     };
-    // SAFETY: sizes asserted above; `out` is a fresh allocation of m·n.
+    // SAFETY: sizes asserted above; `out` holds exactly m·n.
     unsafe {
         gemm::gemm(
             m,
@@ -51,56 +55,20 @@ pub fn matmul_bt_bias(
             par,
         );
     }
-    out
 }
 
-/// `out[m, n] = a[m, k] · b[k, n] + bias[n]`, into a reused buffer (a fresh one page-faults
-/// on every call).
-pub fn matmul_bias_into(
-    out: &mut Vec<f32>,
+/// [`matmul_bt_bias_into`], into a new buffer.
+pub fn matmul_bt_bias(
     a: &[f32],
-    b: &[f32],
+    b_t: &[f32],
     bias: &[f32],
     m: usize,
     k: usize,
     n: usize,
-) {
-    assert!(
-        a.len() == m * k && b.len() == n * k && bias.len() == n,
-        "matmul_bias: sizes"
-    );
-    out.resize(m * n, 0.0);
-    out.par_chunks_mut(n).for_each(|r| r.copy_from_slice(bias));
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: sizes asserted above; `out` holds exactly m·n.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    matmul_bt_bias_into(&mut out, a, b_t, bias, m, k, n);
+    out
 }
 
 #[inline]

@@ -1,11 +1,12 @@
 //! The sparse autoencoder: parameters, encoding to sparse codes, decoding.
 
+use glassbox_model::fastmath::vectorised;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use crate::config::{Activation, DictConfig};
 use crate::error::{DictError, Result};
-use crate::linalg;
+use crate::{linalg, select};
 
 /// Sparse codes of a batch: per token, the active latents and their values.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -166,14 +167,13 @@ impl Sae {
         let (d_in, d_sae) = (self.d_in(), self.d_sae());
         let mut rows = Vec::with_capacity(xs.len() / d_in);
         let mut watched = Vec::with_capacity(xs.len() / d_in * watch.len());
-        let w_enc = transpose(&self.w_enc_t, d_sae, d_in);
         let mut pre = Vec::new();
         for block in xs.chunks(BLOCK * d_in) {
             let centred = self.encoder_input(block);
-            linalg::matmul_bias_into(
+            linalg::matmul_bt_bias_into(
                 &mut pre,
                 &centred,
-                &w_enc,
+                &self.w_enc_t,
                 &self.b_enc,
                 centred.len() / d_in,
                 d_in,
@@ -204,9 +204,11 @@ impl Sae {
             .zip(&codes.rows)
             .for_each(|(o, row)| {
                 o.copy_from_slice(&self.b_dec);
-                for &(j, v) in row {
-                    linalg::axpy(v, &self.w_dec[j as usize * d_in..][..d_in], o);
-                }
+                vectorised(|| {
+                    for &(j, v) in row {
+                        linalg::axpy(v, &self.w_dec[j as usize * d_in..][..d_in], o);
+                    }
+                })
             });
         out
     }
@@ -215,8 +217,7 @@ impl Sae {
     pub fn encode(&self, x: &[f32]) -> Result<Codes> {
         let n = self.check_width(x)?;
         let xs: Vec<f32> = x.iter().map(|v| v * self.cfg.input_scale).collect();
-        // Up to a few hundred rows (a served request), one GEMM against the encoder as stored
-        // beats transposing all of it first; larger batches amortise the transpose.
+        // Up to a few hundred rows (a served request), one block holds them all.
         if n <= 256 {
             return Ok(self.select(&self.pre_activations(&xs), false));
         }
@@ -304,49 +305,9 @@ impl Sae {
     }
 }
 
-/// The `k` largest positive entries of `row`, in index order. Chunks of 16 whose maximum
-/// cannot enter the current top k are skipped with one vectorised comparison.
+/// The `k` largest positive entries of `row`, in index order.
 fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
-    const CHUNK: usize = 16;
-    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k);
-    let (mut min_at, mut min) = (0usize, 0f32);
-    for (c, chunk) in row.chunks(CHUNK).enumerate() {
-        let chunk_max = chunk
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-        if chunk_max <= min {
-            continue; // nothing here beats the k-th best (or 0, while filling)
-        }
-        for (i, &v) in chunk.iter().enumerate() {
-            if v <= 0.0 {
-                continue;
-            }
-            let j = (c * CHUNK + i) as u32;
-            if best.len() < k {
-                best.push((j, v));
-                if best.len() == k {
-                    (min_at, min) = argmin(&best);
-                }
-            } else if v > min {
-                best[min_at] = (j, v);
-                (min_at, min) = argmin(&best);
-            }
-        }
-    }
-    best.sort_unstable_by_key(|e| e.0);
-    best
-}
-
-fn argmin(v: &[(u32, f32)]) -> (usize, f32) {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::INFINITY), |(ai, av), (i, e)| {
-            if e.1 < av {
-                (i, e.1)
-            } else {
-                (ai, av)
-            }
-        })
+    select::largest(row, k, 0.0)
 }
 
 fn above(row: &[f32], threshold: impl Fn(usize) -> f32) -> Vec<(u32, f32)> {
@@ -357,24 +318,15 @@ fn above(row: &[f32], threshold: impl Fn(usize) -> f32) -> Vec<(u32, f32)> {
         .collect()
 }
 
-/// `[rows, cols]` → `[cols, rows]`.
-fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(rows).enumerate().for_each(|(c, col)| {
-        for (r, v) in col.iter_mut().enumerate() {
-            *v = a[r * cols + c];
-        }
-    });
-    out
-}
-
 /// Scales each row of `[rows, d]` to unit L2 norm (zero rows stay zero).
 pub fn normalize_rows(w: &mut [f32], d: usize) {
     w.par_chunks_mut(d).for_each(|r| {
-        let n = linalg::dot(r, r).sqrt();
-        if n > 0.0 {
-            r.iter_mut().for_each(|v| *v /= n);
-        }
+        vectorised(|| {
+            let n = linalg::dot(r, r).sqrt();
+            if n > 0.0 {
+                r.iter_mut().for_each(|v| *v /= n);
+            }
+        })
     });
 }
 
@@ -387,6 +339,7 @@ mod tests {
         let row = [0.5, -1.0, 3.0, 2.0, 0.1, 2.5];
         assert_eq!(top_k(&row, 3), vec![(2, 3.0), (3, 2.0), (5, 2.5)]);
         assert_eq!(top_k(&[-1.0, 0.0, 0.2], 2), vec![(2, 0.2)]);
+        assert_eq!(top_k(&row, 0), vec![]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::linalg;
+use crate::{linalg, select};
 
 /// Key rows with their dot products, from the extreme inwards.
 pub type Ranked = Vec<(u32, f32)>;
@@ -27,26 +27,21 @@ pub fn extremes(
         let n = block.len() / d;
         let scores = linalg::matmul_bt_bias(block, keys, &zero, n, d, m);
         out.par_extend(scores.par_chunks(m).enumerate().map(|(i, row)| {
-            let me = (b * BLOCK + i) as u32;
-            let mut idx: Vec<u32> = (0..m as u32).filter(|&j| !(skip_self && j == me)).collect();
-            let k = k.min(idx.len());
-            let pick = |idx: &mut Vec<u32>, largest: bool| -> Vec<(u32, f32)> {
-                let cmp = |a: &u32, b: &u32| {
-                    let o = row[*a as usize].total_cmp(&row[*b as usize]);
-                    if largest {
-                        o.reverse()
-                    } else {
-                        o
-                    }
-                };
-                if k > 0 && k < idx.len() {
-                    idx.select_nth_unstable_by(k - 1, cmp);
+            let me = b * BLOCK + i;
+            // −∞ is never selected: it masks the query itself.
+            let masked = |sign: f32| -> Vec<f32> {
+                let mut r: Vec<f32> = row.iter().map(|v| sign * v).collect();
+                if skip_self && me < m {
+                    r[me] = f32::NEG_INFINITY;
                 }
-                let mut top: Vec<u32> = idx[..k].to_vec();
-                top.sort_by(cmp);
-                top.into_iter().map(|j| (j, row[j as usize])).collect()
+                r
             };
-            (pick(&mut idx, true), pick(&mut idx, false))
+            let ranked = |sign: f32| -> Ranked {
+                let mut picked = select::largest(&masked(sign), k, f32::NEG_INFINITY);
+                picked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                picked.into_iter().map(|(j, v)| (j, sign * v)).collect()
+            };
+            (ranked(1.0), ranked(-1.0))
         }));
     }
     out

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use glassbox_model::fastmath::vectorised;
 use rayon::prelude::*;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -90,11 +91,13 @@ impl Adam {
             .zip(g.par_chunks(4096))
             .zip(self.m.par_chunks_mut(4096).zip(self.v.par_chunks_mut(4096)))
             .for_each(|((w, g), (m, v))| {
-                for i in 0..w.len() {
-                    m[i] = B1 * m[i] + (1.0 - B1) * g[i];
-                    v[i] = B2 * v[i] + (1.0 - B2) * g[i] * g[i];
-                    w[i] -= lr * (m[i] / c1) / ((v[i] / c2).sqrt() + EPS);
-                }
+                vectorised(|| {
+                    for i in 0..w.len() {
+                        m[i] = B1 * m[i] + (1.0 - B1) * g[i];
+                        v[i] = B2 * v[i] + (1.0 - B2) * g[i] * g[i];
+                        w[i] -= lr * (m[i] / c1) / ((v[i] / c2).sqrt() + EPS);
+                    }
+                })
             });
     }
 }
@@ -254,18 +257,21 @@ impl Trainer {
             .enumerate()
             .map(|(b, row)| {
                 let gb = &g[b * d_in..][..d_in];
-                row.iter()
-                    .map(|&(j, value)| {
-                        let df = linalg::dot(gb, &self.sae.w_dec[j as usize * d_in..][..d_in]);
-                        Entry {
+                // A plain loop, so the dot products compile inside the vectorised context.
+                vectorised(|| {
+                    let mut out = Vec::with_capacity(row.len());
+                    for &(j, value) in row {
+                        let w = &self.sae.w_dec[j as usize * d_in..][..d_in];
+                        out.push(Entry {
                             latent: j,
                             token: b as u32,
                             value,
-                            dpre: df + extra,
+                            dpre: linalg::dot(gb, w) + extra,
                             aux,
-                        }
-                    })
-                    .collect()
+                        });
+                    }
+                    out
+                })
             })
             .collect()
     }
@@ -410,18 +416,20 @@ impl Trainer {
             .zip(gb_enc.par_iter_mut())
             .zip(&by_latent)
             .for_each(|(((ge, gd), gb), entries)| {
-                for e in entries {
-                    let t = e.token as usize;
-                    let grad_out = if e.aux {
-                        &g_aux[t * d_in..][..d_in]
-                    } else {
-                        &g[t * d_in..][..d_in]
-                    };
-                    linalg::axpy(e.value, grad_out, gd);
-                    // ∂pre/∂W_enc row = the encoder input (x − b_dec for an SAE).
-                    linalg::axpy(e.dpre, &enc_in[t * d_in..][..d_in], ge);
-                    *gb += e.dpre;
-                }
+                vectorised(|| {
+                    for e in entries {
+                        let t = e.token as usize;
+                        let grad_out = if e.aux {
+                            &g_aux[t * d_in..][..d_in]
+                        } else {
+                            &g[t * d_in..][..d_in]
+                        };
+                        linalg::axpy(e.value, grad_out, gd);
+                        // ∂pre/∂W_enc row = the encoder input (x − b_dec for an SAE).
+                        linalg::axpy(e.dpre, &enc_in[t * d_in..][..d_in], ge);
+                        *gb += e.dpre;
+                    }
+                })
             });
         // b_dec enters x̂ directly and, in an SAE, the encoder input with a minus sign.
         let mut gb_dec: Vec<f32> = (0..d_in)
@@ -435,11 +443,13 @@ impl Trainer {
                 .zip(gb_enc.par_chunks(256))
                 .map(|(w, gb)| {
                     let mut acc = vec![0f32; d_in];
-                    for (row, &c) in w.chunks(d_in).zip(gb) {
-                        if c != 0.0 {
-                            linalg::axpy(c, row, &mut acc);
+                    vectorised(|| {
+                        for (row, &c) in w.chunks(d_in).zip(gb) {
+                            if c != 0.0 {
+                                linalg::axpy(c, row, &mut acc);
+                            }
                         }
-                    }
+                    });
                     acc
                 })
                 .collect();

@@ -41,7 +41,7 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod export;
-mod fastmath;
+pub mod fastmath;
 pub mod fsutil;
 pub mod generate;
 pub mod gguf;

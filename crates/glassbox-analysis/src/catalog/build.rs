@@ -415,35 +415,39 @@ fn offer(
     v: f32,
     example: impl Fn() -> Example,
 ) {
-    let tops: Vec<usize> = (0..f.examples.len())
-        .filter(|&i| f.examples[i].kind == ExampleKind::Top)
-        .collect();
-    if tops.len() < cfg.top {
-        f.examples.push(example());
-    } else if let Some(&min) = tops.iter().min_by(|&&a, &&b| {
-        f.examples[a]
-            .activation
-            .total_cmp(&f.examples[b].activation)
-    }) {
-        if v > f.examples[min].activation {
-            f.examples[min] = example();
+    // One pass, no allocation: this runs for every feature that fires in every context.
+    let (mut tops, mut samples, mut weakest) = (0, 0, None::<usize>);
+    for (i, e) in f.examples.iter().enumerate() {
+        match e.kind {
+            ExampleKind::Top => {
+                tops += 1;
+                if weakest.is_none_or(|w| e.activation < f.examples[w].activation) {
+                    weakest = Some(i);
+                }
+            }
+            ExampleKind::Sample => samples += 1,
         }
     }
-    let samples: Vec<usize> = (0..f.examples.len())
-        .filter(|&i| f.examples[i].kind == ExampleKind::Sample)
-        .collect();
-    if samples.len() < cfg.samples {
-        f.examples.push(Example {
-            kind: ExampleKind::Sample,
-            ..example()
-        });
+    if tops < cfg.top {
+        f.examples.push(example());
+    } else if let Some(w) = weakest.filter(|&w| v > f.examples[w].activation) {
+        f.examples[w] = example();
+    }
+    let sample = || Example {
+        kind: ExampleKind::Sample,
+        ..example()
+    };
+    if samples < cfg.samples {
+        f.examples.push(sample());
     } else {
         let r = rng.random_range(0..f.contexts.max(1)) as usize;
-        if r < samples.len() {
-            f.examples[samples[r]] = Example {
-                kind: ExampleKind::Sample,
-                ..example()
-            };
+        if r < samples {
+            let at = (0..f.examples.len())
+                .filter(|&i| f.examples[i].kind == ExampleKind::Sample)
+                .nth(r);
+            if let Some(at) = at {
+                f.examples[at] = sample();
+            }
         }
     }
 }
