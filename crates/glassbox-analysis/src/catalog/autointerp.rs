@@ -494,7 +494,11 @@ fn explain(chat: &dyn Chat, f: &Feature, shown: &[&Example]) -> Result<String> {
 
 /// "This feature detects the word X" → "the word X".
 fn strip_preamble(label: &str) -> String {
-    const OPENINGS: [&str; 6] = [
+    const OPENINGS: [&str; 10] = [
+        "the marked tokens have a common theme of ",
+        "the marked tokens have in common ",
+        "the marked tokens are ",
+        "the marked tokens ",
         "this feature detects ",
         "the feature detects ",
         "this feature fires on ",
@@ -619,6 +623,10 @@ mod tests {
             "the colon in smileys"
         );
         assert_eq!(strip_preamble("Fires on dates"), "dates");
+        assert_eq!(
+            strip_preamble("The marked tokens have a common theme of exclusion"),
+            "exclusion"
+        );
         assert_eq!(strip_preamble("dates in logs"), "dates in logs");
     }
 
