@@ -131,6 +131,11 @@ impl Chat for LocalChat {
             return Ok(Vec::new());
         };
         // Each prompt keeps at least its last token to run: that position gives the logits.
+        if prompts.iter().any(Vec::is_empty) {
+            return Err(AnalysisError::Mismatch(
+                "the chat template made an empty prompt".into(),
+            ));
+        }
         let shared = prompts.iter().fold(first.len() - 1, |n, p| {
             n.min(p.len() - 1)
                 .min(first.iter().zip(p).take_while(|(a, b)| a == b).count())
@@ -468,9 +473,8 @@ fn explain(chat: &dyn Chat, f: &Feature, shown: &[&Example]) -> Result<String> {
         ));
     }
     user.push_str(
-        "\nWhat do the marked tokens have in common? Answer in at most 12 words with the \
-         description only, as specific as the evidence allows, for example: \"the colon of :-) \
-         smileys\", \"'def' opening a Python function\", \"words about passwords and keys\".",
+        "\nWhat do the marked tokens have in common? Answer in at most 12 words with a noun \
+         phrase only, as specific as the evidence allows.",
     );
     let answer = chat.chat(SYSTEM, &user)?;
     let label = answer
@@ -494,8 +498,10 @@ fn explain(chat: &dyn Chat, f: &Feature, shown: &[&Example]) -> Result<String> {
 
 /// "This feature detects the word X" → "the word X".
 fn strip_preamble(label: &str) -> String {
-    const OPENINGS: [&str; 10] = [
+    const OPENINGS: [&str; 12] = [
         "the marked tokens have a common theme of ",
+        "the marked tokens have a common pattern of ",
+        "the marked tokens have the description ",
         "the marked tokens have in common ",
         "the marked tokens are ",
         "the marked tokens ",
