@@ -215,12 +215,10 @@ impl Sae {
 
     /// Codes of raw activations `x` (`[n, d_in]`).
     pub fn encode(&self, x: &[f32]) -> Result<Codes> {
-        let n = self.check_width(x)?;
+        self.check_width(x)?;
+        // Any number of rows, served request or catalog batch: the blocked encoder reads W_enc
+        // in place, so small batches no longer need a path of their own.
         let xs: Vec<f32> = x.iter().map(|v| v * self.cfg.input_scale).collect();
-        // Up to a few hundred rows (a served request), one block holds them all.
-        if n <= 256 {
-            return Ok(self.select(&self.pre_activations(&xs), false));
-        }
         Ok(self.encode_scaled(&xs, false, &[]).0)
     }
 
