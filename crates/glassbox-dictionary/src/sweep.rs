@@ -59,6 +59,9 @@ pub struct SourceInfo {
     pub origin: String,
 }
 
+/// A stream of training batches (see [`BatchSource::stream`]).
+pub type Batches<'a> = Box<dyn Iterator<Item = Result<TrainBatch>> + Send + 'a>;
+
 /// Where a sweep reads its training rows: a store of harvested activations or anything that can
 /// replay a seeded, shuffled stream of batches.
 pub trait BatchSource {
@@ -66,13 +69,8 @@ pub trait BatchSource {
 
     /// An endless stream of `batch`-row batches in the order `seed` fixes, starting after the
     /// first `skip` batches of that order (how a resumed run finds its place without reading
-    /// them).
-    fn stream(
-        &self,
-        batch: usize,
-        seed: u64,
-        skip: usize,
-    ) -> Result<Box<dyn Iterator<Item = Result<TrainBatch>> + '_>>;
+    /// them). It runs on a thread of its own, reading ahead while a step trains.
+    fn stream(&self, batch: usize, seed: u64, skip: usize) -> Result<Batches<'_>>;
 }
 
 /// Rows held in memory (e.g. a NumPy array handed over from Python), shuffled anew each epoch.
@@ -118,12 +116,7 @@ impl BatchSource for InMemory {
         self.info.clone()
     }
 
-    fn stream(
-        &self,
-        batch: usize,
-        seed: u64,
-        skip: usize,
-    ) -> Result<Box<dyn Iterator<Item = Result<TrainBatch>> + '_>> {
+    fn stream(&self, batch: usize, seed: u64, skip: usize) -> Result<Batches<'_>> {
         use rand::seq::SliceRandom;
         use rand::SeedableRng;
         let (d, n) = (self.info.d_in, self.info.rows);
@@ -382,14 +375,35 @@ impl Sweep {
         mut progress: impl FnMut(&Progress) -> ControlFlow<()>,
     ) -> Result<SweepReport> {
         let start = self.start_step();
-        let mut batches = source.stream(self.batch, self.seed, start)?;
+        let batches = source.stream(self.batch, self.seed, start)?;
+        std::thread::scope(|scope| {
+            // One batch is read and shuffled ahead while a step trains. The reader stops at
+            // its next send once the receiver is gone.
+            let (ahead, next) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for batch in batches {
+                    if ahead.send(batch).is_err() {
+                        break;
+                    }
+                }
+            });
+            self.train(start, next, &mut progress)
+        })
+    }
+
+    fn train(
+        &mut self,
+        start: usize,
+        batches: std::sync::mpsc::Receiver<Result<TrainBatch>>,
+        progress: &mut impl FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<SweepReport> {
         let started = Instant::now();
         let mut stopped_at = None;
         let mut step = start;
         while step < self.steps {
-            let x = batches.next().ok_or_else(|| {
-                DictError::Config(format!("{} ran out of batches", self.origin))
-            })??;
+            let x = batches
+                .recv()
+                .map_err(|_| DictError::Config(format!("{} ran out of batches", self.origin)))??;
             let mut first = None;
             for t in &mut self.trainers {
                 let s = t.step(&x.inputs, x.targets.as_deref())?;

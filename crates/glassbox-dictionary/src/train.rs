@@ -110,6 +110,9 @@ pub struct Trainer {
     since_fired: Vec<u64>,
     /// Moments of W_enc, b_enc, W_dec, b_dec and (JumpReLU) log-thresholds.
     adam: Vec<Adam>,
+    /// The last step's W_enc and W_dec gradient buffers, reused: two fresh 25 MB buffers per
+    /// step page-fault on every 4 KB.
+    spare: [Vec<f32>; 2],
 }
 
 /// Gradients of one batch, and what the step reports.
@@ -163,6 +166,7 @@ impl Trainer {
             step: 0,
             history: Vec::new(),
             adam,
+            spare: Default::default(),
         })
     }
 
@@ -279,6 +283,17 @@ impl Trainer {
     /// Loss gradients at raw inputs `x` (`[batch, d_in]`) and, for a transcoder, raw targets
     /// `y` (an SAE's target is `x`), by the sparse backward pass.
     pub fn gradients(&self, x: &[f32], y: Option<&[f32]>) -> Result<Gradients> {
+        self.gradients_into(x, y, Default::default())
+    }
+
+    /// [`Trainer::gradients`], writing the W_enc and W_dec gradients into `spare` (any sizes;
+    /// overwritten).
+    fn gradients_into(
+        &self,
+        x: &[f32],
+        y: Option<&[f32]>,
+        spare: [Vec<f32>; 2],
+    ) -> Result<Gradients> {
         let (d_in, d_sae) = (self.sae.d_in(), self.sae.d_sae());
         if x.is_empty() || !x.len().is_multiple_of(d_in) {
             return Err(DictError::Width {
@@ -291,17 +306,18 @@ impl Trainer {
         let inv_n = 1.0 / n as f32;
         let s = self.sae.cfg.input_scale;
         let xs: Vec<f32> = x.iter().map(|v| v * s).collect();
-        let ys: Vec<f32> = match (transcoder, y) {
+        let scaled_targets: Option<Vec<f32>> = match (transcoder, y) {
             (true, Some(y)) if y.len() == x.len() => {
-                y.iter().map(|v| v * self.sae.cfg.output_scale).collect()
+                Some(y.iter().map(|v| v * self.sae.cfg.output_scale).collect())
             }
             (true, _) => {
                 return Err(DictError::Config(
                     "a transcoder needs one target row per input row".into(),
                 ))
             }
-            (false, _) => xs.clone(),
+            (false, _) => None,
         };
+        let ys: &[f32] = scaled_targets.as_deref().unwrap_or(&xs);
         let topk_family = matches!(
             self.sae.cfg.activation,
             Activation::TopK { .. } | Activation::BatchTopK { .. }
@@ -336,15 +352,15 @@ impl Trainer {
         // Main loss Σ‖x̂ − y‖² / n and its gradient with respect to x̂.
         let g: Vec<f32> = xhat
             .iter()
-            .zip(&ys)
+            .zip(ys)
             .map(|(a, b)| 2.0 * (a - b) * inv_n)
             .collect();
         let sq_err: f64 = xhat
             .iter()
-            .zip(&ys)
+            .zip(ys)
             .map(|(a, b)| ((a - b) * (a - b)) as f64)
             .sum();
-        let means = column_means(&ys, d_in);
+        let means = column_means(ys, d_in);
         let var: f64 = ys
             .chunks(d_in)
             .map(|r| {
@@ -406,8 +422,10 @@ impl Trainer {
         for e in groups.iter().flatten() {
             by_latent[e.latent as usize].push(*e);
         }
-        let mut gw_enc = vec![0f32; d_sae * d_in];
-        let mut gw_dec = vec![0f32; d_sae * d_in];
+        let [mut gw_enc, mut gw_dec] = spare.map(|mut v| {
+            v.resize(d_sae * d_in, 0.0);
+            v
+        });
         let mut gb_enc = vec![0f32; d_sae];
         let enc_in = self.sae.encoder_input(&xs);
         gw_enc
@@ -417,6 +435,8 @@ impl Trainer {
             .zip(&by_latent)
             .for_each(|(((ge, gd), gb), entries)| {
                 vectorised(|| {
+                    ge.fill(0.0);
+                    gd.fill(0.0);
                     for e in entries {
                         let t = e.token as usize;
                         let grad_out = if e.aux {
@@ -515,13 +535,17 @@ impl Trainer {
             var,
             aux_loss,
             n,
-        } = self.gradients(x, y)?;
+        } = {
+            let spare = std::mem::take(&mut self.spare);
+            self.gradients_into(x, y, spare)?
+        };
         let lr = self.tc.lr_at(self.step);
         let t = (self.step + 1) as i32;
         self.adam[0].update(&mut self.sae.w_enc_t, &gw_enc, lr, t);
         self.adam[1].update(&mut self.sae.b_enc, &gb_enc, lr, t);
         self.adam[2].update(&mut self.sae.w_dec, &gw_dec, lr, t);
         self.adam[3].update(&mut self.sae.b_dec, &gb_dec, lr, t);
+        self.spare = [gw_enc, gw_dec];
         if let Some(adam) = self.adam.get_mut(4) {
             // Thresholds are optimised in log space, which keeps them positive.
             let theta = &mut self.sae.threshold;
@@ -699,6 +723,7 @@ impl Trainer {
             sae,
             tc: train,
             adam,
+            spare: Default::default(),
         })
     }
 }

@@ -543,9 +543,7 @@ impl glassbox_dictionary::sweep::BatchSource for ActivationStore {
         batch: usize,
         seed: u64,
         skip: usize,
-    ) -> glassbox_dictionary::Result<
-        Box<dyn Iterator<Item = glassbox_dictionary::Result<Batch>> + '_>,
-    > {
+    ) -> glassbox_dictionary::Result<glassbox_dictionary::sweep::Batches<'_>> {
         let source = |e: StoreError| glassbox_dictionary::DictError::Source(Box::new(e));
         let mut batches = self.batches(batch, TRAIN_WINDOW, seed).map_err(source)?;
         batches.fast_forward(skip);
