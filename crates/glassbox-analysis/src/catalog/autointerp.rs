@@ -472,9 +472,11 @@ fn explain(chat: &dyn Chat, f: &Feature, shown: &[&Example]) -> Result<String> {
             list.join(", ")
         ));
     }
+    // A sentence to complete: asked for "a noun phrase", Qwen-1.5B answered "all nouns" on 9
+    // of 25 features; asked for what the tokens "have in common", it opened with formulas.
     user.push_str(
-        "\nWhat do the marked tokens have in common? Answer in at most 12 words with a noun \
-         phrase only, as specific as the evidence allows.",
+        "\nComplete this sentence in at most 12 words, as specific as the excerpts allow \
+         (which words, in what kind of text):\nThe feature fires on",
     );
     let answer = chat.chat(SYSTEM, &user)?;
     let label = answer
