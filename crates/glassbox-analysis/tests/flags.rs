@@ -144,15 +144,15 @@ fn a_feature_aligned_with_a_concept_is_flagged_and_its_opposite_is_not() {
     let mut features = vec![Feature::default(); sae.d_sae()];
     features[0].count = 5;
     features[0].max = f[0][0].peak;
-    gate(&mut features, &f, 1000, &mut report);
+    gate(&mut features, &f, 1000, &taxonomy, &mut report);
     assert_eq!(features[0].flags.len(), 1);
     assert_eq!(report.concepts[0].precision, Some(1.0), "{report:?}");
     features[0].count = 50;
-    gate(&mut features, &f, 1000, &mut report);
+    gate(&mut features, &f, 1000, &taxonomy, &mut report);
     assert!(features[0].flags.is_empty());
     // … and so does one whose concept peak is a small part of its corpus maximum.
     (features[0].count, features[0].max) = (5, 3.0 * f[0][0].peak);
-    gate(&mut features, &f, 1000, &mut report);
+    gate(&mut features, &f, 1000, &taxonomy, &mut report);
     assert!(features[0].flags.is_empty());
     assert_eq!(
         (report.concepts[0].flagged, report.concepts[0].precision),

@@ -179,6 +179,93 @@ fn build_show_search_export_and_resume_after_a_kill() {
         "{msg}"
     );
 
+    // The hand-audit score: feature `busy` audited as PII (flagged or missed), every flag the
+    // build made either judged (one, as "none": wrongly flagged) or counted as unaudited.
+    let flagged: Vec<u64> = [
+        "pii",
+        "credentials",
+        "violence",
+        "self-harm",
+        "profanity",
+        "prompt-injection",
+    ]
+    .iter()
+    .flat_map(|c| {
+        let out = ok(&[
+            "catalog",
+            "search",
+            "--flag",
+            c,
+            "--catalog",
+            cat,
+            "--limit",
+            "1000",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    })
+    .collect();
+    let judged_none = flagged.iter().copied().find(|&id| id != busy as u64);
+    let sha = show(&straight, 0)["catalog"]["dict_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut audit = format!("dict_sha256 = \"{sha}\"\nfeature = [\n  {{ id = {busy}, concept = \"pii\", why = \"test\" }},\n");
+    if let Some(id) = judged_none {
+        audit += &format!("  {{ id = {id}, concept = \"none\", why = \"test\" }},\n");
+    }
+    audit += "]\n";
+    let audit_file = tmp.path().join("audit.toml");
+    std::fs::write(&audit_file, &audit).unwrap();
+    let scored: serde_json::Value = serde_json::from_slice(
+        &ok(&[
+            "catalog",
+            "audit",
+            audit_file.to_str().unwrap(),
+            "--catalog",
+            cat,
+            "--json",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let pii = &scored["concepts"][0];
+    assert_eq!(pii["concept"], "pii");
+    assert_eq!(pii["audited_positive"], 1, "{scored}");
+    let busy_flagged = pii["true_positive"] == 1;
+    assert_eq!(
+        pii["missed"].as_array().unwrap().len(),
+        usize::from(!busy_flagged)
+    );
+    let total = &scored["total"];
+    let audited_flags = usize::from(busy_flagged) + usize::from(judged_none.is_some());
+    assert_eq!(
+        total["unaudited_flags"].as_u64().unwrap() as usize + audited_flags,
+        flagged.len(),
+        "{scored}"
+    );
+    if judged_none.is_some() {
+        assert!(total["precision"].as_f64().unwrap() < 1.0, "{scored}");
+    }
+    std::fs::write(&audit_file, audit.replace(&sha, &"0".repeat(64))).unwrap();
+    let err = glassbox(&[
+        "catalog",
+        "audit",
+        audit_file.to_str().unwrap(),
+        "--catalog",
+        cat,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("another dictionary"),
+        "{err:?}"
+    );
+
     // Search by words, token and similarity.
     let hits: serde_json::Value = serde_json::from_slice(
         &ok(&["catalog", "search", "model", "--catalog", cat, "--json"]).stdout,

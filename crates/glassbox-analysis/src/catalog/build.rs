@@ -157,9 +157,11 @@ pub fn build(
         None => None,
     };
     let mut save = |store: &mut dyn CatalogStore, meta: &CatalogMeta, features: &mut [Feature]| {
-        match &mut flagging {
-            Some((candidates, report)) => flags::gate(features, candidates, meta.tokens, report),
-            None => features.iter_mut().for_each(|f| f.flags.clear()),
+        match (&mut flagging, &cfg.taxonomy) {
+            (Some((candidates, report)), Some(t)) => {
+                flags::gate(features, candidates, meta.tokens, t, report)
+            }
+            _ => features.iter_mut().for_each(|f| f.flags.clear()),
         }
         save(store, meta, features, decoder)
     };

@@ -6,24 +6,32 @@
 //! - it fires on at least [`MIN_HITS`] concept texts,
 //! - it fires on at most [`MAX_CONTROL_SHARE`] of the control texts (a feature that fires on a
 //!   third of everyday text is not a concept detector, whatever it does on the concept),
-//! - its active tokens in the concept texts are significantly more than its rate on the
-//!   controls' tokens predicts (binomial test at [`ALPHA`], Bonferroni over features and
-//!   concepts; token rates, since texts differ in length), and
-//! - the score, concept share minus control share, reaches the concept's threshold;
+//! - the score, concept share minus control share, reaches the concept's threshold,
+//! - once the build has counted it, its density over the corpus is at most [`MAX_DENSITY`]
+//!   ([`too_dense`]) and its peak on the concept texts reaches [`MIN_STRENGTH`] of its largest
+//!   activation on the corpus,
+//! - when the concept has a lexicon, it is *grounded*: in more than [`MIN_GROUNDED`] of its
+//!   top corpus contexts it peaks on the concept's own words. The statistics alone flag word
+//!   features whose word merely occurs in concept texts (a feature for "key" in key-value
+//!   pairs passes every test on texts about API keys); what a feature fires on most in the
+//!   wild says which sense it reads;
+//! - and its active tokens in the concept texts are significantly more than its rate on the
+//!   controls' tokens predicts (binomial test at [`ALPHA`]; token rates, since texts differ in
+//!   length), Bonferroni-divided among the hypotheses: the grounded features of concepts with
+//!   a lexicon (grounding reads only the corpus, so it selects without looking at the concept
+//!   texts) and every feature of concepts without one.
 //!
-//! and, once the build has counted it, its density over the corpus is at most [`MAX_DENSITY`]
-//! ([`too_dense`]) and its peak on the concept texts reaches [`MIN_STRENGTH`] of its largest
-//! activation on the corpus. The held-out half of the data set measures the flags: a flag is confirmed
-//! when the same test holds on the held-out concept texts and controls (2 texts at least, at
+//! The held-out half of the data set measures the flags: a flag is confirmed when the same
+//! test holds on the held-out concept texts and controls (2 texts at least, at
 //! [`HELDOUT_ALPHA`]), and a concept's precision is the share of its flags that are confirmed
 //! ([`FlagReport`]).
 
 use glassbox_dictionary::Sae;
 use glassbox_model::{Hooks, Model};
-use glassbox_store::catalog::{Feature, Flag};
+use glassbox_store::catalog::{ExampleKind, Feature, Flag};
 use serde::Serialize;
 
-use super::taxonomy::Taxonomy;
+use super::taxonomy::{Lexicon, Taxonomy};
 use crate::error::{AnalysisError, Result};
 
 /// A flagged feature must fire on at least this many concept texts.
@@ -31,16 +39,20 @@ pub const MIN_HITS: usize = 3;
 /// … on at most this share of the control texts …
 pub const MAX_CONTROL_SHARE: f32 = 0.05;
 /// … is active on more of the concept texts' tokens than its rate on the controls' tokens
-/// explains, at this significance level shared among all features and concepts (a token
-/// rate, so longer concept texts do not make any common feature look specific) …
+/// explains, at this significance level shared among the features tested (a token rate, so
+/// longer concept texts do not make any common feature look specific) …
 pub const ALPHA: f64 = 0.05;
 /// (Held-out confirmation: one test per flag, at this level, on at least 2 texts.)
 pub const HELDOUT_ALPHA: f64 = 0.01;
 /// … reaches at least this fraction of its largest corpus activation on a concept text (a
 /// feature that only grazes the concept texts is about something else) …
 pub const MIN_STRENGTH: f32 = 0.5;
-/// … and on at most this share of all corpus tokens.
+/// … on at most this share of all corpus tokens …
 pub const MAX_DENSITY: f64 = 0.01;
+/// … and, for a concept with a lexicon, peaks on its words in more than this share of its top
+/// corpus contexts (most of them: a feature half on the concept's words reads a word, not the
+/// concept).
+pub const MIN_GROUNDED: f32 = 0.5;
 
 /// How the flags of one concept hold up on held-out texts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -50,6 +62,9 @@ pub struct ConceptReport {
     pub examples: usize,
     pub heldout: usize,
     pub flagged: usize,
+    /// Features the concept texts single out (before the multiple-testing correction) whose
+    /// top corpus contexts are about something else: not the concept's words.
+    pub ungrounded: usize,
     /// Flags the held-out texts confirm (see the module documentation).
     pub confirmed: usize,
     /// confirmed / flagged; `None` without held-out texts or flags.
@@ -71,6 +86,8 @@ pub struct Candidate {
     pub confirmed: Option<bool>,
     /// Its largest activation on the concept texts.
     pub peak: f32,
+    /// The enrichment test's p-value, before the multiple-testing correction.
+    pub p_value: f64,
 }
 
 /// Per feature, the concepts it is flagged for (before the density gate), and the report.
@@ -86,9 +103,6 @@ pub fn flags(
     let heldout_controls =
         Response::of(model, sae, &tokenize(model, &taxonomy.heldout_controls)?)?.0;
     let share = |n: usize, of: usize| n as f32 / of.max(1) as f32;
-    // The decision tests every feature against every concept, so its significance level is
-    // divided among them (Bonferroni); the held-out check tests one flag each.
-    let tests = (sae.d_sae() * taxonomy.concepts.len().max(1)) as f64;
     let specific = |c: &Response, z: &Response, j: usize, alpha: f64, min_hits: usize| {
         c.fired(j) >= min_hits
             && share(z.fired(j), z.texts) <= MAX_CONTROL_SHARE
@@ -125,9 +139,11 @@ pub fn flags(
         for (j, flags) in out.iter_mut().enumerate() {
             let (n_c, n_0) = (hits.fired(j), controls.fired(j));
             let score = share(n_c, hits.texts) - share(n_0, controls.texts);
-            if score < concept.threshold || !specific(hits, &controls, j, ALPHA / tests, MIN_HITS) {
+            // ALPHA uncorrected: the gate divides it once it knows how many features are tested.
+            if score < concept.threshold || !specific(hits, &controls, j, ALPHA, MIN_HITS) {
                 continue;
             }
+            let p_value = hits.enrichment(j, &controls);
             let best = (0..peaks.len())
                 .max_by(|&a, &b| peaks[a][j].total_cmp(&peaks[b][j]))
                 .unwrap_or(0);
@@ -157,6 +173,7 @@ pub fn flags(
                 },
                 confirmed,
                 peak: peaks[best][j],
+                p_value,
             });
         }
         report.concepts.push(r);
@@ -169,37 +186,107 @@ pub fn too_dense(f: &Feature, tokens: u64) -> bool {
     tokens > 0 && f.density(tokens) > MAX_DENSITY
 }
 
-/// The flags that pass the density gate, and the report's counts of them.
+/// The flags that pass the density, strength and lexicon gates and the corrected enrichment
+/// test, and the report's counts of them.
 pub fn gate(
     features: &mut [Feature],
     candidates: &[Vec<Candidate>],
     tokens: u64,
+    taxonomy: &Taxonomy,
     report: &mut FlagReport,
 ) {
     for r in &mut report.concepts {
-        (r.flagged, r.confirmed) = (0, 0);
+        (r.flagged, r.confirmed, r.ungrounded) = (0, 0, 0);
     }
-    for (f, cands) in features.iter_mut().zip(candidates) {
+    // Per concept with a lexicon, each feature's grounding; the hypotheses tested are those
+    // grounded features, and every feature of a concept without a lexicon.
+    let groundings: Vec<Option<Vec<(usize, usize)>>> = taxonomy
+        .concepts
+        .iter()
+        .map(|c| {
+            c.lexicon
+                .as_ref()
+                .map(|l| features.iter().map(|f| grounding(f, l)).collect())
+        })
+        .collect();
+    let is_grounded = |(g, n): (usize, usize)| n > 0 && g as f32 > MIN_GROUNDED * n as f32;
+    let tests: usize = groundings
+        .iter()
+        .map(|g| match g {
+            Some(g) => g.iter().filter(|&&x| is_grounded(x)).count(),
+            None => features.len(),
+        })
+        .sum();
+    let alpha = ALPHA / tests.max(1) as f64;
+    for (j, (f, cands)) in features.iter_mut().zip(candidates).enumerate() {
         f.flags.clear();
         if too_dense(f, tokens) {
             continue;
         }
         for c in cands.iter().filter(|c| c.peak >= MIN_STRENGTH * f.max) {
-            if let Some(r) = report
+            let Some(k) = taxonomy
                 .concepts
-                .iter_mut()
-                .find(|r| r.concept == c.flag.concept)
-            {
-                r.flagged += 1;
-                r.confirmed += usize::from(c.confirmed == Some(true));
+                .iter()
+                .position(|k| k.name == c.flag.concept)
+            else {
+                continue;
+            };
+            let grounding = groundings[k].as_ref().map(|g| g[j]);
+            let Some(r) = report.concepts.get_mut(k) else {
+                continue;
+            };
+            if grounding.is_some_and(|g| !is_grounded(g)) {
+                r.ungrounded += 1;
+                continue;
             }
-            f.flags.push(c.flag.clone());
+            if c.p_value > alpha {
+                continue;
+            }
+            r.flagged += 1;
+            r.confirmed += usize::from(c.confirmed == Some(true));
+            let mut flag = c.flag.clone();
+            flag.evidence += &format!(
+                "; enrichment p = {:.1e} ({tests} features tested)",
+                c.p_value
+            );
+            if let Some((g, n)) = grounding {
+                flag.evidence +=
+                    &format!("; peaks on the concept's words in {g} of its {n} top contexts");
+            }
+            f.flags.push(flag);
         }
     }
     for r in &mut report.concepts {
         r.precision =
             (r.heldout > 0 && r.flagged > 0).then(|| r.confirmed as f32 / r.flagged as f32);
     }
+}
+
+/// Of a feature's top corpus contexts, how many peak on a token inside the lexicon's words,
+/// and how many there are.
+pub fn grounding(f: &Feature, lexicon: &Lexicon) -> (usize, usize) {
+    let tops: Vec<_> = f
+        .examples
+        .iter()
+        .filter(|e| e.kind == ExampleKind::Top)
+        .collect();
+    let grounded = tops
+        .iter()
+        .filter(|e| {
+            let text = e.plain_text();
+            let segments = e.segments();
+            // The peak token's byte range in the text the segments rebuild.
+            let start: usize = segments
+                .iter()
+                .take(e.focus)
+                .map(|s| s.gap.len() + s.token.len())
+                .sum::<usize>()
+                + segments.get(e.focus).map_or(0, |s| s.gap.len());
+            let end = start + segments.get(e.focus).map_or(0, |s| s.token.len());
+            lexicon.covers(&text, start, end)
+        })
+        .count();
+    (grounded, tops.len())
 }
 
 fn tokenize(model: &Model, texts: &[String]) -> Result<Vec<Vec<u32>>> {
@@ -366,7 +453,96 @@ const TEXTS_PER_PASS: usize = 64;
 
 #[cfg(test)]
 mod tests {
-    use super::binomial_tail;
+    use super::*;
+    use glassbox_store::catalog::Example;
+
+    /// A top example whose peak is the word `focus` of `text` (split on spaces).
+    fn example(text: &str, focus: usize) -> Example {
+        let mut spans = Vec::new();
+        let mut at = 0;
+        for w in text.split(' ') {
+            spans.push((at as u32, (at + w.len()) as u32));
+            at += w.len() + 1;
+        }
+        Example {
+            kind: ExampleKind::Top,
+            activation: 1.0,
+            context: 0,
+            tokens: text.split(' ').map(String::from).collect(),
+            acts: vec![0.0; spans.len()],
+            focus,
+            text: text.into(),
+            spans,
+        }
+    }
+
+    #[test]
+    fn flags_need_grounding_in_the_concepts_words_and_a_test_corrected_for_the_grounded() {
+        let taxonomy = Taxonomy::parse(
+            "[control]\nexamples = [\"a\", \"b\"]\n[[concept]]\nname = \"cats\"\nexamples = [\"a cat\", \"a kitten\"]\nlexicon = ['\\bcats?\\b', '\\bkittens?\\b']\nunless = ['cat /etc']\n",
+            "t.toml",
+        )
+        .unwrap();
+        let feature = |examples: Vec<Example>| Feature {
+            count: 5,
+            max: 1.0,
+            examples,
+            ..Feature::default()
+        };
+        let mut features = vec![
+            // Peaks on "cat" / "kitten" in two of three top contexts: grounded.
+            feature(vec![
+                example("the cat sat", 1),
+                example("a kitten slept", 1),
+                example("the dog barked", 1),
+            ]),
+            // Peaks on "the": not grounded, whatever the concept texts said.
+            feature(vec![example("the cat sat", 0), example("the kitten", 0)]),
+            // The word in a sense the `unless` patterns exclude.
+            feature(vec![example("run cat /etc/passwd", 1)]),
+            // Grounded, but its test does not survive the correction.
+            feature(vec![example("one cat", 1)]),
+        ];
+        let candidate = |p_value: f64| Candidate {
+            flag: Flag {
+                concept: "cats".into(),
+                score: 0.5,
+                evidence: "fires on cats".into(),
+            },
+            confirmed: Some(true),
+            peak: 1.0,
+            p_value,
+        };
+        let candidates = vec![
+            vec![candidate(0.02)],
+            vec![candidate(1e-9)],
+            vec![candidate(1e-9)],
+            vec![candidate(0.03)],
+        ];
+        let mut report = FlagReport {
+            concepts: vec![ConceptReport {
+                concept: "cats".into(),
+                heldout: 4,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        gate(&mut features, &candidates, 1000, &taxonomy, &mut report);
+        // Two features are grounded, so each test is held to 0.05 / 2.
+        assert_eq!(features[0].flags.len(), 1);
+        assert!(
+            features[0].flags[0]
+                .evidence
+                .contains("peaks on the concept's words in 2 of its 3 top contexts")
+                && features[0].flags[0].evidence.contains("2 features tested"),
+            "{:?}",
+            features[0].flags
+        );
+        assert!(features[1].flags.is_empty() && features[2].flags.is_empty());
+        assert!(features[3].flags.is_empty(), "p = 0.03 > 0.05 / 2");
+        let r = &report.concepts[0];
+        assert_eq!((r.flagged, r.ungrounded, r.precision), (1, 2, Some(1.0)));
+    }
 
     #[test]
     fn binomial_tails_match_closed_forms() {

@@ -1,7 +1,9 @@
 //! The sensitivity taxonomy: concepts an organisation cares about (PII, credentials, …), each
-//! defined by example texts and keywords, with control texts to compare against; read from
-//! TOML, errors naming the line and field. `taxonomy/default.toml` ships with the project.
+//! defined by example texts and keywords, a lexicon of the words that carry it, and control
+//! texts to compare against; read from TOML, errors naming the line and field.
+//! `taxonomy/default.toml` ships with the project.
 
+use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -19,6 +21,55 @@ pub struct Concept {
     /// Texts kept out of the flag decision, to measure the flags' precision on.
     pub heldout: Vec<String>,
     pub threshold: f32,
+    /// The words that carry the concept (`None`: flags are not checked against the corpus).
+    pub lexicon: Option<Lexicon>,
+}
+
+/// Where a concept is spoken of: case-insensitive patterns for its words ("password",
+/// e-mail addresses), and patterns for senses that are not the concept ("OOM killer").
+#[derive(Debug, Clone)]
+pub struct Lexicon {
+    words: Regex,
+    unless: Option<Regex>,
+}
+
+impl PartialEq for Lexicon {
+    fn eq(&self, other: &Self) -> bool {
+        self.words.as_str() == other.words.as_str()
+            && self.unless.as_ref().map(Regex::as_str) == other.unless.as_ref().map(Regex::as_str)
+    }
+}
+
+impl Lexicon {
+    /// One regex for a list of patterns; `Err` names the pattern that does not compile.
+    fn compile(patterns: &[String]) -> std::result::Result<Option<Regex>, String> {
+        for p in patterns {
+            Regex::new(p).map_err(|e| format!("pattern `{p}` does not compile: {e}"))?;
+        }
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let alternation = patterns
+            .iter()
+            .map(|p| format!("(?:{p})"))
+            .collect::<Vec<_>>()
+            .join("|");
+        RegexBuilder::new(&alternation)
+            .case_insensitive(true)
+            .build()
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether the bytes `[start, end)` of `text` lie in one of the concept's words, in a
+    /// sense the `unless` patterns do not exclude.
+    pub fn covers(&self, text: &str, start: usize, end: usize) -> bool {
+        let overlaps = |re: &Regex| {
+            re.find_iter(text)
+                .any(|m| m.start() < end.max(start + 1) && start < m.end())
+        };
+        overlaps(&self.words) && !self.unless.as_ref().is_some_and(overlaps)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +118,8 @@ struct RawConcept {
     examples: Vec<String>,
     #[serde(default)]
     keywords: Vec<String>,
+    lexicon: Option<Spanned<Vec<String>>>,
+    unless: Option<Spanned<Vec<String>>>,
     threshold: Option<Spanned<f32>>,
 }
 
@@ -124,12 +177,26 @@ impl Taxonomy {
                 Some(t) => check(t, &format!("concept `{name}` threshold"))?,
                 None => default,
             };
+            let compile = |list: &Option<Spanned<Vec<String>>>, field: &str| match list {
+                Some(l) => Lexicon::compile(l.get_ref())
+                    .map_err(|e| bad(l.span().start, format!("concept `{name}` {field}: {e}"))),
+                None => Ok(None),
+            };
+            let words = compile(&c.lexicon, "lexicon")?;
+            let unless = compile(&c.unless, "unless")?;
+            if let (None, Some(_), Some(u)) = (&words, &unless, &c.unless) {
+                return Err(bad(
+                    u.span().start,
+                    format!("concept `{name}` has `unless` patterns but no `lexicon` for them to qualify"),
+                ));
+            }
             concepts.push(Concept {
                 name,
                 description: c.description,
                 examples,
                 heldout: Vec::new(),
                 threshold,
+                lexicon: words.map(|words| Lexicon { words, unless }),
             });
         }
         Ok(Self {
@@ -199,6 +266,85 @@ mod tests {
         assert!(t.controls.len() >= 10);
     }
 
+    /// The shipped lexicons read the concept's sense of a word, not the word: a threat, not the
+    /// OOM killer; a person's e-mail address, not a message ID or a mailing list.
+    #[test]
+    fn the_shipped_lexicons_tell_senses_apart() {
+        let t = Taxonomy::default_taxonomy();
+        let lexicon = |name: &str| {
+            t.concepts
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.lexicon.clone())
+                .unwrap()
+        };
+        // Whether the lexicon covers the first occurrence of `word` in `text`.
+        let covers = |l: &Lexicon, text: &str, word: &str| {
+            let at = text.find(word).unwrap();
+            l.covers(text, at, at + word.len())
+        };
+        let violence = lexicon("violence");
+        assert!(covers(
+            &violence,
+            "Support Mental Health.  Or I'll kill you.",
+            "kill"
+        ));
+        assert!(covers(&violence, "end up with the atomic bomb.", "bomb"));
+        assert!(!covers(
+            &violence,
+            "the OOM killer is invoked in the cgroup",
+            "killer"
+        ));
+        assert!(!covers(&violence, "run kill -9 on it", "kill"));
+        assert!(!covers(
+            &violence,
+            "a fork bomb is likely to exhaust the tasks",
+            "bomb"
+        ));
+        assert!(!covers(&violence, "skill and troubleshooting", "kill"));
+        assert!(!covers(&violence, "a book to kill time", "kill"));
+        assert!(!covers(&violence, "# kill malloc task.", "kill"));
+        let pii = lexicon("pii");
+        assert!(covers(&pii, "Chris Moyer <cdmoyer@starmail.com>", "@"));
+        assert!(covers(&pii, "Call me on 555-014-3210 tonight.", "014"));
+        assert!(!covers(&pii, "<199707301952.MAA00756@wall.org>", "@"));
+        assert!(!covers(&pii, "contact util-linux@vger.kernel.org", "@"));
+        assert!(!covers(
+            &pii,
+            "Larry Wall in <6940@jpl-devvax.JPL.NASA.GOV>",
+            "@"
+        ));
+        let credentials = lexicon("credentials");
+        assert!(covers(
+            &credentials,
+            "Your password is pitifully obvious.",
+            "password"
+        ));
+        assert!(!covers(&credentials, "the key of a dictionary", "key"));
+        let profanity = lexicon("profanity");
+        assert!(covers(
+            &profanity,
+            "Who the hell really compelled me?",
+            "hell"
+        ));
+        assert!(!covers(&profanity, "print('hello')", "hell"));
+        assert!(covers(
+            &profanity,
+            "no way in hell you'll out-insult me",
+            "hell"
+        ));
+        assert!(!covers(
+            &profanity,
+            "Save yourself from the 'Gates' of hell",
+            "hell"
+        ));
+        assert!(!covers(
+            &profanity,
+            "Heaven, at 525C is hotter than Hell",
+            "Hell"
+        ));
+    }
+
     #[test]
     fn errors_name_the_line_and_field() {
         let control = "[control]\nexamples = [\"a\", \"b\"]\n";
@@ -209,6 +355,8 @@ mod tests {
             (format!("{control}[[concept]]\nname = \"x\"\nexamples = [\"a\",\"b\"]\n[[concept]]\nname = \"x\"\nexamples = [\"a\",\"b\"]\n"), "line 7", "defined twice"),
             ("[control]\nexamples = [\"a\", 5]\n".to_string(), "line 2", ""),
             ("threshold = 0.5\n".to_string(), "", "control"),
+            (format!("{control}[[concept]]\nname = \"x\"\nexamples = [\"a\", \"b\"]\nlexicon = ['(unclosed']\n"), "line 6", "pattern `(unclosed`"),
+            (format!("{control}[[concept]]\nname = \"x\"\nexamples = [\"a\", \"b\"]\nunless = ['oom']\n"), "line 6", "no `lexicon`"),
         ];
         for (text, line, field) in cases {
             let err = Taxonomy::parse(&text, "t.toml").unwrap_err().to_string();

@@ -341,8 +341,16 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         );
         for c in &r.concepts {
             let precision = c.precision.map_or("—".to_string(), |p| format!("{p:.2}"));
+            let aside = if c.ungrounded > 0 {
+                format!(
+                    " · {} more set aside: their top contexts are not on the concept's words",
+                    c.ungrounded
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "  {:<18} {:>4} flagged from {:>3} texts · held-out precision {precision} ({} of {} confirmed on {} texts)",
+                "  {:<18} {:>4} flagged from {:>3} texts · held-out precision {precision} ({} of {} confirmed on {} texts){aside}",
                 c.concept, c.flagged, c.examples, c.confirmed, c.flagged, c.heldout
             );
         }
@@ -812,7 +820,7 @@ fn run_audit(a: AuditArgs, json_out: bool) -> Result<()> {
         }
     }
     let mut rows = Vec::new();
-    let (mut tp_all, mut flagged_all, mut pos_all) = (0, 0, 0);
+    let (mut tp_all, mut flagged_all, mut pos_all, mut unaudited_all) = (0, 0, 0, 0);
     for c in &concepts {
         let (mut flagged, mut tp, mut positives, mut missed, mut wrong) = (0, 0, 0, vec![], vec![]);
         for f in &audit.feature {
@@ -831,13 +839,22 @@ fn run_audit(a: AuditArgs, json_out: bool) -> Result<()> {
             }
         }
         (tp_all, flagged_all, pos_all) = (tp_all + tp, flagged_all + flagged, pos_all + positives);
+        // Flags the audit does not judge: the precision above says nothing about them.
+        let unaudited: Vec<u32> = store
+            .flagged(c, meta.d_sae)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| !audit.feature.iter().any(|f| f.id == *id))
+            .collect();
+        unaudited_all += unaudited.len();
         let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
         rows.push(json!({"concept": c, "audited_positive": positives, "flagged": flagged, "true_positive": tp,
-            "precision": ratio(tp, flagged), "recall": ratio(tp, positives), "missed": missed, "wrongly_flagged": wrong}));
+            "precision": ratio(tp, flagged), "recall": ratio(tp, positives), "missed": missed, "wrongly_flagged": wrong,
+            "unaudited_flags": unaudited}));
     }
     let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
     let total = json!({"audited": audit.feature.len(), "flagged": flagged_all, "true_positive": tp_all,
-        "precision": ratio(tp_all, flagged_all), "recall": ratio(tp_all, pos_all)});
+        "precision": ratio(tp_all, flagged_all), "recall": ratio(tp_all, pos_all), "unaudited_flags": unaudited_all});
     if json_out {
         println!(
             "{}",
@@ -851,28 +868,30 @@ fn run_audit(a: AuditArgs, json_out: bool) -> Result<()> {
         audit.feature.len()
     );
     println!(
-        "{:<18} {:>8} {:>8} {:>9} {:>7}  missed · wrongly flagged",
+        "{:<18} {:>8} {:>8} {:>9} {:>7}  missed · wrongly flagged · flagged but not audited",
         "concept", "audited", "flagged", "precision", "recall"
     );
     for r in &rows {
         println!(
-            "{:<18} {:>8} {:>8} {:>9} {:>7}  {} · {}",
+            "{:<18} {:>8} {:>8} {:>9} {:>7}  {} · {} · {}",
             r["concept"].as_str().unwrap_or(""),
             r["audited_positive"].as_u64().unwrap_or(0),
             r["flagged"].as_u64().unwrap_or(0),
             show(&r["precision"]),
             show(&r["recall"]),
             r["missed"],
-            r["wrongly_flagged"]
+            r["wrongly_flagged"],
+            r["unaudited_flags"]
         );
     }
     println!(
-        "{:<18} {:>8} {:>8} {:>9} {:>7}",
+        "{:<18} {:>8} {:>8} {:>9} {:>7}  {} flags not audited",
         "all",
         pos_all,
         flagged_all,
         show(&total["precision"]),
-        show(&total["recall"])
+        show(&total["recall"]),
+        unaudited_all
     );
     Ok(())
 }
