@@ -624,28 +624,7 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
     let ids: Vec<u32> = if !a.features.is_empty() {
         a.features.clone()
     } else {
-        let features = store.features()?;
-        let llm = |f: &Feature| f.label_method.starts_with(autointerp::METHOD_PREFIX);
-        let mut candidates: Vec<&Feature> = features
-            .iter()
-            .filter(|f| {
-                if a.flagged {
-                    !f.flags.is_empty()
-                } else {
-                    f.contexts > 0 && !llm(f)
-                }
-            })
-            .collect();
-        if a.sample {
-            use rand::seq::SliceRandom;
-            use rand::SeedableRng;
-            candidates.shuffle(&mut rand::rngs::StdRng::seed_from_u64(0));
-        }
-        candidates
-            .into_iter()
-            .take(if a.flagged { usize::MAX } else { a.limit })
-            .map(|f| f.id)
-            .collect()
+        to_label(&store.features()?, a.flagged, a.sample, a.limit)
     };
     if ids.is_empty() {
         bail!("no features to label: name them with --features, or every fired feature has an LLM label already");
@@ -771,6 +750,36 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
     Ok(())
 }
 
+/// The features `catalog label` takes when none are named: every flagged one, or the next
+/// `limit` fired features without an LLM label — in id order, or with `sample` in one seeded
+/// random order of all fired features (the labelled skipped afterwards, so repeated runs walk
+/// on through the same sample; shuffling only what is left would pick the neighbours of the
+/// last run's features).
+fn to_label(features: &[Feature], flagged: bool, sample: bool, limit: usize) -> Vec<u32> {
+    let llm = |f: &Feature| f.label_method.starts_with(autointerp::METHOD_PREFIX);
+    let mut candidates: Vec<&Feature> = features
+        .iter()
+        .filter(|f| {
+            if flagged {
+                !f.flags.is_empty()
+            } else {
+                f.contexts > 0
+            }
+        })
+        .collect();
+    if sample {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        candidates.shuffle(&mut rand::rngs::StdRng::seed_from_u64(0));
+    }
+    candidates
+        .into_iter()
+        .filter(|f| flagged || !llm(f))
+        .take(if flagged { usize::MAX } else { limit })
+        .map(|f| f.id)
+        .collect()
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditFile {
@@ -894,4 +903,34 @@ fn run_audit(a: AuditArgs, json_out: bool) -> Result<()> {
         unaudited_all
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_labelled_in_two_runs_is_the_sample_labelled_in_one() {
+        let mut features: Vec<Feature> = (0..1000)
+            .map(|id| Feature {
+                id,
+                contexts: u64::from(id % 7 != 0), // some never fired
+                ..Feature::default()
+            })
+            .collect();
+        let once = to_label(&features, false, true, 20);
+        assert_eq!(once.len(), 20);
+        assert!(once.iter().all(|&id| id % 7 != 0));
+        // Spread over the ids, not one run of neighbours.
+        let (lo, hi) = (once.iter().min().unwrap(), once.iter().max().unwrap());
+        assert!(hi - lo > 500, "{once:?}");
+        let first = to_label(&features, false, true, 10);
+        for &id in &first {
+            features[id as usize].label_method = format!("{}test", autointerp::METHOD_PREFIX);
+        }
+        let second = to_label(&features, false, true, 10);
+        assert_eq!([first, second].concat(), once);
+        // Without --sample: the first unlabelled fired features in id order.
+        assert_eq!(to_label(&features, false, false, 3), [1, 2, 3]);
+    }
 }
