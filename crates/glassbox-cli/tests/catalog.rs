@@ -329,10 +329,11 @@ fn build_show_search_export_and_resume_after_a_kill() {
     // Killed after its first save, the same command finishes the same catalog.
     let killed = tmp.path().join("killed");
     let args = build_args(&model, &dict, &corpus, &killed, "6000");
+    let log = tmp.path().join("killed.stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_glassbox"))
         .args(&args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -347,7 +348,21 @@ fn build_show_search_export_and_resume_after_a_kill() {
     .status
     .success()
     {
-        assert!(Instant::now() < deadline, "no save appeared");
+        // A build that failed says why rather than leaving the loop to wait out the deadline.
+        if let Some(status) = child.try_wait().unwrap() {
+            if status.success() {
+                break; // finished between two polls: caught below
+            }
+            panic!(
+                "the build ended ({status}) before a save appeared: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no save appeared in 120 s: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
