@@ -94,7 +94,7 @@ fn the_main_job_and_every_command_it_and_the_readme_suggest() {
         .replace("glassbox-work", &work.to_string_lossy());
     let printed = sh(&script, elsewhere.path());
     assert!(
-        printed.contains("feature 8435") && elsewhere.path().join("site/index.html").exists(),
+        printed.contains("feature 2050") && elsewhere.path().join("site/index.html").exists(),
         "{printed}"
     );
 }
