@@ -273,17 +273,8 @@ pub fn grounding(f: &Feature, lexicon: &Lexicon) -> (usize, usize) {
     let grounded = tops
         .iter()
         .filter(|e| {
-            let text = e.plain_text();
-            let segments = e.segments();
-            // The peak token's byte range in the text the segments rebuild.
-            let start: usize = segments
-                .iter()
-                .take(e.focus)
-                .map(|s| s.gap.len() + s.token.len())
-                .sum::<usize>()
-                + segments.get(e.focus).map_or(0, |s| s.gap.len());
-            let end = start + segments.get(e.focus).map_or(0, |s| s.token.len());
-            lexicon.covers(&text, start, end)
+            let (start, end) = e.focus_range();
+            lexicon.covers(&e.plain_text(), start, end)
         })
         .count();
     (grounded, tops.len())

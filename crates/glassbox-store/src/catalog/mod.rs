@@ -171,6 +171,20 @@ impl Example {
     pub fn focus_text(&self) -> &str {
         self.segments().get(self.focus).map_or("", |s| s.token)
     }
+
+    /// The peak token's byte range in [`Example::plain_text`] (its segments, concatenated).
+    pub fn focus_range(&self) -> (usize, usize) {
+        let segments = self.segments();
+        let before: usize = segments
+            .iter()
+            .take(self.focus)
+            .map(|s| s.gap.len() + s.token.len())
+            .sum();
+        segments.get(self.focus).map_or((before, before), |s| {
+            let start = before + s.gap.len();
+            (start, start + s.token.len())
+        })
+    }
 }
 
 /// A token piece made readable where its spacing matters: a leading space shows as `␣`
