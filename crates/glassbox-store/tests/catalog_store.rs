@@ -119,6 +119,36 @@ fn sqlite_keeps_the_contract() {
     assert!(err.contains("newer"), "{err}");
 }
 
+/// A build creating a catalog while a reader polls for it: each opener migrates a new file,
+/// and none may fail because another created the tables first (the kill test in
+/// glassbox-cli/tests/catalog.rs failed on "table meta already exists").
+#[test]
+fn sqlite_files_opened_by_many_at_once_are_migrated_once() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let start = std::sync::Barrier::new(6);
+        std::thread::scope(|s| {
+            let openers: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        SqliteCatalog::open(&path).map(|c| c.meta().unwrap())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                let opened = opener.join().unwrap();
+                assert!(
+                    matches!(opened, Ok(None)),
+                    "round {round}: {:?}",
+                    opened.err()
+                );
+            }
+        });
+    }
+}
+
 /// Needs a server: a plain `cargo test` lists it as ignored; scripts/test runs it (with
 /// `--include-ignored`) beside the throwaway server of scripts/with-postgres.
 #[test]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{CatalogMeta, CatalogStore, Feature, FeatureSummary};
 use crate::error::{Result, StoreError};
@@ -48,20 +48,30 @@ impl SqliteCatalog {
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        let version: usize = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(err)?;
+        // Two processes may open a new file at once (a build and a reader polling it): each
+        // read version 0 and the second's `CREATE TABLE meta` failed. Migrate under the write
+        // lock, reading the version again once the lock is held.
+        let version = |c: &Connection| -> rusqlite::Result<usize> {
+            c.pragma_query_value(None, "user_version", |r| r.get(0))
+        };
+        if version(&conn).map_err(err)? < MIGRATIONS.len() {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            let from = version(&tx).map_err(err)?;
+            for sql in MIGRATIONS.iter().skip(from) {
+                tx.execute_batch(sql).map_err(err)?;
+            }
+            tx.pragma_update(None, "user_version", MIGRATIONS.len().max(from))
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        let version = version(&conn).map_err(err)?;
         if version > MIGRATIONS.len() {
             return Err(StoreError::catalog_file(
                 path,
                 format!("catalog schema version {version} is newer than this glassbox ({}); upgrade glassbox", MIGRATIONS.len()),
             ));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction().map_err(err)?;
-            tx.execute_batch(sql).map_err(err)?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(err)?;
-            tx.commit().map_err(err)?;
         }
         Ok(Self {
             path: path.into(),
