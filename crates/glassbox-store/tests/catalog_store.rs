@@ -124,7 +124,7 @@ fn sqlite_keeps_the_contract() {
 /// glassbox-cli/tests/catalog.rs failed on "table meta already exists").
 #[test]
 fn sqlite_files_opened_by_many_at_once_are_migrated_once() {
-    for round in 0..20 {
+    for round in 0..50 {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.db");
         let start = std::sync::Barrier::new(6);

@@ -2,8 +2,9 @@
 //! Scalar columns serve SQL queries and sorting; the whole feature is kept as JSON beside them.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::{CatalogMeta, CatalogStore, Feature, FeatureSummary};
 use crate::error::{Result, StoreError};
@@ -26,6 +27,26 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX feature_flags_by_concept ON feature_flags (concept, score DESC, feature);",
 ];
 
+/// How long an opener waits for another process's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Switching a new file to WAL needs the file to itself, and SQLite answers "database is
+/// locked" at once instead of waiting in the busy handler (seen when a build and a reader
+/// opened a new catalog together): retry for as long as the busy timeout.
+fn use_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            done => return done,
+        }
+    }
+}
+
 pub struct SqliteCatalog {
     path: PathBuf,
     conn: Connection,
@@ -35,6 +56,12 @@ impl SqliteCatalog {
     /// Opens (creating and migrating if needed) the catalog database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let err = |e: rusqlite::Error| StoreError::catalog_file(path, format!("SQLite: {e}"));
+        // Which step of opening failed: "database is locked" alone does not say.
+        let during = |step: &'static str| {
+            move |e: rusqlite::Error| {
+                StoreError::catalog_file(path, format!("SQLite ({step}): {e}"))
+            }
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         }
@@ -42,31 +69,30 @@ impl SqliteCatalog {
         // A reader (`catalog show`, the server) and a build may open the file at once: wait for
         // the other's lock instead of failing with "database is locked" (which killed builds
         // polled by a reader, tests/catalog.rs's kill test under load).
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        use_wal(&conn).map_err(during("switching to WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
+            .map_err(during("setting synchronous"))?;
         // Two processes may open a new file at once (a build and a reader polling it): each
         // read version 0 and the second's `CREATE TABLE meta` failed. Migrate under the write
         // lock, reading the version again once the lock is held.
         let version = |c: &Connection| -> rusqlite::Result<usize> {
             c.pragma_query_value(None, "user_version", |r| r.get(0))
         };
-        if version(&conn).map_err(err)? < MIGRATIONS.len() {
+        if version(&conn).map_err(during("reading the schema version"))? < MIGRATIONS.len() {
+            let migrating = during("migrating the schema");
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(err)?;
-            let from = version(&tx).map_err(err)?;
+                .map_err(migrating)?;
+            let from = version(&tx).map_err(migrating)?;
             for sql in MIGRATIONS.iter().skip(from) {
-                tx.execute_batch(sql).map_err(err)?;
+                tx.execute_batch(sql).map_err(migrating)?;
             }
             tx.pragma_update(None, "user_version", MIGRATIONS.len().max(from))
-                .map_err(err)?;
-            tx.commit().map_err(err)?;
+                .map_err(migrating)?;
+            tx.commit().map_err(migrating)?;
         }
-        let version = version(&conn).map_err(err)?;
+        let version = version(&conn).map_err(during("reading the schema version"))?;
         if version > MIGRATIONS.len() {
             return Err(StoreError::catalog_file(
                 path,
