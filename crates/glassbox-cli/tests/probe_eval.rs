@@ -48,7 +48,9 @@ fn families_eval_calibrate_and_score_work_together() {
             "probe window",
             "pooled probe",
             "embedding LR",
-            "keywords"
+            "keywords",
+            "stacked",
+            "max rank"
         ]
     );
     for d in detectors {

@@ -8,6 +8,9 @@
 //! text's label; read as the mean, max or windowed token probability) and trained per text on
 //! the mean activation over its tokens ("pooled"). Two baselines run in the same protocol, side
 //! by side: logistic regression on MiniLM's sentence embedding, and a fixed keyword filter.
+//! A stacked detector combines them all (logistic regression over their scores), itself fitted
+//! inside each fold on scores from detectors trained without a group of the fold's families,
+//! so it never sees the held-out family either.
 //! With `--out`, the best probe (by held-out TPR at 1 % FPR), trained on every family, is saved
 //! with the threshold those held-out scores give.
 
@@ -17,7 +20,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use glassbox_analysis::keywords::KeywordFilter;
 use glassbox_dictionary::probe::{
-    self, mean_rows, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
+    self, mean_rows, Aggregation, Calibration, Probe, ProbeTraining, Sample,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_model::{Hooks, Model};
@@ -78,22 +81,195 @@ struct Text {
     keywords: f32,
 }
 
-/// Held-out scores of one family's texts, per detector.
-struct HeldOut {
-    probe: Vec<TextScores>,
-    pooled: Vec<f32>,
-    embedding: Vec<f32>,
-}
-
-const DETECTORS: [&str; 6] = [
+const DETECTORS: [&str; 8] = [
     "probe mean",
     "probe max",
     "probe window",
     "pooled probe",
     "embedding LR",
     "keywords",
+    "stacked",
+    "max rank",
 ];
 const N: usize = DETECTORS.len();
+/// The detectors the two combinations (stacked, max rank) combine: all but themselves.
+const BASES: usize = N - 2;
+/// The stacker's own training scores come from detectors trained without a group of
+/// families: the training families fall into this many groups.
+const STACK_GROUPS: usize = 5;
+
+/// The base detectors trained on one set of texts.
+struct Bases {
+    tokens: Probe,
+    pooled: (Vec<f32>, f32),
+    embedding: (Vec<f32>, f32),
+}
+
+impl Bases {
+    fn fit(
+        texts: &[Text],
+        h: usize,
+        train: &[usize],
+        d: usize,
+        keep: usize,
+        cfg: &ProbeTraining,
+    ) -> Self {
+        let (weights, bias) = fit_tokens(texts, h, train, d, keep, cfg);
+        Self {
+            tokens: Probe {
+                name: String::new(),
+                model: String::new(),
+                hook: String::new(),
+                weights,
+                bias,
+                metrics: None,
+                calibration: None,
+            },
+            pooled: fit_vectors(texts, train, |t| &t.layers[h].1, cfg),
+            embedding: fit_vectors(texts, train, |t| &t.embedding, cfg),
+        }
+    }
+
+    /// Every base detector's score of one text, in `DETECTORS` order.
+    fn score(&self, t: &Text, h: usize, window: usize) -> [f32; BASES] {
+        let p = self.tokens.text_scores(&t.layers[h].0, window);
+        let linear = |(w, b): &(Vec<f32>, f32), x: &[f32]| sigmoid(dot(w, x) + b);
+        [
+            p.mean,
+            p.max,
+            p.window,
+            linear(&self.pooled, &t.layers[h].1),
+            linear(&self.embedding, &t.embedding),
+            t.keywords,
+        ]
+    }
+}
+
+/// Logistic regression over the base detectors' scores (as logits, standardised), fitted on
+/// scores each training text got from detectors that never saw its family group: stacking on
+/// the bases' own training scores would learn to trust whichever overfits most.
+///
+/// The max-rank combination needs no fit: each base score becomes its rank among those same
+/// out-of-group benign scores (a benign quantile, so one detector's scale cannot drown the
+/// others'), and a text counts as alarming as its most alarming detector says.
+struct Stacker {
+    /// Per base detector, its out-of-group scores of benign training texts, sorted.
+    benign: Vec<Vec<f32>>,
+    mean: [f32; BASES],
+    scale: [f32; BASES],
+    weights: Vec<f32>,
+    bias: f32,
+}
+
+impl Stacker {
+    fn fit(
+        texts: &[Text],
+        h: usize,
+        train: &[usize],
+        d: usize,
+        a: &FamiliesArgs,
+        cfg: &ProbeTraining,
+    ) -> Self {
+        let families: Vec<(bool, &str)> = train
+            .iter()
+            .map(|&i| (texts[i].label, texts[i].family.as_str()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Sorted benign first, so the groups share the benign families out.
+        let group = |i: usize| {
+            let key = (texts[i].label, texts[i].family.as_str());
+            families.binary_search(&key).unwrap_or(0) % STACK_GROUPS
+        };
+        let mut features: Vec<(usize, [f32; BASES])> = Vec::with_capacity(train.len());
+        for g in 0..STACK_GROUPS {
+            let held: Vec<usize> = train.iter().copied().filter(|&i| group(i) == g).collect();
+            if held.is_empty() {
+                continue;
+            }
+            let hashes: HashSet<[u8; 32]> = held.iter().map(|&i| texts[i].hash).collect();
+            let inner: Vec<usize> = train
+                .iter()
+                .copied()
+                .filter(|&i| group(i) != g && !hashes.contains(&texts[i].hash))
+                .collect();
+            let bases = Bases::fit(texts, h, &inner, d, a.train_tokens, cfg);
+            features.extend(
+                held.iter()
+                    .map(|&i| (i, stack_input(&bases.score(&texts[i], h, a.window)))),
+            );
+        }
+        let n = features.len().max(1) as f32;
+        let mut mean = [0.0; BASES];
+        let mut scale = [1.0; BASES];
+        for k in 0..BASES {
+            mean[k] = features.iter().map(|f| f.1[k]).sum::<f32>() / n;
+            let var = features
+                .iter()
+                .map(|f| (f.1[k] - mean[k]).powi(2))
+                .sum::<f32>()
+                / n;
+            scale[k] = 1.0 / var.sqrt().max(1e-6);
+        }
+        let samples: Vec<Sample> = features
+            .iter()
+            .map(|(i, x)| {
+                let z = (0..BASES).map(|k| (x[k] - mean[k]) * scale[k]).collect();
+                Sample::new(z, texts[*i].label)
+            })
+            .collect();
+        let refs: Vec<&Sample> = samples.iter().collect();
+        let (weights, bias) = probe::fit(&refs, BASES, cfg);
+        let benign = (0..BASES)
+            .map(|k| {
+                let mut v: Vec<f32> = features
+                    .iter()
+                    .filter(|(i, _)| !texts[*i].label)
+                    .map(|f| f.1[k])
+                    .collect();
+                v.sort_by(f32::total_cmp);
+                v
+            })
+            .collect();
+        Self {
+            benign,
+            mean,
+            scale,
+            weights,
+            bias,
+        }
+    }
+
+    /// The stacked score and the max-rank score of one text's base scores.
+    fn score(&self, base: &[f32; BASES]) -> (f32, f32) {
+        let x = stack_input(base);
+        let z: Vec<f32> = (0..BASES)
+            .map(|k| (x[k] - self.mean[k]) * self.scale[k])
+            .collect();
+        // Mid-rank, so a keyword count of 0 shared by most benign texts is not "above all".
+        let rank = |k: usize| {
+            let b = &self.benign[k];
+            let below = b.partition_point(|&v| v < x[k]);
+            let equal = b[below..].partition_point(|&v| v <= x[k]);
+            (below as f32 + 0.5 * equal as f32) / b.len().max(1) as f32
+        };
+        let ranks: Vec<f32> = (0..BASES).map(rank).collect();
+        let max = ranks.iter().copied().fold(0.0, f32::max);
+        // Ties at the top broken by the mean rank.
+        let max_rank = max + 1e-3 * ranks.iter().sum::<f32>() / BASES as f32;
+        (sigmoid(dot(&self.weights, &z) + self.bias), max_rank)
+    }
+}
+
+/// Probabilities as logits (clamped): the stacker is linear in evidence, not in probability.
+fn stack_input(base: &[f32; BASES]) -> [f32; BASES] {
+    let mut x = *base;
+    for v in &mut x[..BASES - 1] {
+        let p = v.clamp(1e-6, 1.0 - 1e-6);
+        *v = (p / (1.0 - p)).ln();
+    }
+    x
+}
 
 /// The protocol's result at one hook.
 struct HookReport {
@@ -240,7 +416,7 @@ fn evaluate(
         &format!("{hook}: training without each family"),
         quiet,
     );
-    let folds: Vec<(Vec<usize>, HeldOut, usize)> = families
+    let folds: Vec<(Vec<usize>, Vec<[f32; N]>, usize)> = families
         .par_iter()
         .map(|(label, family)| {
             let held: Vec<usize> = (0..texts.len())
@@ -253,32 +429,18 @@ fn evaluate(
                 .filter(|&i| !held_hashes.contains(&texts[i].hash))
                 .collect();
             let dropped = texts.len() - held.len() - train.len();
-            let (w, b) = fit_tokens(texts, h, &train, d, a.train_tokens, cfg);
-            let (we, be) = fit_vectors(texts, &train, |t| &t.embedding, cfg);
-            let (wp, bp) = fit_vectors(texts, &train, |t| &t.layers[h].1, cfg);
-            let p = Probe {
-                name: String::new(),
-                model: String::new(),
-                hook: String::new(),
-                weights: w,
-                bias: b,
-                metrics: None,
-                calibration: None,
-            };
-            let scores = HeldOut {
-                probe: held
-                    .iter()
-                    .map(|&i| p.text_scores(&texts[i].layers[h].0, a.window))
-                    .collect(),
-                pooled: held
-                    .iter()
-                    .map(|&i| sigmoid(dot(&wp, &texts[i].layers[h].1) + bp))
-                    .collect(),
-                embedding: held
-                    .iter()
-                    .map(|&i| sigmoid(dot(&we, &texts[i].embedding) + be))
-                    .collect(),
-            };
+            let bases = Bases::fit(texts, h, &train, d, a.train_tokens, cfg);
+            let stacker = Stacker::fit(texts, h, &train, d, a, cfg);
+            let scores: Vec<[f32; N]> = held
+                .iter()
+                .map(|&i| {
+                    let mut s = [0.0; N];
+                    let base = bases.score(&texts[i], h, a.window);
+                    s[..BASES].copy_from_slice(&base);
+                    (s[BASES], s[BASES + 1]) = stacker.score(&base);
+                    s
+                })
+                .collect();
             bar.inc(1);
             (held, scores, dropped)
         })
@@ -286,18 +448,10 @@ fn evaluate(
     bar.finish_and_clear();
     let mut pooled: Vec<[f32; N]> = vec![[0.0; N]; texts.len()];
     let mut dropped = 0;
-    for (held, s, drop) in &folds {
+    for (held, scores, drop) in &folds {
         dropped += drop;
-        for (j, &i) in held.iter().enumerate() {
-            let p = &s.probe[j];
-            pooled[i] = [
-                p.mean,
-                p.max,
-                p.window,
-                s.pooled[j],
-                s.embedding[j],
-                texts[i].keywords,
-            ];
+        for (&i, s) in held.iter().zip(scores) {
+            pooled[i] = *s;
         }
     }
     let labels: Vec<bool> = texts.iter().map(|t| t.label).collect();
@@ -369,13 +523,23 @@ fn print_report(r: &HookReport, window: usize) {
     }
     println!("flagged at each detector's 1 %-FPR threshold (held-out family):");
     println!(
-        "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
-        "family", "label", "texts", "mean", "max", "window", "pooled", "embedding", "keywords"
+        "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7} {:>8}",
+        "family",
+        "label",
+        "texts",
+        "mean",
+        "max",
+        "window",
+        "pooled",
+        "embedding",
+        "keywords",
+        "stacked",
+        "max rank"
     );
     for ((label, f), (count, hit)) in &r.per_family {
         let pct = |k: usize| format!("{:.1}%", 100.0 * hit[k] as f64 / *count as f64);
         println!(
-            "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
+            "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7} {:>8}",
             f,
             u8::from(*label),
             count,
@@ -384,7 +548,9 @@ fn print_report(r: &HookReport, window: usize) {
             pct(2),
             pct(3),
             pct(4),
-            pct(5)
+            pct(5),
+            pct(6),
+            pct(7)
         );
     }
     if r.dropped > 0 {
