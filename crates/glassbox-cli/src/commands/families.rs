@@ -8,9 +8,10 @@
 //! text's label; read as the mean, max or windowed token probability) and trained per text on
 //! the mean activation over its tokens ("pooled"). Two baselines run in the same protocol, side
 //! by side: logistic regression on MiniLM's sentence embedding, and a fixed keyword filter.
-//! A stacked detector combines them all (logistic regression over their scores), itself fitted
+//! Two combinations of them all follow: "stacked" (logistic regression over their scores) and
+//! "max rank" (each score ranked among benign scores, the highest rank taken), both fitted
 //! inside each fold on scores from detectors trained without a group of the fold's families,
-//! so it never sees the held-out family either.
+//! so they never see the held-out family either.
 //! With `--out`, the best probe (by held-out TPR at 1 % FPR), trained on every family, is saved
 //! with the threshold those held-out scores give.
 

@@ -76,23 +76,26 @@ impl SqliteCatalog {
         // Two processes may open a new file at once (a build and a reader polling it): each
         // read version 0 and the second's `CREATE TABLE meta` failed. Migrate under the write
         // lock, reading the version again once the lock is held.
-        let version = |c: &Connection| -> rusqlite::Result<usize> {
+        let read_version = |c: &Connection| -> rusqlite::Result<usize> {
             c.pragma_query_value(None, "user_version", |r| r.get(0))
         };
-        if version(&conn).map_err(during("reading the schema version"))? < MIGRATIONS.len() {
+        let mut version = read_version(&conn).map_err(during("reading the schema version"))?;
+        if version < MIGRATIONS.len() {
             let migrating = during("migrating the schema");
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(migrating)?;
-            let from = version(&tx).map_err(migrating)?;
-            for sql in MIGRATIONS.iter().skip(from) {
-                tx.execute_batch(sql).map_err(migrating)?;
+            version = read_version(&tx).map_err(migrating)?;
+            if version < MIGRATIONS.len() {
+                for sql in &MIGRATIONS[version..] {
+                    tx.execute_batch(sql).map_err(migrating)?;
+                }
+                version = MIGRATIONS.len();
+                tx.pragma_update(None, "user_version", version)
+                    .map_err(migrating)?;
             }
-            tx.pragma_update(None, "user_version", MIGRATIONS.len().max(from))
-                .map_err(migrating)?;
             tx.commit().map_err(migrating)?;
         }
-        let version = version(&conn).map_err(during("reading the schema version"))?;
         if version > MIGRATIONS.len() {
             return Err(StoreError::catalog_file(
                 path,
