@@ -13,8 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use glassbox_analysis::keywords::KeywordFilter;
 use glassbox_analysis::redteam::{gcg, Framing, GcgConfig, Readout};
+use glassbox_dictionary::keywords::KeywordFilter;
 use glassbox_dictionary::probe::Probe;
 use glassbox_model::{registry, Device, Hooks, Model};
 use rand::{Rng, SeedableRng};

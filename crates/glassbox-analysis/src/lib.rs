@@ -33,7 +33,6 @@ pub mod edit;
 pub mod error;
 pub mod graph;
 pub mod heads;
-pub mod keywords;
 pub mod lens;
 pub mod patching;
 pub mod redteam;

@@ -50,8 +50,21 @@ fn families_eval_calibrate_and_score_work_together() {
             "embedding LR",
             "keywords",
             "stacked",
-            "max rank"
+            "max rank",
+            "probe or keywords"
         ]
+    );
+    // The union with the keyword filter flags all that the probe reading it takes flags, and
+    // every keyword hit (no benign text here has one).
+    let tpr = |k: usize| detectors[k]["summary"]["tpr_at_1pct_fpr"].as_f64().unwrap();
+    let reading = names[..4]
+        .iter()
+        .position(|n| *n == first["union_reading"])
+        .expect("the union takes one of the probe readings");
+    assert!(
+        tpr(8) >= tpr(reading).max(tpr(5)) - 1e-9,
+        "{}",
+        detectors[8]
     );
     for d in detectors {
         let auroc = d["summary"]["auroc"].as_f64().unwrap();
@@ -69,6 +82,16 @@ fn families_eval_calibrate_and_score_work_together() {
         serde_json::from_str(&std::fs::read_to_string(probe_dir.join("probe.json")).unwrap())
             .unwrap();
     assert_eq!(saved["calibration"]["target_fpr"], 0.01);
+    // A union ships as two served rules, the second the keyword filter's.
+    let rules: Vec<&str> = report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let union = saved["calibration"]["or_keywords"] == true;
+    assert_eq!(rules.len(), if union { 2 } else { 1 }, "{rules:?}");
+    assert!(!union || rules[1] == "keywords > 0", "{rules:?}");
     let eval = ok_json(&[
         "--json",
         "probe",

@@ -48,6 +48,7 @@ pub mod config;
 pub mod error;
 pub mod eval;
 pub mod fit;
+pub mod keywords;
 mod linalg;
 pub mod probe;
 pub mod roc;

@@ -24,6 +24,9 @@ pub struct Sample {
     /// Per-token labels where they are known (e.g. the tokens of an instruction buried in a
     /// document); otherwise every token carries `label`.
     pub token_labels: Option<Vec<bool>>,
+    /// How much the text counts in training, relative to 1 (e.g. less for a text of a large
+    /// family, so one family's style does not become the probe).
+    pub weight: f32,
 }
 
 impl Sample {
@@ -32,7 +35,13 @@ impl Sample {
             x,
             label,
             token_labels: None,
+            weight: 1.0,
         }
+    }
+
+    /// The same sample counted `weight` times as much.
+    pub fn weighted(self, weight: f32) -> Self {
+        Self { weight, ..self }
     }
 
     /// A text's training tokens from its `[tokens, d]` activations: at most `keep` evenly
@@ -64,6 +73,7 @@ impl Sample {
                 .collect(),
             label,
             token_labels: token_labels.map(|l| picks.iter().map(|&i| l[i]).collect()),
+            weight: 1.0,
         }
     }
 }
@@ -160,6 +170,9 @@ impl std::str::FromStr for Aggregation {
     }
 }
 
+/// What a keyword hit adds to a probability score in a union (see [`Calibration::union_score`]).
+pub const KEYWORD_HIT: f32 = 2.0;
+
 /// A threshold chosen on labelled data for a target false-positive rate.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Calibration {
@@ -174,9 +187,35 @@ pub struct Calibration {
     pub data_sha256: String,
     pub positives: usize,
     pub negatives: usize,
+    /// Also flag every text the keyword filter ([`crate::keywords`]) matches: served as a
+    /// second monitor, `keywords > 0`. Set where the union held out better than the probe.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub or_keywords: bool,
 }
 
 impl Calibration {
+    /// Whether a text with these probe scores and keyword count is flagged.
+    pub fn flags(&self, scores: &TextScores, keywords: f32) -> bool {
+        self.union_score(scores, keywords) > self.threshold
+    }
+
+    /// The score the threshold applies to: the aggregation's, raised above every threshold
+    /// (+2 on a probability) by a keyword hit when the calibration takes the union.
+    pub fn union_score(&self, scores: &TextScores, keywords: f32) -> f32 {
+        let hit = self.or_keywords && keywords > 0.0;
+        self.aggregation.of(scores) + if hit { KEYWORD_HIT } else { 0.0 }
+    }
+
+    /// The served monitor rules that together flag what this calibration flags (see
+    /// [`Self::rule`]; `keywords > 0` too for a union).
+    pub fn rules(&self, name: &str) -> Vec<String> {
+        let mut rules = vec![self.rule(name)];
+        if self.or_keywords {
+            rules.push("keywords > 0".into());
+        }
+        rules
+    }
+
     /// The served monitor rule (see `glassbox_serve::rules`) that flags what this calibration
     /// flags, for a probe registered as `name`: the window and max rules fire on the token where
     /// the text's score first passes the threshold; the mean rules decide on the whole prompt
@@ -401,8 +440,16 @@ pub fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32
         .sum::<f32>()
         / (tokens * d) as f32;
     let scale = 1.0 / var.sqrt().max(1e-6);
-    let pos = samples.iter().filter(|s| s.label).count().max(1) as f32;
-    let neg = (samples.len() as f32 - pos).max(1.0);
+    // Each class weighs half, whatever its size (class-balanced), shared by sample weight.
+    let class_weight = |label: bool| {
+        let w: f32 = samples
+            .iter()
+            .filter(|s| s.label == label)
+            .map(|s| s.weight)
+            .sum();
+        w.max(f32::MIN_POSITIVE)
+    };
+    let (pos, neg) = (class_weight(true), class_weight(false));
     let (mut w, mut b) = (vec![0f32; d], 0f32);
     let (mut m, mut v) = (vec![0f32; d + 1], vec![0f32; d + 1]);
     let mut z = vec![0f32; d];
@@ -410,13 +457,13 @@ pub fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32
         let mut g = vec![0f32; d + 1];
         for s in samples {
             let n = s.x.len() / d;
-            let weight = 0.5 / if s.label { pos } else { neg } / n as f32;
+            let weight = 0.5 * s.weight / if s.label { pos } else { neg } / n as f32;
             // With token labels, the labelled-positive tokens weigh as one positive text and
             // the rest as one negative text.
             let split = s.token_labels.as_ref().map(|l| {
                 let p = l.iter().filter(|&&v| v).count().max(1) as f32;
                 let q = (l.len() as f32 - p).max(1.0);
-                (0.5 / pos / p, 0.5 / neg / q)
+                (0.5 * s.weight / pos / p, 0.5 * s.weight / neg / q)
             });
             for (i, t) in s.x.chunks(d).enumerate() {
                 for ((z, x), mu) in z.iter_mut().zip(t).zip(&mean) {
@@ -549,6 +596,48 @@ mod tests {
     /// A positive text whose signal sits in two of its eight tokens (a buried instruction):
     /// with token labels the probe learns that axis, not the document around it.
     #[test]
+    fn sample_weights_shift_the_fit_toward_the_small_family() {
+        // Thirty attacks signal on axis 0; three on axis 1, where benign texts sit close by.
+        let d = 3;
+        let mut samples = Vec::new();
+        for i in 0..30 {
+            let j = i as f32 * 0.01;
+            samples.push((Sample::new(vec![1.0 + j, 0.6 + j, j], true), 30));
+            samples.push((Sample::new(vec![0.0, 0.6 + j, j - 0.1], false), 30));
+        }
+        let small = [
+            vec![0.0, 1.0, 0.0],
+            vec![0.0, 1.05, 0.01],
+            vec![0.0, 1.1, 0.02],
+        ];
+        for x in &small {
+            samples.push((Sample::new(x.clone(), true), 3));
+        }
+        // The mean probability the fit gives the small family's attacks.
+        let recall = |weigh: bool| {
+            let weighted: Vec<Sample> = samples
+                .iter()
+                .map(|(s, n)| {
+                    let w = if weigh { 1.0 / *n as f32 } else { 1.0 };
+                    Sample::new(s.x.clone(), s.label).weighted(w)
+                })
+                .collect();
+            let refs: Vec<&Sample> = weighted.iter().collect();
+            let (w, b) = fit(&refs, d, &ProbeTraining::default());
+            small
+                .iter()
+                .map(|x| sigmoid(linalg::dot(&w, x) + b))
+                .sum::<f32>()
+                / 3.0
+        };
+        let (plain, balanced) = (recall(false), recall(true));
+        assert!(
+            balanced > plain + 0.1,
+            "small family's mean probability {plain} -> {balanced}"
+        );
+    }
+
+    #[test]
     fn token_labels_teach_the_span_not_the_document() {
         let d = 4;
         let token = |signal: f32, doc: f32| vec![doc, 0.1, signal, -0.1];
@@ -564,6 +653,7 @@ mod tests {
                 x,
                 label: true,
                 token_labels: Some(labels),
+                weight: 1.0,
             });
             // Benign: plain questions (no document, no instruction).
             samples.push(Sample::new(

@@ -80,6 +80,7 @@ fn watched_pass(
             .map(|i| model.tokenizer.special_mask(i))
             .collect(),
     );
+    watch.set_keywords(set.keyword_counts(model, inputs)?);
     let deepest = set.monitors.iter().map(|m| m.hook()).max();
     let out = {
         let mut hooks = watch.hooks();
@@ -133,6 +134,7 @@ pub fn generate(
     }
     let mut watch = Watch::new(set, alerts, request_id);
     watch.set_special(vec![model.tokenizer.special_mask(prompt)]);
+    watch.set_keywords(set.keyword_counts(model, &[prompt.to_vec()])?);
     let generation = model.generate(
         prompt,
         cfg,

@@ -6,6 +6,9 @@
 //!          | "anomaly"                     the dictionary's relative reconstruction error ‖x−x̂‖²/‖x‖²
 //!          | "probe" NAME                  a linear probe's probability on this token
 //!          | "logit" NAME                  the same probe's logit w·x + b on this token
+//!          | "keywords"                    how many of the keyword filter's 15 jailbreak and
+//!                                          injection patterns the input has matched by this
+//!                                          token (the prompt's; generated tokens keep its count)
 //!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens
 //!          | "mean" "(" signal ")"         its mean over every token of the input so far, decided
 //!                                          at the end of the prompt and at each new token
@@ -29,6 +32,8 @@ pub enum Signal {
     Anomaly,
     Probe(String),
     Logit(String),
+    /// Patterns of the keyword filter the input has matched so far.
+    Keywords,
     /// The mean over the last N tokens, or over every token so far (`None`).
     Mean(Box<Signal>, Option<usize>),
     Count(Box<Signal>, Cmp, f32, usize),
@@ -188,8 +193,9 @@ impl Parser {
         if depth > MAX_NESTING {
             return Err(format!("aggregations nest more than {MAX_NESTING} deep"));
         }
-        let word =
-            self.next("a signal (feature N, anomaly, probe NAME, logit NAME, mean(…), count(…))")?;
+        let word = self.next(
+            "a signal (feature N, anomaly, probe NAME, logit NAME, keywords, mean(…), count(…))",
+        )?;
         match word.as_str() {
             "feature" => {
                 let id = self.next("a feature id")?;
@@ -198,6 +204,7 @@ impl Parser {
                     .map_err(|_| format!("`{id}` is not a feature id"))
             }
             "anomaly" => Ok(Signal::Anomaly),
+            "keywords" => Ok(Signal::Keywords),
             "probe" => Ok(Signal::Probe(self.next("a probe name")?)),
             "logit" => Ok(Signal::Logit(self.next("a probe name")?)),
             "mean" => {
@@ -222,7 +229,7 @@ impl Parser {
                 Ok(Signal::Count(Box::new(s), cmp, v, n))
             }
             w => Err(format!(
-                "unknown signal `{w}`; use feature N, anomaly, probe NAME, logit NAME, mean(…) or count(…)"
+                "unknown signal `{w}`; use feature N, anomaly, probe NAME, logit NAME, keywords, mean(…) or count(…)"
             )),
         }
     }
@@ -327,6 +334,10 @@ mod tests {
         assert_eq!(
             Rule::parse("probe toxic<0.1").unwrap().signal,
             Signal::Probe("toxic".into())
+        );
+        assert_eq!(
+            Rule::parse("keywords >= 1").unwrap().signal,
+            Signal::Keywords
         );
     }
 

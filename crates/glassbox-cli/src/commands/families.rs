@@ -11,7 +11,10 @@
 //! Two combinations of them all follow: "stacked" (logistic regression over their scores) and
 //! "max rank" (each score ranked among benign scores, the highest rank taken), both fitted
 //! inside each fold on scores from detectors trained without a group of the fold's families,
-//! so they never see the held-out family either.
+//! so they never see the held-out family either. Last, "probe or keywords": the reading `--out`
+//! would save, or any keyword hit — what a deployment gets from two blocking monitors, and
+//! what `--out` ships (the probe's calibration marked `or_keywords`) when it holds out better.
+//! `--family-weights` makes every family count alike in training, whatever its size.
 //! With `--out`, the best probe (by held-out TPR at 1 % FPR), trained on every family, is saved
 //! with the threshold those held-out scores give.
 
@@ -19,9 +22,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use glassbox_analysis::keywords::KeywordFilter;
+use glassbox_dictionary::keywords::KeywordFilter;
 use glassbox_dictionary::probe::{
-    self, mean_rows, Aggregation, Calibration, Probe, ProbeTraining, Sample,
+    self, mean_rows, Aggregation, Calibration, Probe, ProbeTraining, Sample, KEYWORD_HIT,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_model::{Hooks, Model};
@@ -66,6 +69,30 @@ pub struct FamiliesArgs {
     /// text cannot dilute.
     #[arg(long, requires = "out")]
     aggregation: Option<Aggregation>,
+    /// How much each training text counts by the size of its family: `none` (every text
+    /// once), `sqrt` (1/√size) or `equal` (every family the same), within each class.
+    /// Without it the largest family's style (1,138 in-the-wild jailbreaks) becomes the probe.
+    #[arg(long, value_enum, default_value_t = FamilyWeights::None)]
+    family_weights: FamilyWeights,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum FamilyWeights {
+    None,
+    Sqrt,
+    Equal,
+}
+
+impl FamilyWeights {
+    /// The training weight of a text whose family has `size` texts.
+    fn of(self, size: usize) -> f32 {
+        let size = size.max(1) as f32;
+        match self {
+            FamilyWeights::None => 1.0,
+            FamilyWeights::Sqrt => 1.0 / size.sqrt(),
+            FamilyWeights::Equal => 1.0 / size,
+        }
+    }
 }
 
 /// One labelled text, read once.
@@ -80,9 +107,11 @@ struct Text {
     /// MiniLM's sentence embedding.
     embedding: Vec<f32>,
     keywords: f32,
+    /// How much the text counts in training (`--family-weights`).
+    weight: f32,
 }
 
-const DETECTORS: [&str; 8] = [
+const DETECTORS: [&str; 9] = [
     "probe mean",
     "probe max",
     "probe window",
@@ -91,10 +120,16 @@ const DETECTORS: [&str; 8] = [
     "keywords",
     "stacked",
     "max rank",
+    "probe or keywords",
 ];
 const N: usize = DETECTORS.len();
-/// The detectors the two combinations (stacked, max rank) combine: all but themselves.
-const BASES: usize = N - 2;
+/// The detectors the two combinations (stacked, max rank) combine: the first six.
+const BASES: usize = 6;
+/// The probe readings (mean, max, window, pooled), in `DETECTORS` order.
+const READINGS: usize = 4;
+/// Where "probe or keywords" sits: the best probe reading, or any keyword hit. It is what two
+/// monitors (the probe's rule and `keywords > 0`, both blocking) flag together.
+const UNION: usize = N - 1;
 /// The stacker's own training scores come from detectors trained without a group of
 /// families: the training families fall into this many groups.
 const STACK_GROUPS: usize = 5;
@@ -216,7 +251,7 @@ impl Stacker {
             .iter()
             .map(|(i, x)| {
                 let z = (0..BASES).map(|k| (x[k] - mean[k]) * scale[k]).collect();
-                Sample::new(z, texts[*i].label)
+                Sample::new(z, texts[*i].label).weighted(texts[*i].weight)
             })
             .collect();
         let refs: Vec<&Sample> = samples.iter().collect();
@@ -275,6 +310,8 @@ fn stack_input(base: &[f32; BASES]) -> [f32; BASES] {
 /// The protocol's result at one hook.
 struct HookReport {
     hook: String,
+    /// The probe reading (index into `DETECTORS`) the union with the keywords takes.
+    reading: usize,
     summaries: Vec<Summary>,
     per_family: BTreeMap<(bool, String), (usize, [usize; N])>,
     dropped: usize,
@@ -342,6 +379,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             layers,
             embedding: sentence_embedding(minilm, text)?,
             keywords: keywords.score(text),
+            weight: 1.0,
         });
         bar.inc(1);
     }
@@ -352,6 +390,17 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
+    let mut sizes: BTreeMap<(bool, &str), usize> = BTreeMap::new();
+    for t in &texts {
+        *sizes.entry((t.label, t.family.as_str())).or_default() += 1;
+    }
+    let weights: Vec<f32> = texts
+        .iter()
+        .map(|t| a.family_weights.of(sizes[&(t.label, t.family.as_str())]))
+        .collect();
+    for (t, w) in texts.iter_mut().zip(weights) {
+        t.weight = w;
+    }
     let attack_families = families.iter().filter(|f| f.0).count();
     if attack_families < 2 || families.len() - attack_families < 1 {
         bail!(
@@ -376,7 +425,9 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             "{}",
             json!({"model": a.model, "data": a.data, "texts": texts.len(),
                 "families": families.len(), "window": a.window, "hooks": hooks,
-                "saved": saved.as_ref().map(|s| &s.0), "rule": saved.as_ref().map(|s| &s.1)})
+                "saved": saved.as_ref().map(|s| &s.0),
+                "rule": saved.as_ref().and_then(|s| s.1.first()),
+                "rules": saved.as_ref().map(|s| &s.1)})
         );
         return Ok(());
     }
@@ -391,9 +442,18 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     for r in &reports {
         print_report(r, a.window);
     }
-    if let Some((path, rule)) = saved {
+    if let Some((path, rules)) = saved {
+        let whens: String = rules
+            .iter()
+            .map(|r| format!("\n  when = \"{r}\""))
+            .collect();
+        let monitors = if rules.len() > 1 {
+            "two monitors in deploy.toml (both blocking: a text either flags is flagged) read"
+        } else {
+            "a monitor in deploy.toml reads"
+        };
         println!(
-            "\nsaved {path}: trained on every family, flag rule calibrated on the held-out scores;\na monitor in deploy.toml reads it as\n  when = \"{rule}\""
+            "\nsaved {path}: trained on every family, flag rule calibrated on the held-out scores;\n{monitors} it as{whens}"
         );
     }
     Ok(())
@@ -457,10 +517,18 @@ fn evaluate(
     }
     let labels: Vec<bool> = texts.iter().map(|t| t.label).collect();
     let mut summaries = Vec::new();
-    for k in 0..N {
+    for k in 0..UNION {
         let s: Vec<f32> = pooled.iter().map(|p| p[k]).collect();
         summaries.push(Summary::of(&Scored::new(&s, &labels)?, 0.01));
     }
+    // The union with the keyword filter takes the reading `--out` would save: probabilities
+    // lie in [0, 1], so a keyword hit (+2) ranks above every text without one.
+    let reading = best_reading(a, |k| summaries[k].tpr_at_1pct_fpr);
+    for (p, t) in pooled.iter_mut().zip(texts) {
+        p[UNION] = p[reading] + if t.keywords > 0.0 { KEYWORD_HIT } else { 0.0 };
+    }
+    let s: Vec<f32> = pooled.iter().map(|p| p[UNION]).collect();
+    summaries.push(Summary::of(&Scored::new(&s, &labels)?, 0.01));
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
     let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
@@ -474,6 +542,7 @@ fn evaluate(
     }
     Ok(HookReport {
         hook: hook.to_string(),
+        reading,
         summaries,
         per_family,
         dropped,
@@ -499,22 +568,22 @@ fn report_json(r: &HookReport) -> serde_json::Value {
         })
         .collect();
     json!({"hook": r.hook, "detectors": detectors, "per_family": fam,
-        "dropped_duplicates": r.dropped})
+        "union_reading": DETECTORS[r.reading], "dropped_duplicates": r.dropped})
 }
 
 fn print_report(r: &HookReport, window: usize) {
     println!(
-        "\n{}\n{:<14} {:>7} {:>17} {:>10} {:>10}",
+        "\n{}\n{:<22} {:>7} {:>17} {:>10} {:>10}",
         r.hook, "detector", "AUROC", "95 % interval", "TPR@1%FPR", "TPR@5%FPR"
     );
     for (name, s) in DETECTORS.iter().zip(&r.summaries) {
-        let label = if *name == "probe window" {
-            format!("probe window{window}")
-        } else {
-            name.to_string()
+        let label = match *name {
+            "probe window" => format!("probe window{window}"),
+            "probe or keywords" => format!("{} or keywords", reading_name(r.reading, window)),
+            _ => name.to_string(),
         };
         println!(
-            "{:<14} {:>7.4} {:>17} {:>10.3} {:>10.3}",
+            "{:<22} {:>7.4} {:>17} {:>10.3} {:>10.3}",
             label,
             s.auroc,
             format!("[{:.4}, {:.4}]", s.auroc_ci95.0, s.auroc_ci95.1),
@@ -523,11 +592,7 @@ fn print_report(r: &HookReport, window: usize) {
         );
     }
     println!("flagged at each detector's 1 %-FPR threshold (held-out family):");
-    println!(
-        "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7} {:>8}",
-        "family",
-        "label",
-        "texts",
+    let columns = [
         "mean",
         "max",
         "window",
@@ -535,23 +600,35 @@ fn print_report(r: &HookReport, window: usize) {
         "embedding",
         "keywords",
         "stacked",
-        "max rank"
+        "max rank",
+        "or kw",
+    ];
+    let row = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(columns)
+            .map(|(c, h)| format!(" {c:>w$}", w = h.len().max(7)))
+            .collect::<String>()
+    };
+    let heads: Vec<String> = columns.iter().map(|h| h.to_string()).collect();
+    println!(
+        "{:<34} {:>5} {:>6}{}",
+        "family",
+        "label",
+        "texts",
+        row(&heads)
     );
     for ((label, f), (count, hit)) in &r.per_family {
-        let pct = |k: usize| format!("{:.1}%", 100.0 * hit[k] as f64 / *count as f64);
+        let pct: Vec<String> = hit
+            .iter()
+            .map(|&h| format!("{:.1}%", 100.0 * h as f64 / *count as f64))
+            .collect();
         println!(
-            "{:<34} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7} {:>8}",
+            "{:<34} {:>5} {:>6}{}",
             f,
             u8::from(*label),
             count,
-            pct(0),
-            pct(1),
-            pct(2),
-            pct(3),
-            pct(4),
-            pct(5),
-            pct(6),
-            pct(7)
+            row(&pct)
         );
     }
     if r.dropped > 0 {
@@ -559,6 +636,16 @@ fn print_report(r: &HookReport, window: usize) {
             "({} training texts left out because they repeat a held-out text)",
             r.dropped
         );
+    }
+}
+
+/// A probe reading's short name, e.g. "window4".
+fn reading_name(k: usize, window: usize) -> String {
+    match k {
+        0 => "mean".into(),
+        1 => "max".into(),
+        2 => format!("window{window}"),
+        _ => "pooled".into(),
     }
 }
 
@@ -592,6 +679,7 @@ fn fit_tokens(
         .map(|&i| {
             let t = &texts[i];
             Sample::subsampled(&t.layers[h].0, d, t.label, t.token_labels.as_deref(), keep)
+                .weighted(t.weight)
         })
         .collect();
     let refs: Vec<&Sample> = samples.iter().collect();
@@ -608,10 +696,30 @@ fn fit_vectors(
     let d = which(&texts[0]).len();
     let samples: Vec<Sample> = train
         .iter()
-        .map(|&i| Sample::new(which(&texts[i]).clone(), texts[i].label))
+        .map(|&i| Sample::new(which(&texts[i]).clone(), texts[i].label).weighted(texts[i].weight))
         .collect();
     let refs: Vec<&Sample> = samples.iter().collect();
     probe::fit(&refs, d, cfg)
+}
+
+/// How the saved probe reads a text, for each of the probe readings in `DETECTORS` order (the
+/// pooled probe, applied to every token, averages to its text-level logit).
+fn readings(window: usize) -> [Aggregation; READINGS] {
+    [
+        Aggregation::Mean,
+        Aggregation::Max,
+        Aggregation::Window { tokens: window },
+        Aggregation::MeanLogit,
+    ]
+}
+
+/// The probe reading `--out` saves at one hook: `--aggregation`, or the best by `tpr`.
+fn best_reading(a: &FamiliesArgs, tpr: impl Fn(usize) -> f64) -> usize {
+    let aggs = readings(a.window);
+    (0..READINGS)
+        .filter(|&k| a.aggregation.is_none_or(|x| x == aggs[k]))
+        .max_by(|&j, &k| tpr(j).total_cmp(&tpr(k)))
+        .unwrap_or(2)
 }
 
 /// The best probe (hook and aggregation by held-out TPR at 1 % FPR) trained on every family,
@@ -623,23 +731,22 @@ fn save_final(
     d: usize,
     dir: &std::path::Path,
     cfg: &ProbeTraining,
-) -> Result<(String, String)> {
+) -> Result<(String, Vec<String>)> {
     let all: Vec<usize> = (0..texts.len()).collect();
-    let aggs = [
-        Aggregation::Mean,
-        Aggregation::Max,
-        Aggregation::Window { tokens: a.window },
-        Aggregation::MeanLogit,
-    ];
+    let aggs = readings(a.window);
     let (h, best) = (0..reports.len())
-        .flat_map(|h| (0..aggs.len()).map(move |k| (h, k)))
+        .flat_map(|h| (0..READINGS).map(move |k| (h, k)))
         .filter(|&(_, k)| a.aggregation.is_none_or(|x| x == aggs[k]))
         .max_by(|&(h1, k1), &(h2, k2)| {
             let t = |h: usize, k: usize| reports[h].summaries[k].tpr_at_1pct_fpr;
             t(h1, k1).total_cmp(&t(h2, k2))
         })
         .unwrap_or((0, 2));
-    let s = &reports[h].summaries[best];
+    // The union with the keyword filter ships when it held out better than the probe alone.
+    let or_keywords = reports[h].reading == best
+        && reports[h].summaries[UNION].tpr_at_1pct_fpr > reports[h].summaries[best].tpr_at_1pct_fpr
+        && reports[h].summaries[UNION].threshold < KEYWORD_HIT;
+    let s = &reports[h].summaries[if or_keywords { UNION } else { best }];
     // The pooled probe, applied to each token, averages to its text-level logit.
     let (weights, bias) = if aggs[best] == Aggregation::MeanLogit {
         fit_vectors(texts, &all, |t| &t.layers[h].1, cfg)
@@ -669,12 +776,13 @@ fn save_final(
             data_sha256: format!("{:x}", Sha256::digest(&bytes)),
             positives: s.positives,
             negatives: s.negatives,
+            or_keywords,
         }),
     };
     p.save(dir)?;
-    let rule = p
+    let rules = p
         .calibration
         .as_ref()
-        .map_or(String::new(), |c| c.rule(&p.name));
-    Ok((dir.join(probe::FILE).display().to_string(), rule))
+        .map_or(Vec::new(), |c| c.rules(&p.name));
+    Ok((dir.join(probe::FILE).display().to_string(), rules))
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use glassbox_analysis::catalog::taxonomy::Taxonomy;
+use glassbox_dictionary::keywords::KeywordFilter;
 use glassbox_dictionary::probe::{
     self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
 };
@@ -388,6 +389,9 @@ impl<'m> Reader<'m> {
     }
 }
 
+/// A record's probe scores and keyword-filter count.
+type Scores = (TextScores, f32);
+
 /// The probe, its model, and every record scored (with progress on long files).
 fn score_records(
     probe_path: &Path,
@@ -395,7 +399,7 @@ fn score_records(
     window: usize,
     device: &str,
     quiet: bool,
-) -> Result<(Probe, Vec<Record>, Vec<TextScores>)> {
+) -> Result<(Probe, Vec<Record>, Vec<Scores>)> {
     let probe = Probe::load(probe_path)?;
     let records = read_records(data)?;
     let model = input::load_model(&probe.model, device)?;
@@ -409,12 +413,13 @@ fn score_records(
     }
     let reader = Reader::new(&model, &probe.hook)?;
     let bar = crate::report::progress(records.len() as u64, "scoring texts", quiet);
+    let keywords = KeywordFilter::default();
     let mut scores = Vec::with_capacity(records.len());
     for r in &records {
         let x = reader
             .activations(&r.text)
             .with_context(|| format!("{}, line {}", data.display(), r.line))?;
-        scores.push(probe.text_scores(&x, window));
+        scores.push((probe.text_scores(&x, window), keywords.score(&r.text)));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -429,12 +434,13 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         let rows: Vec<Value> = records
             .iter()
             .zip(&scores)
-            .map(|(r, s)| {
+            .map(|(r, (s, k))| {
                 let mut row = json!({"line": r.line, "label": r.label, "family": r.family,
-                    "scores": s, "window_tokens": a.on.window});
+                    "scores": s, "keywords": k, "window_tokens": a.on.window});
                 if let Some(c) = rule {
                     row["rule"] = json!({"aggregation": c.aggregation, "score": c.aggregation.of(s),
-                        "threshold": c.threshold, "flagged": c.aggregation.of(s) > c.threshold});
+                        "or_keywords": c.or_keywords, "threshold": c.threshold,
+                        "flagged": c.flags(s, *k)});
                 }
                 row
             })
@@ -443,7 +449,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:>5} {:>5} {:<30} {:>6} {:>7} {:>7} {:>8} {:>9} {:>8} {:>5}  text",
+        "{:>5} {:>5} {:<30} {:>6} {:>7} {:>7} {:>8} {:>9} {:>8} {:>8} {:>5}  text",
         "line",
         "label",
         "family",
@@ -453,11 +459,12 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         format!("window{}", a.on.window),
         "mean z",
         "max z",
+        "keywords",
         "flag"
     );
-    for (r, s) in records.iter().zip(&scores) {
+    for (r, (s, k)) in records.iter().zip(&scores) {
         let flag = match rule {
-            Some(c) if c.aggregation.of(s) > c.threshold => "yes",
+            Some(c) if c.flags(s, *k) => "yes",
             Some(_) => "no",
             None => "-",
         };
@@ -468,7 +475,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             .collect::<String>()
             .replace('\n', " ");
         println!(
-            "{:>5} {:>5} {:<30} {:>6} {:>7.4} {:>7.4} {:>8.4} {:>9.3} {:>8.3} {:>5}  {preview}",
+            "{:>5} {:>5} {:<30} {:>6} {:>7.4} {:>7.4} {:>8.4} {:>9.3} {:>8.3} {:>8} {:>5}  {preview}",
             r.line,
             r.label.map_or("-".into(), |l| u8::from(l).to_string()),
             r.family.as_deref().unwrap_or("-"),
@@ -478,14 +485,20 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             s.window,
             s.mean_logit,
             s.max_logit,
+            k,
             flag
         );
     }
     match rule {
         Some(c) => println!(
-            "flag: {} > {:.4} (calibrated for {:.1} % FPR on {})",
+            "flag: {} > {:.4}{} (calibrated for {:.1} % FPR on {})",
             c.aggregation.label(),
             c.threshold,
+            if c.or_keywords {
+                ", or any keyword pattern"
+            } else {
+                ""
+            },
             100.0 * c.target_fpr,
             c.data
         ),
@@ -524,24 +537,51 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         .unwrap_or(Aggregation::Window {
             tokens: a.on.window,
         });
+    // A probe calibrated as a union with the keyword filter is judged as one (the chosen
+    // aggregation or any keyword hit), beside its aggregations alone.
+    let union = probe.calibration.as_ref().is_some_and(|c| c.or_keywords);
+    let judged = Calibration {
+        aggregation: chosen,
+        or_keywords: union,
+        threshold: 0.0,
+        target_fpr: target,
+        fpr: 0.0,
+        tpr: 0.0,
+        data: String::new(),
+        data_sha256: String::new(),
+        positives: 0,
+        negatives: 0,
+    };
     let mut summaries = Vec::new();
     for agg in aggregations
         .iter()
         .copied()
         .chain((!aggregations.contains(&chosen)).then_some(chosen))
     {
-        let s: Vec<f32> = scores.iter().map(|s| agg.of(s)).collect();
-        summaries.push((agg, Summary::of(&Scored::new(&s, &labels)?, target)));
+        let s: Vec<f32> = scores.iter().map(|(s, _)| agg.of(s)).collect();
+        summaries.push((agg.label(), Summary::of(&Scored::new(&s, &labels)?, target)));
     }
-    let (_, best) = summaries
-        .iter()
-        .find(|(agg, _)| *agg == chosen)
-        .context("the chosen aggregation was scored")?;
+    if union {
+        let s: Vec<f32> = scores
+            .iter()
+            .map(|(s, k)| judged.union_score(s, *k))
+            .collect();
+        summaries.push((
+            format!("{} or keywords", chosen.label()),
+            Summary::of(&Scored::new(&s, &labels)?, target),
+        ));
+    }
+    let (chosen_label, best) = if union {
+        summaries.last()
+    } else {
+        summaries.iter().find(|(label, _)| *label == chosen.label())
+    }
+    .context("the chosen aggregation was scored")?;
     // Detection per family at the chosen threshold: positives caught, negatives flagged.
     let mut families: BTreeMap<(bool, String), (usize, usize)> = BTreeMap::new();
-    for (l, s) in labelled.iter().zip(&scores) {
+    for (l, (s, k)) in labelled.iter().zip(&scores) {
         let e = families.entry((l.label, l.family.clone())).or_default();
-        e.0 += usize::from(chosen.of(s) > best.threshold);
+        e.0 += usize::from(judged.union_score(s, *k) > best.threshold);
         e.1 += 1;
     }
     if let Some(fpr) = a.calibrate {
@@ -556,6 +596,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
             data_sha256: format!("{:x}", Sha256::digest(&bytes)),
             positives: best.positives,
             negatives: best.negatives,
+            or_keywords: union,
         });
         let dir = if a.on.probe.is_dir() {
             a.on.probe.clone()
@@ -570,7 +611,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
     if json_out {
         let summaries: Vec<Value> = summaries
             .iter()
-            .map(|(agg, s)| json!({"aggregation": agg.label(), "summary": s}))
+            .map(|(label, s)| json!({"aggregation": label, "summary": s}))
             .collect();
         let families: Vec<Value> = families
             .iter()
@@ -581,10 +622,11 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
             .collect();
         println!(
             "{}",
-            json!({"probe": probe.name, "aggregations": summaries, "chosen": chosen.label(),
+            json!({"probe": probe.name, "aggregations": summaries, "chosen": chosen_label,
                 "threshold": best.threshold, "target_fpr": target, "families": families,
                 "calibrated": a.calibrate.is_some(),
-                "rule": probe.calibration.as_ref().map(|c| c.rule(&probe.name))})
+                "rule": probe.calibration.as_ref().map(|c| c.rule(&probe.name)),
+                "rules": probe.calibration.as_ref().map(|c| c.rules(&probe.name))})
         );
         return Ok(());
     }
@@ -597,13 +639,13 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         a.on.data.display()
     );
     println!(
-        "\n{:<10} {:>7} {:>17} {:>10} {:>10}",
+        "\n{:<20} {:>7} {:>17} {:>10} {:>10}",
         "score", "AUROC", "95 % interval", "TPR@1%FPR", "TPR@5%FPR"
     );
-    for (agg, s) in &summaries {
+    for (label, s) in &summaries {
         println!(
-            "{:<10} {:>7.4} {:>17} {:>10.3} {:>10.3}",
-            agg.label(),
+            "{:<20} {:>7.4} {:>17} {:>10.3} {:>10.3}",
+            label,
             s.auroc,
             format!("[{:.4}, {:.4}]", s.auroc_ci95.0, s.auroc_ci95.1),
             s.tpr_at_1pct_fpr,
@@ -612,7 +654,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
     }
     println!(
         "\n{} > {:.4} keeps false positives at {:.2} % (target {:.2} %) and catches {:.1} % of positives",
-        chosen.label(),
+        chosen_label,
         best.threshold,
         100.0 * best.fpr,
         100.0 * target,
@@ -632,10 +674,16 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         );
     }
     if let Some(c) = probe.calibration.as_ref().filter(|_| a.calibrate.is_some()) {
+        let whens: String = c
+            .rules(&probe.name)
+            .iter()
+            .map(|r| format!("\n  when = \"{r}\""))
+            .collect();
         println!(
-            "\nsaved the threshold in {}; `glassbox probe score` uses it, and a monitor in deploy.toml reads it as\n  when = \"{}\"",
+            "\nsaved the threshold in {}; `glassbox probe score` uses it, and {} in deploy.toml read{} it as{whens}",
             a.on.probe.display(),
-            c.rule(&probe.name)
+            if c.or_keywords { "two blocking monitors" } else { "a monitor" },
+            if c.or_keywords { "" } else { "s" },
         );
     }
     Ok(())

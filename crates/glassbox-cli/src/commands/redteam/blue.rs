@@ -131,6 +131,8 @@ pub fn defend(
         data_sha256: String::new(),
         positives: cut.positives,
         negatives: cut.negatives,
+        // The keyword monitor, if any, stays in the deployment beside the probe's rule.
+        or_keywords: false,
     });
     let dir = out.join("defended-probe");
     new.save(&dir)?;
