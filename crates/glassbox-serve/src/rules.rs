@@ -8,7 +8,8 @@
 //!          | "logit" NAME                  the same probe's logit w·x + b on this token
 //!          | "keywords"                    how many of the keyword filter's 15 jailbreak and
 //!                                          injection patterns the input has matched by this
-//!                                          token (the prompt's; generated tokens keep its count)
+//!                                          token (the prompt's; generated tokens keep its count;
+//!                                          a chat prompt's system turn is read too)
 //!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens
 //!          | "mean" "(" signal ")"         its mean over every token of the input so far, decided
 //!                                          at the end of the prompt and at each new token
