@@ -7,7 +7,8 @@
 //!   effects, labels, sensitivity flags, LLM labelling).
 //! - Deployment checks: [`diff`] (what changed between checkpoints), [`edit`] (planted edits
 //!   for testing the gate); [`redteam`] attacks monitors (templates, encodings, GCG, the SAE
-//!   error-term recovery); [`keywords`] is the fixed baseline every detector is compared with.
+//!   error-term recovery) — the keyword baseline they are compared with lives beside the probes,
+//!   in `glassbox_dictionary::keywords`.
 //!
 //! Direct logit attribution: the heads', MLPs' and embeddings' direct effects add up to the
 //! model's own logit:

@@ -1,7 +1,7 @@
 //! The keyword baseline every learned monitor is compared with: fifteen case-insensitive
 //! patterns for the wording of jailbreaks, prompt injections and system-prompt extraction,
 //! written from the attack literature's stock phrases (not fitted to any data set); a space
-//! before punctuation is allowed where a WordPiece tokenizer's decoding puts one ("[ system ]"),
+//! before punctuation is allowed where a WordPiece tokenizer's decoding puts one (`[ system ]`),
 //! so the served signal, read from decoded tokens, matches what the raw text does. A text's
 //! score is how many patterns match it. Served, the filter is the monitor signal `keywords`:
 //! how many patterns the input has matched by each token.
