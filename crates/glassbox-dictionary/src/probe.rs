@@ -140,6 +140,12 @@ impl Aggregation {
         }
     }
 
+    /// The score raised above every threshold (+[`KEYWORD_HIT`] on a probability) by a keyword
+    /// hit: the union with the keyword filter as one score.
+    pub fn of_or_keywords(self, s: &TextScores, keywords: f32) -> f32 {
+        self.of(s) + if keywords > 0.0 { KEYWORD_HIT } else { 0.0 }
+    }
+
     pub fn label(self) -> String {
         match self {
             Self::Mean => "mean".into(),
@@ -199,11 +205,14 @@ impl Calibration {
         self.union_score(scores, keywords) > self.threshold
     }
 
-    /// The score the threshold applies to: the aggregation's, raised above every threshold
-    /// (+2 on a probability) by a keyword hit when the calibration takes the union.
+    /// The score the threshold applies to: the aggregation's, or its union with the keyword
+    /// filter ([`Aggregation::of_or_keywords`]) when the calibration takes the union.
     pub fn union_score(&self, scores: &TextScores, keywords: f32) -> f32 {
-        let hit = self.or_keywords && keywords > 0.0;
-        self.aggregation.of(scores) + if hit { KEYWORD_HIT } else { 0.0 }
+        if self.or_keywords {
+            self.aggregation.of_or_keywords(scores, keywords)
+        } else {
+            self.aggregation.of(scores)
+        }
     }
 
     /// The served monitor rules that together flag what this calibration flags (see

@@ -540,17 +540,12 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
     // A probe calibrated as a union with the keyword filter is judged as one (the chosen
     // aggregation or any keyword hit), beside its aggregations alone.
     let union = probe.calibration.as_ref().is_some_and(|c| c.or_keywords);
-    let judged = Calibration {
-        aggregation: chosen,
-        or_keywords: union,
-        threshold: 0.0,
-        target_fpr: target,
-        fpr: 0.0,
-        tpr: 0.0,
-        data: String::new(),
-        data_sha256: String::new(),
-        positives: 0,
-        negatives: 0,
+    let judged = |s: &TextScores, k: f32| {
+        if union {
+            chosen.of_or_keywords(s, k)
+        } else {
+            chosen.of(s)
+        }
     };
     let mut summaries = Vec::new();
     for agg in aggregations
@@ -562,10 +557,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         summaries.push((agg.label(), Summary::of(&Scored::new(&s, &labels)?, target)));
     }
     if union {
-        let s: Vec<f32> = scores
-            .iter()
-            .map(|(s, k)| judged.union_score(s, *k))
-            .collect();
+        let s: Vec<f32> = scores.iter().map(|(s, k)| judged(s, *k)).collect();
         summaries.push((
             format!("{} or keywords", chosen.label()),
             Summary::of(&Scored::new(&s, &labels)?, target),
@@ -581,7 +573,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
     let mut families: BTreeMap<(bool, String), (usize, usize)> = BTreeMap::new();
     for (l, (s, k)) in labelled.iter().zip(&scores) {
         let e = families.entry((l.label, l.family.clone())).or_default();
-        e.0 += usize::from(judged.union_score(s, *k) > best.threshold);
+        e.0 += usize::from(judged(s, *k) > best.threshold);
         e.1 += 1;
     }
     if let Some(fpr) = a.calibrate {
@@ -639,12 +631,12 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         a.on.data.display()
     );
     println!(
-        "\n{:<20} {:>7} {:>17} {:>10} {:>10}",
+        "\n{:<24} {:>7} {:>17} {:>10} {:>10}",
         "score", "AUROC", "95 % interval", "TPR@1%FPR", "TPR@5%FPR"
     );
     for (label, s) in &summaries {
         println!(
-            "{:<20} {:>7.4} {:>17} {:>10.3} {:>10.3}",
+            "{:<24} {:>7.4} {:>17} {:>10.3} {:>10.3}",
             label,
             s.auroc,
             format!("[{:.4}, {:.4}]", s.auroc_ci95.0, s.auroc_ci95.1),
