@@ -2,6 +2,7 @@
 //! decoding with the KV cache for decoders (one forward pass per new token, so rules and
 //! interventions act on each token as it is produced).
 
+use glassbox_model::chat::Message;
 use glassbox_model::generate::{GenerateConfig, Generation, Steps};
 use glassbox_model::sampling::Choice;
 use glassbox_model::{Batch, Hooks, Model, Output};
@@ -114,6 +115,40 @@ impl Steps for Monitored<'_, '_> {
     }
 }
 
+/// A decoder's prompt: its tokens, and which words in it are the caller's.
+pub struct Prompt {
+    pub ids: Vec<u32>,
+    /// The caller's own words, for the `keywords` signal: a chat's messages without its
+    /// system turns (the operator's, or the template's default), read whole at the prompt's
+    /// last token. `None`: the decoded tokens are read one by one (a plain completion's
+    /// prompt is all the caller's).
+    pub own_words: Option<String>,
+}
+
+impl Prompt {
+    /// A prompt that is all the caller's words.
+    pub fn plain(ids: Vec<u32>) -> Self {
+        Self {
+            ids,
+            own_words: None,
+        }
+    }
+
+    /// A chat prompt rendered from `messages`: an operator's system prompt that quotes a
+    /// jailbreak phrase ("system prompt", "developer mode") must not trip every request.
+    pub fn chat(ids: Vec<u32>, messages: &[Message]) -> Self {
+        let own: Vec<&str> = messages
+            .iter()
+            .filter(|m| m.role != "system")
+            .map(|m| m.content.as_str())
+            .collect();
+        Self {
+            ids,
+            own_words: Some(own.join("\n")),
+        }
+    }
+}
+
 /// Continues `prompt` (greedy or sampled, as `cfg` says). `on_token` receives each new token
 /// and the text that became final with it, and returns false to stop (the client went away).
 /// Generation stops at a block; the report says why.
@@ -122,7 +157,7 @@ pub fn generate(
     set: &MonitorSet,
     alerts: Option<&Alerts>,
     request_id: &str,
-    prompt: &[u32],
+    prompt: &Prompt,
     cfg: &GenerateConfig,
     on_token: &mut dyn FnMut(&Choice, &str) -> bool,
 ) -> Result<(Generation, Report)> {
@@ -133,10 +168,13 @@ pub fn generate(
         )));
     }
     let mut watch = Watch::new(set, alerts, request_id);
-    watch.set_special(vec![model.tokenizer.special_mask(prompt)]);
-    watch.set_keywords(set.keyword_counts(model, &[prompt.to_vec()])?);
+    watch.set_special(vec![model.tokenizer.special_mask(&prompt.ids)]);
+    watch.set_keywords(match &prompt.own_words {
+        Some(words) => vec![set.keyword_counts_at_end(words, prompt.ids.len())],
+        None => set.keyword_counts(model, std::slice::from_ref(&prompt.ids))?,
+    });
     let generation = model.generate(
-        prompt,
+        &prompt.ids,
         cfg,
         &mut Monitored {
             watch: &mut watch,

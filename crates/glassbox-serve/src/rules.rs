@@ -9,7 +9,8 @@
 //!          | "keywords"                    how many of the keyword filter's 15 jailbreak and
 //!                                          injection patterns the input has matched by this
 //!                                          token (the prompt's; generated tokens keep its count;
-//!                                          a chat prompt's system turn is read too)
+//!                                          of a chat, its messages without the system turns,
+//!                                          counted at the prompt's last token)
 //!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens
 //!          | "mean" "(" signal ")"         its mean over every token of the input so far, decided
 //!                                          at the end of the prompt and at each new token

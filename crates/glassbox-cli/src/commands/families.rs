@@ -32,7 +32,8 @@ use rayon::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::probe::{read_records, Reader};
+use super::probe::{read_records, LongTexts};
+use super::reader::Reader;
 use crate::input;
 
 #[derive(clap::Args)]
@@ -54,9 +55,8 @@ pub struct FamiliesArgs {
     /// Tokens of each text used for training (evenly spaced; all are scored).
     #[arg(long, default_value_t = 64)]
     train_tokens: usize,
-    /// Read at most this many tokens of each text (default: the model's context).
-    #[arg(long)]
-    max_tokens: Option<usize>,
+    #[command(flatten)]
+    long: LongTexts,
     /// Also train the best probe (hook and aggregation by held-out TPR at 1 % FPR) on every
     /// family and save it here, calibrated for 1 % FPR on the held-out scores.
     #[arg(long)]
@@ -333,7 +333,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let model = input::load_model(&a.model, device)?;
     let hooks: Vec<&str> = a.hooks.iter().map(String::as_str).collect();
-    let reader = Reader::with_hooks(&model, &hooks)?;
+    let reader = Reader::with_hooks(&model, &hooks)?.passes(a.long.max_tokens, a.long.truncate);
     let minilm_owned;
     let minilm: &Model = if model.config.arch == glassbox_model::Architecture::Bert {
         &model
@@ -348,7 +348,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     for (i, l) in labelled.iter().enumerate() {
         let text = &l.text;
         let layers: Vec<(Vec<f32>, Vec<f32>)> = reader
-            .activations_at(text, a.max_tokens)
+            .activations_all(text)
             .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?
             .into_iter()
             .map(|acts| (mean_rows(&acts, d), acts))
@@ -356,7 +356,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             .collect();
         let token_labels = match l.span {
             Some(span) if l.label => {
-                let labels = reader.span_labels(text, span, a.max_tokens)?;
+                let labels = reader.span_labels(text, span)?;
                 if labels.len() * d != layers[0].0.len() {
                     bail!(
                         "{}, text {}: {} token labels for {} tokens",
@@ -366,7 +366,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
                         layers[0].0.len() / d
                     );
                 }
-                // A span cut off by --max-tokens labels nothing: the text counts whole.
+                // A span cut off by --truncate labels nothing: the text counts whole.
                 labels.iter().any(|&v| v).then_some(labels)
             }
             _ => None,

@@ -13,10 +13,10 @@ use glassbox_dictionary::probe::{
     self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
-use glassbox_model::{HookPoint, Hooks, Model};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::reader::Reader;
 use crate::input;
 
 #[derive(clap::Subcommand)]
@@ -51,6 +51,21 @@ pub struct ProbeOnTexts {
     /// Tokens per window of the windowed score.
     #[arg(long, default_value_t = 4)]
     window: usize,
+    #[command(flatten)]
+    long: LongTexts,
+}
+
+/// How texts longer than one forward pass are read (probe score, eval and families).
+#[derive(clap::Args, Clone, Copy)]
+pub struct LongTexts {
+    /// Tokens per forward pass (default and most: the model's context). A longer text is read
+    /// whole in passes that overlap by a quarter, so an injection at the end of a long
+    /// document is read too.
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<usize>,
+    /// Read only a long text's first pass instead of all of it (faster; misses what follows).
+    #[arg(long)]
+    pub truncate: bool,
 }
 
 #[derive(clap::Args)]
@@ -295,100 +310,6 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// Reads one hook's activations over a text's own tokens (the model's special tokens are run
-/// but not returned). Texts longer than the model's context keep their first tokens.
-pub(crate) struct Reader<'m> {
-    model: &'m Model,
-    /// In forward order; the pass stops at the last.
-    hooks: Vec<HookPoint>,
-    prefix: Vec<u32>,
-    suffix: Vec<u32>,
-}
-
-impl<'m> Reader<'m> {
-    pub(crate) fn new(model: &'m Model, hook: &str) -> Result<Self> {
-        Self::with_hooks(model, &[hook])
-    }
-
-    /// A reader of several hooks in one pass (results in the order given).
-    pub(crate) fn with_hooks(model: &'m Model, hooks: &[&str]) -> Result<Self> {
-        let (prefix, suffix) = model.tokenizer.special_affixes()?;
-        let hooks = hooks
-            .iter()
-            .map(|h| model.hook_point(h))
-            .collect::<glassbox_model::Result<Vec<_>>>()?;
-        if hooks.is_empty() {
-            bail!("give at least one --hook");
-        }
-        Ok(Self {
-            hooks,
-            model,
-            prefix,
-            suffix,
-        })
-    }
-
-    /// `[tokens, d_model]`, flattened.
-    pub(crate) fn activations(&self, text: &str) -> Result<Vec<f32>> {
-        self.activations_capped(text, None)
-    }
-
-    /// The first hook's activations over at most the first `cap` tokens of the text.
-    pub(crate) fn activations_capped(&self, text: &str, cap: Option<usize>) -> Result<Vec<f32>> {
-        let mut all = self.activations_at(text, cap)?;
-        Ok(all.swap_remove(0))
-    }
-
-    /// Per token read by [`Self::activations_at`], whether it overlaps `span` (bytes).
-    pub(crate) fn span_labels(
-        &self,
-        text: &str,
-        span: (usize, usize),
-        cap: Option<usize>,
-    ) -> Result<Vec<bool>> {
-        let (_, offsets) = self.model.tokenizer.encode_plain_offsets(text)?;
-        let max = self.model.config.max_positions - self.prefix.len() - self.suffix.len();
-        let n = offsets.len().min(cap.map_or(max, |c| c.clamp(1, max)));
-        Ok(offsets[..n]
-            .iter()
-            .map(|&(s, e)| s < span.1 && e > span.0)
-            .collect())
-    }
-
-    /// Every hook's `[tokens, d_model]` over at most the first `cap` tokens of the text.
-    pub(crate) fn activations_at(&self, text: &str, cap: Option<usize>) -> Result<Vec<Vec<f32>>> {
-        let mut content = self.model.tokenizer.encode_plain(text)?;
-        if content.is_empty() {
-            bail!("the text has no tokens");
-        }
-        let max = self.model.config.max_positions - self.prefix.len() - self.suffix.len();
-        content.truncate(cap.map_or(max, |c| c.clamp(1, max)));
-        let ids = [self.prefix.as_slice(), &content, self.suffix.as_slice()].concat();
-        let order = self.model.hook_points();
-        let last = self
-            .hooks
-            .iter()
-            .copied()
-            .max_by_key(|h| order.iter().position(|p| p == h))
-            .context("no hook")?;
-        let mut hooks = Hooks::none()
-            .record_all(self.hooks.iter().copied())
-            .stop_at(last);
-        self.model
-            .forward(&self.model.batch_ids(&[ids])?, &mut hooks, None)?;
-        self.hooks
-            .iter()
-            .map(|h| {
-                let act = hooks.cache().get(h).context("the hook did not fire")?;
-                Ok(act
-                    .narrow(1, self.prefix.len(), content.len())?
-                    .flatten_all()?
-                    .to_vec1()?)
-            })
-            .collect()
-    }
-}
-
 /// A record's probe scores and keyword-filter count.
 type Scores = (TextScores, f32);
 
@@ -397,6 +318,7 @@ fn score_records(
     probe_path: &Path,
     data: &Path,
     window: usize,
+    long: LongTexts,
     device: &str,
     quiet: bool,
 ) -> Result<(Probe, Vec<Record>, Vec<Scores>)> {
@@ -411,7 +333,7 @@ fn score_records(
             model.config.d_model
         );
     }
-    let reader = Reader::new(&model, &probe.hook)?;
+    let reader = Reader::new(&model, &probe.hook)?.passes(long.max_tokens, long.truncate);
     let bar = crate::report::progress(records.len() as u64, "scoring texts", quiet);
     let keywords = KeywordFilter::default();
     let mut scores = Vec::with_capacity(records.len());
@@ -427,8 +349,14 @@ fn score_records(
 }
 
 fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
-    let (probe, records, scores) =
-        score_records(&a.on.probe, &a.on.data, a.on.window, device, json_out)?;
+    let (probe, records, scores) = score_records(
+        &a.on.probe,
+        &a.on.data,
+        a.on.window,
+        a.on.long,
+        device,
+        json_out,
+    )?;
     let rule = probe.calibration.as_ref();
     if json_out {
         let rows: Vec<Value> = records
@@ -517,8 +445,14 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         }
     }
     let target = a.calibrate.unwrap_or(a.target_fpr);
-    let (mut probe, records, scores) =
-        score_records(&a.on.probe, &a.on.data, a.on.window, device, json_out)?;
+    let (mut probe, records, scores) = score_records(
+        &a.on.probe,
+        &a.on.data,
+        a.on.window,
+        a.on.long,
+        device,
+        json_out,
+    )?;
     let labelled = records
         .into_iter()
         .map(|r| r.labelled(&a.on.data))

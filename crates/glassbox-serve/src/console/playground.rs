@@ -210,9 +210,14 @@ pub async fn run(
             e.value
         ));
     }
+    let prompt_ids = if req.chat {
+        infer::Prompt::chat(ids, &[Message::new("user", &req.prompt)])
+    } else {
+        infer::Prompt::plain(ids)
+    };
     let play = Play {
         id: id.clone(),
-        ids,
+        prompt: prompt_ids,
         cfg,
         edit: edit_cfg,
         titles: titles.clone(),
@@ -274,7 +279,7 @@ fn account(
 /// A checked playground request, ready for a worker.
 struct Play {
     id: String,
-    ids: Vec<u32>,
+    prompt: infer::Prompt,
     cfg: GenerateConfig,
     edit: Option<MonitorConfig>,
     titles: Vec<String>,
@@ -312,7 +317,7 @@ impl Play {
                 only.as_ref(),
                 title,
                 &self.id,
-                &self.ids,
+                &self.prompt,
                 &self.cfg,
                 &mut on_text,
             )?;
@@ -377,11 +382,14 @@ fn one_run(
     edit: Option<&MonitorSet>,
     title: &str,
     rid: &str,
-    ids: &[u32],
+    prompt: &infer::Prompt,
     cfg: &GenerateConfig,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<(RunView, infer::Report)> {
-    let (g, report) = infer::generate(&s.model, set, None, rid, ids, cfg, &mut |_, t| on_text(t))?;
+    let (g, report) = infer::generate(&s.model, set, None, rid, prompt, cfg, &mut |_, t| {
+        on_text(t)
+    })?;
+    let ids = &prompt.ids;
     let all: Vec<u32> = ids
         .iter()
         .copied()

@@ -393,7 +393,7 @@ pub(super) async fn completions(
             state,
             caller,
             req.prompt,
-            ids,
+            infer::Prompt::plain(ids),
             cfg,
             req.params.stream,
             logprobs,
@@ -435,18 +435,19 @@ pub(super) async fn chat_completions(
                 e => ServeError::from(e).into(),
             })?;
         check_length(&state, &ids, "the conversation")?;
+        let ids = infer::Prompt::chat(ids, &messages);
         complete::<ChatChoice>(state, caller, prompt, ids, cfg, req.params.stream, logprobs).await
     })
     .await
 }
 
 /// Generates and answers in layout `L` (chat or completions): one JSON answer, or server-sent
-/// events with `stream`.
+/// events with `stream`. `text` is the prompt as the audit log records it.
 async fn complete<L: ChoiceLayout>(
     state: Arc<AppState>,
     caller: Caller,
-    prompt: String,
-    ids: Vec<u32>,
+    text: String,
+    prompt: infer::Prompt,
     cfg: GenerateConfig,
     stream: bool,
     logprobs: bool,
@@ -459,7 +460,7 @@ async fn complete<L: ChoiceLayout>(
     }
     let id = request_id(&state);
     let set = state.monitor_set();
-    let n_prompt = ids.len();
+    let n_prompt = prompt.ids.len();
     let count = move |s: &AppState, generated: usize| {
         let tokens = &s.metrics.tokens;
         tokens.with_label_values(&["input"]).inc_by(n_prompt as u64);
@@ -475,14 +476,14 @@ async fn complete<L: ChoiceLayout>(
                 &set,
                 s.alerts.as_ref(),
                 &rid,
-                &ids,
+                &prompt,
                 &cfg,
                 &mut |_, _| true,
             )
         })
         .await?;
         count(&state, g.tokens.len());
-        account(&state, &caller, &id, route, &prompt, &report)?;
+        account(&state, &caller, &id, route, &text, &report)?;
         if report.blocked.is_some() && g.tokens.is_empty() {
             if let Some(e) = blocked_error(&id, &report) {
                 return Ok((headers_for(&id, Some(&report)), e).into_response());
@@ -529,7 +530,7 @@ async fn complete<L: ChoiceLayout>(
                 &set,
                 st.alerts.as_ref(),
                 &rid2,
-                &ids,
+                &prompt,
                 &cfg,
                 &mut |c, text| {
                     let logprobs = logprobs.then_some((&*model, std::slice::from_ref(c)));
@@ -545,7 +546,7 @@ async fn complete<L: ChoiceLayout>(
         // instead of a normal finish, so the client knows the record is missing.
         let result = result.and_then(|(g, report)| {
             count(&s, g.tokens.len());
-            account(&s, &caller, &rid, route, &prompt, &report).map(|_| (g, report))
+            account(&s, &caller, &rid, route, &text, &report).map(|_| (g, report))
         });
         let last = match result {
             Ok((g, report)) => chunk(

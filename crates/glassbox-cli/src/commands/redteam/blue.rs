@@ -15,7 +15,8 @@ use glassbox_model::Model;
 use glassbox_serve::config::Config;
 use sha2::{Digest, Sha256};
 
-use crate::commands::probe::{Labelled, Reader};
+use crate::commands::probe::Labelled;
+use crate::commands::reader::Reader;
 
 /// What the blue round trained on and produced.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -57,7 +58,8 @@ pub fn defend(
         .as_ref()
         .map_or(Aggregation::MeanLogit, |c| c.aggregation);
     let target_fpr = old.calibration.as_ref().map_or(0.01, |c| c.target_fpr);
-    let reader = Reader::new(model, &old.hook)?;
+    // The served monitor reads at most `max_tokens` of a prompt; training reads the same.
+    let reader = Reader::new(model, &old.hook)?.passes(Some(max_tokens), true);
     let d = model.config.d_model;
     let hash = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
     // (text, label, the span that makes it positive)
@@ -82,9 +84,9 @@ pub fn defend(
     let mut samples = Vec::with_capacity(texts.len());
     let mut pooled = Vec::with_capacity(texts.len());
     for (text, label, span) in &texts {
-        let acts = reader.activations_capped(text, Some(max_tokens))?;
+        let acts = reader.activations(text)?;
         let labels = match span {
-            Some(s) if *label => Some(reader.span_labels(text, *s, Some(max_tokens))?)
+            Some(s) if *label => Some(reader.span_labels(text, *s)?)
                 .filter(|l| l.iter().any(|&v| v) && l.len() * d == acts.len()),
             _ => None,
         };

@@ -60,7 +60,8 @@ impl Target<'_> {
                 ));
             }
             messages.push(Message::new("user", &text));
-            let (_, prompt) = model.chat_prompt(&messages, true)?;
+            let (_, ids) = model.chat_prompt(&messages, true)?;
+            let prompt = infer::Prompt::chat(ids, &messages);
             let cfg = GenerateConfig {
                 max_new: self.canary.as_ref().map_or(1, |c| c.max_new_tokens),
                 sampling: Sampling::greedy(),
