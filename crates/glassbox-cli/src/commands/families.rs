@@ -343,6 +343,10 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     };
     let keywords = KeywordFilter::default();
     let d = model.config.d_model;
+    let mut sizes: BTreeMap<(bool, &str), usize> = BTreeMap::new();
+    for l in &labelled {
+        *sizes.entry((l.label, l.family.as_str())).or_default() += 1;
+    }
     let bar = crate::report::progress(labelled.len() as u64, "reading texts", json_out);
     let mut texts = Vec::with_capacity(labelled.len());
     for (i, l) in labelled.iter().enumerate() {
@@ -379,7 +383,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             layers,
             embedding: sentence_embedding(minilm, text)?,
             keywords: keywords.score(text),
-            weight: 1.0,
+            weight: a.family_weights.of(sizes[&(l.label, l.family.as_str())]),
         });
         bar.inc(1);
     }
@@ -390,17 +394,6 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut sizes: BTreeMap<(bool, &str), usize> = BTreeMap::new();
-    for t in &texts {
-        *sizes.entry((t.label, t.family.as_str())).or_default() += 1;
-    }
-    let weights: Vec<f32> = texts
-        .iter()
-        .map(|t| a.family_weights.of(sizes[&(t.label, t.family.as_str())]))
-        .collect();
-    for (t, w) in texts.iter_mut().zip(weights) {
-        t.weight = w;
-    }
     let attack_families = families.iter().filter(|f| f.0).count();
     if attack_families < 2 || families.len() - attack_families < 1 {
         bail!(
