@@ -57,8 +57,9 @@ pub struct FamiliesArgs {
     train_tokens: usize,
     #[command(flatten)]
     long: LongTexts,
-    /// Also train the best probe (hook and aggregation by held-out TPR at 1 % FPR) on every
-    /// family and save it here, calibrated for 1 % FPR on the held-out scores.
+    /// Also train the best probe (hook and aggregation by held-out TPR at 1 % FPR, alone or
+    /// with the keyword filter where that holds out better) on every family and save it here,
+    /// calibrated for 1 % FPR on the held-out scores.
     #[arg(long)]
     out: Option<PathBuf>,
     /// The saved probe's name in monitor rules (default: the data file's stem).
@@ -514,14 +515,33 @@ fn evaluate(
         let s: Vec<f32> = pooled.iter().map(|p| p[k]).collect();
         summaries.push(Summary::of(&Scored::new(&s, &labels)?, 0.01));
     }
-    // The union with the keyword filter takes the reading `--out` would save: probabilities
-    // lie in [0, 1], so a keyword hit (+2) ranks above every text without one.
-    let reading = best_reading(a, |k| summaries[k].tpr_at_1pct_fpr);
-    for (p, t) in pooled.iter_mut().zip(texts) {
-        p[UNION] = p[reading] + if t.keywords > 0.0 { KEYWORD_HIT } else { 0.0 };
+    // The union with the keyword filter, for every reading `--out` may save (probabilities lie
+    // in [0, 1], so a keyword hit, +2, ranks above every text without one); the report keeps
+    // the reading whose monitor — alone, or with the keywords where that held out better —
+    // catches most at 1 % FPR: what `--out` saves.
+    let hit = |t: &Text| if t.keywords > 0.0 { KEYWORD_HIT } else { 0.0 };
+    let aggs = readings(a.window);
+    let mut best: Option<(usize, Summary)> = None;
+    for k in (0..READINGS).filter(|&k| a.aggregation.is_none_or(|x| x == aggs[k])) {
+        let s: Vec<f32> = pooled
+            .iter()
+            .zip(texts)
+            .map(|(p, t)| p[k] + hit(t))
+            .collect();
+        let union = Summary::of(&Scored::new(&s, &labels)?, 0.01);
+        let tpr = shipped_tpr(&summaries[k], &union);
+        if best
+            .as_ref()
+            .is_none_or(|(j, u)| tpr > shipped_tpr(&summaries[*j], u))
+        {
+            best = Some((k, union));
+        }
     }
-    let s: Vec<f32> = pooled.iter().map(|p| p[UNION]).collect();
-    summaries.push(Summary::of(&Scored::new(&s, &labels)?, 0.01));
+    let (reading, union) = best.context("no probe reading matches --aggregation")?;
+    for (p, t) in pooled.iter_mut().zip(texts) {
+        p[UNION] = p[reading] + hit(t);
+    }
+    summaries.push(union);
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
     let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
@@ -706,17 +726,24 @@ fn readings(window: usize) -> [Aggregation; READINGS] {
     ]
 }
 
-/// The probe reading `--out` saves at one hook: `--aggregation`, or the best by `tpr`.
-fn best_reading(a: &FamiliesArgs, tpr: impl Fn(usize) -> f64) -> usize {
-    let aggs = readings(a.window);
-    (0..READINGS)
-        .filter(|&k| a.aggregation.is_none_or(|x| x == aggs[k]))
-        .max_by(|&j, &k| tpr(j).total_cmp(&tpr(k)))
-        .unwrap_or(2)
+/// Whether a reading ships with the keyword filter: its union held out better, and the union's
+/// threshold lies below a keyword hit (so a hit alone flags).
+fn ships_with_keywords(reading: &Summary, union: &Summary) -> bool {
+    union.tpr_at_1pct_fpr > reading.tpr_at_1pct_fpr && union.threshold < KEYWORD_HIT
 }
 
-/// The best probe (hook and aggregation by held-out TPR at 1 % FPR) trained on every family,
-/// with that aggregation as its flag rule and the threshold from the held-out scores.
+/// The held-out TPR at 1 % FPR of what `--out` would ship for a reading: it, or its union.
+fn shipped_tpr(reading: &Summary, union: &Summary) -> f64 {
+    if ships_with_keywords(reading, union) {
+        union.tpr_at_1pct_fpr
+    } else {
+        reading.tpr_at_1pct_fpr
+    }
+}
+
+/// The best probe (hook and aggregation by the held-out TPR at 1 % FPR of what ships: the
+/// reading alone or with the keyword filter) trained on every family, with that aggregation as
+/// its flag rule and the threshold from the held-out scores.
 fn save_final(
     a: &FamiliesArgs,
     texts: &[Text],
@@ -727,18 +754,17 @@ fn save_final(
 ) -> Result<(String, Vec<String>)> {
     let all: Vec<usize> = (0..texts.len()).collect();
     let aggs = readings(a.window);
-    let (h, best) = (0..reports.len())
-        .flat_map(|h| (0..READINGS).map(move |k| (h, k)))
-        .filter(|&(_, k)| a.aggregation.is_none_or(|x| x == aggs[k]))
-        .max_by(|&(h1, k1), &(h2, k2)| {
-            let t = |h: usize, k: usize| reports[h].summaries[k].tpr_at_1pct_fpr;
-            t(h1, k1).total_cmp(&t(h2, k2))
-        })
-        .unwrap_or((0, 2));
-    // The union with the keyword filter ships when it held out better than the probe alone.
-    let or_keywords = reports[h].reading == best
-        && reports[h].summaries[UNION].tpr_at_1pct_fpr > reports[h].summaries[best].tpr_at_1pct_fpr
-        && reports[h].summaries[UNION].threshold < KEYWORD_HIT;
+    // Each hook's report already holds its best reading (`evaluate`).
+    let shipped = |h: usize| {
+        let r = &reports[h];
+        shipped_tpr(&r.summaries[r.reading], &r.summaries[UNION])
+    };
+    let h = (0..reports.len())
+        .max_by(|&i, &j| shipped(i).total_cmp(&shipped(j)))
+        .unwrap_or(0);
+    let best = reports[h].reading;
+    let or_keywords =
+        ships_with_keywords(&reports[h].summaries[best], &reports[h].summaries[UNION]);
     let s = &reports[h].summaries[if or_keywords { UNION } else { best }];
     // The pooled probe, applied to each token, averages to its text-level logit.
     let (weights, bias) = if aggs[best] == Aggregation::MeanLogit {

@@ -315,14 +315,12 @@ type Scores = (TextScores, f32);
 
 /// The probe, its model, and every record scored (with progress on long files).
 fn score_records(
-    probe_path: &Path,
-    data: &Path,
-    window: usize,
-    long: LongTexts,
+    on: &ProbeOnTexts,
     device: &str,
     quiet: bool,
 ) -> Result<(Probe, Vec<Record>, Vec<Scores>)> {
-    let probe = Probe::load(probe_path)?;
+    let (data, window, long) = (&on.data, on.window, on.long);
+    let probe = Probe::load(&on.probe)?;
     let records = read_records(data)?;
     let model = input::load_model(&probe.model, device)?;
     if model.config.d_model != probe.weights.len() {
@@ -349,14 +347,7 @@ fn score_records(
 }
 
 fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
-    let (probe, records, scores) = score_records(
-        &a.on.probe,
-        &a.on.data,
-        a.on.window,
-        a.on.long,
-        device,
-        json_out,
-    )?;
+    let (probe, records, scores) = score_records(&a.on, device, json_out)?;
     let rule = probe.calibration.as_ref();
     if json_out {
         let rows: Vec<Value> = records
@@ -445,14 +436,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         }
     }
     let target = a.calibrate.unwrap_or(a.target_fpr);
-    let (mut probe, records, scores) = score_records(
-        &a.on.probe,
-        &a.on.data,
-        a.on.window,
-        a.on.long,
-        device,
-        json_out,
-    )?;
+    let (mut probe, records, scores) = score_records(&a.on, device, json_out)?;
     let labelled = records
         .into_iter()
         .map(|r| r.labelled(&a.on.data))
