@@ -151,6 +151,68 @@ fn a_text_shared_with_the_held_out_family_is_never_trained_on() {
 }
 
 #[test]
+fn benign_texts_held_out_by_random_part_and_every_score_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set.jsonl");
+    write_jsonl(&data, &rows());
+    let scores = dir.path().join("scores.jsonl");
+    let report = ok_json(&[
+        "--json",
+        "probe",
+        "families",
+        "--model",
+        "minilm",
+        "--hook",
+        "blocks.3.hook_resid_pre",
+        "--data",
+        data.to_str().unwrap(),
+        "--benign-split",
+        "random",
+        "--scores",
+        scores.to_str().unwrap(),
+    ]);
+    assert!(
+        report["benign_split"].as_str().unwrap().contains("random"),
+        "{report}"
+    );
+    // Reported by their own families still, though held out by part.
+    let hook = &report["hooks"][0];
+    let families: Vec<&str> = hook["per_family"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["family"].as_str().unwrap())
+        .collect();
+    assert!(families.contains(&"benign_a") && families.contains(&"benign_b"));
+    // One line per text, in the data's order, every detector scored; the union is its reading
+    // raised by 2 on a keyword hit.
+    let lines: Vec<Value> = std::fs::read_to_string(&scores)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 26);
+    let reading = hook["union_reading"].as_str().unwrap();
+    for (i, (l, row)) in lines.iter().zip(rows()).enumerate() {
+        assert_eq!(l["index"], i);
+        assert_eq!(l["family"], row.2);
+        assert_eq!(l["label"], row.1);
+        let s = &l["scores"];
+        assert_eq!(s.as_object().unwrap().len(), 9, "{l}");
+        let hit = if s["keywords"].as_f64().unwrap() > 0.0 {
+            2.0
+        } else {
+            0.0
+        };
+        let union = s["probe or keywords"].as_f64().unwrap();
+        assert!(
+            (union - s[reading].as_f64().unwrap() - hit).abs() < 1e-5,
+            "{l}"
+        );
+    }
+}
+
+#[test]
 fn bad_labelled_sets_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let probe_dir = dir.path().join("probe");

@@ -143,7 +143,7 @@ impl Aggregation {
     /// The score raised above every threshold (+[`KEYWORD_HIT`] on a probability) by a keyword
     /// hit: the union with the keyword filter as one score.
     pub fn of_or_keywords(self, s: &TextScores, keywords: f32) -> f32 {
-        self.of(s) + if keywords > 0.0 { KEYWORD_HIT } else { 0.0 }
+        or_keywords(self.of(s), keywords)
     }
 
     pub fn label(self) -> String {
@@ -178,6 +178,12 @@ impl std::str::FromStr for Aggregation {
 
 /// What a keyword hit adds to a probability score in a union (see [`Calibration::union_score`]).
 pub const KEYWORD_HIT: f32 = 2.0;
+
+/// A probability score's union with the keyword filter as one score: a hit (+[`KEYWORD_HIT`])
+/// ranks above every text without one, so one threshold below the hit flags either.
+pub fn or_keywords(score: f32, keywords: f32) -> f32 {
+    score + if keywords > 0.0 { KEYWORD_HIT } else { 0.0 }
+}
 
 /// A threshold chosen on labelled data for a target false-positive rate.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

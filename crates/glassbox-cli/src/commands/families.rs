@@ -17,6 +17,11 @@
 //! `--family-weights` makes every family count alike in training, whatever its size.
 //! With `--out`, the best probe (by held-out TPR at 1 % FPR), trained on every family, is saved
 //! with the threshold those held-out scores give.
+//!
+//! `--benign-split random` holds the benign texts out by random part instead of by family (the
+//! attack families stay whole): the operating point a deployment gets when it calibrates on a
+//! sample of its own traffic, beside the strict default where benign traffic is as new as the
+//! attacks. `--scores` writes every text's held-out scores.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -62,6 +67,12 @@ pub struct FamiliesArgs {
     /// calibrated for 1 % FPR on the held-out scores.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write every text's held-out scores here, one JSON line per text and hook
+    /// (`{"hook", "index", "family", "label", "scores": {detector: score}}`, index = the
+    /// text's place among the records, from 0), to plot or to
+    /// combine detectors in a notebook.
+    #[arg(long)]
+    scores: Option<PathBuf>,
     /// The saved probe's name in monitor rules (default: the data file's stem).
     #[arg(long)]
     name: Option<String>,
@@ -75,6 +86,42 @@ pub struct FamiliesArgs {
     /// Without it the largest family's style (1,138 in-the-wild jailbreaks) becomes the probe.
     #[arg(long, value_enum, default_value_t = FamilyWeights::None)]
     family_weights: FamilyWeights,
+    /// How benign texts are held out: `family` (each benign family scored by probes trained
+    /// without it: benign traffic unlike anything in training) or `random` (benign texts in
+    /// five random parts, each scored by probes trained on the other four and every attack
+    /// family: a deployment that calibrates on a sample of its own traffic). Attack families
+    /// are held out whole either way.
+    #[arg(long, value_enum, default_value_t = BenignSplit::Family)]
+    benign_split: BenignSplit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum BenignSplit {
+    Family,
+    Random,
+}
+
+impl BenignSplit {
+    fn describe(self) -> &'static str {
+        match self {
+            BenignSplit::Family => "held-out families",
+            BenignSplit::Random => "held-out attack families, benign texts held out by random part",
+        }
+    }
+}
+
+/// The parts `--benign-split random` deals benign texts into.
+const BENIGN_PARTS: u8 = 5;
+
+impl BenignSplit {
+    /// The fold a text is held out in: its family, or for a benign text under `random` a part
+    /// chosen by its hash (so duplicates share a part).
+    fn fold(self, label: bool, family: &str, hash: &[u8; 32]) -> String {
+        match self {
+            BenignSplit::Random if !label => format!("benign part {}", hash[0] % BENIGN_PARTS + 1),
+            _ => family.to_string(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -100,6 +147,8 @@ impl FamilyWeights {
 struct Text {
     label: bool,
     family: String,
+    /// What it is held out with: its family, or a random part of the benign texts.
+    fold: String,
     hash: [u8; 32],
     /// Per hook: `[tokens, d]` and its mean over tokens, `[d]`.
     layers: Vec<(Vec<f32>, Vec<f32>)>,
@@ -209,13 +258,13 @@ impl Stacker {
     ) -> Self {
         let families: Vec<(bool, &str)> = train
             .iter()
-            .map(|&i| (texts[i].label, texts[i].family.as_str()))
+            .map(|&i| (texts[i].label, texts[i].fold.as_str()))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
         // Sorted benign first, so the groups share the benign families out.
         let group = |i: usize| {
-            let key = (texts[i].label, texts[i].family.as_str());
+            let key = (texts[i].label, texts[i].fold.as_str());
             families.binary_search(&key).unwrap_or(0) % STACK_GROUPS
         };
         let mut features: Vec<(usize, [f32; BASES])> = Vec::with_capacity(train.len());
@@ -316,6 +365,8 @@ struct HookReport {
     summaries: Vec<Summary>,
     per_family: BTreeMap<(bool, String), (usize, [usize; N])>,
     dropped: usize,
+    /// Every text's held-out scores, in `DETECTORS` order.
+    pooled: Vec<[f32; N]>,
 }
 
 pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
@@ -376,10 +427,12 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             }
             _ => None,
         };
+        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         texts.push(Text {
             label: l.label,
             family: l.family.clone(),
-            hash: Sha256::digest(text.as_bytes()).into(),
+            fold: a.benign_split.fold(l.label, &l.family, &hash),
+            hash,
             token_labels,
             layers,
             embedding: sentence_embedding(minilm, text)?,
@@ -404,10 +457,19 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             families.len() - attack_families
         );
     }
+    let folds: Vec<(bool, String)> = texts
+        .iter()
+        .map(|t| (t.label, t.fold.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let cfg = ProbeTraining::default();
     let mut reports = Vec::new();
     for (h, hook) in a.hooks.iter().enumerate() {
-        reports.push(evaluate(&a, &texts, h, hook, &families, d, &cfg, json_out)?);
+        reports.push(evaluate(&a, &texts, h, hook, &folds, d, &cfg, json_out)?);
+    }
+    if let Some(path) = &a.scores {
+        write_scores(path, &texts, &reports)?;
     }
     let saved = match &a.out {
         Some(dir) => Some(save_final(&a, &texts, &reports, d, dir, &cfg)?),
@@ -419,6 +481,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             "{}",
             json!({"model": a.model, "data": a.data, "texts": texts.len(),
                 "families": families.len(), "window": a.window, "hooks": hooks,
+                "benign_split": a.benign_split.describe(),
                 "saved": saved.as_ref().map(|s| &s.0),
                 "rule": saved.as_ref().and_then(|s| s.1.first()),
                 "rules": saved.as_ref().map(|s| &s.1)})
@@ -426,11 +489,12 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "leave-one-family-out on {} ({} texts, {} attack and {} benign families), {}",
+        "leave-one-family-out on {} ({} texts, {} attack and {} benign families; {}), {}",
         a.data.display(),
         texts.len(),
         attack_families,
         families.len() - attack_families,
+        a.benign_split.describe(),
         a.model
     );
     for r in &reports {
@@ -454,28 +518,29 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
 }
 
 /// Leave-one-family-out at hook `h`: each family scored by detectors trained without it
-/// (families in parallel), the scores pooled.
+/// (families in parallel; under `--benign-split random` the benign texts are held out by
+/// random part instead), the scores pooled.
 #[allow(clippy::too_many_arguments)]
 fn evaluate(
     a: &FamiliesArgs,
     texts: &[Text],
     h: usize,
     hook: &str,
-    families: &[(bool, String)],
+    folds: &[(bool, String)],
     d: usize,
     cfg: &ProbeTraining,
     quiet: bool,
 ) -> Result<HookReport> {
     let bar = crate::report::progress(
-        families.len() as u64,
+        folds.len() as u64,
         &format!("{hook}: training without each family"),
         quiet,
     );
-    let folds: Vec<(Vec<usize>, Vec<[f32; N]>, usize)> = families
+    let folds: Vec<(Vec<usize>, Vec<[f32; N]>, usize)> = folds
         .par_iter()
-        .map(|(label, family)| {
+        .map(|(label, fold)| {
             let held: Vec<usize> = (0..texts.len())
-                .filter(|&i| texts[i].label == *label && &texts[i].family == family)
+                .filter(|&i| texts[i].label == *label && &texts[i].fold == fold)
                 .collect();
             let held_hashes: HashSet<[u8; 32]> = held.iter().map(|&i| texts[i].hash).collect();
             // A text identical to a held-out one stays out of training even under another
@@ -515,18 +580,16 @@ fn evaluate(
         let s: Vec<f32> = pooled.iter().map(|p| p[k]).collect();
         summaries.push(Summary::of(&Scored::new(&s, &labels)?, 0.01));
     }
-    // The union with the keyword filter, for every reading `--out` may save (probabilities lie
-    // in [0, 1], so a keyword hit, +2, ranks above every text without one); the report keeps
+    // The union with the keyword filter, for every reading `--out` may save; the report keeps
     // the reading whose monitor — alone, or with the keywords where that held out better —
     // catches most at 1 % FPR: what `--out` saves.
-    let hit = |t: &Text| if t.keywords > 0.0 { KEYWORD_HIT } else { 0.0 };
     let aggs = readings(a.window);
     let mut best: Option<(usize, Summary)> = None;
     for k in (0..READINGS).filter(|&k| a.aggregation.is_none_or(|x| x == aggs[k])) {
         let s: Vec<f32> = pooled
             .iter()
             .zip(texts)
-            .map(|(p, t)| p[k] + hit(t))
+            .map(|(p, t)| probe::or_keywords(p[k], t.keywords))
             .collect();
         let union = Summary::of(&Scored::new(&s, &labels)?, 0.01);
         let tpr = shipped_tpr(&summaries[k], &union);
@@ -539,7 +602,7 @@ fn evaluate(
     }
     let (reading, union) = best.context("no probe reading matches --aggregation")?;
     for (p, t) in pooled.iter_mut().zip(texts) {
-        p[UNION] = p[reading] + hit(t);
+        p[UNION] = probe::or_keywords(p[reading], t.keywords);
     }
     summaries.push(union);
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
@@ -559,7 +622,28 @@ fn evaluate(
         summaries,
         per_family,
         dropped,
+        pooled,
     })
+}
+
+/// Every text's held-out scores as JSON lines (written whole, then renamed into place).
+fn write_scores(path: &std::path::Path, texts: &[Text], reports: &[HookReport]) -> Result<()> {
+    let mut out = String::new();
+    for r in reports {
+        for (i, (t, p)) in texts.iter().zip(&r.pooled).enumerate() {
+            let scores: serde_json::Map<String, serde_json::Value> = DETECTORS
+                .iter()
+                .zip(p)
+                .map(|(d, s)| (d.to_string(), json!(s)))
+                .collect();
+            out += &json!({"hook": r.hook, "index": i, "family": t.family,
+                "label": u8::from(t.label), "scores": scores})
+            .to_string();
+            out.push('\n');
+        }
+    }
+    glassbox_store::fsutil::atomic_write(path, out.as_bytes())
+        .with_context(|| format!("writing held-out scores to {}", path.display()))
 }
 
 fn report_json(r: &HookReport) -> serde_json::Value {
@@ -791,7 +875,7 @@ fn save_final(
             target_fpr: 0.01,
             fpr: s.fpr,
             tpr: s.tpr,
-            data: format!("{} (held-out families)", a.data.display()),
+            data: format!("{} ({})", a.data.display(), a.benign_split.describe()),
             data_sha256: format!("{:x}", Sha256::digest(&bytes)),
             positives: s.positives,
             negatives: s.negatives,
@@ -804,4 +888,29 @@ fn save_final(
         .as_ref()
         .map_or(Vec::new(), |c| c.rules(&p.name));
     Ok((dir.join(probe::FILE).display().to_string(), rules))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_random_benign_split_deals_benign_texts_into_parts_and_keeps_attack_families() {
+        let mut seen = HashSet::new();
+        for b in 0..=255u8 {
+            let hash = [b; 32];
+            let part = BenignSplit::Random.fold(false, "benign_x", &hash);
+            assert!(part.starts_with("benign part "), "{part}");
+            seen.insert(part);
+            assert_eq!(
+                BenignSplit::Random.fold(true, "attack_y", &hash),
+                "attack_y"
+            );
+            assert_eq!(
+                BenignSplit::Family.fold(false, "benign_x", &hash),
+                "benign_x"
+            );
+        }
+        assert_eq!(seen.len(), usize::from(BENIGN_PARTS));
+    }
 }
