@@ -155,7 +155,8 @@ fn benign_texts_held_out_by_random_part_and_every_score_written() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("set.jsonl");
     write_jsonl(&data, &rows());
-    let scores = dir.path().join("scores.jsonl");
+    // In a folder that does not exist yet: the command makes it.
+    let scores = dir.path().join("reports/scores.jsonl");
     let report = ok_json(&[
         "--json",
         "probe",

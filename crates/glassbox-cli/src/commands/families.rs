@@ -378,6 +378,13 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             );
         }
     }
+    // Its folder made now, so a bad path fails before the reading, not twenty minutes after.
+    if let Some(dir) = a.scores.as_deref().and_then(std::path::Path::parent) {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--scores: cannot create the folder {}", dir.display()))?;
+        }
+    }
     let records = read_records(&a.data)?;
     let labelled = records
         .into_iter()
