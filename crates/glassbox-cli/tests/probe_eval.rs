@@ -214,6 +214,91 @@ fn benign_texts_held_out_by_random_part_and_every_score_written() {
 }
 
 #[test]
+fn a_probe_is_recalibrated_on_benign_traffic_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set.jsonl");
+    write_jsonl(&data, &rows());
+    let probe_dir = dir.path().join("probe");
+    let p = probe_dir.to_str().unwrap();
+    let args = [
+        "probe",
+        "families",
+        "--model",
+        "minilm",
+        "--hook",
+        "blocks.3.hook_resid_pre",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        p,
+    ];
+    assert!(glassbox(&args).status.success());
+    // Unlabelled traffic: the eight benign texts and four more, no labels.
+    let traffic = dir.path().join("traffic.jsonl");
+    let mut lines: Vec<String> = common::BENIGN
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    for t in [
+        "Book a table for two at seven tonight.",
+        "How many grams are in a pound?",
+        "Translate 'good morning' into Italian.",
+        "Summarise the attached meeting notes in three bullet points.",
+    ] {
+        lines.push(serde_json::json!({ "text": t, "family": "extra" }).to_string());
+    }
+    std::fs::write(&traffic, lines.join("\n")).unwrap();
+    let t = traffic.to_str().unwrap();
+    let checked = ok_json(&[
+        "--json", "probe", "eval", "--probe", p, "--data", t, "--benign",
+    ]);
+    assert_eq!(checked["calibrated"], false);
+    assert_eq!(checked["texts"], 12);
+    let calibrated = ok_json(&[
+        "--json",
+        "probe",
+        "eval",
+        "--probe",
+        p,
+        "--data",
+        t,
+        "--benign",
+        "--calibrate",
+        "0.25",
+    ]);
+    // 25 % of twelve: at most three flagged, and the threshold saved with no positives.
+    let flagged = calibrated["flagged"].as_f64().unwrap();
+    assert!(flagged <= 0.25 + 1e-9, "{calibrated}");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(probe_dir.join("probe.json")).unwrap())
+            .unwrap();
+    let c = &saved["calibration"];
+    assert_eq!(c["positives"], 0);
+    assert_eq!(c["negatives"], 12);
+    assert_eq!(c["target_fpr"], 0.25);
+    assert!(
+        (c["threshold"].as_f64().unwrap() - calibrated["threshold"].as_f64().unwrap()).abs() < 1e-6
+    );
+    let families: Vec<&str> = calibrated["families"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["family"].as_str().unwrap())
+        .collect();
+    assert_eq!(families, ["extra", "traffic"]);
+    // An attack in the traffic is an error naming its line.
+    std::fs::write(
+        &traffic,
+        format!("{}\n{{\"text\": \"x\", \"label\": 1}}\n", lines[0]),
+    )
+    .unwrap();
+    fails(
+        &["probe", "eval", "--probe", p, "--data", t, "--benign"],
+        "line 2: --benign reads benign traffic only",
+    );
+}
+
+#[test]
 fn bad_labelled_sets_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let probe_dir = dir.path().join("probe");

@@ -191,7 +191,8 @@ pub struct Calibration {
     pub aggregation: Aggregation,
     pub threshold: f32,
     pub target_fpr: f64,
-    /// What the threshold gave on the data it was chosen on.
+    /// What the threshold gave on the data it was chosen on (chosen on benign traffic alone:
+    /// no positives, `tpr` 0).
     pub fpr: f64,
     pub tpr: f64,
     /// That data: file name and SHA-256, texts of each label.

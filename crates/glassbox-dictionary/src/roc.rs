@@ -63,11 +63,7 @@ impl Scored {
     /// negative ranked `⌊fpr·n⌋ + 1` from the top (flagging is strictly above it). With
     /// `fpr` ≥ 1 every text is flagged (threshold −∞).
     pub fn threshold_at_fpr(&self, fpr: f64) -> f32 {
-        let allowed = (fpr * self.negatives.len() as f64).floor() as usize;
-        match self.negatives.get(allowed) {
-            Some(&s) => s,
-            None => f32::NEG_INFINITY,
-        }
+        threshold_in_sorted(&self.negatives, fpr)
     }
 
     /// Fraction of positives strictly above `threshold`.
@@ -146,6 +142,22 @@ fn auroc_sorted(pos: &[f32], neg: &[f32]) -> f64 {
     total / (pos.len() as f64 * neg.len() as f64)
 }
 
+/// [`Scored::threshold_at_fpr`] from negative scores alone (any order): a threshold set on
+/// benign traffic, where there are no positives to rank against.
+pub fn threshold_for_fpr(negatives: &[f32], fpr: f64) -> f32 {
+    let mut sorted = negatives.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    threshold_in_sorted(&sorted, fpr)
+}
+
+fn threshold_in_sorted(descending: &[f32], fpr: f64) -> f32 {
+    let allowed = (fpr * descending.len() as f64).floor() as usize;
+    match descending.get(allowed) {
+        Some(&s) => s,
+        None => f32::NEG_INFINITY,
+    }
+}
+
 /// The headline numbers of one evaluation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -188,6 +200,21 @@ mod tests {
         let scores: Vec<f32> = pos.iter().chain(neg).copied().collect();
         let labels: Vec<bool> = (0..scores.len()).map(|i| i < pos.len()).collect();
         Scored::new(&scores, &labels).unwrap()
+    }
+
+    #[test]
+    fn a_threshold_from_benign_scores_alone_matches_the_labelled_one() {
+        let neg = [0.3, 0.9, 0.1, 0.7, 0.5];
+        let labelled = scored(&[1.0], &neg);
+        for fpr in [0.0, 0.2, 0.39, 0.4, 0.99, 1.0] {
+            assert_eq!(
+                threshold_for_fpr(&neg, fpr),
+                labelled.threshold_at_fpr(fpr),
+                "{fpr}"
+            );
+        }
+        // 20 % of five: one text above the threshold (0.9 > 0.7).
+        assert_eq!(threshold_for_fpr(&neg, 0.2), 0.7);
     }
 
     #[test]

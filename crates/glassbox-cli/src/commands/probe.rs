@@ -88,6 +88,12 @@ pub struct EvalArgs {
     /// Save the threshold for this false-positive rate in the probe (its monitors' rule).
     #[arg(long, value_name = "FPR")]
     calibrate: Option<f64>,
+    /// Every text is benign traffic (no label, or label 0), e.g. a sample of a deployment's
+    /// own requests: report the share the probe's rule flags and, with `--calibrate FPR`, set
+    /// the threshold from these texts alone (no AUROC or TPR without attacks). A probe
+    /// calibrated on the traffic it will serve keeps its false alarms where they were measured.
+    #[arg(long)]
+    benign: bool,
 }
 
 #[derive(clap::Args)]
@@ -232,7 +238,7 @@ pub(crate) struct Labelled {
 }
 
 impl Record {
-    pub(crate) fn labelled(self, path: &Path) -> Result<Labelled> {
+    pub(crate) fn labelled(&self, path: &Path) -> Result<Labelled> {
         let label = self.label.with_context(|| {
             format!(
                 "{}, line {}: no \"label\" (0 or 1) to evaluate against",
@@ -242,13 +248,166 @@ impl Record {
         })?;
         let family = self
             .family
+            .clone()
             .unwrap_or_else(|| if label { "positive" } else { "negative" }.into());
         Ok(Labelled {
-            text: self.text,
+            text: self.text.clone(),
             label,
             family,
             span: self.span,
         })
+    }
+}
+
+/// `probe eval --benign`: benign traffic only. The share the probe's rule flags, per family,
+/// and with `--calibrate` the threshold that keeps it at the target, saved in the probe.
+fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) -> Result<()> {
+    if let Some(r) = records.iter().find(|r| r.label == Some(true)) {
+        bail!(
+            "{}, line {}: --benign reads benign traffic only, and this text is labelled 1; drop --benign to evaluate against attacks",
+            a.on.data.display(),
+            r.line
+        );
+    }
+    if records.is_empty() {
+        bail!("{} holds no texts", a.on.data.display());
+    }
+    let (mut probe, scores) = score_records(&a.on, records, device, json_out)?;
+    let before = probe.calibration.clone();
+    if before.is_none() && a.calibrate.is_none() {
+        bail!(
+            "probe `{}` has no threshold to check; add --calibrate FPR (e.g. 0.01) to set one from these texts",
+            probe.name
+        );
+    }
+    let aggregation = a
+        .aggregate
+        .or(before.as_ref().map(|c| c.aggregation))
+        .unwrap_or(Aggregation::Window {
+            tokens: a.on.window,
+        });
+    let or_keywords = before.as_ref().is_some_and(|c| c.or_keywords);
+    let judged: Vec<f32> = scores
+        .iter()
+        .map(|(s, k)| {
+            if or_keywords {
+                aggregation.of_or_keywords(s, *k)
+            } else {
+                aggregation.of(s)
+            }
+        })
+        .collect();
+    let share = |t: f32| judged.iter().filter(|&&v| v > t).count() as f64 / judged.len() as f64;
+    // The rule as it stood, where it reads these scores the same way.
+    let flagged_before = before
+        .as_ref()
+        .filter(|c| c.aggregation == aggregation)
+        .map(|c| share(c.threshold));
+    if let Some(fpr) = a.calibrate {
+        let threshold = glassbox_dictionary::roc::threshold_for_fpr(&judged, fpr);
+        let bytes = std::fs::read(&a.on.data)?;
+        probe.calibration = Some(Calibration {
+            aggregation,
+            threshold,
+            target_fpr: fpr,
+            fpr: share(threshold),
+            tpr: 0.0,
+            data: format!("{} (benign traffic)", a.on.data.display()),
+            data_sha256: format!("{:x}", Sha256::digest(&bytes)),
+            positives: 0,
+            negatives: judged.len(),
+            or_keywords,
+        });
+        probe.save(&probe_dir(&a.on.probe))?;
+    }
+    let c = probe
+        .calibration
+        .clone()
+        .context("a threshold was set or loaded above")?;
+    let mut families: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (r, v) in records.iter().zip(&judged) {
+        let e = families
+            .entry(r.family.clone().unwrap_or_else(|| "traffic".into()))
+            .or_default();
+        e.0 += usize::from(*v > c.threshold);
+        e.1 += 1;
+    }
+    if json_out {
+        let families: Vec<Value> = families
+            .iter()
+            .map(|(f, (hit, n))| {
+                json!({"family": f, "flagged": hit, "texts": n, "rate": *hit as f64 / *n as f64})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"probe": probe.name, "texts": judged.len(), "threshold": c.threshold,
+                "flagged": share(c.threshold), "flagged_before": flagged_before,
+                "threshold_before": before.as_ref().map(|b| b.threshold),
+                "calibrated": a.calibrate.is_some(), "families": families,
+                "rules": c.rules(&probe.name)})
+        );
+        return Ok(());
+    }
+    println!(
+        "probe `{}` on {} benign texts from {}",
+        probe.name,
+        judged.len(),
+        a.on.data.display()
+    );
+    if let (Some(b), Some(f), Some(_)) = (&before, flagged_before, a.calibrate) {
+        println!(
+            "its rule before: {} > {:.4} flags {:.2} % of them",
+            aggregation.label(),
+            b.threshold,
+            100.0 * f
+        );
+    }
+    println!(
+        "{}{} > {:.4} flags {:.2} %{}",
+        if a.calibrate.is_some() {
+            "calibrated: "
+        } else {
+            ""
+        },
+        aggregation.label(),
+        c.threshold,
+        100.0 * share(c.threshold),
+        if or_keywords {
+            " (with any keyword hit)"
+        } else {
+            ""
+        }
+    );
+    println!("\n{:<28} {:>8} {:>8}", "family", "texts", "flagged");
+    for (f, (hit, n)) in &families {
+        println!(
+            "{:<28} {:>8} {:>7.1}%",
+            f,
+            n,
+            100.0 * *hit as f64 / *n as f64
+        );
+    }
+    if a.calibrate.is_some() {
+        let whens: String = c
+            .rules(&probe.name)
+            .iter()
+            .map(|r| format!("\n  when = \"{r}\""))
+            .collect();
+        println!(
+            "\nsaved the threshold in {}; deploy.toml's monitors read it as{whens}",
+            a.on.probe.display()
+        );
+    }
+    Ok(())
+}
+
+/// The directory a probe path names (the probe.json's folder, or the folder itself).
+fn probe_dir(probe: &Path) -> std::path::PathBuf {
+    if probe.is_dir() {
+        probe.to_path_buf()
+    } else {
+        probe.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 }
 
@@ -313,15 +472,15 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
 /// A record's probe scores and keyword-filter count.
 type Scores = (TextScores, f32);
 
-/// The probe, its model, and every record scored (with progress on long files).
+/// The probe, and every record scored (with progress on long files).
 fn score_records(
     on: &ProbeOnTexts,
+    records: &[Record],
     device: &str,
     quiet: bool,
-) -> Result<(Probe, Vec<Record>, Vec<Scores>)> {
+) -> Result<(Probe, Vec<Scores>)> {
     let (data, window, long) = (&on.data, on.window, on.long);
     let probe = Probe::load(&on.probe)?;
-    let records = read_records(data)?;
     let model = input::load_model(&probe.model, device)?;
     if model.config.d_model != probe.weights.len() {
         bail!(
@@ -335,7 +494,7 @@ fn score_records(
     let bar = crate::report::progress(records.len() as u64, "scoring texts", quiet);
     let keywords = KeywordFilter::default();
     let mut scores = Vec::with_capacity(records.len());
-    for r in &records {
+    for r in records {
         let x = reader
             .activations(&r.text)
             .with_context(|| format!("{}, line {}", data.display(), r.line))?;
@@ -343,11 +502,12 @@ fn score_records(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok((probe, records, scores))
+    Ok((probe, scores))
 }
 
 fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
-    let (probe, records, scores) = score_records(&a.on, device, json_out)?;
+    let records = read_records(&a.on.data)?;
+    let (probe, scores) = score_records(&a.on, &records, device, json_out)?;
     let rule = probe.calibration.as_ref();
     if json_out {
         let rows: Vec<Value> = records
@@ -422,7 +582,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             c.data
         ),
         None => println!(
-            "no calibrated threshold; `glassbox probe eval --probe {} --data LABELLED.jsonl --calibrate 0.01` sets one",
+            "no calibrated threshold; `glassbox probe eval --probe {} --data LABELLED.jsonl --calibrate 0.01` sets one (on unlabelled traffic of your own: add --benign)",
             a.on.probe.display()
         ),
     }
@@ -436,11 +596,16 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         }
     }
     let target = a.calibrate.unwrap_or(a.target_fpr);
-    let (mut probe, records, scores) = score_records(&a.on, device, json_out)?;
+    let records = read_records(&a.on.data)?;
+    if a.benign {
+        return eval_traffic(&a, &records, device, json_out);
+    }
+    // Labels checked before the (long) scoring.
     let labelled = records
-        .into_iter()
+        .iter()
         .map(|r| r.labelled(&a.on.data))
         .collect::<Result<Vec<_>>>()?;
+    let (mut probe, scores) = score_records(&a.on, &records, device, json_out)?;
     let labels: Vec<bool> = labelled.iter().map(|l| l.label).collect();
     let aggregations = [
         Aggregation::Mean,
@@ -508,15 +673,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
             negatives: best.negatives,
             or_keywords: union,
         });
-        let dir = if a.on.probe.is_dir() {
-            a.on.probe.clone()
-        } else {
-            a.on.probe
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default()
-        };
-        probe.save(&dir)?;
+        probe.save(&probe_dir(&a.on.probe))?;
     }
     if json_out {
         let summaries: Vec<Value> = summaries
