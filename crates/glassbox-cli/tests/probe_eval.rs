@@ -3,8 +3,20 @@
 
 mod common;
 
-use common::{fails, glassbox, ok_json, rows, write_jsonl, OVERRIDES};
+use common::{fails, ok_json, rows, write_jsonl, OVERRIDES};
 use serde_json::Value;
+
+/// The hook most of these runs read (after `--hook`).
+const L3: &str = "blocks.3.hook_resid_pre";
+
+/// `glassbox --json probe families` on MiniLM over `data`; `rest` starts with the first hook.
+fn families<'a>(data: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--json", "probe", "families", "--model", "minilm", "--data", data, "--hook",
+    ];
+    args.extend_from_slice(rest);
+    args
+}
 
 #[test]
 fn families_eval_calibrate_and_score_work_together() {
@@ -13,21 +25,10 @@ fn families_eval_calibrate_and_score_work_together() {
     write_jsonl(&data, &rows());
     let probe_dir = dir.path().join("probe");
     let (d, p) = (data.to_str().unwrap(), probe_dir.to_str().unwrap());
-    let report = ok_json(&[
-        "--json",
-        "probe",
-        "families",
-        "--model",
-        "minilm",
-        "--hook",
-        "blocks.3.hook_resid_pre",
-        "--hook",
-        "blocks.5.hook_resid_post",
-        "--data",
+    let report = ok_json(&families(
         d,
-        "--out",
-        p,
-    ]);
+        &[L3, "--hook", "blocks.5.hook_resid_post", "--out", p],
+    ));
     assert_eq!(report["texts"], 26);
     assert_eq!(report["families"], 5);
     let hooks = report["hooks"].as_array().unwrap();
@@ -136,17 +137,7 @@ fn a_text_shared_with_the_held_out_family_is_never_trained_on() {
     rows.push((OVERRIDES[0], 1, "roleplay"));
     rows.push((OVERRIDES[1], 1, "roleplay"));
     write_jsonl(&data, &rows);
-    let report = ok_json(&[
-        "--json",
-        "probe",
-        "families",
-        "--model",
-        "minilm",
-        "--hook",
-        "blocks.3.hook_resid_pre",
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let report = ok_json(&families(data.to_str().unwrap(), &[L3]));
     assert_eq!(report["hooks"][0]["dropped_duplicates"], 4);
 }
 
@@ -157,21 +148,16 @@ fn benign_texts_held_out_by_random_part_and_every_score_written() {
     write_jsonl(&data, &rows());
     // In a folder that does not exist yet: the command makes it.
     let scores = dir.path().join("reports/scores.jsonl");
-    let report = ok_json(&[
-        "--json",
-        "probe",
-        "families",
-        "--model",
-        "minilm",
-        "--hook",
-        "blocks.3.hook_resid_pre",
-        "--data",
+    let report = ok_json(&families(
         data.to_str().unwrap(),
-        "--benign-split",
-        "random",
-        "--scores",
-        scores.to_str().unwrap(),
-    ]);
+        &[
+            L3,
+            "--benign-split",
+            "random",
+            "--scores",
+            scores.to_str().unwrap(),
+        ],
+    ));
     assert!(
         report["benign_split"].as_str().unwrap().contains("random"),
         "{report}"
@@ -220,19 +206,7 @@ fn a_probe_is_recalibrated_on_benign_traffic_alone() {
     write_jsonl(&data, &rows());
     let probe_dir = dir.path().join("probe");
     let p = probe_dir.to_str().unwrap();
-    let args = [
-        "probe",
-        "families",
-        "--model",
-        "minilm",
-        "--hook",
-        "blocks.3.hook_resid_pre",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        p,
-    ];
-    assert!(glassbox(&args).status.success());
+    ok_json(&families(data.to_str().unwrap(), &[L3, "--out", p]));
     // Unlabelled traffic: the eight benign texts and four more, no labels.
     let traffic = dir.path().join("traffic.jsonl");
     let mut lines: Vec<String> = common::BENIGN
@@ -305,19 +279,7 @@ fn bad_labelled_sets_are_clear_errors() {
     let good = dir.path().join("good.jsonl");
     write_jsonl(&good, &rows());
     let p = probe_dir.to_str().unwrap();
-    let out = glassbox(&[
-        "probe",
-        "families",
-        "--model",
-        "minilm",
-        "--hook",
-        "blocks.3.hook_resid_pre",
-        "--data",
-        good.to_str().unwrap(),
-        "--out",
-        p,
-    ]);
-    assert!(out.status.success());
+    ok_json(&families(good.to_str().unwrap(), &[L3, "--out", p]));
     let file = |name: &str, body: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, body).unwrap();
@@ -385,16 +347,7 @@ fn bad_labelled_sets_are_clear_errors() {
         "{\"text\": \"a\", \"label\": 1, \"family\": \"x\"}\n{\"text\": \"b\", \"label\": 0, \"family\": \"y\"}\n",
     );
     fails(
-        &[
-            "probe",
-            "families",
-            "--model",
-            "minilm",
-            "--hook",
-            "blocks.3.hook_resid_pre",
-            "--data",
-            &one_family,
-        ],
+        &families(&one_family, &[L3])[1..],
         "at least two attack families",
     );
 }

@@ -449,12 +449,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let families: Vec<(bool, String)> = texts
-        .iter()
-        .map(|t| (t.label, t.family.clone()))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let families = distinct(&texts, |t| &t.family);
     let attack_families = families.iter().filter(|f| f.0).count();
     if attack_families < 2 || families.len() - attack_families < 1 {
         bail!(
@@ -464,12 +459,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             families.len() - attack_families
         );
     }
-    let folds: Vec<(bool, String)> = texts
-        .iter()
-        .map(|t| (t.label, t.fold.clone()))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let folds = distinct(&texts, |t| &t.fold);
     let cfg = ProbeTraining::default();
     let mut reports = Vec::new();
     for (h, hook) in a.hooks.iter().enumerate() {
@@ -522,6 +512,16 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The distinct (label, key) pairs of the texts, sorted: their families or their folds.
+fn distinct(texts: &[Text], key: impl Fn(&Text) -> &String) -> Vec<(bool, String)> {
+    texts
+        .iter()
+        .map(|t| (t.label, key(t).clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// Leave-one-family-out at hook `h`: each family scored by detectors trained without it

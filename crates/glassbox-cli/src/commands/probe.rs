@@ -389,15 +389,7 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         );
     }
     if a.calibrate.is_some() {
-        let whens: String = c
-            .rules(&probe.name)
-            .iter()
-            .map(|r| format!("\n  when = \"{r}\""))
-            .collect();
-        println!(
-            "\nsaved the threshold in {}; deploy.toml's monitors read it as{whens}",
-            a.on.probe.display()
-        );
+        print_saved(&a.on.probe, &c, &probe.name);
     }
     Ok(())
 }
@@ -741,17 +733,22 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         );
     }
     if let Some(c) = probe.calibration.as_ref().filter(|_| a.calibrate.is_some()) {
-        let whens: String = c
-            .rules(&probe.name)
-            .iter()
-            .map(|r| format!("\n  when = \"{r}\""))
-            .collect();
-        println!(
-            "\nsaved the threshold in {}; `glassbox probe score` uses it, and {} in deploy.toml read{} it as{whens}",
-            a.on.probe.display(),
-            if c.or_keywords { "two blocking monitors" } else { "a monitor" },
-            if c.or_keywords { "" } else { "s" },
-        );
+        print_saved(&a.on.probe, c, &probe.name);
     }
     Ok(())
+}
+
+/// Where a new threshold went, and the deploy.toml rules that read it.
+fn print_saved(path: &Path, c: &Calibration, name: &str) {
+    let whens: String = c
+        .rules(name)
+        .iter()
+        .map(|r| format!("\n  when = \"{r}\""))
+        .collect();
+    println!(
+        "\nsaved the threshold in {}; `glassbox probe score` uses it, and {} in deploy.toml read{} it as{whens}",
+        path.display(),
+        if c.or_keywords { "two blocking monitors" } else { "a monitor" },
+        if c.or_keywords { "" } else { "s" },
+    );
 }
