@@ -260,6 +260,44 @@ fn a_probe_is_recalibrated_on_benign_traffic_alone() {
         .map(|f| f["family"].as_str().unwrap())
         .collect();
     assert_eq!(families, ["extra", "traffic"]);
+    // Checking the rule another way than it reads needs a new threshold; so does a probe
+    // without one. Both said before any text is scored.
+    let other = if c["aggregation"] == "mean" {
+        "max"
+    } else {
+        "mean"
+    };
+    fails(
+        &[
+            "probe",
+            "eval",
+            "--probe",
+            p,
+            "--data",
+            t,
+            "--benign",
+            "--aggregate",
+            other,
+        ],
+        "needs a threshold for that: add --calibrate FPR",
+    );
+    let mut bare = saved.clone();
+    bare.as_object_mut().unwrap().remove("calibration");
+    let bare_dir = dir.path().join("bare");
+    std::fs::create_dir_all(&bare_dir).unwrap();
+    std::fs::write(bare_dir.join("probe.json"), bare.to_string()).unwrap();
+    fails(
+        &[
+            "probe",
+            "eval",
+            "--probe",
+            bare_dir.to_str().unwrap(),
+            "--data",
+            t,
+            "--benign",
+        ],
+        "has no threshold to check; add --calibrate FPR",
+    );
     // An attack in the traffic is an error naming its line.
     std::fs::write(
         &traffic,

@@ -272,12 +272,12 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
     if records.is_empty() {
         bail!("{} holds no texts", a.on.data.display());
     }
-    let (mut probe, scores) = score_records(&a.on, records, device, json_out)?;
-    let before = probe.calibration.clone();
+    // The rule is checked before the (long) scoring.
+    let before = Probe::load(&a.on.probe)?.calibration;
     if before.is_none() && a.calibrate.is_none() {
         bail!(
-            "probe `{}` has no threshold to check; add --calibrate FPR (e.g. 0.01) to set one from these texts",
-            probe.name
+            "probe {} has no threshold to check; add --calibrate FPR (e.g. 0.01) to set one from these texts",
+            a.on.probe.display()
         );
     }
     let aggregation = a
@@ -286,6 +286,17 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         .unwrap_or(Aggregation::Window {
             tokens: a.on.window,
         });
+    if let (Some(c), None) = (&before, a.calibrate) {
+        if c.aggregation != aggregation {
+            bail!(
+                "probe {} reads its rule as {}; checking it as {} needs a threshold for that: add --calibrate FPR",
+                a.on.probe.display(),
+                c.aggregation.label(),
+                aggregation.label()
+            );
+        }
+    }
+    let (mut probe, scores) = score_records(&a.on, records, device, json_out)?;
     let or_keywords = before.as_ref().is_some_and(|c| c.or_keywords);
     let judged: Vec<f32> = scores
         .iter()
