@@ -146,6 +146,15 @@ impl Aggregation {
         or_keywords(self.of(s), keywords)
     }
 
+    /// The score a threshold applies to: this reading, or its union with the keyword filter.
+    pub fn flag_score(self, s: &TextScores, keywords: f32, with_keywords: bool) -> f32 {
+        if with_keywords {
+            self.of_or_keywords(s, keywords)
+        } else {
+            self.of(s)
+        }
+    }
+
     pub fn label(self) -> String {
         match self {
             Self::Mean => "mean".into(),
@@ -215,11 +224,8 @@ impl Calibration {
     /// The score the threshold applies to: the aggregation's, or its union with the keyword
     /// filter ([`Aggregation::of_or_keywords`]) when the calibration takes the union.
     pub fn union_score(&self, scores: &TextScores, keywords: f32) -> f32 {
-        if self.or_keywords {
-            self.aggregation.of_or_keywords(scores, keywords)
-        } else {
-            self.aggregation.of(scores)
-        }
+        self.aggregation
+            .flag_score(scores, keywords, self.or_keywords)
     }
 
     /// The served monitor rules that together flag what this calibration flags (see

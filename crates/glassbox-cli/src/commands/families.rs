@@ -101,6 +101,9 @@ pub enum BenignSplit {
     Random,
 }
 
+/// The parts `--benign-split random` deals benign texts into.
+const BENIGN_PARTS: u8 = 5;
+
 impl BenignSplit {
     fn describe(self) -> &'static str {
         match self {
@@ -108,12 +111,7 @@ impl BenignSplit {
             BenignSplit::Random => "held-out attack families, benign texts held out by random part",
         }
     }
-}
 
-/// The parts `--benign-split random` deals benign texts into.
-const BENIGN_PARTS: u8 = 5;
-
-impl BenignSplit {
     /// The fold a text is held out in: its family, or for a benign text under `random` a part
     /// chosen by its hash (so duplicates share a part).
     fn fold(self, label: bool, family: &str, hash: &[u8; 32]) -> String {
@@ -256,16 +254,16 @@ impl Stacker {
         a: &FamiliesArgs,
         cfg: &ProbeTraining,
     ) -> Self {
-        let families: Vec<(bool, &str)> = train
+        let folds: Vec<(bool, &str)> = train
             .iter()
             .map(|&i| (texts[i].label, texts[i].fold.as_str()))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        // Sorted benign first, so the groups share the benign families out.
+        // Sorted benign first, so the groups share the benign families (or parts) out.
         let group = |i: usize| {
             let key = (texts[i].label, texts[i].fold.as_str());
-            families.binary_search(&key).unwrap_or(0) % STACK_GROUPS
+            folds.binary_search(&key).unwrap_or(0) % STACK_GROUPS
         };
         let mut features: Vec<(usize, [f32; BASES])> = Vec::with_capacity(train.len());
         for g in 0..STACK_GROUPS {
@@ -863,7 +861,6 @@ fn save_final(
     } else {
         fit_tokens(texts, h, &all, d, a.train_tokens, cfg)
     };
-    let bytes = std::fs::read(&a.data)?;
     let name = a.name.clone().unwrap_or_else(|| {
         a.data
             .file_stem()
@@ -883,7 +880,7 @@ fn save_final(
             fpr: s.fpr,
             tpr: s.tpr,
             data: format!("{} ({})", a.data.display(), a.benign_split.describe()),
-            data_sha256: format!("{:x}", Sha256::digest(&bytes)),
+            data_sha256: glassbox_store::fsutil::sha256_file(&a.data)?,
             positives: s.positives,
             negatives: s.negatives,
             or_keywords,

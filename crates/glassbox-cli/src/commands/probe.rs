@@ -13,8 +13,8 @@ use glassbox_dictionary::probe::{
     self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
+use glassbox_store::fsutil::sha256_file;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::reader::Reader;
 use crate::input;
@@ -273,7 +273,8 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         bail!("{} holds no texts", a.on.data.display());
     }
     // The rule is checked before the (long) scoring.
-    let before = Probe::load(&a.on.probe)?.calibration;
+    let mut probe = Probe::load(&a.on.probe)?;
+    let before = probe.calibration.clone();
     if before.is_none() && a.calibrate.is_none() {
         bail!(
             "probe {} has no threshold to check; add --calibrate FPR (e.g. 0.01) to set one from these texts",
@@ -296,17 +297,11 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
             );
         }
     }
-    let (mut probe, scores) = score_records(&a.on, records, device, json_out)?;
+    let scores = score_records(&a.on, &probe, records, device, json_out)?;
     let or_keywords = before.as_ref().is_some_and(|c| c.or_keywords);
     let judged: Vec<f32> = scores
         .iter()
-        .map(|(s, k)| {
-            if or_keywords {
-                aggregation.of_or_keywords(s, *k)
-            } else {
-                aggregation.of(s)
-            }
-        })
+        .map(|(s, k)| aggregation.flag_score(s, *k, or_keywords))
         .collect();
     let share = |t: f32| judged.iter().filter(|&&v| v > t).count() as f64 / judged.len() as f64;
     // The rule as it stood, where it reads these scores the same way.
@@ -316,7 +311,6 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         .map(|c| share(c.threshold));
     if let Some(fpr) = a.calibrate {
         let threshold = glassbox_dictionary::roc::threshold_for_fpr(&judged, fpr);
-        let bytes = std::fs::read(&a.on.data)?;
         probe.calibration = Some(Calibration {
             aggregation,
             threshold,
@@ -324,7 +318,7 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
             fpr: share(threshold),
             tpr: 0.0,
             data: format!("{} (benign traffic)", a.on.data.display()),
-            data_sha256: format!("{:x}", Sha256::digest(&bytes)),
+            data_sha256: sha256_file(&a.on.data)?,
             positives: 0,
             negatives: judged.len(),
             or_keywords,
@@ -475,15 +469,15 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
 /// A record's probe scores and keyword-filter count.
 type Scores = (TextScores, f32);
 
-/// The probe, and every record scored (with progress on long files).
+/// Every record scored by the probe (with progress on long files).
 fn score_records(
     on: &ProbeOnTexts,
+    probe: &Probe,
     records: &[Record],
     device: &str,
     quiet: bool,
-) -> Result<(Probe, Vec<Scores>)> {
+) -> Result<Vec<Scores>> {
     let (data, window, long) = (&on.data, on.window, on.long);
-    let probe = Probe::load(&on.probe)?;
     let model = input::load_model(&probe.model, device)?;
     if model.config.d_model != probe.weights.len() {
         bail!(
@@ -505,12 +499,13 @@ fn score_records(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok((probe, scores))
+    Ok(scores)
 }
 
 fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
     let records = read_records(&a.on.data)?;
-    let (probe, scores) = score_records(&a.on, &records, device, json_out)?;
+    let probe = Probe::load(&a.on.probe)?;
+    let scores = score_records(&a.on, &probe, &records, device, json_out)?;
     let rule = probe.calibration.as_ref();
     if json_out {
         let rows: Vec<Value> = records
@@ -608,7 +603,8 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         .iter()
         .map(|r| r.labelled(&a.on.data))
         .collect::<Result<Vec<_>>>()?;
-    let (mut probe, scores) = score_records(&a.on, &records, device, json_out)?;
+    let mut probe = Probe::load(&a.on.probe)?;
+    let scores = score_records(&a.on, &probe, &records, device, json_out)?;
     let labels: Vec<bool> = labelled.iter().map(|l| l.label).collect();
     let aggregations = [
         Aggregation::Mean,
@@ -626,13 +622,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
     // A probe calibrated as a union with the keyword filter is judged as one (the chosen
     // aggregation or any keyword hit), beside its aggregations alone.
     let union = probe.calibration.as_ref().is_some_and(|c| c.or_keywords);
-    let judged = |s: &TextScores, k: f32| {
-        if union {
-            chosen.of_or_keywords(s, k)
-        } else {
-            chosen.of(s)
-        }
-    };
+    let judged = |s: &TextScores, k: f32| chosen.flag_score(s, k, union);
     let mut summaries = Vec::new();
     for agg in aggregations
         .iter()
@@ -663,7 +653,6 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         e.1 += 1;
     }
     if let Some(fpr) = a.calibrate {
-        let bytes = std::fs::read(&a.on.data)?;
         probe.calibration = Some(Calibration {
             aggregation: chosen,
             threshold: best.threshold,
@@ -671,7 +660,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
             fpr: best.fpr,
             tpr: best.tpr,
             data: a.on.data.display().to_string(),
-            data_sha256: format!("{:x}", Sha256::digest(&bytes)),
+            data_sha256: sha256_file(&a.on.data)?,
             positives: best.positives,
             negatives: best.negatives,
             or_keywords: union,
