@@ -206,7 +206,19 @@ fn a_probe_is_recalibrated_on_benign_traffic_alone() {
     write_jsonl(&data, &rows());
     let probe_dir = dir.path().join("probe");
     let p = probe_dir.to_str().unwrap();
-    ok_json(&families(data.to_str().unwrap(), &[L3, "--out", p]));
+    // Without the combinations (a quicker run): they are neither run nor reported.
+    let built = ok_json(&families(
+        data.to_str().unwrap(),
+        &[L3, "--out", p, "--no-combinations"],
+    ));
+    let detectors: Vec<&str> = built["hooks"][0]["detectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["detector"].as_str().unwrap())
+        .collect();
+    assert_eq!(detectors.len(), 7, "{detectors:?}");
+    assert!(!detectors.contains(&"stacked") && !detectors.contains(&"max rank"));
     // Unlabelled traffic: the eight benign texts and four more, no labels.
     let traffic = dir.path().join("traffic.jsonl");
     let mut lines: Vec<String> = common::BENIGN

@@ -87,7 +87,7 @@ fn main() {
         ("example", root.join("deploy.example.toml")),
         ("redteam", root.join("redteam/deploy.toml")),
         ("smollm2", root.join("redteam/smollm2.deploy.toml")),
-        ("window", root.join("redteam/window.deploy.toml")),
+        ("pooled", root.join("redteam/pooled.deploy.toml")),
     ] {
         let text = std::fs::read_to_string(&path).unwrap();
         for line in text.lines() {

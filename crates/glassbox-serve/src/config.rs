@@ -429,15 +429,15 @@ mod tests {
     fn the_example_deployment_parses_and_errors_name_the_monitor() {
         let cfg: Config = toml::from_str(include_str!("../../../deploy.example.toml")).unwrap();
         cfg.validate().unwrap();
-        assert_eq!(cfg.monitors.len(), 5);
+        assert_eq!(cfg.monitors.len(), 4);
         let mut bad = cfg.clone();
-        bad.monitors[4].value = None;
+        bad.monitors[3].value = None;
         let err = bad.validate().unwrap_err().to_string();
         assert!(
             err.contains("monitor `dampen-1234`: clamp needs `value`"),
             "{err}"
         );
-        bad.monitors[4].when = "feature 12 >".into();
+        bad.monitors[3].when = "feature 12 >".into();
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("rule `feature 12 >`"), "{err}");
         let err = toml::from_str::<Config>("model = \"m\"\n[audit]\npath = \"a\"\nlisten = 3\n")
