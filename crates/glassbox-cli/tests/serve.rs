@@ -133,8 +133,36 @@ fn documented(s: &Server, path: &str, status: u16, answer: &Value) {
 }
 
 /// The JSON events of a streamed answer of `POST path`, each checked against the chunk schema
-/// the document gives; the stream must end with `[DONE]`.
+/// the document gives and against what OpenAI's clients read: one `created` and `model` for all,
+/// `finish_reason` null until the last, a chat stream opening with the assistant's role and
+/// closing with an empty delta; the stream must end with `[DONE]`.
 fn events(s: &Server, path: &str, sse: &str) -> Vec<Value> {
+    let events = schema_checked_events(s, path, sse);
+    let (last, rest) = events.split_last().expect("a stream ends with its finish");
+    for v in &events {
+        assert!(v["created"].as_u64().is_some_and(|t| t > 0), "{v}");
+        assert_eq!(
+            (&v["created"], &v["model"]),
+            (&events[0]["created"], &events[0]["model"])
+        );
+    }
+    for v in rest {
+        let choice = v["choices"][0].as_object().expect("a chunk has a choice");
+        assert_eq!(choice.get("finish_reason"), Some(&Value::Null), "{v}");
+    }
+    assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
+    if path.ends_with("/chat/completions") {
+        assert_eq!(
+            events[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        assert_eq!(last["choices"][0]["delta"], json!({}), "{last}");
+    }
+    events
+}
+
+/// The JSON events of a stream, each checked against the chunk schema the document gives.
+fn schema_checked_events(s: &Server, path: &str, sse: &str) -> Vec<Value> {
     let data: Vec<&str> = sse
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))

@@ -459,6 +459,9 @@ async fn complete<L: ChoiceLayout>(
         ));
     }
     let id = request_id(&state);
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let set = state.monitor_set();
     let n_prompt = prompt.ids.len();
     let count = move |s: &AppState, generated: usize| {
@@ -495,7 +498,8 @@ async fn complete<L: ChoiceLayout>(
         let body = CompletionResponse {
             id: id.clone(),
             object: L::OBJECT,
-            model: Some(state.cfg.model.clone()),
+            created,
+            model: state.cfg.model.clone(),
             choices: vec![L::whole(g.text, logprobs, finish)],
             usage: Some(Usage::new(n_prompt, Some(n))),
             glassbox: Some(Decisions::new(&id, &report)),
@@ -506,24 +510,30 @@ async fn complete<L: ChoiceLayout>(
     // Streaming: text goes out as server-sent events while the worker produces it (only text
     // that is final: no half characters, no start of a stop sequence); the last event carries
     // the finish reason and the decisions.
-    let chunk = |id: &str, choice: L, glassbox: Option<Decisions>| {
+    let model_name = state.cfg.model.clone();
+    let chunk = Arc::new(move |id: &str, choice: L, glassbox: Option<Decisions>| {
         let body = CompletionResponse {
             id: id.to_string(),
             object: L::CHUNK_OBJECT,
-            model: None,
+            created,
+            model: model_name.clone(),
             choices: vec![choice],
             usage: None,
             glassbox,
         };
         Event::default().json_data(body)
-    };
+    });
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     let s = state.clone();
     let rid = id.clone();
     tokio::spawn(async move {
+        if let Some(Ok(event)) = L::start().map(|first| chunk(&rid, first, None)) {
+            let _ = tx.send(event).await;
+        }
         let model = s.model.clone();
         let chunk_tx = tx.clone();
         let rid2 = rid.clone();
+        let piece_chunk = chunk.clone();
         let result = on_worker(&s, move |st| {
             infer::generate(
                 &model,
@@ -534,7 +544,7 @@ async fn complete<L: ChoiceLayout>(
                 &cfg,
                 &mut |c, text| {
                     let logprobs = logprobs.then_some((&*model, std::slice::from_ref(c)));
-                    match chunk(&rid2, L::piece(text.to_string(), logprobs), None) {
+                    match piece_chunk(&rid2, L::piece(text.to_string(), logprobs), None) {
                         Ok(event) => chunk_tx.blocking_send(event).is_ok(),
                         Err(_) => false,
                     }

@@ -264,8 +264,8 @@ impl CompletionLogprobs {
     }
 }
 
-/// One choice of a completion, or its part in a streamed chunk (`text` then holds the new text;
-/// the last chunk has only `finish_reason`).
+/// One choice of a completion, or its part in a streamed chunk (`text` then holds the new text
+/// and `finish_reason` is null; the last chunk has only `finish_reason`).
 #[derive(Serialize, JsonSchema)]
 pub struct CompletionChoice {
     pub index: usize,
@@ -273,7 +273,7 @@ pub struct CompletionChoice {
     pub text: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<CompletionLogprobs>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Null in every streamed chunk but the last, as OpenAI's clients expect.
     pub finish_reason: Option<FinishReason>,
 }
 
@@ -285,14 +285,19 @@ pub struct AssistantMessage {
     pub content: String,
 }
 
-/// The new text of a streamed chat chunk.
-#[derive(Serialize, JsonSchema)]
+/// What a streamed chat chunk adds: the first names the role (with empty content), the next
+/// ones the new text, the last none (`{}`), as OpenAI's stream does.
+#[derive(Serialize, JsonSchema, Default)]
 pub struct Delta {
-    pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("const" = "assistant"))]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
-/// One choice of a chat answer (`message`), or its part in a streamed chunk (`delta`; the last
-/// chunk has only `finish_reason`).
+/// One choice of a chat answer (`message`), or its part in a streamed chunk (`delta`, with
+/// `finish_reason` null but in the last chunk).
 #[derive(Serialize, JsonSchema)]
 pub struct ChatChoice {
     pub index: usize,
@@ -302,12 +307,12 @@ pub struct ChatChoice {
     pub delta: Option<Delta>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<ChatLogprobs>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Null in every streamed chunk but the last.
     pub finish_reason: Option<FinishReason>,
 }
 
 /// What differs between the completions and the chat layout of a choice.
-pub trait ChoiceLayout: Serialize + Send + 'static {
+pub trait ChoiceLayout: Serialize + Send + Sized + 'static {
     /// The route that answers in this layout.
     const ROUTE: &'static str;
     /// `object` of a whole answer and of a streamed chunk.
@@ -315,6 +320,8 @@ pub trait ChoiceLayout: Serialize + Send + 'static {
     const CHUNK_OBJECT: &'static str;
     /// The whole text of an answer.
     fn whole(text: String, logprobs: Option<(&Model, &[Choice])>, finish: FinishReason) -> Self;
+    /// The chunk a stream opens with, before any text (chat: the assistant's role).
+    fn start() -> Option<Self>;
     /// New text in a streamed chunk.
     fn piece(text: String, logprobs: Option<(&Model, &[Choice])>) -> Self;
     /// The last streamed chunk's choice.
@@ -330,6 +337,9 @@ impl ChoiceLayout for CompletionChoice {
             finish_reason: Some(finish),
             ..Self::piece(text, logprobs)
         }
+    }
+    fn start() -> Option<Self> {
+        None
     }
     fn piece(text: String, logprobs: Option<(&Model, &[Choice])>) -> Self {
         CompletionChoice {
@@ -360,14 +370,30 @@ impl ChoiceLayout for ChatChoice {
                 content: text,
             }),
             logprobs: logprobs.map(|(m, t)| ChatLogprobs::new(m, t)),
+            delta: None,
             ..Self::end(finish)
         }
+    }
+    fn start() -> Option<Self> {
+        Some(ChatChoice {
+            index: 0,
+            message: None,
+            delta: Some(Delta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+            }),
+            logprobs: None,
+            finish_reason: None,
+        })
     }
     fn piece(content: String, logprobs: Option<(&Model, &[Choice])>) -> Self {
         ChatChoice {
             index: 0,
             message: None,
-            delta: Some(Delta { content }),
+            delta: Some(Delta {
+                role: None,
+                content: Some(content),
+            }),
             logprobs: logprobs.map(|(m, t)| ChatLogprobs::new(m, t)),
             finish_reason: None,
         }
@@ -376,7 +402,7 @@ impl ChoiceLayout for ChatChoice {
         ChatChoice {
             index: 0,
             message: None,
-            delta: None,
+            delta: Some(Delta::default()),
             logprobs: None,
             finish_reason: Some(finish),
         }
@@ -391,9 +417,10 @@ impl ChoiceLayout for ChatChoice {
 pub struct CompletionResponse<C> {
     pub id: String,
     pub object: &'static str,
-    /// The deployment's model name (absent from streamed chunks).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
+    /// When the request was answered, in Unix seconds (the same in every chunk of a stream).
+    pub created: u64,
+    /// The deployment's model name.
+    pub model: String,
     pub choices: Vec<C>,
     /// Absent from streamed chunks.
     #[serde(skip_serializing_if = "Option::is_none")]
