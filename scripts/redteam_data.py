@@ -338,9 +338,11 @@ def benign(g: Wheel, p: Wheel, yaml, harmful):
             added.append(record(row["assistant_response"].strip(), 0, "benign_chat_reply", "benign",
                                 "pyrit:" + name))
     seeds = "pyrit/datasets/seed_datasets/local/garak/package_hallucination_{}.prompt"
-    stubs, tasks = ([s["value"] for s in yaml.safe_load(p.read(seeds.format(k))).get("seeds", [])]
-                    for k in ["stubs", "real_tasks"])
-    tasks += [s["value"] for s in yaml.safe_load(p.read(seeds.format("unreal_tasks"))).get("seeds", [])]
+
+    def values(kind):
+        return [s["value"] for s in yaml.safe_load(p.read(seeds.format(kind))).get("seeds", [])]
+
+    stubs, tasks = values("stubs"), values("real_tasks") + values("unreal_tasks")
     requests = [stub.replace("<language>", lang).replace("<task>", task)
                 for stub in stubs for task in tasks for lang in CODE_LANGUAGES]
     for t in rng.sample(requests, 200):

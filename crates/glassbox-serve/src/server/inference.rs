@@ -510,30 +510,28 @@ async fn complete<L: ChoiceLayout>(
     // Streaming: text goes out as server-sent events while the worker produces it (only text
     // that is final: no half characters, no start of a stop sequence); the last event carries
     // the finish reason and the decisions.
-    let model_name = state.cfg.model.clone();
-    let chunk = Arc::new(move |id: &str, choice: L, glassbox: Option<Decisions>| {
+    let chunk = move |s: &AppState, id: &str, choice: L, glassbox: Option<Decisions>| {
         let body = CompletionResponse {
             id: id.to_string(),
             object: L::CHUNK_OBJECT,
             created,
-            model: model_name.clone(),
+            model: s.cfg.model.clone(),
             choices: vec![choice],
             usage: None,
             glassbox,
         };
         Event::default().json_data(body)
-    });
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     let s = state.clone();
     let rid = id.clone();
     tokio::spawn(async move {
-        if let Some(Ok(event)) = L::start().map(|first| chunk(&rid, first, None)) {
+        if let Some(Ok(event)) = L::start().map(|first| chunk(&s, &rid, first, None)) {
             let _ = tx.send(event).await;
         }
         let model = s.model.clone();
         let chunk_tx = tx.clone();
         let rid2 = rid.clone();
-        let piece_chunk = chunk.clone();
         let result = on_worker(&s, move |st| {
             infer::generate(
                 &model,
@@ -544,7 +542,7 @@ async fn complete<L: ChoiceLayout>(
                 &cfg,
                 &mut |c, text| {
                     let logprobs = logprobs.then_some((&*model, std::slice::from_ref(c)));
-                    match piece_chunk(&rid2, L::piece(text.to_string(), logprobs), None) {
+                    match chunk(st, &rid2, L::piece(text.to_string(), logprobs), None) {
                         Ok(event) => chunk_tx.blocking_send(event).is_ok(),
                         Err(_) => false,
                     }
@@ -560,6 +558,7 @@ async fn complete<L: ChoiceLayout>(
         });
         let last = match result {
             Ok((g, report)) => chunk(
+                &s,
                 &rid,
                 L::end(finish_reason(&report, g.finish)),
                 Some(Decisions::new(&rid, &report)),
