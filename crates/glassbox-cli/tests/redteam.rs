@@ -198,7 +198,19 @@ fn a_defended_round_commits_its_held_out_set_and_the_check_catches_one_byte() {
         .count();
     // Every evasion but the withheld family's is trained on.
     assert_eq!(d["evasions_added"].as_u64().unwrap() as usize, evasions);
+    // Each attack's evasions weigh as much as an average attack family of the data: the
+    // attack texts left after the 4 held-out payloads, over the 3 attack families.
+    let attacks = rows().iter().filter(|r| r.1 == 1).count() - 4;
+    let weight = d["evasion_family_weight"].as_f64().unwrap();
+    assert!((weight - attacks as f64 / 3.0).abs() < 1e-4, "{d}");
     assert!(Path::new(d["deploy"].as_str().unwrap()).is_file());
+    // The threshold is set on benign texts read by probes that never saw them, not in-sample.
+    let by = d["calibrated_by"].as_str().unwrap();
+    assert!(by == "family" || by == "random part", "{d}");
+    let probe: Value =
+        serde_json::from_slice(&std::fs::read(d["probe"].as_str().unwrap()).unwrap()).unwrap();
+    let data = probe["calibration"]["data"].as_str().unwrap();
+    assert!(data.contains(&format!("held out by {by}")), "{data}");
     assert!(report["failed"].as_bool().unwrap());
 
     let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();

@@ -118,7 +118,7 @@ impl BenignSplit {
 
     /// The fold a text is held out in: its family, or for a benign text under `random` a part
     /// chosen by its hash (so duplicates share a part).
-    fn fold(self, label: bool, family: &str, hash: &[u8; 32]) -> String {
+    pub(crate) fn fold(self, label: bool, family: &str, hash: &[u8; 32]) -> String {
         match self {
             BenignSplit::Random if !label => format!("benign part {}", hash[0] % BENIGN_PARTS + 1),
             _ => family.to_string(),

@@ -1,20 +1,24 @@
 //! The blue round: the attacked probe retrained on its training data plus the red round's
-//! successful evasions (adversarial training), its threshold recalibrated, and a deployment
-//! file written that serves it. It never reads the held-out set: the caller commits that to
-//! the audit log before this runs and reveals it after.
+//! successful evasions (adversarial training), each attack's evasions weighing as much as an
+//! average attack family of the data; its threshold recalibrated on benign texts the scoring
+//! probe never saw; and a deployment file written that serves it. It never reads the held-out
+//! set: the caller commits that to the audit log before this runs and reveals it after.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use glassbox_analysis::redteam::Attack;
 use glassbox_dictionary::probe::{
     self, mean_rows, Aggregation, Calibration, Probe, ProbeTraining, Sample,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_model::Model;
 use glassbox_serve::config::Config;
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use crate::commands::families::BenignSplit;
 use crate::commands::probe::Labelled;
 use crate::commands::reader::Reader;
 
@@ -26,11 +30,16 @@ pub struct Defence {
     pub rule: String,
     pub training_texts: usize,
     pub evasions_added: usize,
+    /// The weight, in texts, that each attack's evasions carry together: the mean size of the
+    /// data's attack families.
+    pub evasion_family_weight: f32,
     /// Texts left out because they are (or repeat) held-out payloads or round benign texts.
     pub excluded: usize,
     pub threshold: f32,
-    /// The calibration's false-positive rate on the benign training texts.
-    pub fpr_on_training: f64,
+    /// The threshold's false-positive rate on the held-out benign texts it was set on.
+    pub calibration_fpr: f64,
+    /// How those benign texts were held out: by "family" or by "random part".
+    pub calibrated_by: &'static str,
 }
 
 /// Retrains probe `probe_name` of `cfg` (see the module documentation).
@@ -42,7 +51,7 @@ pub fn defend(
     probe_name: &str,
     data: &[Labelled],
     withheld: &HashSet<[u8; 32]>,
-    evasions: &[&str],
+    evasions: &[(Attack, &str)],
     max_tokens: usize,
     out: &Path,
     quiet: bool,
@@ -62,65 +71,112 @@ pub fn defend(
     let reader = Reader::new(model, &old.hook)?.passes(Some(max_tokens), true);
     let d = model.config.d_model;
     let hash = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
-    // (text, label, the span that makes it positive)
-    type Training<'a> = (&'a str, bool, Option<(usize, usize)>);
     let mut texts: Vec<Training> = Vec::new();
     let mut excluded = 0;
     for l in data {
         if withheld.contains(&hash(&l.text)) {
             excluded += 1;
         } else {
-            texts.push((&l.text, l.label, l.span));
+            texts.push(Training {
+                text: &l.text,
+                label: l.label,
+                family: &l.family,
+                span: l.span,
+                weight: 1.0,
+            });
         }
     }
-    texts.extend(evasions.iter().map(|t| (*t, true, None)));
-    if !texts.iter().any(|t| !t.1) || !texts.iter().any(|t| t.1) {
-        anyhow::bail!(
+    // A handful of evasions of a new kind of attack would vanish among thousands of attack
+    // texts (61 of 3,500 move the shipped probe hardly at all), so each attack's evasions
+    // weigh together as much as an average attack family of the data.
+    let attack_families: HashSet<&str> =
+        texts.iter().filter(|t| t.label).map(|t| t.family).collect();
+    let family_weight =
+        texts.iter().filter(|t| t.label).count() as f32 / attack_families.len().max(1) as f32;
+    let mut per_attack: BTreeMap<Attack, usize> = BTreeMap::new();
+    for (attack, _) in evasions {
+        *per_attack.entry(*attack).or_default() += 1;
+    }
+    texts.extend(evasions.iter().map(|&(attack, text)| Training {
+        text,
+        label: true,
+        family: attack.name(),
+        span: None,
+        weight: family_weight / per_attack[&attack] as f32,
+    }));
+    if !texts.iter().any(|t| !t.label) || !texts.iter().any(|t| t.label) {
+        bail!(
             "the blue round has no {} text left to train on: the round's own texts are withheld from training (lower the suite's `benign` or `payloads`, or add data)",
-            if texts.iter().any(|t| t.1) { "benign" } else { "attack" }
+            if texts.iter().any(|t| t.label) { "benign" } else { "attack" }
         );
     }
+    let folds = calibration_folds(&texts)?;
     let bar = crate::report::progress(texts.len() as u64, "blue: reading training texts", quiet);
-    let mut samples = Vec::with_capacity(texts.len());
-    let mut pooled = Vec::with_capacity(texts.len());
-    for (text, label, span) in &texts {
-        let acts = reader.activations(text)?;
-        let labels = match span {
-            Some(s) if *label => Some(reader.span_labels(text, *s)?)
-                .filter(|l| l.iter().any(|&v| v) && l.len() * d == acts.len()),
-            _ => None,
+    let mut acts = Vec::with_capacity(texts.len());
+    let mut training = Vec::with_capacity(texts.len());
+    for t in &texts {
+        let x = reader.activations(t.text)?;
+        // Trained per text on the mean activation (a pooled probe) or per token on a sample
+        // of each text's tokens, the span's tokens its only positives where one is known.
+        let mut sample = if aggregation == Aggregation::MeanLogit {
+            Sample::new(mean_rows(&x, d), t.label)
+        } else {
+            let labels = match t.span {
+                Some(s) if t.label => Some(reader.span_labels(t.text, s)?)
+                    .filter(|l| l.iter().any(|&v| v) && l.len() * d == x.len()),
+                _ => None,
+            };
+            Sample::subsampled(&x, d, t.label, labels.as_deref(), 32)
         };
-        pooled.push(Sample::new(mean_rows(&acts, d), *label));
-        samples.push((acts, *label, labels));
+        sample.weight = t.weight;
+        training.push(sample);
+        acts.push(x);
         bar.inc(1);
     }
     bar.finish_and_clear();
     let cfg_train = ProbeTraining::default();
-    let (weights, bias) = if aggregation == Aggregation::MeanLogit {
-        let refs: Vec<&Sample> = pooled.iter().collect();
-        probe::fit(&refs, d, &cfg_train)
-    } else {
-        let token_samples: Vec<Sample> = samples
-            .iter()
-            .map(|(x, l, tl)| Sample::subsampled(x, d, *l, tl.as_deref(), 32))
+    let fitted = |keep: &(dyn Fn(usize) -> bool + Sync)| {
+        let refs: Vec<&Sample> = (0..training.len())
+            .filter(|&i| keep(i))
+            .map(|i| &training[i])
             .collect();
-        let refs: Vec<&Sample> = token_samples.iter().collect();
-        probe::fit(&refs, d, &cfg_train)
+        let (weights, bias) = probe::fit(&refs, d, &cfg_train);
+        Probe {
+            weights,
+            bias,
+            metrics: None,
+            calibration: None,
+            ..old.clone()
+        }
     };
-    let mut new = Probe {
-        name: old.name.clone(),
-        model: old.model.clone(),
-        hook: old.hook.clone(),
-        weights,
-        bias,
-        metrics: None,
-        calibration: None,
-    };
-    let scores: Vec<f32> = samples
-        .iter()
-        .map(|(x, ..)| aggregation.of(&new.text_scores(x, window_of(aggregation))))
+    let read =
+        |p: &Probe, i: usize| aggregation.of(&p.text_scores(&acts[i], window_of(aggregation)));
+    // The threshold comes from benign texts scored by probes that never saw them, each fold
+    // held out in turn, as `probe families` calibrates the probe it ships: an in-sample
+    // threshold sits among scores the probe was fitted to push down, and lets more false
+    // alarms through on new traffic. Attack texts are read by the final probe (in-sample).
+    let bar = crate::report::progress(
+        folds.members.len() as u64 + 1,
+        "blue: training (the probe, then one per calibration fold)",
+        quiet,
+    );
+    let mut new = fitted(&|_| true);
+    bar.inc(1);
+    let mut scores: Vec<f32> = (0..texts.len()).map(|i| read(&new, i)).collect();
+    let held_out: Vec<Vec<(usize, f32)>> = folds
+        .members
+        .par_iter()
+        .map(|members| {
+            let p = fitted(&|i| members.binary_search(&i).is_err());
+            bar.inc(1);
+            members.iter().map(|&i| (i, read(&p, i))).collect()
+        })
         .collect();
-    let labels: Vec<bool> = samples.iter().map(|s| s.1).collect();
+    bar.finish_and_clear();
+    for (i, s) in held_out.into_iter().flatten() {
+        scores[i] = s;
+    }
+    let labels: Vec<bool> = texts.iter().map(|t| t.label).collect();
     let cut = Summary::of(&Scored::new(&scores, &labels)?, target_fpr);
     new.calibration = Some(Calibration {
         aggregation,
@@ -128,8 +184,11 @@ pub fn defend(
         target_fpr,
         fpr: cut.fpr,
         tpr: cut.tpr,
-        data: "the red-team data's training families plus the red round's evasions (in-sample)"
-            .into(),
+        data: format!(
+            "the red-team data's training families plus the red round's evasions; threshold on benign texts held out by {} ({} folds), TPR in-sample",
+            folds.by,
+            folds.members.len()
+        ),
         data_sha256: String::new(),
         positives: cut.positives,
         negatives: cut.negatives,
@@ -159,15 +218,110 @@ pub fn defend(
         rule,
         training_texts: texts.len(),
         evasions_added: evasions.len(),
+        evasion_family_weight: family_weight,
         excluded,
         threshold: cut.threshold,
-        fpr_on_training: cut.fpr,
+        calibration_fpr: cut.fpr,
+        calibrated_by: folds.by,
     })
+}
+
+/// One text the blue round trains on.
+struct Training<'a> {
+    text: &'a str,
+    label: bool,
+    family: &'a str,
+    /// The part of the text that makes it positive, where known.
+    span: Option<(usize, usize)>,
+    /// How much it counts in training (1 for the data's texts).
+    weight: f32,
+}
+
+/// The benign texts the calibration holds out together, as sorted indices into the training
+/// texts: by family where there are two or more benign families, else by part of their hash.
+struct Folds {
+    by: &'static str,
+    members: Vec<Vec<usize>>,
+}
+
+fn calibration_folds(texts: &[Training]) -> Result<Folds> {
+    let group = |split: BenignSplit| {
+        let mut folds: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, t) in texts.iter().enumerate().filter(|(_, t)| !t.label) {
+            let hash: [u8; 32] = Sha256::digest(t.text.as_bytes()).into();
+            folds
+                .entry(split.fold(false, t.family, &hash))
+                .or_default()
+                .push(i);
+        }
+        folds.into_values().collect::<Vec<_>>()
+    };
+    let by_family = group(BenignSplit::Family);
+    let (by, members) = if by_family.len() >= 2 {
+        ("family", by_family)
+    } else {
+        ("random part", group(BenignSplit::Random))
+    };
+    if members.len() < 2 {
+        bail!(
+            "the blue round calibrates on benign texts its probe never saw, and {} benign training text(s) make one fold: add benign texts (or benign families) to the data",
+            members.iter().map(Vec::len).sum::<usize>()
+        );
+    }
+    Ok(Folds { by, members })
 }
 
 fn window_of(a: Aggregation) -> usize {
     match a {
         Aggregation::Window { tokens } => tokens,
         _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text<'a>(text: &'a str, label: bool, family: &'a str) -> Training<'a> {
+        Training {
+            text,
+            label,
+            family,
+            span: None,
+            weight: 1.0,
+        }
+    }
+
+    #[test]
+    fn benign_texts_are_held_out_by_family_else_by_hash_and_attacks_never() {
+        let two = [
+            text("a", false, "news"),
+            text("b", true, "jailbreak"),
+            text("c", false, "code"),
+            text("d", false, "news"),
+        ];
+        let f = calibration_folds(&two).unwrap();
+        assert_eq!(f.by, "family");
+        assert_eq!(f.members, vec![vec![2], vec![0, 3]]);
+
+        let words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta"];
+        let one: Vec<Training> = words
+            .iter()
+            .map(|w| text(w, false, "news"))
+            .chain([text("attack", true, "jailbreak")])
+            .collect();
+        let f = calibration_folds(&one).unwrap();
+        assert_eq!(f.by, "random part");
+        assert!(f.members.len() >= 2, "{:?}", f.members);
+        let mut all: Vec<usize> = f.members.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..words.len()).collect::<Vec<_>>());
+
+        let lone = [text("a", false, "news"), text("b", true, "jailbreak")];
+        let err = calibration_folds(&lone).err().unwrap().to_string();
+        assert!(
+            err.contains("1 benign training text(s) make one fold"),
+            "{err}"
+        );
     }
 }

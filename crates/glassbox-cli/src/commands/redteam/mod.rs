@@ -50,8 +50,9 @@ pub struct RedteamArgs {
     /// Payloads, attacks and thresholds (see redteam/suite.toml).
     #[arg(long)]
     suite: PathBuf,
-    /// Retrain the attacked probe on the red round's evasions and attack a held-out set before
-    /// and after (needs --out).
+    /// Retrain the attacked probe on the red round's evasions, recalibrate its threshold on
+    /// benign families it was trained without, and attack a held-out set before and after
+    /// (needs --out).
     #[arg(long, requires = "out")]
     defend: bool,
     /// Writes report.json, report.html and junit.xml here (and, with --defend, heldout.jsonl,
@@ -230,8 +231,8 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             ));
         }
         notes.push(format!(
-            "blue: probe `{probe_name}` retrained on {} texts ({} red evasions added, {} held-out or round texts left out); monitor `{monitor}` now `{}`",
-            d.training_texts, d.evasions_added, d.excluded, d.rule
+            "blue: probe `{probe_name}` retrained on {} texts ({} red evasions added, {} held-out or round texts left out), threshold set on benign texts held out by {} ({:.1} % flagged); monitor `{monitor}` now `{}`",
+            d.training_texts, d.evasions_added, d.excluded, d.calibrated_by, 100.0 * d.calibration_fpr, d.rule
         ));
         // Reveal: the held-out file must be what was committed.
         let revealed = audit::commitments(&cfg.audit.path)?

@@ -328,13 +328,13 @@ impl Round {
         self.benign.iter().filter(|s| s.detected).count() as f64 / self.benign.len().max(1) as f64
     }
 
-    /// Texts of attacks that got past the monitors (what a blue round trains on), except
-    /// those of the `withheld` attack families.
-    pub fn evasions(&self, withheld: &[Attack]) -> Vec<&str> {
+    /// Texts of attacks that got past the monitors (what a blue round trains on), with their
+    /// attack, except those of the `withheld` attack families.
+    pub fn evasions(&self, withheld: &[Attack]) -> Vec<(Attack, &str)> {
         self.outcomes
             .iter()
             .filter(|o| !o.sent.detected && !withheld.contains(&o.attack))
-            .filter_map(|o| o.text.as_deref())
+            .filter_map(|o| Some((o.attack, o.text.as_deref()?)))
             .collect()
     }
 }
