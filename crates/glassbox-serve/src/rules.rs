@@ -11,7 +11,9 @@
 //!                                          token (the prompt's; generated tokens keep its count;
 //!                                          of a chat, its messages without the system turns,
 //!                                          counted at the prompt's last token)
-//!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens
+//!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens, once
+//!                                          N are in (an input shorter than N: its whole mean,
+//!                                          decided at its end)
 //!          | "mean" "(" signal ")"         its mean over every token of the input so far, decided
 //!                                          at the end of the prompt and at each new token
 //!          | "count" "(" signal CMP number "," N ")"   how many of the last N tokens satisfy it
@@ -275,6 +277,10 @@ pub struct RuleState {
 
 impl Rule {
     /// Feeds this token's base-signal value; returns the rule's value and whether it holds.
+    /// A mean over the last N tokens holds only once N tokens are in: before that its value is
+    /// the mean of fewer, one token's spike at the first. The monitor decides an input shorter
+    /// than the window on its whole mean at its last token (`settled`, `holds`), as `probe
+    /// score` reads a text shorter than its window.
     pub fn step(&self, state: &mut RuleState, base: f32) -> (f32, bool) {
         let value = match &self.signal {
             Signal::Mean(_, Some(n)) => {
@@ -292,7 +298,20 @@ impl Rule {
             }
             _ => base,
         };
-        (value, self.cmp.holds(value, self.threshold))
+        (value, self.settled(state) && self.holds(value))
+    }
+
+    /// Whether `value` passes the threshold.
+    pub fn holds(&self, value: f32) -> bool {
+        self.cmp.holds(value, self.threshold)
+    }
+
+    /// Whether the rule's value is its signal's (a window holds N tokens), not a partial mean.
+    pub fn settled(&self, state: &RuleState) -> bool {
+        match self.signal {
+            Signal::Mean(_, Some(n)) => state.recent.len() >= n,
+            _ => true,
+        }
     }
 }
 
@@ -382,6 +401,11 @@ mod tests {
             .map(|&v| mean.step(&mut s, v).1)
             .collect();
         assert_eq!(got, [false, true, false, true]);
+        // One token's spike is no mean of two: a window holds once it is full.
+        let mut s = RuleState::default();
+        assert_eq!(mean.step(&mut s, 9.0), (9.0, false));
+        assert!(!mean.settled(&s) && mean.holds(9.0));
+        assert_eq!(mean.step(&mut s, 0.0), (4.5, true));
         let count = Rule::parse("count(feature 1 > 0, 3) >= 2").unwrap();
         let mut s = RuleState::default();
         let got: Vec<bool> = [1.0, 0.0, 2.0, 5.0, 0.0, 0.0]
