@@ -74,11 +74,13 @@ pub fn defend(
     let mut texts: Vec<Training> = Vec::new();
     let mut excluded = 0;
     for l in data {
-        if withheld.contains(&hash(&l.text)) {
+        let h = hash(&l.text);
+        if withheld.contains(&h) {
             excluded += 1;
         } else {
             texts.push(Training {
                 text: &l.text,
+                hash: h,
                 label: l.label,
                 family: &l.family,
                 span: l.span,
@@ -99,6 +101,7 @@ pub fn defend(
     }
     texts.extend(evasions.iter().map(|&(attack, text)| Training {
         text,
+        hash: hash(text),
         label: true,
         family: attack.name(),
         span: None,
@@ -167,7 +170,8 @@ pub fn defend(
         .members
         .par_iter()
         .map(|members| {
-            let p = fitted(&|i| members.binary_search(&i).is_err());
+            let keep = trained_without(&texts, members);
+            let p = fitted(&|i| keep[i]);
             bar.inc(1);
             members.iter().map(|&i| (i, read(&p, i))).collect()
         })
@@ -229,6 +233,8 @@ pub fn defend(
 /// One text the blue round trains on.
 struct Training<'a> {
     text: &'a str,
+    /// SHA-256 of `text`.
+    hash: [u8; 32],
     label: bool,
     family: &'a str,
     /// The part of the text that makes it positive, where known.
@@ -237,8 +243,7 @@ struct Training<'a> {
     weight: f32,
 }
 
-/// The benign texts the calibration holds out together, as sorted indices into the training
-/// texts: by family where there are two or more benign families, else by part of their hash.
+/// The benign texts the calibration holds out together, as indices into the training texts: by family where there are two or more benign families, else by part of their hash.
 struct Folds {
     by: &'static str,
     members: Vec<Vec<usize>>,
@@ -248,9 +253,8 @@ fn calibration_folds(texts: &[Training]) -> Result<Folds> {
     let group = |split: BenignSplit| {
         let mut folds: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, t) in texts.iter().enumerate().filter(|(_, t)| !t.label) {
-            let hash: [u8; 32] = Sha256::digest(t.text.as_bytes()).into();
             folds
-                .entry(split.fold(false, t.family, &hash))
+                .entry(split.fold(false, t.family, &t.hash))
                 .or_default()
                 .push(i);
         }
@@ -271,6 +275,13 @@ fn calibration_folds(texts: &[Training]) -> Result<Folds> {
     Ok(Folds { by, members })
 }
 
+/// Which texts a calibration fold's probe trains on: all but the fold's `members`, and but any
+/// text identical to one of them under another family's name, as in `probe families`.
+fn trained_without(texts: &[Training], members: &[usize]) -> Vec<bool> {
+    let held: HashSet<[u8; 32]> = members.iter().map(|&i| texts[i].hash).collect();
+    texts.iter().map(|t| !held.contains(&t.hash)).collect()
+}
+
 fn window_of(a: Aggregation) -> usize {
     match a {
         Aggregation::Window { tokens } => tokens,
@@ -285,6 +296,7 @@ mod tests {
     fn text<'a>(text: &'a str, label: bool, family: &'a str) -> Training<'a> {
         Training {
             text,
+            hash: Sha256::digest(text.as_bytes()).into(),
             label,
             family,
             span: None,
@@ -293,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn benign_texts_are_held_out_by_family_else_by_hash_and_attacks_never() {
+    fn benign_texts_are_held_out_by_family_else_by_hash_with_their_repeats() {
         let two = [
             text("a", false, "news"),
             text("b", true, "jailbreak"),
@@ -316,6 +328,24 @@ mod tests {
         let mut all: Vec<usize> = f.members.concat();
         all.sort_unstable();
         assert_eq!(all, (0..words.len()).collect::<Vec<_>>());
+
+        // A benign text repeated under another family stays out of the fold's training.
+        let repeated = [
+            text("same", false, "news"),
+            text("other", false, "code"),
+            text("same", false, "code"),
+            text("attack", true, "jailbreak"),
+        ];
+        let f = calibration_folds(&repeated).unwrap();
+        assert_eq!(f.members, vec![vec![1, 2], vec![0]]);
+        assert_eq!(
+            trained_without(&repeated, &f.members[1]),
+            [false, true, false, true]
+        );
+        assert_eq!(
+            trained_without(&repeated, &f.members[0]),
+            [false, false, false, true]
+        );
 
         let lone = [text("a", false, "news"), text("b", true, "jailbreak")];
         let err = calibration_folds(&lone).err().unwrap().to_string();
