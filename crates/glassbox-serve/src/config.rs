@@ -19,6 +19,8 @@ pub struct Config {
     pub listen: SocketAddr,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub input: InputConfig,
     #[serde(default, rename = "dictionary")]
     pub dictionaries: Vec<DictionaryConfig>,
     #[serde(default, rename = "probe")]
@@ -89,6 +91,28 @@ pub struct CatalogRef {
     /// `postgres://user@host/db`; `path` then holds only the search index.
     #[serde(default)]
     pub store: Option<String>,
+}
+
+/// How a text is prepared before the model and its monitors read it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Fold lookalikes to the Latin letters they imitate (Cyrillic and Greek homoglyphs inside
+    /// Latin words, fullwidth and mathematical letters, zero-width characters inside words;
+    /// see `glassbox_serve::fold`), so that monitors read what a person reads. The audit log
+    /// keeps the text as sent.
+    pub fold_lookalikes: bool,
+}
+
+impl InputConfig {
+    /// `text` as the model will read it.
+    pub fn prepare<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.fold_lookalikes {
+            crate::fold::fold_lookalikes(text)
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {

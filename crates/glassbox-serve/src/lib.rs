@@ -27,6 +27,7 @@ pub mod auth;
 pub mod config;
 pub mod console;
 pub mod error;
+pub mod fold;
 pub mod infer;
 pub mod metrics;
 pub mod monitor;

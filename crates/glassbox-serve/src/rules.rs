@@ -307,9 +307,14 @@ impl Rule {
     }
 
     /// Whether the rule's value is its signal's (a window holds N tokens), not a partial mean.
+    /// A partial count only grows as its window fills, so it settles `>`/`>=` early but not
+    /// `<`/`<=`.
     pub fn settled(&self, state: &RuleState) -> bool {
         match self.signal {
             Signal::Mean(_, Some(n)) => state.recent.len() >= n,
+            Signal::Count(.., n) if matches!(self.cmp, Cmp::Lt | Cmp::Le) => {
+                state.recent.len() >= n
+            }
             _ => true,
         }
     }
@@ -413,6 +418,14 @@ mod tests {
             .map(|&v| count.step(&mut s, v).1)
             .collect();
         assert_eq!(got, [false, false, true, true, true, false]);
+        // Too few hits is a claim about a whole window: a partial one is no evidence of it.
+        let few = Rule::parse("count(feature 1 > 0, 3) < 1").unwrap();
+        let mut s = RuleState::default();
+        let got: Vec<bool> = [0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0]
+            .iter()
+            .map(|&v| few.step(&mut s, v).1)
+            .collect();
+        assert_eq!(got, [false, false, true, false, false, false, true]);
         let all = Rule::parse("mean(logit p) > 0").unwrap();
         let mut s = RuleState::default();
         let got: Vec<f32> = [2.0, -4.0, 5.0]

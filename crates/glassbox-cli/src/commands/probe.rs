@@ -3,6 +3,7 @@
 //! it separates labelled texts (AUROC, TPR at fixed FPR, per family), with the threshold for a
 //! target false-positive rate written back into the probe.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use glassbox_dictionary::probe::{
     self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
+use glassbox_serve::config::InputConfig;
 use glassbox_store::fsutil::sha256_file;
 use serde_json::{json, Value};
 
@@ -51,6 +53,11 @@ pub struct ProbeOnTexts {
     /// Tokens per window of the windowed score.
     #[arg(long, default_value_t = 4)]
     window: usize,
+    /// Fold lookalike characters (homoglyphs, fullwidth and mathematical letters, zero-width
+    /// characters inside words) before reading, as a deployment with `[input]
+    /// fold_lookalikes = true` does; says how many texts it changed.
+    #[arg(long)]
+    fold_lookalikes: bool,
     #[command(flatten)]
     long: LongTexts,
 }
@@ -487,15 +494,35 @@ fn score_records(
             model.config.d_model
         );
     }
+    let input = InputConfig {
+        fold_lookalikes: on.fold_lookalikes,
+    };
+    let texts: Vec<Cow<str>> = records.iter().map(|r| input.prepare(&r.text)).collect();
+    if on.fold_lookalikes {
+        let folded = |attacks: bool| {
+            records
+                .iter()
+                .zip(&texts)
+                .filter(|(r, t)| matches!(t, Cow::Owned(_)) && (!attacks || r.label == Some(true)))
+                .count()
+        };
+        eprintln!(
+            "folded lookalikes in {} of {} texts ({} of {} labelled attacks)",
+            folded(false),
+            records.len(),
+            folded(true),
+            records.iter().filter(|r| r.label == Some(true)).count()
+        );
+    }
     let reader = Reader::new(&model, &probe.hook)?.passes(long.max_tokens, long.truncate);
     let bar = crate::report::progress(records.len() as u64, "scoring texts", quiet);
     let keywords = KeywordFilter::default();
     let mut scores = Vec::with_capacity(records.len());
-    for r in records {
+    for (r, text) in records.iter().zip(&texts) {
         let x = reader
-            .activations(&r.text)
+            .activations(text)
             .with_context(|| format!("{}, line {}", data.display(), r.line))?;
-        scores.push((probe.text_scores(&x, window), keywords.score(&r.text)));
+        scores.push((probe.text_scores(&x, window), keywords.score(text)));
         bar.inc(1);
     }
     bar.finish_and_clear();

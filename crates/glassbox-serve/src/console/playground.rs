@@ -169,16 +169,17 @@ pub async fn run(
             "max_tokens must be 1 to {max_new} (limits.max_new_tokens)"
         ));
     }
+    let text = state.cfg.input.prepare(&req.prompt);
     let (prompt, ids) = if req.chat {
         match state
             .model
-            .chat_prompt(&[Message::new("user", &req.prompt)], false)
+            .chat_prompt(&[Message::new("user", &text)], false)
         {
             Ok(p) => p,
             Err(e) => return bad(e.to_string()),
         }
     } else {
-        match state.model.tokenize(&req.prompt, false) {
+        match state.model.tokenize(&text, false) {
             Ok(ids) => (req.prompt.clone(), ids),
             Err(e) => return bad(e.to_string()),
         }
@@ -211,7 +212,7 @@ pub async fn run(
         ));
     }
     let prompt_ids = if req.chat {
-        infer::Prompt::chat(ids, &[Message::new("user", &req.prompt)])
+        infer::Prompt::chat(ids, &[Message::new("user", &text)])
     } else {
         infer::Prompt::plain(ids)
     };

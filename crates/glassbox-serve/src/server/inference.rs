@@ -187,7 +187,7 @@ fn blocked_error(id: &str, report: &Report) -> Option<ApiError> {
 }
 
 fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<Vec<u32>> {
-    let ids = match state.model.tokenize(text, false) {
+    let ids = match state.model.tokenize(&state.cfg.input.prepare(text), false) {
         // Longer than the model: the same answer as longer than the configured limit.
         Err(ModelError::InputTooLong { len, .. }) => return Err(too_long(state, len, what)),
         r => r.map_err(ServeError::from)?,
@@ -424,7 +424,7 @@ pub(super) async fn chat_completions(
         let messages: Vec<Message> = req
             .messages
             .iter()
-            .map(|m| Message::new(&m.role, &m.content))
+            .map(|m| Message::new(&m.role, &state.cfg.input.prepare(&m.content)))
             .collect();
         // The model's own template (its special tokens are in the text), or a plain transcript.
         let (prompt, ids) = state

@@ -114,6 +114,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         watched,
         canary: suite.canary.clone(),
         max_tokens: suite.max_tokens,
+        input: cfg.input.clone(),
     };
     let mut notes = vec![format!(
         "deployment {} (model {}), monitors attacked: {}; suite {}; data {}",
@@ -211,6 +212,14 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             .chain(&benign)
             .map(|t| Sha256::digest(t.as_bytes()).into())
             .collect();
+        // The probe learns the evasions as the served model reads them (folded, if the
+        // deployment folds lookalikes).
+        let evasions: Vec<_> = red
+            .evasions(&suite.withhold_attacks)
+            .into_iter()
+            .map(|(attack, text)| (attack, cfg.input.prepare(text)))
+            .collect();
+        let evasions: Vec<_> = evasions.iter().map(|(a, t)| (*a, t.as_ref())).collect();
         let d = blue::defend(
             &model,
             &cfg,
@@ -218,7 +227,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             &probe_name,
             &data,
             &withheld,
-            &red.evasions(&suite.withhold_attacks),
+            &evasions,
             suite.max_tokens,
             out,
             json_out,
@@ -273,6 +282,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             watched: target.watched.clone(),
             canary: suite.canary.clone(),
             max_tokens: suite.max_tokens,
+            input: defended_cfg.input.clone(),
         };
         let after = round::run(
             "held-out, after",

@@ -11,6 +11,7 @@ use glassbox_model::chat::Message;
 use glassbox_model::generate::GenerateConfig;
 use glassbox_model::sampling::Sampling;
 use glassbox_model::Model;
+use glassbox_serve::config::InputConfig;
 use glassbox_serve::infer;
 use glassbox_serve::monitor::MonitorSet;
 use glassbox_serve::rules::{Cmp, RuleState, Signal};
@@ -26,6 +27,8 @@ pub struct Target<'m> {
     pub watched: Vec<usize>,
     pub canary: Option<Canary>,
     pub max_tokens: usize,
+    /// How the deployment prepares a text before its model reads it.
+    pub input: InputConfig,
 }
 
 /// What the deployment did with one text.
@@ -40,6 +43,7 @@ pub struct Sent {
 
 impl Target<'_> {
     pub fn send(&self, text: &str) -> Result<Sent> {
+        let text = &*self.input.prepare(text);
         let model = self.model;
         let cap = self.max_tokens.min(model.config.max_positions);
         let (report, output) = if model.config.is_decoder() {
