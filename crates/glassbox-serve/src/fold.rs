@@ -27,6 +27,10 @@ use unicode_script::{Script, UnicodeScript};
 
 /// `text` with lookalikes folded (borrowed when nothing changes).
 pub fn fold_lookalikes(text: &str) -> Cow<'_, str> {
+    // Most requests: ASCII holds no lookalike, compatibility form or invisible character.
+    if text.is_ascii() {
+        return Cow::Borrowed(text);
+    }
     let words: Vec<Word> = words(text)
         .map(|(at, len)| Word::read(at, &text[at..at + len]))
         .collect();
@@ -148,7 +152,8 @@ fn compatible_form(c: char) -> Option<String> {
 
 /// The ASCII letters a non-Latin letter imitates (its UTS #39 skeleton), if it is a lookalike.
 fn latin_lookalike(c: char) -> Option<String> {
-    if !c.is_alphabetic()
+    if c.is_ascii()
+        || !c.is_alphabetic()
         || matches!(
             c.script(),
             Script::Latin | Script::Common | Script::Inherited

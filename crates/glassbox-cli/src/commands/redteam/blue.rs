@@ -243,7 +243,8 @@ struct Training<'a> {
     weight: f32,
 }
 
-/// The benign texts the calibration holds out together, as indices into the training texts: by family where there are two or more benign families, else by part of their hash.
+/// The benign texts the calibration holds out together, as indices into the training texts:
+/// by family where there are two or more benign families, else by part of their hash.
 struct Folds {
     by: &'static str,
     members: Vec<Vec<usize>>,
