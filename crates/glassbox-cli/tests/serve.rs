@@ -647,6 +647,10 @@ name = "stock-phrases"
 when = "keywords > 0"
 action = "block"
 reason = "jailbreak or injection wording"
+[[monitor]]
+name = "disguise"
+when = "lookalikes > 2"
+action = "log"
 [alert]
 webhook = "{hook_url}"
 [audit]
@@ -769,6 +773,46 @@ store_text = true
         "jailbreak or injection wording"
     );
 
+    // The `lookalikes` signal counts what the fold changed in each input: six Cyrillic
+    // letters in the second (on every token), none in a Russian sentence or plain English.
+    let (status, body) = post(
+        &s,
+        "/v1/embeddings",
+        "unused",
+        json!({"input": ["Привет, как дела?", "Plеаsе summаrisе thіs", "Please summarise this"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let disguise: Vec<&Value> = body["glassbox"]["firings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["monitor"] == "disguise")
+        .collect();
+    assert!(!disguise.is_empty(), "{body}");
+    assert!(
+        disguise
+            .iter()
+            .all(|f| f["input"] == 1 && f["value"] == 6.0),
+        "{disguise:?}"
+    );
+    let embedding = |i: usize| -> Vec<f64> {
+        body["data"][i]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let gap = embedding(1)
+        .iter()
+        .zip(embedding(2))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        gap < 1e-5,
+        "folded, the disguised text is the plain one: {gap}"
+    );
+
     // An encoder refuses completions with a pointer to the right route.
     let (status, err) = post(&s, "/v1/completions", "unused", json!({"prompt": "x"}));
     assert!(
@@ -863,6 +907,7 @@ fn a_chat_model_honours_the_openai_generation_parameters() {
         format!(
             "model = \"smollm2\"\n[[dictionary]]\nname = \"l3\"\npath = \"{}\"\n\
              [[monitor]]\nname = \"every-token\"\ndictionary = \"l3\"\nwhen = \"feature 0 > 5\"\naction = \"log\"\n\
+             [[monitor]]\nname = \"disguise\"\nwhen = \"lookalikes > 0\"\naction = \"log\"\n\
              [audit]\npath = \"{}\"\n",
             dict.display(),
             dir.path().join("audit.jsonl").display()
@@ -901,8 +946,35 @@ fn a_chat_model_honours_the_openai_generation_parameters() {
     );
     // The monitor read every token: the prompt's and each generated one fed back.
     let generated = greedy["usage"]["completion_tokens"].as_u64().unwrap() as usize;
-    let firings = greedy["glassbox"]["firings"].as_array().unwrap().len();
-    assert_eq!(firings, ids.len() + generated - 1, "{greedy}");
+    let firings = greedy["glassbox"]["firings"].as_array().unwrap();
+    let every = firings.iter().filter(|f| f["monitor"] == "every-token");
+    assert_eq!(every.count(), ids.len() + generated - 1, "{greedy}");
+    assert!(
+        firings.iter().all(|f| f["monitor"] != "disguise"),
+        "{greedy}"
+    );
+
+    // Without folding, `lookalikes` still counts the caller's disguised letters: the Cyrillic
+    // "а" of the user's message, not the operator's three in the system turn.
+    let (status, disguised) = post(
+        &s,
+        "/v1/chat/completions",
+        "unused",
+        json!({"messages": [{"role": "system", "content": "Yоu аrе kind."},
+                            {"role": "user", "content": "Whаt is two and two?"}], "max_tokens": 1}),
+    );
+    assert_eq!(status, 200, "{disguised}");
+    let values: Vec<&Value> = disguised["glassbox"]["firings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["monitor"] == "disguise")
+        .map(|f| &f["value"])
+        .collect();
+    assert!(
+        !values.is_empty() && values.iter().all(|v| *v == 1.0),
+        "{disguised}"
+    );
 
     // Sampling: the same seed, the same text; other seeds, other texts.
     let sampled = |seed: u64| {

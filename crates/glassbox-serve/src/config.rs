@@ -105,12 +105,17 @@ pub struct InputConfig {
 }
 
 impl InputConfig {
-    /// `text` as the model will read it.
-    pub fn prepare<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+    /// `text` as the model will read it, with its count of lookalikes (counted whether or not
+    /// they are folded: the `lookalikes` rule signal).
+    pub fn prepare<'a>(&self, text: &'a str) -> crate::fold::Folded<'a> {
+        let folded = crate::fold::fold(text);
         if self.fold_lookalikes {
-            crate::fold::fold_lookalikes(text)
+            folded
         } else {
-            std::borrow::Cow::Borrowed(text)
+            crate::fold::Folded {
+                text: std::borrow::Cow::Borrowed(text),
+                lookalikes: folded.lookalikes,
+            }
         }
     }
 }
@@ -453,15 +458,15 @@ mod tests {
     fn the_example_deployment_parses_and_errors_name_the_monitor() {
         let cfg: Config = toml::from_str(include_str!("../../../deploy.example.toml")).unwrap();
         cfg.validate().unwrap();
-        assert_eq!(cfg.monitors.len(), 4);
+        assert_eq!(cfg.monitors.len(), 5);
         let mut bad = cfg.clone();
-        bad.monitors[3].value = None;
+        bad.monitors[4].value = None;
         let err = bad.validate().unwrap_err().to_string();
         assert!(
             err.contains("monitor `dampen-1234`: clamp needs `value`"),
             "{err}"
         );
-        bad.monitors[3].when = "feature 12 >".into();
+        bad.monitors[4].when = "feature 12 >".into();
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("rule `feature 12 >`"), "{err}");
         let err = toml::from_str::<Config>("model = \"m\"\n[audit]\npath = \"a\"\nlisten = 3\n")

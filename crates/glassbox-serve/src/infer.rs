@@ -40,28 +40,32 @@ fn finish(w: Watch) -> Report {
     }
 }
 
-/// Sentence embeddings of `inputs` (already tokenized, special tokens included).
+/// Sentence embeddings of `inputs` (already tokenized, special tokens included), each with
+/// its count of lookalike characters (the `lookalikes` signal; missing counts are 0).
 pub fn embed(
     model: &Model,
     set: &MonitorSet,
     alerts: Option<&Alerts>,
     request_id: &str,
     inputs: &[Vec<u32>],
+    lookalikes: &[usize],
 ) -> Result<(Vec<Vec<f32>>, Report)> {
-    let (batch, out, report) = watched_pass(model, set, alerts, request_id, inputs, false)?;
+    let (batch, out, report) =
+        watched_pass(model, set, alerts, request_id, inputs, lookalikes, false)?;
     let e = model.sentence_embedding(&batch, &out.hidden)?;
     Ok((e.to_vec2()?, report))
 }
 
 /// What the monitors make of `inputs` (a decoder's prompts, an encoder's texts) in one batched
 /// forward pass that stops after the deepest monitored hook: nothing is generated or embedded.
+/// These are the caller's own texts, not a client's: `lookalikes` reads 0.
 pub fn observe(
     model: &Model,
     set: &MonitorSet,
     request_id: &str,
     inputs: &[Vec<u32>],
 ) -> Result<Report> {
-    Ok(watched_pass(model, set, None, request_id, inputs, true)?.2)
+    Ok(watched_pass(model, set, None, request_id, inputs, &[], true)?.2)
 }
 
 fn watched_pass(
@@ -70,9 +74,11 @@ fn watched_pass(
     alerts: Option<&Alerts>,
     request_id: &str,
     inputs: &[Vec<u32>],
+    lookalikes: &[usize],
     stop_early: bool,
 ) -> Result<(Batch, Output, Report)> {
     let mut watch = Watch::new(set, alerts, request_id);
+    watch.set_lookalikes(lookalikes);
     let batch = model.batch_ids(inputs)?;
     watch.set_lengths(&batch.lengths);
     watch.set_special(
@@ -123,6 +129,8 @@ pub struct Prompt {
     /// last token. `None`: the decoded tokens are read one by one (a plain completion's
     /// prompt is all the caller's).
     pub own_words: Option<String>,
+    /// Lookalike characters in the caller's words (the `lookalikes` signal).
+    pub lookalikes: usize,
 }
 
 impl Prompt {
@@ -131,6 +139,7 @@ impl Prompt {
         Self {
             ids,
             own_words: None,
+            lookalikes: 0,
         }
     }
 
@@ -145,6 +154,15 @@ impl Prompt {
         Self {
             ids,
             own_words: Some(own.join("\n")),
+            lookalikes: 0,
+        }
+    }
+
+    /// The prompt with `n` lookalike characters counted in the caller's words.
+    pub fn with_lookalikes(self, n: usize) -> Self {
+        Self {
+            lookalikes: n,
+            ..self
         }
     }
 }
@@ -168,6 +186,7 @@ pub fn generate(
         )));
     }
     let mut watch = Watch::new(set, alerts, request_id);
+    watch.set_lookalikes(&[prompt.lookalikes]);
     watch.set_special(vec![model.tokenizer.special_mask(&prompt.ids)]);
     watch.set_keywords(match &prompt.own_words {
         Some(words) => vec![set.keyword_counts_at_end(words, prompt.ids.len())],

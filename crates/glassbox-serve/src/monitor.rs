@@ -214,8 +214,8 @@ fn monitor(readers: &Readers, m: &MonitorConfig) -> Result<Monitor> {
         }
         (Some(q), _) if !needs_dict => readers.probes[q].hook,
         (_, Some(d)) => readers.dictionaries[d].hook,
-        // The keyword filter reads the input's text: the first hook sees every token soonest.
-        (None, None) if rule.signal.base() == &Signal::Keywords && !needs_dict => HookPoint::Embed,
+        // Text signals read the input's text: the first hook sees every token soonest.
+        (None, None) if rule.signal.reads_text() && !needs_dict => HookPoint::Embed,
         _ => return Err(bad("this rule or action needs `dictionary`".into())),
     };
     let target = m.target(&rule);
@@ -283,6 +283,8 @@ pub struct Watch<'s> {
     special: Vec<Vec<bool>>,
     /// Per input, per position: keyword patterns matched by then (see [`Watch::set_keywords`]).
     keywords: Vec<Vec<f32>>,
+    /// Per input: lookalike characters in the caller's text (see [`Watch::set_lookalikes`]).
+    lookalikes: Vec<usize>,
     pub firings: Vec<Firing>,
     pub blocked: Option<Blocked>,
     /// Per input, per monitor: the rule's value nearest to firing over the tokens seen (the
@@ -318,6 +320,7 @@ impl<'s> Watch<'s> {
             lengths: Vec::new(),
             special: Vec::new(),
             keywords: Vec::new(),
+            lookalikes: Vec::new(),
             firings: Vec::new(),
             blocked: None,
             peaks: Vec::new(),
@@ -341,6 +344,12 @@ impl<'s> Watch<'s> {
     /// past the end (generated tokens) keep the last count.
     pub fn set_keywords(&mut self, keywords: Vec<Vec<f32>>) {
         self.keywords = keywords;
+    }
+
+    /// Declares each input's count of lookalike characters (the `lookalikes` signal, the same
+    /// on every token); an input without one counts none.
+    pub fn set_lookalikes(&mut self, lookalikes: &[usize]) {
+        self.lookalikes = lookalikes.to_vec();
     }
 
     /// Hooks for one forward pass: this watch intervenes at every monitored hook (and its
@@ -442,6 +451,9 @@ impl<'s> Watch<'s> {
                     (Signal::Keywords, ..) => self.keywords.get(row).map_or(0.0, |k| {
                         k.get(position).or(k.last()).copied().unwrap_or(0.0)
                     }),
+                    (Signal::Lookalikes, ..) => {
+                        self.lookalikes.get(row).copied().unwrap_or(0) as f32
+                    }
                     (Signal::Feature(f), Some(d), _) => read(d, *f),
                     (Signal::Anomaly, Some(d), _) => full.get(&d).map_or(0.0, |(_, e)| e[k]),
                     (Signal::Probe(_), _, Some(q)) => set.probes[q].probe.score(&orig),
@@ -628,7 +640,8 @@ mod tests {
         ] {
             let ids = model.tokenize(text, true).unwrap();
             let (_, report) =
-                crate::infer::embed(&model, &set, None, "t", std::slice::from_ref(&ids)).unwrap();
+                crate::infer::embed(&model, &set, None, "t", std::slice::from_ref(&ids), &[])
+                    .unwrap();
             let mut hooks = Hooks::none().record(probe.hook);
             model
                 .forward(

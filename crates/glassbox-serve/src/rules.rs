@@ -11,6 +11,11 @@
 //!                                          token (the prompt's; generated tokens keep its count;
 //!                                          of a chat, its messages without the system turns,
 //!                                          counted at the prompt's last token)
+//!          | "lookalikes"                  how many characters of the caller's text are
+//!                                          lookalikes: homoglyphs in Latin words, fullwidth or
+//!                                          mathematical letters, invisible characters inside
+//!                                          words (what `[input] fold_lookalikes` folds; counted
+//!                                          whether or not it is on), on every token
 //!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens, once
 //!                                          N are in (an input shorter than N: its whole mean,
 //!                                          decided at its end)
@@ -38,6 +43,8 @@ pub enum Signal {
     Logit(String),
     /// Patterns of the keyword filter the input has matched so far.
     Keywords,
+    /// Lookalike characters in the caller's text (see `crate::fold`).
+    Lookalikes,
     /// The mean over the last N tokens, or over every token so far (`None`).
     Mean(Box<Signal>, Option<usize>),
     Count(Box<Signal>, Cmp, f32, usize),
@@ -100,6 +107,11 @@ impl Signal {
             Signal::Probe(p) | Signal::Logit(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// Whether the signal reads the caller's text rather than an activation.
+    pub fn reads_text(&self) -> bool {
+        matches!(self.base(), Signal::Keywords | Signal::Lookalikes)
     }
 
     /// The dictionary feature the signal reads, if it reads one.
@@ -198,7 +210,7 @@ impl Parser {
             return Err(format!("aggregations nest more than {MAX_NESTING} deep"));
         }
         let word = self.next(
-            "a signal (feature N, anomaly, probe NAME, logit NAME, keywords, mean(…), count(…))",
+            "a signal (feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, mean(…), count(…))",
         )?;
         match word.as_str() {
             "feature" => {
@@ -209,6 +221,7 @@ impl Parser {
             }
             "anomaly" => Ok(Signal::Anomaly),
             "keywords" => Ok(Signal::Keywords),
+            "lookalikes" => Ok(Signal::Lookalikes),
             "probe" => Ok(Signal::Probe(self.next("a probe name")?)),
             "logit" => Ok(Signal::Logit(self.next("a probe name")?)),
             "mean" => {
@@ -233,7 +246,7 @@ impl Parser {
                 Ok(Signal::Count(Box::new(s), cmp, v, n))
             }
             w => Err(format!(
-                "unknown signal `{w}`; use feature N, anomaly, probe NAME, logit NAME, keywords, mean(…) or count(…)"
+                "unknown signal `{w}`; use feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, mean(…) or count(…)"
             )),
         }
     }
@@ -365,6 +378,10 @@ mod tests {
             Rule::parse("keywords >= 1").unwrap().signal,
             Signal::Keywords
         );
+        let r = Rule::parse("lookalikes > 2").unwrap();
+        assert_eq!(r.signal, Signal::Lookalikes);
+        assert!(r.signal.reads_text() && Signal::Keywords.reads_text());
+        assert!(!Signal::Anomaly.reads_text());
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! it separates labelled texts (AUROC, TPR at fixed FPR, per family), with the threshold for a
 //! target false-positive rate written back into the probe.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -497,13 +496,13 @@ fn score_records(
     let input = InputConfig {
         fold_lookalikes: on.fold_lookalikes,
     };
-    let texts: Vec<Cow<str>> = records.iter().map(|r| input.prepare(&r.text)).collect();
+    let prepared: Vec<_> = records.iter().map(|r| input.prepare(&r.text)).collect();
     if on.fold_lookalikes {
         let folded = |attacks: bool| {
             records
                 .iter()
-                .zip(&texts)
-                .filter(|(r, t)| matches!(t, Cow::Owned(_)) && (!attacks || r.label == Some(true)))
+                .zip(&prepared)
+                .filter(|(r, p)| p.lookalikes > 0 && (!attacks || r.label == Some(true)))
                 .count()
         };
         eprintln!(
@@ -518,7 +517,7 @@ fn score_records(
     let bar = crate::report::progress(records.len() as u64, "scoring texts", quiet);
     let keywords = KeywordFilter::default();
     let mut scores = Vec::with_capacity(records.len());
-    for (r, text) in records.iter().zip(&texts) {
+    for (r, text) in records.iter().zip(prepared.iter().map(|p| &p.text)) {
         let x = reader
             .activations(text)
             .with_context(|| format!("{}, line {}", data.display(), r.line))?;

@@ -169,17 +169,18 @@ pub async fn run(
             "max_tokens must be 1 to {max_new} (limits.max_new_tokens)"
         ));
     }
-    let text = state.cfg.input.prepare(&req.prompt);
+    let prepared = state.cfg.input.prepare(&req.prompt);
+    let text = &prepared.text;
     let (prompt, ids) = if req.chat {
         match state
             .model
-            .chat_prompt(&[Message::new("user", &text)], false)
+            .chat_prompt(&[Message::new("user", text)], false)
         {
             Ok(p) => p,
             Err(e) => return bad(e.to_string()),
         }
     } else {
-        match state.model.tokenize(&text, false) {
+        match state.model.tokenize(text, false) {
             Ok(ids) => (req.prompt.clone(), ids),
             Err(e) => return bad(e.to_string()),
         }
@@ -212,10 +213,11 @@ pub async fn run(
         ));
     }
     let prompt_ids = if req.chat {
-        infer::Prompt::chat(ids, &[Message::new("user", &text)])
+        infer::Prompt::chat(ids, &[Message::new("user", text)])
     } else {
         infer::Prompt::plain(ids)
-    };
+    }
+    .with_lookalikes(prepared.lookalikes);
     let play = Play {
         id: id.clone(),
         prompt: prompt_ids,

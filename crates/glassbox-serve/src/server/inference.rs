@@ -186,14 +186,16 @@ fn blocked_error(id: &str, report: &Report) -> Option<ApiError> {
     })
 }
 
-fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<Vec<u32>> {
-    let ids = match state.model.tokenize(&state.cfg.input.prepare(text), false) {
+/// `text` prepared as the deployment says and tokenized, with its count of lookalikes.
+fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<(Vec<u32>, usize)> {
+    let prepared = state.cfg.input.prepare(text);
+    let ids = match state.model.tokenize(&prepared.text, false) {
         // Longer than the model: the same answer as longer than the configured limit.
         Err(ModelError::InputTooLong { len, .. }) => return Err(too_long(state, len, what)),
         r => r.map_err(ServeError::from)?,
     };
     check_length(state, &ids, what)?;
-    Ok(ids)
+    Ok((ids, prepared.lookalikes))
 }
 
 /// The most input tokens a request may have: the configured limit or the model's context.
@@ -324,17 +326,19 @@ pub(super) async fn embeddings(
                 "this server runs a decoder; use /v1/completions",
             ));
         }
-        let ids = texts
+        let (ids, lookalikes): (Vec<_>, Vec<_>) = texts
             .iter()
             .enumerate()
             .map(|(i, t)| tokenize(&state, t, &format!("input {i}")))
-            .collect::<ApiResult<Vec<_>>>()?;
+            .collect::<ApiResult<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         let n_tokens: usize = ids.iter().map(Vec::len).sum();
         let id = request_id(&state);
         let set = state.monitor_set();
         let rid = id.clone();
         let (vectors, report) = on_worker(&state, move |s| {
-            infer::embed(&s.model, &set, s.alerts.as_ref(), &rid, &ids)
+            infer::embed(&s.model, &set, s.alerts.as_ref(), &rid, &ids, &lookalikes)
         })
         .await?;
         state
@@ -388,12 +392,12 @@ pub(super) async fn completions(
         };
         let cfg = req.params.config(&state.cfg.limits, top)?;
         let logprobs = req.logprobs.is_some() && top > 0;
-        let ids = tokenize(&state, &req.prompt, "the prompt")?;
+        let (ids, lookalikes) = tokenize(&state, &req.prompt, "the prompt")?;
         complete::<CompletionChoice>(
             state,
             caller,
             req.prompt,
-            infer::Prompt::plain(ids),
+            infer::Prompt::plain(ids).with_lookalikes(lookalikes),
             cfg,
             req.params.stream,
             logprobs,
@@ -421,10 +425,18 @@ pub(super) async fn chat_completions(
             0
         };
         let cfg = req.params.config(&state.cfg.limits, top)?;
+        // Lookalikes are counted in the caller's messages, not in an operator's system turns.
+        let mut lookalikes = 0;
         let messages: Vec<Message> = req
             .messages
             .iter()
-            .map(|m| Message::new(&m.role, &state.cfg.input.prepare(&m.content)))
+            .map(|m| {
+                let prepared = state.cfg.input.prepare(&m.content);
+                if m.role != "system" {
+                    lookalikes += prepared.lookalikes;
+                }
+                Message::new(&m.role, &prepared.text)
+            })
             .collect();
         // The model's own template (its special tokens are in the text), or a plain transcript.
         let (prompt, ids) = state
@@ -435,7 +447,7 @@ pub(super) async fn chat_completions(
                 e => ServeError::from(e).into(),
             })?;
         check_length(&state, &ids, "the conversation")?;
-        let ids = infer::Prompt::chat(ids, &messages);
+        let ids = infer::Prompt::chat(ids, &messages).with_lookalikes(lookalikes);
         complete::<ChatChoice>(state, caller, prompt, ids, cfg, req.params.stream, logprobs).await
     })
     .await

@@ -217,7 +217,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         let evasions: Vec<_> = red
             .evasions(&suite.withhold_attacks)
             .into_iter()
-            .map(|(attack, text)| (attack, cfg.input.prepare(text)))
+            .map(|(attack, text)| (attack, cfg.input.prepare(text).text))
             .collect();
         let evasions: Vec<_> = evasions.iter().map(|(a, t)| (*a, t.as_ref())).collect();
         let d = blue::defend(

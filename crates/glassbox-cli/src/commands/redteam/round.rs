@@ -43,7 +43,8 @@ pub struct Sent {
 
 impl Target<'_> {
     pub fn send(&self, text: &str) -> Result<Sent> {
-        let text = &*self.input.prepare(text);
+        let prepared = self.input.prepare(text);
+        let (text, lookalikes) = (&*prepared.text, prepared.lookalikes);
         let model = self.model;
         let cap = self.max_tokens.min(model.config.max_positions);
         let (report, output) = if model.config.is_decoder() {
@@ -65,7 +66,7 @@ impl Target<'_> {
             }
             messages.push(Message::new("user", &text));
             let (_, ids) = model.chat_prompt(&messages, true)?;
-            let prompt = infer::Prompt::chat(ids, &messages);
+            let prompt = infer::Prompt::chat(ids, &messages).with_lookalikes(lookalikes);
             let cfg = GenerateConfig {
                 max_new: self.canary.as_ref().map_or(1, |c| c.max_new_tokens),
                 sampling: Sampling::greedy(),
@@ -90,7 +91,7 @@ impl Target<'_> {
                 ids.push(last);
             }
             (
-                infer::embed(model, &self.set, None, "redteam", &[ids])?.1,
+                infer::embed(model, &self.set, None, "redteam", &[ids], &[lookalikes])?.1,
                 None,
             )
         };
