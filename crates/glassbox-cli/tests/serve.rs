@@ -908,6 +908,7 @@ fn a_chat_model_honours_the_openai_generation_parameters() {
             "model = \"smollm2\"\n[[dictionary]]\nname = \"l3\"\npath = \"{}\"\n\
              [[monitor]]\nname = \"every-token\"\ndictionary = \"l3\"\nwhen = \"feature 0 > 5\"\naction = \"log\"\n\
              [[monitor]]\nname = \"disguise\"\nwhen = \"lookalikes > 0\"\naction = \"log\"\n\
+             [[monitor]]\nname = \"encoded\"\nwhen = \"encoded > 0\"\naction = \"log\"\n\
              [audit]\npath = \"{}\"\n",
             dict.display(),
             dir.path().join("audit.jsonl").display()
@@ -950,31 +951,40 @@ fn a_chat_model_honours_the_openai_generation_parameters() {
     let every = firings.iter().filter(|f| f["monitor"] == "every-token");
     assert_eq!(every.count(), ids.len() + generated - 1, "{greedy}");
     assert!(
-        firings.iter().all(|f| f["monitor"] != "disguise"),
+        firings
+            .iter()
+            .all(|f| f["monitor"] != "disguise" && f["monitor"] != "encoded"),
         "{greedy}"
     );
 
     // Without folding, `lookalikes` still counts the caller's disguised letters: the Cyrillic
-    // "а" of the user's message, not the operator's three in the system turn.
+    // "а" of the user's message, not the operator's three in the system turn; `encoded` counts
+    // the user's three ROT13 words ("gur", "naq": "the", "and"), not the system turn's two.
     let (status, disguised) = post(
         &s,
         "/v1/chat/completions",
         "unused",
-        json!({"messages": [{"role": "system", "content": "Yоu аrе kind."},
-                            {"role": "user", "content": "Whаt is two and two?"}], "max_tokens": 1}),
+        json!({"messages": [{"role": "system", "content": "Yоu аrе kind. Gur naq."},
+                            {"role": "user", "content": "Whаt is two and two? Gur nafjre naq gur jbex."}],
+               "max_tokens": 1}),
     );
     assert_eq!(status, 200, "{disguised}");
-    let values: Vec<&Value> = disguised["glassbox"]["firings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["monitor"] == "disguise")
-        .map(|f| &f["value"])
-        .collect();
-    assert!(
-        !values.is_empty() && values.iter().all(|v| *v == 1.0),
-        "{disguised}"
-    );
+    let values = |monitor: &str| -> Vec<f64> {
+        disguised["glassbox"]["firings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["monitor"] == monitor)
+            .map(|f| f["value"].as_f64().unwrap())
+            .collect()
+    };
+    for (monitor, want) in [("disguise", 1.0), ("encoded", 3.0)] {
+        let got = values(monitor);
+        assert!(
+            !got.is_empty() && got.iter().all(|v| *v == want),
+            "{monitor}: {got:?} in {disguised}"
+        );
+    }
 
     // Sampling: the same seed, the same text; other seeds, other texts.
     let sampled = |seed: u64| {

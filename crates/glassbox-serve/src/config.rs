@@ -104,22 +104,6 @@ pub struct InputConfig {
     pub fold_lookalikes: bool,
 }
 
-impl InputConfig {
-    /// `text` as the model will read it, with its count of lookalikes (counted whether or not
-    /// they are folded: the `lookalikes` rule signal).
-    pub fn prepare<'a>(&self, text: &'a str) -> crate::fold::Folded<'a> {
-        let folded = crate::fold::fold(text);
-        if self.fold_lookalikes {
-            folded
-        } else {
-            crate::fold::Folded {
-                text: std::borrow::Cow::Borrowed(text),
-                lookalikes: folded.lookalikes,
-            }
-        }
-    }
-}
-
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -458,15 +442,15 @@ mod tests {
     fn the_example_deployment_parses_and_errors_name_the_monitor() {
         let cfg: Config = toml::from_str(include_str!("../../../deploy.example.toml")).unwrap();
         cfg.validate().unwrap();
-        assert_eq!(cfg.monitors.len(), 5);
+        assert_eq!(cfg.monitors.len(), 6);
         let mut bad = cfg.clone();
-        bad.monitors[4].value = None;
+        bad.monitors[5].value = None;
         let err = bad.validate().unwrap_err().to_string();
         assert!(
             err.contains("monitor `dampen-1234`: clamp needs `value`"),
             "{err}"
         );
-        bad.monitors[4].when = "feature 12 >".into();
+        bad.monitors[5].when = "feature 12 >".into();
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("rule `feature 12 >`"), "{err}");
         let err = toml::from_str::<Config>("model = \"m\"\n[audit]\npath = \"a\"\nlisten = 3\n")

@@ -8,6 +8,7 @@ use glassbox_model::sampling::Choice;
 use glassbox_model::{Batch, Hooks, Model, Output};
 
 use crate::error::{Result, ServeError};
+use crate::input::TextSignals;
 use crate::monitor::{MonitorSet, Watch};
 use crate::webhook::Alerts;
 
@@ -41,24 +42,24 @@ fn finish(w: Watch) -> Report {
 }
 
 /// Sentence embeddings of `inputs` (already tokenized, special tokens included), each with
-/// its count of lookalike characters (the `lookalikes` signal; missing counts are 0).
+/// the signals of its text (missing ones read 0).
 pub fn embed(
     model: &Model,
     set: &MonitorSet,
     alerts: Option<&Alerts>,
     request_id: &str,
     inputs: &[Vec<u32>],
-    lookalikes: &[usize],
+    signals: &[TextSignals],
 ) -> Result<(Vec<Vec<f32>>, Report)> {
     let (batch, out, report) =
-        watched_pass(model, set, alerts, request_id, inputs, lookalikes, false)?;
+        watched_pass(model, set, alerts, request_id, inputs, signals, false)?;
     let e = model.sentence_embedding(&batch, &out.hidden)?;
     Ok((e.to_vec2()?, report))
 }
 
 /// What the monitors make of `inputs` (a decoder's prompts, an encoder's texts) in one batched
 /// forward pass that stops after the deepest monitored hook: nothing is generated or embedded.
-/// These are the caller's own texts, not a client's: `lookalikes` reads 0.
+/// These are the caller's own texts, not a client's: the text signals read 0.
 pub fn observe(
     model: &Model,
     set: &MonitorSet,
@@ -74,11 +75,11 @@ fn watched_pass(
     alerts: Option<&Alerts>,
     request_id: &str,
     inputs: &[Vec<u32>],
-    lookalikes: &[usize],
+    signals: &[TextSignals],
     stop_early: bool,
 ) -> Result<(Batch, Output, Report)> {
     let mut watch = Watch::new(set, alerts, request_id);
-    watch.set_lookalikes(lookalikes);
+    watch.set_text_signals(signals);
     let batch = model.batch_ids(inputs)?;
     watch.set_lengths(&batch.lengths);
     watch.set_special(
@@ -129,8 +130,8 @@ pub struct Prompt {
     /// last token. `None`: the decoded tokens are read one by one (a plain completion's
     /// prompt is all the caller's).
     pub own_words: Option<String>,
-    /// Lookalike characters in the caller's words (the `lookalikes` signal).
-    pub lookalikes: usize,
+    /// The signals of the caller's words (`lookalikes`, `encoded`).
+    pub signals: TextSignals,
 }
 
 impl Prompt {
@@ -139,7 +140,7 @@ impl Prompt {
         Self {
             ids,
             own_words: None,
-            lookalikes: 0,
+            signals: TextSignals::default(),
         }
     }
 
@@ -154,16 +155,13 @@ impl Prompt {
         Self {
             ids,
             own_words: Some(own.join("\n")),
-            lookalikes: 0,
+            signals: TextSignals::default(),
         }
     }
 
-    /// The prompt with `n` lookalike characters counted in the caller's words.
-    pub fn with_lookalikes(self, n: usize) -> Self {
-        Self {
-            lookalikes: n,
-            ..self
-        }
+    /// The prompt with the signals read from the caller's words.
+    pub fn with_signals(self, signals: TextSignals) -> Self {
+        Self { signals, ..self }
     }
 }
 
@@ -186,7 +184,7 @@ pub fn generate(
         )));
     }
     let mut watch = Watch::new(set, alerts, request_id);
-    watch.set_lookalikes(&[prompt.lookalikes]);
+    watch.set_text_signals(&[prompt.signals]);
     watch.set_special(vec![model.tokenizer.special_mask(&prompt.ids)]);
     watch.set_keywords(match &prompt.own_words {
         Some(words) => vec![set.keyword_counts_at_end(words, prompt.ids.len())],

@@ -26,9 +26,11 @@
 pub mod auth;
 pub mod config;
 pub mod console;
+pub mod encoded;
 pub mod error;
 pub mod fold;
 pub mod infer;
+pub mod input;
 pub mod metrics;
 pub mod monitor;
 pub mod openapi;

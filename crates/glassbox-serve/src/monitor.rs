@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::config::{Action, DictionaryConfig, MonitorConfig, ProbeConfig};
 use crate::error::{Result, ServeError};
+use crate::input::TextSignals;
 use crate::rules::{Cmp, Rule, RuleState, Signal};
 use crate::webhook::Alerts;
 
@@ -283,8 +284,8 @@ pub struct Watch<'s> {
     special: Vec<Vec<bool>>,
     /// Per input, per position: keyword patterns matched by then (see [`Watch::set_keywords`]).
     keywords: Vec<Vec<f32>>,
-    /// Per input: lookalike characters in the caller's text (see [`Watch::set_lookalikes`]).
-    lookalikes: Vec<usize>,
+    /// Per input: the signals of the caller's text (see [`Watch::set_text_signals`]).
+    text_signals: Vec<TextSignals>,
     pub firings: Vec<Firing>,
     pub blocked: Option<Blocked>,
     /// Per input, per monitor: the rule's value nearest to firing over the tokens seen (the
@@ -320,7 +321,7 @@ impl<'s> Watch<'s> {
             lengths: Vec::new(),
             special: Vec::new(),
             keywords: Vec::new(),
-            lookalikes: Vec::new(),
+            text_signals: Vec::new(),
             firings: Vec::new(),
             blocked: None,
             peaks: Vec::new(),
@@ -346,10 +347,10 @@ impl<'s> Watch<'s> {
         self.keywords = keywords;
     }
 
-    /// Declares each input's count of lookalike characters (the `lookalikes` signal, the same
-    /// on every token); an input without one counts none.
-    pub fn set_lookalikes(&mut self, lookalikes: &[usize]) {
-        self.lookalikes = lookalikes.to_vec();
+    /// Declares each input's text signals (`lookalikes`, `encoded`: the same on every token);
+    /// an input without them reads 0.
+    pub fn set_text_signals(&mut self, signals: &[TextSignals]) {
+        self.text_signals = signals.to_vec();
     }
 
     /// Hooks for one forward pass: this watch intervenes at every monitored hook (and its
@@ -451,8 +452,12 @@ impl<'s> Watch<'s> {
                     (Signal::Keywords, ..) => self.keywords.get(row).map_or(0.0, |k| {
                         k.get(position).or(k.last()).copied().unwrap_or(0.0)
                     }),
-                    (Signal::Lookalikes, ..) => {
-                        self.lookalikes.get(row).copied().unwrap_or(0) as f32
+                    (Signal::Lookalikes, ..) => self
+                        .text_signals
+                        .get(row)
+                        .map_or(0.0, |t| t.lookalikes as f32),
+                    (Signal::Encoded, ..) => {
+                        self.text_signals.get(row).map_or(0.0, |t| t.encoded as f32)
                     }
                     (Signal::Feature(f), Some(d), _) => read(d, *f),
                     (Signal::Anomaly, Some(d), _) => full.get(&d).map_or(0.0, |(_, e)| e[k]),

@@ -16,6 +16,8 @@
 //!                                          mathematical letters, invisible characters inside
 //!                                          words (what `[input] fold_lookalikes` folds; counted
 //!                                          whether or not it is on), on every token
+//!          | "encoded"                     how many words of the caller's text are written in
+//!                                          base64, ROT13 or leetspeak, on every token
 //!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens, once
 //!                                          N are in (an input shorter than N: its whole mean,
 //!                                          decided at its end)
@@ -45,6 +47,8 @@ pub enum Signal {
     Keywords,
     /// Lookalike characters in the caller's text (see `crate::fold`).
     Lookalikes,
+    /// Words of the caller's text in base64, ROT13 or leetspeak (see `crate::encoded`).
+    Encoded,
     /// The mean over the last N tokens, or over every token so far (`None`).
     Mean(Box<Signal>, Option<usize>),
     Count(Box<Signal>, Cmp, f32, usize),
@@ -111,7 +115,10 @@ impl Signal {
 
     /// Whether the signal reads the caller's text rather than an activation.
     pub fn reads_text(&self) -> bool {
-        matches!(self.base(), Signal::Keywords | Signal::Lookalikes)
+        matches!(
+            self.base(),
+            Signal::Keywords | Signal::Lookalikes | Signal::Encoded
+        )
     }
 
     /// The dictionary feature the signal reads, if it reads one.
@@ -210,7 +217,7 @@ impl Parser {
             return Err(format!("aggregations nest more than {MAX_NESTING} deep"));
         }
         let word = self.next(
-            "a signal (feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, mean(…), count(…))",
+            "a signal (feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, encoded, mean(…), count(…))",
         )?;
         match word.as_str() {
             "feature" => {
@@ -222,6 +229,7 @@ impl Parser {
             "anomaly" => Ok(Signal::Anomaly),
             "keywords" => Ok(Signal::Keywords),
             "lookalikes" => Ok(Signal::Lookalikes),
+            "encoded" => Ok(Signal::Encoded),
             "probe" => Ok(Signal::Probe(self.next("a probe name")?)),
             "logit" => Ok(Signal::Logit(self.next("a probe name")?)),
             "mean" => {
@@ -246,7 +254,7 @@ impl Parser {
                 Ok(Signal::Count(Box::new(s), cmp, v, n))
             }
             w => Err(format!(
-                "unknown signal `{w}`; use feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, mean(…) or count(…)"
+                "unknown signal `{w}`; use feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, encoded, mean(…) or count(…)"
             )),
         }
     }
@@ -381,6 +389,10 @@ mod tests {
         let r = Rule::parse("lookalikes > 2").unwrap();
         assert_eq!(r.signal, Signal::Lookalikes);
         assert!(r.signal.reads_text() && Signal::Keywords.reads_text());
+        assert_eq!(
+            Rule::parse("mean(encoded, 4) > 1").unwrap().signal.base(),
+            &Signal::Encoded
+        );
         assert!(!Signal::Anomaly.reads_text());
     }
 

@@ -14,6 +14,7 @@ use glassbox_dictionary::probe::{
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_serve::config::InputConfig;
+use glassbox_serve::input::TextSignals;
 use glassbox_store::fsutil::sha256_file;
 use serde_json::{json, Value};
 
@@ -497,22 +498,36 @@ fn score_records(
         fold_lookalikes: on.fold_lookalikes,
     };
     let prepared: Vec<_> = records.iter().map(|r| input.prepare(&r.text)).collect();
-    if on.fold_lookalikes {
-        let folded = |attacks: bool| {
+    // How many texts (and labelled attacks) hold a text signal: what the `lookalikes` and
+    // `encoded` rules would see.
+    let holding = |signal: fn(&TextSignals) -> usize| {
+        let with = |attacks: bool| {
             records
                 .iter()
                 .zip(&prepared)
-                .filter(|(r, p)| p.lookalikes > 0 && (!attacks || r.label == Some(true)))
+                .filter(|(r, p)| signal(&p.signals) > 0 && (!attacks || r.label == Some(true)))
                 .count()
         };
+        (with(false), with(true))
+    };
+    let attacks = records.iter().filter(|r| r.label == Some(true)).count();
+    let (lookalikes, encoded) = (holding(|t| t.lookalikes), holding(|t| t.encoded));
+    if on.fold_lookalikes {
         eprintln!(
-            "folded lookalikes in {} of {} texts ({} of {} labelled attacks)",
-            folded(false),
+            "folded lookalikes in {} of {} texts ({} of {attacks} labelled attacks)",
+            lookalikes.0,
             records.len(),
-            folded(true),
-            records.iter().filter(|r| r.label == Some(true)).count()
+            lookalikes.1,
         );
     }
+    eprintln!(
+        "text signals: lookalikes in {} of {} texts ({} of {attacks} labelled attacks), encoded words in {} ({} of {attacks})",
+        lookalikes.0,
+        records.len(),
+        lookalikes.1,
+        encoded.0,
+        encoded.1
+    );
     let reader = Reader::new(&model, &probe.hook)?.passes(long.max_tokens, long.truncate);
     let bar = crate::report::progress(records.len() as u64, "scoring texts", quiet);
     let keywords = KeywordFilter::default();
@@ -538,8 +553,11 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             .iter()
             .zip(&scores)
             .map(|(r, (s, k))| {
+                // The text signals served rules read (`lookalikes`, `encoded`).
+                let t = InputConfig::default().prepare(&r.text).signals;
                 let mut row = json!({"line": r.line, "label": r.label, "family": r.family,
-                    "scores": s, "keywords": k, "window_tokens": a.on.window});
+                    "scores": s, "keywords": k, "lookalikes": t.lookalikes, "encoded": t.encoded,
+                    "window_tokens": a.on.window});
                 if let Some(c) = rule {
                     row["rule"] = json!({"aggregation": c.aggregation, "score": c.aggregation.of(s),
                         "or_keywords": c.or_keywords, "threshold": c.threshold,

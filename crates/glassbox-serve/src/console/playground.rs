@@ -217,7 +217,7 @@ pub async fn run(
     } else {
         infer::Prompt::plain(ids)
     }
-    .with_lookalikes(prepared.lookalikes);
+    .with_signals(prepared.signals);
     let play = Play {
         id: id.clone(),
         prompt: prompt_ids,

@@ -24,6 +24,7 @@ use crate::auth::{Caller, Role};
 use crate::config::{Action, FiringRecords, Fsync};
 use crate::error::{Result, ServeError};
 use crate::infer::{self, Report};
+use crate::input::TextSignals;
 use crate::monitor::Firing;
 
 use super::openai::{
@@ -186,8 +187,8 @@ fn blocked_error(id: &str, report: &Report) -> Option<ApiError> {
     })
 }
 
-/// `text` prepared as the deployment says and tokenized, with its count of lookalikes.
-fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<(Vec<u32>, usize)> {
+/// `text` prepared as the deployment says and tokenized, with its signals.
+fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<(Vec<u32>, TextSignals)> {
     let prepared = state.cfg.input.prepare(text);
     let ids = match state.model.tokenize(&prepared.text, false) {
         // Longer than the model: the same answer as longer than the configured limit.
@@ -195,7 +196,7 @@ fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<(Vec<u32>, us
         r => r.map_err(ServeError::from)?,
     };
     check_length(state, &ids, what)?;
-    Ok((ids, prepared.lookalikes))
+    Ok((ids, prepared.signals))
 }
 
 /// The most input tokens a request may have: the configured limit or the model's context.
@@ -326,7 +327,7 @@ pub(super) async fn embeddings(
                 "this server runs a decoder; use /v1/completions",
             ));
         }
-        let (ids, lookalikes): (Vec<_>, Vec<_>) = texts
+        let (ids, signals): (Vec<_>, Vec<_>) = texts
             .iter()
             .enumerate()
             .map(|(i, t)| tokenize(&state, t, &format!("input {i}")))
@@ -338,7 +339,7 @@ pub(super) async fn embeddings(
         let set = state.monitor_set();
         let rid = id.clone();
         let (vectors, report) = on_worker(&state, move |s| {
-            infer::embed(&s.model, &set, s.alerts.as_ref(), &rid, &ids, &lookalikes)
+            infer::embed(&s.model, &set, s.alerts.as_ref(), &rid, &ids, &signals)
         })
         .await?;
         state
@@ -392,12 +393,12 @@ pub(super) async fn completions(
         };
         let cfg = req.params.config(&state.cfg.limits, top)?;
         let logprobs = req.logprobs.is_some() && top > 0;
-        let (ids, lookalikes) = tokenize(&state, &req.prompt, "the prompt")?;
+        let (ids, signals) = tokenize(&state, &req.prompt, "the prompt")?;
         complete::<CompletionChoice>(
             state,
             caller,
             req.prompt,
-            infer::Prompt::plain(ids).with_lookalikes(lookalikes),
+            infer::Prompt::plain(ids).with_signals(signals),
             cfg,
             req.params.stream,
             logprobs,
@@ -425,15 +426,15 @@ pub(super) async fn chat_completions(
             0
         };
         let cfg = req.params.config(&state.cfg.limits, top)?;
-        // Lookalikes are counted in the caller's messages, not in an operator's system turns.
-        let mut lookalikes = 0;
+        // Text signals are read from the caller's messages, not an operator's system turns.
+        let mut signals = TextSignals::default();
         let messages: Vec<Message> = req
             .messages
             .iter()
             .map(|m| {
                 let prepared = state.cfg.input.prepare(&m.content);
                 if m.role != "system" {
-                    lookalikes += prepared.lookalikes;
+                    signals += prepared.signals;
                 }
                 Message::new(&m.role, &prepared.text)
             })
@@ -447,7 +448,7 @@ pub(super) async fn chat_completions(
                 e => ServeError::from(e).into(),
             })?;
         check_length(&state, &ids, "the conversation")?;
-        let ids = infer::Prompt::chat(ids, &messages).with_lookalikes(lookalikes);
+        let ids = infer::Prompt::chat(ids, &messages).with_signals(signals);
         complete::<ChatChoice>(state, caller, prompt, ids, cfg, req.params.stream, logprobs).await
     })
     .await

@@ -22,6 +22,16 @@ use crate::commands::families::BenignSplit;
 use crate::commands::probe::Labelled;
 use crate::commands::reader::Reader;
 
+/// The weight, in texts, that each attack's evasions carry together. A handful of evasions of a
+/// new kind of attack would vanish among thousands of attack texts (61 of 3,500 move the
+/// shipped probe hardly at all), so they weigh as much as an average attack family of the data;
+/// but never, all attacks together, more than the data's own attacks (data of one family would
+/// otherwise let each attack's evasions outweigh all of it).
+fn evasion_weight(attack_texts: usize, attack_families: usize, attacks: usize) -> f32 {
+    let family = attack_texts as f32 / attack_families.max(1) as f32;
+    family.min(attack_texts as f32 / attacks.max(1) as f32)
+}
+
 /// What the blue round trained on and produced.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Defence {
@@ -31,7 +41,7 @@ pub struct Defence {
     pub training_texts: usize,
     pub evasions_added: usize,
     /// The weight, in texts, that each attack's evasions carry together: the mean size of the
-    /// data's attack families.
+    /// data's attack families, or less where the evasions would outweigh all its attacks.
     pub evasion_family_weight: f32,
     /// Texts left out because they are (or repeat) held-out payloads or round benign texts.
     pub excluded: usize,
@@ -88,17 +98,17 @@ pub fn defend(
             });
         }
     }
-    // A handful of evasions of a new kind of attack would vanish among thousands of attack
-    // texts (61 of 3,500 move the shipped probe hardly at all), so each attack's evasions
-    // weigh together as much as an average attack family of the data.
     let attack_families: HashSet<&str> =
         texts.iter().filter(|t| t.label).map(|t| t.family).collect();
-    let family_weight =
-        texts.iter().filter(|t| t.label).count() as f32 / attack_families.len().max(1) as f32;
     let mut per_attack: BTreeMap<Attack, usize> = BTreeMap::new();
     for (attack, _) in evasions {
         *per_attack.entry(*attack).or_default() += 1;
     }
+    let family_weight = evasion_weight(
+        texts.iter().filter(|t| t.label).count(),
+        attack_families.len(),
+        per_attack.len(),
+    );
     texts.extend(evasions.iter().map(|&(attack, text)| Training {
         text,
         hash: hash(text),
@@ -293,6 +303,16 @@ fn window_of(a: Aggregation) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evasions_weigh_a_family_but_never_more_than_the_attacks() {
+        // The red-team set: 2,450 attacks in 14 families, evasions of 9 attacks.
+        assert_eq!(evasion_weight(2450, 14, 9), 175.0);
+        // One family of 900 attacks: 9 attacks' evasions weigh 100 each, 900 together.
+        assert_eq!(evasion_weight(900, 1, 9), 100.0);
+        assert_eq!(evasion_weight(900, 1, 1), 900.0);
+        assert_eq!(evasion_weight(0, 0, 0), 0.0);
+    }
 
     fn text<'a>(text: &'a str, label: bool, family: &'a str) -> Training<'a> {
         Training {

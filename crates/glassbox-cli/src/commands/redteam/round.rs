@@ -44,7 +44,7 @@ pub struct Sent {
 impl Target<'_> {
     pub fn send(&self, text: &str) -> Result<Sent> {
         let prepared = self.input.prepare(text);
-        let (text, lookalikes) = (&*prepared.text, prepared.lookalikes);
+        let (text, signals) = (&*prepared.text, prepared.signals);
         let model = self.model;
         let cap = self.max_tokens.min(model.config.max_positions);
         let (report, output) = if model.config.is_decoder() {
@@ -66,7 +66,7 @@ impl Target<'_> {
             }
             messages.push(Message::new("user", &text));
             let (_, ids) = model.chat_prompt(&messages, true)?;
-            let prompt = infer::Prompt::chat(ids, &messages).with_lookalikes(lookalikes);
+            let prompt = infer::Prompt::chat(ids, &messages).with_signals(signals);
             let cfg = GenerateConfig {
                 max_new: self.canary.as_ref().map_or(1, |c| c.max_new_tokens),
                 sampling: Sampling::greedy(),
@@ -91,7 +91,7 @@ impl Target<'_> {
                 ids.push(last);
             }
             (
-                infer::embed(model, &self.set, None, "redteam", &[ids], &[lookalikes])?.1,
+                infer::embed(model, &self.set, None, "redteam", &[ids], &[signals])?.1,
                 None,
             )
         };
