@@ -183,7 +183,8 @@ pub struct MonitorConfig {
     #[serde(default)]
     pub dictionary: Option<String>,
     /// The rule, e.g. `feature 1234 > 3.0`, `mean(feature 7, 8) > 1`, `count(feature 7 > 0,
-    /// 16) >= 3`, `anomaly > 0.5`, `probe credentials > 0.9`, `mean(logit injection) > 6.4`.
+    /// 16) >= 3`, `anomaly > 0.5`, `probe credentials > 0.9`, `mean(logit injection) > 6.4`,
+    /// `keywords > 0`, `lookalikes > 2`, `encoded > 1`.
     pub when: String,
     pub action: Action,
     /// Clamp / steer: the feature edited (default: the rule's feature).
