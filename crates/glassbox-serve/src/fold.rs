@@ -44,12 +44,8 @@ impl<'a> Folded<'a> {
     }
 }
 
-/// `text` with lookalikes folded (borrowed when nothing changes).
-pub fn fold_lookalikes(text: &str) -> Cow<'_, str> {
-    fold(text).text
-}
-
-/// `text` with lookalikes folded, and how many characters that changed.
+/// `text` with lookalikes folded (borrowed when nothing changes), and how many characters
+/// that changed.
 pub fn fold(text: &str) -> Folded<'_> {
     // Most requests: ASCII holds no lookalike, compatibility form or invisible character.
     if text.is_ascii() {
@@ -226,6 +222,10 @@ fn between_alphanumerics(chars: &[char], i: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fold_lookalikes(text: &str) -> Cow<'_, str> {
+        fold(text).text
+    }
 
     #[test]
     fn homoglyphs_fullwidth_and_zero_width_spaces_fold_to_latin() {

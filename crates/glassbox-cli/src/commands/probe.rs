@@ -308,7 +308,7 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
     let or_keywords = before.as_ref().is_some_and(|c| c.or_keywords);
     let judged: Vec<f32> = scores
         .iter()
-        .map(|(s, k)| aggregation.flag_score(s, *k, or_keywords))
+        .map(|(s, k, _)| aggregation.flag_score(s, *k, or_keywords))
         .collect();
     let share = |t: f32| judged.iter().filter(|&&v| v > t).count() as f64 / judged.len() as f64;
     // The rule as it stood, where it reads these scores the same way.
@@ -473,8 +473,8 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// A record's probe scores and keyword-filter count.
-type Scores = (TextScores, f32);
+/// A record's probe scores, keyword-filter count and text signals.
+type Scores = (TextScores, f32, TextSignals);
 
 /// Every record scored by the probe (with progress on long files).
 fn score_records(
@@ -532,11 +532,16 @@ fn score_records(
     let bar = crate::report::progress(records.len() as u64, "scoring texts", quiet);
     let keywords = KeywordFilter::default();
     let mut scores = Vec::with_capacity(records.len());
-    for (r, text) in records.iter().zip(prepared.iter().map(|p| &p.text)) {
+    for (r, p) in records.iter().zip(&prepared) {
+        let text = &p.text;
         let x = reader
             .activations(text)
             .with_context(|| format!("{}, line {}", data.display(), r.line))?;
-        scores.push((probe.text_scores(&x, window), keywords.score(text)));
+        scores.push((
+            probe.text_scores(&x, window),
+            keywords.score(text),
+            p.signals,
+        ));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -552,9 +557,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         let rows: Vec<Value> = records
             .iter()
             .zip(&scores)
-            .map(|(r, (s, k))| {
-                // The text signals served rules read (`lookalikes`, `encoded`).
-                let t = InputConfig::default().prepare(&r.text).signals;
+            .map(|(r, (s, k, t))| {
                 let mut row = json!({"line": r.line, "label": r.label, "family": r.family,
                     "scores": s, "keywords": k, "lookalikes": t.lookalikes, "encoded": t.encoded,
                     "window_tokens": a.on.window});
@@ -583,7 +586,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         "keywords",
         "flag"
     );
-    for (r, (s, k)) in records.iter().zip(&scores) {
+    for (r, (s, k, _)) in records.iter().zip(&scores) {
         let flag = match rule {
             Some(c) if c.flags(s, *k) => "yes",
             Some(_) => "no",
@@ -673,11 +676,11 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         .copied()
         .chain((!aggregations.contains(&chosen)).then_some(chosen))
     {
-        let s: Vec<f32> = scores.iter().map(|(s, _)| agg.of(s)).collect();
+        let s: Vec<f32> = scores.iter().map(|(s, ..)| agg.of(s)).collect();
         summaries.push((agg.label(), Summary::of(&Scored::new(&s, &labels)?, target)));
     }
     if union {
-        let s: Vec<f32> = scores.iter().map(|(s, k)| judged(s, *k)).collect();
+        let s: Vec<f32> = scores.iter().map(|(s, k, _)| judged(s, *k)).collect();
         summaries.push((
             format!("{} or keywords", chosen.label()),
             Summary::of(&Scored::new(&s, &labels)?, target),
@@ -691,7 +694,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
     .context("the chosen aggregation was scored")?;
     // Detection per family at the chosen threshold: positives caught, negatives flagged.
     let mut families: BTreeMap<(bool, String), (usize, usize)> = BTreeMap::new();
-    for (l, (s, k)) in labelled.iter().zip(&scores) {
+    for (l, (s, k, _)) in labelled.iter().zip(&scores) {
         let e = families.entry((l.label, l.family.clone())).or_default();
         e.0 += usize::from(judged(s, *k) > best.threshold);
         e.1 += 1;
