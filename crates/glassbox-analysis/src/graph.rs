@@ -300,6 +300,12 @@ pub fn attribution_graph(
                 .ok_or_else(|| AnalysisError::Mismatch(format!("{tp} was not reached")))?
                 .get(0)?
                 .get(pos)?;
+            if probe.dictionary.is_some() {
+                return Err(AnalysisError::Mismatch(format!(
+                    "probe `{}` reads a dictionary's latents, not a linear read-out of {tp}; graph a probe of the activations",
+                    probe.name
+                )));
+            }
             if probe.weights.len() != x.dim(0)? {
                 return Err(AnalysisError::Mismatch(format!(
                     "the probe has {} weights; {tp} has {} dimensions",

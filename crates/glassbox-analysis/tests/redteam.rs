@@ -109,6 +109,7 @@ fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
         bias,
         metrics: None,
         calibration: None,
+        dictionary: None,
     };
     // Its largest weight is the planted coordinate.
     let top = (0..d)

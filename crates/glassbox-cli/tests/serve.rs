@@ -1540,3 +1540,156 @@ fn tls_per_key_rate_limits_and_key_rotation_without_restart() {
     assert_eq!(reloads[1].detail["certificate"], json!(true));
     assert_eq!(reloads[1].detail["added"], json!(["viewer-key"]));
 }
+
+/// A probe on an SAE's latents: `probe families --dict` trains and pins it to the dictionary,
+/// `probe score` reads it only with that dictionary, and the server, given the same dictionary,
+/// decides by the same mean logit; another dictionary is refused everywhere.
+#[test]
+fn a_probe_on_sae_latents_is_scored_and_served_with_its_own_dictionary() {
+    const L3: &str = "blocks.3.hook_resid_pre";
+    let dir = tempfile::tempdir().unwrap();
+    let topk = |seed: u64, name: &str| {
+        let cfg = DictConfig::sae(Activation::TopK { k: 8 }, 384, 64, "minilm", L3);
+        let path = dir.path().join(name);
+        saelens::save(&Sae::init(cfg, seed).unwrap(), &path, Value::Null).unwrap();
+        path
+    };
+    let (dict, other) = (topk(1, "dict"), topk(2, "other"));
+    let data = dir.path().join("set.jsonl");
+    common::write_jsonl(&data, &common::rows());
+    let probe = dir.path().join("probe");
+    let d = data.to_str().unwrap();
+    let p = probe.to_str().unwrap();
+    let report = common::ok_json(&[
+        "--json",
+        "probe",
+        "families",
+        "--model",
+        "minilm",
+        "--data",
+        d,
+        "--hook",
+        L3,
+        "--dict",
+        dict.to_str().unwrap(),
+        "--no-combinations",
+        "--out",
+        p,
+        "--name",
+        "latent",
+    ]);
+    // The latent probe reads the dictionary's own hook.
+    common::fails(
+        &[
+            "probe",
+            "families",
+            "--model",
+            "minilm",
+            "--data",
+            d,
+            "--hook",
+            "blocks.5.hook_resid_post",
+            "--dict",
+            dict.to_str().unwrap(),
+        ],
+        "add --hook blocks.3.hook_resid_pre",
+    );
+    let detectors: Vec<&str> = report["hooks"][0]["detectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["detector"].as_str().unwrap())
+        .collect();
+    assert_eq!(detectors.last(), Some(&"latent probe"), "{detectors:?}");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(probe.join("probe.json")).unwrap()).unwrap();
+    assert_eq!(saved["weights"].as_array().unwrap().len(), 64);
+    assert_eq!(
+        saved["dictionary"]["sha256"],
+        glassbox_store::fsutil::dictionary_sha256(&dict).unwrap()
+    );
+    assert_eq!(saved["calibration"]["aggregation"], "mean_logit");
+
+    let score = |extra: &[&str]| {
+        let mut args = vec!["--json", "probe", "score", "--probe", p, "--data", d];
+        args.extend_from_slice(extra);
+        glassbox(&args)
+    };
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let without = score(&[]);
+    assert!(!without.status.success());
+    assert!(err(&without).contains("add --dict"), "{}", err(&without));
+    let wrong = score(&["--dict", other.to_str().unwrap()]);
+    assert!(!wrong.status.success());
+    assert!(err(&wrong).contains("is another one"), "{}", err(&wrong));
+    let scored = score(&["--dict", dict.to_str().unwrap()]);
+    assert!(scored.status.success(), "{}", err(&scored));
+    let scored: Value = serde_json::from_slice(&scored.stdout).unwrap();
+    let mean_logit = |i: usize| scored["texts"][i]["scores"]["mean_logit"].as_f64().unwrap();
+    let (attack, benign) = (common::rows()[0].0, common::rows()[20].0);
+
+    let deploy = |dictionary: &Path| {
+        let config = dir.path().join("deploy.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "model = \"minilm\"\n[[dictionary]]\nname = \"l3\"\npath = \"{}\"\n[[probe]]\nname = \"latent\"\npath = \"{p}\"\ndictionary = \"l3\"\n[[monitor]]\nname = \"watch\"\nwhen = \"mean(logit latent) > -1000\"\naction = \"log\"\n[audit]\npath = \"{}\"\n",
+                dictionary.display(),
+                dir.path().join("audit.jsonl").display()
+            ),
+        )
+        .unwrap();
+        config
+    };
+    // A server given another dictionary under the probe's name refuses to start.
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(["serve", "--config"])
+        .arg(deploy(&other))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > READ_TIMEOUT {
+            let _ = refused.kill();
+            panic!("serve started with a dictionary the probe was not trained on");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    refused
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert!(!status.success());
+    assert!(said.contains("is another one"), "{said}");
+    let s = start(&deploy(&dict));
+    let (status, body) = post(
+        &s,
+        "/v1/embeddings",
+        "unused",
+        json!({"input": [attack, benign]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let firings = body["glassbox"]["firings"].as_array().unwrap();
+    for (input, want) in [(0, mean_logit(0)), (1, mean_logit(20))] {
+        let served: Vec<f64> = firings
+            .iter()
+            .filter(|f| f["input"] == input)
+            .map(|f| f["value"].as_f64().unwrap())
+            .collect();
+        assert_eq!(
+            served.len(),
+            1,
+            "a whole-input mean decides once: {firings:?}"
+        );
+        assert!((served[0] - want).abs() < 1e-3, "{served:?} vs {want}");
+    }
+}

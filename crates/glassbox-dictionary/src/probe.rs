@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DictError, Result};
 use crate::linalg;
+use crate::sae::{CodeRow, Sae};
 
 /// One labelled text's activations, `[tokens, d_in]`.
 #[derive(Clone)]
@@ -112,6 +113,19 @@ pub struct Probe {
     /// `aggregation` score is above `threshold`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
+    /// Set for a probe on a dictionary's latents: it reads that dictionary's codes of the
+    /// hook's activations (one weight per latent), not the activations themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dictionary: Option<ProbeDictionary>,
+}
+
+/// The dictionary a probe on latents reads, pinned by the SHA-256 of its weights file (a
+/// retrained dictionary's latents mean other things).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProbeDictionary {
+    pub sha256: String,
+    /// Where it was when the probe was trained (a hint for error messages).
+    pub path: String,
 }
 
 /// How a text's per-token probabilities become one score.
@@ -305,27 +319,71 @@ impl Probe {
         linalg::dot(&self.weights, x) + self.bias
     }
 
+    /// The logit `w·f + b` of one token's codes (a probe on latents).
+    pub fn codes_logit(&self, row: &CodeRow) -> f32 {
+        self.bias
+            + row
+                .iter()
+                .map(|&(j, v)| self.weights.get(j as usize).map_or(0.0, |w| w * v))
+                .sum::<f32>()
+    }
+
     /// Every aggregation of a text's token scores, `x` `[tokens, d]`, windows of `window`.
     pub fn text_scores(&self, x: &[f32], window: usize) -> TextScores {
         let logits: Vec<f32> = x
             .chunks(self.weights.len())
             .map(|t| self.logit(t))
             .collect();
-        let probs: Vec<f32> = logits.iter().map(|&z| sigmoid(z)).collect();
-        let n = probs.len().max(1) as f32;
-        let w = window.clamp(1, probs.len().max(1));
-        let window = probs
-            .windows(w)
-            .map(|c| c.iter().sum::<f32>() / w as f32)
-            .fold(f32::NEG_INFINITY, f32::max);
-        TextScores {
-            tokens: probs.len(),
-            mean: probs.iter().sum::<f32>() / n,
-            max: probs.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-            window: if probs.is_empty() { 0.0 } else { window },
-            mean_logit: logits.iter().sum::<f32>() / n,
-            max_logit: logits.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        scores_of_logits(&logits, window)
+    }
+
+    /// [`Probe::text_scores`] of a text's activations at the probe's hook, `[tokens, d_in]`;
+    /// a probe on latents reads them through `sae`, the dictionary it names (see
+    /// [`Probe::check_dictionary`]).
+    pub fn read_text(&self, x: &[f32], sae: Option<&Sae>, window: usize) -> Result<TextScores> {
+        match (&self.dictionary, sae) {
+            (None, _) => Ok(self.text_scores(x, window)),
+            (Some(_), Some(sae)) => {
+                let codes = sae.encode(x)?;
+                let logits: Vec<f32> = codes.rows.iter().map(|r| self.codes_logit(r)).collect();
+                Ok(scores_of_logits(&logits, window))
+            }
+            (Some(d), None) => Err(DictError::Config(format!(
+                "probe `{}` reads the latents of the dictionary at {}; give that dictionary",
+                self.name, d.path
+            ))),
         }
+    }
+
+    /// Checks that `sae`, whose weights file hashes to `sha256`, is the dictionary this probe
+    /// on latents was trained on (`what` names it in the error).
+    pub fn check_dictionary(&self, sae: &Sae, sha256: &str, what: &str) -> Result<()> {
+        let Some(d) = &self.dictionary else {
+            return Err(DictError::Config(format!(
+                "probe `{}` reads {} itself, not a dictionary's latents; {what} is not for it",
+                self.name, self.hook
+            )));
+        };
+        if d.sha256 != sha256 {
+            return Err(DictError::Config(format!(
+                "probe `{}` was trained on the latents of the dictionary at {} (weights SHA-256 {}…), but {what} is another one ({}…)",
+                self.name,
+                d.path,
+                &d.sha256[..12.min(d.sha256.len())],
+                &sha256[..12.min(sha256.len())]
+            )));
+        }
+        if sae.d_sae() != self.weights.len() || sae.cfg.hook != self.hook {
+            return Err(DictError::Config(format!(
+                "probe `{}` has {} weights at {}, but {what} has {} latents at {}",
+                self.name,
+                self.weights.len(),
+                self.hook,
+                sae.d_sae(),
+                sae.cfg.hook
+            )));
+        }
+        Ok(())
     }
 
     /// Mean token probability of a text, `[tokens, d]`.
@@ -362,7 +420,27 @@ impl Probe {
     }
 }
 
-fn sigmoid(z: f32) -> f32 {
+/// Every aggregation of a text's token logits, windows of `window` tokens.
+fn scores_of_logits(logits: &[f32], window: usize) -> TextScores {
+    let probs: Vec<f32> = logits.iter().map(|&z| sigmoid(z)).collect();
+    let n = probs.len().max(1) as f32;
+    let w = window.clamp(1, probs.len().max(1));
+    let window = probs
+        .windows(w)
+        .map(|c| c.iter().sum::<f32>() / w as f32)
+        .fold(f32::NEG_INFINITY, f32::max);
+    TextScores {
+        tokens: probs.len(),
+        mean: probs.iter().sum::<f32>() / n,
+        max: probs.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        window: if probs.is_empty() { 0.0 } else { window },
+        mean_logit: logits.iter().sum::<f32>() / n,
+        max_logit: logits.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+    }
+}
+
+/// A logit as a probability.
+pub fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
 
@@ -573,6 +651,7 @@ mod tests {
         // One feature, weight 1, bias 0: token logits are the values themselves.
         let p = Probe {
             calibration: None,
+            dictionary: None,
             name: "p".into(),
             model: "m".into(),
             hook: "h".into(),
@@ -594,6 +673,51 @@ mod tests {
         assert!("window0".parse::<Aggregation>().is_err());
     }
 
+    /// A probe on latents reads a text's codes, each token's logit `w·f + b` (so its mean logit
+    /// is the probe on the mean code), and only with the dictionary it names.
+    #[test]
+    fn a_probe_on_latents_reads_codes_through_its_own_dictionary() {
+        let cfg = crate::DictConfig::sae(crate::Activation::TopK { k: 2 }, 4, 8, "m", "h");
+        let sae = Sae::init(cfg, 3).unwrap();
+        let p = Probe {
+            calibration: None,
+            dictionary: Some(ProbeDictionary {
+                sha256: "ab".repeat(32),
+                path: "dicts/l3".into(),
+            }),
+            name: "p".into(),
+            model: "m".into(),
+            hook: "h".into(),
+            weights: (0..8).map(|j| j as f32 - 3.5).collect(),
+            bias: -0.25,
+            metrics: None,
+        };
+        let x: Vec<f32> = (0..12).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+        let codes = sae.encode(&x).unwrap();
+        let dense: Vec<f32> = codes
+            .rows
+            .iter()
+            .flat_map(|r| {
+                let mut row = vec![0.0; 8];
+                r.iter().for_each(|&(j, v)| row[j as usize] = v);
+                row
+            })
+            .collect();
+        let read = p.read_text(&x, Some(&sae), 2).unwrap();
+        assert_eq!(read, p.text_scores(&dense, 2));
+        assert!(codes.rows.iter().any(|r| !r.is_empty()));
+        let missing = p.read_text(&x, None, 2).unwrap_err().to_string();
+        assert!(missing.contains("dicts/l3"), "{missing}");
+        assert!(p.check_dictionary(&sae, &"ab".repeat(32), "d").is_ok());
+        let other = p.check_dictionary(&sae, &"cd".repeat(32), "d").unwrap_err();
+        assert!(other.to_string().contains("another one"), "{other}");
+        let plain = Probe {
+            dictionary: None,
+            ..p
+        };
+        assert!(plain.check_dictionary(&sae, &"ab".repeat(32), "d").is_err());
+    }
+
     /// The probe finds a separating axis held-out, and nothing where there is only noise.
     #[test]
     fn separates_what_is_separable_and_not_noise() {
@@ -603,6 +727,7 @@ mod tests {
         assert!(w[2] > 0.0 && w[2].abs() > 3.0 * w[0].abs(), "{w:?}");
         let p = Probe {
             calibration: None,
+            dictionary: None,
             name: "p".into(),
             model: "m".into(),
             hook: "h".into(),

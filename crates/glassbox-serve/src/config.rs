@@ -154,6 +154,10 @@ pub struct ProbeConfig {
     pub name: String,
     /// A directory from `glassbox probe train` (or its probe.json).
     pub path: PathBuf,
+    /// For a probe on a dictionary's latents (`probe families --dict`): the `[[dictionary]]`
+    /// it reads, which must be the one it was trained on (checked by SHA-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dictionary: Option<String>,
 }
 
 /// What a monitor does when its rule holds on a token.

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::ops::AddAssign;
 
 use crate::config::InputConfig;
+use crate::rules::Signal;
 
 /// Signals of a caller's text, the same on every token of its input.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -14,6 +15,17 @@ pub struct TextSignals {
     pub lookalikes: usize,
     /// Words written in base64, ROT13 or leetspeak (see `crate::encoded`).
     pub encoded: usize,
+}
+
+impl TextSignals {
+    /// The value of a text `signal` (`lookalikes`, `encoded`); 0 for any other.
+    pub fn value(&self, signal: &Signal) -> f32 {
+        match signal {
+            Signal::Lookalikes => self.lookalikes as f32,
+            Signal::Encoded => self.encoded as f32,
+            _ => 0.0,
+        }
+    }
 }
 
 impl AddAssign for TextSignals {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use glassbox_dictionary::keywords::KeywordFilter;
-use glassbox_dictionary::probe::Probe;
+use glassbox_dictionary::probe::{sigmoid, Probe};
 use glassbox_dictionary::{CodeRow, Sae};
 use glassbox_model::candle::Tensor;
 use glassbox_model::{HookPoint, Hooks, Intervention, InterventionError, Model};
@@ -33,6 +33,28 @@ pub struct LoadedProbe {
     pub name: String,
     pub probe: Probe,
     pub hook: HookPoint,
+    /// The dictionary whose codes a probe on latents reads.
+    pub dictionary: Option<Arc<Dictionary>>,
+}
+
+impl LoadedProbe {
+    /// The probe's logit at each row of activations at its hook, `[tokens, d_in]`.
+    pub fn logits(&self, acts: &[f32]) -> glassbox_dictionary::Result<Vec<f32>> {
+        Ok(match &self.dictionary {
+            Some(d) => {
+                let codes = d.sae.encode(acts)?;
+                codes
+                    .rows
+                    .iter()
+                    .map(|r| self.probe.codes_logit(r))
+                    .collect()
+            }
+            None => acts
+                .chunks(self.probe.weights.len())
+                .map(|x| self.probe.logit(x))
+                .collect(),
+        })
+    }
 }
 
 pub struct Monitor {
@@ -87,7 +109,7 @@ impl Readers {
         dicts: &[DictionaryConfig],
         probes: &[ProbeConfig],
     ) -> Result<Readers> {
-        let dictionaries = dicts
+        let dictionaries: Vec<Arc<Dictionary>> = dicts
             .iter()
             .map(|d| {
                 let in_config = |e: &dyn std::fmt::Display| {
@@ -109,13 +131,40 @@ impl Readers {
             .map(|p| {
                 let probe = Probe::load(&p.path)?;
                 let what = format!("probe `{}`", p.name);
-                let hook = model
-                    .reader_at(&probe.hook, probe.weights.len(), &what)
-                    .map_err(|e| ServeError::Config(e.to_string()))?;
+                let bad = |e: &dyn std::fmt::Display| ServeError::Config(format!("{what}: {e}"));
+                let dictionary = match (&p.dictionary, &probe.dictionary) {
+                    (Some(name), _) => {
+                        let (d, config) = dictionaries
+                            .iter()
+                            .zip(dicts)
+                            .find(|(d, _)| &d.name == name)
+                            .ok_or_else(|| bad(&format!("no [[dictionary]] is named `{name}`")))?;
+                        let sha = glassbox_store::fsutil::dictionary_sha256(&config.path)
+                            .map_err(|e| bad(&e))?;
+                        probe
+                            .check_dictionary(&d.sae, &sha, &format!("dictionary `{name}`"))
+                            .map_err(|e| bad(&e))?;
+                        Some(Arc::clone(d))
+                    }
+                    (None, Some(d)) => {
+                        return Err(bad(&format!(
+                            "it reads the latents of the dictionary at {}; add a [[dictionary]] with that path and name it in the probe's entry (dictionary = \"NAME\")",
+                            d.path
+                        )))
+                    }
+                    (None, None) => None,
+                };
+                let hook = match &dictionary {
+                    Some(d) => d.hook,
+                    None => model
+                        .reader_at(&probe.hook, probe.weights.len(), &what)
+                        .map_err(|e| ServeError::Config(e.to_string()))?,
+                };
                 Ok(Arc::new(LoadedProbe {
                     name: p.name.clone(),
                     probe,
                     hook,
+                    dictionary,
                 }))
             })
             .collect::<Result<_>>()?;
@@ -417,6 +466,22 @@ impl<'s> Watch<'s> {
                 .collect();
             full.insert(d, (codes.rows, errors));
         }
+        // Probe logits at every position at once (a probe on latents reads the codes of them all).
+        let mut probe_logits: HashMap<usize, Vec<f32>> = HashMap::new();
+        for &(_, m) in &here {
+            let Some(q) = m.probe else { continue };
+            if probe_logits.contains_key(&q) {
+                continue;
+            }
+            let rows: Vec<f32> = positions
+                .iter()
+                .flat_map(|&(r, p)| x[row_of(r, p)..row_of(r, p) + width].iter().copied())
+                .collect();
+            let logits = set.probes[q]
+                .logits(&rows)
+                .map_err(|e| glassbox_model::candle::Error::Msg(e.to_string()))?;
+            probe_logits.insert(q, logits);
+        }
         let is_special = |row: usize, position: usize| {
             self.special
                 .get(row)
@@ -452,17 +517,13 @@ impl<'s> Watch<'s> {
                     (Signal::Keywords, ..) => self.keywords.get(row).map_or(0.0, |k| {
                         k.get(position).or(k.last()).copied().unwrap_or(0.0)
                     }),
-                    (Signal::Lookalikes, ..) => self
-                        .text_signals
-                        .get(row)
-                        .map_or(0.0, |t| t.lookalikes as f32),
-                    (Signal::Encoded, ..) => {
-                        self.text_signals.get(row).map_or(0.0, |t| t.encoded as f32)
+                    (s @ (Signal::Lookalikes | Signal::Encoded), ..) => {
+                        self.text_signals.get(row).map_or(0.0, |t| t.value(s))
                     }
                     (Signal::Feature(f), Some(d), _) => read(d, *f),
                     (Signal::Anomaly, Some(d), _) => full.get(&d).map_or(0.0, |(_, e)| e[k]),
-                    (Signal::Probe(_), _, Some(q)) => set.probes[q].probe.score(&orig),
-                    (Signal::Logit(_), _, Some(q)) => set.probes[q].probe.logit(&orig),
+                    (Signal::Probe(_), _, Some(q)) => sigmoid(probe_logits[&q][k]),
+                    (Signal::Logit(_), _, Some(q)) => probe_logits[&q][k],
                     _ => 0.0,
                 };
                 let state = &mut self.states[row][mi];
@@ -625,6 +686,7 @@ mod tests {
         let probes = [ProbeConfig {
             name: "injection".into(),
             path: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../probes/injection"),
+            dictionary: None,
         }];
         let readers = Readers::load(&model, &[], &probes).unwrap();
         let cfg: MonitorConfig = toml::from_str(

@@ -18,6 +18,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
+/// A dictionary's identity: the SHA-256 of its weights file in `dict_dir` (SAELens layout).
+pub fn dictionary_sha256(dict_dir: &Path) -> Result<String> {
+    sha256_file(&dict_dir.join(glassbox_dictionary::saelens::WEIGHTS))
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

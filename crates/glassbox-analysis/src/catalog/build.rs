@@ -111,7 +111,7 @@ pub fn build(
         model: src.model_name.into(),
         model_sha256: model_sha256(model)?,
         dict: src.dict_dir.to_string_lossy().into(),
-        dict_sha256: dict_sha256(src.dict_dir)?,
+        dict_sha256: glassbox_store::fsutil::dictionary_sha256(src.dict_dir)?,
         hook: sae.cfg.hook.clone(),
         d_sae: sae.d_sae(),
         corpus: src.corpus.to_string_lossy().into(),
@@ -308,19 +308,13 @@ fn check_harvest(store: &ActivationStore, meta: &CatalogMeta, hook: &str) -> Res
     Ok(())
 }
 
-fn dict_sha256(dict_dir: &Path) -> Result<String> {
-    Ok(glassbox_store::fsutil::sha256_file(
-        &dict_dir.join(glassbox_dictionary::saelens::WEIGHTS),
-    )?)
-}
-
 /// Checks that `model` and the dictionary in `dict_dir` are what `meta`'s catalog was built from.
 pub fn check_sources(meta: &CatalogMeta, model: &Model, dict_dir: &Path) -> Result<()> {
     check_same_sources(
         meta,
         &CatalogMeta {
             model_sha256: model_sha256(model)?,
-            dict_sha256: dict_sha256(dict_dir)?,
+            dict_sha256: glassbox_store::fsutil::dictionary_sha256(dict_dir)?,
             ..meta.clone()
         },
     )

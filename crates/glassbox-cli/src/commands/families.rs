@@ -14,6 +14,9 @@
 //! so they never see the held-out family either. Last, "probe or keywords": the reading `--out`
 //! would save, or any keyword hit — what a deployment gets from two blocking monitors, and
 //! what `--out` ships (the probe's calibration marked `or_keywords`) when it holds out better.
+//! `--dict` adds a probe on a sparse dictionary's latents: logistic regression on a text's mean
+//! code (so its served form, `mean(logit P)` over the codes of each token, reads the same
+//! number), pinned to the dictionary by SHA-256; with `--out` it is the probe saved.
 //! `--family-weights` makes every family count alike in training, whatever its size.
 //! With `--out`, the best probe (by held-out TPR at 1 % FPR), trained on every family, is saved
 //! with the threshold those held-out scores give.
@@ -29,7 +32,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use glassbox_dictionary::keywords::KeywordFilter;
 use glassbox_dictionary::probe::{
-    self, mean_rows, Aggregation, Calibration, Probe, ProbeTraining, Sample, KEYWORD_HIT,
+    self, mean_rows, Aggregation, Calibration, Probe, ProbeDictionary, ProbeTraining, Sample,
+    KEYWORD_HIT,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_model::{Hooks, Model};
@@ -97,6 +101,12 @@ pub struct FamiliesArgs {
     /// more times per fold, about two thirds of the training time. For quick sweeps.
     #[arg(long)]
     no_combinations: bool,
+    /// Also a probe on this dictionary's latents (a TopK SAE from `train-dict`, or any
+    /// SAELens-format one): logistic regression on a text's mean code at the hook the dictionary
+    /// reads, which must be one of --hook. It is reported as "latent probe"; with --out, it is
+    /// what is saved (pinned to the dictionary by its SHA-256), whatever holds out best.
+    #[arg(long, value_name = "DIR")]
+    dict: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -158,12 +168,14 @@ struct Text {
     token_labels: Option<Vec<bool>>,
     /// MiniLM's sentence embedding.
     embedding: Vec<f32>,
+    /// The `--dict` dictionary's mean code over the text's tokens (empty without one).
+    latents: Vec<f32>,
     keywords: f32,
     /// How much the text counts in training (`--family-weights`).
     weight: f32,
 }
 
-const DETECTORS: [&str; 9] = [
+const DETECTORS: [&str; 10] = [
     "probe mean",
     "probe max",
     "probe window",
@@ -173,6 +185,7 @@ const DETECTORS: [&str; 9] = [
     "stacked",
     "max rank",
     "probe or keywords",
+    "latent probe",
 ];
 const N: usize = DETECTORS.len();
 /// The detectors the two combinations (stacked, max rank) combine: the first six.
@@ -183,7 +196,9 @@ const COMBINATIONS: [usize; 2] = [BASES, BASES + 1];
 const READINGS: usize = 4;
 /// Where "probe or keywords" sits: the best probe reading, or any keyword hit. It is what two
 /// monitors (the probe's rule and `keywords > 0`, both blocking) flag together.
-const UNION: usize = N - 1;
+const UNION: usize = BASES + 2;
+/// Where the probe on `--dict`'s latents sits (shown at the dictionary's hook only).
+const LATENT: usize = UNION + 1;
 /// The stacker's own training scores come from detectors trained without a group of
 /// families: the training families fall into this many groups.
 const STACK_GROUPS: usize = 5;
@@ -193,6 +208,8 @@ struct Bases {
     tokens: Probe,
     pooled: (Vec<f32>, f32),
     embedding: (Vec<f32>, f32),
+    /// At `--dict`'s hook: the probe on its mean codes.
+    latents: Option<(Vec<f32>, f32)>,
 }
 
 impl Bases {
@@ -203,6 +220,7 @@ impl Bases {
         d: usize,
         keep: usize,
         cfg: &ProbeTraining,
+        latents: bool,
     ) -> Self {
         let (weights, bias) = fit_tokens(texts, h, train, d, keep, cfg);
         Self {
@@ -214,10 +232,19 @@ impl Bases {
                 bias,
                 metrics: None,
                 calibration: None,
+                dictionary: None,
             },
             pooled: fit_vectors(texts, train, |t| &t.layers[h].1, cfg),
             embedding: fit_vectors(texts, train, |t| &t.embedding, cfg),
+            latents: latents.then(|| fit_latents(texts, train, cfg)),
         }
+    }
+
+    /// The latent probe's score of one text (0 where there is none).
+    fn latent_score(&self, t: &Text) -> f32 {
+        self.latents
+            .as_ref()
+            .map_or(0.0, |(w, b)| sigmoid(dot(w, &t.latents) + b))
     }
 
     /// Every base detector's score of one text, in `DETECTORS` order.
@@ -283,7 +310,7 @@ impl Stacker {
                 .copied()
                 .filter(|&i| group(i) != g && !hashes.contains(&texts[i].hash))
                 .collect();
-            let bases = Bases::fit(texts, h, &inner, d, a.train_tokens, cfg);
+            let bases = Bases::fit(texts, h, &inner, d, a.train_tokens, cfg, false);
             features.extend(
                 held.iter()
                     .map(|&i| (i, stack_input(&bases.score(&texts[i], h, a.window)))),
@@ -407,6 +434,10 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         minilm_owned = input::load_model("minilm", device)?;
         &minilm_owned
     };
+    let dict = match &a.dict {
+        Some(dir) => Some(latent_source(dir, &model, &a.hooks)?),
+        None => None,
+    };
     let keywords = KeywordFilter::default();
     let d = model.config.d_model;
     let mut sizes: BTreeMap<(bool, &str), usize> = BTreeMap::new();
@@ -424,6 +455,11 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             .map(|acts| (mean_rows(&acts, d), acts))
             .map(|(pooled, acts)| (acts, pooled))
             .collect();
+        let latents = match &dict {
+            Some(l) => mean_code(&l.sae, &layers[l.hook].0)
+                .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?,
+            None => Vec::new(),
+        };
         let token_labels = match l.span {
             Some(span) if l.label => {
                 let labels = reader.span_labels(text, span)?;
@@ -450,6 +486,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             token_labels,
             layers,
             embedding: sentence_embedding(minilm, text)?,
+            latents,
             keywords: keywords.score(text),
             weight: a.family_weights.of(sizes[&(l.label, l.family.as_str())]),
         });
@@ -470,13 +507,19 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     let cfg = ProbeTraining::default();
     let mut reports = Vec::new();
     for (h, hook) in a.hooks.iter().enumerate() {
-        reports.push(evaluate(&a, &texts, h, hook, &folds, d, &cfg, json_out)?);
+        let latent = dict.as_ref().is_some_and(|l| l.hook == h);
+        reports.push(evaluate(
+            &a, &texts, h, hook, &folds, d, &cfg, json_out, latent,
+        )?);
     }
     if let Some(path) = &a.scores {
         write_scores(path, &texts, &reports)?;
     }
     let saved = match &a.out {
-        Some(dir) => Some(save_final(&a, &texts, &reports, d, dir, &cfg)?),
+        Some(dir) => Some(match &dict {
+            Some(l) => save_latent(&a, &texts, &reports[l.hook], l, dir, &cfg)?,
+            None => save_final(&a, &texts, &reports, d, dir, &cfg)?,
+        }),
         None => None,
     };
     if json_out {
@@ -544,6 +587,7 @@ fn evaluate(
     d: usize,
     cfg: &ProbeTraining,
     quiet: bool,
+    latent: bool,
 ) -> Result<HookReport> {
     let bar = crate::report::progress(
         folds.len() as u64,
@@ -563,7 +607,7 @@ fn evaluate(
                 .filter(|&i| !held_hashes.contains(&texts[i].hash))
                 .collect();
             let dropped = texts.len() - held.len() - train.len();
-            let bases = Bases::fit(texts, h, &train, d, a.train_tokens, cfg);
+            let bases = Bases::fit(texts, h, &train, d, a.train_tokens, cfg, latent);
             let stacker = (!a.no_combinations).then(|| Stacker::fit(texts, h, &train, d, a, cfg));
             let scores: Vec<[f32; N]> = held
                 .iter()
@@ -574,6 +618,7 @@ fn evaluate(
                     if let Some(stacker) = &stacker {
                         (s[BASES], s[BASES + 1]) = stacker.score(&base);
                     }
+                    s[LATENT] = bases.latent_score(&texts[i]);
                     s
                 })
                 .collect();
@@ -621,6 +666,8 @@ fn evaluate(
         p[UNION] = probe::or_keywords(p[reading], t.keywords);
     }
     summaries.push(union);
+    let s: Vec<f32> = pooled.iter().map(|p| p[LATENT]).collect();
+    summaries.push(Summary::of(&Scored::new(&s, &labels)?, 0.01));
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
     let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
@@ -634,6 +681,7 @@ fn evaluate(
     }
     let shown = (0..N)
         .filter(|&k| !(a.no_combinations && COMBINATIONS.contains(&k)))
+        .filter(|&k| latent || k != LATENT)
         .collect();
     Ok(HookReport {
         hook: hook.to_string(),
@@ -725,6 +773,7 @@ fn print_report(r: &HookReport, window: usize) {
         "stacked",
         "max rank",
         "or kw",
+        "latent",
     ];
     let columns: Vec<&str> = r.shown.iter().map(|&k| columns[k]).collect();
     let row = |cells: &[String]| {
@@ -772,6 +821,76 @@ fn reading_name(k: usize, window: usize) -> String {
         2 => format!("window{window}"),
         _ => "pooled".into(),
     }
+}
+
+/// The latent probe's L2 penalty. A mean code has as many dimensions as the dictionary has
+/// latents (16,384 for the main job's), and at the activation probes' 1e-3 the fit grows
+/// held-out logits past 40, saturating scores at 1.0 (192 of 1,258 benign texts tied there
+/// with 1,645 attacks). Of 1e-3, 1e-2, 0.1 and 1 on the red-team set (MiniLM L3, the main
+/// job's dictionary), 0.1 held out best and keeps logits below 10.
+const LATENT_L2: f32 = 0.1;
+
+/// The probe on mean codes (see [`LATENT_L2`]).
+fn fit_latents(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> (Vec<f32>, f32) {
+    let cfg = ProbeTraining {
+        l2: LATENT_L2,
+        ..cfg.clone()
+    };
+    fit_vectors(texts, train, |t| &t.latents, &cfg)
+}
+
+/// `--dict`'s dictionary, its identity and the `--hook` it reads.
+struct LatentSource {
+    sae: glassbox_dictionary::Sae,
+    sha256: String,
+    path: PathBuf,
+    /// Index into `--hook`.
+    hook: usize,
+}
+
+fn latent_source(dir: &std::path::Path, model: &Model, hooks: &[String]) -> Result<LatentSource> {
+    let sae = glassbox_dictionary::saelens::load(dir)
+        .with_context(|| format!("--dict {}", dir.display()))?;
+    sae.hook_in(model, glassbox_dictionary::fit::Use::Read)
+        .with_context(|| format!("--dict {}", dir.display()))?;
+    let hook = hooks
+        .iter()
+        .position(|h| h == &sae.cfg.hook)
+        .with_context(|| {
+            format!(
+                "--dict {} reads {}; add --hook {} (the latent probe reads the dictionary's own hook)",
+                dir.display(),
+                sae.cfg.hook,
+                sae.cfg.hook
+            )
+        })?;
+    if sae.cfg.is_transcoder() {
+        bail!(
+            "--dict {}: a transcoder's latents are read from {} but written elsewhere; give an SAE",
+            dir.display(),
+            sae.cfg.hook
+        );
+    }
+    Ok(LatentSource {
+        sha256: glassbox_store::fsutil::dictionary_sha256(dir)?,
+        path: dir.to_path_buf(),
+        sae,
+        hook,
+    })
+}
+
+/// The mean of a text's codes, `[d_sae]`, from its activations `[tokens, d_in]`: a pooled
+/// probe on it reads the mean of its per-token logits, as the served rule `mean(logit P)` does.
+fn mean_code(sae: &glassbox_dictionary::Sae, acts: &[f32]) -> Result<Vec<f32>> {
+    let codes = sae.encode(acts)?;
+    let n = codes.rows.len().max(1) as f32;
+    let mut mean = vec![0.0; sae.d_sae()];
+    for row in &codes.rows {
+        for &(j, v) in row {
+            mean[j as usize] += v / n;
+        }
+    }
+    Ok(mean)
 }
 
 fn sigmoid(z: f32) -> f32 {
@@ -884,6 +1003,72 @@ fn save_final(
     } else {
         fit_tokens(texts, h, &all, d, a.train_tokens, cfg)
     };
+    let hook = &a.hooks[h];
+    let saved = Shipped {
+        weights,
+        bias,
+        aggregation: aggs[best],
+        summary: s,
+        or_keywords,
+        dictionary: None,
+    };
+    write_probe(a, hook, saved, dir)
+}
+
+/// The probe on `--dict`'s latents trained on every family, with the threshold its held-out
+/// scores give for 1 % FPR (alone, or with the keyword filter where that holds out better).
+fn save_latent(
+    a: &FamiliesArgs,
+    texts: &[Text],
+    r: &HookReport,
+    l: &LatentSource,
+    dir: &std::path::Path,
+    cfg: &ProbeTraining,
+) -> Result<(String, Vec<String>)> {
+    let labels: Vec<bool> = texts.iter().map(|t| t.label).collect();
+    let with_keywords: Vec<f32> = r
+        .pooled
+        .iter()
+        .zip(texts)
+        .map(|(p, t)| probe::or_keywords(p[LATENT], t.keywords))
+        .collect();
+    let union = Summary::of(&Scored::new(&with_keywords, &labels)?, 0.01);
+    let alone = &r.summaries[LATENT];
+    let or_keywords = ships_with_keywords(alone, &union);
+    let all: Vec<usize> = (0..texts.len()).collect();
+    let (weights, bias) = fit_latents(texts, &all, cfg);
+    let saved = Shipped {
+        weights,
+        bias,
+        aggregation: Aggregation::MeanLogit,
+        summary: if or_keywords { &union } else { alone },
+        or_keywords,
+        dictionary: Some(ProbeDictionary {
+            sha256: l.sha256.clone(),
+            path: l.path.display().to_string(),
+        }),
+    };
+    write_probe(a, &r.hook, saved, dir)
+}
+
+/// What `--out` saves: a probe fitted on every family and its held-out operating point.
+struct Shipped<'s> {
+    weights: Vec<f32>,
+    bias: f32,
+    aggregation: Aggregation,
+    summary: &'s Summary,
+    or_keywords: bool,
+    dictionary: Option<ProbeDictionary>,
+}
+
+/// Saves a probe with its calibration; returns the file and the monitor rules that read it.
+fn write_probe(
+    a: &FamiliesArgs,
+    hook: &str,
+    saved: Shipped,
+    dir: &std::path::Path,
+) -> Result<(String, Vec<String>)> {
+    let s = saved.summary;
     let name = a.name.clone().unwrap_or_else(|| {
         a.data
             .file_stem()
@@ -892,12 +1077,12 @@ fn save_final(
     let p = Probe {
         name,
         model: a.model.clone(),
-        hook: a.hooks[h].clone(),
-        weights,
-        bias,
+        hook: hook.to_string(),
+        weights: saved.weights,
+        bias: saved.bias,
         metrics: None,
         calibration: Some(Calibration {
-            aggregation: aggs[best],
+            aggregation: saved.aggregation,
             threshold: s.threshold,
             target_fpr: 0.01,
             fpr: s.fpr,
@@ -906,8 +1091,9 @@ fn save_final(
             data_sha256: glassbox_store::fsutil::sha256_file(&a.data)?,
             positives: s.positives,
             negatives: s.negatives,
-            or_keywords,
+            or_keywords: saved.or_keywords,
         }),
+        dictionary: saved.dictionary,
     };
     p.save(dir)?;
     let rules = p

@@ -58,6 +58,10 @@ pub struct ProbeOnTexts {
     /// fold_lookalikes = true` does; says how many texts it changed.
     #[arg(long)]
     fold_lookalikes: bool,
+    /// The dictionary a probe on latents reads (the one `probe families --dict` trained it
+    /// on, checked by the SHA-256 the probe records).
+    #[arg(long, value_name = "DIR")]
+    dict: Option<PathBuf>,
     #[command(flatten)]
     long: LongTexts,
 }
@@ -165,6 +169,7 @@ fn train(a: TrainArgs, device: &str, json_out: bool) -> Result<()> {
         bias,
         metrics: Some(metrics.clone()),
         calibration: None,
+        dictionary: None,
     };
     p.save(&a.out)?;
     if json_out {
@@ -486,10 +491,25 @@ fn score_records(
 ) -> Result<Vec<Scores>> {
     let (data, window, long) = (&on.data, on.window, on.long);
     let model = input::load_model(&probe.model, device)?;
-    if model.config.d_model != probe.weights.len() {
+    let sae = match (&on.dict, &probe.dictionary) {
+        (Some(dir), _) => {
+            let sae = glassbox_dictionary::saelens::load(dir)?;
+            let sha = glassbox_store::fsutil::dictionary_sha256(dir)?;
+            probe.check_dictionary(&sae, &sha, &format!("--dict {}", dir.display()))?;
+            Some(sae)
+        }
+        (None, Some(d)) => bail!(
+            "probe `{}` reads a dictionary's latents; add --dict {} (the dictionary it was trained on)",
+            probe.name,
+            d.path
+        ),
+        (None, None) => None,
+    };
+    let width = sae.as_ref().map_or(probe.weights.len(), |s| s.d_in());
+    if model.config.d_model != width {
         bail!(
             "the probe reads {} features but {}'s residual stream has {}",
-            probe.weights.len(),
+            width,
             probe.model,
             model.config.d_model
         );
@@ -538,7 +558,7 @@ fn score_records(
             .activations(text)
             .with_context(|| format!("{}, line {}", data.display(), r.line))?;
         scores.push((
-            probe.text_scores(&x, window),
+            probe.read_text(&x, sae.as_ref(), window)?,
             keywords.score(text),
             p.signals,
         ));

@@ -72,6 +72,11 @@ pub fn defend(
         .find(|p| p.name == probe_name)
         .with_context(|| format!("no [[probe]] `{probe_name}`"))?;
     let old = Probe::load(&entry.path)?;
+    if old.dictionary.is_some() {
+        bail!(
+            "probe `{probe_name}` reads a dictionary's latents; the blue round retrains probes on a hook's activations (defend a monitor whose probe reads the hook itself)"
+        );
+    }
     let aggregation = old
         .calibration
         .as_ref()

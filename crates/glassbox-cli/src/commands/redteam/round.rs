@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use glassbox_analysis::redteam::{
     self, attacks, Attack, Clamp, Framing, GcgConfig, Materials, Readout, Recovery,
 };
+use glassbox_dictionary::probe::sigmoid;
 use glassbox_model::chat::Message;
 use glassbox_model::generate::GenerateConfig;
 use glassbox_model::sampling::Sampling;
@@ -170,12 +171,13 @@ impl Target<'_> {
     }
 
     /// The attacked probe monitor as a linear read-out and the rule it decides by, for the
-    /// white-box attacks (the first attacked monitor that reads a probe).
+    /// white-box attacks (the first attacked monitor that reads a probe of the hook's
+    /// activations: a probe on TopK latents is no linear read-out).
     pub fn probe_readout(&self) -> Option<(Readout, usize)> {
         self.watched.iter().find_map(|&i| {
             let m = &self.set.monitors[i];
             let q = &self.set.probes[m.probe()?];
-            matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge).then(|| {
+            (matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge) && q.dictionary.is_none()).then(|| {
                 (
                     Readout {
                         hook: q.hook,
@@ -227,15 +229,17 @@ impl Target<'_> {
             return f32::NAN;
         };
         let mut state = RuleState::default();
-        let d = q.probe.weights.len();
-        let values = acts
-            .chunks(d)
+        let Ok(logits) = q.logits(acts) else {
+            return f32::NAN;
+        };
+        let values = logits
+            .into_iter()
             .zip(special)
             .filter(|(_, &s)| !s)
-            .map(|(x, _)| {
+            .map(|(z, _)| {
                 let base = match m.rule.signal.base() {
-                    Signal::Logit(_) => q.probe.logit(x),
-                    _ => q.probe.score(x),
+                    Signal::Logit(_) => z,
+                    _ => sigmoid(z),
                 };
                 m.rule.step(&mut state, base).0
             });
@@ -470,7 +474,8 @@ pub fn run(
             None => skipped.extend(white_box.iter().map(|&a| {
                 (
                     a,
-                    "no attacked monitor reads a probe with a `>` rule".to_string(),
+                    "no attacked monitor reads a probe of the hook's activations with a `>` rule"
+                        .to_string(),
                 )
             })),
             Some((readout, monitor)) => {
