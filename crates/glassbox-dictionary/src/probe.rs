@@ -357,31 +357,36 @@ impl Probe {
 
     /// Checks that `sae`, whose weights file hashes to `sha256`, is the dictionary this probe
     /// on latents was trained on (`what` names it in the error).
-    pub fn check_dictionary(&self, sae: &Sae, sha256: &str, what: &str) -> Result<()> {
+    pub fn check_dictionary(
+        &self,
+        sae: &Sae,
+        sha256: &str,
+        what: &str,
+    ) -> std::result::Result<(), String> {
         let Some(d) = &self.dictionary else {
-            return Err(DictError::Config(format!(
+            return Err(format!(
                 "probe `{}` reads {} itself, not a dictionary's latents; {what} is not for it",
                 self.name, self.hook
-            )));
+            ));
         };
         if d.sha256 != sha256 {
-            return Err(DictError::Config(format!(
+            return Err(format!(
                 "probe `{}` was trained on the latents of the dictionary at {} (weights SHA-256 {}…), but {what} is another one ({}…)",
                 self.name,
                 d.path,
-                &d.sha256[..12.min(d.sha256.len())],
-                &sha256[..12.min(sha256.len())]
-            )));
+                d.sha256.get(..12).unwrap_or(&d.sha256),
+                sha256.get(..12).unwrap_or(sha256)
+            ));
         }
         if sae.d_sae() != self.weights.len() || sae.cfg.hook != self.hook {
-            return Err(DictError::Config(format!(
+            return Err(format!(
                 "probe `{}` has {} weights at {}, but {what} has {} latents at {}",
                 self.name,
                 self.weights.len(),
                 self.hook,
                 sae.d_sae(),
                 sae.cfg.hook
-            )));
+            ));
         }
         Ok(())
     }

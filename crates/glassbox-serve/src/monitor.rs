@@ -143,7 +143,7 @@ impl Readers {
                             .map_err(|e| bad(&e))?;
                         probe
                             .check_dictionary(&d.sae, &sha, &format!("dictionary `{name}`"))
-                            .map_err(|e| bad(&e))?;
+                            .map_err(ServeError::Config)?;
                         Some(Arc::clone(d))
                     }
                     (None, Some(d)) => {

@@ -495,7 +495,9 @@ fn score_records(
         (Some(dir), _) => {
             let sae = glassbox_dictionary::saelens::load(dir)?;
             let sha = glassbox_store::fsutil::dictionary_sha256(dir)?;
-            probe.check_dictionary(&sae, &sha, &format!("--dict {}", dir.display()))?;
+            probe
+                .check_dictionary(&sae, &sha, &format!("--dict {}", dir.display()))
+                .map_err(anyhow::Error::msg)?;
             Some(sae)
         }
         (None, Some(d)) => bail!(
