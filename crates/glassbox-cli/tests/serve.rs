@@ -1628,12 +1628,13 @@ fn a_probe_on_sae_latents_is_scored_and_served_with_its_own_dictionary() {
     let mean_logit = |i: usize| scored["texts"][i]["scores"]["mean_logit"].as_f64().unwrap();
     let (attack, benign) = (common::rows()[0].0, common::rows()[20].0);
 
-    let deploy = |dictionary: &Path| {
+    // `extra` monitors go into the deployment too.
+    let deploy_with = |dictionary: &Path, extra: &str| {
         let config = dir.path().join("deploy.toml");
         std::fs::write(
             &config,
             format!(
-                "model = \"minilm\"\n[[dictionary]]\nname = \"l3\"\npath = \"{}\"\n[[probe]]\nname = \"latent\"\npath = \"{p}\"\ndictionary = \"l3\"\n[[monitor]]\nname = \"watch\"\nwhen = \"mean(logit latent) > -1000\"\naction = \"log\"\n[audit]\npath = \"{}\"\n",
+                "model = \"minilm\"\n[[dictionary]]\nname = \"l3\"\npath = \"{}\"\n[[probe]]\nname = \"latent\"\npath = \"{p}\"\ndictionary = \"l3\"\n[[monitor]]\nname = \"watch\"\nwhen = \"mean(logit latent) > -1000\"\naction = \"log\"\n{extra}[audit]\npath = \"{}\"\n",
                 dictionary.display(),
                 dir.path().join("audit.jsonl").display()
             ),
@@ -1641,6 +1642,7 @@ fn a_probe_on_sae_latents_is_scored_and_served_with_its_own_dictionary() {
         .unwrap();
         config
     };
+    let deploy = |dictionary: &Path| deploy_with(dictionary, "");
     // A server given another dictionary under the probe's name refuses to start.
     let mut refused = Command::new(env!("CARGO_BIN_EXE_glassbox"))
         .args(["serve", "--config"])
@@ -1670,26 +1672,31 @@ fn a_probe_on_sae_latents_is_scored_and_served_with_its_own_dictionary() {
         .unwrap();
     assert!(!status.success());
     assert!(said.contains("is another one"), "{said}");
-    let s = start(&deploy(&dict));
-    let (status, body) = post(
-        &s,
-        "/v1/embeddings",
-        "unused",
-        json!({"input": [attack, benign]}),
-    );
-    assert_eq!(status, 200, "{body}");
-    let firings = body["glassbox"]["firings"].as_array().unwrap();
-    for (input, want) in [(0, mean_logit(0)), (1, mean_logit(20))] {
-        let served: Vec<f64> = firings
-            .iter()
-            .filter(|f| f["input"] == input)
-            .map(|f| f["value"].as_f64().unwrap())
-            .collect();
-        assert_eq!(
-            served.len(),
-            1,
-            "a whole-input mean decides once: {firings:?}"
+    // Alone, the probe encodes the tokens itself; beside an anomaly rule on its dictionary, it
+    // reads the codes that rule's encoding made. Both decide by `probe score`'s mean logit.
+    let anomaly = "[[monitor]]\nname = \"quiet\"\ndictionary = \"l3\"\nwhen = \"anomaly > 1000000\"\naction = \"log\"\n";
+    for extra in ["", anomaly] {
+        let s = start(&deploy_with(&dict, extra));
+        let (status, body) = post(
+            &s,
+            "/v1/embeddings",
+            "unused",
+            json!({"input": [attack, benign]}),
         );
-        assert!((served[0] - want).abs() < 1e-3, "{served:?} vs {want}");
+        assert_eq!(status, 200, "{body}");
+        let firings = body["glassbox"]["firings"].as_array().unwrap();
+        for (input, want) in [(0, mean_logit(0)), (1, mean_logit(20))] {
+            let served: Vec<f64> = firings
+                .iter()
+                .filter(|f| f["input"] == input && f["monitor"] == "watch")
+                .map(|f| f["value"].as_f64().unwrap())
+                .collect();
+            assert_eq!(
+                served.len(),
+                1,
+                "a whole-input mean decides once: {firings:?}"
+            );
+            assert!((served[0] - want).abs() < 1e-3, "{served:?} vs {want}");
+        }
     }
 }

@@ -466,20 +466,31 @@ impl<'s> Watch<'s> {
                 .collect();
             full.insert(d, (codes.rows, errors));
         }
-        // Probe logits at every position at once (a probe on latents reads the codes of them all).
+        // Probe logits at every position at once (a probe on latents reads the codes of them all,
+        // those computed above when its dictionary's rules needed them too).
         let mut probe_logits: HashMap<usize, Vec<f32>> = HashMap::new();
         for &(_, m) in &here {
             let Some(q) = m.probe else { continue };
             if probe_logits.contains_key(&q) {
                 continue;
             }
-            let rows: Vec<f32> = positions
-                .iter()
-                .flat_map(|&(r, p)| x[row_of(r, p)..row_of(r, p) + width].iter().copied())
-                .collect();
-            let logits = set.probes[q]
-                .logits(&rows)
-                .map_err(|e| glassbox_model::candle::Error::Msg(e.to_string()))?;
+            let probe = &set.probes[q];
+            let encoded = probe.dictionary.as_ref().and_then(|pd| {
+                let d = set.dictionaries.iter().position(|d| Arc::ptr_eq(d, pd))?;
+                full.get(&d)
+            });
+            let logits = match encoded {
+                Some((codes, _)) => codes.iter().map(|r| probe.probe.codes_logit(r)).collect(),
+                None => {
+                    let rows: Vec<f32> = positions
+                        .iter()
+                        .flat_map(|&(r, p)| x[row_of(r, p)..row_of(r, p) + width].iter().copied())
+                        .collect();
+                    probe
+                        .logits(&rows)
+                        .map_err(|e| glassbox_model::candle::Error::Msg(e.to_string()))?
+                }
+            };
             probe_logits.insert(q, logits);
         }
         let is_special = |row: usize, position: usize| {
