@@ -1560,38 +1560,15 @@ fn a_probe_on_sae_latents_is_scored_and_served_with_its_own_dictionary() {
     let probe = dir.path().join("probe");
     let d = data.to_str().unwrap();
     let p = probe.to_str().unwrap();
-    let report = common::ok_json(&[
-        "--json",
-        "probe",
-        "families",
-        "--model",
-        "minilm",
-        "--data",
-        d,
-        "--hook",
-        L3,
-        "--dict",
-        dict.to_str().unwrap(),
-        "--no-combinations",
-        "--out",
-        p,
-        "--name",
-        "latent",
-    ]);
+    let dict_path = dict.to_str().unwrap();
+    let families = |hook| {
+        let extra = ["--dict", dict_path, "--no-combinations", "--json"];
+        common::families_args("minilm", hook, d, p, "latent", &extra)
+    };
+    let report = common::ok_json(&families(L3));
     // The latent probe reads the dictionary's own hook.
     common::fails(
-        &[
-            "probe",
-            "families",
-            "--model",
-            "minilm",
-            "--data",
-            d,
-            "--hook",
-            "blocks.5.hook_resid_post",
-            "--dict",
-            dict.to_str().unwrap(),
-        ],
+        &families("blocks.5.hook_resid_post"),
         "add --hook blocks.3.hook_resid_pre",
     );
     let detectors: Vec<&str> = report["hooks"][0]["detectors"]
