@@ -330,29 +330,38 @@ impl Probe {
 
     /// Every aggregation of a text's token scores, `x` `[tokens, d]`, windows of `window`.
     pub fn text_scores(&self, x: &[f32], window: usize) -> TextScores {
-        let logits: Vec<f32> = x
-            .chunks(self.weights.len())
-            .map(|t| self.logit(t))
-            .collect();
-        scores_of_logits(&logits, window)
+        scores_of_logits(&self.dense_logits(x), window)
     }
 
-    /// [`Probe::text_scores`] of a text's activations at the probe's hook, `[tokens, d_in]`;
+    /// The logit of every token of `[tokens, d]` activations.
+    fn dense_logits(&self, x: &[f32]) -> Vec<f32> {
+        x.chunks(self.weights.len())
+            .map(|t| self.logit(t))
+            .collect()
+    }
+
+    /// The logit of every token of a text's activations at the probe's hook, `[tokens, d_in]`;
     /// a probe on latents reads them through `sae`, the dictionary it names (see
     /// [`Probe::check_dictionary`]).
-    pub fn read_text(&self, x: &[f32], sae: Option<&Sae>, window: usize) -> Result<TextScores> {
+    pub fn token_logits(&self, x: &[f32], sae: Option<&Sae>) -> Result<Vec<f32>> {
         match (&self.dictionary, sae) {
-            (None, _) => Ok(self.text_scores(x, window)),
-            (Some(_), Some(sae)) => {
-                let codes = sae.encode(x)?;
-                let logits: Vec<f32> = codes.rows.iter().map(|r| self.codes_logit(r)).collect();
-                Ok(scores_of_logits(&logits, window))
-            }
+            (None, _) => Ok(self.dense_logits(x)),
+            (Some(_), Some(sae)) => Ok(self.codes_logits(&sae.encode(x)?.rows)),
             (Some(d), None) => Err(DictError::Config(format!(
                 "probe `{}` reads the latents of the dictionary at {}; give that dictionary",
                 self.name, d.path
             ))),
         }
+    }
+
+    /// The logit of every token's codes (a probe on latents).
+    pub fn codes_logits(&self, rows: &[CodeRow]) -> Vec<f32> {
+        rows.iter().map(|r| self.codes_logit(r)).collect()
+    }
+
+    /// [`Probe::text_scores`] of a text read as [`Probe::token_logits`] reads it.
+    pub fn read_text(&self, x: &[f32], sae: Option<&Sae>, window: usize) -> Result<TextScores> {
+        Ok(scores_of_logits(&self.token_logits(x, sae)?, window))
     }
 
     /// Checks that `sae`, whose weights file hashes to `sha256`, is the dictionary this probe

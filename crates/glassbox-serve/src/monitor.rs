@@ -40,20 +40,8 @@ pub struct LoadedProbe {
 impl LoadedProbe {
     /// The probe's logit at each row of activations at its hook, `[tokens, d_in]`.
     pub fn logits(&self, acts: &[f32]) -> glassbox_dictionary::Result<Vec<f32>> {
-        Ok(match &self.dictionary {
-            Some(d) => {
-                let codes = d.sae.encode(acts)?;
-                codes
-                    .rows
-                    .iter()
-                    .map(|r| self.probe.codes_logit(r))
-                    .collect()
-            }
-            None => acts
-                .chunks(self.probe.weights.len())
-                .map(|x| self.probe.logit(x))
-                .collect(),
-        })
+        self.probe
+            .token_logits(acts, self.dictionary.as_deref().map(|d| &d.sae))
     }
 }
 
@@ -438,6 +426,14 @@ impl<'s> Watch<'s> {
             .collect();
         let mut x: Vec<f32> = t.flatten_all()?.to_vec1()?;
         let row_of = |r: usize, p: usize| (r * s + p) * width;
+        // Every position's row, gathered once for the dictionaries and probes that read them all.
+        let gather = || -> Vec<f32> {
+            positions
+                .iter()
+                .flat_map(|&(r, p)| x[row_of(r, p)..row_of(r, p) + width].iter().copied())
+                .collect()
+        };
+        let mut rows: Option<Vec<f32>> = None;
         // Dictionaries that need every latent (TopK, or an anomaly rule): all positions at once.
         let mut full: HashMap<usize, (Vec<CodeRow>, Vec<f32>)> = HashMap::new();
         for &(_, m) in &here {
@@ -449,12 +445,9 @@ impl<'s> Watch<'s> {
             if !needs || full.contains_key(&d) {
                 continue;
             }
-            let rows: Vec<f32> = positions
-                .iter()
-                .flat_map(|&(r, p)| x[row_of(r, p)..row_of(r, p) + width].iter().copied())
-                .collect();
+            let rows = rows.get_or_insert_with(gather);
             let (codes, xhat) = sae
-                .reconstruct(&rows)
+                .reconstruct(rows)
                 .map_err(|e| glassbox_model::candle::Error::Msg(e.to_string()))?;
             let errors = rows
                 .chunks(width)
@@ -480,14 +473,11 @@ impl<'s> Watch<'s> {
                 full.get(&d)
             });
             let logits = match encoded {
-                Some((codes, _)) => codes.iter().map(|r| probe.probe.codes_logit(r)).collect(),
+                Some((codes, _)) => probe.probe.codes_logits(codes),
                 None => {
-                    let rows: Vec<f32> = positions
-                        .iter()
-                        .flat_map(|&(r, p)| x[row_of(r, p)..row_of(r, p) + width].iter().copied())
-                        .collect();
+                    let rows = rows.get_or_insert_with(gather);
                     probe
-                        .logits(&rows)
+                        .logits(rows)
                         .map_err(|e| glassbox_model::candle::Error::Msg(e.to_string()))?
                 }
             };

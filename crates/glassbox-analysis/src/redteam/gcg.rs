@@ -31,6 +31,20 @@ pub struct Readout {
     pub bias: f32,
 }
 
+impl Readout {
+    /// The logit `w·x + b` of one token's activation at the hook.
+    pub fn logit(&self, x: &[f32]) -> f32 {
+        self.bias + self.weights.iter().zip(x).map(|(w, x)| w * x).sum::<f32>()
+    }
+
+    /// The logit of every token of `[tokens, d]` activations.
+    pub fn logits(&self, acts: &[f32]) -> Vec<f32> {
+        acts.chunks(self.weights.len().max(1))
+            .map(|x| self.logit(x))
+            .collect()
+    }
+}
+
 /// Scores a whole input from its activations at the read-out hook, `[tokens, d]`, and which of
 /// its tokens are special: the monitor's own decision, so the search optimises what the
 /// monitor decides on, over everything the monitor reads (a chat template and system prompt

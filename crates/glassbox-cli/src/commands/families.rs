@@ -635,11 +635,9 @@ fn evaluate(
             pooled[i] = *s;
         }
     }
-    let labels: Vec<bool> = texts.iter().map(|t| t.label).collect();
     let mut summaries = Vec::new();
     for k in 0..UNION {
-        let s: Vec<f32> = pooled.iter().map(|p| p[k]).collect();
-        summaries.push(Summary::of(&Scored::new(&s, &labels)?, 0.01));
+        summaries.push(held_out_summary(&pooled, k, texts, false)?);
     }
     // The union with the keyword filter, for every reading `--out` may save; the report keeps
     // the reading whose monitor — alone, or with the keywords where that held out better —
@@ -647,12 +645,7 @@ fn evaluate(
     let aggs = readings(a.window);
     let mut best: Option<(usize, Summary)> = None;
     for k in (0..READINGS).filter(|&k| a.aggregation.is_none_or(|x| x == aggs[k])) {
-        let s: Vec<f32> = pooled
-            .iter()
-            .zip(texts)
-            .map(|(p, t)| probe::or_keywords(p[k], t.keywords))
-            .collect();
-        let union = Summary::of(&Scored::new(&s, &labels)?, 0.01);
+        let union = held_out_summary(&pooled, k, texts, true)?;
         let tpr = shipped_tpr(&summaries[k], &union);
         if best
             .as_ref()
@@ -666,8 +659,7 @@ fn evaluate(
         p[UNION] = probe::or_keywords(p[reading], t.keywords);
     }
     summaries.push(union);
-    let s: Vec<f32> = pooled.iter().map(|p| p[LATENT]).collect();
-    summaries.push(Summary::of(&Scored::new(&s, &labels)?, 0.01));
+    summaries.push(held_out_summary(&pooled, LATENT, texts, false)?);
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
     let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
@@ -957,6 +949,29 @@ fn readings(window: usize) -> [Aggregation; READINGS] {
     ]
 }
 
+/// The 1 %-FPR summary of detector `k`'s held-out scores, or of its union with the keyword
+/// filter.
+fn held_out_summary(
+    pooled: &[[f32; N]],
+    k: usize,
+    texts: &[Text],
+    with_keywords: bool,
+) -> Result<Summary> {
+    let (scores, labels): (Vec<f32>, Vec<bool>) = pooled
+        .iter()
+        .zip(texts)
+        .map(|(p, t)| {
+            let s = if with_keywords {
+                probe::or_keywords(p[k], t.keywords)
+            } else {
+                p[k]
+            };
+            (s, t.label)
+        })
+        .unzip();
+    Ok(Summary::of(&Scored::new(&scores, &labels)?, 0.01))
+}
+
 /// Whether a reading ships with the keyword filter: its union held out better, and the union's
 /// threshold lies below a keyword hit (so a hit alone flags).
 fn ships_with_keywords(reading: &Summary, union: &Summary) -> bool {
@@ -1025,14 +1040,7 @@ fn save_latent(
     dir: &std::path::Path,
     cfg: &ProbeTraining,
 ) -> Result<(String, Vec<String>)> {
-    let labels: Vec<bool> = texts.iter().map(|t| t.label).collect();
-    let with_keywords: Vec<f32> = r
-        .pooled
-        .iter()
-        .zip(texts)
-        .map(|(p, t)| probe::or_keywords(p[LATENT], t.keywords))
-        .collect();
-    let union = Summary::of(&Scored::new(&with_keywords, &labels)?, 0.01);
+    let union = held_out_summary(&r.pooled, LATENT, texts, true)?;
     let alone = &r.summaries[LATENT];
     let or_keywords = ships_with_keywords(alone, &union);
     let all: Vec<usize> = (0..texts.len()).collect();

@@ -220,18 +220,20 @@ impl Target<'_> {
             .collect()
     }
 
-    /// The monitor's decision value on an input's activations, `[tokens, d]`: its rule stepped
-    /// over every token but the special ones, minus the threshold, at the tokens where the
-    /// server decides (every token; the last for a whole-input mean).
-    pub fn rule_margin(&self, monitor: usize, acts: &[f32], special: &[bool]) -> f32 {
+    /// The monitor's decision value on an input's activations, `[tokens, d]`, read through
+    /// `readout` (its probe, from [`Target::probe_readout`]): its rule stepped over every token
+    /// but the special ones, minus the threshold, at the tokens where the server decides (every
+    /// token; the last for a whole-input mean).
+    pub fn rule_margin(
+        &self,
+        readout: &Readout,
+        monitor: usize,
+        acts: &[f32],
+        special: &[bool],
+    ) -> f32 {
         let m = &self.set.monitors[monitor];
-        let Some(q) = m.probe().map(|q| &self.set.probes[q]) else {
-            return f32::NAN;
-        };
         let mut state = RuleState::default();
-        let Ok(logits) = q.logits(acts) else {
-            return f32::NAN;
-        };
+        let logits = readout.logits(acts);
         let values = logits
             .into_iter()
             .zip(special)
@@ -479,8 +481,9 @@ pub fn run(
                 )
             })),
             Some((readout, monitor)) => {
-                let score =
-                    |acts: &[f32], special: &[bool]| target.rule_margin(monitor, acts, special);
+                let score = |acts: &[f32], special: &[bool]| {
+                    target.rule_margin(&readout, monitor, acts, special)
+                };
                 let context = target.context()?;
                 if white_box.contains(&Attack::Gcg) {
                     let n = suite.gcg.payloads.min(payloads.len());
