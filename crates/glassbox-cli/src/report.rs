@@ -295,13 +295,13 @@ fn feature_page(meta: &CatalogMeta, f: &Feature) -> String {
     s
 }
 
-/// Progress over `len` items of `what`: a bar on a terminal; when stderr is not one (logs,
-/// CI) a plain line every 10 % or every 30 s, whichever comes first; nothing when `hidden`
-/// (`--json`).
-pub fn progress(len: u64, what: &str, hidden: bool) -> Progress {
+/// Progress over `len` items of `what`, on stderr (so `--json` output on stdout stays
+/// whole): a bar on a terminal; when stderr is not one (logs, CI) a plain line every 10 % or
+/// every 30 s, whichever comes first.
+pub fn progress(len: u64, what: &str) -> Progress {
     use std::io::IsTerminal;
-    let plain = !hidden && !std::io::stderr().is_terminal();
-    let bar = if hidden || plain {
+    let plain = !std::io::stderr().is_terminal();
+    let bar = if plain {
         indicatif::ProgressBar::hidden()
     } else {
         let bar = indicatif::ProgressBar::new(len);

@@ -25,10 +25,13 @@ fn families_eval_calibrate_and_score_work_together() {
     write_jsonl(&data, &rows());
     let probe_dir = dir.path().join("probe");
     let (d, p) = (data.to_str().unwrap(), probe_dir.to_str().unwrap());
-    let report = ok_json(&families(
-        d,
-        &[L3, "--hook", "blocks.5.hook_resid_post", "--out", p],
-    ));
+    let args = families(d, &[L3, "--hook", "blocks.5.hook_resid_post", "--out", p]);
+    let out = common::glassbox(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // `--json` keeps stdout for the report; progress still reaches a log on stderr.
+    let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON report");
+    assert!(stderr.contains("reading texts: 26/26"), "{stderr}");
     assert_eq!(report["texts"], 26);
     assert_eq!(report["families"], 5);
     let hooks = report["hooks"].as_array().unwrap();

@@ -281,7 +281,7 @@ fn run_build(a: BuildArgs, device: &str, json_out: bool) -> Result<()> {
         save_every: a.save_every.max(1),
         ..Default::default()
     };
-    let bar = report::progress(a.tokens as u64, "catalog (tokens)", json_out);
+    let bar = report::progress(a.tokens as u64, "catalog (tokens)");
     let started = Instant::now();
     let mut first = None;
     let acts = a
@@ -659,7 +659,7 @@ fn run_label(a: LabelArgs, device: &str, json_out: bool) -> Result<()> {
             ),
             _ => bail!("give --local MODEL (in-process) or --llm URL --llm-model M"),
         };
-    let bar = report::progress(ids.len() as u64, "labelling (features)", json_out);
+    let bar = report::progress(ids.len() as u64, "labelling (features)");
     let mut rows = Vec::new();
     let cfg = autointerp::AutoInterpConfig {
         score_offline: a.compare_offline,

@@ -444,7 +444,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     for l in &labelled {
         *sizes.entry((l.label, l.family.as_str())).or_default() += 1;
     }
-    let bar = crate::report::progress(labelled.len() as u64, "reading texts", json_out);
+    let bar = crate::report::progress(labelled.len() as u64, "reading texts");
     let mut texts = Vec::with_capacity(labelled.len());
     for (i, l) in labelled.iter().enumerate() {
         let text = &l.text;
@@ -508,9 +508,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     let mut reports = Vec::new();
     for (h, hook) in a.hooks.iter().enumerate() {
         let latent = dict.as_ref().is_some_and(|l| l.hook == h);
-        reports.push(evaluate(
-            &a, &texts, h, hook, &folds, d, &cfg, json_out, latent,
-        )?);
+        reports.push(evaluate(&a, &texts, h, hook, &folds, d, &cfg, latent)?);
     }
     if let Some(path) = &a.scores {
         write_scores(path, &texts, &reports)?;
@@ -586,13 +584,11 @@ fn evaluate(
     folds: &[(bool, String)],
     d: usize,
     cfg: &ProbeTraining,
-    quiet: bool,
     latent: bool,
 ) -> Result<HookReport> {
     let bar = crate::report::progress(
         folds.len() as u64,
         &format!("{hook}: training without each family"),
-        quiet,
     );
     let folds: Vec<(Vec<usize>, Vec<[f32; N]>, usize)> = folds
         .par_iter()

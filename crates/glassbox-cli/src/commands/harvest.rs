@@ -57,7 +57,7 @@ pub fn run(args: Args, device: &str, json_out: bool) -> Result<()> {
         batch: args.batch,
         shard_rows: args.shard_rows,
     };
-    let bar = crate::report::progress(args.tokens as u64, "harvest (tokens)", json_out);
+    let bar = crate::report::progress(args.tokens as u64, "harvest (tokens)");
     let start = Instant::now();
     let mut first = None;
     let manifest = harvest(

@@ -309,7 +309,7 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
             );
         }
     }
-    let scores = score_records(&a.on, &probe, records, device, json_out)?;
+    let scores = score_records(&a.on, &probe, records, device)?;
     let or_keywords = before.as_ref().is_some_and(|c| c.or_keywords);
     let judged: Vec<f32> = scores
         .iter()
@@ -487,7 +487,6 @@ fn score_records(
     probe: &Probe,
     records: &[Record],
     device: &str,
-    quiet: bool,
 ) -> Result<Vec<Scores>> {
     let (data, window, long) = (&on.data, on.window, on.long);
     let model = input::load_model(&probe.model, device)?;
@@ -551,7 +550,7 @@ fn score_records(
         encoded.1
     );
     let reader = Reader::new(&model, &probe.hook)?.passes(long.max_tokens, long.truncate);
-    let bar = crate::report::progress(records.len() as u64, "scoring texts", quiet);
+    let bar = crate::report::progress(records.len() as u64, "scoring texts");
     let keywords = KeywordFilter::default();
     let mut scores = Vec::with_capacity(records.len());
     for (r, p) in records.iter().zip(&prepared) {
@@ -573,7 +572,7 @@ fn score_records(
 fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
     let records = read_records(&a.on.data)?;
     let probe = Probe::load(&a.on.probe)?;
-    let scores = score_records(&a.on, &probe, &records, device, json_out)?;
+    let scores = score_records(&a.on, &probe, &records, device)?;
     let rule = probe.calibration.as_ref();
     if json_out {
         let rows: Vec<Value> = records
@@ -673,7 +672,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         .map(|r| r.labelled(&a.on.data))
         .collect::<Result<Vec<_>>>()?;
     let mut probe = Probe::load(&a.on.probe)?;
-    let scores = score_records(&a.on, &probe, &records, device, json_out)?;
+    let scores = score_records(&a.on, &probe, &records, device)?;
     let labels: Vec<bool> = labelled.iter().map(|l| l.label).collect();
     let aggregations = [
         Aggregation::Mean,

@@ -98,7 +98,7 @@ pub fn run(args: Args, json_out: bool) -> Result<()> {
         seed: args.seed,
     };
     let mut sweep = Sweep::open(&args.out, &store, &cfg)?;
-    let bar = crate::report::progress(sweep.steps() as u64, "train (steps)", json_out);
+    let bar = crate::report::progress(sweep.steps() as u64, "train (steps)");
     bar.set_position(sweep.start_step() as u64);
     let report = sweep.run(&store, |p| {
         let s = p.stats;

@@ -64,7 +64,6 @@ pub fn defend(
     evasions: &[(Attack, &str)],
     max_tokens: usize,
     out: &Path,
-    quiet: bool,
 ) -> Result<Defence> {
     let entry = cfg
         .probes
@@ -129,7 +128,7 @@ pub fn defend(
         );
     }
     let folds = calibration_folds(&texts)?;
-    let bar = crate::report::progress(texts.len() as u64, "blue: reading training texts", quiet);
+    let bar = crate::report::progress(texts.len() as u64, "blue: reading training texts");
     let mut acts = Vec::with_capacity(texts.len());
     let mut training = Vec::with_capacity(texts.len());
     for t in &texts {
@@ -176,7 +175,6 @@ pub fn defend(
     let bar = crate::report::progress(
         folds.members.len() as u64 + 1,
         "blue: training (the probe, then one per calibration fold)",
-        quiet,
     );
     let mut new = fitted(&|_| true);
     bar.inc(1);

@@ -135,7 +135,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         let mut skipped = Vec::new();
         let texts = round::attack_texts(&target, &suite, &payloads, &materials, &mut skipped)?;
         rounds = vec![round::run(
-            "red", &target, &suite, &payloads, &texts, &benign, skipped, json_out,
+            "red", &target, &suite, &payloads, &texts, &benign, skipped,
         )?];
     } else {
         let out = a.out.as_deref().context("--defend needs --out")?;
@@ -187,7 +187,6 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             &texts,
             bench,
             skipped,
-            json_out,
         )?;
         // Blue: retrain on the evasions, never reading the held-out file.
         let (mi, probe_name) = target
@@ -230,7 +229,6 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             &evasions,
             suite.max_tokens,
             out,
-            json_out,
         )?;
         if !suite.withhold_attacks.is_empty() {
             let names: Vec<&str> = suite.withhold_attacks.iter().map(|a| a.name()).collect();
@@ -272,7 +270,6 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             &held_texts,
             heldout_benign,
             held_skipped.clone(),
-            json_out,
         )?;
         let defended_cfg = Config::load(&d.deploy)?;
         let readers = Readers::load(&model, &defended_cfg.dictionaries, &defended_cfg.probes)?;
@@ -292,7 +289,6 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             &held_texts,
             heldout_benign,
             held_skipped,
-            json_out,
         )?;
         defence = Some(d);
         rounds = vec![red, before, after];

@@ -432,13 +432,11 @@ pub fn run(
     texts: &[(Attack, usize, String)],
     benign: &[String],
     mut skipped: Vec<(Attack, String)>,
-    quiet: bool,
 ) -> Result<Round> {
     let started = std::time::Instant::now();
     let bar = crate::report::progress(
         (texts.len() + benign.len()) as u64,
         &format!("{name}: sending attack and benign texts"),
-        quiet,
     );
     let mut outcomes = Vec::with_capacity(texts.len());
     for (attack, p, text) in texts {
@@ -487,7 +485,7 @@ pub fn run(
                 let context = target.context()?;
                 if white_box.contains(&Attack::Gcg) {
                     let n = suite.gcg.payloads.min(payloads.len());
-                    let bar = crate::report::progress(n as u64, &format!("{name}: GCG"), quiet);
+                    let bar = crate::report::progress(n as u64, &format!("{name}: GCG"));
                     for (p, payload) in payloads.iter().enumerate().take(n) {
                         let cfg = GcgConfig {
                             suffix_tokens: suite.gcg.suffix_tokens,

@@ -142,13 +142,13 @@ pub fn run(a: Args, device: &str, json_out: bool) -> Result<bool> {
         }
         None => {
             say(format!("baseline: measuring {}", a.baseline));
-            let s = side::measure(&base_model, &spec, &inputs, json_out)?;
+            let s = side::measure(&base_model, &spec, &inputs)?;
             cache::write(&key, &s)?;
             s
         }
     };
     say(format!("candidate: measuring {}", a.candidate));
-    let cand = side::measure(&cand_model, &spec, &inputs, json_out)?;
+    let cand = side::measure(&cand_model, &spec, &inputs)?;
     let weights_start = Instant::now();
     let tensors = match &spec.weights {
         Some(_) => {

@@ -66,7 +66,7 @@ pub struct CanarySide {
 /// Texts per forward pass of the monitors suite.
 const BATCH: usize = 8;
 
-pub fn measure(model: &Model, spec: &Spec, inputs: &Inputs, quiet: bool) -> Result<Side> {
+pub fn measure(model: &Model, spec: &Spec, inputs: &Inputs) -> Result<Side> {
     let start = Instant::now();
     let mut lap = Instant::now();
     let mut suite_seconds = [0.0; 4];
@@ -97,7 +97,7 @@ pub fn measure(model: &Model, spec: &Spec, inputs: &Inputs, quiet: bool) -> Resu
     }
     split(0);
     let monitors = match &inputs.deploy {
-        Some(cfg) => score_monitors(model, spec, cfg, &inputs.texts, quiet)?,
+        Some(cfg) => score_monitors(model, spec, cfg, &inputs.texts)?,
         None => Vec::new(),
     };
     split(1);
@@ -130,7 +130,6 @@ fn score_monitors(
     spec: &Spec,
     cfg: &Config,
     texts: &[(String, bool)],
-    quiet: bool,
 ) -> Result<Vec<MonitorSide>> {
     let suite = spec.monitors.as_ref().context("no monitors suite")?;
     let readers = Readers::load(model, &cfg.dictionaries, &cfg.probes)
@@ -153,7 +152,7 @@ fn score_monitors(
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
     let mut margins = vec![vec![f32::NEG_INFINITY; texts.len()]; set.monitors.len()];
-    let progress = report::progress(texts.len() as u64, "monitor texts", quiet);
+    let progress = report::progress(texts.len() as u64, "monitor texts");
     for chunk in order.chunks(BATCH) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
         let seen = infer::observe(model, &set, "scan", &batch)?;
