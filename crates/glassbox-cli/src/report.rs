@@ -297,7 +297,7 @@ fn feature_page(meta: &CatalogMeta, f: &Feature) -> String {
 
 /// Progress over `len` items of `what`, on stderr (so `--json` output on stdout stays
 /// whole): a bar on a terminal; when stderr is not one (logs, CI) a plain line every 10 % or
-/// every 30 s, whichever comes first.
+/// every 30 s, whichever comes first, 5 s apart at least, and one at the end.
 pub fn progress(len: u64, what: &str) -> Progress {
     use std::io::IsTerminal;
     let plain = !std::io::stderr().is_terminal();
@@ -350,6 +350,9 @@ struct Plain {
 
 /// Seconds between plain progress lines at most.
 const PLAIN_EVERY: f64 = 30.0;
+/// Seconds between plain progress lines at least (but the last): a job of a few seconds
+/// writes its last line, not ten.
+const PLAIN_AT_LEAST: f64 = 5.0;
 
 impl Progress {
     pub fn inc(&self, n: u64) {
@@ -381,9 +384,10 @@ impl Progress {
         let Ok(mut p) = p.lock() else { return };
         let first = *p.first.get_or_insert(before);
         let step = (self.len / 10).max(1);
-        let due = now / step != before / step
+        let since = p.last_line.elapsed().as_secs_f64();
+        let due = (now / step != before / step && since >= PLAIN_AT_LEAST)
             || now == self.len
-            || p.last_line.elapsed().as_secs_f64() >= PLAIN_EVERY;
+            || since >= PLAIN_EVERY;
         if !due || now == before {
             return;
         }
