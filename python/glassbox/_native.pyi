@@ -37,7 +37,9 @@ class Model:
     def path(self) -> Path:
         """What the model was loaded from: a directory or a GGUF file."""
     def to_tokens(self, text: str, truncate: bool = False) -> npt.NDArray[np.int64]:
-        """`[1, pos]` token ids, special tokens included."""
+        """`[1, pos]` token ids, special tokens included: every token of a text longer than the
+        context (to read in windows; running it whole is refused), its first `n_ctx` with
+        `truncate`."""
     def to_str_tokens(self, text: str, truncate: bool = False) -> list[str]: ...
     def to_string(self, tokens: Input) -> str: ...
     def run_with_cache(

@@ -96,11 +96,29 @@ fn model_error(e: ModelError) -> PyErr {
                 Err(other) => error(other),
             }
         }
+        // The library's message names the CLI's flag; here it is an argument.
+        ModelError::InputTooLong { len, max } => error(format!(
+            "input of {len} tokens is longer than the model's {max} positions; shorten it, \
+             pass truncate=True to keep the first {max}, or read to_tokens(text) in windows"
+        )),
         other => error(other),
     }
 }
 
 impl PyModel {
+    /// `text`'s token ids: all of them, or the first `n_ctx` with `truncate`.
+    fn token_ids(&self, text: &str, truncate: bool) -> PyResult<Vec<u32>> {
+        let limit = if truncate {
+            self.inner.config.max_positions
+        } else {
+            usize::MAX
+        };
+        self.inner
+            .tokenizer
+            .encode(text, limit, truncate)
+            .map_err(model_error)
+    }
+
     /// The library's model, for the analyses.
     pub(crate) fn model(&self) -> &Model {
         &self.inner
@@ -249,8 +267,8 @@ impl PyModel {
     }
 
     /// Token ids of `text` as a `[1, pos]` int64 array, special tokens included (as the
-    /// model's tokenizer adds them). An input longer than the context is an error unless
-    /// `truncate` keeps its first tokens.
+    /// model's tokenizer adds them): every token, however long the text (running more than
+    /// the context is what fails), or its first `n_ctx` with `truncate`.
     #[pyo3(signature = (text, truncate = false))]
     fn to_tokens<'py>(
         &self,
@@ -258,15 +276,16 @@ impl PyModel {
         text: &str,
         truncate: bool,
     ) -> PyResult<Bound<'py, numpy::PyArrayDyn<i64>>> {
-        let ids = self.inner.tokenize(text, truncate).map_err(model_error)?;
+        let ids = self.token_ids(text, truncate)?;
         let n = ids.len();
         PyArray1::from_vec(py, ids.into_iter().map(i64::from).collect()).reshape(vec![1, n])
     }
 
-    /// The readable pieces of `text`'s tokens (` capital`, not `Ġcapital`).
+    /// The readable pieces of `text`'s tokens (` capital`, not `Ġcapital`), as `to_tokens`
+    /// counts them.
     #[pyo3(signature = (text, truncate = false))]
     fn to_str_tokens(&self, text: &str, truncate: bool) -> PyResult<Vec<String>> {
-        let ids = self.inner.tokenize(text, truncate).map_err(model_error)?;
+        let ids = self.token_ids(text, truncate)?;
         Ok(ids.iter().map(|&i| self.inner.tokenizer.piece(i)).collect())
     }
 

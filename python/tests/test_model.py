@@ -192,8 +192,15 @@ def test_bad_input_is_a_python_exception_never_a_crash(smollm2, tiny_gpt2, tmp_p
     tiny = gb.Model.load(str(tiny_gpt2))
     assert tiny.path.resolve() == Path(tiny_gpt2).resolve()
     long_text = "word " * (2 * tiny.cfg["n_ctx"])
-    with pytest.raises(gb.GlassboxError, match="longer than the model"):
+    with pytest.raises(gb.GlassboxError, match="longer than the model.*truncate=True"):
         tiny.run_with_cache(long_text)
+    # Tokenizing is not running: every token, to read in windows, or the first n_ctx.
+    ids = tiny.to_tokens(long_text)
+    assert ids.shape[1] > 2 * tiny.cfg["n_ctx"] - 1
+    assert len(tiny.to_str_tokens(long_text)) == ids.shape[1]
+    assert tiny.to_tokens(long_text, truncate=True).shape == (1, tiny.cfg["n_ctx"])
+    with pytest.raises(gb.GlassboxError, match="truncate=True"):
+        tiny.run_with_cache(ids)
     assert tiny.run_with_cache(long_text, names_filter=[], truncate=True)[0].shape[1] == tiny.cfg["n_ctx"]
     with pytest.raises(gb.GlassboxError, match="no-such-model"):
         gb.Model.load(str(tmp_path / "no-such-model"))
