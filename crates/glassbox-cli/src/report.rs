@@ -323,6 +323,7 @@ pub fn progress(len: u64, what: &str) -> Progress {
                 start: now,
                 last_line: now,
                 first: None,
+                printed: None,
                 message: String::new(),
             })
         }),
@@ -345,6 +346,8 @@ struct Plain {
     last_line: std::time::Instant,
     /// Position when progress started (a resumed run starts part-way).
     first: Option<u64>,
+    /// Position of the last line written.
+    printed: Option<u64>,
     message: String,
 }
 
@@ -382,18 +385,24 @@ impl Progress {
     fn report(&self, before: u64, now: u64) {
         let Some(p) = &self.plain else { return };
         let Ok(mut p) = p.lock() else { return };
-        let first = *p.first.get_or_insert(before);
+        p.first.get_or_insert(before);
         let step = (self.len / 10).max(1);
         let since = p.last_line.elapsed().as_secs_f64();
         let due = (now / step != before / step && since >= PLAIN_AT_LEAST)
             || now == self.len
             || since >= PLAIN_EVERY;
-        if !due || now == before {
-            return;
+        if due && now != before {
+            self.line(&mut p, now);
         }
+    }
+
+    /// One plain progress line at position `now`.
+    fn line(&self, p: &mut Plain, now: u64) {
         p.last_line = std::time::Instant::now();
+        p.printed = Some(now);
+        let first = p.first.unwrap_or(0);
         let secs = p.start.elapsed().as_secs_f64();
-        let rate = (now - first) as f64 / secs.max(1e-9);
+        let rate = now.saturating_sub(first) as f64 / secs.max(1e-9);
         let eta = if rate > 0.0 {
             format!("{:.0} s", self.len.saturating_sub(now) as f64 / rate)
         } else {
@@ -413,8 +422,26 @@ impl Progress {
         );
     }
 
+    /// The last plain line, where the position moved since the line before (a job that ends
+    /// short of `len`, or sooner than lines are due, still says where it got).
+    fn last_line(&self) {
+        let Some(p) = &self.plain else { return };
+        let Ok(mut p) = p.lock() else { return };
+        let now = self.done.load(std::sync::atomic::Ordering::Relaxed);
+        if p.first.is_some_and(|f| now > f) && p.printed != Some(now) {
+            self.line(&mut p, now);
+        }
+    }
+
     pub fn finish_and_clear(&self) {
+        self.last_line();
         self.bar.finish_and_clear();
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.last_line();
     }
 }
 
