@@ -35,7 +35,7 @@ name = "injection_l12"
 path = "probe-l12"
 [[monitor]]
 name = "injection"
-when = "mean(logit injection) > 11.560349"
+when = "mean(logit injection) > 11.5603485"
 action = "block"
 [[monitor]]
 name = "injection_l3"

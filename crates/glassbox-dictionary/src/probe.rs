@@ -128,7 +128,8 @@ pub struct ProbeDictionary {
     pub path: String,
 }
 
-/// How a text's per-token probabilities become one score.
+/// How a text's per-token probabilities become one score: a probability, except
+/// [`Aggregation::MeanLogit`]'s logit (see [`Scale`]).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
@@ -139,9 +140,37 @@ pub enum Aggregation {
     Window {
         tokens: usize,
     },
-    /// `sigmoid(mean token logit)`, i.e. the probe applied to the text's mean activation (how a
-    /// probe trained on mean-pooled activations reads a text).
+    /// The mean token logit, i.e. the probe's logit of the text's mean activation (how a probe
+    /// trained on mean-pooled activations reads a text).
     MeanLogit,
+}
+
+/// The units of a text's score and of the threshold on it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scale {
+    Probability,
+    /// Kept as a logit because a well-separated pooled probe's probabilities saturate: an f32
+    /// sigmoid is exactly 1 above a logit of about 16.6, where no threshold can be told apart.
+    Logit,
+}
+
+impl Scale {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Probability => "probability",
+            Self::Logit => "logit",
+        }
+    }
+
+    /// What a keyword hit adds to a score in a union with the keyword filter: more than the
+    /// spread of scores without one, so every hit ranks above every text without one.
+    pub fn keyword_hit(self) -> f32 {
+        match self {
+            Self::Probability => KEYWORD_HIT,
+            Self::Logit => LOGIT_KEYWORD_HIT,
+        }
+    }
 }
 
 impl Aggregation {
@@ -150,14 +179,32 @@ impl Aggregation {
             Self::Mean => s.mean,
             Self::Max => s.max,
             Self::Window { .. } => s.window,
-            Self::MeanLogit => sigmoid(s.mean_logit),
+            Self::MeanLogit => s.mean_logit,
         }
     }
 
-    /// The score raised above every threshold (+[`KEYWORD_HIT`] on a probability) by a keyword
-    /// hit: the union with the keyword filter as one score.
+    pub fn scale(self) -> Scale {
+        match self {
+            Self::MeanLogit => Scale::Logit,
+            _ => Scale::Probability,
+        }
+    }
+
+    /// The score raised above every threshold by a keyword hit: the union with the keyword
+    /// filter as one score.
     pub fn of_or_keywords(self, s: &TextScores, keywords: f32) -> f32 {
-        or_keywords(self.of(s), keywords)
+        self.or_keywords(self.of(s), keywords)
+    }
+
+    /// A score of this reading's [`Scale`] in a union with the keyword filter: a hit adds
+    /// [`Scale::keyword_hit`], so one threshold below the hit flags either.
+    pub fn or_keywords(self, score: f32, keywords: f32) -> f32 {
+        score
+            + if keywords > 0.0 {
+                self.scale().keyword_hit()
+            } else {
+                0.0
+            }
     }
 
     /// The score a threshold applies to: this reading, or its union with the keyword filter.
@@ -202,14 +249,14 @@ impl std::str::FromStr for Aggregation {
 /// What a keyword hit adds to a probability score in a union (see [`Calibration::union_score`]).
 pub const KEYWORD_HIT: f32 = 2.0;
 
-/// A probability score's union with the keyword filter as one score: a hit (+[`KEYWORD_HIT`])
-/// ranks above every text without one, so one threshold below the hit flags either.
-pub fn or_keywords(score: f32, keywords: f32) -> f32 {
-    score + if keywords > 0.0 { KEYWORD_HIT } else { 0.0 }
-}
+/// What a keyword hit adds to a logit score: a probe whose text logits spread over thousands is
+/// broken, and f32 still tells logits 0.001 apart here.
+pub const LOGIT_KEYWORD_HIT: f32 = 1e4;
 
-/// A threshold chosen on labelled data for a target false-positive rate.
+/// A threshold chosen on labelled data for a target false-positive rate, in its aggregation's
+/// [`Scale`] (written to `probe.json` beside it as `threshold_scale`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "CalibrationFile", into = "CalibrationFile")]
 pub struct Calibration {
     pub aggregation: Aggregation,
     pub threshold: f32,
@@ -227,6 +274,91 @@ pub struct Calibration {
     /// second monitor, `keywords > 0`. Set where the union held out better than the probe.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub or_keywords: bool,
+}
+
+/// [`Calibration`] as `probe.json` holds it: the threshold's scale named, so a file from before
+/// `mean_logit` thresholds were logits (no `threshold_scale`: a probability) still reads right.
+#[derive(Serialize, Deserialize)]
+struct CalibrationFile {
+    aggregation: Aggregation,
+    threshold: f32,
+    #[serde(default)]
+    threshold_scale: Option<Scale>,
+    target_fpr: f64,
+    fpr: f64,
+    tpr: f64,
+    data: String,
+    data_sha256: String,
+    positives: usize,
+    negatives: usize,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    or_keywords: bool,
+}
+
+impl TryFrom<CalibrationFile> for Calibration {
+    type Error = String;
+
+    fn try_from(f: CalibrationFile) -> std::result::Result<Self, String> {
+        let scale = f.aggregation.scale();
+        let threshold = match (f.threshold_scale.unwrap_or(Scale::Probability), scale) {
+            (given, wanted) if given == wanted => f.threshold,
+            (Scale::Probability, Scale::Logit) => probability_to_logit(f.threshold, f.or_keywords),
+            (given, _) => {
+                return Err(format!(
+                    "a {} threshold is a {}, but this one says it is a {}",
+                    f.aggregation.label(),
+                    scale.name(),
+                    given.name()
+                ))
+            }
+        };
+        Ok(Self {
+            aggregation: f.aggregation,
+            threshold,
+            target_fpr: f.target_fpr,
+            fpr: f.fpr,
+            tpr: f.tpr,
+            data: f.data,
+            data_sha256: f.data_sha256,
+            positives: f.positives,
+            negatives: f.negatives,
+            or_keywords: f.or_keywords,
+        })
+    }
+}
+
+impl From<Calibration> for CalibrationFile {
+    fn from(c: Calibration) -> Self {
+        Self {
+            threshold_scale: Some(c.aggregation.scale()),
+            aggregation: c.aggregation,
+            threshold: c.threshold,
+            target_fpr: c.target_fpr,
+            fpr: c.fpr,
+            tpr: c.tpr,
+            data: c.data,
+            data_sha256: c.data_sha256,
+            positives: c.positives,
+            negatives: c.negatives,
+            or_keywords: c.or_keywords,
+        }
+    }
+}
+
+/// An old `mean_logit` threshold (a probability, or in a keyword union one plus
+/// [`KEYWORD_HIT`]) as the logit it stood for.
+fn probability_to_logit(threshold: f32, or_keywords: bool) -> f32 {
+    let (p, hit) = match f64::from(threshold) {
+        t if or_keywords && t >= f64::from(KEYWORD_HIT) => (t - f64::from(KEYWORD_HIT), true),
+        t => (t, false),
+    };
+    let p = p.clamp(1e-12, 1.0 - 1e-12);
+    let z = (p / (1.0 - p)).ln() as f32;
+    if hit {
+        z + LOGIT_KEYWORD_HIT
+    } else {
+        z
+    }
 }
 
 impl Calibration {
@@ -262,10 +394,7 @@ impl Calibration {
             Aggregation::Mean => format!("mean(probe {name}) > {t}"),
             Aggregation::Max => format!("probe {name} > {t}"),
             Aggregation::Window { tokens } => format!("mean(probe {name}, {tokens}) > {t}"),
-            Aggregation::MeanLogit => {
-                let p = f64::from(t).clamp(1e-12, 1.0 - 1e-12);
-                format!("mean(logit {name}) > {:.6}", (p / (1.0 - p)).ln())
-            }
+            Aggregation::MeanLogit => format!("mean(logit {name}) > {t}"),
         }
     }
 }
@@ -316,7 +445,7 @@ impl Probe {
 
     /// The logit `w·x + b` of one token's activation.
     pub fn logit(&self, x: &[f32]) -> f32 {
-        linalg::dot(&self.weights, x) + self.bias
+        linear_logit(&self.weights, self.bias, x)
     }
 
     /// The logit `w·f + b` of one token's codes (a probe on latents).
@@ -451,6 +580,11 @@ fn scores_of_logits(logits: &[f32], window: usize) -> TextScores {
         mean_logit: logits.iter().sum::<f32>() / n,
         max_logit: logits.iter().copied().fold(f32::NEG_INFINITY, f32::max),
     }
+}
+
+/// The logit `w·x + b` of logistic-regression weights `w`, bias `b` on a vector `x`.
+pub fn linear_logit(w: &[f32], b: f32, x: &[f32]) -> f32 {
+    linalg::dot(w, x) + b
 }
 
 /// A logit as a probability.
@@ -689,6 +823,70 @@ mod tests {
 
     /// A probe on latents reads a text's codes, each token's logit `w·f + b` (so its mean logit
     /// is the probe on the mean code), and only with the dictionary it names.
+    fn calibration(aggregation: Aggregation, threshold: f32, or_keywords: bool) -> Calibration {
+        Calibration {
+            aggregation,
+            threshold,
+            target_fpr: 0.01,
+            fpr: 0.01,
+            tpr: 0.5,
+            data: "d".into(),
+            data_sha256: String::new(),
+            positives: 1,
+            negatives: 1,
+            or_keywords,
+        }
+    }
+
+    #[test]
+    fn a_mean_logit_threshold_is_a_logit_beyond_where_probabilities_saturate() {
+        // A text at logit 20 and one at 25: their f32 probabilities are both exactly 1.
+        let scores = |z: f32| scores_of_logits(&[z, z], 2);
+        assert_eq!(sigmoid(20.0), sigmoid(25.0));
+        let c = calibration(Aggregation::MeanLogit, 22.0, false);
+        assert!(!c.flags(&scores(20.0), 0.0) && c.flags(&scores(25.0), 0.0));
+        assert_eq!(c.rule("inj"), "mean(logit inj) > 22");
+        // The file names the scale, and reads back the same.
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["threshold_scale"], "logit");
+        assert_eq!(serde_json::from_value::<Calibration>(json).unwrap(), c);
+        let window = calibration(Aggregation::Window { tokens: 4 }, 0.9, false);
+        let json = serde_json::to_value(&window).unwrap();
+        assert_eq!(json["threshold_scale"], "probability");
+        // A union with the keyword filter: a hit flags a text far below the threshold.
+        let union = calibration(Aggregation::MeanLogit, 22.0, true);
+        assert!(union.flags(&scores(-500.0), 1.0) && !union.flags(&scores(-500.0), 0.0));
+        assert_eq!(union.rules("inj"), ["mean(logit inj) > 22", "keywords > 0"]);
+    }
+
+    #[test]
+    fn an_old_mean_logit_threshold_reads_as_the_logit_it_stood_for() {
+        // Written before thresholds named their scale: a `mean_logit` one was a probability.
+        let old = |threshold: f32, or_keywords: bool| {
+            let mut json =
+                serde_json::to_value(calibration(Aggregation::MeanLogit, threshold, or_keywords))
+                    .unwrap();
+            json.as_object_mut().unwrap().remove("threshold_scale");
+            serde_json::from_value::<Calibration>(json)
+                .unwrap()
+                .threshold
+        };
+        // The shipped SmolLM2 probe's, and its rule's printed logit.
+        assert!((old(0.999_990_46, true) - 11.560_349).abs() < 1e-4);
+        assert!((old(0.5, false)).abs() < 1e-6);
+        // Above a keyword hit in a union: a hit plus the probability's logit.
+        assert!((old(2.5, true) - LOGIT_KEYWORD_HIT).abs() < 1e-2);
+        // A probability reading keeps its threshold; a scale that contradicts it is an error.
+        let mut json = serde_json::to_value(calibration(Aggregation::Max, 0.9, false)).unwrap();
+        json["threshold_scale"] = "logit".into();
+        let err = serde_json::from_value::<Calibration>(json).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a max threshold is a probability, but this one says it is a logit"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_probe_on_latents_reads_codes_through_its_own_dictionary() {
         let cfg = crate::DictConfig::sae(crate::Activation::TopK { k: 2 }, 4, 8, "m", "h");

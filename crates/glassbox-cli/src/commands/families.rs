@@ -32,8 +32,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use glassbox_dictionary::keywords::KeywordFilter;
 use glassbox_dictionary::probe::{
-    self, mean_rows, Aggregation, Calibration, Probe, ProbeDictionary, ProbeTraining, Sample,
-    KEYWORD_HIT,
+    self, linear_logit, mean_rows, Aggregation, Calibration, Probe, ProbeDictionary, ProbeTraining,
+    Sample, Scale,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_model::{Hooks, Model};
@@ -73,8 +73,9 @@ pub struct FamiliesArgs {
     out: Option<PathBuf>,
     /// Also write every text's held-out scores here, one JSON line per text and hook
     /// (`{"hook", "index", "family", "label", "scores": {detector: score}}`, index = the
-    /// text's place among the records, from 0), to plot or to
-    /// combine detectors in a notebook.
+    /// text's place among the records, from 0), to plot or to combine detectors in a
+    /// notebook. The per-token probe's readings are probabilities; the pooled, embedding,
+    /// latent and stacked detectors give logits; max rank a benign quantile.
     #[arg(long)]
     scores: Option<PathBuf>,
     /// The saved probe's name in monitor rules (default: the data file's stem).
@@ -240,17 +241,19 @@ impl Bases {
         }
     }
 
-    /// The latent probe's score of one text (0 where there is none).
+    /// The latent probe's logit of one text (0 where there is none).
     fn latent_score(&self, t: &Text) -> f32 {
         self.latents
             .as_ref()
-            .map_or(0.0, |(w, b)| sigmoid(dot(w, &t.latents) + b))
+            .map_or(0.0, |(w, b)| linear_logit(w, *b, &t.latents))
     }
 
-    /// Every base detector's score of one text, in `DETECTORS` order.
+    /// Every base detector's score of one text, in `DETECTORS` order: the per-token probe's
+    /// readings are probabilities; the linear probes on pooled vectors give logits, which keep
+    /// their spread where a well-separated probe's probabilities saturate at 1.
     fn score(&self, t: &Text, h: usize, window: usize) -> [f32; BASES] {
         let p = self.tokens.text_scores(&t.layers[h].0, window);
-        let linear = |(w, b): &(Vec<f32>, f32), x: &[f32]| sigmoid(dot(w, x) + b);
+        let linear = |(w, b): &(Vec<f32>, f32), x: &[f32]| linear_logit(w, *b, x);
         [
             p.mean,
             p.max,
@@ -374,14 +377,15 @@ impl Stacker {
         let max = ranks.iter().copied().fold(0.0, f32::max);
         // Ties at the top broken by the mean rank.
         let max_rank = max + 1e-3 * ranks.iter().sum::<f32>() / BASES as f32;
-        (sigmoid(dot(&self.weights, &z) + self.bias), max_rank)
+        (linear_logit(&self.weights, self.bias, &z), max_rank)
     }
 }
 
-/// Probabilities as logits (clamped): the stacker is linear in evidence, not in probability.
+/// The per-token probe's probabilities as logits (clamped), beside the pooled probes' logits:
+/// the stacker is linear in evidence, not in probability.
 fn stack_input(base: &[f32; BASES]) -> [f32; BASES] {
     let mut x = *base;
-    for v in &mut x[..BASES - 1] {
+    for v in &mut x[..READINGS - 1] {
         let p = v.clamp(1e-6, 1.0 - 1e-6);
         *v = (p / (1.0 - p)).ln();
     }
@@ -633,7 +637,7 @@ fn evaluate(
     }
     let mut summaries = Vec::new();
     for k in 0..UNION {
-        summaries.push(held_out_summary(&pooled, k, texts, false)?);
+        summaries.push(held_out_summary(&pooled, k, texts, None)?);
     }
     // The union with the keyword filter, for every reading `--out` may save; the report keeps
     // the reading whose monitor — alone, or with the keywords where that held out better —
@@ -641,21 +645,21 @@ fn evaluate(
     let aggs = readings(a.window);
     let mut best: Option<(usize, Summary)> = None;
     for k in (0..READINGS).filter(|&k| a.aggregation.is_none_or(|x| x == aggs[k])) {
-        let union = held_out_summary(&pooled, k, texts, true)?;
-        let tpr = shipped_tpr(&summaries[k], &union);
+        let union = held_out_summary(&pooled, k, texts, Some(aggs[k]))?;
+        let tpr = shipped_tpr(&summaries[k], &union, aggs[k].scale());
         if best
             .as_ref()
-            .is_none_or(|(j, u)| tpr > shipped_tpr(&summaries[*j], u))
+            .is_none_or(|(j, u)| tpr > shipped_tpr(&summaries[*j], u, aggs[*j].scale()))
         {
             best = Some((k, union));
         }
     }
     let (reading, union) = best.context("no probe reading matches --aggregation")?;
     for (p, t) in pooled.iter_mut().zip(texts) {
-        p[UNION] = probe::or_keywords(p[reading], t.keywords);
+        p[UNION] = aggs[reading].or_keywords(p[reading], t.keywords);
     }
     summaries.push(union);
-    summaries.push(held_out_summary(&pooled, LATENT, texts, false)?);
+    summaries.push(held_out_summary(&pooled, LATENT, texts, None)?);
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
     let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
@@ -881,14 +885,6 @@ fn mean_code(sae: &glassbox_dictionary::Sae, acts: &[f32]) -> Result<Vec<f32>> {
     Ok(mean)
 }
 
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// MiniLM's mean-pooled, normalised final hidden state of a text (its first 512 tokens).
 fn sentence_embedding(m: &Model, text: &str) -> Result<Vec<f32>> {
     let batch = m.batch(&[text], true)?;
@@ -945,38 +941,34 @@ fn readings(window: usize) -> [Aggregation; READINGS] {
     ]
 }
 
-/// The 1 %-FPR summary of detector `k`'s held-out scores, or of its union with the keyword
-/// filter.
+/// The 1 %-FPR summary of detector `k`'s held-out scores, or of their union with the keyword
+/// filter, the scores read as `union` reads them.
 fn held_out_summary(
     pooled: &[[f32; N]],
     k: usize,
     texts: &[Text],
-    with_keywords: bool,
+    union: Option<Aggregation>,
 ) -> Result<Summary> {
     let (scores, labels): (Vec<f32>, Vec<bool>) = pooled
         .iter()
         .zip(texts)
         .map(|(p, t)| {
-            let s = if with_keywords {
-                probe::or_keywords(p[k], t.keywords)
-            } else {
-                p[k]
-            };
+            let s = union.map_or(p[k], |agg| agg.or_keywords(p[k], t.keywords));
             (s, t.label)
         })
         .unzip();
     Ok(Summary::of(&Scored::new(&scores, &labels)?, 0.01))
 }
 
-/// Whether a reading ships with the keyword filter: its union held out better, and the union's
-/// threshold lies below a keyword hit (so a hit alone flags).
-fn ships_with_keywords(reading: &Summary, union: &Summary) -> bool {
-    union.tpr_at_1pct_fpr > reading.tpr_at_1pct_fpr && union.threshold < KEYWORD_HIT
+/// Whether a reading (its scores on `scale`) ships with the keyword filter: its union held out
+/// better, and the union's threshold lies below a keyword hit (so a hit alone flags).
+fn ships_with_keywords(reading: &Summary, union: &Summary, scale: Scale) -> bool {
+    union.tpr_at_1pct_fpr > reading.tpr_at_1pct_fpr && union.threshold < scale.keyword_hit()
 }
 
 /// The held-out TPR at 1 % FPR of what `--out` would ship for a reading: it, or its union.
-fn shipped_tpr(reading: &Summary, union: &Summary) -> f64 {
-    if ships_with_keywords(reading, union) {
+fn shipped_tpr(reading: &Summary, union: &Summary, scale: Scale) -> f64 {
+    if ships_with_keywords(reading, union, scale) {
         union.tpr_at_1pct_fpr
     } else {
         reading.tpr_at_1pct_fpr
@@ -999,14 +991,21 @@ fn save_final(
     // Each hook's report already holds its best reading (`evaluate`).
     let shipped = |h: usize| {
         let r = &reports[h];
-        shipped_tpr(&r.summaries[r.reading], &r.summaries[UNION])
+        shipped_tpr(
+            &r.summaries[r.reading],
+            &r.summaries[UNION],
+            aggs[r.reading].scale(),
+        )
     };
     let h = (0..reports.len())
         .max_by(|&i, &j| shipped(i).total_cmp(&shipped(j)))
         .unwrap_or(0);
     let best = reports[h].reading;
-    let or_keywords =
-        ships_with_keywords(&reports[h].summaries[best], &reports[h].summaries[UNION]);
+    let or_keywords = ships_with_keywords(
+        &reports[h].summaries[best],
+        &reports[h].summaries[UNION],
+        aggs[best].scale(),
+    );
     let s = &reports[h].summaries[if or_keywords { UNION } else { best }];
     // The pooled probe, applied to each token, averages to its text-level logit.
     let (weights, bias) = if aggs[best] == Aggregation::MeanLogit {
@@ -1036,9 +1035,9 @@ fn save_latent(
     dir: &std::path::Path,
     cfg: &ProbeTraining,
 ) -> Result<(String, Vec<String>)> {
-    let union = held_out_summary(&r.pooled, LATENT, texts, true)?;
+    let union = held_out_summary(&r.pooled, LATENT, texts, Some(Aggregation::MeanLogit))?;
     let alone = &r.summaries[LATENT];
-    let or_keywords = ships_with_keywords(alone, &union);
+    let or_keywords = ships_with_keywords(alone, &union, Scale::Logit);
     let all: Vec<usize> = (0..texts.len()).collect();
     let (weights, bias) = fit_latents(texts, &all, cfg);
     let saved = Shipped {
