@@ -47,6 +47,16 @@ class Model:
     ) -> tuple[npt.NDArray[np.float32], dict[str, npt.NDArray[np.float32]]]:
         """`(logits, cache)`; for encoders the first item is the last hidden state. The arrays
         are read-only views of the library's memory (no copy): `.copy()` one to edit it."""
+    def read_whole(
+        self,
+        text: str,
+        hooks: NamesFilter,
+        pass_tokens: int | None = None,
+        truncate: bool = False,
+    ) -> dict[str, npt.NDArray[np.float32]]:
+        """`[tokens, width]` activations over the text's own tokens (no special tokens), read
+        whole in overlapping passes as the `glassbox probe` commands read it, or its first pass
+        with `truncate`."""
     def run_with_hooks(
         self,
         input: Input,

@@ -3,7 +3,8 @@
 use glassbox_model::generate::{GenerateConfig, Plain};
 use glassbox_model::sampling::Sampling;
 use glassbox_model::{
-    registry, Batch, HookPoint, Hooks, Intervention, InterventionError, Model, ModelError, Tensor,
+    registry, Batch, HookPoint, Hooks, Intervention, InterventionError, Model, ModelError, Reader,
+    Tensor,
 };
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::PyTypeError;
@@ -342,6 +343,50 @@ impl PyModel {
             }
         }
         Ok((view_numpy(py, &out)?.into_any(), dict))
+    }
+
+    /// Activations over a text's own tokens (the special tokens the tokenizer adds are run but
+    /// not returned), read whole however long the text is, as the ``glassbox probe`` commands
+    /// read it: passes of at most ``pass_tokens`` tokens (default and ceiling: the context),
+    /// each later pass starting a quarter of a pass before the last one ended, so every token
+    /// sees that much left context. ``truncate`` keeps the first pass only.
+    ///
+    /// ``hooks``: a name or ``*`` pattern, a list of them, or a function of the name, choosing
+    /// hooks with a row per token (not the attention scores or pattern). Returns a dict from
+    /// hook name to a ``[tokens, width]`` float32 array (``hook_z``'s width is heads × d_head).
+    #[pyo3(signature = (text, hooks, pass_tokens = None, truncate = false))]
+    fn read_whole<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+        hooks: &Bound<'py, PyAny>,
+        pass_tokens: Option<usize>,
+        truncate: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        if hooks.is_none() {
+            return Err(error("read_whole needs hooks: a name, a pattern or a list"));
+        }
+        let points = self.filter(Some(hooks))?;
+        if pass_tokens == Some(0) {
+            return Err(error("pass_tokens must be at least 1"));
+        }
+        let reader = Reader::of_points(&self.inner, points.clone())
+            .map_err(model_error)?
+            .passes(pass_tokens, truncate);
+        let (rows, tokens) = py
+            .detach(|| {
+                Ok::<_, ModelError>((reader.activations_all(text)?, reader.token_count(text)?))
+            })
+            .map_err(model_error)?;
+        let dict = PyDict::new(py);
+        for (p, values) in points.iter().zip(rows) {
+            let width = values.len() / tokens.max(1);
+            dict.set_item(
+                p.to_string(),
+                PyArray1::from_vec(py, values).reshape(vec![tokens, width])?,
+            )?;
+        }
+        Ok(dict)
     }
 
     /// Runs the model with Python functions at hook points and returns the logits (the last

@@ -162,6 +162,37 @@ def test_an_encoder_returns_its_last_hidden_state(minilm):
         minilm.generate("hello")
 
 
+def test_read_whole_reads_a_long_text_in_overlapping_passes(minilm, tiny_gpt2):
+    hook = "blocks.2.hook_resid_post"
+    # The special tokens ([CLS] … [SEP]) are run but not returned.
+    short = minilm.read_whole(PROMPT, hook)[hook]
+    _, cache = minilm.run_with_cache(PROMPT, names_filter=hook)
+    np.testing.assert_array_equal(short, cache[hook][0, 1:-1])
+    # A text twice the context and more: every token once, each row as the pass that
+    # returns it computed it (the first pass is the text's start, the last its end).
+    tiny = gb.Model.load(str(tiny_gpt2))
+    n_ctx = tiny.cfg["n_ctx"]
+    text = " ".join(f"w{i % 7}" for i in range(3 * n_ctx))
+    ids = tiny.to_tokens(text)[0]
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
+    rows = tiny.read_whole(text, hooks)
+    assert rows["blocks.0.hook_resid_post"].shape == (len(ids), tiny.cfg["d_model"])
+    assert rows["blocks.1.attn.hook_z"].shape == (len(ids), tiny.cfg["n_heads"] * tiny.cfg["d_head"])
+    _, first = tiny.run_with_cache(text, names_filter=hooks[0], truncate=True)
+    np.testing.assert_array_equal(rows[hooks[0]][:n_ctx], first[hooks[0]][0])
+    _, last = tiny.run_with_cache(ids[-n_ctx:].tolist(), names_filter=hooks[0])
+    np.testing.assert_array_equal(rows[hooks[0]][-1], last[hooks[0]][0, -1])
+    # Shorter passes read the same tokens; truncate keeps the first pass.
+    assert tiny.read_whole(text, hooks[0], pass_tokens=8)[hooks[0]].shape[0] == len(ids)
+    assert tiny.read_whole(text, hooks[0], truncate=True)[hooks[0]].shape[0] == n_ctx
+    with pytest.raises(gb.GlassboxError, match="not a row per token"):
+        tiny.read_whole(text, "blocks.0.attn.hook_pattern")
+    with pytest.raises(gb.GlassboxError, match="pass_tokens"):
+        tiny.read_whole(text, hooks[0], pass_tokens=0)
+    with pytest.raises(gb.GlassboxError, match="no tokens"):
+        tiny.read_whole("", hooks[0])
+
+
 def test_bad_input_is_a_python_exception_never_a_crash(smollm2, tiny_gpt2, tmp_path):
     with pytest.raises(gb.GlassboxError, match="blocks.99.hook_resid_post"):
         smollm2.run_with_cache(PROMPT, names_filter="blocks.99.hook_resid_post")

@@ -52,6 +52,7 @@ mod kernels;
 pub mod model;
 pub mod ops;
 pub mod quant;
+pub mod reader;
 pub mod registry;
 pub mod sampling;
 pub mod tokenizer;
@@ -77,6 +78,7 @@ pub use config::{Architecture, Extras, ModelConfig};
 pub use error::{ModelError, Result};
 pub use hooks::{ActivationCache, BlockHook, HookPoint, Hooks, Intervention, InterventionError};
 pub use model::{Batch, KvCache, Model, Output};
+pub use reader::Reader;
 
 /// The device named `cpu`, `cuda` or `cuda:N`.
 pub fn device(name: &str) -> Result<Device> {

@@ -36,13 +36,12 @@ use glassbox_dictionary::probe::{
     Sample, Scale,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
-use glassbox_model::{Hooks, Model};
+use glassbox_model::{Hooks, Model, Reader};
 use rayon::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::probe::{read_records, LongTexts};
-use super::reader::Reader;
 use crate::input;
 
 #[derive(clap::Args)]

@@ -12,7 +12,6 @@ pub mod lens;
 pub mod models;
 pub mod patch;
 pub mod probe;
-pub mod reader;
 pub mod redteam;
 pub mod run;
 pub mod scan;

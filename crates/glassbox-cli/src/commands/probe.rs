@@ -13,12 +13,12 @@ use glassbox_dictionary::probe::{
     self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
+use glassbox_model::Reader;
 use glassbox_serve::config::InputConfig;
 use glassbox_serve::input::TextSignals;
 use glassbox_store::fsutil::sha256_file;
 use serde_json::{json, Value};
 
-use super::reader::Reader;
 use crate::input;
 
 #[derive(clap::Subcommand)]

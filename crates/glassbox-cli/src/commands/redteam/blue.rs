@@ -13,14 +13,13 @@ use glassbox_dictionary::probe::{
     self, mean_rows, Aggregation, Calibration, Probe, ProbeTraining, Sample,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
-use glassbox_model::Model;
+use glassbox_model::{Model, Reader};
 use glassbox_serve::config::Config;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::commands::families::BenignSplit;
 use crate::commands::probe::Labelled;
-use crate::commands::reader::Reader;
 
 /// The weight, in texts, that each attack's evasions carry together. A handful of evasions of a
 /// new kind of attack would vanish among thousands of attack texts (61 of 3,500 move the

@@ -1,4 +1,5 @@
-//! Reading hook activations over a text's own tokens, for the probe commands.
+//! Reading hook activations over a text's own tokens, as the probe commands and the Python
+//! package's `Model.read_whole` read them.
 //!
 //! A text longer than one forward pass is either cut to its first pass (`--truncate`) or read
 //! whole, pass by pass: each later pass starts a quarter of a pass before the last one ended,
@@ -6,12 +7,11 @@
 //! injection at the end of a long document goes unread (and, in training, how the document's
 //! benign opening gets labelled an attack).
 
-use anyhow::{bail, Context, Result};
-use glassbox_model::{HookPoint, Hooks, Model};
+use crate::{BlockHook, HookPoint, Hooks, Model, ModelError, Result};
 
 /// Reads hooks' activations over a text's own tokens (the model's special tokens are run but
 /// not returned), in forward passes of at most `pass` content tokens.
-pub(crate) struct Reader<'m> {
+pub struct Reader<'m> {
     model: &'m Model,
     /// In forward order; the pass stops at the last.
     hooks: Vec<HookPoint>,
@@ -24,27 +24,48 @@ pub(crate) struct Reader<'m> {
 }
 
 impl<'m> Reader<'m> {
-    pub(crate) fn new(model: &'m Model, hook: &str) -> Result<Self> {
+    pub fn new(model: &'m Model, hook: &str) -> Result<Self> {
         Self::with_hooks(model, &[hook])
     }
 
     /// A reader of several hooks in one pass (results in the order given). It reads whole
     /// texts in passes of the model's context until [`Self::passes`] says otherwise.
-    pub(crate) fn with_hooks(model: &'m Model, hooks: &[&str]) -> Result<Self> {
-        let (prefix, suffix) = model.tokenizer.special_affixes()?;
+    pub fn with_hooks(model: &'m Model, hooks: &[&str]) -> Result<Self> {
         let hooks = hooks
             .iter()
             .map(|h| model.hook_point(h))
-            .collect::<glassbox_model::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
+        Self::of_points(model, hooks)
+    }
+
+    /// [`Self::with_hooks`] of hook points already resolved. Each must hold a row per token:
+    /// the attention scores and pattern (`[batch, head, query, key]`) are refused.
+    pub fn of_points(model: &'m Model, hooks: Vec<HookPoint>) -> Result<Self> {
+        let (prefix, suffix) = model.tokenizer.special_affixes()?;
         if hooks.is_empty() {
-            bail!("give at least one --hook");
+            return Err(ModelError::Input(
+                "no hook to read: name at least one".into(),
+            ));
+        }
+        if let Some(h) = hooks.iter().find(|h| {
+            matches!(
+                h,
+                HookPoint::Block(_, BlockHook::AttnScores | BlockHook::AttnPattern)
+            )
+        }) {
+            return Err(ModelError::Input(format!(
+                "hook {h} holds [batch, head, query, key], not a row per token: read a \
+                 per-token hook (hook_z, hook_attn_out, a residual stream) instead"
+            )));
         }
         let context = model
             .config
             .max_positions
             .saturating_sub(prefix.len() + suffix.len());
         if context == 0 {
-            bail!("the model's context holds no tokens besides its special ones");
+            return Err(ModelError::Input(
+                "the model's context holds no tokens besides its special ones".into(),
+            ));
         }
         Ok(Self {
             hooks,
@@ -58,7 +79,7 @@ impl<'m> Reader<'m> {
 
     /// Passes of at most `tokens` content tokens (default and ceiling: the model's context);
     /// `truncate` keeps only a long text's first pass.
-    pub(crate) fn passes(mut self, tokens: Option<usize>, truncate: bool) -> Self {
+    pub fn passes(mut self, tokens: Option<usize>, truncate: bool) -> Self {
         if let Some(t) = tokens {
             self.pass = t.clamp(1, self.pass);
         }
@@ -67,13 +88,13 @@ impl<'m> Reader<'m> {
     }
 
     /// The first hook's `[tokens, d_model]`, flattened.
-    pub(crate) fn activations(&self, text: &str) -> Result<Vec<f32>> {
+    pub fn activations(&self, text: &str) -> Result<Vec<f32>> {
         let mut all = self.activations_all(text)?;
         Ok(all.swap_remove(0))
     }
 
     /// Per token read, whether it overlaps `span` (bytes).
-    pub(crate) fn span_labels(&self, text: &str, span: (usize, usize)) -> Result<Vec<bool>> {
+    pub fn span_labels(&self, text: &str, span: (usize, usize)) -> Result<Vec<bool>> {
         let (_, offsets) = self.model.tokenizer.encode_plain_offsets(text)?;
         let n = self.tokens_read(offsets.len());
         Ok(offsets[..n]
@@ -82,16 +103,22 @@ impl<'m> Reader<'m> {
             .collect())
     }
 
+    /// How many of `text`'s tokens are read (its own, without the special ones): all of
+    /// them, or the first pass's when reading truncates.
+    pub fn token_count(&self, text: &str) -> Result<usize> {
+        Ok(self.tokens_read(self.model.tokenizer.encode_plain(text)?.len()))
+    }
+
     /// How many of `n` content tokens are read.
     fn tokens_read(&self, n: usize) -> usize {
         passes(n, self.pass, self.whole).last().map_or(0, |p| p.end)
     }
 
     /// Every hook's `[tokens, d_model]`, flattened, in the order the hooks were given.
-    pub(crate) fn activations_all(&self, text: &str) -> Result<Vec<Vec<f32>>> {
+    pub fn activations_all(&self, text: &str) -> Result<Vec<Vec<f32>>> {
         let content = self.model.tokenizer.encode_plain(text)?;
         if content.is_empty() {
-            bail!("the text has no tokens");
+            return Err(ModelError::Input("the text has no tokens".into()));
         }
         let order = self.model.hook_points();
         let last = self
@@ -99,7 +126,7 @@ impl<'m> Reader<'m> {
             .iter()
             .copied()
             .max_by_key(|h| order.iter().position(|p| p == h))
-            .context("no hook")?;
+            .ok_or_else(|| ModelError::Input("no hook to read".into()))?;
         let mut out = vec![Vec::new(); self.hooks.len()];
         for p in passes(content.len(), self.pass, self.whole) {
             let ids = [
@@ -114,7 +141,10 @@ impl<'m> Reader<'m> {
             self.model
                 .forward(&self.model.batch_ids(&[ids])?, &mut hooks, None)?;
             for (h, acts) in self.hooks.iter().zip(&mut out) {
-                let act = hooks.cache().get(h).context("the hook did not fire")?;
+                let act = hooks
+                    .cache()
+                    .get(h)
+                    .ok_or_else(|| ModelError::Input(format!("hook {h} did not fire")))?;
                 let kept = act.narrow(1, self.prefix.len() + p.keep - p.start, p.end - p.keep)?;
                 acts.extend(kept.flatten_all()?.to_vec1::<f32>()?);
             }
