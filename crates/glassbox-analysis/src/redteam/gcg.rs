@@ -32,9 +32,10 @@ pub struct Readout {
 }
 
 impl Readout {
-    /// The logit `w·x + b` of one token's activation at the hook.
+    /// The logit `w·x + b` of one token's activation at the hook, summed as the served probe
+    /// sums it, so the attack's margin and the monitor's decision agree to the bit.
     pub fn logit(&self, x: &[f32]) -> f32 {
-        self.bias + self.weights.iter().zip(x).map(|(w, x)| w * x).sum::<f32>()
+        glassbox_dictionary::probe::linear_logit(&self.weights, self.bias, x)
     }
 
     /// The logit of every token of `[tokens, d]` activations.
