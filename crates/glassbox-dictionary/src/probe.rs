@@ -821,8 +821,6 @@ mod tests {
         assert!("window0".parse::<Aggregation>().is_err());
     }
 
-    /// A probe on latents reads a text's codes, each token's logit `w·f + b` (so its mean logit
-    /// is the probe on the mean code), and only with the dictionary it names.
     fn calibration(aggregation: Aggregation, threshold: f32, or_keywords: bool) -> Calibration {
         Calibration {
             aggregation,
@@ -887,6 +885,8 @@ mod tests {
         );
     }
 
+    /// A probe on latents reads a text's codes, each token's logit `w·f + b` (so its mean logit
+    /// is the probe on the mean code), and only with the dictionary it names.
     #[test]
     fn a_probe_on_latents_reads_codes_through_its_own_dictionary() {
         let cfg = crate::DictConfig::sae(crate::Activation::TopK { k: 2 }, 4, 8, "m", "h");

@@ -33,7 +33,7 @@ use anyhow::{bail, Context, Result};
 use glassbox_dictionary::keywords::KeywordFilter;
 use glassbox_dictionary::probe::{
     self, linear_logit, mean_rows, Aggregation, Calibration, Probe, ProbeDictionary, ProbeTraining,
-    Sample, Scale,
+    Sample,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_model::{Hooks, Model, Reader};
@@ -645,10 +645,10 @@ fn evaluate(
     let mut best: Option<(usize, Summary)> = None;
     for k in (0..READINGS).filter(|&k| a.aggregation.is_none_or(|x| x == aggs[k])) {
         let union = held_out_summary(&pooled, k, texts, Some(aggs[k]))?;
-        let tpr = shipped_tpr(&summaries[k], &union, aggs[k].scale());
+        let tpr = shipped_tpr(&summaries[k], &union, aggs[k]);
         if best
             .as_ref()
-            .is_none_or(|(j, u)| tpr > shipped_tpr(&summaries[*j], u, aggs[*j].scale()))
+            .is_none_or(|(j, u)| tpr > shipped_tpr(&summaries[*j], u, aggs[*j]))
         {
             best = Some((k, union));
         }
@@ -959,15 +959,15 @@ fn held_out_summary(
     Ok(Summary::of(&Scored::new(&scores, &labels)?, 0.01))
 }
 
-/// Whether a reading (its scores on `scale`) ships with the keyword filter: its union held out
+/// Whether a reading (read as `agg` reads it) ships with the keyword filter: its union held out
 /// better, and the union's threshold lies below a keyword hit (so a hit alone flags).
-fn ships_with_keywords(reading: &Summary, union: &Summary, scale: Scale) -> bool {
-    union.tpr_at_1pct_fpr > reading.tpr_at_1pct_fpr && union.threshold < scale.keyword_hit()
+fn ships_with_keywords(reading: &Summary, union: &Summary, agg: Aggregation) -> bool {
+    union.tpr_at_1pct_fpr > reading.tpr_at_1pct_fpr && union.threshold < agg.scale().keyword_hit()
 }
 
 /// The held-out TPR at 1 % FPR of what `--out` would ship for a reading: it, or its union.
-fn shipped_tpr(reading: &Summary, union: &Summary, scale: Scale) -> f64 {
-    if ships_with_keywords(reading, union, scale) {
+fn shipped_tpr(reading: &Summary, union: &Summary, agg: Aggregation) -> f64 {
+    if ships_with_keywords(reading, union, agg) {
         union.tpr_at_1pct_fpr
     } else {
         reading.tpr_at_1pct_fpr
@@ -993,7 +993,7 @@ fn save_final(
         shipped_tpr(
             &r.summaries[r.reading],
             &r.summaries[UNION],
-            aggs[r.reading].scale(),
+            aggs[r.reading],
         )
     };
     let h = (0..reports.len())
@@ -1003,7 +1003,7 @@ fn save_final(
     let or_keywords = ships_with_keywords(
         &reports[h].summaries[best],
         &reports[h].summaries[UNION],
-        aggs[best].scale(),
+        aggs[best],
     );
     let s = &reports[h].summaries[if or_keywords { UNION } else { best }];
     // The pooled probe, applied to each token, averages to its text-level logit.
@@ -1034,15 +1034,17 @@ fn save_latent(
     dir: &std::path::Path,
     cfg: &ProbeTraining,
 ) -> Result<(String, Vec<String>)> {
-    let union = held_out_summary(&r.pooled, LATENT, texts, Some(Aggregation::MeanLogit))?;
+    // The latent probe is a pooled probe: it reads a text's mean logit.
+    let reading = Aggregation::MeanLogit;
+    let union = held_out_summary(&r.pooled, LATENT, texts, Some(reading))?;
     let alone = &r.summaries[LATENT];
-    let or_keywords = ships_with_keywords(alone, &union, Scale::Logit);
+    let or_keywords = ships_with_keywords(alone, &union, reading);
     let all: Vec<usize> = (0..texts.len()).collect();
     let (weights, bias) = fit_latents(texts, &all, cfg);
     let saved = Shipped {
         weights,
         bias,
-        aggregation: Aggregation::MeanLogit,
+        aggregation: reading,
         summary: if or_keywords { &union } else { alone },
         or_keywords,
         dictionary: Some(ProbeDictionary {
