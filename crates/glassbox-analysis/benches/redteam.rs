@@ -42,12 +42,13 @@ fn gcg_step(model: &Model, hook: &str) -> (f64, usize) {
         weights: weights.clone(),
         bias: 0.0,
     };
-    let score = move |acts: &[f32], _: &[bool]| -> f32 {
+    let score = move |acts: &[f32], _: &[bool]| -> glassbox_analysis::Result<f32> {
         let n = (acts.len() / d).max(1) as f32;
-        acts.chunks(d)
+        Ok(acts
+            .chunks(d)
             .map(|x| x.iter().zip(&weights).map(|(a, b)| a * b).sum::<f32>())
             .sum::<f32>()
-            / n
+            / n)
     };
     let cfg = GcgConfig {
         suffix_tokens: 20,

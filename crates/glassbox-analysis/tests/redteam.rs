@@ -9,8 +9,11 @@ mod common;
 
 use std::path::Path;
 
-use glassbox_analysis::redteam::{gcg, recovery, residual, Clamp, Framing, GcgConfig, Readout};
+use glassbox_analysis::redteam::{
+    gcg, recovery, residual, Clamp, Framing, GcgConfig, LatentReadout, Readout,
+};
 use glassbox_dictionary::probe::{self, mean_rows, Probe, ProbeTraining, Sample};
+use glassbox_dictionary::{Activation, DictConfig, Sae};
 use glassbox_model::candle::{Device, Tensor};
 use glassbox_model::{HookPoint, Model};
 
@@ -67,9 +70,8 @@ const CLEAN: [&str; 12] = [
     "run it on the held out texts",
 ];
 
-#[test]
-fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
-    let dir = tempfile::tempdir().unwrap();
+/// The planted model (in `dir`) and its trigger tokens.
+fn planted_model(dir: &Path) -> (Model, Vec<u32>) {
     let fixture = Model::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../glassbox-model/tests/fixtures/tiny-gpt2"),
         &Device::Cpu,
@@ -79,15 +81,23 @@ fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
         .iter()
         .map(|c| fixture.tokenizer.encode_plain(c).unwrap()[0])
         .collect();
-    write_planted_model(dir.path(), &trigger);
-    let model = Model::load(dir.path(), &Device::Cpu).unwrap();
-    let planted = |s: &str| {
-        let words: Vec<&str> = s.split(' ').collect();
-        let at = words.len() / 2;
-        [&words[..at], &["zqx zqx"], &words[at..]]
-            .concat()
-            .join(" ")
-    };
+    write_planted_model(dir, &trigger);
+    (Model::load(dir, &Device::Cpu).unwrap(), trigger)
+}
+
+/// `s` with the trigger word in its middle.
+fn planted(s: &str) -> String {
+    let words: Vec<&str> = s.split(' ').collect();
+    let at = words.len() / 2;
+    [&words[..at], &["zqx zqx"], &words[at..]]
+        .concat()
+        .join(" ")
+}
+
+#[test]
+fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = planted_model(dir.path());
     // Train on the first eight sentences, test on the last four (never seen, either way).
     let d = model.config.d_model;
     let samples: Vec<Sample> = CLEAN[..8]
@@ -144,7 +154,7 @@ fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
         seed: 3,
     };
     let context = Framing::plain(&model).unwrap();
-    let whole = |acts: &[f32], _: &[bool]| score(acts);
+    let whole = |acts: &[f32], _: &[bool]| Ok(score(acts));
     let r = gcg(&model, &readout, &context, &payload, &cfg, &whole).unwrap();
     assert!(r.text.starts_with(&payload), "{}", r.text);
     assert!(
@@ -210,4 +220,87 @@ fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
         r.feature > 0.1,
         "the payload holds the planted feature: {r:?}"
     );
+}
+
+/// A probe on a TopK dictionary's latents is piecewise linear: GCG and the embedding-space
+/// bound descend it through each token's active latents. Latent 0 reads the planted
+/// coordinate, latent 1 fires on every token (more on a set of ordinary tokens), and the probe
+/// weighs them +2 and −1: a suffix of those ordinary tokens lowers the mean logit, and only the
+/// gradient through latent 1's encoder row points at them. The ordinary tokens are the words
+/// that start with a space (`Ġthe`): a suffix of them reads back as its own tokens.
+#[test]
+fn gcg_descends_a_probe_on_dictionary_latents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, trigger) = planted_model(dir.path());
+    let mut sae = Sae::init(
+        DictConfig::sae(Activation::TopK { k: 2 }, D, 3, "constructed", HOOK),
+        1,
+    )
+    .unwrap();
+    let ordinary: Vec<usize> = (0..VOCAB)
+        .filter(|&t| {
+            let piece = model.tokenizer.token(t as u32).unwrap_or_default();
+            piece.starts_with('Ġ') && piece.len() > 'Ġ'.len_utf8() && !trigger.contains(&(t as u32))
+        })
+        .collect();
+    assert!(ordinary.len() > 20, "{ordinary:?}");
+    sae.w_enc_t = vec![0.0; 3 * D];
+    sae.w_enc_t[PLANT] = 1.0;
+    for &t in &ordinary {
+        sae.w_enc_t[D + t] = 1.0;
+    }
+    sae.b_enc = vec![0.0, 0.1, -10.0];
+    sae.b_dec = vec![0.0; D];
+    let weights = [2.0f32, -1.0, 0.0];
+    let readout = LatentReadout {
+        hook: HookPoint::Block(0, glassbox_model::BlockHook::ResidPost),
+        weights: &weights,
+        sae: &sae,
+    };
+    // The monitor's score: the mean over tokens of the probe's logit on each token's code.
+    let score = |acts: &[f32]| -> f32 {
+        let rows = sae.encode(acts).unwrap().rows;
+        let logits: Vec<f32> = rows
+            .iter()
+            .map(|r| r.iter().map(|&(j, v)| weights[j as usize] * v).sum())
+            .collect();
+        logits.iter().sum::<f32>() / logits.len() as f32
+    };
+    let whole = |acts: &[f32], _: &[bool]| Ok(score(acts));
+    let payload = planted(CLEAN[9]);
+    let cfg = GcgConfig {
+        suffix_tokens: 6,
+        candidates: 48,
+        top_k: 16,
+        steps: 6,
+        stop_below: None,
+        seed: 3,
+    };
+    let context = Framing::plain(&model).unwrap();
+    let r = gcg(&model, &readout, &context, &payload, &cfg, &whole).unwrap();
+    assert!(r.text.starts_with(&payload), "{}", r.text);
+    let again = score(&activations(&model, &r.text));
+    assert!((again - r.best).abs() < 1e-4, "{again} vs {}", r.best);
+    // Each suffix token made ordinary lowers the mean by about 1 / tokens (0.03 here).
+    assert!(
+        r.best < r.initial - 0.1,
+        "GCG did not lower the latent probe's score: {} → {} ({:?})",
+        r.initial,
+        r.best,
+        r.history
+    );
+    let ids = model.tokenizer.encode_plain(&r.text).unwrap();
+    let picked = ids[ids.len() - cfg.suffix_tokens..]
+        .iter()
+        .filter(|t| ordinary.contains(&(**t as usize)))
+        .count();
+    assert!(
+        picked >= 4,
+        "the suffix {:?} is not the ordinary tokens",
+        r.suffix
+    );
+
+    // In embedding space the trigger tokens' planted coordinate can be pushed down too.
+    let bound = residual(&model, &readout, &context, &payload, 1.0, 8, &whole).unwrap();
+    assert!(bound.best < bound.initial - 0.1, "{bound:?}");
 }

@@ -7,28 +7,50 @@ mod common;
 use std::path::Path;
 
 use common::{fails, families_args, glassbox, ok_json, rows, write_jsonl};
+use glassbox_dictionary::{saelens, Activation, DictConfig, Sae};
 use serde_json::Value;
 
 /// A deployment with a probe monitor calibrated by `probe families`, and a suite.
 fn setup(dir: &Path, suite_extra: &str) -> (String, String, String) {
+    setup_with(dir, suite_extra, None)
+}
+
+/// [`setup`], with the probe on the latents of the dictionary at `dict` when given.
+fn setup_with(dir: &Path, suite_extra: &str, dict: Option<&Path>) -> (String, String, String) {
     let data = dir.join("set.jsonl");
     write_jsonl(&data, &rows());
     let probe = dir.join("probe");
+    let mut extra = vec!["--json"];
+    if let Some(d) = dict {
+        extra.extend(["--dict", d.to_str().unwrap(), "--no-combinations"]);
+    }
     let fam = ok_json(&families_args(
         "minilm",
         "blocks.3.hook_resid_pre",
         data.to_str().unwrap(),
         probe.to_str().unwrap(),
         "injection",
-        &["--json"],
+        &extra,
     ));
     let rule = fam["rule"].as_str().unwrap().to_string();
     assert!(rule.contains("injection"), "{rule}");
+    let dictionary = match dict {
+        Some(d) => format!(
+            "[[dictionary]]\nname = \"l3\"\npath = \"{}\"\n",
+            d.display()
+        ),
+        None => String::new(),
+    };
+    let reads = if dict.is_some() {
+        "dictionary = \"l3\"\n"
+    } else {
+        ""
+    };
     let deploy = dir.join("deploy.toml");
     std::fs::write(
         &deploy,
         format!(
-            "model = \"minilm\"\n[[probe]]\nname = \"injection\"\npath = \"probe\"\n\
+            "model = \"minilm\"\n{dictionary}[[probe]]\nname = \"injection\"\npath = \"probe\"\n{reads}\
              [[monitor]]\nname = \"injection\"\nwhen = \"{rule}\"\naction = \"block\"\n\
              [audit]\npath = \"audit/audit.jsonl\"\n"
         ),
@@ -141,6 +163,49 @@ fn a_red_round_reports_every_family_and_served_firings_agree_with_margins() {
         );
     }
     assert_eq!(round["benign"], 4);
+}
+
+/// A probe on SAE latents is attacked white-box too: GCG and the embedding bound descend it
+/// through each token's active latents, and what they report is what the server decides.
+#[test]
+fn the_white_box_attacks_reach_a_probe_on_sae_latents() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DictConfig::sae(
+        Activation::TopK { k: 8 },
+        384,
+        64,
+        "minilm",
+        "blocks.3.hook_resid_pre",
+    );
+    let dict = dir.path().join("dict");
+    saelens::save(&Sae::init(cfg, 1).unwrap(), &dict, Value::Null).unwrap();
+    let (deploy, suite, _) = setup_with(dir.path(), "", Some(&dict));
+    let r = ok_json(&["--json", "redteam", "--config", &deploy, "--suite", &suite]);
+    let round = &r["rounds"][0];
+    assert_eq!(family(round, "gcg")["texts"], 1);
+    assert_eq!(family(round, "residual")["texts"], 4);
+    let skipped = round["skipped"].to_string();
+    assert!(
+        !skipped.contains("\"gcg\"") && !skipped.contains("\"residual\""),
+        "{skipped}"
+    );
+    assert!(
+        skipped.contains("recovery") && skipped.contains("dictionary's latents"),
+        "{skipped}"
+    );
+    for o in round["outcomes"].as_array().unwrap() {
+        let margin = o["sent"]["margin"].as_f64().unwrap();
+        assert_eq!(
+            o["sent"]["detected"].as_bool().unwrap(),
+            margin > 0.0,
+            "{o}"
+        );
+        if o["attack"] == "gcg" {
+            // The served margin of GCG's text is the exact score the search kept.
+            let before = o["margin_before"].as_f64().unwrap();
+            assert!(margin <= before + 1e-4, "GCG raised the margin: {o}");
+        }
+    }
 }
 
 #[test]

@@ -262,8 +262,6 @@ impl Sae {
         }
     }
 
-    /// Latent `j`'s decoder row in raw units of the output space: what adding 1 to its
-    /// activation adds to the reconstruction.
     /// Latent `j`'s pre-activation as a linear function of a raw activation, `(w, b)` with
     /// `pre = w·x + b`, and the threshold it must pass (`None` for a transcoder, whose input is
     /// another hook).
@@ -283,6 +281,8 @@ impl Sae {
         Some((w.iter().map(|w| w * s).collect(), b, threshold.max(0.0)))
     }
 
+    /// Latent `j`'s decoder row in raw units of the output space: what adding 1 to its
+    /// activation adds to the reconstruction.
     pub fn direction(&self, j: u32) -> Vec<f32> {
         let d = self.d_in();
         let inv = 1.0 / self.cfg.output_scale;
@@ -290,6 +290,20 @@ impl Sae {
             .iter()
             .map(|v| v * inv)
             .collect()
+    }
+
+    /// The gradient of `Σ_j weights[j]·f_j(x)` with respect to one raw activation `x` whose
+    /// code is `row`: the active latents' encoder rows, weighted, in raw units. Every
+    /// activation here passes its pre-activation through unchanged once it is active, so the
+    /// gradient is exact until the active set changes.
+    pub fn code_gradient(&self, row: &CodeRow, weights: &[f32]) -> Vec<f32> {
+        let d = self.d_in();
+        let mut g = vec![0f32; d];
+        for &(j, _) in row {
+            let w = weights.get(j as usize).copied().unwrap_or(0.0) * self.cfg.input_scale;
+            linalg::axpy(w, &self.w_enc_t[j as usize * d..][..d], &mut g);
+        }
+        g
     }
 
     /// Reconstruction (of the target hook, for a transcoder) from raw activations, in raw units.
@@ -385,5 +399,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_code_gradient_matches_finite_differences_while_the_active_set_holds() {
+        let mut cfg = DictConfig::sae(Activation::TopK { k: 3 }, 6, 16, "m", "h");
+        (cfg.input_scale, cfg.output_scale) = (1.3, 1.3);
+        let mut sae = Sae::init(cfg, 5).unwrap();
+        sae.b_dec
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = 0.05 * i as f32);
+        let weights: Vec<f32> = (0..16).map(|j| (j as f32 - 7.5) * 0.3).collect();
+        let read = |x: &[f32]| -> f32 {
+            let code = &sae.encode(x).unwrap().rows[0];
+            code.iter().map(|&(j, v)| weights[j as usize] * v).sum()
+        };
+        let x: Vec<f32> = (0..6).map(|i| ((i * 5 % 7) as f32 - 3.0) * 0.5).collect();
+        let row = &sae.encode(&x).unwrap().rows[0];
+        assert_eq!(row.len(), 3);
+        let g = sae.code_gradient(row, &weights);
+        let h = 1e-3;
+        for i in 0..6 {
+            let (mut up, mut down) = (x.clone(), x.clone());
+            up[i] += h;
+            down[i] -= h;
+            let fd = (read(&up) - read(&down)) / (2.0 * h);
+            assert!((fd - g[i]).abs() < 1e-2, "input {i}: {fd} vs {}", g[i]);
+        }
+        // A weight on an inactive latent moves nothing.
+        let mut only_inactive = vec![0.0; 16];
+        let idle = (0..16u32).find(|j| !row.iter().any(|e| e.0 == *j)).unwrap();
+        only_inactive[idle as usize] = 1.0;
+        assert!(sae
+            .code_gradient(row, &only_inactive)
+            .iter()
+            .all(|v| *v == 0.0));
     }
 }

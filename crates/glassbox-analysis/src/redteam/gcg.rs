@@ -1,12 +1,14 @@
-//! White-box attacks on a linear monitor (a probe, or an SAE latent's encoder row), using the
-//! model's own gradients.
+//! White-box attacks on a monitor that reads one hook linearly (a probe, or an SAE latent's
+//! encoder row) or piecewise linearly (a probe on a dictionary's latents), using the model's
+//! own gradients.
 //!
 //! [`gcg`] is greedy coordinate gradient search (Zou et al., 2023) with the monitor's score as
 //! the loss: the payload is kept as it is and a suffix of tokens is searched for. Each step
 //! takes one backward pass for the gradient of the mean token logit with respect to the token
-//! embeddings, ranks every vocabulary token at every suffix position by the first-order change
-//! it promises, and scores `candidates` single-token substitutions drawn from the `top_k` best
-//! of each position with exact forward passes, keeping the best. A candidate whose text does not
+//! embeddings (through each token's [`Differentiable::directions`]), ranks every vocabulary
+//! token at every suffix position by the first-order change it promises, and scores
+//! `candidates` single-token substitutions drawn from the `top_k` best of each position with
+//! exact forward passes, keeping the best. A candidate whose text does not
 //! tokenize back to its tokens is dropped, so the result is a real text anyone can send. The
 //! payload sits in a [`Framing`]: what the monitor reads around it (special tokens, or a chat
 //! template and system prompt), scored with it.
@@ -17,6 +19,7 @@
 
 use std::cell::RefCell;
 
+use glassbox_dictionary::Sae;
 use glassbox_model::candle::{DType, Tensor, Var, D};
 use glassbox_model::{HookPoint, Hooks, Model};
 use rand::{Rng, SeedableRng};
@@ -46,11 +49,59 @@ impl Readout {
     }
 }
 
+/// What the white-box attacks descend: a monitor's logit per token, read from one hook.
+pub trait Differentiable {
+    /// The hook the monitor reads.
+    fn hook(&self) -> HookPoint;
+    /// The gradient of each token's logit with respect to its own activation, at activations
+    /// `acts` (`[tokens, d]`, flattened): `[tokens, d]`, flattened.
+    fn directions(&self, acts: &[f32]) -> Result<Vec<f32>>;
+}
+
+impl Differentiable for Readout {
+    fn hook(&self) -> HookPoint {
+        self.hook
+    }
+
+    /// The weights at every token.
+    fn directions(&self, acts: &[f32]) -> Result<Vec<f32>> {
+        let tokens = acts.len() / self.weights.len().max(1);
+        Ok(self.weights.repeat(tokens))
+    }
+}
+
+/// A probe on a sparse dictionary's latents: `w·f(x) + b` per token, where `f` is the
+/// dictionary's code of the hook's activation. It is linear only between changes of a token's
+/// active latents, so its gradient there is the probe's weights on that token's active latents
+/// mapped back through their encoder rows ([`Sae::code_gradient`]); a search step that swaps
+/// latents in or out is judged by the exact score, never by this local slope.
+pub struct LatentReadout<'a> {
+    pub hook: HookPoint,
+    /// One weight per latent.
+    pub weights: &'a [f32],
+    pub sae: &'a Sae,
+}
+
+impl Differentiable for LatentReadout<'_> {
+    fn hook(&self) -> HookPoint {
+        self.hook
+    }
+
+    fn directions(&self, acts: &[f32]) -> Result<Vec<f32>> {
+        let codes = self.sae.encode(acts)?;
+        Ok(codes
+            .rows
+            .iter()
+            .flat_map(|row| self.sae.code_gradient(row, self.weights))
+            .collect())
+    }
+}
+
 /// Scores a whole input from its activations at the read-out hook, `[tokens, d]`, and which of
 /// its tokens are special: the monitor's own decision, so the search optimises what the
 /// monitor decides on, over everything the monitor reads (a chat template and system prompt
 /// included).
-pub type Score<'a> = &'a dyn Fn(&[f32], &[bool]) -> f32;
+pub type Score<'a> = &'a dyn Fn(&[f32], &[bool]) -> Result<f32>;
 
 /// What surrounds the payload in the input the monitor reads: the model's special tokens for a
 /// plain text, or a chat template and system prompt before it and the template's end after it.
@@ -127,57 +178,61 @@ fn bad(msg: String) -> AnalysisError {
 }
 
 /// Activations at the read-out hook for rows of equal length.
-fn read_rows(model: &Model, readout: &Readout, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+fn read_rows(model: &Model, hook: HookPoint, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
     let batch = model.batch_ids(rows)?;
-    let mut hooks = Hooks::none().record(readout.hook).stop_at(readout.hook);
+    let mut hooks = Hooks::none().record(hook).stop_at(hook);
     model.forward(&batch, &mut hooks, None)?;
     let act = hooks
         .cache()
-        .get(&readout.hook)
-        .ok_or_else(|| bad(format!("{} was not reached", readout.hook)))?
+        .get(&hook)
+        .ok_or_else(|| bad(format!("{hook} was not reached")))?
         .to_dtype(DType::F32)?;
     (0..rows.len())
         .map(|r| Ok(act.get(r)?.flatten_all()?.to_vec1()?))
         .collect()
 }
 
-/// The mean read-out logit over the content positions, with `edit` added to the token
-/// embeddings, and its gradient with respect to that edit, `[tokens, d]`.
-fn logit_and_gradient(
+/// The gradient of the mean logit over the content positions, with `edit` added to the token
+/// embeddings, with respect to that edit: `[tokens, d]`.
+fn gradient(
     model: &Model,
-    readout: &Readout,
+    readout: &dyn Differentiable,
     ids: &[u32],
     content: (usize, usize),
     edit: &Var,
-) -> Result<(f32, Tensor)> {
+) -> Result<Tensor> {
     let batch = model.batch_ids(&[ids.to_vec()])?;
     let read: RefCell<Option<Tensor>> = RefCell::new(None);
-    let w = Tensor::from_slice(&readout.weights, (readout.weights.len(), 1), model.device())?;
+    let hook = readout.hook();
     {
         let mut hooks = Hooks::none()
             .replace(HookPoint::Embed, |x| x.add(edit.as_tensor()))
-            .replace(readout.hook, |x| {
+            .replace(hook, |x| {
                 *read.borrow_mut() = Some(x.clone());
                 Ok(x.clone())
             })
-            .stop_at(readout.hook);
+            .stop_at(hook);
         model.forward(&batch, &mut hooks, None)?;
     }
     let x = read
         .into_inner()
-        .ok_or_else(|| bad(format!("{} was not reached", readout.hook)))?;
+        .ok_or_else(|| bad(format!("{hook} was not reached")))?;
     let x = x
         .narrow(1, content.0, content.1)?
         .squeeze(0)?
         .to_dtype(DType::F32)?;
-    let loss = (x.matmul(&w)?.mean_all()? + f64::from(readout.bias))?;
+    // Each token's logit moves along its own direction at this point: Σ_t x_t·r_t / T has
+    // the mean logit's gradient (the constant part, the bias, moves nothing).
+    let directions = readout.directions(&x.flatten_all()?.to_vec1::<f32>()?)?;
+    let r = Tensor::from_vec(directions, x.shape(), model.device())?;
+    let loss = (x.mul(&r)?.sum_all()? / content.1.max(1) as f64)?;
     let grads = loss.backward()?;
     let g = grads
         .get(edit.as_tensor())
         .ok_or_else(|| bad("no gradient reached the token embeddings".into()))?
         .squeeze(0)?
         .to_dtype(DType::F32)?;
-    Ok((loss.to_scalar::<f32>()?, g))
+    Ok(g)
 }
 
 fn layout(model: &Model, context: &Framing, payload: &str) -> Result<Layout> {
@@ -195,7 +250,7 @@ fn layout(model: &Model, context: &Framing, payload: &str) -> Result<Layout> {
 /// GCG against `readout`, whose decision `score` computes (see the module documentation).
 pub fn gcg(
     model: &Model,
-    readout: &Readout,
+    readout: &dyn Differentiable,
     context: &Framing,
     payload: &str,
     cfg: &GcgConfig,
@@ -242,10 +297,11 @@ pub fn gcg(
     let d = model.config.d_model;
     let special_of = |ids: &[u32]| tok.special_mask(ids);
     let ids0 = l.ids(&suffix);
+    let hook = readout.hook();
     let initial = score(
-        &read_rows(model, readout, std::slice::from_ref(&ids0))?[0],
+        &read_rows(model, hook, std::slice::from_ref(&ids0))?[0],
         &special_of(&ids0),
-    );
+    )?;
     let (mut best, mut best_suffix) = (initial, suffix.clone());
     let (mut forwards, mut backwards) = (1, 0);
     let mut history = Vec::with_capacity(cfg.steps);
@@ -255,7 +311,7 @@ pub fn gcg(
         }
         let ids = l.ids(&suffix);
         let edit = Var::zeros((1, ids.len(), d), DType::F32, model.device())?;
-        let (_, grad) = logit_and_gradient(model, readout, &ids, content, &edit)?;
+        let grad = gradient(model, readout, &ids, content, &edit)?;
         backwards += 1;
         // First-order change of the loss for each token at each suffix position: [S, vocab].
         let at = l.prefix.len() + l.payload.len();
@@ -299,11 +355,11 @@ pub fn gcg(
         let mut step_best: Option<(f32, Vec<u32>)> = None;
         for chunk in candidates.chunks(32) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|s| l.ids(s)).collect();
-            let acts = read_rows(model, readout, &rows)?;
+            let acts = read_rows(model, hook, &rows)?;
             forwards += chunk.len();
             let special = special_of(&rows[0]);
             for (s, a) in chunk.iter().zip(&acts) {
-                let v = score(a, &special);
+                let v = score(a, &special)?;
                 if step_best.as_ref().is_none_or(|(b, _)| v < *b) {
                     step_best = Some((v, s.clone()));
                 }
@@ -355,7 +411,7 @@ pub struct ResidualResult {
 /// `budget` × each embedding's norm per token (see the module documentation).
 pub fn residual(
     model: &Model,
-    readout: &Readout,
+    readout: &dyn Differentiable,
     context: &Framing,
     payload: &str,
     budget: f32,
@@ -382,30 +438,31 @@ pub fn residual(
         .map(|(r, m)| r * budget * m)
         .collect();
     let radius_t = Tensor::from_vec(radius.clone(), (1, n, 1), model.device())?;
+    let hook = readout.hook();
     let initial = score(
-        &read_rows(model, readout, std::slice::from_ref(&ids))?[0],
+        &read_rows(model, hook, std::slice::from_ref(&ids))?[0],
         &special,
-    );
+    )?;
     let edit = Var::zeros((1, n, d), DType::F32, model.device())?;
     let mut best = initial;
     let step = 0.25f64;
     for _ in 0..steps {
-        let (_, g) = logit_and_gradient(model, readout, &ids, content, &edit)?;
+        let g = gradient(model, readout, &ids, content, &edit)?;
         pgd_step(&edit, &g.unsqueeze(0)?, &radius_t, -step)?;
         let batch = model.batch_ids(std::slice::from_ref(&ids))?;
         let mut hooks = Hooks::none()
             .replace(HookPoint::Embed, |x| x.add(&edit.as_tensor().detach()))
-            .record(readout.hook)
-            .stop_at(readout.hook);
+            .record(hook)
+            .stop_at(hook);
         model.forward(&batch, &mut hooks, None)?;
         let act: Vec<f32> = hooks
             .cache()
-            .get(&readout.hook)
-            .ok_or_else(|| bad(format!("{} was not reached", readout.hook)))?
+            .get(&hook)
+            .ok_or_else(|| bad(format!("{hook} was not reached")))?
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1()?;
-        best = best.min(score(&act, &special));
+        best = best.min(score(&act, &special)?);
     }
     Ok(ResidualResult {
         budget,

@@ -10,5 +10,8 @@ pub mod gcg;
 pub mod recovery;
 
 pub use attacks::{apply, Attack, Materials};
-pub use gcg::{gcg, residual, Framing, GcgConfig, GcgResult, Readout, ResidualResult};
+pub use gcg::{
+    gcg, residual, Differentiable, Framing, GcgConfig, GcgResult, LatentReadout, Readout,
+    ResidualResult,
+};
 pub use recovery::{recovery, Clamp, Recovery};

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use glassbox_analysis::redteam::{
-    self, attacks, Attack, Clamp, Framing, GcgConfig, Materials, Readout, Recovery,
+    self, attacks, Attack, Clamp, Differentiable, Framing, GcgConfig, LatentReadout, Materials,
+    Readout, Recovery,
 };
 use glassbox_dictionary::probe::sigmoid;
 use glassbox_model::chat::Message;
@@ -170,23 +171,44 @@ impl Target<'_> {
         Ok(ctx)
     }
 
-    /// The attacked probe monitor as a linear read-out and the rule it decides by, for the
-    /// white-box attacks (the first attacked monitor that reads a probe of the hook's
-    /// activations: a probe on TopK latents is no linear read-out).
-    pub fn probe_readout(&self) -> Option<(Readout, usize)> {
-        self.watched.iter().find_map(|&i| {
+    /// The attacked monitors with a `>` rule over a probe, of the hook's activations or of a
+    /// dictionary's latents, in order: each probe as the white-box attacks descend it, and the
+    /// monitor's index.
+    fn attacked_probes(&self) -> impl Iterator<Item = (AttackedProbe<'_>, usize)> {
+        self.watched.iter().filter_map(|&i| {
             let m = &self.set.monitors[i];
             let q = &self.set.probes[m.probe()?];
-            (matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge) && q.dictionary.is_none()).then(|| {
-                (
-                    Readout {
-                        hook: q.hook,
-                        weights: q.probe.weights.clone(),
-                        bias: q.probe.bias,
-                    },
-                    i,
-                )
-            })
+            if !matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge) {
+                return None;
+            }
+            let probe = match &q.dictionary {
+                None => AttackedProbe::Linear(Readout {
+                    hook: q.hook,
+                    weights: q.probe.weights.clone(),
+                    bias: q.probe.bias,
+                }),
+                Some(d) => AttackedProbe::Latent(LatentReadout {
+                    hook: q.hook,
+                    weights: &q.probe.weights,
+                    sae: &d.sae,
+                }),
+            };
+            Some((probe, i))
+        })
+    }
+
+    /// The probe the white-box attacks descend and the monitor that decides by it: the first
+    /// of [`Target::attacked_probes`].
+    pub fn attacked_probe(&self) -> Option<(AttackedProbe<'_>, usize)> {
+        self.attacked_probes().next()
+    }
+
+    /// The first attacked probe monitor that is a linear read-out of the hook, for the
+    /// recovery attack and the blue round (a probe on TopK latents is none).
+    pub fn probe_readout(&self) -> Option<(Readout, usize)> {
+        self.attacked_probes().find_map(|(p, i)| match p {
+            AttackedProbe::Linear(r) => Some((r, i)),
+            AttackedProbe::Latent(_) => None,
         })
     }
 
@@ -220,20 +242,26 @@ impl Target<'_> {
             .collect()
     }
 
-    /// The monitor's decision value on an input's activations, `[tokens, d]`, read through
-    /// `readout` (its probe, from [`Target::probe_readout`]): its rule stepped over every token
-    /// but the special ones, minus the threshold, at the tokens where the server decides (every
-    /// token; the last for a whole-input mean).
+    /// The decision value of `monitor` (a probe monitor, from [`Target::attacked_probe`]) on an
+    /// input's activations at its probe's hook, `[tokens, d]`: its rule stepped over every
+    /// token but the special ones, minus the threshold, at the tokens where the server decides
+    /// (every token; the last for a whole-input mean). The probe's logits are the served ones,
+    /// through its dictionary for a probe on latents.
     pub fn rule_margin(
         &self,
-        readout: &Readout,
         monitor: usize,
         acts: &[f32],
         special: &[bool],
-    ) -> f32 {
+    ) -> glassbox_dictionary::Result<f32> {
         let m = &self.set.monitors[monitor];
+        let Some(q) = m.probe() else {
+            return Err(glassbox_dictionary::DictError::Config(format!(
+                "monitor `{}` reads no probe",
+                m.cfg.name
+            )));
+        };
         let mut state = RuleState::default();
-        let logits = readout.logits(acts);
+        let logits = self.set.probes[q].logits(acts)?;
         let values = logits
             .into_iter()
             .zip(special)
@@ -250,7 +278,32 @@ impl Target<'_> {
         } else {
             values.fold(f32::NEG_INFINITY, f32::max)
         };
-        decided - m.rule.threshold
+        Ok(decided - m.rule.threshold)
+    }
+}
+
+/// The probe the white-box attacks descend (see [`Target::attacked_probe`]).
+pub enum AttackedProbe<'t> {
+    /// A probe of the hook's activations: one direction.
+    Linear(Readout),
+    /// A probe on a dictionary's latents: piecewise linear.
+    Latent(LatentReadout<'t>),
+}
+
+impl AttackedProbe<'_> {
+    pub fn differentiable(&self) -> &dyn Differentiable {
+        match self {
+            AttackedProbe::Linear(r) => r,
+            AttackedProbe::Latent(r) => r,
+        }
+    }
+
+    /// The linear read-out, if the probe is one (the recovery attack needs it).
+    pub fn linear(&self) -> Option<&Readout> {
+        match self {
+            AttackedProbe::Linear(r) => Some(r),
+            AttackedProbe::Latent(_) => None,
+        }
     }
 }
 
@@ -470,17 +523,17 @@ pub fn run(
         .collect();
     let mut recoveries = Vec::new();
     if !white_box.is_empty() {
-        match target.probe_readout() {
+        match target.attacked_probe() {
             None => skipped.extend(white_box.iter().map(|&a| {
                 (
                     a,
-                    "no attacked monitor reads a probe of the hook's activations with a `>` rule"
-                        .to_string(),
+                    "no attacked monitor reads a probe with a `>` rule".to_string(),
                 )
             })),
-            Some((readout, monitor)) => {
+            Some((probe, monitor)) => {
+                let readout = probe.differentiable();
                 let score = |acts: &[f32], special: &[bool]| {
-                    target.rule_margin(&readout, monitor, acts, special)
+                    Ok(target.rule_margin(monitor, acts, special)?)
                 };
                 let context = target.context()?;
                 if white_box.contains(&Attack::Gcg) {
@@ -496,7 +549,7 @@ pub fn run(
                             seed: suite.seed + p as u64,
                         };
                         let r =
-                            redteam::gcg(target.model, &readout, &context, payload, &cfg, &score)?;
+                            redteam::gcg(target.model, readout, &context, payload, &cfg, &score)?;
                         let sent = target.send(&r.text)?;
                         outcomes.push(Outcome {
                             attack: Attack::Gcg,
@@ -510,8 +563,17 @@ pub fn run(
                     }
                     bar.finish_and_clear();
                 }
-                if white_box.contains(&Attack::Recovery) {
-                    let clamps = target.clamps(&readout);
+                let recover = white_box.contains(&Attack::Recovery);
+                if recover && probe.linear().is_none() {
+                    skipped.push((
+                        Attack::Recovery,
+                        "the attacked probe reads a dictionary's latents; the recovery attack \
+                         needs a linear read-out of the hook"
+                            .into(),
+                    ));
+                }
+                if let Some(behaviour) = probe.linear().filter(|_| recover) {
+                    let clamps = target.clamps(behaviour);
                     if clamps.is_empty() {
                         skipped.push((
                             Attack::Recovery,
@@ -526,7 +588,7 @@ pub fn run(
                                 let r = redteam::recovery(
                                     target.model,
                                     clamp,
-                                    &readout,
+                                    behaviour,
                                     &context,
                                     payload,
                                     budget,
@@ -542,7 +604,7 @@ pub fn run(
                         for &budget in &suite.residual.budgets {
                             let r = redteam::residual(
                                 target.model,
-                                &readout,
+                                readout,
                                 &context,
                                 payload,
                                 budget,
