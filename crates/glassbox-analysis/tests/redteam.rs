@@ -94,6 +94,18 @@ fn planted(s: &str) -> String {
         .join(" ")
 }
 
+/// A GCG search sized for the planted model: 6 suffix tokens, 6 steps.
+fn small_search() -> GcgConfig {
+    GcgConfig {
+        suffix_tokens: 6,
+        candidates: 48,
+        top_k: 16,
+        steps: 6,
+        stop_below: None,
+        seed: 3,
+    }
+}
+
 #[test]
 fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,14 +157,7 @@ fn a_probe_finds_the_planted_direction_and_gcg_lowers_its_score() {
         weights: p.weights.clone(),
         bias: p.bias,
     };
-    let cfg = GcgConfig {
-        suffix_tokens: 6,
-        candidates: 48,
-        top_k: 16,
-        steps: 6,
-        stop_below: None,
-        seed: 3,
-    };
+    let cfg = small_search();
     let context = Framing::plain(&model).unwrap();
     let whole = |acts: &[f32], _: &[bool]| Ok(score(acts));
     let r = gcg(&model, &readout, &context, &payload, &cfg, &whole).unwrap();
@@ -268,14 +273,7 @@ fn gcg_descends_a_probe_on_dictionary_latents() {
     };
     let whole = |acts: &[f32], _: &[bool]| Ok(score(acts));
     let payload = planted(CLEAN[9]);
-    let cfg = GcgConfig {
-        suffix_tokens: 6,
-        candidates: 48,
-        top_k: 16,
-        steps: 6,
-        stop_below: None,
-        seed: 3,
-    };
+    let cfg = small_search();
     let context = Framing::plain(&model).unwrap();
     let r = gcg(&model, &readout, &context, &payload, &cfg, &whole).unwrap();
     assert!(r.text.starts_with(&payload), "{}", r.text);

@@ -90,6 +90,23 @@ fn family<'a>(round: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} family in {round}"))
 }
 
+/// A block happens exactly where the rule's peak passes its threshold, and GCG's text, as
+/// served, is no more alarming than where its search started.
+fn served_decisions_agree_with_margins(round: &Value) {
+    for o in round["outcomes"].as_array().unwrap() {
+        let margin = o["sent"]["margin"].as_f64().unwrap();
+        assert_eq!(
+            o["sent"]["detected"].as_bool().unwrap(),
+            margin > 0.0,
+            "{o}"
+        );
+        if o["attack"] == "gcg" {
+            let before = o["margin_before"].as_f64().unwrap();
+            assert!(margin <= before + 1e-4, "GCG raised the margin: {o}");
+        }
+    }
+}
+
 #[test]
 fn a_red_round_reports_every_family_and_served_firings_agree_with_margins() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,20 +145,10 @@ fn a_red_round_reports_every_family_and_served_firings_agree_with_margins() {
     );
     // The plain payloads come from the families the probe was trained on: it catches some.
     assert!(family(round, "plain")["detected"].as_u64().unwrap() > 0);
+    served_decisions_agree_with_margins(round);
     for o in round["outcomes"].as_array().unwrap() {
-        let margin = o["sent"]["margin"].as_f64().unwrap();
-        // A block happens exactly where the rule's peak passes its threshold.
-        assert_eq!(
-            o["sent"]["detected"].as_bool().unwrap(),
-            margin > 0.0,
-            "{o}"
-        );
         match o["attack"].as_str().unwrap() {
-            "gcg" => {
-                let before = o["margin_before"].as_f64().unwrap();
-                assert!(margin <= before + 1e-4, "GCG raised the margin: {o}");
-                assert!(o["text"].as_str().unwrap().len() > 10);
-            }
+            "gcg" => assert!(o["text"].as_str().unwrap().len() > 10),
             "base64" => assert!(o["text"].as_str().unwrap().contains("base64")),
             _ => {}
         }
@@ -193,19 +200,7 @@ fn the_white_box_attacks_reach_a_probe_on_sae_latents() {
         skipped.contains("recovery") && skipped.contains("dictionary's latents"),
         "{skipped}"
     );
-    for o in round["outcomes"].as_array().unwrap() {
-        let margin = o["sent"]["margin"].as_f64().unwrap();
-        assert_eq!(
-            o["sent"]["detected"].as_bool().unwrap(),
-            margin > 0.0,
-            "{o}"
-        );
-        if o["attack"] == "gcg" {
-            // The served margin of GCG's text is the exact score the search kept.
-            let before = o["margin_before"].as_f64().unwrap();
-            assert!(margin <= before + 1e-4, "GCG raised the margin: {o}");
-        }
-    }
+    served_decisions_agree_with_margins(round);
 }
 
 #[test]
