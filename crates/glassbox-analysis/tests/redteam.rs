@@ -279,6 +279,10 @@ fn gcg_descends_a_probe_on_dictionary_latents() {
     assert!(r.text.starts_with(&payload), "{}", r.text);
     let again = score(&activations(&model, &r.text));
     assert!((again - r.best).abs() < 1e-4, "{again} vs {}", r.best);
+    // The start is scored as the text it would be sent as: here a space token stands between
+    // the payload and the `!`s, which the search's own layout leaves out.
+    let start = score(&activations(&model, &format!("{payload} !!!!!!")));
+    assert!((start - r.initial).abs() < 1e-4, "{start} vs {}", r.initial);
     // Each suffix token made ordinary lowers the mean by about 1 / tokens (0.03 here).
     assert!(
         r.best < r.initial - 0.1,

@@ -263,11 +263,14 @@ pub fn gcg(
     }
     let l = layout(model, context, payload)?;
     let max = model.config.max_positions;
-    if l.ids(&vec![0; cfg.suffix_tokens]).len() > max {
-        return Err(bad(format!(
+    let too_long = || {
+        bad(format!(
             "payload and a {}-token suffix exceed the model's {max} positions",
             cfg.suffix_tokens
-        )));
+        ))
+    };
+    if l.ids(&vec![0; cfg.suffix_tokens]).len() > max {
+        return Err(too_long());
     }
     let tok = &model.tokenizer;
     let bang = tok
@@ -296,7 +299,17 @@ pub fn gcg(
     let content = l.content(&suffix);
     let d = model.config.d_model;
     let special_of = |ids: &[u32]| tok.special_mask(ids);
-    let ids0 = l.ids(&suffix);
+    // The start is scored as the text it is sent as: where the initial suffix does not read
+    // back as its own tokens (a tokenizer with a separate space token), that text's tokens.
+    let ids0 = [
+        &l.prefix[..],
+        &tok.encode_plain(&text_of(&suffix)?)?,
+        &l.end,
+    ]
+    .concat();
+    if ids0.len() > max {
+        return Err(too_long());
+    }
     let hook = readout.hook();
     let initial = score(
         &read_rows(model, hook, std::slice::from_ref(&ids0))?[0],
