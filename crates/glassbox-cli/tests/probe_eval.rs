@@ -196,6 +196,46 @@ fn a_text_shared_with_the_held_out_family_is_never_trained_on() {
     assert_eq!(report["hooks"][0]["dropped_duplicates"], 4);
 }
 
+/// `--attention` measures a probe that learns which tokens to read, beside the others and
+/// under the same protocol; every held-out score is a logit of its own.
+#[test]
+fn an_attention_probe_is_measured_beside_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set.jsonl");
+    write_jsonl(&data, &rows());
+    let scores = dir.path().join("scores.jsonl");
+    let report = ok_json(&families(
+        data.to_str().unwrap(),
+        &[
+            L3,
+            "--attention",
+            "--no-combinations",
+            "--scores",
+            scores.to_str().unwrap(),
+        ],
+    ));
+    let detectors = report["hooks"][0]["detectors"].as_array().unwrap();
+    let last = detectors.last().unwrap();
+    assert_eq!(last["detector"], "attention probe", "{last}");
+    let auroc = last["summary"]["auroc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&auroc), "{last}");
+    let lines: Vec<Value> = std::fs::read_to_string(&scores)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let attention: Vec<f64> = lines
+        .iter()
+        .map(|l| l["scores"]["attention probe"].as_f64().unwrap())
+        .collect();
+    assert_eq!(attention.len(), 26);
+    // Trained, not the empty default: the held-out logits differ from text to text.
+    assert!(
+        attention.iter().any(|&z| (z - attention[0]).abs() > 1e-3),
+        "{attention:?}"
+    );
+}
+
 #[test]
 fn benign_texts_held_out_by_random_part_and_every_score_written() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,8 @@
 //! - [`sweep::Sweep`] trains one or several dictionaries on a [`sweep::BatchSource`] (a
 //!   harvested store, or rows in memory), checkpointed and resumable; [`train`] is one step.
 //! - [`fit`] checks that a dictionary fits a model's hook or a store; [`eval`] and [`splice`]
-//!   measure it; [`probe`] and [`roc`] are linear probes and their statistics.
+//!   measure it; [`probe`] and [`roc`] are linear probes and their statistics; [`attention`]
+//!   a probe that learns which tokens of a text to read.
 //!
 //! Train a TopK SAE on rows with a planted sparse structure, then encode and reconstruct:
 //!
@@ -44,6 +45,7 @@
 //! # Ok::<(), glassbox_dictionary::DictError>(())
 //! ```
 
+pub mod attention;
 pub mod config;
 pub mod error;
 pub mod eval;

@@ -17,6 +17,9 @@
 //! `--dict` adds a probe on a sparse dictionary's latents: logistic regression on a text's mean
 //! code (so its served form, `mean(logit P)` over the codes of each token, reads the same
 //! number), pinned to the dictionary by SHA-256; with `--out` it is the probe saved.
+//! `--attention` adds a probe that learns which tokens to read (softmax attention over a
+//! text's tokens, trained per text; see `glassbox_dictionary::attention`): measured, not saved,
+//! since no served rule reads it yet.
 //! `--family-weights` makes every family count alike in training, whatever its size.
 //! With `--out`, the best probe (by held-out TPR at 1 % FPR), trained on every family, is saved
 //! with the threshold those held-out scores give.
@@ -30,6 +33,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use glassbox_dictionary::attention::{fit_attention, AttentionProbe, AttentionSample};
 use glassbox_dictionary::keywords::KeywordFilter;
 use glassbox_dictionary::probe::{
     self, linear_logit, mean_rows, Aggregation, Calibration, Probe, ProbeDictionary, ProbeTraining,
@@ -74,7 +78,7 @@ pub struct FamiliesArgs {
     /// (`{"hook", "index", "family", "label", "scores": {detector: score}}`, index = the
     /// text's place among the records, from 0), to plot or to combine detectors in a
     /// notebook. The per-token probe's readings are probabilities; the pooled, embedding,
-    /// latent and stacked detectors give logits; max rank a benign quantile.
+    /// latent, attention and stacked detectors give logits; max rank a benign quantile.
     #[arg(long)]
     scores: Option<PathBuf>,
     /// The saved probe's name in monitor rules (default: the data file's stem).
@@ -107,6 +111,12 @@ pub struct FamiliesArgs {
     /// what is saved (pinned to the dictionary by its SHA-256), whatever holds out best.
     #[arg(long, value_name = "DIR")]
     dict: Option<PathBuf>,
+    /// Also a probe that learns which tokens to read: each token's logit weighed by a softmax
+    /// over a learned relevance of every token (an attention probe), trained per text on all
+    /// of its tokens. Reported as "attention probe" (a logit), never saved: no served rule
+    /// reads one yet.
+    #[arg(long)]
+    attention: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -175,7 +185,7 @@ struct Text {
     weight: f32,
 }
 
-const DETECTORS: [&str; 10] = [
+const DETECTORS: [&str; 11] = [
     "probe mean",
     "probe max",
     "probe window",
@@ -186,6 +196,7 @@ const DETECTORS: [&str; 10] = [
     "max rank",
     "probe or keywords",
     "latent probe",
+    "attention probe",
 ];
 const N: usize = DETECTORS.len();
 /// The detectors the two combinations (stacked, max rank) combine: the first six.
@@ -199,9 +210,19 @@ const READINGS: usize = 4;
 const UNION: usize = BASES + 2;
 /// Where the probe on `--dict`'s latents sits (shown at the dictionary's hook only).
 const LATENT: usize = UNION + 1;
+/// Where the `--attention` probe sits.
+const ATTENTION: usize = LATENT + 1;
 /// The stacker's own training scores come from detectors trained without a group of
 /// families: the training families fall into this many groups.
 const STACK_GROUPS: usize = 5;
+
+/// The detectors trained beside the base ones when asked for: the probe on `--dict`'s mean
+/// codes (at its hook), the `--attention` probe.
+#[derive(Clone, Copy, Default)]
+struct Extra {
+    latents: bool,
+    attention: bool,
+}
 
 /// The base detectors trained on one set of texts.
 struct Bases {
@@ -210,6 +231,7 @@ struct Bases {
     embedding: (Vec<f32>, f32),
     /// At `--dict`'s hook: the probe on its mean codes.
     latents: Option<(Vec<f32>, f32)>,
+    attention: Option<AttentionProbe>,
 }
 
 impl Bases {
@@ -220,7 +242,7 @@ impl Bases {
         d: usize,
         keep: usize,
         cfg: &ProbeTraining,
-        latents: bool,
+        extra: Extra,
     ) -> Self {
         let (weights, bias) = fit_tokens(texts, h, train, d, keep, cfg);
         Self {
@@ -236,8 +258,26 @@ impl Bases {
             },
             pooled: fit_vectors(texts, train, |t| &t.layers[h].1, cfg),
             embedding: fit_vectors(texts, train, |t| &t.embedding, cfg),
-            latents: latents.then(|| fit_latents(texts, train, cfg)),
+            latents: extra.latents.then(|| fit_latents(texts, train, cfg)),
+            attention: extra.attention.then(|| {
+                let samples: Vec<AttentionSample> = train
+                    .iter()
+                    .map(|&i| AttentionSample {
+                        x: &texts[i].layers[h].0,
+                        label: texts[i].label,
+                        weight: texts[i].weight,
+                    })
+                    .collect();
+                fit_attention(&samples, d, cfg)
+            }),
         }
+    }
+
+    /// The attention probe's logit of one text (0 where there is none).
+    fn attention_score(&self, t: &Text, h: usize) -> f32 {
+        self.attention
+            .as_ref()
+            .map_or(0.0, |p| p.logit(&t.layers[h].0))
     }
 
     /// The latent probe's logit of one text (0 where there is none).
@@ -312,7 +352,7 @@ impl Stacker {
                 .copied()
                 .filter(|&i| group(i) != g && !hashes.contains(&texts[i].hash))
                 .collect();
-            let bases = Bases::fit(texts, h, &inner, d, a.train_tokens, cfg, false);
+            let bases = Bases::fit(texts, h, &inner, d, a.train_tokens, cfg, Extra::default());
             features.extend(
                 held.iter()
                     .map(|&i| (i, stack_input(&bases.score(&texts[i], h, a.window)))),
@@ -606,7 +646,11 @@ fn evaluate(
                 .filter(|&i| !held_hashes.contains(&texts[i].hash))
                 .collect();
             let dropped = texts.len() - held.len() - train.len();
-            let bases = Bases::fit(texts, h, &train, d, a.train_tokens, cfg, latent);
+            let extra = Extra {
+                latents: latent,
+                attention: a.attention,
+            };
+            let bases = Bases::fit(texts, h, &train, d, a.train_tokens, cfg, extra);
             let stacker = (!a.no_combinations).then(|| Stacker::fit(texts, h, &train, d, a, cfg));
             let scores: Vec<[f32; N]> = held
                 .iter()
@@ -618,6 +662,7 @@ fn evaluate(
                         (s[BASES], s[BASES + 1]) = stacker.score(&base);
                     }
                     s[LATENT] = bases.latent_score(&texts[i]);
+                    s[ATTENTION] = bases.attention_score(&texts[i], h);
                     s
                 })
                 .collect();
@@ -659,6 +704,7 @@ fn evaluate(
     }
     summaries.push(union);
     summaries.push(held_out_summary(&pooled, LATENT, texts, None)?);
+    summaries.push(held_out_summary(&pooled, ATTENTION, texts, None)?);
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
     let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
@@ -673,6 +719,7 @@ fn evaluate(
     let shown = (0..N)
         .filter(|&k| !(a.no_combinations && COMBINATIONS.contains(&k)))
         .filter(|&k| latent || k != LATENT)
+        .filter(|&k| a.attention || k != ATTENTION)
         .collect();
     Ok(HookReport {
         hook: hook.to_string(),
@@ -765,6 +812,7 @@ fn print_report(r: &HookReport, window: usize) {
         "max rank",
         "or kw",
         "latent",
+        "attention",
     ];
     let columns: Vec<&str> = r.shown.iter().map(|&k| columns[k]).collect();
     let row = |cells: &[String]| {
