@@ -8,7 +8,7 @@
 //! rest diluting them, while several tokens share the decision, unlike a max over tokens.
 
 use crate::linalg;
-use crate::probe::{sigmoid, ProbeTraining};
+use crate::probe::{sigmoid, standardisation, ProbeTraining};
 
 /// One training text: its activations `[tokens, d]`, label and weight.
 pub struct AttentionSample<'a> {
@@ -52,25 +52,7 @@ fn attend(q: &[f32], w: &[f32], shift: f32, x: &[f32]) -> (f32, Vec<f32>, Vec<f3
 /// penalty on `w` and `q` (`cfg`'s epochs, rate and penalty), on inputs centred and scaled as
 /// [`crate::probe::fit`] does; the result is in raw units.
 pub fn fit_attention(samples: &[AttentionSample], d: usize, cfg: &ProbeTraining) -> AttentionProbe {
-    let tokens: usize = samples.iter().map(|s| s.x.len() / d).sum();
-    let mut mean = vec![0f32; d];
-    for s in samples {
-        for t in s.x.chunks(d) {
-            linalg::axpy(1.0 / tokens.max(1) as f32, t, &mut mean);
-        }
-    }
-    let var: f32 = samples
-        .iter()
-        .flat_map(|s| s.x.chunks(d))
-        .map(|t| {
-            t.iter()
-                .zip(&mean)
-                .map(|(x, m)| (x - m) * (x - m))
-                .sum::<f32>()
-        })
-        .sum::<f32>()
-        / (tokens * d).max(1) as f32;
-    let scale = 1.0 / var.sqrt().max(1e-6);
+    let (mean, scale) = standardisation(samples.iter().map(|s| s.x), d);
     let class_weight = |label: bool| {
         let w: f32 = samples
             .iter()

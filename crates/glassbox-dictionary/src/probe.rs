@@ -669,25 +669,7 @@ fn text_score(w: &[f32], b: f32, x: &[f32]) -> f32 {
 /// the scaling folded back into the weights.
 /// Weights and bias of a probe fitted on every sample (no cross-validation).
 pub fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32) {
-    let tokens: usize = samples.iter().map(|s| s.x.len() / d).sum();
-    let mut mean = vec![0f32; d];
-    for s in samples {
-        for t in s.x.chunks(d) {
-            linalg::axpy(1.0 / tokens as f32, t, &mut mean);
-        }
-    }
-    let var: f32 = samples
-        .iter()
-        .flat_map(|s| s.x.chunks(d))
-        .map(|t| {
-            t.iter()
-                .zip(&mean)
-                .map(|(x, m)| (x - m) * (x - m))
-                .sum::<f32>()
-        })
-        .sum::<f32>()
-        / (tokens * d) as f32;
-    let scale = 1.0 / var.sqrt().max(1e-6);
+    let (mean, scale) = standardisation(samples.iter().map(|s| s.x.as_slice()), d);
     // Each class weighs half, whatever its size (class-balanced), shared by sample weight.
     let class_weight = |label: bool| {
         let w: f32 = samples
@@ -747,6 +729,31 @@ pub fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32
     let w_raw: Vec<f32> = w.iter().map(|w| w * scale).collect();
     let b_raw = b - linalg::dot(&w_raw, &mean);
     (w_raw, b_raw)
+}
+
+/// The mean token of `texts` (each `[tokens, d]`) and one scale for every dimension, 1 / the
+/// pooled standard deviation: probes train on `(x − μ)·s`, where one learning rate suits any
+/// model's activation scale.
+pub(crate) fn standardisation<'a>(
+    texts: impl Iterator<Item = &'a [f32]> + Clone,
+    d: usize,
+) -> (Vec<f32>, f32) {
+    let tokens: usize = texts.clone().map(|x| x.len() / d).sum();
+    let mut mean = vec![0f32; d];
+    for t in texts.clone().flat_map(|x| x.chunks(d)) {
+        linalg::axpy(1.0 / tokens.max(1) as f32, t, &mut mean);
+    }
+    let var: f32 = texts
+        .flat_map(|x| x.chunks(d))
+        .map(|t| {
+            t.iter()
+                .zip(&mean)
+                .map(|(x, m)| (x - m) * (x - m))
+                .sum::<f32>()
+        })
+        .sum::<f32>()
+        / (tokens * d).max(1) as f32;
+    (mean, 1.0 / var.sqrt().max(1e-6))
 }
 
 fn accuracy(labels: &[bool], predicted: &[bool]) -> f32 {
