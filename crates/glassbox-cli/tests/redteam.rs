@@ -201,6 +201,24 @@ fn the_white_box_attacks_reach_a_probe_on_sae_latents() {
         "{skipped}"
     );
     served_decisions_agree_with_margins(round);
+    // The blue round retrains only probes of the activations: refused before anything is
+    // written or committed to the audit log.
+    let out = dir.path().join("defended");
+    fails(
+        &[
+            "redteam",
+            "--config",
+            &deploy,
+            "--suite",
+            &suite,
+            "--defend",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "reads a dictionary's latents",
+    );
+    assert!(!out.join("heldout.jsonl").exists());
+    assert!(!dir.path().join("audit/audit.jsonl").exists());
 }
 
 #[test]

@@ -139,6 +139,8 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         )?];
     } else {
         let out = a.out.as_deref().context("--defend needs --out")?;
+        // The probe Blue retrains, found before anything is written or committed.
+        let (mi, probe_name) = defended_probe(&target)?;
         let held_n = ((payloads.len() as f64) * suite.heldout).round() as usize;
         if held_n == 0 || held_n == payloads.len() {
             bail!(
@@ -189,22 +191,6 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             skipped,
         )?;
         // Blue: retrain on the evasions, never reading the held-out file.
-        let (mi, probe_name) = target
-            .probe_readout()
-            .map(|(_, i)| {
-                (
-                    i,
-                    target.set.monitors[i]
-                        .rule
-                        .signal
-                        .probe()
-                        .unwrap_or("")
-                        .to_string(),
-                )
-            })
-            .context(
-                "--defend retrains a probe, and no attacked monitor reads one with a `>` rule",
-            )?;
         let monitor = target.set.monitors[mi].cfg.name.clone();
         let withheld: HashSet<[u8; 32]> = held
             .iter()
@@ -347,6 +333,22 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
 }
 
 /// The attacked monitors' indices (all when the suite names none).
+/// The monitor whose probe the blue round retrains, and the probe's name: the first attacked
+/// monitor with a `>` rule over a probe of the hook's activations.
+fn defended_probe(target: &Target) -> Result<(usize, String)> {
+    if let Some((_, i)) = target.probe_readout() {
+        let name = target.set.monitors[i].rule.signal.probe().unwrap_or("");
+        return Ok((i, name.to_string()));
+    }
+    if target.attacked_probe().is_some() {
+        bail!(
+            "--defend retrains the attacked probe, and it reads a dictionary's latents: the blue \
+             round retrains only probes of the hook's activations (run the red round without --defend)"
+        );
+    }
+    bail!("--defend retrains a probe, and no attacked monitor reads one with a `>` rule")
+}
+
 fn watched(set: &MonitorSet, suite: &Suite, config: &Path) -> Result<Vec<usize>> {
     if set.monitors.is_empty() {
         bail!("{} has no [[monitor]] to attack", config.display());
