@@ -28,7 +28,7 @@ use rand::SeedableRng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use self::round::{Round, Target};
+use self::round::{AttackedProbe, Round, Target};
 use self::suite::Suite;
 use super::probe::{read_records, Labelled};
 use crate::input;
@@ -333,20 +333,20 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
 }
 
 /// The attacked monitors' indices (all when the suite names none).
-/// The monitor whose probe the blue round retrains, and the probe's name: the first attacked
-/// monitor with a `>` rule over a probe of the hook's activations.
+/// The monitor whose probe the blue round retrains, and the probe's name: the probe the red
+/// round attacks ([`Target::attacked_probe`]), which must read the hook's activations.
 fn defended_probe(target: &Target) -> Result<(usize, String)> {
-    if let Some((_, i)) = target.probe_readout() {
-        let name = target.set.monitors[i].rule.signal.probe().unwrap_or("");
-        return Ok((i, name.to_string()));
-    }
-    if target.attacked_probe().is_some() {
-        bail!(
+    match target.attacked_probe() {
+        Some((AttackedProbe::Linear(_), i)) => {
+            let name = target.set.monitors[i].rule.signal.probe().unwrap_or("");
+            Ok((i, name.to_string()))
+        }
+        Some((AttackedProbe::Latent(_), _)) => bail!(
             "--defend retrains the attacked probe, and it reads a dictionary's latents: the blue \
              round retrains only probes of the hook's activations (run the red round without --defend)"
-        );
+        ),
+        None => bail!("--defend retrains a probe, and no attacked monitor reads one with a `>` rule"),
     }
-    bail!("--defend retrains a probe, and no attacked monitor reads one with a `>` rule")
 }
 
 fn watched(set: &MonitorSet, suite: &Suite, config: &Path) -> Result<Vec<usize>> {

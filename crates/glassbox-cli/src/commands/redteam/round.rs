@@ -171,11 +171,11 @@ impl Target<'_> {
         Ok(ctx)
     }
 
-    /// The attacked monitors with a `>` rule over a probe, of the hook's activations or of a
-    /// dictionary's latents, in order: each probe as the white-box attacks descend it, and the
-    /// monitor's index.
-    fn attacked_probes(&self) -> impl Iterator<Item = (AttackedProbe<'_>, usize)> {
-        self.watched.iter().filter_map(|&i| {
+    /// The probe the white-box attacks descend (and the blue round retrains) and the monitor
+    /// that decides by it: the first attacked monitor with a `>` rule over a probe, of the
+    /// hook's activations or of a dictionary's latents.
+    pub fn attacked_probe(&self) -> Option<(AttackedProbe<'_>, usize)> {
+        self.watched.iter().find_map(|&i| {
             let m = &self.set.monitors[i];
             let q = &self.set.probes[m.probe()?];
             if !matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge) {
@@ -194,21 +194,6 @@ impl Target<'_> {
                 }),
             };
             Some((probe, i))
-        })
-    }
-
-    /// The probe the white-box attacks descend and the monitor that decides by it: the first
-    /// of [`Target::attacked_probes`].
-    pub fn attacked_probe(&self) -> Option<(AttackedProbe<'_>, usize)> {
-        self.attacked_probes().next()
-    }
-
-    /// The first attacked probe monitor that is a linear read-out of the hook, for the
-    /// recovery attack and the blue round (a probe on TopK latents is none).
-    pub fn probe_readout(&self) -> Option<(Readout, usize)> {
-        self.attacked_probes().find_map(|(p, i)| match p {
-            AttackedProbe::Linear(r) => Some((r, i)),
-            AttackedProbe::Latent(_) => None,
         })
     }
 
