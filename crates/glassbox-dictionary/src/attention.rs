@@ -8,7 +8,7 @@
 //! rest diluting them, while several tokens share the decision, unlike a max over tokens.
 
 use crate::linalg;
-use crate::probe::{sigmoid, standardisation, ProbeTraining};
+use crate::probe::{class_totals, sigmoid, standardisation, ProbeTraining};
 
 /// One training text: its activations `[tokens, d]`, label and weight.
 pub struct AttentionSample<'a> {
@@ -53,15 +53,7 @@ fn attend(q: &[f32], w: &[f32], shift: f32, x: &[f32]) -> (f32, Vec<f32>, Vec<f3
 /// [`crate::probe::fit`] does; the result is in raw units.
 pub fn fit_attention(samples: &[AttentionSample], d: usize, cfg: &ProbeTraining) -> AttentionProbe {
     let (mean, scale) = standardisation(samples.iter().map(|s| s.x), d);
-    let class_weight = |label: bool| {
-        let w: f32 = samples
-            .iter()
-            .filter(|s| s.label == label)
-            .map(|s| s.weight)
-            .sum();
-        w.max(f32::MIN_POSITIVE)
-    };
-    let (pos, neg) = (class_weight(true), class_weight(false));
+    let (pos, neg) = class_totals(samples.iter().map(|s| (s.label, s.weight)));
     // Parameters [w; q; b] on standardised inputs z = (x − μ)·s. On raw x, w·z = (s·w)·x − s·w·μ
     // and q·z differs from (s·q)·x by a constant, which the softmax ignores.
     let n = 2 * d + 1;

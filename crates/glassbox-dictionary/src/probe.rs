@@ -671,15 +671,7 @@ fn text_score(w: &[f32], b: f32, x: &[f32]) -> f32 {
 pub fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32) {
     let (mean, scale) = standardisation(samples.iter().map(|s| s.x.as_slice()), d);
     // Each class weighs half, whatever its size (class-balanced), shared by sample weight.
-    let class_weight = |label: bool| {
-        let w: f32 = samples
-            .iter()
-            .filter(|s| s.label == label)
-            .map(|s| s.weight)
-            .sum();
-        w.max(f32::MIN_POSITIVE)
-    };
-    let (pos, neg) = (class_weight(true), class_weight(false));
+    let (pos, neg) = class_totals(samples.iter().map(|s| (s.label, s.weight)));
     let (mut w, mut b) = (vec![0f32; d], 0f32);
     let (mut m, mut v) = (vec![0f32; d + 1], vec![0f32; d + 1]);
     let mut z = vec![0f32; d];
@@ -754,6 +746,22 @@ pub(crate) fn standardisation<'a>(
         .sum::<f32>()
         / (tokens * d).max(1) as f32;
     (mean, 1.0 / var.sqrt().max(1e-6))
+}
+
+/// The total sample weight of each class, (positive, negative), never zero: a class-balanced
+/// loss divides each sample's weight by its class's.
+pub(crate) fn class_totals(samples: impl Iterator<Item = (bool, f32)>) -> (f32, f32) {
+    let (pos, neg) = samples.fold(
+        (0f32, 0f32),
+        |(p, n), (label, w)| {
+            if label {
+                (p + w, n)
+            } else {
+                (p, n + w)
+            }
+        },
+    );
+    (pos.max(f32::MIN_POSITIVE), neg.max(f32::MIN_POSITIVE))
 }
 
 fn accuracy(labels: &[bool], predicted: &[bool]) -> f32 {
