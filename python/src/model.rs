@@ -373,11 +373,7 @@ impl PyModel {
         let reader = Reader::of_points(&self.inner, points.clone())
             .map_err(model_error)?
             .passes(pass_tokens, truncate);
-        let (rows, tokens) = py
-            .detach(|| {
-                Ok::<_, ModelError>((reader.activations_all(text)?, reader.token_count(text)?))
-            })
-            .map_err(model_error)?;
+        let (tokens, rows) = py.detach(|| reader.read(text)).map_err(model_error)?;
         let dict = PyDict::new(py);
         for (p, values) in points.iter().zip(rows) {
             let width = values.len() / tokens.max(1);

@@ -103,12 +103,6 @@ impl<'m> Reader<'m> {
             .collect())
     }
 
-    /// How many of `text`'s tokens are read (its own, without the special ones): all of
-    /// them, or the first pass's when reading truncates.
-    pub fn token_count(&self, text: &str) -> Result<usize> {
-        Ok(self.tokens_read(self.model.tokenizer.encode_plain(text)?.len()))
-    }
-
     /// How many of `n` content tokens are read.
     fn tokens_read(&self, n: usize) -> usize {
         passes(n, self.pass, self.whole).last().map_or(0, |p| p.end)
@@ -116,6 +110,12 @@ impl<'m> Reader<'m> {
 
     /// Every hook's `[tokens, d_model]`, flattened, in the order the hooks were given.
     pub fn activations_all(&self, text: &str) -> Result<Vec<Vec<f32>>> {
+        Ok(self.read(text)?.1)
+    }
+
+    /// How many of `text`'s tokens are read (its own, without the special ones: all of them,
+    /// or the first pass's when reading truncates), and [`Self::activations_all`].
+    pub fn read(&self, text: &str) -> Result<(usize, Vec<Vec<f32>>)> {
         let content = self.model.tokenizer.encode_plain(text)?;
         if content.is_empty() {
             return Err(ModelError::Input("the text has no tokens".into()));
@@ -149,7 +149,7 @@ impl<'m> Reader<'m> {
                 acts.extend(kept.flatten_all()?.to_vec1::<f32>()?);
             }
         }
-        Ok(out)
+        Ok((self.tokens_read(content.len()), out))
     }
 }
 

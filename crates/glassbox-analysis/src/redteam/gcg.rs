@@ -34,21 +34,6 @@ pub struct Readout {
     pub bias: f32,
 }
 
-impl Readout {
-    /// The logit `w·x + b` of one token's activation at the hook, summed as the served probe
-    /// sums it, so the attack's margin and the monitor's decision agree to the bit.
-    pub fn logit(&self, x: &[f32]) -> f32 {
-        glassbox_dictionary::probe::linear_logit(&self.weights, self.bias, x)
-    }
-
-    /// The logit of every token of `[tokens, d]` activations.
-    pub fn logits(&self, acts: &[f32]) -> Vec<f32> {
-        acts.chunks(self.weights.len().max(1))
-            .map(|x| self.logit(x))
-            .collect()
-    }
-}
-
 /// What the white-box attacks descend: a monitor's logit per token, read from one hook.
 pub trait Differentiable {
     /// The hook the monitor reads.

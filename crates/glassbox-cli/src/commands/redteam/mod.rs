@@ -332,7 +332,6 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-/// The attacked monitors' indices (all when the suite names none).
 /// The monitor whose probe the blue round retrains, and the probe's name: the probe the red
 /// round attacks ([`Target::attacked_probe`]), which must read the hook's activations.
 fn defended_probe(target: &Target) -> Result<(usize, String)> {
@@ -349,6 +348,7 @@ fn defended_probe(target: &Target) -> Result<(usize, String)> {
     }
 }
 
+/// The attacked monitors' indices (all when the suite names none).
 fn watched(set: &MonitorSet, suite: &Suite, config: &Path) -> Result<Vec<usize>> {
     if set.monitors.is_empty() {
         bail!("{} has no [[monitor]] to attack", config.display());

@@ -460,6 +460,43 @@ fn paraphrase(model: &Model, payload: &str, max_new: usize) -> Result<String> {
     })
 }
 
+/// The recovery attack of every clamp monitor that writes before `behaviour` reads, on the
+/// suite's residual payloads and budgets: (monitor, payload, result). No such clamp is a skip.
+fn recovery_attacks(
+    target: &Target,
+    behaviour: &Readout,
+    context: &Framing,
+    payloads: &[String],
+    suite: &Suite,
+    skipped: &mut Vec<(Attack, String)>,
+) -> Result<Vec<(String, usize, Recovery)>> {
+    let clamps = target.clamps(behaviour);
+    if clamps.is_empty() {
+        skipped.push((
+            Attack::Recovery,
+            "no clamp monitor writes before the attacked probe reads".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for (name, clamp) in &clamps {
+        for (p, payload) in payloads.iter().enumerate().take(suite.residual.payloads) {
+            for &budget in &suite.residual.budgets {
+                let r = redteam::recovery(
+                    target.model,
+                    clamp,
+                    behaviour,
+                    context,
+                    payload,
+                    budget,
+                    suite.residual.steps,
+                )?;
+                out.push((name.clone(), p, r));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the round: the given attack texts, then the white-box attacks, then the benign texts.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -548,40 +585,22 @@ pub fn run(
                     }
                     bar.finish_and_clear();
                 }
-                let recover = white_box.contains(&Attack::Recovery);
-                if recover && probe.linear().is_none() {
-                    skipped.push((
-                        Attack::Recovery,
-                        "the attacked probe reads a dictionary's latents; the recovery attack \
-                         needs a linear read-out of the hook"
-                            .into(),
-                    ));
-                }
-                if let Some(behaviour) = probe.linear().filter(|_| recover) {
-                    let clamps = target.clamps(behaviour);
-                    if clamps.is_empty() {
-                        skipped.push((
+                if white_box.contains(&Attack::Recovery) {
+                    match probe.linear() {
+                        Some(behaviour) => recoveries.extend(recovery_attacks(
+                            target,
+                            behaviour,
+                            &context,
+                            payloads,
+                            suite,
+                            &mut skipped,
+                        )?),
+                        None => skipped.push((
                             Attack::Recovery,
-                            "no clamp monitor writes before the attacked probe reads".into(),
-                        ));
-                    }
-                    for (name, clamp) in &clamps {
-                        for (p, payload) in
-                            payloads.iter().enumerate().take(suite.residual.payloads)
-                        {
-                            for &budget in &suite.residual.budgets {
-                                let r = redteam::recovery(
-                                    target.model,
-                                    clamp,
-                                    behaviour,
-                                    &context,
-                                    payload,
-                                    budget,
-                                    suite.residual.steps,
-                                )?;
-                                recoveries.push((name.clone(), p, r));
-                            }
-                        }
+                            "the attacked probe reads a dictionary's latents; the recovery \
+                             attack needs a linear read-out of the hook"
+                                .into(),
+                        )),
                     }
                 }
                 if white_box.contains(&Attack::Residual) {
