@@ -196,6 +196,85 @@ fn a_text_shared_with_the_held_out_family_is_never_trained_on() {
     assert_eq!(report["hooks"][0]["dropped_duplicates"], 4);
 }
 
+/// `--shared-sentences exclude` keeps out of training every text that shares a sentence of
+/// five words or more with the held-out family, not only identical ones; `keep` trains on it.
+#[test]
+fn a_text_sharing_a_sentence_with_the_held_out_family_can_be_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set.jsonl");
+    let mut rows = rows();
+    // A role-play text that carries an override sentence word for word: while "override" is
+    // held out it must stay out of training, and while "roleplay" is held out the override
+    // text it shares with stays out (1 + 1); "Let's play a game." is too short to count.
+    let carrier = format!("Let's play a game. {}", OVERRIDES[0]).leak();
+    rows.push((carrier, 1, "roleplay"));
+    write_jsonl(&data, &rows);
+    let d = data.to_str().unwrap();
+    let run = |shared: &str| {
+        let report = ok_json(&families(
+            d,
+            &[L3, "--no-combinations", "--shared-sentences", shared],
+        ));
+        let hook = &report["hooks"][0];
+        assert_eq!(hook["dropped_duplicates"], 0, "{hook}");
+        hook["dropped_sharing_a_sentence"].as_u64().unwrap()
+    };
+    assert_eq!(run("exclude"), 2);
+    assert_eq!(run("keep"), 0);
+}
+
+/// `--segments` measures a detector on sentences read alone beside the others, under the same
+/// protocol: a buried override is read as itself, and the kind of attack comes from the data.
+#[test]
+fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set.jsonl");
+    let mut lines: Vec<String> = rows()
+        .into_iter()
+        .map(|(text, label, family)| {
+            let kind = if label == 1 { family } else { "benign" };
+            serde_json::json!({"text": text, "label": label, "family": family, "kind": kind})
+                .to_string()
+        })
+        .collect();
+    let scores = dir.path().join("scores.jsonl");
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let report = ok_json(&families(
+        data.to_str().unwrap(),
+        &[
+            L3,
+            "--segments",
+            "--no-combinations",
+            "--scores",
+            scores.to_str().unwrap(),
+        ],
+    ));
+    let detectors = report["hooks"][0]["detectors"].as_array().unwrap();
+    let segment = detectors
+        .iter()
+        .find(|d| d["detector"] == "segment LR")
+        .expect("--segments reports a segment LR");
+    // Short attacks in one sentence each: the whole-text embedding reads them, and the
+    // kind-wise detectors must separate them as well as the baseline on the same vectors.
+    let auroc = |d: &Value| d["summary"]["auroc"].as_f64().unwrap();
+    assert!(auroc(segment) > 0.9, "{segment}");
+    let written = std::fs::read_to_string(&scores).unwrap();
+    for line in written.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["scores"]["segment LR"].as_f64().unwrap().is_finite(),
+            "{v}"
+        );
+    }
+    // A "kind" must be a string: the line is named.
+    lines.push(r#"{"text": "hi", "label": 0, "family": "benign_a", "kind": 3}"#.into());
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    fails(
+        &families(data.to_str().unwrap(), &[L3, "--segments"]),
+        "line 27: \"kind\" must be a string",
+    );
+}
+
 /// `--attention` measures a probe that learns which tokens to read, beside the others and
 /// under the same protocol; every held-out score is a logit of its own.
 #[test]

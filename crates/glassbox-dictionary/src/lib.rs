@@ -56,6 +56,7 @@ pub mod probe;
 pub mod roc;
 pub mod sae;
 pub mod saelens;
+pub mod segments;
 pub mod select;
 pub mod similarity;
 pub mod splice;

@@ -40,6 +40,7 @@ use glassbox_dictionary::probe::{
     Sample,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
+use glassbox_dictionary::segments;
 use glassbox_model::{Hooks, Model, Reader};
 use rayon::prelude::*;
 use serde_json::json;
@@ -117,7 +118,32 @@ pub struct FamiliesArgs {
     /// reads one yet.
     #[arg(long)]
     attention: bool,
+    /// What a training text that shares a sentence (of five words or more) with the held-out
+    /// family does: `keep` it in training, or `exclude` it, so that no wording of the held-out
+    /// family is trained on — a jailbreak template filled with a behaviour of a held-out list,
+    /// the same payload in another carrier, a document under another task. Identical texts
+    /// stay out either way.
+    #[arg(long, value_enum, default_value_t = SharedSentences::Keep)]
+    shared_sentences: SharedSentences,
+    /// Also a detector on sentences read alone: every sentence of a text gets MiniLM's
+    /// sentence embedding of its own, and per kind of attack (the records' "kind", e.g.
+    /// jailbreak, injection, harmful; one kind where they have none) logistic regression
+    /// separates that kind's texts and labelled spans from benign texts, their sentences and
+    /// the unlabelled rest of a spanned text; a text scores its highest logit over kinds, its
+    /// whole and its sentences. Reported as "segment LR", never saved: no served rule reads
+    /// one yet. Embedding every sentence takes about as long as reading the texts.
+    #[arg(long)]
+    segments: bool,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+pub enum SharedSentences {
+    Keep,
+    Exclude,
+}
+
+/// The words a sentence needs for two texts sharing it to share wording, not a stock phrase.
+const SHARED_SENTENCE_WORDS: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 pub enum BenignSplit {
@@ -165,6 +191,14 @@ impl FamilyWeights {
     }
 }
 
+/// One sentence of a text, read alone (`--segments`).
+struct Segment {
+    /// MiniLM's sentence embedding of the sentence by itself.
+    embedding: Vec<f32>,
+    /// It overlaps the text's labelled span (a buried instruction).
+    in_span: bool,
+}
+
 /// One labelled text, read once.
 struct Text {
     label: bool,
@@ -172,12 +206,18 @@ struct Text {
     /// What it is held out with: its family, or a random part of the benign texts.
     fold: String,
     hash: [u8; 32],
+    /// The SHA-256 of each of its sentences of `SHARED_SENTENCE_WORDS` words or more.
+    sentences: Vec<[u8; 32]>,
     /// Per hook: `[tokens, d]` and its mean over tokens, `[d]`.
     layers: Vec<(Vec<f32>, Vec<f32>)>,
     /// Which tokens are the positive part, where the data says (a buried injection's span).
     token_labels: Option<Vec<bool>>,
     /// MiniLM's sentence embedding.
     embedding: Vec<f32>,
+    /// Its kind of attack (the record's "kind"; "attack" without one), or "benign".
+    kind: String,
+    /// With `--segments`: each of its sentences read alone, where it has more than one.
+    segments: Vec<Segment>,
     /// The `--dict` dictionary's mean code over the text's tokens (empty without one).
     latents: Vec<f32>,
     keywords: f32,
@@ -185,7 +225,7 @@ struct Text {
     weight: f32,
 }
 
-const DETECTORS: [&str; 11] = [
+const DETECTORS: [&str; 12] = [
     "probe mean",
     "probe max",
     "probe window",
@@ -197,6 +237,7 @@ const DETECTORS: [&str; 11] = [
     "probe or keywords",
     "latent probe",
     "attention probe",
+    "segment LR",
 ];
 const N: usize = DETECTORS.len();
 /// The detectors the two combinations (stacked, max rank) combine: the first six.
@@ -212,6 +253,8 @@ const UNION: usize = BASES + 2;
 const LATENT: usize = UNION + 1;
 /// Where the `--attention` probe sits.
 const ATTENTION: usize = LATENT + 1;
+/// Where the `--segments` detector sits.
+const SEGMENTS: usize = ATTENTION + 1;
 /// The stacker's own training scores come from detectors trained without a group of
 /// families: the training families fall into this many groups.
 const STACK_GROUPS: usize = 5;
@@ -222,6 +265,7 @@ const STACK_GROUPS: usize = 5;
 struct Extra {
     latents: bool,
     attention: bool,
+    segments: bool,
 }
 
 /// The base detectors trained on one set of texts.
@@ -232,6 +276,8 @@ struct Bases {
     /// At `--dict`'s hook: the probe on its mean codes.
     latents: Option<(Vec<f32>, f32)>,
     attention: Option<AttentionProbe>,
+    /// With `--segments`: one linear detector per kind of attack, on sentence embeddings.
+    segments: Vec<(Vec<f32>, f32)>,
 }
 
 impl Bases {
@@ -270,7 +316,24 @@ impl Bases {
                     .collect();
                 fit_attention(&samples, d, cfg)
             }),
+            segments: if extra.segments {
+                fit_segments(texts, train, cfg)
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// The segment detector's logit of one text: the highest over kinds, of its whole and of
+    /// each sentence (0 where there is none).
+    fn segment_score(&self, t: &Text) -> f32 {
+        let vectors =
+            || std::iter::once(&t.embedding).chain(t.segments.iter().map(|s| &s.embedding));
+        self.segments
+            .iter()
+            .flat_map(|(w, b)| vectors().map(|x| linear_logit(w, *b, x)))
+            .reduce(f32::max)
+            .unwrap_or(0.0)
     }
 
     /// The attention probe's logit of one text (0 where there is none).
@@ -442,6 +505,8 @@ struct HookReport {
     summaries: Vec<Summary>,
     per_family: BTreeMap<(bool, String), (usize, [usize; N])>,
     dropped: usize,
+    /// Training texts left out (summed over folds) for sharing a sentence with a held-out one.
+    shared: usize,
     /// Every text's held-out scores, in `DETECTORS` order.
     pooled: Vec<[f32; N]>,
 }
@@ -526,9 +591,25 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             family: l.family.clone(),
             fold: a.benign_split.fold(l.label, &l.family, &hash),
             hash,
+            sentences: segments::long_sentences(text, SHARED_SENTENCE_WORDS)
+                .map(|s| Sha256::digest(s.as_bytes()).into())
+                .collect(),
             token_labels,
             layers,
-            embedding: sentence_embedding(minilm, text)?,
+            embedding: sentence_embeddings(minilm, &[text])?
+                .pop()
+                .context("no sentence embedding")?,
+            kind: if l.label {
+                l.kind.clone().unwrap_or_else(|| "attack".into())
+            } else {
+                "benign".into()
+            },
+            segments: if a.segments {
+                read_segments(minilm, text, l.span.filter(|_| l.label))
+                    .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?
+            } else {
+                Vec::new()
+            },
             latents,
             keywords: keywords.score(text),
             weight: a.family_weights.of(sizes[&(l.label, l.family.as_str())]),
@@ -615,6 +696,16 @@ fn distinct(texts: &[Text], key: impl Fn(&Text) -> &String) -> Vec<(bool, String
         .collect()
 }
 
+/// One fold's held-out texts and their scores, with the training texts it left out.
+struct HeldOut {
+    texts: Vec<usize>,
+    scores: Vec<[f32; N]>,
+    /// Identical to a held-out text.
+    dropped: usize,
+    /// Sharing a sentence with one (`--shared-sentences exclude`).
+    shared: usize,
+}
+
 /// Leave-one-family-out at hook `h`: each family scored by detectors trained without it
 /// (families in parallel; under `--benign-split random` the benign texts are held out by
 /// random part instead), the scores pooled.
@@ -633,22 +724,37 @@ fn evaluate(
         folds.len() as u64,
         &format!("{hook}: training without each family"),
     );
-    let folds: Vec<(Vec<usize>, Vec<[f32; N]>, usize)> = folds
+    let folds: Vec<HeldOut> = folds
         .par_iter()
         .map(|(label, fold)| {
             let held: Vec<usize> = (0..texts.len())
                 .filter(|&i| texts[i].label == *label && &texts[i].fold == fold)
                 .collect();
             let held_hashes: HashSet<[u8; 32]> = held.iter().map(|&i| texts[i].hash).collect();
+            let held_sentences: HashSet<[u8; 32]> = match a.shared_sentences {
+                SharedSentences::Keep => HashSet::new(),
+                SharedSentences::Exclude => held
+                    .iter()
+                    .flat_map(|&i| texts[i].sentences.iter().copied())
+                    .collect(),
+            };
             // A text identical to a held-out one stays out of training even under another
-            // family's name.
-            let train: Vec<usize> = (0..texts.len())
-                .filter(|&i| !held_hashes.contains(&texts[i].hash))
-                .collect();
-            let dropped = texts.len() - held.len() - train.len();
+            // family's name; under `--shared-sentences exclude` so does one sharing a sentence.
+            let others = (0..texts.len()).filter(|&i| !held_hashes.contains(&texts[i].hash));
+            let (train, shared): (Vec<usize>, Vec<usize>) = others.partition(|&i| {
+                !texts[i]
+                    .sentences
+                    .iter()
+                    .any(|s| held_sentences.contains(s))
+            });
+            let (dropped, shared) = (
+                texts.len() - held.len() - train.len() - shared.len(),
+                shared.len(),
+            );
             let extra = Extra {
                 latents: latent,
                 attention: a.attention,
+                segments: a.segments,
             };
             let bases = Bases::fit(texts, h, &train, d, a.train_tokens, cfg, extra);
             let stacker = (!a.no_combinations).then(|| Stacker::fit(texts, h, &train, d, a, cfg));
@@ -663,19 +769,26 @@ fn evaluate(
                     }
                     s[LATENT] = bases.latent_score(&texts[i]);
                     s[ATTENTION] = bases.attention_score(&texts[i], h);
+                    s[SEGMENTS] = bases.segment_score(&texts[i]);
                     s
                 })
                 .collect();
             bar.inc(1);
-            (held, scores, dropped)
+            HeldOut {
+                texts: held,
+                scores,
+                dropped,
+                shared,
+            }
         })
         .collect();
     bar.finish_and_clear();
     let mut pooled: Vec<[f32; N]> = vec![[0.0; N]; texts.len()];
-    let mut dropped = 0;
-    for (held, scores, drop) in &folds {
-        dropped += drop;
-        for (&i, s) in held.iter().zip(scores) {
+    let (mut dropped, mut shared) = (0, 0);
+    for fold in &folds {
+        dropped += fold.dropped;
+        shared += fold.shared;
+        for (&i, s) in fold.texts.iter().zip(&fold.scores) {
             pooled[i] = *s;
         }
     }
@@ -705,6 +818,7 @@ fn evaluate(
     summaries.push(union);
     summaries.push(held_out_summary(&pooled, LATENT, texts, None)?);
     summaries.push(held_out_summary(&pooled, ATTENTION, texts, None)?);
+    summaries.push(held_out_summary(&pooled, SEGMENTS, texts, None)?);
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
     let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
@@ -720,6 +834,7 @@ fn evaluate(
         .filter(|&k| !(a.no_combinations && COMBINATIONS.contains(&k)))
         .filter(|&k| latent || k != LATENT)
         .filter(|&k| a.attention || k != ATTENTION)
+        .filter(|&k| a.segments || k != SEGMENTS)
         .collect();
     Ok(HookReport {
         hook: hook.to_string(),
@@ -728,6 +843,7 @@ fn evaluate(
         summaries,
         per_family,
         dropped,
+        shared,
         pooled,
     })
 }
@@ -776,7 +892,8 @@ fn report_json(r: &HookReport) -> serde_json::Value {
         })
         .collect();
     json!({"hook": r.hook, "detectors": detectors, "per_family": fam,
-        "union_reading": DETECTORS[r.reading], "dropped_duplicates": r.dropped})
+        "union_reading": DETECTORS[r.reading], "dropped_duplicates": r.dropped,
+        "dropped_sharing_a_sentence": r.shared})
 }
 
 fn print_report(r: &HookReport, window: usize) {
@@ -813,6 +930,7 @@ fn print_report(r: &HookReport, window: usize) {
         "or kw",
         "latent",
         "attention",
+        "segments",
     ];
     let columns: Vec<&str> = r.shown.iter().map(|&k| columns[k]).collect();
     let row = |cells: &[String]| {
@@ -848,6 +966,12 @@ fn print_report(r: &HookReport, window: usize) {
         println!(
             "({} training texts left out because they repeat a held-out text)",
             r.dropped
+        );
+    }
+    if r.shared > 0 {
+        println!(
+            "({} training texts left out because they share a sentence with a held-out text)",
+            r.shared
         );
     }
 }
@@ -933,12 +1057,72 @@ fn mean_code(sae: &glassbox_dictionary::Sae, acts: &[f32]) -> Result<Vec<f32>> {
 }
 
 /// MiniLM's mean-pooled, normalised final hidden state of a text (its first 512 tokens).
-fn sentence_embedding(m: &Model, text: &str) -> Result<Vec<f32>> {
-    let batch = m.batch(&[text], true)?;
-    let out = m.forward(&batch, &mut Hooks::none(), None)?;
-    Ok(m.sentence_embedding(&batch, &out.hidden)?
-        .get(0)?
-        .to_vec1()?)
+/// MiniLM's sentence embedding of each text (its first 512 tokens), a few texts per pass.
+fn sentence_embeddings(m: &Model, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(16) {
+        let batch = m.batch(chunk, true)?;
+        let hidden = m.forward(&batch, &mut Hooks::none(), None)?.hidden;
+        out.extend(m.sentence_embedding(&batch, &hidden)?.to_vec2::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// A text's sentences read alone, with whether each overlaps its labelled span; none where
+/// it is one sentence (its whole embedding reads it already).
+fn read_segments(m: &Model, text: &str, span: Option<(usize, usize)>) -> Result<Vec<Segment>> {
+    let ranges = segments::sentences(text);
+    if ranges.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let pieces: Vec<&str> = ranges.iter().map(|r| &text[r.clone()]).collect();
+    let embeddings = sentence_embeddings(m, &pieces)?;
+    Ok(ranges
+        .iter()
+        .zip(embeddings)
+        .map(|(r, embedding)| Segment {
+            embedding,
+            in_span: span.is_some_and(|(s, e)| r.start < e && r.end > s),
+        })
+        .collect())
+}
+
+/// `--segments`: per kind of attack in training, logistic regression with that kind's texts
+/// and the sentences of their labelled spans as positives, and as negatives every benign text
+/// and sentence and the sentences outside a spanned text's span (the document it is buried in).
+fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> Vec<(Vec<f32>, f32)> {
+    let kinds: std::collections::BTreeSet<&str> = train
+        .iter()
+        .filter(|&&i| texts[i].label)
+        .map(|&i| texts[i].kind.as_str())
+        .collect();
+    let d = texts[0].embedding.len();
+    kinds
+        .into_iter()
+        .map(|kind| {
+            let mut samples = Vec::new();
+            for &i in train {
+                let t = &texts[i];
+                let spanned = t.segments.iter().any(|s| s.in_span);
+                let mine = t.label && t.kind == kind;
+                if mine || !t.label {
+                    samples.push(Sample::new(t.embedding.clone(), mine).weighted(t.weight));
+                }
+                for s in &t.segments {
+                    let label = match (t.label, s.in_span) {
+                        (false, _) => Some(false),
+                        (true, true) => mine.then_some(true),
+                        (true, false) => spanned.then_some(false),
+                    };
+                    if let Some(label) = label {
+                        samples.push(Sample::new(s.embedding.clone(), label).weighted(t.weight));
+                    }
+                }
+            }
+            let refs: Vec<&Sample> = samples.iter().collect();
+            probe::fit(&refs, d, cfg)
+        })
+        .collect()
 }
 
 fn fit_tokens(

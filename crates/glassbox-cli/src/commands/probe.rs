@@ -236,6 +236,7 @@ pub(crate) struct Record {
     text: String,
     label: Option<bool>,
     family: Option<String>,
+    kind: Option<String>,
     span: Option<(usize, usize)>,
 }
 
@@ -245,6 +246,8 @@ pub(crate) struct Labelled {
     pub label: bool,
     /// The record's family, else "positive" / "negative".
     pub family: String,
+    /// What kind of attack it is, where the record says ("jailbreak", "injection", …).
+    pub kind: Option<String>,
     /// The part of the text that makes it positive, `[start, end)` in bytes, where known.
     pub span: Option<(usize, usize)>,
 }
@@ -266,6 +269,7 @@ impl Record {
             text: self.text.clone(),
             label,
             family,
+            kind: self.kind.clone(),
             span: self.span,
         })
     }
@@ -447,6 +451,11 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
             Value::String(f) => Some(f.clone()),
             other => bail!("{}: \"family\" must be a string, not {other}", at()),
         };
+        let kind = match &v["kind"] {
+            Value::Null => None,
+            Value::String(k) => Some(k.clone()),
+            other => bail!("{}: \"kind\" must be a string, not {other}", at()),
+        };
         let span = match &v["span"] {
             Value::Null => None,
             Value::Array(a) => match (a.first().and_then(Value::as_u64), a.get(1).and_then(Value::as_u64)) {
@@ -469,6 +478,7 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
             text: t.to_string(),
             label,
             family,
+            kind,
             span,
         });
     }
