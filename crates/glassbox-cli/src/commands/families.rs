@@ -19,7 +19,11 @@
 //! number), pinned to the dictionary by SHA-256; with `--out` it is the probe saved.
 //! `--attention` adds a probe that learns which tokens to read (softmax attention over a
 //! text's tokens, trained per text; see `glassbox_dictionary::attention`): measured, not saved,
-//! since no served rule reads it yet.
+//! since no served rule reads it yet. `--segments` adds a detector on sentences read alone
+//! (MiniLM's sentence embedding of each, one logistic regression per kind of attack; measured,
+//! not saved).
+//! `--shared-sentences exclude` also keeps out of training every text that shares a sentence
+//! with the held-out family: families of one data set share templates, payloads and documents.
 //! `--family-weights` makes every family count alike in training, whatever its size.
 //! With `--out`, the best probe (by held-out TPR at 1 % FPR), trained on every family, is saved
 //! with the threshold those held-out scores give.
@@ -79,7 +83,7 @@ pub struct FamiliesArgs {
     /// (`{"hook", "index", "family", "label", "scores": {detector: score}}`, index = the
     /// text's place among the records, from 0), to plot or to combine detectors in a
     /// notebook. The per-token probe's readings are probabilities; the pooled, embedding,
-    /// latent, attention and stacked detectors give logits; max rank a benign quantile.
+    /// latent, attention, segment and stacked detectors give logits; max rank a benign quantile.
     #[arg(long)]
     scores: Option<PathBuf>,
     /// The saved probe's name in monitor rules (default: the data file's stem).
