@@ -1343,7 +1343,9 @@ fn certificate(cert: &Path, key: &Path) -> Vec<u8> {
     c.cert.der().to_vec()
 }
 
-/// An HTTPS client that trusts only `der`.
+/// An HTTPS client that trusts only `der`. It opens a connection per request: a pooled TLS
+/// connection the server closed while the test waited (a `glassbox key` run on a loaded CI
+/// machine) failed the next request with "Peer disconnected" before it reached the server.
 fn tls_agent(der: &[u8]) -> ureq::Agent {
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let roots = RootCerts::Specific(std::sync::Arc::new(vec![
@@ -1353,6 +1355,7 @@ fn tls_agent(der: &[u8]) -> ureq::Agent {
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
         .tls_config(TlsConfig::builder().root_certs(roots).build())
+        .max_idle_connections(0)
         .build()
         .into()
 }
