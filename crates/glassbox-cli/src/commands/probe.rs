@@ -424,6 +424,15 @@ fn probe_dir(probe: &Path) -> std::path::PathBuf {
     }
 }
 
+/// A record's optional string field (absent or null: none); `at` names the line.
+fn optional_string(v: &Value, key: &str, at: &dyn Fn() -> String) -> Result<Option<String>> {
+    match &v[key] {
+        Value::Null => Ok(None),
+        Value::String(f) => Ok(Some(f.clone())),
+        other => bail!("{}: \"{key}\" must be a string, not {other}", at()),
+    }
+}
+
 /// Reads JSON lines `{"text": …, "label": true|false|1|0, "family": …}`; errors name the line.
 pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
     let text =
@@ -446,16 +455,8 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
             Value::Number(n) if n.as_f64() == Some(0.0) => Some(false),
             other => bail!("{}: \"label\" must be true/false or 1/0, not {other}", at()),
         };
-        let family = match &v["family"] {
-            Value::Null => None,
-            Value::String(f) => Some(f.clone()),
-            other => bail!("{}: \"family\" must be a string, not {other}", at()),
-        };
-        let kind = match &v["kind"] {
-            Value::Null => None,
-            Value::String(k) => Some(k.clone()),
-            other => bail!("{}: \"kind\" must be a string, not {other}", at()),
-        };
+        let family = optional_string(&v, "family", &at)?;
+        let kind = optional_string(&v, "kind", &at)?;
         let span = match &v["span"] {
             Value::Null => None,
             Value::Array(a) => match (a.first().and_then(Value::as_u64), a.get(1).and_then(Value::as_u64)) {
