@@ -238,15 +238,21 @@ fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
         })
         .collect();
     let scores = dir.path().join("scores.jsonl");
+    let saved = dir.path().join("sentences");
     std::fs::write(&data, lines.join("\n")).unwrap();
+    let (d, sp) = (data.to_str().unwrap(), saved.to_str().unwrap());
     let report = ok_json(&families(
-        data.to_str().unwrap(),
+        d,
         &[
             L3,
             "--segments",
             "--no-combinations",
             "--scores",
             scores.to_str().unwrap(),
+            "--out",
+            sp,
+            "--name",
+            "inj",
         ],
     ));
     let detectors = report["hooks"][0]["detectors"].as_array().unwrap();
@@ -266,6 +272,74 @@ fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
             "{v}"
         );
     }
+    // `--out` saves the sentence probe, one head per kind of attack, with the threshold its
+    // held-out scores gave, served as `sentences NAME > x`.
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("sentence_probe.json")).unwrap())
+            .unwrap();
+    let kinds: Vec<&str> = file["heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["kind"].as_str().unwrap())
+        .collect();
+    let mut attack_families: Vec<&str> = rows()
+        .into_iter()
+        .filter(|r| r.1 == 1)
+        .map(|r| r.2)
+        .collect();
+    attack_families.sort();
+    attack_families.dedup();
+    assert_eq!(kinds, attack_families, "one head per kind, in order");
+    let threshold = segment["summary"]["threshold"].as_f64().unwrap();
+    assert_eq!(file["calibration"]["aggregation"], "sentences");
+    assert_eq!(
+        report["rule"],
+        format!("sentences inj > {}", threshold as f32)
+    );
+    // `probe score` and `probe eval` read it: each text's score is its highest logit over its
+    // pieces, flagged above the saved threshold; eval calibrates it anew.
+    let scored = ok_json(&["--json", "probe", "score", "--probe", sp, "--data", d]);
+    for t in scored["texts"].as_array().unwrap() {
+        let rule = &t["rule"];
+        assert_eq!(rule["score"], t["scores"]["max_logit"], "{t}");
+        let over = rule["score"].as_f64().unwrap() > rule["threshold"].as_f64().unwrap();
+        assert_eq!(rule["flagged"], over, "{t}");
+    }
+    let eval = ok_json(&[
+        "--json",
+        "probe",
+        "eval",
+        "--probe",
+        sp,
+        "--data",
+        d,
+        "--calibrate",
+        "0.1",
+    ]);
+    assert_eq!(eval["chosen"], "sentences");
+    assert!(eval["rule"]
+        .as_str()
+        .unwrap()
+        .starts_with("sentences inj > "));
+    fails(
+        &[
+            "probe",
+            "eval",
+            "--probe",
+            sp,
+            "--data",
+            d,
+            "--aggregate",
+            "window4",
+        ],
+        "`inj` is a sentence probe: it reads `sentences`",
+    );
+    // --out saves one detector.
+    fails(
+        &families(d, &[L3, "--segments", "--dict", sp, "--out", sp]),
+        "--out saves one detector",
+    );
     // A "kind" must be a string: the line is named.
     lines.push(r#"{"text": "hi", "label": 0, "family": "benign_a", "kind": 3}"#.into());
     std::fs::write(&data, lines.join("\n")).unwrap();

@@ -19,6 +19,9 @@ pub enum DictError {
     /// A [`crate::sweep::BatchSource`] could not produce its rows.
     #[error("{0}")]
     Source(Box<dyn std::error::Error + Send + Sync>),
+    /// Inputs that do not fit what reads them (a probe and a model of other widths).
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Model(#[from] glassbox_model::ModelError),
 }

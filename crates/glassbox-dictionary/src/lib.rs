@@ -58,6 +58,7 @@ pub mod sae;
 pub mod saelens;
 pub mod segments;
 pub mod select;
+pub mod sentence_probe;
 pub mod similarity;
 pub mod splice;
 pub mod sweep;

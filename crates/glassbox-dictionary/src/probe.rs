@@ -143,6 +143,9 @@ pub enum Aggregation {
     /// The mean token logit, i.e. the probe's logit of the text's mean activation (how a probe
     /// trained on mean-pooled activations reads a text).
     MeanLogit,
+    /// A sentence probe's reading ([`crate::sentence_probe`]): the highest logit over the text
+    /// and each of its sentences read alone.
+    Sentences,
 }
 
 /// The units of a text's score and of the threshold on it.
@@ -180,12 +183,13 @@ impl Aggregation {
             Self::Max => s.max,
             Self::Window { .. } => s.window,
             Self::MeanLogit => s.mean_logit,
+            Self::Sentences => s.max_logit,
         }
     }
 
     pub fn scale(self) -> Scale {
         match self {
-            Self::MeanLogit => Scale::Logit,
+            Self::MeanLogit | Self::Sentences => Scale::Logit,
             _ => Scale::Probability,
         }
     }
@@ -222,6 +226,7 @@ impl Aggregation {
             Self::Max => "max".into(),
             Self::Window { tokens } => format!("window{tokens}"),
             Self::MeanLogit => "mean_logit".into(),
+            Self::Sentences => "sentences".into(),
         }
     }
 }
@@ -234,13 +239,14 @@ impl std::str::FromStr for Aggregation {
             "mean" => Ok(Self::Mean),
             "max" => Ok(Self::Max),
             "mean_logit" => Ok(Self::MeanLogit),
+            "sentences" => Ok(Self::Sentences),
             _ => s
                 .strip_prefix("window")
                 .and_then(|n| n.parse().ok())
                 .filter(|&n: &usize| n > 0)
                 .map(|tokens| Self::Window { tokens })
                 .ok_or_else(|| {
-                    format!("`{s}` is not an aggregation; use mean, max, mean_logit or windowN (e.g. window4)")
+                    format!("`{s}` is not an aggregation; use mean, max, mean_logit or windowN (e.g. window4); a sentence probe reads `sentences`")
                 }),
         }
     }
@@ -395,6 +401,7 @@ impl Calibration {
             Aggregation::Max => format!("probe {name} > {t}"),
             Aggregation::Window { tokens } => format!("mean(probe {name}, {tokens}) > {t}"),
             Aggregation::MeanLogit => format!("mean(logit {name}) > {t}"),
+            Aggregation::Sentences => format!("sentences {name} > {t}"),
         }
     }
 }

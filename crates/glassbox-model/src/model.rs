@@ -601,6 +601,20 @@ impl Model {
         Ok(mean.broadcast_div(&norm)?)
     }
 
+    /// Each text's sentence embedding (see [`Self::sentence_embedding`]), read in batches of
+    /// 16; a text longer than the model's context is truncated to it.
+    pub fn sentence_embeddings(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(16) {
+            let batch = self.batch(chunk, true)?;
+            let hidden = self
+                .forward(&batch, &mut crate::Hooks::none(), None)?
+                .hidden;
+            out.extend(self.sentence_embedding(&batch, &hidden)?.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+
     /// Greedy decoding with the KV cache: the prompt once, then one position per step.
     /// Stops after `max_new` tokens or at the end-of-sequence token.
     pub fn generate_greedy(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>> {

@@ -42,17 +42,27 @@ fn finish(w: Watch) -> Report {
 }
 
 /// Sentence embeddings of `inputs` (already tokenized, special tokens included), each with
-/// the signals of its text (missing ones read 0).
+/// its text as the model reads it (for the `sentences` signal: a tokenizer's decoding may
+/// lose the line breaks that cut sentences) and the signals of its text (missing ones read 0).
 pub fn embed(
     model: &Model,
     set: &MonitorSet,
     alerts: Option<&Alerts>,
     request_id: &str,
     inputs: &[Vec<u32>],
+    texts: &[&str],
     signals: &[TextSignals],
 ) -> Result<(Vec<Vec<f32>>, Report)> {
-    let (batch, out, report) =
-        watched_pass(model, set, alerts, request_id, inputs, signals, false)?;
+    let (batch, out, report) = watched_pass(
+        model,
+        set,
+        alerts,
+        request_id,
+        inputs,
+        Some(texts),
+        signals,
+        false,
+    )?;
     let e = model.sentence_embedding(&batch, &out.hidden)?;
     Ok((e.to_vec2()?, report))
 }
@@ -66,20 +76,32 @@ pub fn observe(
     request_id: &str,
     inputs: &[Vec<u32>],
 ) -> Result<Report> {
-    Ok(watched_pass(model, set, None, request_id, inputs, &[], true)?.2)
+    Ok(watched_pass(model, set, None, request_id, inputs, None, &[], true)?.2)
 }
 
+/// One forward pass of `inputs` under the monitors; `texts`, where given, are the inputs'
+/// texts (else decoded from their tokens).
+#[allow(clippy::too_many_arguments)]
 fn watched_pass(
     model: &Model,
     set: &MonitorSet,
     alerts: Option<&Alerts>,
     request_id: &str,
     inputs: &[Vec<u32>],
+    texts: Option<&[&str]>,
     signals: &[TextSignals],
     stop_early: bool,
 ) -> Result<(Batch, Output, Report)> {
     let mut watch = Watch::new(set, alerts, request_id);
     watch.set_text_signals(signals);
+    watch.set_sentences(match texts {
+        Some(texts) => set.sentence_scores(texts)?,
+        None if set.reads_sentences() => {
+            let decoded = set.decoded(model, inputs)?;
+            set.sentence_scores(&decoded.iter().map(String::as_str).collect::<Vec<_>>())?
+        }
+        None => Vec::new(),
+    });
     let batch = model.batch_ids(inputs)?;
     watch.set_lengths(&batch.lengths);
     watch.set_special(
@@ -185,6 +207,13 @@ pub fn generate(
     }
     let mut watch = Watch::new(set, alerts, request_id);
     watch.set_text_signals(&[prompt.signals]);
+    if set.reads_sentences() {
+        let text = match &prompt.own_words {
+            Some(words) => words.clone(),
+            None => model.tokenizer.decode(&prompt.ids)?,
+        };
+        watch.set_sentences(set.sentence_scores(&[text.as_str()])?);
+    }
     watch.set_special(vec![model.tokenizer.special_mask(&prompt.ids)]);
     watch.set_keywords(match &prompt.own_words {
         Some(words) => vec![set.keyword_counts_at_end(words, prompt.ids.len())],

@@ -18,6 +18,10 @@
 //!                                          whether or not it is on), on every token
 //!          | "encoded"                     how many words of the caller's text are written in
 //!                                          base64, ROT13 or leetspeak, on every token
+//!          | "sentences" NAME              a sentence probe's logit of the caller's text: the
+//!                                          highest over its whole and each of its sentences
+//!                                          read alone, on every token (of a chat, its messages
+//!                                          without the system turns)
 //!          | "mean" "(" signal "," N ")"   the mean of a signal over the last N tokens, once
 //!                                          N are in (an input shorter than N: its whole mean,
 //!                                          decided at its end)
@@ -49,6 +53,8 @@ pub enum Signal {
     Lookalikes,
     /// Words of the caller's text in base64, ROT13 or leetspeak (see `crate::encoded`).
     Encoded,
+    /// A sentence probe's logit of the caller's text (see `glassbox_dictionary::sentence_probe`).
+    Sentences(String),
     /// The mean over the last N tokens, or over every token so far (`None`).
     Mean(Box<Signal>, Option<usize>),
     Count(Box<Signal>, Cmp, f32, usize),
@@ -117,8 +123,16 @@ impl Signal {
     pub fn reads_text(&self) -> bool {
         matches!(
             self.base(),
-            Signal::Keywords | Signal::Lookalikes | Signal::Encoded
+            Signal::Keywords | Signal::Lookalikes | Signal::Encoded | Signal::Sentences(_)
         )
+    }
+
+    /// The sentence probe the signal reads, if it reads one.
+    pub fn sentence_probe(&self) -> Option<&str> {
+        match self.base() {
+            Signal::Sentences(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// The dictionary feature the signal reads, if it reads one.
@@ -217,7 +231,7 @@ impl Parser {
             return Err(format!("aggregations nest more than {MAX_NESTING} deep"));
         }
         let word = self.next(
-            "a signal (feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, encoded, mean(…), count(…))",
+            "a signal (feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, encoded, sentences NAME, mean(…), count(…))",
         )?;
         match word.as_str() {
             "feature" => {
@@ -232,6 +246,7 @@ impl Parser {
             "encoded" => Ok(Signal::Encoded),
             "probe" => Ok(Signal::Probe(self.next("a probe name")?)),
             "logit" => Ok(Signal::Logit(self.next("a probe name")?)),
+            "sentences" => Ok(Signal::Sentences(self.next("a sentence probe's name")?)),
             "mean" => {
                 self.expect("(")?;
                 let s = self.signal(depth + 1)?;
@@ -254,7 +269,7 @@ impl Parser {
                 Ok(Signal::Count(Box::new(s), cmp, v, n))
             }
             w => Err(format!(
-                "unknown signal `{w}`; use feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, encoded, mean(…) or count(…)"
+                "unknown signal `{w}`; use feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, encoded, sentences NAME, mean(…) or count(…)"
             )),
         }
     }
@@ -394,6 +409,11 @@ mod tests {
             &Signal::Encoded
         );
         assert!(!Signal::Anomaly.reads_text());
+        let r = Rule::parse("sentences injection > 2.5").unwrap();
+        assert_eq!(r.signal, Signal::Sentences("injection".into()));
+        assert!(r.signal.reads_text() && r.signal.probe().is_none());
+        assert_eq!(r.signal.sentence_probe(), Some("injection"));
+        assert!(Rule::parse("sentences > 1").is_err());
     }
 
     #[test]

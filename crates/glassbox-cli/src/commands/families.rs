@@ -20,8 +20,9 @@
 //! `--attention` adds a probe that learns which tokens to read (softmax attention over a
 //! text's tokens, trained per text; see `glassbox_dictionary::attention`): measured, not saved,
 //! since no served rule reads it yet. `--segments` adds a detector on sentences read alone
-//! (MiniLM's sentence embedding of each, one logistic regression per kind of attack; measured,
-//! not saved).
+//! (MiniLM's sentence embedding of each, one logistic regression per kind of attack); with
+//! `--out` it is what is saved, a sentence probe (`glassbox_dictionary::sentence_probe`) served
+//! as `sentences NAME > x`.
 //! `--shared-sentences exclude` also keeps out of training every text that shares a sentence
 //! with the held-out family: families of one data set share templates, payloads and documents.
 //! `--family-weights` makes every family count alike in training, whatever its size.
@@ -45,7 +46,8 @@ use glassbox_dictionary::probe::{
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_dictionary::segments;
-use glassbox_model::{Hooks, Model, Reader};
+use glassbox_dictionary::sentence_probe::{self, KindHead, SentenceProbe};
+use glassbox_model::{Model, Reader};
 use rayon::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -134,8 +136,9 @@ pub struct FamiliesArgs {
     /// jailbreak, injection, harmful; one kind where they have none) logistic regression
     /// separates that kind's texts and labelled spans from benign texts, their sentences and
     /// the unlabelled rest of a spanned text; a text scores its highest logit over kinds, its
-    /// whole and its sentences. Reported as "segment LR", never saved: no served rule reads
-    /// one yet. Embedding every sentence takes about as long as reading the texts.
+    /// whole and its sentences. Reported as "segment LR"; with --out it is what is saved (a
+    /// sentence probe, DIR/sentence_probe.json, served as `sentences NAME > x`), whatever holds
+    /// out best. Embedding every sentence takes about as long as reading the texts.
     #[arg(long)]
     segments: bool,
 }
@@ -281,7 +284,7 @@ struct Bases {
     latents: Option<(Vec<f32>, f32)>,
     attention: Option<AttentionProbe>,
     /// With `--segments`: one linear detector per kind of attack, on sentence embeddings.
-    segments: Vec<(Vec<f32>, f32)>,
+    segments: Option<SentenceProbe>,
 }
 
 impl Bases {
@@ -320,24 +323,24 @@ impl Bases {
                     .collect();
                 fit_attention(&samples, d, cfg)
             }),
-            segments: if extra.segments {
-                fit_segments(texts, train, cfg)
-            } else {
-                Vec::new()
-            },
+            segments: extra.segments.then(|| SentenceProbe {
+                name: String::new(),
+                model: String::new(),
+                heads: fit_segments(texts, train, cfg),
+                calibration: None,
+            }),
         }
     }
 
     /// The segment detector's logit of one text: the highest over kinds, of its whole and of
     /// each sentence (0 where there is none).
     fn segment_score(&self, t: &Text) -> f32 {
-        let vectors =
-            || std::iter::once(&t.embedding).chain(t.segments.iter().map(|s| &s.embedding));
-        self.segments
-            .iter()
-            .flat_map(|(w, b)| vectors().map(|x| linear_logit(w, *b, x)))
-            .reduce(f32::max)
-            .unwrap_or(0.0)
+        self.segments.as_ref().map_or(0.0, |p| {
+            std::iter::once(&t.embedding)
+                .chain(t.segments.iter().map(|s| &s.embedding))
+                .map(|x| p.piece_logit(x))
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
     }
 
     /// The attention probe's logit of one text (0 where there is none).
@@ -525,6 +528,9 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         }
     }
     // Its folder made now, so a bad path fails before the reading, not twenty minutes after.
+    if a.out.is_some() && a.segments && a.dict.is_some() {
+        bail!("--out saves one detector: the probe on --dict's latents or the --segments sentence probe; drop --dict or --segments");
+    }
     if let Some(dir) = a.scores.as_deref().and_then(std::path::Path::parent) {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)
@@ -540,12 +546,13 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     let hooks: Vec<&str> = a.hooks.iter().map(String::as_str).collect();
     let reader = Reader::with_hooks(&model, &hooks)?.passes(a.long.max_tokens, a.long.truncate);
     let minilm_owned;
-    let minilm: &Model = if model.config.arch == glassbox_model::Architecture::Bert {
-        &model
-    } else {
-        minilm_owned = input::load_model("minilm", device)?;
-        &minilm_owned
-    };
+    let (minilm, minilm_name): (&Model, &str) =
+        if model.config.arch == glassbox_model::Architecture::Bert {
+            (&model, &a.model)
+        } else {
+            minilm_owned = input::load_model("minilm", device)?;
+            (&minilm_owned, "minilm")
+        };
     let dict = match &a.dict {
         Some(dir) => Some(latent_source(dir, &model, &a.hooks)?),
         None => None,
@@ -600,7 +607,8 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
                 .collect(),
             token_labels,
             layers,
-            embedding: sentence_embeddings(minilm, &[text])?
+            embedding: minilm
+                .sentence_embeddings(&[text])?
                 .pop()
                 .context("no sentence embedding")?,
             kind: if l.label {
@@ -644,6 +652,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     let saved = match &a.out {
         Some(dir) => Some(match &dict {
             Some(l) => save_latent(&a, &texts, &reports[l.hook], l, dir, &cfg)?,
+            None if a.segments => save_sentences(&a, &texts, &reports[0], minilm_name, dir, &cfg)?,
             None => save_final(&a, &texts, &reports, d, dir, &cfg)?,
         }),
         None => None,
@@ -1061,17 +1070,6 @@ fn mean_code(sae: &glassbox_dictionary::Sae, acts: &[f32]) -> Result<Vec<f32>> {
 }
 
 /// MiniLM's mean-pooled, normalised final hidden state of a text (its first 512 tokens).
-/// MiniLM's sentence embedding of each text (its first 512 tokens), a few texts per pass.
-fn sentence_embeddings(m: &Model, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(16) {
-        let batch = m.batch(chunk, true)?;
-        let hidden = m.forward(&batch, &mut Hooks::none(), None)?.hidden;
-        out.extend(m.sentence_embedding(&batch, &hidden)?.to_vec2::<f32>()?);
-    }
-    Ok(out)
-}
-
 /// A text's sentences read alone, with whether each overlaps its labelled span; none where
 /// it is one sentence (its whole embedding reads it already).
 fn read_segments(m: &Model, text: &str, span: Option<(usize, usize)>) -> Result<Vec<Segment>> {
@@ -1080,7 +1078,7 @@ fn read_segments(m: &Model, text: &str, span: Option<(usize, usize)>) -> Result<
         return Ok(Vec::new());
     }
     let pieces: Vec<&str> = ranges.iter().map(|r| &text[r.clone()]).collect();
-    let embeddings = sentence_embeddings(m, &pieces)?;
+    let embeddings = m.sentence_embeddings(&pieces)?;
     Ok(ranges
         .iter()
         .zip(embeddings)
@@ -1094,7 +1092,7 @@ fn read_segments(m: &Model, text: &str, span: Option<(usize, usize)>) -> Result<
 /// `--segments`: per kind of attack in training, logistic regression with that kind's texts
 /// and the sentences of their labelled spans as positives, and as negatives every benign text
 /// and sentence and the sentences outside a spanned text's span (the document it is buried in).
-fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> Vec<(Vec<f32>, f32)> {
+fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> Vec<KindHead> {
     let cfg = ProbeTraining {
         l2: SEGMENT_L2,
         ..cfg.clone()
@@ -1128,7 +1126,12 @@ fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> Vec<(Ve
                 }
             }
             let refs: Vec<&Sample> = samples.iter().collect();
-            probe::fit(&refs, d, &cfg)
+            let (weights, bias) = probe::fit(&refs, d, &cfg);
+            KindHead {
+                kind: kind.to_string(),
+                weights,
+                bias,
+            }
         })
         .collect()
 }
@@ -1303,6 +1306,66 @@ fn save_latent(
     write_probe(a, &r.hook, saved, dir)
 }
 
+/// The `--segments` sentence probe trained on every family, with the threshold its held-out
+/// scores give for 1 % FPR; it reads the sentence embeddings of `embedder`.
+fn save_sentences(
+    a: &FamiliesArgs,
+    texts: &[Text],
+    r: &HookReport,
+    embedder: &str,
+    dir: &std::path::Path,
+    cfg: &ProbeTraining,
+) -> Result<(String, Vec<String>)> {
+    let all: Vec<usize> = (0..texts.len()).collect();
+    let p = SentenceProbe {
+        name: probe_name(a),
+        model: embedder.to_string(),
+        heads: fit_segments(texts, &all, cfg),
+        calibration: Some(calibration(
+            a,
+            Aggregation::Sentences,
+            &r.summaries[SEGMENTS],
+            false,
+        )?),
+    };
+    p.save(dir)?;
+    let rules = p
+        .calibration
+        .as_ref()
+        .map_or(Vec::new(), |c| c.rules(&p.name));
+    Ok((dir.join(sentence_probe::FILE).display().to_string(), rules))
+}
+
+/// The saved detector's name in monitor rules: `--name`, else the data file's stem.
+fn probe_name(a: &FamiliesArgs) -> String {
+    a.name.clone().unwrap_or_else(|| {
+        a.data
+            .file_stem()
+            .map_or("probe".into(), |s| s.to_string_lossy().into_owned())
+    })
+}
+
+/// The flag rule a saved detector gets: the threshold its held-out scores give for 1 % FPR.
+fn calibration(
+    a: &FamiliesArgs,
+    aggregation: Aggregation,
+    s: &Summary,
+    or_keywords: bool,
+) -> Result<Calibration> {
+    Ok(Calibration {
+        aggregation,
+        threshold: s.threshold,
+        target_fpr: 0.01,
+        fpr: s.fpr,
+        tpr: s.tpr,
+        data: format!("{} ({})", a.data.display(), a.benign_split.describe()),
+        data_sha256: glassbox_store::fsutil::sha256_file(&a.data)?,
+        positives: s.positives,
+        negatives: s.negatives,
+        or_keywords,
+    })
+}
+
 /// What `--out` saves: a probe fitted on every family and its held-out operating point.
 struct Shipped<'s> {
     weights: Vec<f32>,
@@ -1320,31 +1383,19 @@ fn write_probe(
     saved: Shipped,
     dir: &std::path::Path,
 ) -> Result<(String, Vec<String>)> {
-    let s = saved.summary;
-    let name = a.name.clone().unwrap_or_else(|| {
-        a.data
-            .file_stem()
-            .map_or("probe".into(), |s| s.to_string_lossy().into_owned())
-    });
     let p = Probe {
-        name,
+        name: probe_name(a),
         model: a.model.clone(),
         hook: hook.to_string(),
         weights: saved.weights,
         bias: saved.bias,
         metrics: None,
-        calibration: Some(Calibration {
-            aggregation: saved.aggregation,
-            threshold: s.threshold,
-            target_fpr: 0.01,
-            fpr: s.fpr,
-            tpr: s.tpr,
-            data: format!("{} ({})", a.data.display(), a.benign_split.describe()),
-            data_sha256: glassbox_store::fsutil::sha256_file(&a.data)?,
-            positives: s.positives,
-            negatives: s.negatives,
-            or_keywords: saved.or_keywords,
-        }),
+        calibration: Some(calibration(
+            a,
+            saved.aggregation,
+            saved.summary,
+            saved.or_keywords,
+        )?),
         dictionary: saved.dictionary,
     };
     p.save(dir)?;

@@ -13,6 +13,7 @@ use glassbox_dictionary::probe::{
     self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
+use glassbox_dictionary::sentence_probe::SentenceProbe;
 use glassbox_model::Reader;
 use glassbox_serve::config::InputConfig;
 use glassbox_serve::input::TextSignals;
@@ -27,7 +28,8 @@ pub enum Command {
     /// reports cross-validated (held-out) accuracy and saves DIR/probe.json.
     Train(TrainArgs),
     /// Score texts (JSON lines `{"text": …}`) with a probe: per text the mean, max and
-    /// windowed token probability and the mean and max logit.
+    /// windowed token probability and the mean and max logit (a sentence probe: the same over
+    /// the text's pieces, its whole and each sentence; its score is the max logit).
     Score(ScoreArgs),
     /// Evaluate a probe on labelled texts (`{"text": …, "label": 0|1, "family": …}`): AUROC
     /// with a 95 % bootstrap interval, TPR at 1 % and 5 % FPR for each aggregation, the
@@ -43,7 +45,8 @@ pub enum Command {
 /// A probe and the texts it reads (score and eval).
 #[derive(clap::Args)]
 pub struct ProbeOnTexts {
-    /// The probe directory (or probe.json).
+    /// The probe directory (or its probe.json): a token probe, or a sentence probe
+    /// (sentence_probe.json, from `probe families --segments --out`), read on sentences.
     #[arg(long)]
     probe: PathBuf,
     /// Texts: JSON lines `{"text": …}`, with `"label": 0|1` (eval needs it) and optionally
@@ -90,7 +93,8 @@ pub struct EvalArgs {
     #[command(flatten)]
     on: ProbeOnTexts,
     /// The aggregation whose threshold and per-family detection are reported (mean, max or
-    /// windowN; default: the probe's calibrated one, else window).
+    /// windowN; default: the probe's calibrated one, else window; a sentence probe reads
+    /// `sentences`, its highest logit over the text and each sentence).
     #[arg(long)]
     aggregate: Option<Aggregation>,
     /// The false-positive rate the reported threshold keeps to.
@@ -289,20 +293,15 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         bail!("{} holds no texts", a.on.data.display());
     }
     // The rule is checked before the (long) scoring.
-    let mut probe = Probe::load(&a.on.probe)?;
-    let before = probe.calibration.clone();
+    let mut probe = AnyProbe::load(&a.on.probe)?;
+    let before = probe.calibration().cloned();
     if before.is_none() && a.calibrate.is_none() {
         bail!(
             "probe {} has no threshold to check; add --calibrate FPR (e.g. 0.01) to set one from these texts",
             a.on.probe.display()
         );
     }
-    let aggregation = a
-        .aggregate
-        .or(before.as_ref().map(|c| c.aggregation))
-        .unwrap_or(Aggregation::Window {
-            tokens: a.on.window,
-        });
+    let aggregation = probe.judged_by(a.aggregate, a.on.window)?;
     if let (Some(c), None) = (&before, a.calibrate) {
         if c.aggregation != aggregation {
             bail!(
@@ -327,7 +326,7 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         .map(|c| share(c.threshold));
     if let Some(fpr) = a.calibrate {
         let threshold = glassbox_dictionary::roc::threshold_for_fpr(&judged, fpr);
-        probe.calibration = Some(Calibration {
+        let c = Calibration {
             aggregation,
             threshold,
             target_fpr: fpr,
@@ -338,12 +337,12 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
             positives: 0,
             negatives: judged.len(),
             or_keywords,
-        });
-        probe.save(&probe_dir(&a.on.probe))?;
+        };
+        probe.calibrate(c, &a.on.probe)?;
     }
     let c = probe
-        .calibration
-        .clone()
+        .calibration()
+        .cloned()
         .context("a threshold was set or loaded above")?;
     let mut families: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for (r, v) in records.iter().zip(&judged) {
@@ -362,17 +361,17 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
             .collect();
         println!(
             "{}",
-            json!({"probe": probe.name, "texts": judged.len(), "threshold": c.threshold,
+            json!({"probe": probe.name(), "texts": judged.len(), "threshold": c.threshold,
                 "flagged": share(c.threshold), "flagged_before": flagged_before,
                 "threshold_before": before.as_ref().map(|b| b.threshold),
                 "calibrated": a.calibrate.is_some(), "families": families,
-                "rules": c.rules(&probe.name)})
+                "rules": c.rules(probe.name())})
         );
         return Ok(());
     }
     println!(
         "probe `{}` on {} benign texts from {}",
-        probe.name,
+        probe.name(),
         judged.len(),
         a.on.data.display()
     );
@@ -410,9 +409,93 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         );
     }
     if a.calibrate.is_some() {
-        print_saved(&a.on.probe, &c, &probe.name);
+        print_saved(&a.on.probe, &c, probe.name());
     }
     Ok(())
+}
+
+/// A probe of either kind, as `score` and `eval` read it: per token at a hook, or on sentences
+/// read alone.
+enum AnyProbe {
+    Tokens(Probe),
+    Sentences(SentenceProbe),
+}
+
+impl AnyProbe {
+    fn load(path: &Path) -> Result<Self> {
+        Ok(if SentenceProbe::is_at(path) {
+            Self::Sentences(SentenceProbe::load(path)?)
+        } else {
+            Self::Tokens(Probe::load(path)?)
+        })
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Self::Tokens(p) => &p.name,
+            Self::Sentences(p) => &p.name,
+        }
+    }
+
+    fn calibration(&self) -> Option<&Calibration> {
+        match self {
+            Self::Tokens(p) => p.calibration.as_ref(),
+            Self::Sentences(p) => p.calibration.as_ref(),
+        }
+    }
+
+    /// Sets the flag rule and saves the probe where it was read from.
+    fn calibrate(&mut self, c: Calibration, path: &Path) -> Result<()> {
+        let dir = probe_dir(path);
+        match self {
+            Self::Tokens(p) => {
+                p.calibration = Some(c);
+                p.save(&dir)?
+            }
+            Self::Sentences(p) => {
+                p.calibration = Some(c);
+                p.save(&dir)?
+            }
+        }
+        Ok(())
+    }
+
+    /// The readings reported side by side: a token probe's mean, max and window; a sentence
+    /// probe's one.
+    fn aggregations(&self, window: usize) -> Vec<Aggregation> {
+        match self {
+            Self::Tokens(_) => vec![
+                Aggregation::Mean,
+                Aggregation::Max,
+                Aggregation::Window { tokens: window },
+            ],
+            Self::Sentences(_) => vec![Aggregation::Sentences],
+        }
+    }
+
+    /// The reading judged: `asked`, else the calibrated one, else the window (a token probe)
+    /// or `sentences` (a sentence probe); a reading the probe cannot give is an error.
+    fn judged_by(&self, asked: Option<Aggregation>, window: usize) -> Result<Aggregation> {
+        let fallback = match self {
+            Self::Tokens(_) => Aggregation::Window { tokens: window },
+            Self::Sentences(_) => Aggregation::Sentences,
+        };
+        let chosen = asked
+            .or(self.calibration().map(|c| c.aggregation))
+            .unwrap_or(fallback);
+        match (self, chosen) {
+            (Self::Tokens(_), Aggregation::Sentences) => bail!(
+                "probe `{}` reads tokens at a hook; `sentences` is a sentence probe's reading (use mean, max, mean_logit or windowN)",
+                self.name()
+            ),
+            (Self::Sentences(_), a) if a != Aggregation::Sentences => bail!(
+                "`{}` is a sentence probe: it reads `sentences` (its highest logit over the text and each sentence), not {}",
+                self.name(),
+                a.label()
+            ),
+            _ => Ok(chosen),
+        }
+    }
 }
 
 /// The directory a probe path names (the probe.json's folder, or the folder itself).
@@ -495,37 +578,10 @@ type Scores = (TextScores, f32, TextSignals);
 /// Every record scored by the probe (with progress on long files).
 fn score_records(
     on: &ProbeOnTexts,
-    probe: &Probe,
+    probe: &AnyProbe,
     records: &[Record],
     device: &str,
 ) -> Result<Vec<Scores>> {
-    let (data, window, long) = (&on.data, on.window, on.long);
-    let model = input::load_model(&probe.model, device)?;
-    let sae = match (&on.dict, &probe.dictionary) {
-        (Some(dir), _) => {
-            let sae = glassbox_dictionary::saelens::load(dir)?;
-            let sha = glassbox_store::fsutil::dictionary_sha256(dir)?;
-            probe
-                .check_dictionary(&sae, &sha, &format!("--dict {}", dir.display()))
-                .map_err(anyhow::Error::msg)?;
-            Some(sae)
-        }
-        (None, Some(d)) => bail!(
-            "probe `{}` reads a dictionary's latents; add --dict {} (the dictionary it was trained on)",
-            probe.name,
-            d.path
-        ),
-        (None, None) => None,
-    };
-    let width = sae.as_ref().map_or(probe.weights.len(), |s| s.d_in());
-    if model.config.d_model != width {
-        bail!(
-            "the probe reads {} features but {}'s residual stream has {}",
-            width,
-            probe.model,
-            model.config.d_model
-        );
-    }
     let input = InputConfig {
         fold_lookalikes: on.fold_lookalikes,
     };
@@ -560,31 +616,93 @@ fn score_records(
         encoded.0,
         encoded.1
     );
-    let reader = Reader::new(&model, &probe.hook)?.passes(long.max_tokens, long.truncate);
-    let bar = crate::report::progress(records.len() as u64, "scoring texts");
+    let texts: Vec<(&str, usize)> = prepared
+        .iter()
+        .zip(records)
+        .map(|(p, r)| (p.text.as_ref(), r.line))
+        .collect();
+    let read = match probe {
+        AnyProbe::Tokens(p) => read_tokens(on, p, &texts, device)?,
+        AnyProbe::Sentences(p) => {
+            let model = input::load_model(&p.model, device)?;
+            scoring(&texts, &on.data, |text| Ok(p.read_text(&model, text)?))?
+        }
+    };
     let keywords = KeywordFilter::default();
-    let mut scores = Vec::with_capacity(records.len());
-    for (r, p) in records.iter().zip(&prepared) {
-        let text = &p.text;
-        let x = reader
-            .activations(text)
-            .with_context(|| format!("{}, line {}", data.display(), r.line))?;
-        scores.push((
-            probe.read_text(&x, sae.as_ref(), window)?,
-            keywords.score(text),
-            p.signals,
-        ));
+    Ok(read
+        .into_iter()
+        .zip(&prepared)
+        .map(|(s, p)| (s, keywords.score(&p.text), p.signals))
+        .collect())
+}
+
+/// Each text read by `read`, with a progress bar; errors name the data file's line.
+fn scoring(
+    texts: &[(&str, usize)],
+    data: &Path,
+    read: impl Fn(&str) -> Result<TextScores>,
+) -> Result<Vec<TextScores>> {
+    let bar = crate::report::progress(texts.len() as u64, "scoring texts");
+    let mut out = Vec::with_capacity(texts.len());
+    for (text, line) in texts {
+        out.push(read(text).with_context(|| format!("{}, line {line}", data.display()))?);
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(scores)
+    Ok(out)
+}
+
+/// A token probe's readings of `texts`: its model's activations at its hook (or, for a probe
+/// on latents, the codes of the dictionary it was trained on).
+fn read_tokens(
+    on: &ProbeOnTexts,
+    probe: &Probe,
+    texts: &[(&str, usize)],
+    device: &str,
+) -> Result<Vec<TextScores>> {
+    let model = input::load_model(&probe.model, device)?;
+    let sae = match (&on.dict, &probe.dictionary) {
+        (Some(dir), _) => {
+            let sae = glassbox_dictionary::saelens::load(dir)?;
+            let sha = glassbox_store::fsutil::dictionary_sha256(dir)?;
+            probe
+                .check_dictionary(&sae, &sha, &format!("--dict {}", dir.display()))
+                .map_err(anyhow::Error::msg)?;
+            Some(sae)
+        }
+        (None, Some(d)) => bail!(
+            "probe `{}` reads a dictionary's latents; add --dict {} (the dictionary it was trained on)",
+            probe.name,
+            d.path
+        ),
+        (None, None) => None,
+    };
+    let width = sae.as_ref().map_or(probe.weights.len(), |s| s.d_in());
+    if model.config.d_model != width {
+        bail!(
+            "the probe reads {} features but {}'s residual stream has {}",
+            width,
+            probe.model,
+            model.config.d_model
+        );
+    }
+    let reader = Reader::new(&model, &probe.hook)?.passes(on.long.max_tokens, on.long.truncate);
+    scoring(texts, &on.data, |text| {
+        let x = reader.activations(text)?;
+        Ok(probe.read_text(&x, sae.as_ref(), on.window)?)
+    })
 }
 
 fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
     let records = read_records(&a.on.data)?;
-    let probe = Probe::load(&a.on.probe)?;
+    let probe = AnyProbe::load(&a.on.probe)?;
     let scores = score_records(&a.on, &probe, &records, device)?;
-    let rule = probe.calibration.as_ref();
+    let rule = probe.calibration();
+    // A sentence probe reads a text's whole and its sentences where a token probe reads tokens.
+    let pieces = match probe {
+        AnyProbe::Tokens(_) => "tokens",
+        AnyProbe::Sentences(_) => "pieces",
+    };
     if json_out {
         let rows: Vec<Value> = records
             .iter()
@@ -601,7 +719,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
                 row
             })
             .collect();
-        println!("{}", json!({"probe": probe.name, "texts": rows}));
+        println!("{}", json!({"probe": probe.name(), "texts": rows}));
         return Ok(());
     }
     println!(
@@ -609,7 +727,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         "line",
         "label",
         "family",
-        "tokens",
+        pieces,
         "mean",
         "max",
         format!("window{}", a.on.window),
@@ -682,25 +800,14 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         .iter()
         .map(|r| r.labelled(&a.on.data))
         .collect::<Result<Vec<_>>>()?;
-    let mut probe = Probe::load(&a.on.probe)?;
+    let mut probe = AnyProbe::load(&a.on.probe)?;
+    let chosen = probe.judged_by(a.aggregate, a.on.window)?;
     let scores = score_records(&a.on, &probe, &records, device)?;
     let labels: Vec<bool> = labelled.iter().map(|l| l.label).collect();
-    let aggregations = [
-        Aggregation::Mean,
-        Aggregation::Max,
-        Aggregation::Window {
-            tokens: a.on.window,
-        },
-    ];
-    let chosen = a
-        .aggregate
-        .or(probe.calibration.as_ref().map(|c| c.aggregation))
-        .unwrap_or(Aggregation::Window {
-            tokens: a.on.window,
-        });
+    let aggregations = probe.aggregations(a.on.window);
     // A probe calibrated as a union with the keyword filter is judged as one (the chosen
     // aggregation or any keyword hit), beside its aggregations alone.
-    let union = probe.calibration.as_ref().is_some_and(|c| c.or_keywords);
+    let union = probe.calibration().is_some_and(|c| c.or_keywords);
     let judged = |s: &TextScores, k: f32| chosen.flag_score(s, k, union);
     let mut summaries = Vec::new();
     for agg in aggregations
@@ -732,7 +839,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         e.1 += 1;
     }
     if let Some(fpr) = a.calibrate {
-        probe.calibration = Some(Calibration {
+        let c = Calibration {
             aggregation: chosen,
             threshold: best.threshold,
             target_fpr: fpr,
@@ -743,8 +850,8 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
             positives: best.positives,
             negatives: best.negatives,
             or_keywords: union,
-        });
-        probe.save(&probe_dir(&a.on.probe))?;
+        };
+        probe.calibrate(c, &a.on.probe)?;
     }
     if json_out {
         let summaries: Vec<Value> = summaries
@@ -760,17 +867,17 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
             .collect();
         println!(
             "{}",
-            json!({"probe": probe.name, "aggregations": summaries, "chosen": chosen_label,
+            json!({"probe": probe.name(), "aggregations": summaries, "chosen": chosen_label,
                 "threshold": best.threshold, "target_fpr": target, "families": families,
                 "calibrated": a.calibrate.is_some(),
-                "rule": probe.calibration.as_ref().map(|c| c.rule(&probe.name)),
-                "rules": probe.calibration.as_ref().map(|c| c.rules(&probe.name))})
+                "rule": probe.calibration().map(|c| c.rule(probe.name())),
+                "rules": probe.calibration().map(|c| c.rules(probe.name()))})
         );
         return Ok(());
     }
     println!(
         "probe `{}` on {} texts ({} positive, {} negative) from {}",
-        probe.name,
+        probe.name(),
         labels.len(),
         best.positives,
         best.negatives,
@@ -811,8 +918,8 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
             100.0 * *hit as f64 / *n as f64
         );
     }
-    if let Some(c) = probe.calibration.as_ref().filter(|_| a.calibrate.is_some()) {
-        print_saved(&a.on.probe, c, &probe.name);
+    if let Some(c) = probe.calibration().filter(|_| a.calibrate.is_some()) {
+        print_saved(&a.on.probe, c, probe.name());
     }
     Ok(())
 }

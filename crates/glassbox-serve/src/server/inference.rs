@@ -334,12 +334,26 @@ pub(super) async fn embeddings(
             .collect::<ApiResult<Vec<_>>>()?
             .into_iter()
             .unzip();
+        // The texts as the model reads them (folded where the deployment folds lookalikes).
+        let read: Vec<String> = texts
+            .iter()
+            .map(|t| state.cfg.input.prepare(t).text.into_owned())
+            .collect();
         let n_tokens: usize = ids.iter().map(Vec::len).sum();
         let id = request_id(&state);
         let set = state.monitor_set();
         let rid = id.clone();
         let (vectors, report) = on_worker(&state, move |s| {
-            infer::embed(&s.model, &set, s.alerts.as_ref(), &rid, &ids, &signals)
+            let read: Vec<&str> = read.iter().map(String::as_str).collect();
+            infer::embed(
+                &s.model,
+                &set,
+                s.alerts.as_ref(),
+                &rid,
+                &ids,
+                &read,
+                &signals,
+            )
         })
         .await?;
         state

@@ -93,7 +93,16 @@ impl Target<'_> {
                 ids.push(last);
             }
             (
-                infer::embed(model, &self.set, None, "redteam", &[ids], &[signals])?.1,
+                infer::embed(
+                    model,
+                    &self.set,
+                    None,
+                    "redteam",
+                    &[ids],
+                    &[text],
+                    &[signals],
+                )?
+                .1,
                 None,
             )
         };
