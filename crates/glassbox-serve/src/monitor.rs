@@ -1055,4 +1055,40 @@ mod tests {
             );
         }
     }
+
+    /// The deployments the README runs load: their probes are committed, their rules bind.
+    #[test]
+    fn the_committed_minilm_deployments_load_their_monitors() {
+        let model = glassbox_testkit::minilm();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for file in [
+            "deploy.example.toml",
+            "redteam/deploy.toml",
+            "redteam/pooled.deploy.toml",
+            "redteam/sentences.deploy.toml",
+        ] {
+            let cfg = crate::config::Config::load(&root.join(file)).unwrap();
+            // deploy.example.toml's dictionary and credentials probe are built by its README
+            // commands; the injection monitor is what ships.
+            let probes: Vec<ProbeConfig> = cfg
+                .probes
+                .iter()
+                .filter(|p| p.name.starts_with("injection"))
+                .cloned()
+                .collect();
+            let monitors: Vec<MonitorConfig> = cfg
+                .monitors
+                .iter()
+                .filter(|m| m.dictionary.is_none() && !m.when.contains("credentials"))
+                .cloned()
+                .collect();
+            let readers = Readers::load(&model, &[], &probes).unwrap();
+            let set =
+                MonitorSet::new(&readers, &monitors).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(
+                set.monitors.iter().any(|m| m.cfg.name == "injection"),
+                "{file}"
+            );
+        }
+    }
 }
