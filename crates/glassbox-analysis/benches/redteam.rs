@@ -57,6 +57,7 @@ fn gcg_step(model: &Model, hook: &str) -> (f64, usize) {
         steps: 1,
         stop_below: None,
         seed: 0,
+        one_sentence: false,
     };
     let mut times = Vec::new();
     let mut passes = 0;

@@ -77,6 +77,11 @@ impl Monitor {
         self.probe
     }
 
+    /// The sentence probe the rule reads (index into `MonitorSet::sentence_probes`).
+    pub fn sentence_probe(&self) -> Option<usize> {
+        self.sentences
+    }
+
     /// A clamp monitor's dictionary (index into `MonitorSet::dictionaries`), feature and value.
     pub fn clamp(&self) -> Option<(usize, u32, f32)> {
         match (self.cfg.action, self.dict, self.target, self.cfg.value) {

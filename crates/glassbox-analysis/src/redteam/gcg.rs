@@ -19,6 +19,7 @@
 
 use std::cell::RefCell;
 
+use glassbox_dictionary::sentence_probe::SentenceProbe;
 use glassbox_dictionary::Sae;
 use glassbox_model::candle::{DType, Tensor, Var, D};
 use glassbox_model::{HookPoint, Hooks, Model};
@@ -82,6 +83,87 @@ impl Differentiable for LatentReadout<'_> {
     }
 }
 
+/// A sentence probe's reading of a whole text ([`SentenceProbe`]): its heads on the text's
+/// sentence embedding, the mean of its embedder's last hidden state over every token,
+/// L2-normalised. The attacks descend this whole-text logit; the sentences a text is cut into
+/// are each read by their own forward pass, scored when the attack's text is sent.
+pub struct SentenceReadout<'a> {
+    /// Where the embedder's last hidden state is read.
+    pub hook: HookPoint,
+    pub probe: &'a SentenceProbe,
+}
+
+impl<'a> SentenceReadout<'a> {
+    /// The read-out of `probe` on `embedder`, the model whose sentence embeddings it reads.
+    pub fn new(embedder: &Model, probe: &'a SentenceProbe) -> Result<Self> {
+        if embedder.final_norm().is_some() || embedder.config.is_decoder() {
+            return Err(bad(format!(
+                "sentence probe `{}` reads an encoder's sentence embedding; {} is not one",
+                probe.name, embedder.config.model_type
+            )));
+        }
+        // A post-norm block's output is its normalised residual stream: the last hidden state.
+        let last = embedder.blocks().len().saturating_sub(1);
+        let hook = embedder.hook_point(&format!("blocks.{last}.hook_normalized_resid_post"))?;
+        Ok(Self { hook, probe })
+    }
+
+    /// The probe's logit of a whole text from its activations at [`Self::hook`], `[tokens, d]`
+    /// (every token, special ones included, as the sentence embedding pools them).
+    pub fn logit(&self, acts: &[f32]) -> f32 {
+        let (mean, norm) = normalised_mean(acts, self.probe.width());
+        let u: Vec<f32> = mean.iter().map(|m| m / norm).collect();
+        self.probe.piece_logit(&u)
+    }
+}
+
+/// The mean of `[tokens, d]` rows and its length (at least 1e-12, as the sentence embedding).
+fn normalised_mean(acts: &[f32], d: usize) -> (Vec<f32>, f32) {
+    let rows = (acts.len() / d.max(1)).max(1);
+    let mut mean = vec![0.0f32; d];
+    for row in acts.chunks(d) {
+        for (m, x) in mean.iter_mut().zip(row) {
+            *m += x / rows as f32;
+        }
+    }
+    let norm = mean.iter().map(|m| m * m).sum::<f32>().sqrt().max(1e-12);
+    (mean, norm)
+}
+
+impl Differentiable for SentenceReadout<'_> {
+    fn hook(&self) -> HookPoint {
+        self.hook
+    }
+
+    /// The text logit's gradient through the normalised mean, the same at every token (up to
+    /// the 1/T of the mean): the highest head's weights less their part along the embedding,
+    /// over its length.
+    fn directions(&self, acts: &[f32]) -> Result<Vec<f32>> {
+        let d = self.probe.width();
+        let (mean, norm) = normalised_mean(acts, d);
+        let u: Vec<f32> = mean.iter().map(|m| m / norm).collect();
+        let head = self
+            .probe
+            .heads
+            .iter()
+            .max_by(|a, b| {
+                let z = |h: &glassbox_dictionary::sentence_probe::KindHead| {
+                    glassbox_dictionary::probe::linear_logit(&h.weights, h.bias, &u)
+                };
+                z(a).total_cmp(&z(b))
+            })
+            .ok_or_else(|| bad("the sentence probe has no heads".into()))?;
+        let along: f32 = head.weights.iter().zip(&u).map(|(w, u)| w * u).sum();
+        let direction: Vec<f32> = head
+            .weights
+            .iter()
+            .zip(&u)
+            .map(|(w, u)| (w - along * u) / norm)
+            .collect();
+        Ok(direction.repeat(acts.len() / d.max(1)))
+    }
+}
+
 /// Scores a whole input from its activations at the read-out hook, `[tokens, d]`, and which of
 /// its tokens are special: the monitor's own decision, so the search optimises what the
 /// monitor decides on, over everything the monitor reads (a chat template and system prompt
@@ -113,6 +195,10 @@ pub struct GcgConfig {
     /// Stop once the score is below this (the monitor's threshold).
     pub stop_below: Option<f32>,
     pub seed: u64,
+    /// Keep the text one sentence ([`glassbox_dictionary::segments::sentences`]): against a
+    /// monitor that reads each sentence alone, a suffix cut off from the payload leaves the
+    /// payload's own sentence as it was, so the search must change the payload's sentence.
+    pub one_sentence: bool,
 }
 
 impl Default for GcgConfig {
@@ -124,6 +210,7 @@ impl Default for GcgConfig {
             steps: 20,
             stop_below: None,
             seed: 0,
+            one_sentence: false,
         }
     }
 }
@@ -266,15 +353,17 @@ pub fn gcg(
     let text_of = |suffix: &[u32]| -> Result<String> {
         Ok(format!("{payload} {}", tok.decode(suffix)?.trim()))
     };
-    // A candidate is kept only if its text reads back as exactly its tokens.
+    // A candidate is kept only if its text reads back as exactly its tokens (and, where
+    // asked, is one sentence).
     let round_trips = |suffix: &[u32]| -> bool {
-        text_of(suffix)
-            .and_then(|t| Ok(tok.encode_plain(&t)?))
-            .is_ok_and(|ids| {
-                ids.len() == l.payload.len() + suffix.len()
-                    && ids[..l.payload.len()] == l.payload[..]
-                    && ids[l.payload.len()..] == *suffix
-            })
+        text_of(suffix).is_ok_and(|t| {
+            (!cfg.one_sentence || glassbox_dictionary::segments::sentences(&t).len() <= 1)
+                && tok.encode_plain(&t).is_ok_and(|ids| {
+                    ids.len() == l.payload.len() + suffix.len()
+                        && ids[..l.payload.len()] == l.payload[..]
+                        && ids[l.payload.len()..] == *suffix
+                })
+        })
     };
     let special: Vec<bool> =
         tok.special_mask(&(0..model.config.vocab_size as u32).collect::<Vec<_>>());

@@ -12,6 +12,6 @@ pub mod recovery;
 pub use attacks::{apply, Attack, Materials};
 pub use gcg::{
     gcg, residual, Differentiable, Framing, GcgConfig, GcgResult, LatentReadout, Readout,
-    ResidualResult,
+    ResidualResult, SentenceReadout,
 };
 pub use recovery::{recovery, Clamp, Recovery};

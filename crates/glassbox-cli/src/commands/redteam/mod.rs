@@ -344,6 +344,10 @@ fn defended_probe(target: &Target) -> Result<(usize, String)> {
             "--defend retrains the attacked probe, and it reads a dictionary's latents: the blue \
              round retrains only probes of the hook's activations (run the red round without --defend)"
         ),
+        Some((AttackedProbe::Sentences { .. }, _)) => bail!(
+            "--defend retrains the attacked probe, and it is a sentence probe: the blue round \
+             retrains only probes of the hook's activations (run the red round without --defend)"
+        ),
         None => bail!("--defend retrains a probe, and no attacked monitor reads one with a `>` rule"),
     }
 }

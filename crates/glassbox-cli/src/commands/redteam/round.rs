@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use glassbox_analysis::redteam::{
     self, attacks, Attack, Clamp, Differentiable, Framing, GcgConfig, LatentReadout, Materials,
-    Readout, Recovery,
+    Readout, Recovery, SentenceReadout,
 };
 use glassbox_dictionary::probe::sigmoid;
 use glassbox_model::chat::Message;
@@ -186,10 +186,22 @@ impl Target<'_> {
     pub fn attacked_probe(&self) -> Option<(AttackedProbe<'_>, usize)> {
         self.watched.iter().find_map(|&i| {
             let m = &self.set.monitors[i];
-            let q = &self.set.probes[m.probe()?];
             if !matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge) {
                 return None;
             }
+            if let Some(s) = m.sentence_probe() {
+                let s = &self.set.sentence_probes[s];
+                let readout = SentenceReadout::new(&s.embedder, &s.probe).ok()?;
+                return Some((
+                    AttackedProbe::Sentences {
+                        readout,
+                        embedder: &s.embedder,
+                        threshold: m.rule.threshold,
+                    },
+                    i,
+                ));
+            }
+            let q = &self.set.probes[m.probe()?];
             let probe = match &q.dictionary {
                 None => AttackedProbe::Linear(Readout {
                     hook: q.hook,
@@ -282,6 +294,12 @@ pub enum AttackedProbe<'t> {
     Linear(Readout),
     /// A probe on a dictionary's latents: piecewise linear.
     Latent(LatentReadout<'t>),
+    /// A sentence probe: read from its own embedder, whose gradients the attacks descend.
+    Sentences {
+        readout: SentenceReadout<'t>,
+        embedder: &'t Model,
+        threshold: f32,
+    },
 }
 
 impl AttackedProbe<'_> {
@@ -289,6 +307,7 @@ impl AttackedProbe<'_> {
         match self {
             AttackedProbe::Linear(r) => r,
             AttackedProbe::Latent(r) => r,
+            AttackedProbe::Sentences { readout, .. } => readout,
         }
     }
 
@@ -296,7 +315,7 @@ impl AttackedProbe<'_> {
     pub fn linear(&self) -> Option<&Readout> {
         match self {
             AttackedProbe::Linear(r) => Some(r),
-            AttackedProbe::Latent(_) => None,
+            AttackedProbe::Latent(_) | AttackedProbe::Sentences { .. } => None,
         }
     }
 }
@@ -563,10 +582,21 @@ pub fn run(
             })),
             Some((probe, monitor)) => {
                 let readout = probe.differentiable();
-                let score = |acts: &[f32], special: &[bool]| {
-                    Ok(target.rule_margin(monitor, acts, special)?)
+                // A sentence probe is attacked through its own embedder, on a plain text: its
+                // margin is the whole text's logit less the threshold (each sentence is read
+                // apart when the text is sent).
+                let (model, context) = match &probe {
+                    AttackedProbe::Sentences { embedder, .. } => {
+                        (*embedder, Framing::plain(embedder)?)
+                    }
+                    _ => (target.model, target.context()?),
                 };
-                let context = target.context()?;
+                let score = |acts: &[f32], special: &[bool]| match &probe {
+                    AttackedProbe::Sentences {
+                        readout, threshold, ..
+                    } => Ok(readout.logit(acts) - threshold),
+                    _ => Ok(target.rule_margin(monitor, acts, special)?),
+                };
                 if white_box.contains(&Attack::Gcg) {
                     let n = suite.gcg.payloads.min(payloads.len());
                     let bar = crate::report::progress(n as u64, &format!("{name}: GCG"));
@@ -578,9 +608,11 @@ pub fn run(
                             steps: suite.gcg.steps,
                             stop_below: Some(0.0),
                             seed: suite.seed + p as u64,
+                            // What a sentence probe decides on is the whole text only while the
+                            // text is one sentence.
+                            one_sentence: matches!(probe, AttackedProbe::Sentences { .. }),
                         };
-                        let r =
-                            redteam::gcg(target.model, readout, &context, payload, &cfg, &score)?;
+                        let r = redteam::gcg(model, readout, &context, payload, &cfg, &score)?;
                         let sent = target.send(&r.text)?;
                         outcomes.push(Outcome {
                             attack: Attack::Gcg,
@@ -606,13 +638,21 @@ pub fn run(
                         )?),
                         None => skipped.push((
                             Attack::Recovery,
-                            "the attacked probe reads a dictionary's latents; the recovery \
-                             attack needs a linear read-out of the hook"
+                            "the attacked probe reads a dictionary's latents or sentences; \
+                             the recovery attack needs a linear read-out of the hook"
                                 .into(),
                         )),
                     }
                 }
-                if white_box.contains(&Attack::Residual) {
+                let sentences = matches!(probe, AttackedProbe::Sentences { .. });
+                if white_box.contains(&Attack::Residual) && sentences {
+                    skipped.push((
+                        Attack::Residual,
+                        "a sentence probe reads each sentence in a forward pass of its own; an \
+                         edit of one pass's embeddings bounds no text it is sent"
+                            .into(),
+                    ));
+                } else if white_box.contains(&Attack::Residual) {
                     for (p, payload) in payloads.iter().enumerate().take(suite.residual.payloads) {
                         for &budget in &suite.residual.budgets {
                             let r = redteam::residual(
