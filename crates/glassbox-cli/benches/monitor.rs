@@ -1,11 +1,12 @@
 //! Monitoring overhead and load, against real `glassbox serve` processes on loopback.
 //!
-//!   cargo bench -p glassbox-cli --bench monitor -- DICT [DICT ...]
+//!   cargo bench -p glassbox-cli --bench monitor -- DICT|PROBE [DICT|PROBE ...]
 //!
 //! For each MiniLM dictionary DICT: one server without monitors and one with DICT and 20
-//! rules (feature thresholds, window means and counts, action log) answer the same
-//! /v1/embeddings requests, alternating, one at a time; the table gives p50/p99 latency,
-//! throughput and the overhead. Then 64 concurrent clients drive the monitored server for a
+//! rules (feature thresholds, window means and counts, action log); for each probe directory
+//! PROBE, one with the probe's own rule (a token probe's 4-token window, a sentence probe's
+//! `sentences` logit; action log). Both answer the same /v1/embeddings requests, alternating,
+//! one at a time; the table gives p50/p99 latency, throughput and the overhead. Then 64 concurrent clients drive the monitored server for a
 //! fixed time: p50/p99 latency, errors and the server's peak resident memory.
 
 use std::path::Path;
@@ -99,10 +100,15 @@ fn main() {
     );
     println!(
         "{:<34} {:>9} {:>9} {:>9} {:>9} {:>8}",
-        "dictionary (20 rules)", "p50 ms", "p99 ms", "req/s", "mean ms", "overhead"
+        "monitor (dictionary: 20 rules)", "p50 ms", "p99 ms", "req/s", "mean ms", "overhead"
     );
     for (n, d) in dicts.iter().enumerate() {
-        let monitored = start(dir.path(), &format!("monitored{n}"), &rules(Path::new(d)));
+        let body = if Path::new(d).join("cfg.json").is_file() {
+            rules(Path::new(d))
+        } else {
+            probe_rule(Path::new(d))
+        };
+        let monitored = start(dir.path(), &format!("monitored{n}"), &body);
         for t in texts.iter().take(10) {
             let _ = request(&agent, &plain.url, t);
             let _ = request(&agent, &monitored.url, t);
@@ -136,7 +142,13 @@ fn main() {
             .ok()
             .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
             .and_then(|c| c["architecture"].as_str().map(str::to_string))
-            .unwrap_or_default();
+            .unwrap_or_else(|| {
+                if Path::new(d).join("sentence_probe.json").is_file() {
+                    "sentence probe".into()
+                } else {
+                    "token probe".into()
+                }
+            });
         if n == 0 {
             println!(
                 "{:<34} {:>9.2} {:>9.2} {:>9.1} {:>9.2} {:>8}",
@@ -162,6 +174,20 @@ fn main() {
             load(&monitored, &texts, &format!("{name} ({kind})"));
         }
     }
+}
+
+/// A probe directory's monitor: a sentence probe's `sentences` rule, or a token probe's
+/// 4-token window (thresholds no text reaches: every request is read to its end).
+fn probe_rule(dir: &Path) -> String {
+    let when = if dir.join("sentence_probe.json").is_file() {
+        "sentences p > 1000"
+    } else {
+        "mean(probe p, 4) > 1.5"
+    };
+    format!(
+        "[[probe]]\nname = \"p\"\npath = \"{}\"\n[[monitor]]\nname = \"p\"\nwhen = \"{when}\"\naction = \"log\"\n",
+        dir.display()
+    )
 }
 
 fn load(server: &Server, texts: &[String], name: &str) {

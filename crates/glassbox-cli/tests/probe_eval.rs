@@ -335,10 +335,14 @@ fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
         ],
         "`inj` is a sentence probe: it reads `sentences`",
     );
-    // --out saves one detector.
+    // --out saves one detector, read its own way.
     fails(
         &families(d, &[L3, "--segments", "--dict", sp, "--out", sp]),
         "--out saves one detector",
+    );
+    fails(
+        &families(d, &[L3, "--segments", "--aggregation", "max", "--out", sp]),
+        "drop --aggregation",
     );
     // A "kind" must be a string: the line is named.
     lines.push(r#"{"text": "hi", "label": 0, "family": "benign_a", "kind": 3}"#.into());

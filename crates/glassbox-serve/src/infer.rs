@@ -94,6 +94,8 @@ fn watched_pass(
 ) -> Result<(Batch, Output, Report)> {
     let mut watch = Watch::new(set, alerts, request_id);
     watch.set_text_signals(signals);
+    // Reading the sentences is monitoring time too (the report's `monitor_seconds`).
+    let started = std::time::Instant::now();
     watch.set_sentences(match texts {
         Some(texts) => set.sentence_scores(texts)?,
         None if set.reads_sentences() => {
@@ -102,6 +104,7 @@ fn watched_pass(
         }
         None => Vec::new(),
     });
+    watch.busy += started.elapsed();
     let batch = model.batch_ids(inputs)?;
     watch.set_lengths(&batch.lengths);
     watch.set_special(
@@ -208,11 +211,13 @@ pub fn generate(
     let mut watch = Watch::new(set, alerts, request_id);
     watch.set_text_signals(&[prompt.signals]);
     if set.reads_sentences() {
+        let started = std::time::Instant::now();
         let text = match &prompt.own_words {
             Some(words) => words.clone(),
             None => model.tokenizer.decode(&prompt.ids)?,
         };
         watch.set_sentences(set.sentence_scores(&[text.as_str()])?);
+        watch.busy += started.elapsed();
     }
     watch.set_special(vec![model.tokenizer.special_mask(&prompt.ids)]);
     watch.set_keywords(match &prompt.own_words {

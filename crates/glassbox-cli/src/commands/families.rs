@@ -528,6 +528,9 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         }
     }
     // Its folder made now, so a bad path fails before the reading, not twenty minutes after.
+    if a.out.is_some() && a.segments && a.aggregation.is_some() {
+        bail!("--segments --out saves the sentence probe, which reads `sentences`; drop --aggregation (it picks a token probe's reading)");
+    }
     if a.out.is_some() && a.segments && a.dict.is_some() {
         bail!("--out saves one detector: the probe on --dict's latents or the --segments sentence probe; drop --dict or --segments");
     }
