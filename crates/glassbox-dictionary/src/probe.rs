@@ -544,22 +544,11 @@ impl Probe {
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| DictError::io(dir, e))?;
-        let path = dir.join(FILE);
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| DictError::format(&path, format!("cannot encode: {e}")))?;
-        glassbox_model::fsutil::atomic_write(&path, &json).map_err(|e| DictError::io(&path, e))
+        save_json(self, dir, FILE)
     }
 
     pub fn load(dir: &Path) -> Result<Probe> {
-        let path = if dir.is_dir() {
-            dir.join(FILE)
-        } else {
-            dir.to_path_buf()
-        };
-        let bytes = std::fs::read(&path).map_err(|e| DictError::io(&path, e))?;
-        let p: Probe = serde_json::from_slice(&bytes)
-            .map_err(|e| DictError::format(&path, format!("not a probe file: {e}")))?;
+        let (p, path): (Probe, _) = load_json(dir, FILE, "a probe file")?;
         if p.weights.is_empty() || !p.bias.is_finite() || p.weights.iter().any(|w| !w.is_finite()) {
             return Err(DictError::format(
                 &path,
@@ -568,6 +557,33 @@ impl Probe {
         }
         Ok(p)
     }
+}
+
+/// Writes `value` as JSON to `dir/file` (the folder made if missing): whole or not at all.
+pub(crate) fn save_json<T: Serialize>(value: &T, dir: &Path, file: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| DictError::io(dir, e))?;
+    let path = dir.join(file);
+    let json = serde_json::to_vec_pretty(value)
+        .map_err(|e| DictError::format(&path, format!("cannot encode: {e}")))?;
+    glassbox_model::fsutil::atomic_write(&path, &json).map_err(|e| DictError::io(&path, e))
+}
+
+/// Reads the JSON `file` of a folder (or `path` itself, a file), `what` naming it in errors;
+/// returns it with the file's path.
+pub(crate) fn load_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    file: &str,
+    what: &str,
+) -> Result<(T, std::path::PathBuf)> {
+    let path = if path.is_dir() {
+        path.join(file)
+    } else {
+        path.to_path_buf()
+    };
+    let bytes = std::fs::read(&path).map_err(|e| DictError::io(&path, e))?;
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| DictError::format(&path, format!("not {what}: {e}")))?;
+    Ok((value, path))
 }
 
 /// Every aggregation of a text's token logits, windows of `window` tokens.

@@ -13,7 +13,7 @@ use glassbox_model::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DictError, Result};
-use crate::probe::{linear_logit, sigmoid, Calibration, TextScores};
+use crate::probe::{linear_logit, load_json, save_json, sigmoid, Calibration, TextScores};
 use crate::segments;
 
 /// The file a sentence probe's directory holds.
@@ -93,22 +93,11 @@ impl SentenceProbe {
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| DictError::io(dir, e))?;
-        let path = dir.join(FILE);
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| DictError::format(&path, format!("cannot encode: {e}")))?;
-        glassbox_model::fsutil::atomic_write(&path, &json).map_err(|e| DictError::io(&path, e))
+        save_json(self, dir, FILE)
     }
 
     pub fn load(path: &Path) -> Result<SentenceProbe> {
-        let path = if path.is_dir() {
-            path.join(FILE)
-        } else {
-            path.to_path_buf()
-        };
-        let bytes = std::fs::read(&path).map_err(|e| DictError::io(&path, e))?;
-        let p: SentenceProbe = serde_json::from_slice(&bytes)
-            .map_err(|e| DictError::format(&path, format!("not a sentence probe file: {e}")))?;
+        let (p, path): (SentenceProbe, _) = load_json(path, FILE, "a sentence probe file")?;
         let width = p.width();
         if width == 0 {
             return Err(DictError::format(&path, "the sentence probe has no heads"));
