@@ -11,8 +11,8 @@ library the ``glassbox`` command line uses.
 """
 
 from . import analysis
-from ._native import GlassboxError, Hook, Model, Sae, __version__
+from ._native import GlassboxError, Hook, Model, Sae, SentenceProbe, __version__
 from .catalog import Catalog
 from .client import Client, ServerError
 
-__all__ = ["analysis", "Catalog", "Client", "GlassboxError", "Hook", "Model", "Sae", "ServerError", "__version__"]
+__all__ = ["analysis", "Catalog", "Client", "GlassboxError", "Hook", "Model", "Sae", "SentenceProbe", "ServerError", "__version__"]

@@ -10,6 +10,7 @@ mod array;
 mod catalog;
 mod dictionary;
 mod model;
+mod probe;
 mod train;
 
 use pyo3::prelude::*;
@@ -35,6 +36,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::PyModel>()?;
     m.add_class::<model::PyHook>()?;
     m.add_class::<dictionary::PySae>()?;
+    m.add_class::<probe::PySentenceProbe>()?;
     m.add_class::<catalog::PyCatalog>()?;
     m.add_function(wrap_pyfunction!(analysis::patch, m)?)?;
     m.add_function(wrap_pyfunction!(analysis::logit_lens_table, m)?)?;

@@ -1,0 +1,103 @@
+//! `glassbox.SentenceProbe`: the shipped prompt-injection / jailbreak monitor (a probe on
+//! sentences read alone, from `glassbox probe families --segments --out`), scored in a notebook
+//! as `glassbox probe score` scores it.
+
+use std::path::PathBuf;
+
+use glassbox_dictionary::sentence_probe::SentenceProbe;
+use numpy::PyArray1;
+use pyo3::prelude::*;
+
+use crate::error;
+use crate::model::PyModel;
+
+/// A sentence probe. `SentenceProbe.load(dir)` reads `dir/sentence_probe.json`; `score(model,
+/// texts)` gives each text's logit (the highest over its heads, its whole and each sentence read
+/// alone), which the served rule `sentences NAME > threshold` compares.
+#[pyclass(name = "SentenceProbe", module = "glassbox", frozen)]
+pub struct PySentenceProbe {
+    inner: SentenceProbe,
+}
+
+#[pymethods]
+impl PySentenceProbe {
+    #[staticmethod]
+    fn load(path: PathBuf) -> PyResult<Self> {
+        let inner = SentenceProbe::load(&path).map_err(error)?;
+        Ok(Self { inner })
+    }
+
+    /// The pieces a text is read as: the whole, then each sentence where there are two or more.
+    #[staticmethod]
+    fn pieces(text: &str) -> Vec<String> {
+        SentenceProbe::pieces(text)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Each piece's logit (the highest over the probe's heads), in `pieces(text)`'s order;
+    /// `model` is the model the probe names (`probe.model_name`, MiniLM).
+    fn piece_logits<'py>(
+        &self,
+        py: Python<'py>,
+        model: &PyModel,
+        text: &str,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let logits = py
+            .detach(|| self.inner.piece_logits(model.model(), text))
+            .map_err(error)?;
+        Ok(PyArray1::from_vec(py, logits))
+    }
+
+    /// Each text's score: its highest piece logit.
+    fn score<'py>(
+        &self,
+        py: Python<'py>,
+        model: &PyModel,
+        texts: Vec<String>,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let scores = py
+            .detach(|| {
+                texts
+                    .iter()
+                    .map(|t| Ok(self.inner.read_text(model.model(), t)?.max_logit))
+                    .collect::<glassbox_dictionary::Result<Vec<f32>>>()
+            })
+            .map_err(error)?;
+        Ok(PyArray1::from_vec(py, scores))
+    }
+
+    #[getter]
+    fn name(&self) -> String {
+        self.inner.name.clone()
+    }
+
+    /// The model whose sentence embeddings it reads.
+    #[getter]
+    fn model_name(&self) -> String {
+        self.inner.model.clone()
+    }
+
+    /// The kinds of attack it has a head for.
+    #[getter]
+    fn kinds(&self) -> Vec<String> {
+        self.inner.heads.iter().map(|h| h.kind.clone()).collect()
+    }
+
+    /// The calibrated threshold on the score (a logit), or None.
+    #[getter]
+    fn threshold(&self) -> Option<f32> {
+        self.inner.calibration.as_ref().map(|c| c.threshold)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SentenceProbe({:?}, reads {:?}, kinds {:?}, threshold {:?})",
+            self.inner.name,
+            self.inner.model,
+            self.kinds(),
+            self.threshold()
+        )
+    }
+}
