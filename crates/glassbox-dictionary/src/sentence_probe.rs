@@ -51,10 +51,16 @@ impl SentenceProbe {
 
     /// The logit of one embedded piece: the highest over kinds.
     pub fn piece_logit(&self, embedding: &[f32]) -> f32 {
+        self.top_head(embedding)
+            .map_or(f32::NEG_INFINITY, |(_, z)| z)
+    }
+
+    /// The head that scores an embedded piece highest, with its logit.
+    pub fn top_head(&self, embedding: &[f32]) -> Option<(&KindHead, f32)> {
         self.heads
             .iter()
-            .map(|h| linear_logit(&h.weights, h.bias, embedding))
-            .fold(f32::NEG_INFINITY, f32::max)
+            .map(|h| (h, linear_logit(&h.weights, h.bias, embedding)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
     /// The logit of each piece of `text` (the whole first), embedded by `model`.

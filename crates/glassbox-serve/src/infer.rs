@@ -99,7 +99,11 @@ fn watched_pass(
     watch.set_sentences(match texts {
         Some(texts) => set.sentence_scores(texts)?,
         None if set.reads_sentences() => {
-            let decoded = set.decoded(model, inputs)?;
+            // Decoded from the tokens, special tokens left out.
+            let decoded = inputs
+                .iter()
+                .map(|ids| model.tokenizer.decode(ids))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             set.sentence_scores(&decoded.iter().map(String::as_str).collect::<Vec<_>>())?
         }
         None => Vec::new(),

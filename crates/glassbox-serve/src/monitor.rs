@@ -38,8 +38,8 @@ pub struct LoadedProbe {
     pub dictionary: Option<Arc<Dictionary>>,
 }
 
-/// A sentence probe and the model whose sentence embeddings it reads (the served model
-/// itself where that is the one it names, else that model loaded beside it).
+/// A sentence probe and the model whose sentence embeddings it reads, loaded beside the
+/// served one.
 pub struct LoadedSentenceProbe {
     pub name: String,
     pub probe: SentenceProbe,
@@ -185,8 +185,8 @@ impl Readers {
     }
 }
 
-/// The sentence probes among the `[[probe]]` entries, each with its embedding model: the
-/// served one where it is the model the probe names, else that model loaded once beside it.
+/// The sentence probes among the `[[probe]]` entries, each with its embedding model, loaded
+/// once for all the probes that name it, on the served model's device.
 fn load_sentence_probes(
     model: &Model,
     entries: &[&ProbeConfig],
@@ -284,15 +284,6 @@ impl MonitorSet {
                     })
                     .collect()
             })
-            .collect()
-    }
-
-    /// Per input, the caller's text as a rule over it reads it: decoded from its tokens,
-    /// special tokens left out.
-    pub fn decoded(&self, model: &Model, inputs: &[Vec<u32>]) -> Result<Vec<String>> {
-        inputs
-            .iter()
-            .map(|ids| Ok(model.tokenizer.decode(ids)?))
             .collect()
     }
 

@@ -111,14 +111,14 @@ impl<'a> SentenceReadout<'a> {
     /// The probe's logit of a whole text from its activations at [`Self::hook`], `[tokens, d]`
     /// (every token, special ones included, as the sentence embedding pools them).
     pub fn logit(&self, acts: &[f32]) -> f32 {
-        let (mean, norm) = normalised_mean(acts, self.probe.width());
-        let u: Vec<f32> = mean.iter().map(|m| m / norm).collect();
-        self.probe.piece_logit(&u)
+        self.probe
+            .piece_logit(&unit_mean(acts, self.probe.width()).0)
     }
 }
 
-/// The mean of `[tokens, d]` rows and its length (at least 1e-12, as the sentence embedding).
-fn normalised_mean(acts: &[f32], d: usize) -> (Vec<f32>, f32) {
+/// The mean of `[tokens, d]` rows divided by its length (at least 1e-12, as the sentence
+/// embedding's), and that length.
+fn unit_mean(acts: &[f32], d: usize) -> (Vec<f32>, f32) {
     let rows = (acts.len() / d.max(1)).max(1);
     let mut mean = vec![0.0f32; d];
     for row in acts.chunks(d) {
@@ -127,7 +127,7 @@ fn normalised_mean(acts: &[f32], d: usize) -> (Vec<f32>, f32) {
         }
     }
     let norm = mean.iter().map(|m| m * m).sum::<f32>().sqrt().max(1e-12);
-    (mean, norm)
+    (mean.iter().map(|m| m / norm).collect(), norm)
 }
 
 impl Differentiable for SentenceReadout<'_> {
@@ -140,18 +140,10 @@ impl Differentiable for SentenceReadout<'_> {
     /// over its length.
     fn directions(&self, acts: &[f32]) -> Result<Vec<f32>> {
         let d = self.probe.width();
-        let (mean, norm) = normalised_mean(acts, d);
-        let u: Vec<f32> = mean.iter().map(|m| m / norm).collect();
-        let head = self
+        let (u, norm) = unit_mean(acts, d);
+        let (head, _) = self
             .probe
-            .heads
-            .iter()
-            .max_by(|a, b| {
-                let z = |h: &glassbox_dictionary::sentence_probe::KindHead| {
-                    glassbox_dictionary::probe::linear_logit(&h.weights, h.bias, &u)
-                };
-                z(a).total_cmp(&z(b))
-            })
+            .top_head(&u)
             .ok_or_else(|| bad("the sentence probe has no heads".into()))?;
         let along: f32 = head.weights.iter().zip(&u).map(|(w, u)| w * u).sum();
         let direction: Vec<f32> = head

@@ -527,13 +527,13 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             );
         }
     }
-    // Its folder made now, so a bad path fails before the reading, not twenty minutes after.
     if a.out.is_some() && a.segments && a.aggregation.is_some() {
         bail!("--segments --out saves the sentence probe, which reads `sentences`; drop --aggregation (it picks a token probe's reading)");
     }
     if a.out.is_some() && a.segments && a.dict.is_some() {
         bail!("--out saves one detector: the probe on --dict's latents or the --segments sentence probe; drop --dict or --segments");
     }
+    // Its folder made now, so a bad path fails before the reading, not twenty minutes after.
     if let Some(dir) = a.scores.as_deref().and_then(std::path::Path::parent) {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)
@@ -1072,7 +1072,6 @@ fn mean_code(sae: &glassbox_dictionary::Sae, acts: &[f32]) -> Result<Vec<f32>> {
     Ok(mean)
 }
 
-/// MiniLM's mean-pooled, normalised final hidden state of a text (its first 512 tokens).
 /// A text's sentences read alone, with whether each overlaps its labelled span; none where
 /// it is one sentence (its whole embedding reads it already).
 fn read_segments(m: &Model, text: &str, span: Option<(usize, usize)>) -> Result<Vec<Segment>> {

@@ -24,7 +24,7 @@ use crate::auth::{Caller, Role};
 use crate::config::{Action, FiringRecords, Fsync};
 use crate::error::{Result, ServeError};
 use crate::infer::{self, Report};
-use crate::input::TextSignals;
+use crate::input::{Prepared, TextSignals};
 use crate::monitor::Firing;
 
 use super::openai::{
@@ -187,8 +187,12 @@ fn blocked_error(id: &str, report: &Report) -> Option<ApiError> {
     })
 }
 
-/// `text` prepared as the deployment says and tokenized, with its signals.
-fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<(Vec<u32>, TextSignals)> {
+/// `text` prepared as the deployment says (its signals read) and tokenized.
+fn tokenize<'a>(
+    state: &AppState,
+    text: &'a str,
+    what: &str,
+) -> ApiResult<(Vec<u32>, Prepared<'a>)> {
     let prepared = state.cfg.input.prepare(text);
     let ids = match state.model.tokenize(&prepared.text, false) {
         // Longer than the model: the same answer as longer than the configured limit.
@@ -196,7 +200,7 @@ fn tokenize(state: &AppState, text: &str, what: &str) -> ApiResult<(Vec<u32>, Te
         r => r.map_err(ServeError::from)?,
     };
     check_length(state, &ids, what)?;
-    Ok((ids, prepared.signals))
+    Ok((ids, prepared))
 }
 
 /// The most input tokens a request may have: the configured limit or the model's context.
@@ -327,18 +331,16 @@ pub(super) async fn embeddings(
                 "this server runs a decoder; use /v1/completions",
             ));
         }
-        let (ids, signals): (Vec<_>, Vec<_>) = texts
+        let (ids, prepared): (Vec<_>, Vec<_>) = texts
             .iter()
             .enumerate()
             .map(|(i, t)| tokenize(&state, t, &format!("input {i}")))
             .collect::<ApiResult<Vec<_>>>()?
             .into_iter()
             .unzip();
+        let signals: Vec<TextSignals> = prepared.iter().map(|p| p.signals).collect();
         // The texts as the model reads them (folded where the deployment folds lookalikes).
-        let read: Vec<String> = texts
-            .iter()
-            .map(|t| state.cfg.input.prepare(t).text.into_owned())
-            .collect();
+        let read: Vec<String> = prepared.into_iter().map(|p| p.text.into_owned()).collect();
         let n_tokens: usize = ids.iter().map(Vec::len).sum();
         let id = request_id(&state);
         let set = state.monitor_set();
@@ -407,7 +409,8 @@ pub(super) async fn completions(
         };
         let cfg = req.params.config(&state.cfg.limits, top)?;
         let logprobs = req.logprobs.is_some() && top > 0;
-        let (ids, signals) = tokenize(&state, &req.prompt, "the prompt")?;
+        let (ids, prepared) = tokenize(&state, &req.prompt, "the prompt")?;
+        let signals = prepared.signals;
         complete::<CompletionChoice>(
             state,
             caller,
