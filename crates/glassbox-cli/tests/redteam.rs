@@ -10,19 +10,50 @@ use common::{fails, families_args, glassbox, ok_json, rows, write_jsonl};
 use glassbox_dictionary::{saelens, Activation, DictConfig, Sae};
 use serde_json::Value;
 
-/// A deployment with a probe monitor calibrated by `probe families`, and a suite.
-fn setup(dir: &Path, suite_extra: &str) -> (String, String, String) {
-    setup_with(dir, suite_extra, None)
+/// What the deployment's probe reads.
+#[derive(Clone, Copy)]
+enum Reads<'a> {
+    /// The hook's activations.
+    Activations,
+    /// The latents of the dictionary at this path.
+    Latents(&'a Path),
+    /// Sentences read alone (`--segments`: a sentence probe).
+    Sentences,
 }
 
-/// [`setup`], with the probe on the latents of the dictionary at `dict` when given.
-fn setup_with(dir: &Path, suite_extra: &str, dict: Option<&Path>) -> (String, String, String) {
+/// A deployment with a probe monitor calibrated by `probe families`, and a suite.
+fn setup(dir: &Path, suite_extra: &str) -> (String, String, String) {
+    setup_with(dir, suite_extra, Reads::Activations)
+}
+
+/// [`setup`], with the probe reading `reads`.
+fn setup_with(dir: &Path, suite_extra: &str, reads: Reads) -> (String, String, String) {
+    let dict = match reads {
+        Reads::Latents(d) => Some(d),
+        _ => None,
+    };
     let data = dir.join("set.jsonl");
-    write_jsonl(&data, &rows());
+    match reads {
+        // The sentence probe keeps one head per kind of attack: the records say theirs.
+        Reads::Sentences => {
+            let lines: Vec<String> = rows()
+                .into_iter()
+                .map(|(text, label, family)| {
+                    let kind = if label == 1 { family } else { "benign" };
+                    serde_json::json!({"text": text, "label": label, "family": family, "kind": kind})
+                        .to_string()
+                })
+                .collect();
+            std::fs::write(&data, lines.join("\n")).unwrap();
+        }
+        _ => write_jsonl(&data, &rows()),
+    }
     let probe = dir.join("probe");
     let mut extra = vec!["--json"];
-    if let Some(d) = dict {
-        extra.extend(["--dict", d.to_str().unwrap(), "--no-combinations"]);
+    match reads {
+        Reads::Latents(d) => extra.extend(["--dict", d.to_str().unwrap(), "--no-combinations"]),
+        Reads::Sentences => extra.extend(["--segments", "--no-combinations"]),
+        Reads::Activations => {}
     }
     let fam = ok_json(&families_args(
         "minilm",
@@ -41,7 +72,7 @@ fn setup_with(dir: &Path, suite_extra: &str, dict: Option<&Path>) -> (String, St
         ),
         None => String::new(),
     };
-    let reads = if dict.is_some() {
+    let probe_dict = if dict.is_some() {
         "dictionary = \"l3\"\n"
     } else {
         ""
@@ -50,7 +81,7 @@ fn setup_with(dir: &Path, suite_extra: &str, dict: Option<&Path>) -> (String, St
     std::fs::write(
         &deploy,
         format!(
-            "model = \"minilm\"\n{dictionary}[[probe]]\nname = \"injection\"\npath = \"probe\"\n{reads}\
+            "model = \"minilm\"\n{dictionary}[[probe]]\nname = \"injection\"\npath = \"probe\"\n{probe_dict}\
              [[monitor]]\nname = \"injection\"\nwhen = \"{rule}\"\naction = \"block\"\n\
              [audit]\npath = \"audit/audit.jsonl\"\n"
         ),
@@ -186,7 +217,7 @@ fn the_white_box_attacks_reach_a_probe_on_sae_latents() {
     );
     let dict = dir.path().join("dict");
     saelens::save(&Sae::init(cfg, 1).unwrap(), &dict, Value::Null).unwrap();
-    let (deploy, suite, _) = setup_with(dir.path(), "", Some(&dict));
+    let (deploy, suite, _) = setup_with(dir.path(), "", Reads::Latents(&dict));
     let r = ok_json(&["--json", "redteam", "--config", &deploy, "--suite", &suite]);
     let round = &r["rounds"][0];
     assert_eq!(family(round, "gcg")["texts"], 1);
@@ -322,6 +353,74 @@ fn a_defended_round_commits_its_held_out_set_and_the_check_catches_one_byte() {
     bytes[12] ^= 0x20;
     std::fs::write(&held, bytes).unwrap();
     fails(&["audit", "verify", &log], "now differs");
+}
+
+/// The shipped kind of monitor, a sentence probe, is defended too: Blue retrains its heads per
+/// kind of attack, adds one on the evasions, and recalibrates it on held-out benign families;
+/// the defended deployment serves it under the same rule shape.
+#[test]
+fn a_sentence_probe_is_defended_with_a_head_for_the_evasions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (deploy, suite, log) = setup_with(dir.path(), "heldout = 0.5", Reads::Sentences);
+    let out = dir.path().join("out");
+    let report = ok_json(&[
+        "--json",
+        "redteam",
+        "--config",
+        &deploy,
+        "--suite",
+        &suite,
+        "--defend",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3, "{report}");
+    for r in rounds {
+        // GCG searches one sentence: the payload's closing full stop goes, the suffix joins
+        // its sentence, and what it scores is what the server decides.
+        assert_eq!(family(r, "gcg")["texts"], 1, "{r}");
+        served_decisions_agree_with_margins(r);
+    }
+    let d = &report["defence"];
+    assert_eq!(d["excluded"].as_u64().unwrap(), 8, "{d}");
+    let rule = d["rule"].as_str().unwrap();
+    assert!(rule.starts_with("sentences injection > "), "{rule}");
+    let file = Path::new(d["probe"].as_str().unwrap());
+    assert_eq!(file.file_name().unwrap(), "sentence_probe.json");
+    let probe: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let kinds: Vec<&str> = probe["heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["kind"].as_str().unwrap())
+        .collect();
+    let evasions = d["evasions_added"].as_u64().unwrap();
+    let mut expected = vec!["extraction", "override", "roleplay"];
+    if evasions > 0 {
+        expected.push("evasion");
+    }
+    expected.sort_unstable();
+    assert_eq!(kinds, expected, "{probe}");
+    assert_eq!(probe["calibration"]["aggregation"], "sentences", "{probe}");
+    let by = d["calibrated_by"].as_str().unwrap();
+    assert!(
+        probe["calibration"]["data"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("held out by {by}")),
+        "{probe}"
+    );
+    // The defended deployment serves the new probe under its new rule.
+    let defended = std::fs::read_to_string(d["deploy"].as_str().unwrap()).unwrap();
+    assert!(defended.contains(rule), "{defended}");
+    assert!(
+        defended.contains(file.parent().unwrap().to_str().unwrap()),
+        "{defended}"
+    );
+    assert_eq!(family(&rounds[2], "plain")["texts"], 4);
+    let verify = ok_json(&["--json", "audit", "verify", &log]);
+    assert_eq!(verify["commitments"][0]["matches"], true, "{verify}");
 }
 
 #[test]

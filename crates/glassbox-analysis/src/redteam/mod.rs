@@ -11,7 +11,7 @@ pub mod recovery;
 
 pub use attacks::{apply, Attack, Materials};
 pub use gcg::{
-    gcg, residual, Differentiable, Framing, GcgConfig, GcgResult, LatentReadout, Readout,
-    ResidualResult, SentenceReadout,
+    gcg, one_sentence_payload, residual, Differentiable, Framing, GcgConfig, GcgResult,
+    LatentReadout, Readout, ResidualResult, SentenceReadout,
 };
 pub use recovery::{recovery, Clamp, Recovery};

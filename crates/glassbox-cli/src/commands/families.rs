@@ -46,7 +46,7 @@ use glassbox_dictionary::probe::{
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_dictionary::segments;
-use glassbox_dictionary::sentence_probe::{self, KindHead, SentenceProbe};
+use glassbox_dictionary::sentence_probe::{self, Example, KindHead, Reading, SentenceProbe};
 use glassbox_model::{Model, Reader};
 use rayon::prelude::*;
 use serde_json::json;
@@ -198,14 +198,6 @@ impl FamilyWeights {
     }
 }
 
-/// One sentence of a text, read alone (`--segments`).
-struct Segment {
-    /// MiniLM's sentence embedding of the sentence by itself.
-    embedding: Vec<f32>,
-    /// It overlaps the text's labelled span (a buried instruction).
-    in_span: bool,
-}
-
 /// One labelled text, read once.
 struct Text {
     label: bool,
@@ -219,12 +211,11 @@ struct Text {
     layers: Vec<(Vec<f32>, Vec<f32>)>,
     /// Which tokens are the positive part, where the data says (a buried injection's span).
     token_labels: Option<Vec<bool>>,
-    /// MiniLM's sentence embedding.
-    embedding: Vec<f32>,
+    /// MiniLM's sentence embedding; with `--segments`, also each of its sentences read alone
+    /// where it has more than one.
+    reading: Reading,
     /// Its kind of attack (the record's "kind"; "attack" without one), or "benign".
     kind: String,
-    /// With `--segments`: each of its sentences read alone, where it has more than one.
-    segments: Vec<Segment>,
     /// The `--dict` dictionary's mean code over the text's tokens (empty without one).
     latents: Vec<f32>,
     keywords: f32,
@@ -310,7 +301,7 @@ impl Bases {
                 dictionary: None,
             },
             pooled: fit_vectors(texts, train, |t| &t.layers[h].1, cfg),
-            embedding: fit_vectors(texts, train, |t| &t.embedding, cfg),
+            embedding: fit_vectors(texts, train, |t| &t.reading.whole, cfg),
             latents: extra.latents.then(|| fit_latents(texts, train, cfg)),
             attention: extra.attention.then(|| {
                 let samples: Vec<AttentionSample> = train
@@ -335,12 +326,7 @@ impl Bases {
     /// The segment detector's logit of one text: the highest over kinds, of its whole and of
     /// each sentence (0 where there is none).
     fn segment_score(&self, t: &Text) -> f32 {
-        self.segments.as_ref().map_or(0.0, |p| {
-            std::iter::once(&t.embedding)
-                .chain(t.segments.iter().map(|s| &s.embedding))
-                .map(|x| p.piece_logit(x))
-                .fold(f32::NEG_INFINITY, f32::max)
-        })
+        self.segments.as_ref().map_or(0.0, |p| t.reading.score(p))
     }
 
     /// The attention probe's logit of one text (0 where there is none).
@@ -368,7 +354,7 @@ impl Bases {
             p.max,
             p.window,
             linear(&self.pooled, &t.layers[h].1),
-            linear(&self.embedding, &t.embedding),
+            linear(&self.embedding, &t.reading.whole),
             t.keywords,
         ]
     }
@@ -610,20 +596,16 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
                 .collect(),
             token_labels,
             layers,
-            embedding: minilm
-                .sentence_embeddings(&[text])?
-                .pop()
-                .context("no sentence embedding")?,
+            reading: if a.segments {
+                Reading::of(minilm, text, l.span.filter(|_| l.label))
+            } else {
+                Reading::whole(minilm, text)
+            }
+            .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?,
             kind: if l.label {
                 l.kind.clone().unwrap_or_else(|| "attack".into())
             } else {
                 "benign".into()
-            },
-            segments: if a.segments {
-                read_segments(minilm, text, l.span.filter(|_| l.label))
-                    .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?
-            } else {
-                Vec::new()
             },
             latents,
             keywords: keywords.score(text),
@@ -1072,79 +1054,19 @@ fn mean_code(sae: &glassbox_dictionary::Sae, acts: &[f32]) -> Result<Vec<f32>> {
     Ok(mean)
 }
 
-/// A text's sentences read alone, with whether each overlaps its labelled span; none where
-/// it is one sentence (its whole embedding reads it already).
-fn read_segments(m: &Model, text: &str, span: Option<(usize, usize)>) -> Result<Vec<Segment>> {
-    let ranges = segments::sentences(text);
-    if ranges.len() < 2 {
-        return Ok(Vec::new());
-    }
-    let pieces: Vec<&str> = ranges.iter().map(|r| &text[r.clone()]).collect();
-    let embeddings = m.sentence_embeddings(&pieces)?;
-    Ok(ranges
-        .iter()
-        .zip(embeddings)
-        .map(|(r, embedding)| Segment {
-            embedding,
-            in_span: span.is_some_and(|(s, e)| r.start < e && r.end > s),
-        })
-        .collect())
-}
-
-/// `--segments`: per kind of attack in training, logistic regression with that kind's texts
-/// and the sentences of their labelled spans as positives, and as negatives every benign text
-/// and sentence and the sentences outside a spanned text's span (the document it is buried in).
+/// `--segments`: the sentence probe's heads (see [`sentence_probe::fit_heads`]).
 fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> Vec<KindHead> {
-    let cfg = ProbeTraining {
-        l2: SEGMENT_L2,
-        ..cfg.clone()
-    };
-    let kinds: std::collections::BTreeSet<&str> = train
+    let examples: Vec<Example> = train
         .iter()
-        .filter(|&&i| texts[i].label)
-        .map(|&i| texts[i].kind.as_str())
-        .collect();
-    let d = texts[0].embedding.len();
-    kinds
-        .into_iter()
-        .map(|kind| {
-            let mut samples = Vec::new();
-            for &i in train {
-                let t = &texts[i];
-                let spanned = t.segments.iter().any(|s| s.in_span);
-                let mine = t.label && t.kind == kind;
-                if mine || !t.label {
-                    samples.push(Sample::new(t.embedding.clone(), mine).weighted(t.weight));
-                }
-                for s in &t.segments {
-                    let label = match (t.label, s.in_span) {
-                        (false, _) => Some(false),
-                        (true, true) => mine.then_some(true),
-                        (true, false) => spanned.then_some(false),
-                    };
-                    if let Some(label) = label {
-                        samples.push(Sample::new(s.embedding.clone(), label).weighted(t.weight));
-                    }
-                }
-            }
-            let refs: Vec<&Sample> = samples.iter().collect();
-            let (weights, bias) = probe::fit(&refs, d, &cfg);
-            KindHead {
-                kind: kind.to_string(),
-                weights,
-                bias,
-            }
+        .map(|&i| Example {
+            reading: &texts[i].reading,
+            label: texts[i].label,
+            kind: &texts[i].kind,
+            weight: texts[i].weight,
         })
-        .collect()
+        .collect();
+    sentence_probe::fit_heads(&examples, cfg)
 }
-
-/// The segment detector's L2 penalty on standardised inputs. Unit-length sentence embeddings
-/// standardise by a factor near 25, so the activation probes' 1e-3 is a raw penalty near
-/// 2e-6, an almost free fit: held-out logits reached 9 on average over in-the-wild jailbreaks
-/// and 2.6 over benign chat replies. 0.5 is a raw penalty near 1e-3, where a prototype
-/// (exact Newton fits, penalties 1e-4 to 1e-2) held out alike; chosen after one run at 1e-3
-/// (README: *Sentences read alone*).
-const SEGMENT_L2: f32 = 0.5;
 
 fn fit_tokens(
     texts: &[Text],

@@ -3,6 +3,10 @@
 //! average attack family of the data; its threshold recalibrated on benign texts the scoring
 //! probe never saw; and a deployment file written that serves it. It never reads the held-out
 //! set: the caller commits that to the audit log before this runs and reveals it after.
+//!
+//! A probe of a hook's activations ([`defend`]) learns the evasions as attack texts; a sentence
+//! probe ([`defend_sentences`]) gains one head, `evasion`, trained on them against the benign
+//! texts and sentences, beside its heads per kind of attack (all retrained).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -13,6 +17,7 @@ use glassbox_dictionary::probe::{
     self, mean_rows, Aggregation, Calibration, Probe, ProbeTraining, Sample,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
+use glassbox_dictionary::sentence_probe::{self, Example, Reading, SentenceProbe};
 use glassbox_model::{Model, Reader};
 use glassbox_serve::config::Config;
 use rayon::prelude::*;
@@ -51,7 +56,8 @@ pub struct Defence {
     pub calibrated_by: &'static str,
 }
 
-/// Retrains probe `probe_name` of `cfg` (see the module documentation).
+/// Retrains probe `probe_name` of `cfg`, a probe of a hook's activations (see the module
+/// documentation).
 #[allow(clippy::too_many_arguments)]
 pub fn defend(
     model: &Model,
@@ -64,12 +70,7 @@ pub fn defend(
     max_tokens: usize,
     out: &Path,
 ) -> Result<Defence> {
-    let entry = cfg
-        .probes
-        .iter()
-        .find(|p| p.name == probe_name)
-        .with_context(|| format!("no [[probe]] `{probe_name}`"))?;
-    let old = Probe::load(&entry.path)?;
+    let old = Probe::load(&probe_path(cfg, probe_name)?)?;
     if old.dictionary.is_some() {
         bail!(
             "probe `{probe_name}` reads a dictionary's latents; the blue round retrains probes on a hook's activations (defend a monitor whose probe reads the hook itself)"
@@ -83,54 +84,13 @@ pub fn defend(
     // The served monitor reads at most `max_tokens` of a prompt; training reads the same.
     let reader = Reader::new(model, &old.hook)?.passes(Some(max_tokens), true);
     let d = model.config.d_model;
-    let hash = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
-    let mut texts: Vec<Training> = Vec::new();
-    let mut excluded = 0;
-    for l in data {
-        let h = hash(&l.text);
-        if withheld.contains(&h) {
-            excluded += 1;
-        } else {
-            texts.push(Training {
-                text: &l.text,
-                hash: h,
-                label: l.label,
-                family: &l.family,
-                span: l.span,
-                weight: 1.0,
-            });
-        }
-    }
-    let attack_families: HashSet<&str> =
-        texts.iter().filter(|t| t.label).map(|t| t.family).collect();
-    let mut per_attack: BTreeMap<Attack, usize> = BTreeMap::new();
-    for (attack, _) in evasions {
-        *per_attack.entry(*attack).or_default() += 1;
-    }
-    let family_weight = evasion_weight(
-        texts.iter().filter(|t| t.label).count(),
-        attack_families.len(),
-        per_attack.len(),
-    );
-    texts.extend(evasions.iter().map(|&(attack, text)| Training {
-        text,
-        hash: hash(text),
-        label: true,
-        family: attack.name(),
-        span: None,
-        weight: family_weight / per_attack[&attack] as f32,
-    }));
-    if !texts.iter().any(|t| !t.label) || !texts.iter().any(|t| t.label) {
-        bail!(
-            "the blue round has no {} text left to train on: the round's own texts are withheld from training (lower the suite's `benign` or `payloads`, or add data)",
-            if texts.iter().any(|t| t.label) { "benign" } else { "attack" }
-        );
-    }
-    let folds = calibration_folds(&texts)?;
+    let set = TrainingSet::new(data, withheld, evasions)?;
+    let texts = &set.texts;
+    let folds = calibration_folds(texts)?;
     let bar = crate::report::progress(texts.len() as u64, "blue: reading training texts");
     let mut acts = Vec::with_capacity(texts.len());
     let mut training = Vec::with_capacity(texts.len());
-    for t in &texts {
+    for t in texts {
         let x = reader.activations(t.text)?;
         // Trained per text on the mean activation (a pooled probe) or per token on a sample
         // of each text's tokens, the span's tokens its only positives where one is known.
@@ -167,22 +127,117 @@ pub fn defend(
     };
     let read =
         |p: &Probe, i: usize| aggregation.of(&p.text_scores(&acts[i], window_of(aggregation)));
-    // The threshold comes from benign texts scored by probes that never saw them, each fold
-    // held out in turn, as `probe families` calibrates the probe it ships: an in-sample
-    // threshold sits among scores the probe was fitted to push down, and lets more false
-    // alarms through on new traffic. Attack texts are read by the final probe (in-sample).
+    let (mut new, cut) = train_and_calibrate(texts, &folds, target_fpr, fitted, read)?;
+    new.calibration = Some(set.calibration(aggregation, &cut, target_fpr, &folds));
+    let dir = out.join("defended-probe");
+    new.save(&dir)?;
+    let file = dir.join(probe::FILE);
+    set.defence(
+        cfg,
+        monitor,
+        probe_name,
+        &new.calibration,
+        &cut,
+        &folds,
+        file,
+        out,
+    )
+}
+
+/// Retrains sentence probe `probe_name` of `cfg`, read by `embedder`: its heads per kind of
+/// attack on the data, and a head `evasion` on the red round's evasions (see the module
+/// documentation).
+#[allow(clippy::too_many_arguments)]
+pub fn defend_sentences(
+    embedder: &Model,
+    cfg: &Config,
+    monitor: &str,
+    probe_name: &str,
+    data: &[Labelled],
+    withheld: &HashSet<[u8; 32]>,
+    evasions: &[(Attack, &str)],
+    out: &Path,
+) -> Result<Defence> {
+    let old = SentenceProbe::load(&probe_path(cfg, probe_name)?)?;
+    let target_fpr = old.calibration.as_ref().map_or(0.01, |c| c.target_fpr);
+    let set = TrainingSet::new(data, withheld, evasions)?;
+    let texts = &set.texts;
+    let folds = calibration_folds(texts)?;
+    let bar = crate::report::progress(texts.len() as u64, "blue: embedding training texts");
+    let mut readings = Vec::with_capacity(texts.len());
+    for t in texts {
+        readings.push(Reading::of(embedder, t.text, t.span.filter(|_| t.label))?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let cfg_train = ProbeTraining::default();
+    let fitted = |keep: &(dyn Fn(usize) -> bool + Sync)| {
+        let examples: Vec<Example> = (0..texts.len())
+            .filter(|&i| keep(i))
+            .map(|i| Example {
+                reading: &readings[i],
+                label: texts[i].label,
+                kind: texts[i].kind,
+                weight: texts[i].weight,
+            })
+            .collect();
+        SentenceProbe {
+            heads: sentence_probe::fit_heads(&examples, &cfg_train),
+            calibration: None,
+            ..old.clone()
+        }
+    };
+    let read = |p: &SentenceProbe, i: usize| readings[i].score(p);
+    let (mut new, cut) = train_and_calibrate(texts, &folds, target_fpr, fitted, read)?;
+    new.calibration = Some(set.calibration(Aggregation::Sentences, &cut, target_fpr, &folds));
+    let dir = out.join("defended-probe");
+    new.save(&dir)?;
+    let file = dir.join(sentence_probe::FILE);
+    set.defence(
+        cfg,
+        monitor,
+        probe_name,
+        &new.calibration,
+        &cut,
+        &folds,
+        file,
+        out,
+    )
+}
+
+/// The path of `cfg`'s probe `name`.
+fn probe_path(cfg: &Config, name: &str) -> Result<PathBuf> {
+    cfg.probes
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.path.clone())
+        .with_context(|| format!("no [[probe]] `{name}`"))
+}
+
+/// The detector trained on every text, and the operating point its threshold takes from benign
+/// texts scored by detectors that never saw them, each fold held out in turn, as `probe
+/// families` calibrates the probe it ships: an in-sample threshold sits among scores the
+/// detector was fitted to push down, and lets more false alarms through on new traffic. Attack
+/// texts are read by the final detector (in-sample).
+fn train_and_calibrate<P: Sync>(
+    texts: &[Training],
+    folds: &Folds,
+    target_fpr: f64,
+    fitted: impl Fn(&(dyn Fn(usize) -> bool + Sync)) -> P + Sync,
+    read: impl Fn(&P, usize) -> f32 + Sync,
+) -> Result<(P, Summary)> {
     let bar = crate::report::progress(
         folds.members.len() as u64 + 1,
-        "blue: training (the probe, then one per calibration fold)",
+        "blue: training (the detector, then one per calibration fold)",
     );
-    let mut new = fitted(&|_| true);
+    let new = fitted(&|_| true);
     bar.inc(1);
     let mut scores: Vec<f32> = (0..texts.len()).map(|i| read(&new, i)).collect();
     let held_out: Vec<Vec<(usize, f32)>> = folds
         .members
         .par_iter()
         .map(|members| {
-            let keep = trained_without(&texts, members);
+            let keep = trained_without(texts, members);
             let p = fitted(&|i| keep[i]);
             bar.inc(1);
             members.iter().map(|&i| (i, read(&p, i))).collect()
@@ -193,54 +248,156 @@ pub fn defend(
         scores[i] = s;
     }
     let labels: Vec<bool> = texts.iter().map(|t| t.label).collect();
-    let cut = Summary::of(&Scored::new(&scores, &labels)?, target_fpr);
-    new.calibration = Some(Calibration {
-        aggregation,
-        threshold: cut.threshold,
-        target_fpr,
-        fpr: cut.fpr,
-        tpr: cut.tpr,
-        data: format!(
-            "the red-team data's training families plus the red round's evasions; threshold on benign texts held out by {} ({} folds), TPR in-sample",
-            folds.by,
-            folds.members.len()
-        ),
-        data_sha256: String::new(),
-        positives: cut.positives,
-        negatives: cut.negatives,
-        // The keyword monitor, if any, stays in the deployment beside the probe's rule.
-        or_keywords: false,
-    });
-    let dir = out.join("defended-probe");
-    new.save(&dir)?;
-    let rule = new
-        .calibration
-        .as_ref()
-        .map_or(String::new(), |c| c.rule(probe_name));
-    let mut defended = cfg.clone();
-    for p in defended.probes.iter_mut().filter(|p| p.name == probe_name) {
-        p.path = std::path::absolute(&dir)?;
-    }
-    for m in defended.monitors.iter_mut().filter(|m| m.name == monitor) {
-        m.when = rule.clone();
-    }
-    defended.audit.path = std::path::absolute(&cfg.audit.path)?;
-    let deploy = out.join("deploy.defended.toml");
-    let text = toml::to_string(&defended).context("writing the defended deployment")?;
-    glassbox_store::fsutil::atomic_write(&deploy, text.as_bytes())?;
-    Ok(Defence {
-        probe: dir.join(probe::FILE),
-        deploy,
-        rule,
-        training_texts: texts.len(),
-        evasions_added: evasions.len(),
-        evasion_family_weight: family_weight,
-        excluded,
-        threshold: cut.threshold,
-        calibration_fpr: cut.fpr,
-        calibrated_by: folds.by,
-    })
+    Ok((
+        new,
+        Summary::of(&Scored::new(&scores, &labels)?, target_fpr),
+    ))
 }
+
+/// What the blue round trains on: the data but the withheld texts, and the evasions.
+struct TrainingSet<'a> {
+    texts: Vec<Training<'a>>,
+    evasions: usize,
+    /// The weight, in texts, of each attack's evasions together.
+    family_weight: f32,
+    excluded: usize,
+}
+
+impl<'a> TrainingSet<'a> {
+    fn new(
+        data: &'a [Labelled],
+        withheld: &HashSet<[u8; 32]>,
+        evasions: &[(Attack, &'a str)],
+    ) -> Result<Self> {
+        let hash = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
+        let mut texts: Vec<Training> = Vec::new();
+        let mut excluded = 0;
+        for l in data {
+            let h = hash(&l.text);
+            if withheld.contains(&h) {
+                excluded += 1;
+            } else {
+                texts.push(Training {
+                    text: &l.text,
+                    hash: h,
+                    label: l.label,
+                    family: &l.family,
+                    kind: if l.label {
+                        l.kind.as_deref().unwrap_or("attack")
+                    } else {
+                        "benign"
+                    },
+                    span: l.span,
+                    weight: 1.0,
+                });
+            }
+        }
+        let attack_families: HashSet<&str> =
+            texts.iter().filter(|t| t.label).map(|t| t.family).collect();
+        let mut per_attack: BTreeMap<Attack, usize> = BTreeMap::new();
+        for (attack, _) in evasions {
+            *per_attack.entry(*attack).or_default() += 1;
+        }
+        let family_weight = evasion_weight(
+            texts.iter().filter(|t| t.label).count(),
+            attack_families.len(),
+            per_attack.len(),
+        );
+        texts.extend(evasions.iter().map(|&(attack, text)| Training {
+            text,
+            hash: hash(text),
+            label: true,
+            family: attack.name(),
+            kind: EVASION,
+            span: None,
+            weight: family_weight / per_attack[&attack] as f32,
+        }));
+        if !texts.iter().any(|t| !t.label) || !texts.iter().any(|t| t.label) {
+            bail!(
+                "the blue round has no {} text left to train on: the round's own texts are withheld from training (lower the suite's `benign` or `payloads`, or add data)",
+                if texts.iter().any(|t| t.label) { "benign" } else { "attack" }
+            );
+        }
+        Ok(Self {
+            texts,
+            evasions: evasions.len(),
+            family_weight,
+            excluded,
+        })
+    }
+
+    fn calibration(
+        &self,
+        aggregation: Aggregation,
+        cut: &Summary,
+        target_fpr: f64,
+        folds: &Folds,
+    ) -> Calibration {
+        Calibration {
+            aggregation,
+            threshold: cut.threshold,
+            target_fpr,
+            fpr: cut.fpr,
+            tpr: cut.tpr,
+            data: format!(
+                "the red-team data's training families plus the red round's evasions; threshold on benign texts held out by {} ({} folds), TPR in-sample",
+                folds.by,
+                folds.members.len()
+            ),
+            data_sha256: String::new(),
+            positives: cut.positives,
+            negatives: cut.negatives,
+            // The keyword monitor, if any, stays in the deployment beside the probe's rule.
+            or_keywords: false,
+        }
+    }
+
+    /// Writes `OUT/deploy.defended.toml`: `cfg` with probe `probe_name` read from `file`'s
+    /// directory and monitor `monitor` on its new rule.
+    #[allow(clippy::too_many_arguments)]
+    fn defence(
+        &self,
+        cfg: &Config,
+        monitor: &str,
+        probe_name: &str,
+        calibration: &Option<Calibration>,
+        cut: &Summary,
+        folds: &Folds,
+        file: PathBuf,
+        out: &Path,
+    ) -> Result<Defence> {
+        let rule = calibration
+            .as_ref()
+            .map_or(String::new(), |c| c.rule(probe_name));
+        let dir = file.parent().unwrap_or(out);
+        let mut defended = cfg.clone();
+        for p in defended.probes.iter_mut().filter(|p| p.name == probe_name) {
+            p.path = std::path::absolute(dir)?;
+        }
+        for m in defended.monitors.iter_mut().filter(|m| m.name == monitor) {
+            m.when = rule.clone();
+        }
+        defended.audit.path = std::path::absolute(&cfg.audit.path)?;
+        let deploy = out.join("deploy.defended.toml");
+        let text = toml::to_string(&defended).context("writing the defended deployment")?;
+        glassbox_store::fsutil::atomic_write(&deploy, text.as_bytes())?;
+        Ok(Defence {
+            probe: file,
+            deploy,
+            rule,
+            training_texts: self.texts.len(),
+            evasions_added: self.evasions,
+            evasion_family_weight: self.family_weight,
+            excluded: self.excluded,
+            threshold: cut.threshold,
+            calibration_fpr: cut.fpr,
+            calibrated_by: folds.by,
+        })
+    }
+}
+
+/// The kind a sentence probe learns the red round's evasions as: a head of their own.
+const EVASION: &str = "evasion";
 
 /// One text the blue round trains on.
 struct Training<'a> {
@@ -249,6 +406,8 @@ struct Training<'a> {
     hash: [u8; 32],
     label: bool,
     family: &'a str,
+    /// Its kind of attack (a sentence probe's head), or "benign".
+    kind: &'a str,
     /// The part of the text that makes it positive, where known.
     span: Option<(usize, usize)>,
     /// How much it counts in training (1 for the data's texts).
@@ -322,6 +481,7 @@ mod tests {
             hash: Sha256::digest(text.as_bytes()).into(),
             label,
             family,
+            kind: if label { "attack" } else { "benign" },
             span: None,
             weight: 1.0,
         }

@@ -140,7 +140,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
     } else {
         let out = a.out.as_deref().context("--defend needs --out")?;
         // The probe Blue retrains, found before anything is written or committed.
-        let (mi, probe_name) = defended_probe(&target)?;
+        let (mi, probe_name, embedder) = defended_probe(&target)?;
         let held_n = ((payloads.len() as f64) * suite.heldout).round() as usize;
         if held_n == 0 || held_n == payloads.len() {
             bail!(
@@ -205,17 +205,29 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             .map(|(attack, text)| (attack, cfg.input.prepare(text).text))
             .collect();
         let evasions: Vec<_> = evasions.iter().map(|(a, t)| (*a, t.as_ref())).collect();
-        let d = blue::defend(
-            &model,
-            &cfg,
-            &monitor,
-            &probe_name,
-            &data,
-            &withheld,
-            &evasions,
-            suite.max_tokens,
-            out,
-        )?;
+        let d = match embedder {
+            None => blue::defend(
+                &model,
+                &cfg,
+                &monitor,
+                &probe_name,
+                &data,
+                &withheld,
+                &evasions,
+                suite.max_tokens,
+                out,
+            )?,
+            Some(embedder) => blue::defend_sentences(
+                embedder,
+                &cfg,
+                &monitor,
+                &probe_name,
+                &data,
+                &withheld,
+                &evasions,
+                out,
+            )?,
+        };
         if !suite.withhold_attacks.is_empty() {
             let names: Vec<&str> = suite.withhold_attacks.iter().map(|a| a.name()).collect();
             notes.push(format!(
@@ -332,23 +344,30 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-/// The monitor whose probe the blue round retrains, and the probe's name: the probe the red
-/// round attacks ([`Target::attacked_probe`]), which must read the hook's activations.
-fn defended_probe(target: &Target) -> Result<(usize, String)> {
+/// The monitor whose probe the blue round retrains, the probe's name and, for a sentence
+/// probe, its embedder: the probe the red round attacks ([`Target::attacked_probe`]), which
+/// must read the hook's activations or sentence embeddings.
+fn defended_probe<'t>(
+    target: &'t Target,
+) -> Result<(usize, String, Option<&'t glassbox_model::Model>)> {
+    let name = |i: usize| {
+        let rule = &target.set.monitors[i].rule.signal;
+        rule.probe()
+            .or(rule.sentence_probe())
+            .unwrap_or("")
+            .to_string()
+    };
     match target.attacked_probe() {
-        Some((AttackedProbe::Linear(_), i)) => {
-            let name = target.set.monitors[i].rule.signal.probe().unwrap_or("");
-            Ok((i, name.to_string()))
-        }
+        Some((AttackedProbe::Linear(_), i)) => Ok((i, name(i), None)),
+        Some((AttackedProbe::Sentences { embedder, .. }, i)) => Ok((i, name(i), Some(embedder))),
         Some((AttackedProbe::Latent(_), _)) => bail!(
             "--defend retrains the attacked probe, and it reads a dictionary's latents: the blue \
-             round retrains only probes of the hook's activations (run the red round without --defend)"
+             round retrains only probes of the hook's activations and sentence probes (run the \
+             red round without --defend)"
         ),
-        Some((AttackedProbe::Sentences { .. }, _)) => bail!(
-            "--defend retrains the attacked probe, and it is a sentence probe: the blue round \
-             retrains only probes of the hook's activations (run the red round without --defend)"
-        ),
-        None => bail!("--defend retrains a probe, and no attacked monitor reads one with a `>` rule"),
+        None => {
+            bail!("--defend retrains a probe, and no attacked monitor reads one with a `>` rule")
+        }
     }
 }
 

@@ -600,7 +600,19 @@ pub fn run(
                 if white_box.contains(&Attack::Gcg) {
                     let n = suite.gcg.payloads.min(payloads.len());
                     let bar = crate::report::progress(n as u64, &format!("{name}: GCG"));
+                    let one_sentence = matches!(probe, AttackedProbe::Sentences { .. });
                     for (p, payload) in payloads.iter().enumerate().take(n) {
+                        if one_sentence && redteam::one_sentence_payload(payload).is_none() {
+                            skipped.push((
+                                Attack::Gcg,
+                                format!(
+                                    "payload {p} is more than one sentence: a sentence probe reads \
+                                     each apart, and the search descends one sentence"
+                                ),
+                            ));
+                            bar.inc(1);
+                            continue;
+                        }
                         let cfg = GcgConfig {
                             suffix_tokens: suite.gcg.suffix_tokens,
                             candidates: suite.gcg.candidates,
@@ -610,7 +622,7 @@ pub fn run(
                             seed: suite.seed + p as u64,
                             // What a sentence probe decides on is the whole text only while the
                             // text is one sentence.
-                            one_sentence: matches!(probe, AttackedProbe::Sentences { .. }),
+                            one_sentence,
                         };
                         let r = redteam::gcg(model, readout, &context, payload, &cfg, &score)?;
                         let sent = target.send(&r.text)?;
