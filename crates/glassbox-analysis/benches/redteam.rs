@@ -7,8 +7,11 @@
 //!    layer) against a read-out in the middle of SmolLM2 and at MiniLM's layer 5. The read-out
 //!    is a fixed random direction: the cost does not depend on what it detects.
 //! 2. Scoring 2,000 texts of the red-team set (cut at 512 tokens) with the shipped detectors
-//!    (the probes given, default `probes/injection` and `probes/credentials`, all read in one
-//!    pass, plus the keyword filter), beside the same forward passes without any detector.
+//!    (the probes given, default `probes/injection`, `probes/credentials` and
+//!    `probes/injection-sentences`; the token probes all read in one pass, plus the keyword
+//!    filter), beside the same forward passes without any detector. A sentence probe reads
+//!    passes of its own (its embedder's, on the text whole and each sentence): it is timed
+//!    whole, beside the served model's passes.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,6 +19,7 @@ use std::time::Instant;
 use glassbox_analysis::redteam::{gcg, Framing, GcgConfig, Readout};
 use glassbox_dictionary::keywords::KeywordFilter;
 use glassbox_dictionary::probe::Probe;
+use glassbox_dictionary::sentence_probe::SentenceProbe;
 use glassbox_model::{registry, Device, Hooks, Model};
 use rand::{Rng, SeedableRng};
 
@@ -105,12 +109,13 @@ fn main() {
         vec![
             PathBuf::from("probes/injection"),
             PathBuf::from("probes/credentials"),
+            PathBuf::from("probes/injection-sentences"),
         ]
     } else {
         args
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let probes: Vec<Probe> = probe_dirs
+    let found: Vec<PathBuf> = probe_dirs
         .iter()
         .map(|p| {
             if p.is_relative() {
@@ -120,7 +125,16 @@ fn main() {
             }
         })
         .filter(|p| p.exists())
-        .map(|p| Probe::load(&p).expect("probe"))
+        .collect();
+    let (sentence_dirs, token_dirs): (Vec<&PathBuf>, Vec<&PathBuf>) =
+        found.iter().partition(|p| SentenceProbe::is_at(p));
+    let probes: Vec<Probe> = token_dirs
+        .iter()
+        .map(|p| Probe::load(p).expect("probe"))
+        .collect();
+    let sentence_probes: Vec<SentenceProbe> = sentence_dirs
+        .iter()
+        .map(|p| SentenceProbe::load(p).expect("sentence probe"))
         .collect();
 
     println!("| work | model | time | detail |\n|---|---|---|---|");
@@ -190,4 +204,25 @@ fn main() {
         if names.is_empty() { "no probes found".to_string() } else { names.join(", ") },
         100.0 * detect / forward
     );
+    // A sentence probe on the same texts: every piece embedded by its own model.
+    for p in &sentence_probes {
+        let embedder = load(&p.model);
+        let (mut pieces, mut flagged) = (0usize, 0usize);
+        let t = Instant::now();
+        for text in &texts {
+            let logits = p.piece_logits(&embedder, text).expect("sentence probe");
+            pieces += logits.len();
+            flagged += usize::from(logits.iter().any(|&z| z > 0.0));
+        }
+        let seconds = t.elapsed().as_secs_f64();
+        std::hint::black_box(flagged);
+        println!(
+            "| the shipped sentence probe ({}) on the same texts: {pieces} pieces (each text whole and its sentences) through {} | {} | {seconds:.1} s | {:.1} texts/s; {:.2}× the passes' time |",
+            p.name,
+            p.model,
+            p.model,
+            texts.len() as f64 / seconds,
+            seconds / forward
+        );
+    }
 }

@@ -66,19 +66,22 @@ impl SentenceProbe {
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
-    /// The logit of each piece of `text` (the whole first), embedded by `model`.
+    /// The logit of each piece of `text` (the whole first), embedded by `model` as training
+    /// embedded them ([`Reading::of`]).
     pub fn piece_logits(&self, model: &Model, text: &str) -> Result<Vec<f32>> {
-        let pieces = Self::pieces(text);
-        let embeddings = model.sentence_embeddings(&pieces)?;
-        if let Some(e) = embeddings.first().filter(|e| e.len() != self.width()) {
+        let r = Reading::of(model, text, None)?;
+        if r.whole.len() != self.width() {
             return Err(DictError::Invalid(format!(
                 "sentence probe `{}` reads {}-dimensional embeddings, but the model gives {}",
                 self.name,
                 self.width(),
-                e.len()
+                r.whole.len()
             )));
         }
-        Ok(embeddings.iter().map(|e| self.piece_logit(e)).collect())
+        Ok(std::iter::once(&r.whole)
+            .chain(r.sentences.iter().map(|s| &s.embedding))
+            .map(|e| self.piece_logit(e))
+            .collect())
     }
 
     /// The text's reading as [`TextScores`] over its pieces (the whole and each sentence, in the
@@ -147,7 +150,9 @@ pub struct Sentence {
 
 impl Reading {
     /// Embeds `text` whole and sentence by sentence with `model`; `span` (byte offsets), where
-    /// given, marks the sentences that hold the text's positive part.
+    /// given, marks the sentences that hold the text's positive part. The whole is a pass of its
+    /// own: batched with its sentences, each would be padded to its length (a long jailbreak's
+    /// first sixteen sentences cost sixteen times the text).
     pub fn of(model: &Model, text: &str, span: Option<(usize, usize)>) -> Result<Reading> {
         let whole = Self::whole(model, text)?.whole;
         let ranges = segments::sentences(text);
