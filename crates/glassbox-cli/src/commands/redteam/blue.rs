@@ -128,20 +128,12 @@ pub fn defend(
     let read =
         |p: &Probe, i: usize| aggregation.of(&p.text_scores(&acts[i], window_of(aggregation)));
     let (mut new, cut) = train_and_calibrate(texts, &folds, target_fpr, fitted, read)?;
-    new.calibration = Some(set.calibration(aggregation, &cut, target_fpr, &folds));
+    let calibration = set.calibration(aggregation, &cut, target_fpr, &folds);
+    new.calibration = Some(calibration.clone());
     let dir = out.join("defended-probe");
     new.save(&dir)?;
     let file = dir.join(probe::FILE);
-    set.defence(
-        cfg,
-        monitor,
-        probe_name,
-        &new.calibration,
-        &cut,
-        &folds,
-        file,
-        out,
-    )
+    set.defence(cfg, monitor, probe_name, &calibration, folds.by, file, out)
 }
 
 /// Retrains sentence probe `probe_name` of `cfg`, read by `embedder`: its heads per kind of
@@ -189,20 +181,12 @@ pub fn defend_sentences(
     };
     let read = |p: &SentenceProbe, i: usize| readings[i].score(p);
     let (mut new, cut) = train_and_calibrate(texts, &folds, target_fpr, fitted, read)?;
-    new.calibration = Some(set.calibration(Aggregation::Sentences, &cut, target_fpr, &folds));
+    let calibration = set.calibration(Aggregation::Sentences, &cut, target_fpr, &folds);
+    new.calibration = Some(calibration.clone());
     let dir = out.join("defended-probe");
     new.save(&dir)?;
     let file = dir.join(sentence_probe::FILE);
-    set.defence(
-        cfg,
-        monitor,
-        probe_name,
-        &new.calibration,
-        &cut,
-        &folds,
-        file,
-        out,
-    )
+    set.defence(cfg, monitor, probe_name, &calibration, folds.by, file, out)
 }
 
 /// The path of `cfg`'s probe `name`.
@@ -360,15 +344,12 @@ impl<'a> TrainingSet<'a> {
         cfg: &Config,
         monitor: &str,
         probe_name: &str,
-        calibration: &Option<Calibration>,
-        cut: &Summary,
-        folds: &Folds,
+        calibration: &Calibration,
+        calibrated_by: &'static str,
         file: PathBuf,
         out: &Path,
     ) -> Result<Defence> {
-        let rule = calibration
-            .as_ref()
-            .map_or(String::new(), |c| c.rule(probe_name));
+        let rule = calibration.rule(probe_name);
         let dir = file.parent().unwrap_or(out);
         let mut defended = cfg.clone();
         for p in defended.probes.iter_mut().filter(|p| p.name == probe_name) {
@@ -389,9 +370,9 @@ impl<'a> TrainingSet<'a> {
             evasions_added: self.evasions,
             evasion_family_weight: self.family_weight,
             excluded: self.excluded,
-            threshold: cut.threshold,
-            calibration_fpr: cut.fpr,
-            calibrated_by: folds.by,
+            threshold: calibration.threshold,
+            calibration_fpr: calibration.fpr,
+            calibrated_by,
         })
     }
 }
