@@ -229,14 +229,7 @@ fn a_text_sharing_a_sentence_with_the_held_out_family_can_be_left_out() {
 fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("set.jsonl");
-    let mut lines: Vec<String> = rows()
-        .into_iter()
-        .map(|(text, label, family)| {
-            let kind = if label == 1 { family } else { "benign" };
-            serde_json::json!({"text": text, "label": label, "family": family, "kind": kind})
-                .to_string()
-        })
-        .collect();
+    let mut lines = common::kind_lines();
     let scores = dir.path().join("scores.jsonl");
     let saved = dir.path().join("sentences");
     std::fs::write(&data, lines.join("\n")).unwrap();

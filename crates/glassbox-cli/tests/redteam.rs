@@ -35,17 +35,7 @@ fn setup_with(dir: &Path, suite_extra: &str, reads: Reads) -> (String, String, S
     let data = dir.join("set.jsonl");
     match reads {
         // The sentence probe keeps one head per kind of attack: the records say theirs.
-        Reads::Sentences => {
-            let lines: Vec<String> = rows()
-                .into_iter()
-                .map(|(text, label, family)| {
-                    let kind = if label == 1 { family } else { "benign" };
-                    serde_json::json!({"text": text, "label": label, "family": family, "kind": kind})
-                        .to_string()
-                })
-                .collect();
-            std::fs::write(&data, lines.join("\n")).unwrap();
-        }
+        Reads::Sentences => std::fs::write(&data, common::kind_lines().join("\n")).unwrap(),
         _ => write_jsonl(&data, &rows()),
     }
     let probe = dir.join("probe");
