@@ -56,24 +56,26 @@ pub struct Defence {
     pub calibrated_by: &'static str,
 }
 
-/// Retrains probe `probe_name` of `cfg`, a probe of a hook's activations (see the module
-/// documentation).
-#[allow(clippy::too_many_arguments)]
-pub fn defend(
-    model: &Model,
-    cfg: &Config,
-    monitor: &str,
-    probe_name: &str,
-    data: &[Labelled],
-    withheld: &HashSet<[u8; 32]>,
-    evasions: &[(Attack, &str)],
-    max_tokens: usize,
-    out: &Path,
-) -> Result<Defence> {
-    let old = Probe::load(&probe_path(cfg, probe_name)?)?;
+/// What a blue round works from: the deployment, the monitor and probe it defends, the data,
+/// the texts it must not train on (by SHA-256), the red round's evasions, and where it writes.
+pub struct Inputs<'a> {
+    pub cfg: &'a Config,
+    pub monitor: &'a str,
+    pub probe_name: &'a str,
+    pub data: &'a [Labelled],
+    pub withheld: &'a HashSet<[u8; 32]>,
+    pub evasions: &'a [(Attack, &'a str)],
+    pub out: &'a Path,
+}
+
+/// Retrains the probe of `inputs`, a probe of a hook's activations read by `model` at most
+/// `max_tokens` at a time (see the module documentation).
+pub fn defend(model: &Model, inputs: &Inputs, max_tokens: usize) -> Result<Defence> {
+    let old = Probe::load(&probe_path(inputs)?)?;
     if old.dictionary.is_some() {
         bail!(
-            "probe `{probe_name}` reads a dictionary's latents; the blue round retrains probes on a hook's activations (defend a monitor whose probe reads the hook itself)"
+            "probe `{}` reads a dictionary's latents; the blue round retrains probes on a hook's activations (defend a monitor whose probe reads the hook itself)",
+            inputs.probe_name
         );
     }
     let aggregation = old
@@ -84,7 +86,7 @@ pub fn defend(
     // The served monitor reads at most `max_tokens` of a prompt; training reads the same.
     let reader = Reader::new(model, &old.hook)?.passes(Some(max_tokens), true);
     let d = model.config.d_model;
-    let set = TrainingSet::new(data, withheld, evasions)?;
+    let set = TrainingSet::new(inputs)?;
     let texts = &set.texts;
     let folds = calibration_folds(texts)?;
     let bar = crate::report::progress(texts.len() as u64, "blue: reading training texts");
@@ -130,29 +132,18 @@ pub fn defend(
     let (mut new, cut) = train_and_calibrate(texts, &folds, target_fpr, fitted, read)?;
     let calibration = set.calibration(aggregation, &cut, target_fpr, &folds);
     new.calibration = Some(calibration.clone());
-    let dir = out.join("defended-probe");
+    let dir = inputs.out.join("defended-probe");
     new.save(&dir)?;
     let file = dir.join(probe::FILE);
-    set.defence(cfg, monitor, probe_name, &calibration, folds.by, file, out)
+    set.defence(inputs, &calibration, folds.by, file)
 }
 
-/// Retrains sentence probe `probe_name` of `cfg`, read by `embedder`: its heads per kind of
-/// attack on the data, and a head `evasion` on the red round's evasions (see the module
-/// documentation).
-#[allow(clippy::too_many_arguments)]
-pub fn defend_sentences(
-    embedder: &Model,
-    cfg: &Config,
-    monitor: &str,
-    probe_name: &str,
-    data: &[Labelled],
-    withheld: &HashSet<[u8; 32]>,
-    evasions: &[(Attack, &str)],
-    out: &Path,
-) -> Result<Defence> {
-    let old = SentenceProbe::load(&probe_path(cfg, probe_name)?)?;
+/// Retrains the sentence probe of `inputs`, read by `embedder`: its heads per kind of attack
+/// on the data, and a head `evasion` on the red round's evasions (see the module documentation).
+pub fn defend_sentences(embedder: &Model, inputs: &Inputs) -> Result<Defence> {
+    let old = SentenceProbe::load(&probe_path(inputs)?)?;
     let target_fpr = old.calibration.as_ref().map_or(0.01, |c| c.target_fpr);
-    let set = TrainingSet::new(data, withheld, evasions)?;
+    let set = TrainingSet::new(inputs)?;
     let texts = &set.texts;
     let folds = calibration_folds(texts)?;
     let bar = crate::report::progress(texts.len() as u64, "blue: embedding training texts");
@@ -183,15 +174,18 @@ pub fn defend_sentences(
     let (mut new, cut) = train_and_calibrate(texts, &folds, target_fpr, fitted, read)?;
     let calibration = set.calibration(Aggregation::Sentences, &cut, target_fpr, &folds);
     new.calibration = Some(calibration.clone());
-    let dir = out.join("defended-probe");
+    let dir = inputs.out.join("defended-probe");
     new.save(&dir)?;
     let file = dir.join(sentence_probe::FILE);
-    set.defence(cfg, monitor, probe_name, &calibration, folds.by, file, out)
+    set.defence(inputs, &calibration, folds.by, file)
 }
 
-/// The path of `cfg`'s probe `name`.
-fn probe_path(cfg: &Config, name: &str) -> Result<PathBuf> {
-    cfg.probes
+/// The path of the defended probe.
+fn probe_path(inputs: &Inputs) -> Result<PathBuf> {
+    let name = inputs.probe_name;
+    inputs
+        .cfg
+        .probes
         .iter()
         .find(|p| p.name == name)
         .map(|p| p.path.clone())
@@ -248,11 +242,8 @@ struct TrainingSet<'a> {
 }
 
 impl<'a> TrainingSet<'a> {
-    fn new(
-        data: &'a [Labelled],
-        withheld: &HashSet<[u8; 32]>,
-        evasions: &[(Attack, &'a str)],
-    ) -> Result<Self> {
+    fn new(inputs: &Inputs<'a>) -> Result<Self> {
+        let (data, withheld, evasions) = (inputs.data, inputs.withheld, inputs.evasions);
         let hash = |t: &str| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() };
         let mut texts: Vec<Training> = Vec::new();
         let mut excluded = 0;
@@ -336,26 +327,27 @@ impl<'a> TrainingSet<'a> {
         }
     }
 
-    /// Writes `OUT/deploy.defended.toml`: `cfg` with probe `probe_name` read from `file`'s
-    /// directory and monitor `monitor` on its new rule.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes `OUT/deploy.defended.toml`: the deployment with the probe read from `file`'s
+    /// directory and the monitor on its new rule.
     fn defence(
         &self,
-        cfg: &Config,
-        monitor: &str,
-        probe_name: &str,
+        inputs: &Inputs,
         calibration: &Calibration,
         calibrated_by: &'static str,
         file: PathBuf,
-        out: &Path,
     ) -> Result<Defence> {
+        let (cfg, probe_name, out) = (inputs.cfg, inputs.probe_name, inputs.out);
         let rule = calibration.rule(probe_name);
         let dir = file.parent().unwrap_or(out);
         let mut defended = cfg.clone();
         for p in defended.probes.iter_mut().filter(|p| p.name == probe_name) {
             p.path = std::path::absolute(dir)?;
         }
-        for m in defended.monitors.iter_mut().filter(|m| m.name == monitor) {
+        for m in defended
+            .monitors
+            .iter_mut()
+            .filter(|m| m.name == inputs.monitor)
+        {
             m.when = rule.clone();
         }
         defended.audit.path = std::path::absolute(&cfg.audit.path)?;

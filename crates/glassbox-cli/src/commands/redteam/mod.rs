@@ -205,28 +205,18 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             .map(|(attack, text)| (attack, cfg.input.prepare(text).text))
             .collect();
         let evasions: Vec<_> = evasions.iter().map(|(a, t)| (*a, t.as_ref())).collect();
+        let inputs = blue::Inputs {
+            cfg: &cfg,
+            monitor: &monitor,
+            probe_name: &probe_name,
+            data: &data,
+            withheld: &withheld,
+            evasions: &evasions,
+            out,
+        };
         let d = match embedder {
-            None => blue::defend(
-                &model,
-                &cfg,
-                &monitor,
-                &probe_name,
-                &data,
-                &withheld,
-                &evasions,
-                suite.max_tokens,
-                out,
-            )?,
-            Some(embedder) => blue::defend_sentences(
-                embedder,
-                &cfg,
-                &monitor,
-                &probe_name,
-                &data,
-                &withheld,
-                &evasions,
-                out,
-            )?,
+            None => blue::defend(&model, &inputs, suite.max_tokens)?,
+            Some(embedder) => blue::defend_sentences(embedder, &inputs)?,
         };
         if !suite.withhold_attacks.is_empty() {
             let names: Vec<&str> = suite.withhold_attacks.iter().map(|a| a.name()).collect();
