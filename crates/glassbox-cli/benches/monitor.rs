@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use glassbox_dictionary::sentence_probe::SentenceProbe;
 use serde_json::json;
 
 mod support;
@@ -143,7 +144,7 @@ fn main() {
             .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
             .and_then(|c| c["architecture"].as_str().map(str::to_string))
             .unwrap_or_else(|| {
-                if Path::new(d).join("sentence_probe.json").is_file() {
+                if SentenceProbe::is_at(Path::new(d)) {
                     "sentence probe".into()
                 } else {
                     "token probe".into()
@@ -179,7 +180,7 @@ fn main() {
 /// A probe directory's monitor: a sentence probe's `sentences` rule, or a token probe's
 /// 4-token window (thresholds no text reaches: every request is read to its end).
 fn probe_rule(dir: &Path) -> String {
-    let when = if dir.join("sentence_probe.json").is_file() {
+    let when = if SentenceProbe::is_at(dir) {
         "sentences p > 1000"
     } else {
         "mean(probe p, 4) > 1.5"

@@ -270,12 +270,7 @@ fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
     let file: Value =
         serde_json::from_str(&std::fs::read_to_string(saved.join("sentence_probe.json")).unwrap())
             .unwrap();
-    let kinds: Vec<&str> = file["heads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["kind"].as_str().unwrap())
-        .collect();
+    let kinds = common::head_kinds(&file);
     let mut attack_families: Vec<&str> = rows()
         .into_iter()
         .filter(|r| r.1 == 1)

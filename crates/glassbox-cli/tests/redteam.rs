@@ -379,12 +379,7 @@ fn a_sentence_probe_is_defended_with_a_head_for_the_evasions() {
     let file = Path::new(d["probe"].as_str().unwrap());
     assert_eq!(file.file_name().unwrap(), "sentence_probe.json");
     let probe: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
-    let kinds: Vec<&str> = probe["heads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["kind"].as_str().unwrap())
-        .collect();
+    let kinds = common::head_kinds(&probe);
     let evasions = d["evasions_added"].as_u64().unwrap();
     let mut expected = vec!["extraction", "override", "roleplay"];
     if evasions > 0 {

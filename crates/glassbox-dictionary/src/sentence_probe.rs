@@ -78,10 +78,7 @@ impl SentenceProbe {
                 r.whole.len()
             )));
         }
-        Ok(std::iter::once(&r.whole)
-            .chain(r.sentences.iter().map(|s| &s.embedding))
-            .map(|e| self.piece_logit(e))
-            .collect())
+        Ok(r.pieces().map(|e| self.piece_logit(e)).collect())
     }
 
     /// The text's reading as [`TextScores`] over its pieces (the whole and each sentence, in the
@@ -184,10 +181,15 @@ impl Reading {
         })
     }
 
+    /// Its pieces' embeddings, in [`SentenceProbe::pieces`]' order: the whole, then each sentence.
+    pub fn pieces(&self) -> impl Iterator<Item = &[f32]> {
+        std::iter::once(self.whole.as_slice())
+            .chain(self.sentences.iter().map(|s| s.embedding.as_slice()))
+    }
+
     /// Its highest logit under `probe` (what [`SentenceProbe::read_text`] scores).
     pub fn score(&self, probe: &SentenceProbe) -> f32 {
-        std::iter::once(&self.whole)
-            .chain(self.sentences.iter().map(|s| &s.embedding))
+        self.pieces()
             .map(|e| probe.piece_logit(e))
             .fold(f32::NEG_INFINITY, f32::max)
     }
