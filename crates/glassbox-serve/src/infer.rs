@@ -69,14 +69,17 @@ pub fn embed(
 
 /// What the monitors make of `inputs` (a decoder's prompts, an encoder's texts) in one batched
 /// forward pass that stops after the deepest monitored hook: nothing is generated or embedded.
-/// These are the caller's own texts, not a client's: the text signals read 0.
+/// `texts`, where given, are the inputs' texts for the `sentences` signal (else decoded from
+/// the tokens, which loses the line breaks an encoder's tokenizer drops). These are the
+/// caller's own texts, not a client's: the text signals read 0.
 pub fn observe(
     model: &Model,
     set: &MonitorSet,
     request_id: &str,
     inputs: &[Vec<u32>],
+    texts: Option<&[&str]>,
 ) -> Result<Report> {
-    Ok(watched_pass(model, set, None, request_id, inputs, None, &[], true)?.2)
+    Ok(watched_pass(model, set, None, request_id, inputs, texts, &[], true)?.2)
 }
 
 /// One forward pass of `inputs` under the monitors; `texts`, where given, are the inputs'
