@@ -601,16 +601,27 @@ impl Model {
         Ok(mean.broadcast_div(&norm)?)
     }
 
-    /// Each text's sentence embedding (see [`Self::sentence_embedding`]), read in batches of
-    /// 16; a text longer than the model's context is truncated to it.
+    /// Each text's sentence embedding (see [`Self::sentence_embedding`]), in the order given;
+    /// a text longer than the model's context is truncated to it. Texts are read in batches of
+    /// 16 of similar length (sorted by tokens), so a short sentence is not padded to a long one.
     pub fn sentence_embeddings(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(16) {
-            let batch = self.batch(chunk, true)?;
+        let rows = texts
+            .iter()
+            .map(|t| self.tokenize(t, true))
+            .collect::<Result<Vec<_>>>()?;
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| rows[i].len());
+        let mut out = vec![Vec::new(); rows.len()];
+        for chunk in order.chunks(16) {
+            let chunk_rows: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
+            let batch = self.batch_ids(&chunk_rows)?;
             let hidden = self
                 .forward(&batch, &mut crate::Hooks::none(), None)?
                 .hidden;
-            out.extend(self.sentence_embedding(&batch, &hidden)?.to_vec2::<f32>()?);
+            let embedded = self.sentence_embedding(&batch, &hidden)?.to_vec2::<f32>()?;
+            for (&i, e) in chunk.iter().zip(embedded) {
+                out[i] = e;
+            }
         }
         Ok(out)
     }
