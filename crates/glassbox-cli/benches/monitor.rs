@@ -1,6 +1,7 @@
 //! Monitoring overhead and load, against real `glassbox serve` processes on loopback.
 //!
 //!   cargo bench -p glassbox-cli --bench monitor -- DICT|PROBE [DICT|PROBE ...]
+//!   cargo bench -p glassbox-cli --bench monitor -- --chat smollm2 PROBE [PROBE ...]
 //!
 //! For each MiniLM dictionary DICT: one server without monitors and one with DICT and 20
 //! rules (feature thresholds, window means and counts, action log); for each probe directory
@@ -8,6 +9,10 @@
 //! `sentences` logit; action log). Both answer the same /v1/embeddings requests, alternating,
 //! one at a time; the table gives p50/p99 latency, throughput and the overhead. Then 64 concurrent clients drive the monitored server for a
 //! fixed time: p50/p99 latency, errors and the server's peak resident memory.
+//!
+//! With `--chat MODEL` the servers serve that chat model and the requests are
+//! /v1/chat/completions (the text as the user's message, 16 greedy tokens): what a monitor
+//! costs a chat deployment, where a sentence probe's embedder runs beside the served model.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -22,16 +27,27 @@ mod support;
 use support::{memory_mb, pct, rules, texts, Server};
 
 const REQUESTS: usize = 400;
+/// Chat requests generate, so fewer of them take as long as the embedding ones.
+const CHAT_REQUESTS: usize = 100;
+const CHAT_TOKENS: usize = 16;
 const CLIENTS: usize = 64;
 const LOAD_SECONDS: u64 = 20;
 
-fn start(dir: &Path, name: &str, body: &str) -> Server {
+/// What the servers serve and how they are asked.
+#[derive(Clone)]
+struct Served {
+    model: String,
+    chat: bool,
+}
+
+fn start(dir: &Path, name: &str, body: &str, served: &Served) -> Server {
     let config = dir.join(format!("{name}.toml"));
     let audit = dir.join(format!("{name}-audit.jsonl"));
     std::fs::write(
         &config,
         format!(
-            "model = \"minilm\"\n[limits]\nworkers = 2\n{body}\n[audit]\npath = \"{}\"\nfsync = \"per-request\"\n",
+            "model = \"{}\"\n[limits]\nworkers = 2\n{body}\n[audit]\npath = \"{}\"\nfsync = \"per-request\"\n",
+            served.model,
             audit.display()
         ),
     )
@@ -52,11 +68,19 @@ fn start(dir: &Path, name: &str, body: &str) -> Server {
     support::listening(child)
 }
 
-fn request(agent: &ureq::Agent, url: &str, text: &str) -> Result<Duration, String> {
+fn request(agent: &ureq::Agent, url: &str, text: &str, chat: bool) -> Result<Duration, String> {
     let t = Instant::now();
+    let (path, body) = if chat {
+        (
+            "chat/completions",
+            json!({"messages": [{"role": "user", "content": text}], "max_tokens": CHAT_TOKENS}),
+        )
+    } else {
+        ("embeddings", json!({"input": text}))
+    };
     let mut resp = agent
-        .post(format!("{url}/v1/embeddings"))
-        .send_json(json!({"input": text}))
+        .post(format!("{url}/v1/{path}"))
+        .send_json(body)
         .map_err(|e| e.to_string())?;
     let _ = resp.body_mut().read_to_vec().map_err(|e| e.to_string())?;
     if resp.status() != 200 {
@@ -66,14 +90,25 @@ fn request(agent: &ureq::Agent, url: &str, text: &str) -> Result<Duration, Strin
 }
 
 fn main() {
-    let dicts: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let chat_model = args
+        .iter()
+        .position(|a| a == "--chat")
+        .and_then(|i| args.get(i + 1).cloned());
+    let served = Served {
+        chat: chat_model.is_some(),
+        model: chat_model.clone().unwrap_or_else(|| "minilm".into()),
+    };
+    let dicts: Vec<String> = args
+        .iter()
+        .filter(|a| !a.starts_with("--") && Some(*a) != chat_model.as_ref())
+        .cloned()
         .collect();
     if dicts.is_empty() {
-        eprintln!("usage: cargo bench -p glassbox-cli --bench monitor -- DICT [DICT ...] (MiniLM dictionaries)");
+        eprintln!("usage: cargo bench -p glassbox-cli --bench monitor -- [--chat MODEL] DICT|PROBE [DICT|PROBE ...]");
         std::process::exit(2);
     }
+    let requests = if served.chat { CHAT_REQUESTS } else { REQUESTS };
     // Configs live in a temporary directory, so dictionaries are named by absolute paths.
     let dicts: Vec<String> = dicts
         .iter()
@@ -94,9 +129,17 @@ fn main() {
         .timeout_global(Some(Duration::from_secs(120)))
         .build()
         .into();
-    let plain = start(dir.path(), "plain", "");
+    let plain = start(dir.path(), "plain", "", &served);
+    let what = if served.chat {
+        format!(
+            "/v1/chat/completions requests ({}, {CHAT_TOKENS} tokens each)",
+            served.model
+        )
+    } else {
+        "/v1/embeddings requests".to_string()
+    };
     println!(
-        "{REQUESTS} sequential /v1/embeddings requests per server, alternating; {} distinct texts",
+        "{requests} sequential {what} per server, alternating; {} distinct texts",
         texts.len()
     );
     println!(
@@ -109,13 +152,13 @@ fn main() {
         } else {
             probe_rule(Path::new(d))
         };
-        let monitored = start(dir.path(), &format!("monitored{n}"), &body);
+        let monitored = start(dir.path(), &format!("monitored{n}"), &body, &served);
         for t in texts.iter().take(10) {
-            let _ = request(&agent, &plain.url, t);
-            let _ = request(&agent, &monitored.url, t);
+            let _ = request(&agent, &plain.url, t, served.chat);
+            let _ = request(&agent, &monitored.url, t, served.chat);
         }
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        for i in 0..REQUESTS {
+        for i in 0..requests {
             let t = &texts[i % texts.len()];
             // Alternate which goes first so drift and caching favour neither.
             let order = if i % 2 == 0 {
@@ -124,7 +167,7 @@ fn main() {
                 [&monitored, &plain]
             };
             for s in order {
-                let took = request(&agent, &s.url, t).expect("a request failed");
+                let took = request(&agent, &s.url, t, served.chat).expect("a request failed");
                 if std::ptr::eq(s, &plain) {
                     a.push(took)
                 } else {
@@ -172,7 +215,7 @@ fn main() {
         );
 
         if n + 1 == dicts.len() {
-            load(&monitored, &texts, &format!("{name} ({kind})"));
+            load(&monitored, &texts, &format!("{name} ({kind})"), served.chat);
         }
     }
 }
@@ -191,7 +234,7 @@ fn probe_rule(dir: &Path) -> String {
     )
 }
 
-fn load(server: &Server, texts: &[String], name: &str) {
+fn load(server: &Server, texts: &[String], name: &str, chat: bool) {
     let stop = Arc::new(AtomicBool::new(false));
     let results = Arc::new(Mutex::new((Vec::new(), 0usize)));
     let threads: Vec<_> = (0..CLIENTS)
@@ -206,7 +249,7 @@ fn load(server: &Server, texts: &[String], name: &str) {
                     .into();
                 let mut i = c;
                 while !stop.load(Ordering::Relaxed) {
-                    let r = request(&agent, &url, &texts[i % texts.len()]);
+                    let r = request(&agent, &url, &texts[i % texts.len()], chat);
                     let mut g = results.lock().unwrap_or_else(|p| p.into_inner());
                     match r {
                         Ok(d) => g.0.push(d),
