@@ -149,6 +149,22 @@ fn minilm_padded_batch_matches_single_texts() {
             &reference[&format!("text{i}.pooled")],
         );
     }
+    // `sentence_embeddings` batches texts sorted by length and answers in the order given;
+    // of the texts and their reverse, one is not sorted.
+    let n = short.len();
+    let reversed: Vec<&str> = short.iter().rev().copied().collect();
+    let forward = model.sentence_embeddings(&short).unwrap();
+    let backward = model.sentence_embeddings(&reversed).unwrap();
+    for i in 0..n {
+        let want = &reference[&format!("text{i}.pooled")];
+        for (name, got) in [
+            ("in order", &forward[i]),
+            ("reversed", &backward[n - 1 - i]),
+        ] {
+            let got = Tensor::new(got.as_slice(), &Device::Cpu).unwrap();
+            assert_close(&format!("sentence_embeddings {name}: text{i}"), &got, want);
+        }
+    }
 }
 
 fn decoder_parity(name: &str) {
