@@ -42,13 +42,22 @@ pub struct KindHead {
     pub bias: f32,
 }
 
+/// The sentences of `text` a sentence probe reads alone (byte ranges): none when it has only
+/// one, which its whole already is.
+fn sentences_read(text: &str) -> Vec<std::ops::Range<usize>> {
+    let cuts = segments::sentences(text);
+    if cuts.len() > 1 {
+        cuts
+    } else {
+        Vec::new()
+    }
+}
+
 impl SentenceProbe {
-    /// The pieces of `text` it reads: the whole, then each sentence where there are two or more.
+    /// The pieces of `text` it reads: the whole, then each of [`sentences_read`].
     pub fn pieces(text: &str) -> Vec<&str> {
-        let cuts = segments::sentences(text);
-        let sentences = if cuts.len() > 1 { cuts } else { Vec::new() };
         std::iter::once(text)
-            .chain(sentences.into_iter().map(|r| &text[r]))
+            .chain(sentences_read(text).into_iter().map(|r| &text[r]))
             .collect()
     }
 
@@ -152,20 +161,16 @@ impl Reading {
     /// first sixteen sentences cost sixteen times the text).
     pub fn of(model: &Model, text: &str, span: Option<(usize, usize)>) -> Result<Reading> {
         let whole = Self::whole(model, text)?.whole;
-        let ranges = segments::sentences(text);
-        let sentences = if ranges.len() < 2 {
-            Vec::new()
-        } else {
-            let pieces: Vec<&str> = ranges.iter().map(|r| &text[r.clone()]).collect();
-            ranges
-                .iter()
-                .zip(model.sentence_embeddings(&pieces)?)
-                .map(|(r, embedding)| Sentence {
-                    embedding,
-                    in_span: span.is_some_and(|(s, e)| r.start < e && r.end > s),
-                })
-                .collect()
-        };
+        let ranges = sentences_read(text);
+        let pieces: Vec<&str> = ranges.iter().map(|r| &text[r.clone()]).collect();
+        let sentences = ranges
+            .iter()
+            .zip(model.sentence_embeddings(&pieces)?)
+            .map(|(r, embedding)| Sentence {
+                embedding,
+                in_span: span.is_some_and(|(s, e)| r.start < e && r.end > s),
+            })
+            .collect();
         Ok(Reading { whole, sentences })
     }
 

@@ -155,6 +155,7 @@ fn score_monitors(
     let progress = report::progress(texts.len() as u64, "monitor texts");
     for chunk in order.chunks(BATCH) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+        // A sentence probe reads the texts themselves, whole, as `probe score` does.
         let words: Vec<&str> = chunk.iter().map(|&i| texts[i].0.as_str()).collect();
         let seen = infer::observe(model, &set, "scan", &batch, Some(&words))?;
         for (&text, peaks) in chunk.iter().zip(&seen.peaks) {
