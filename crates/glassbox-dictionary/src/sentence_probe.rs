@@ -54,7 +54,7 @@ fn sentences_read(text: &str) -> Vec<std::ops::Range<usize>> {
 }
 
 impl SentenceProbe {
-    /// The pieces of `text` it reads: the whole, then each of [`sentences_read`].
+    /// The pieces of `text` it reads: the whole, then each sentence where there are two or more.
     pub fn pieces(text: &str) -> Vec<&str> {
         std::iter::once(text)
             .chain(sentences_read(text).into_iter().map(|r| &text[r]))
