@@ -5,11 +5,12 @@
 //! beside it on the same file.
 //!
 //! `cargo bench -p glassbox-model --bench decode -- [--model NAME|PATH] [--hooks none|resid]
-//!  [--prompt-tokens 512] [--new-tokens 128] [--repeats 3] [--write-prompt IDS.json]`
+//!  [--prompt-tokens 512] [--new-tokens 128] [--repeats 3] [--device cpu|cuda]
+//!  [--write-prompt IDS.json]` (`--device cuda` in a `--features cuda` build)
 
 use std::time::Instant;
 
-use glassbox_model::{registry, BlockHook, Device, HookPoint, Hooks, Model};
+use glassbox_model::{registry, BlockHook, HookPoint, Hooks, Model};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -53,7 +54,8 @@ fn main() {
     let repeats: usize = arg("--repeats", "3").parse().expect("--repeats");
     let path = registry::resolve(&name).expect("model (run `cargo glassbox setup`)");
     let started = Instant::now();
-    let model = Model::load(&path, &Device::Cpu).expect("load");
+    let device = glassbox_model::device(&arg("--device", "cpu")).expect("--device");
+    let model = Model::load(&path, &device).expect("load");
     let load_s = started.elapsed().as_secs_f64();
     let readme = include_str!("../../../README.md").repeat(4);
     let mut prompt = model.tokenizer.encode_plain(&readme).expect("tokenize");
@@ -81,6 +83,7 @@ fn main() {
             let mut logits = model
                 .forward_last(&batch, &mut hooks(&model, &kind), &mut cache)
                 .expect("prefill");
+            device.synchronize().expect("synchronize"); // a GPU returns before it is done
             prefill.push(n_prompt as f64 / t.elapsed().as_secs_f64());
             let t = Instant::now();
             for _ in 0..n_new {
@@ -106,7 +109,7 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "runtime": "glassbox", "model": name, "hooks": kind, "threads": rayon::current_num_threads(),
+            "runtime": "glassbox", "device": arg("--device", "cpu"), "model": name, "hooks": kind, "threads": rayon::current_num_threads(),
             "prompt_tokens": n_prompt, "new_tokens": n_new, "load_s": load_s,
             "prefill_tok_s": median(&mut prefill), "decode_tok_s": median(&mut decode),
             "peak_rss_mb": peak_rss_mb(),

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use glassbox_model::{BlockHook, Device, HookPoint, Hooks, Model, ModelError, Tensor};
+use glassbox_model::{BlockHook, HookPoint, Hooks, Model, ModelError, Tensor};
 
 mod common;
 use common::max_abs_diff;
@@ -12,7 +12,7 @@ fn tiny(name: &str) -> Model {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
-    Model::load(&dir, &Device::Cpu).unwrap()
+    Model::load(&dir, &common::device()).unwrap()
 }
 
 fn logits(model: &Model, text: &str, hooks: &mut Hooks) -> Tensor {

@@ -35,7 +35,7 @@ fn ids_of(t: &Tensor) -> Vec<u32> {
 fn minilm() -> Model {
     let dir =
         registry::resolve("minilm").expect("MiniLM must be installed: run `cargo glassbox setup`");
-    Model::load(&dir, &Device::Cpu).unwrap()
+    Model::load(&dir, &common::device()).unwrap()
 }
 
 struct MiniLmCase {
@@ -169,7 +169,7 @@ fn minilm_padded_batch_matches_single_texts() {
 
 fn decoder_parity(name: &str) {
     let dir = fixtures().join(name);
-    let model = Model::load(&dir, &Device::Cpu).unwrap();
+    let model = Model::load(&dir, &common::device()).unwrap();
     let reference = load_ref(&dir.join("reference.safetensors"));
     let n = model.config.n_layers;
     let mut points = vec![HookPoint::FinalNorm, HookPoint::Logits];

@@ -29,7 +29,7 @@ pub fn model(name: &str, cell: &'static OnceLock<Model>) -> &'static Model {
         let path = registry::resolve(name).unwrap_or_else(|e| {
             panic!("{name} must be installed: run `cargo glassbox setup --model {name}` ({e})")
         });
-        Model::load(&path, &Device::Cpu).unwrap()
+        Model::load(&path, &crate::common::device()).unwrap()
     })
 }
 
