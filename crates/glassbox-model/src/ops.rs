@@ -416,6 +416,10 @@ pub fn attention_scores(q: &Tensor, k: &Tensor, mask: &AttnMask, scale: f64) -> 
             }
         }
     }
+    if visible.iter().all(|&v| v == 1) {
+        // Nothing is hidden (every decoding step): no mask to upload to a GPU and apply.
+        return Ok(scores);
+    }
     let visible =
         Tensor::from_vec(visible, (b, 1, t, s), q.device())?.broadcast_as(scores.shape())?;
     let fill = Tensor::full(f32::MIN, scores.shape(), q.device())?;
