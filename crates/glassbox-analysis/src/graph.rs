@@ -196,8 +196,9 @@ impl Intervention for Replacement<'_> {
     }
 }
 
-fn tensor(v: &[f32], shape: &[usize]) -> Result<Tensor> {
-    Ok(Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)?)
+/// `v` as a tensor on the model's device (the pass's activations live there).
+fn tensor(v: &[f32], shape: &[usize], device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(v.to_vec(), shape, device)?)
 }
 
 pub fn attribution_graph(
@@ -225,10 +226,10 @@ pub fn attribution_graph(
         let (d, n) = (sae.d_in(), sae.d_sae());
         sites.push(Site {
             point,
-            w_enc_t: tensor(&sae.w_enc_t, &[n, d])?,
-            b_enc: tensor(&sae.b_enc, &[n])?,
-            b_dec: tensor(&sae.b_dec, &[d])?,
-            w_dec: tensor(&sae.w_dec, &[n, d])?,
+            w_enc_t: tensor(&sae.w_enc_t, &[n, d], model.device())?,
+            b_enc: tensor(&sae.b_enc, &[n], model.device())?,
+            b_dec: tensor(&sae.b_dec, &[d], model.device())?,
+            w_dec: tensor(&sae.w_dec, &[n, d], model.device())?,
             sae,
         });
     }
@@ -313,7 +314,7 @@ pub fn attribution_graph(
                     x.dim(0)?
                 )));
             }
-            let w = tensor(&probe.weights, &[probe.weights.len()])?;
+            let w = tensor(&probe.weights, &[probe.weights.len()], model.device())?;
             (
                 (x.mul(&w)?.sum_all()? + probe.bias as f64)?,
                 format!("probe {} logit", probe.name),
