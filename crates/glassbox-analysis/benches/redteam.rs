@@ -13,7 +13,8 @@
 //!    `probes/injection-sentences`; the token probes all read in one pass, plus the keyword
 //!    filter), beside the same forward passes without any detector. A sentence probe reads
 //!    passes of its own (its embedder's, on the text whole and each sentence): it is timed
-//!    whole, beside the served model's passes.
+//!    whole, beside the served model's passes, once text by text (as a server reads requests)
+//!    and once 64 texts at a time (as `probe score` reads a file).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -231,6 +232,24 @@ fn main() {
             "| the shipped sentence probe ({}) on the same texts: {pieces} pieces (each text whole and its sentences) through {} | {} | {seconds:.1} s | {:.1} texts/s; {:.2}× the passes' time |",
             p.name,
             p.model,
+            p.model,
+            texts.len() as f64 / seconds,
+            seconds / forward
+        );
+        // As `probe score` reads a file: 64 texts at a time, their pieces sharing batches.
+        let t = Instant::now();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut together = 0usize;
+        for chunk in refs.chunks(64) {
+            let logits = p
+                .piece_logits_many(&embedder, chunk)
+                .expect("sentence probe");
+            together += logits.iter().map(Vec::len).sum::<usize>();
+        }
+        assert_eq!(together, pieces, "the same pieces read together");
+        let seconds = t.elapsed().as_secs_f64();
+        println!(
+            "| the same, 64 texts at a time (their pieces sharing batches, as `probe score` reads a file) | {} | {seconds:.1} s | {:.1} texts/s; {:.2}× the passes' time |",
             p.model,
             texts.len() as f64 / seconds,
             seconds / forward

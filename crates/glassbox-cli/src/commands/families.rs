@@ -52,7 +52,7 @@ use rayon::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::probe::{read_records, LongTexts};
+use super::probe::{read_records, Labelled, LongTexts};
 use crate::input;
 
 #[derive(clap::Args)]
@@ -552,6 +552,12 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     for l in &labelled {
         *sizes.entry((l.label, l.family.as_str())).or_default() += 1;
     }
+    let mut sentence_readings = if a.segments {
+        segment_readings(minilm, &labelled, &a.data)?
+    } else {
+        Vec::new()
+    }
+    .into_iter();
     let bar = crate::report::progress(labelled.len() as u64, "reading texts");
     let mut texts = Vec::with_capacity(labelled.len());
     for (i, l) in labelled.iter().enumerate() {
@@ -596,12 +602,11 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
                 .collect(),
             token_labels,
             layers,
-            reading: if a.segments {
-                Reading::of(minilm, text, l.span.filter(|_| l.label))
-            } else {
-                Reading::whole(minilm, text)
-            }
-            .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?,
+            reading: match sentence_readings.next() {
+                Some(reading) => reading,
+                None => Reading::whole(minilm, text)
+                    .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?,
+            },
             kind: if l.label {
                 l.kind.clone().unwrap_or_else(|| "attack".into())
             } else {
@@ -1055,6 +1060,34 @@ fn mean_code(sae: &glassbox_dictionary::Sae, acts: &[f32]) -> Result<Vec<f32>> {
 }
 
 /// `--segments`: the sentence probe's heads (see [`sentence_probe::fit_heads`]).
+/// Every text read whole and sentence by sentence, its positive sentences marked, 64 texts at a
+/// time: their pieces share batches (`Reading::of_many`).
+fn segment_readings(
+    minilm: &Model,
+    labelled: &[Labelled],
+    data: &std::path::Path,
+) -> Result<Vec<Reading>> {
+    let bar = crate::report::progress(labelled.len() as u64, "embedding texts and sentences");
+    let mut out = Vec::with_capacity(labelled.len());
+    for (c, chunk) in labelled.chunks(64).enumerate() {
+        let spans: Vec<_> = chunk
+            .iter()
+            .map(|l| (l.text.as_str(), l.span.filter(|_| l.label)))
+            .collect();
+        let first = c * 64 + 1;
+        out.extend(Reading::of_many(minilm, &spans).with_context(|| {
+            format!(
+                "{}, texts {first}–{}",
+                data.display(),
+                first + chunk.len() - 1
+            )
+        })?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
 fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> Vec<KindHead> {
     let examples: Vec<Example> = train
         .iter()

@@ -14,7 +14,7 @@ use glassbox_dictionary::probe::{
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_dictionary::sentence_probe::SentenceProbe;
-use glassbox_model::Reader;
+use glassbox_model::{Model, Reader};
 use glassbox_serve::config::InputConfig;
 use glassbox_serve::input::TextSignals;
 use glassbox_store::fsutil::sha256_file;
@@ -625,7 +625,7 @@ fn score_records(
         AnyProbe::Tokens(p) => read_tokens(on, p, &texts, device)?,
         AnyProbe::Sentences(p) => {
             let model = input::load_model(&p.model, device)?;
-            scoring(&texts, &on.data, |text| Ok(p.read_text(&model, text)?))?
+            read_sentences(p, &model, &texts, &on.data)?
         }
     };
     let keywords = KeywordFilter::default();
@@ -647,6 +647,30 @@ fn scoring(
     for (text, line) in texts {
         out.push(read(text).with_context(|| format!("{}, line {line}", data.display()))?);
         bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// A sentence probe's readings of `texts`, 64 at a time: their pieces share batches
+/// (`SentenceProbe::read_texts`); errors name the lines of the chunk.
+fn read_sentences(
+    probe: &SentenceProbe,
+    model: &Model,
+    texts: &[(&str, usize)],
+    data: &Path,
+) -> Result<Vec<TextScores>> {
+    let bar = crate::report::progress(texts.len() as u64, "scoring texts");
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(64) {
+        let batch: Vec<&str> = chunk.iter().map(|(t, _)| *t).collect();
+        let lines = (chunk[0].1, chunk[chunk.len() - 1].1);
+        out.extend(
+            probe
+                .read_texts(model, &batch)
+                .with_context(|| format!("{}, lines {}–{}", data.display(), lines.0, lines.1))?,
+        );
+        bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     Ok(out)
