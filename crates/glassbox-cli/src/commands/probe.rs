@@ -14,7 +14,7 @@ use glassbox_dictionary::probe::{
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_dictionary::sentence_probe::SentenceProbe;
-use glassbox_model::{Model, Reader};
+use glassbox_model::Reader;
 use glassbox_serve::config::InputConfig;
 use glassbox_serve::input::TextSignals;
 use glassbox_store::fsutil::sha256_file;
@@ -625,7 +625,10 @@ fn score_records(
         AnyProbe::Tokens(p) => read_tokens(on, p, &texts, device)?,
         AnyProbe::Sentences(p) => {
             let model = input::load_model(&p.model, device)?;
-            read_sentences(p, &model, &texts, &on.data)?
+            // 64 at a time: their pieces share batches (`SentenceProbe::read_texts`).
+            scoring(&texts, &on.data, 64, |batch| {
+                Ok(p.read_texts(&model, batch)?)
+            })?
         }
     };
     let keywords = KeywordFilter::default();
@@ -636,41 +639,27 @@ fn score_records(
         .collect())
 }
 
-/// Each text read by `read`, with a progress bar; errors name the data file's line.
+/// The texts read by `read`, `chunk` at a time, with a progress bar; errors name the data
+/// file's line (or the chunk's lines).
 fn scoring(
     texts: &[(&str, usize)],
     data: &Path,
-    read: impl Fn(&str) -> Result<TextScores>,
+    chunk: usize,
+    read: impl Fn(&[&str]) -> Result<Vec<TextScores>>,
 ) -> Result<Vec<TextScores>> {
     let bar = crate::report::progress(texts.len() as u64, "scoring texts");
     let mut out = Vec::with_capacity(texts.len());
-    for (text, line) in texts {
-        out.push(read(text).with_context(|| format!("{}, line {line}", data.display()))?);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(out)
-}
-
-/// A sentence probe's readings of `texts`, 64 at a time: their pieces share batches
-/// (`SentenceProbe::read_texts`); errors name the lines of the chunk.
-fn read_sentences(
-    probe: &SentenceProbe,
-    model: &Model,
-    texts: &[(&str, usize)],
-    data: &Path,
-) -> Result<Vec<TextScores>> {
-    let bar = crate::report::progress(texts.len() as u64, "scoring texts");
-    let mut out = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(64) {
-        let batch: Vec<&str> = chunk.iter().map(|(t, _)| *t).collect();
-        let lines = (chunk[0].1, chunk[chunk.len() - 1].1);
-        out.extend(
-            probe
-                .read_texts(model, &batch)
-                .with_context(|| format!("{}, lines {}–{}", data.display(), lines.0, lines.1))?,
-        );
-        bar.inc(chunk.len() as u64);
+    for part in texts.chunks(chunk) {
+        let batch: Vec<&str> = part.iter().map(|(t, _)| *t).collect();
+        let (first, last) = (part[0].1, part[part.len() - 1].1);
+        out.extend(read(&batch).with_context(|| {
+            if first == last {
+                format!("{}, line {first}", data.display())
+            } else {
+                format!("{}, lines {first}–{last}", data.display())
+            }
+        })?);
+        bar.inc(part.len() as u64);
     }
     bar.finish_and_clear();
     Ok(out)
@@ -711,9 +700,9 @@ fn read_tokens(
         );
     }
     let reader = Reader::new(&model, &probe.hook)?.passes(on.long.max_tokens, on.long.truncate);
-    scoring(texts, &on.data, |text| {
-        let x = reader.activations(text)?;
-        Ok(probe.read_text(&x, sae.as_ref(), on.window)?)
+    scoring(texts, &on.data, 1, |batch| {
+        let x = reader.activations(batch[0])?;
+        Ok(vec![probe.read_text(&x, sae.as_ref(), on.window)?])
     })
 }
 
