@@ -22,7 +22,7 @@ use std::time::Instant;
 use glassbox_analysis::redteam::{gcg, Framing, GcgConfig, Readout};
 use glassbox_dictionary::keywords::KeywordFilter;
 use glassbox_dictionary::probe::Probe;
-use glassbox_dictionary::sentence_probe::SentenceProbe;
+use glassbox_dictionary::sentence_probe::{SentenceProbe, READ_TOGETHER};
 use glassbox_model::{registry, Device, Hooks, Model};
 use rand::{Rng, SeedableRng};
 
@@ -236,11 +236,12 @@ fn main() {
             texts.len() as f64 / seconds,
             seconds / forward
         );
-        // As `probe score` reads a file: 64 texts at a time, their pieces sharing batches.
+        // As `probe score` reads a file: READ_TOGETHER (64) texts at a time, their pieces
+        // sharing batches.
         let t = Instant::now();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let mut together = 0usize;
-        for chunk in refs.chunks(64) {
+        for chunk in refs.chunks(READ_TOGETHER) {
             let logits = p
                 .piece_logits_many(&embedder, chunk)
                 .expect("sentence probe");
@@ -249,7 +250,7 @@ fn main() {
         assert_eq!(together, pieces, "the same pieces read together");
         let seconds = t.elapsed().as_secs_f64();
         println!(
-            "| the same, 64 texts at a time (their pieces sharing batches, as `probe score` reads a file) | {} | {seconds:.1} s | {:.1} texts/s; {:.2}× the passes' time |",
+            "| the same, {READ_TOGETHER} texts at a time (their pieces sharing batches, as `probe score` reads a file) | {} | {seconds:.1} s | {:.1} texts/s; {:.2}× the passes' time |",
             p.model,
             texts.len() as f64 / seconds,
             seconds / forward

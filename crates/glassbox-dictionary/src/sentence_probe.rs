@@ -42,6 +42,10 @@ pub struct KindHead {
     pub bias: f32,
 }
 
+/// How many texts a caller with many reads together ([`Reading::of_many`]): enough that their
+/// pieces sort into batches of like length, few enough for a progress bar to move.
+pub const READ_TOGETHER: usize = 64;
+
 /// Whether the sentence at `range` overlaps the labelled `span`.
 fn overlaps(span: Option<(usize, usize)>, range: &std::ops::Range<usize>) -> bool {
     span.is_some_and(|(s, e)| range.start < e && range.end > s)

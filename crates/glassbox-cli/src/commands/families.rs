@@ -46,7 +46,9 @@ use glassbox_dictionary::probe::{
 };
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_dictionary::segments;
-use glassbox_dictionary::sentence_probe::{self, Example, KindHead, Reading, SentenceProbe};
+use glassbox_dictionary::sentence_probe::{
+    self, Example, KindHead, Reading, SentenceProbe, READ_TOGETHER,
+};
 use glassbox_model::{Model, Reader};
 use rayon::prelude::*;
 use serde_json::json;
@@ -552,6 +554,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     for l in &labelled {
         *sizes.entry((l.label, l.family.as_str())).or_default() += 1;
     }
+    // With --segments, every text's reading (whole and sentences) is read here, many together.
     let mut sentence_readings = if a.segments {
         segment_readings(minilm, &labelled, &a.data)?
     } else {
@@ -602,10 +605,13 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
                 .collect(),
             token_labels,
             layers,
-            reading: match sentence_readings.next() {
-                Some(reading) => reading,
-                None => Reading::whole(minilm, text)
-                    .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?,
+            reading: if a.segments {
+                sentence_readings
+                    .next()
+                    .context("one sentence reading per text")?
+            } else {
+                Reading::whole(minilm, text)
+                    .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?
             },
             kind: if l.label {
                 l.kind.clone().unwrap_or_else(|| "attack".into())
@@ -1060,8 +1066,8 @@ fn mean_code(sae: &glassbox_dictionary::Sae, acts: &[f32]) -> Result<Vec<f32>> {
 }
 
 /// `--segments`: the sentence probe's heads (see [`sentence_probe::fit_heads`]).
-/// Every text read whole and sentence by sentence, its positive sentences marked, 64 texts at a
-/// time: their pieces share batches (`Reading::of_many`).
+/// Every text read whole and sentence by sentence, its positive sentences marked,
+/// [`READ_TOGETHER`] texts at a time: their pieces share batches (`Reading::of_many`).
 fn segment_readings(
     minilm: &Model,
     labelled: &[Labelled],
@@ -1069,12 +1075,12 @@ fn segment_readings(
 ) -> Result<Vec<Reading>> {
     let bar = crate::report::progress(labelled.len() as u64, "embedding texts and sentences");
     let mut out = Vec::with_capacity(labelled.len());
-    for (c, chunk) in labelled.chunks(64).enumerate() {
+    for (c, chunk) in labelled.chunks(READ_TOGETHER).enumerate() {
         let spans: Vec<_> = chunk
             .iter()
             .map(|l| (l.text.as_str(), l.span.filter(|_| l.label)))
             .collect();
-        let first = c * 64 + 1;
+        let first = c * READ_TOGETHER + 1;
         out.extend(Reading::of_many(minilm, &spans).with_context(|| {
             format!(
                 "{}, texts {first}–{}",

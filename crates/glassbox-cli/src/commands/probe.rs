@@ -13,7 +13,7 @@ use glassbox_dictionary::probe::{
     self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
-use glassbox_dictionary::sentence_probe::SentenceProbe;
+use glassbox_dictionary::sentence_probe::{self, SentenceProbe};
 use glassbox_model::Reader;
 use glassbox_serve::config::InputConfig;
 use glassbox_serve::input::TextSignals;
@@ -625,8 +625,8 @@ fn score_records(
         AnyProbe::Tokens(p) => read_tokens(on, p, &texts, device)?,
         AnyProbe::Sentences(p) => {
             let model = input::load_model(&p.model, device)?;
-            // 64 at a time: their pieces share batches (`SentenceProbe::read_texts`).
-            scoring(&texts, &on.data, 64, |batch| {
+            // Many at a time: their pieces share batches (`SentenceProbe::read_texts`).
+            scoring(&texts, &on.data, sentence_probe::READ_TOGETHER, |batch| {
                 Ok(p.read_texts(&model, batch)?)
             })?
         }

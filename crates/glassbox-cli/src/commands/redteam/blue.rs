@@ -148,8 +148,8 @@ pub fn defend_sentences(embedder: &Model, inputs: &Inputs) -> Result<Defence> {
     let folds = calibration_folds(texts)?;
     let bar = crate::report::progress(texts.len() as u64, "blue: embedding training texts");
     let mut readings = Vec::with_capacity(texts.len());
-    // 64 at a time: their pieces share batches (Reading::of_many).
-    for chunk in texts.chunks(64) {
+    // Many at a time: their pieces share batches (Reading::of_many).
+    for chunk in texts.chunks(sentence_probe::READ_TOGETHER) {
         let spans: Vec<_> = chunk
             .iter()
             .map(|t| (t.text, t.span.filter(|_| t.label)))
