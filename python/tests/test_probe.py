@@ -24,7 +24,7 @@ def test_scores_as_the_cli_does(minilm, tmp_path):
     probe = gb.SentenceProbe.load(SHIPPED)
     assert probe.kinds == ["extraction", "harmful", "injection", "jailbreak"]
     assert probe.model_name == "minilm"
-    assert probe.threshold == pytest.approx(1.7744305)
+    assert probe.threshold == pytest.approx(2.039298)
     assert gb.SentenceProbe.pieces(BURIED)[0] == BURIED
     assert len(gb.SentenceProbe.pieces(BURIED)) == 5
     assert gb.SentenceProbe.pieces(CALM) == [CALM]

@@ -341,6 +341,74 @@ fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
     );
 }
 
+/// `--segment-penalty` with several values: every fold chooses among them on its own training
+/// families (reported per fold), `--out` chooses over all of them and saves the choice, which
+/// the blue team's retraining reads back.
+#[test]
+fn the_sentence_probe_penalty_is_chosen_inside_each_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set.jsonl");
+    std::fs::write(&data, common::kind_lines().join("\n")).unwrap();
+    let saved = dir.path().join("sentences");
+    let (d, sp) = (data.to_str().unwrap(), saved.to_str().unwrap());
+    let grid = ["0.05", "0.5"];
+    let report = ok_json(&families(
+        d,
+        &[
+            L3,
+            "--segments",
+            "--no-combinations",
+            "--shared-sentences",
+            "exclude",
+            "--segment-penalty",
+            "0.05,0.5",
+            "--out",
+            sp,
+        ],
+    ));
+    let chosen = report["hooks"][0]["segment_penalties"].as_object().unwrap();
+    let mut folds: Vec<&str> = rows().into_iter().map(|r| r.2).collect();
+    folds.sort();
+    folds.dedup();
+    assert_eq!(
+        chosen.keys().collect::<Vec<_>>(),
+        folds,
+        "one choice per fold"
+    );
+    let in_grid = |v: &Value| {
+        let v = v.as_f64().map(|x| x as f32);
+        grid.iter().any(|g| v == g.parse::<f32>().ok())
+    };
+    assert!(chosen.values().all(in_grid), "{chosen:?}");
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("sentence_probe.json")).unwrap())
+            .unwrap();
+    assert!(in_grid(&file["penalty"]), "{file}");
+    // One value is taken as it is: no choice to report.
+    let fixed = ok_json(&families(
+        d,
+        &[
+            L3,
+            "--segments",
+            "--no-combinations",
+            "--segment-penalty",
+            "0.2",
+        ],
+    ));
+    assert_eq!(
+        fixed["hooks"][0]["segment_penalties"],
+        serde_json::json!({})
+    );
+    fails(
+        &families(d, &[L3, "--segment-penalty", "0.5"]),
+        "add --segments",
+    );
+    fails(
+        &families(d, &[L3, "--segments", "--segment-penalty=0.1,-1"]),
+        "--segment-penalty -1: a penalty is a finite number ≥ 0",
+    );
+}
+
 /// `--attention` measures a probe that learns which tokens to read, beside the others and
 /// under the same protocol; every held-out score is a logit of its own.
 #[test]

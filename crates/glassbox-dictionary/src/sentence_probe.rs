@@ -29,6 +29,10 @@ pub struct SentenceProbe {
     pub model: String,
     /// One linear head per kind of attack in training.
     pub heads: Vec<KindHead>,
+    /// The heads' L2 penalty (on standardised inputs), so retraining ([`fit_heads`], e.g. the
+    /// blue team's) trains alike; absent: [`L2`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub penalty: Option<f32>,
     /// Its flag rule: aggregation `sentences`, the threshold a logit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
@@ -281,22 +285,21 @@ pub struct Example<'a> {
     pub weight: f32,
 }
 
-/// The heads' L2 penalty on standardised inputs. Unit-length sentence embeddings standardise by
-/// a factor near 25, so the activation probes' 1e-3 is a raw penalty near 2e-6, an almost free
-/// fit: held-out logits reached 9 on average over in-the-wild jailbreaks and 2.6 over benign
-/// chat replies. 0.5 is a raw penalty near 1e-3, where a prototype (exact Newton fits,
-/// penalties 1e-4 to 1e-2) held out alike; chosen after one run at 1e-3 (README: *Sentences
-/// read alone*).
+/// The heads' default L2 penalty on standardised inputs. Unit-length sentence embeddings
+/// standardise by a factor near 25, so the activation probes' 1e-3 is a raw penalty near 2e-6,
+/// an almost free fit: held-out logits reached 9 on average over in-the-wild jailbreaks and 2.6
+/// over benign chat replies. 0.5 is a raw penalty near 1e-3, where a prototype (exact Newton
+/// fits, penalties 1e-4 to 1e-2) held out alike; chosen after one run at 1e-3 (README:
+/// *Sentences read alone*). `probe families --segment-penalty` can choose among several
+/// instead, fold by fold, on the training families alone.
 pub const L2: f32 = 0.5;
 
-/// Per kind of attack among `examples`, logistic regression (at [`L2`]) with that kind's texts
-/// and the sentences of their labelled spans as positives, and as negatives every benign text
-/// and sentence and the sentences outside a spanned text's span (the document it is buried in).
-pub fn fit_heads(examples: &[Example], cfg: &ProbeTraining) -> Vec<KindHead> {
-    let cfg = ProbeTraining {
-        l2: L2,
-        ..cfg.clone()
-    };
+/// Per kind of attack among `examples`, logistic regression (at penalty `l2` on standardised
+/// inputs; [`L2`] by default) with that kind's texts and the sentences of their labelled spans
+/// as positives, and as negatives every benign text and sentence and the sentences outside a
+/// spanned text's span (the document it is buried in).
+pub fn fit_heads(examples: &[Example], cfg: &ProbeTraining, l2: f32) -> Vec<KindHead> {
+    let cfg = ProbeTraining { l2, ..cfg.clone() };
     let kinds: std::collections::BTreeSet<&str> = examples
         .iter()
         .filter(|e| e.label)
@@ -373,6 +376,7 @@ mod tests {
                     bias: 0.0,
                 },
             ],
+            penalty: None,
             calibration: None,
         }
     }
@@ -489,7 +493,7 @@ mod tests {
             kind: "benign",
             weight: 1.0,
         }));
-        let heads = fit_heads(&examples, &ProbeTraining::default());
+        let heads = fit_heads(&examples, &ProbeTraining::default(), L2);
         let kinds: Vec<&str> = heads.iter().map(|h| h.kind.as_str()).collect();
         assert_eq!(kinds, ["injection", "jailbreak"]);
         let logit = |h: &KindHead, e: &[f32]| linear_logit(&h.weights, h.bias, e);
@@ -505,6 +509,7 @@ mod tests {
             name: "t".into(),
             model: "m".into(),
             heads,
+            penalty: None,
             calibration: None,
         };
         // A text scores its highest piece.
@@ -514,7 +519,7 @@ mod tests {
             .map(|e| probe.piece_logit(e))
             .fold(f32::NEG_INFINITY, f32::max);
         assert_eq!(buried.score(&probe), top);
-        assert!(fit_heads(&[], &ProbeTraining::default()).is_empty());
+        assert!(fit_heads(&[], &ProbeTraining::default(), L2).is_empty());
     }
 
     #[test]

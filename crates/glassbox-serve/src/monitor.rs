@@ -997,6 +997,7 @@ mod tests {
                 weights,
                 bias,
             }],
+            penalty: None,
             calibration: None,
         };
         let dir = tempfile::tempdir().unwrap();

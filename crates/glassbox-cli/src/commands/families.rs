@@ -22,7 +22,9 @@
 //! since no served rule reads it yet. `--segments` adds a detector on sentences read alone
 //! (MiniLM's sentence embedding of each, one logistic regression per kind of attack); with
 //! `--out` it is what is saved, a sentence probe (`glassbox_dictionary::sentence_probe`) served
-//! as `sentences NAME > x`.
+//! as `sentences NAME > x`. Given several `--segment-penalty` values, each fold chooses its
+//! heads' penalty the way the combinations are fitted: by how heads trained without each group
+//! of the fold's own families hold out on that group.
 //! `--shared-sentences exclude` also keeps out of training every text that shares a sentence
 //! with the held-out family: families of one data set share templates, payloads and documents.
 //! `--family-weights` makes every family count alike in training, whatever its size.
@@ -143,6 +145,14 @@ pub struct FamiliesArgs {
     /// out best. Embedding every sentence takes about as long as reading the texts.
     #[arg(long)]
     segments: bool,
+    /// The --segments heads' L2 penalty on standardised inputs (default 0.5). Give several
+    /// (comma-separated) to choose per fold: each fold takes the one whose heads, trained
+    /// without each of five groups of its own training families, catch most of those families
+    /// at 1 % FPR (the held-out family takes no part; --shared-sentences applies inside too).
+    /// --out chooses the same way over every family and saves the choice. Each value costs
+    /// five more fits per fold
+    #[arg(long, value_delimiter = ',', value_name = "L2[,L2…]")]
+    segment_penalty: Vec<f32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -260,12 +270,12 @@ const SEGMENTS: usize = ATTENTION + 1;
 const STACK_GROUPS: usize = 5;
 
 /// The detectors trained beside the base ones when asked for: the probe on `--dict`'s mean
-/// codes (at its hook), the `--attention` probe.
+/// codes (at its hook), the `--attention` probe, the `--segments` heads (at this penalty).
 #[derive(Clone, Copy, Default)]
 struct Extra {
     latents: bool,
     attention: bool,
-    segments: bool,
+    segments: Option<f32>,
 }
 
 /// The base detectors trained on one set of texts.
@@ -316,10 +326,11 @@ impl Bases {
                     .collect();
                 fit_attention(&samples, d, cfg)
             }),
-            segments: extra.segments.then(|| SentenceProbe {
+            segments: extra.segments.map(|l2| SentenceProbe {
                 name: String::new(),
                 model: String::new(),
-                heads: fit_segments(texts, train, cfg),
+                heads: fit_segments(texts, train, cfg, l2),
+                penalty: Some(l2),
                 calibration: None,
             }),
         }
@@ -387,17 +398,7 @@ impl Stacker {
         a: &FamiliesArgs,
         cfg: &ProbeTraining,
     ) -> Self {
-        let folds: Vec<(bool, &str)> = train
-            .iter()
-            .map(|&i| (texts[i].label, texts[i].fold.as_str()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        // Sorted benign first, so the groups share the benign families (or parts) out.
-        let group = |i: usize| {
-            let key = (texts[i].label, texts[i].fold.as_str());
-            folds.binary_search(&key).unwrap_or(0) % STACK_GROUPS
-        };
+        let group = family_groups(texts, train);
         let mut features: Vec<(usize, [f32; BASES])> = Vec::with_capacity(train.len());
         for g in 0..STACK_GROUPS {
             let held: Vec<usize> = train.iter().copied().filter(|&i| group(i) == g).collect();
@@ -502,6 +503,8 @@ struct HookReport {
     dropped: usize,
     /// Training texts left out (summed over folds) for sharing a sentence with a held-out one.
     shared: usize,
+    /// The `--segments` penalty each fold chose (fold name → penalty), where it had a choice.
+    penalties: BTreeMap<String, f32>,
     /// Every text's held-out scores, in `DETECTORS` order.
     pooled: Vec<[f32; N]>,
 }
@@ -517,6 +520,16 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     }
     if a.out.is_some() && a.segments && a.aggregation.is_some() {
         bail!("--segments --out saves the sentence probe, which reads `sentences`; drop --aggregation (it picks a token probe's reading)");
+    }
+    if !a.segment_penalty.is_empty() && !a.segments {
+        bail!("--segment-penalty sets the --segments heads' penalty; add --segments");
+    }
+    if let Some(bad) = a
+        .segment_penalty
+        .iter()
+        .find(|l2| !(l2.is_finite() && **l2 >= 0.0))
+    {
+        bail!("--segment-penalty {bad}: a penalty is a finite number ≥ 0, e.g. 0.1,0.25,0.5");
     }
     if a.out.is_some() && a.segments && a.dict.is_some() {
         bail!("--out saves one detector: the probe on --dict's latents or the --segments sentence probe; drop --dict or --segments");
@@ -713,6 +726,8 @@ struct HeldOut {
     dropped: usize,
     /// Sharing a sentence with one (`--shared-sentences exclude`).
     shared: usize,
+    /// The `--segments` heads' penalty this fold chose, where it had a choice.
+    penalty: Option<f32>,
 }
 
 /// Leave-one-family-out at hook `h`: each family scored by detectors trained without it
@@ -733,37 +748,23 @@ fn evaluate(
         folds.len() as u64,
         &format!("{hook}: training without each family"),
     );
+    let fold_names = folds;
     let folds: Vec<HeldOut> = folds
         .par_iter()
         .map(|(label, fold)| {
             let held: Vec<usize> = (0..texts.len())
                 .filter(|&i| texts[i].label == *label && &texts[i].fold == fold)
                 .collect();
-            let held_hashes: HashSet<[u8; 32]> = held.iter().map(|&i| texts[i].hash).collect();
-            let held_sentences: HashSet<[u8; 32]> = match a.shared_sentences {
-                SharedSentences::Keep => HashSet::new(),
-                SharedSentences::Exclude => held
-                    .iter()
-                    .flat_map(|&i| texts[i].sentences.iter().copied())
-                    .collect(),
-            };
             // A text identical to a held-out one stays out of training even under another
             // family's name; under `--shared-sentences exclude` so does one sharing a sentence.
-            let others = (0..texts.len()).filter(|&i| !held_hashes.contains(&texts[i].hash));
-            let (train, shared): (Vec<usize>, Vec<usize>) = others.partition(|&i| {
-                !texts[i]
-                    .sentences
-                    .iter()
-                    .any(|s| held_sentences.contains(s))
-            });
-            let (dropped, shared) = (
-                texts.len() - held.len() - train.len() - shared.len(),
-                shared.len(),
-            );
+            let all: Vec<usize> = (0..texts.len()).collect();
+            let (train, shared) = training_without(texts, &all, &held, a.shared_sentences);
+            let dropped = texts.len() - held.len() - train.len() - shared;
+            let penalty = a.segments.then(|| choose_penalty(a, texts, &train, cfg));
             let extra = Extra {
                 latents: latent,
                 attention: a.attention,
-                segments: a.segments,
+                segments: penalty,
             };
             let bases = Bases::fit(texts, h, &train, d, a.train_tokens, cfg, extra);
             let stacker = (!a.no_combinations).then(|| Stacker::fit(texts, h, &train, d, a, cfg));
@@ -788,12 +789,19 @@ fn evaluate(
                 scores,
                 dropped,
                 shared,
+                penalty: penalty.filter(|_| a.segment_penalty.len() > 1),
             }
         })
         .collect();
     bar.finish_and_clear();
     let mut pooled: Vec<[f32; N]> = vec![[0.0; N]; texts.len()];
     let (mut dropped, mut shared) = (0, 0);
+    let mut penalties = BTreeMap::new();
+    for (fold, (_, name)) in folds.iter().zip(fold_names) {
+        if let Some(l2) = fold.penalty {
+            penalties.insert(name.clone(), l2);
+        }
+    }
     for fold in &folds {
         dropped += fold.dropped;
         shared += fold.shared;
@@ -853,6 +861,7 @@ fn evaluate(
         per_family,
         dropped,
         shared,
+        penalties,
         pooled,
     })
 }
@@ -902,7 +911,7 @@ fn report_json(r: &HookReport) -> serde_json::Value {
         .collect();
     json!({"hook": r.hook, "detectors": detectors, "per_family": fam,
         "union_reading": DETECTORS[r.reading], "dropped_duplicates": r.dropped,
-        "dropped_sharing_a_sentence": r.shared})
+        "dropped_sharing_a_sentence": r.shared, "segment_penalties": r.penalties})
 }
 
 fn print_report(r: &HookReport, window: usize) {
@@ -981,6 +990,21 @@ fn print_report(r: &HookReport, window: usize) {
         println!(
             "({} training texts left out because they share a sentence with a held-out text)",
             r.shared
+        );
+    }
+    let mut chosen: BTreeMap<String, usize> = BTreeMap::new();
+    for l2 in r.penalties.values() {
+        *chosen.entry(l2.to_string()).or_default() += 1;
+    }
+    if !chosen.is_empty() {
+        let list: Vec<String> = chosen
+            .iter()
+            .map(|(l2, n)| format!("{l2} in {n}"))
+            .collect();
+        println!(
+            "(segment LR penalty chosen inside each fold: {} of {} folds)",
+            list.join(", "),
+            r.penalties.len()
         );
     }
 }
@@ -1094,7 +1118,7 @@ fn segment_readings(
     Ok(out)
 }
 
-fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> Vec<KindHead> {
+fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining, l2: f32) -> Vec<KindHead> {
     let examples: Vec<Example> = train
         .iter()
         .map(|&i| Example {
@@ -1104,7 +1128,94 @@ fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> Vec<Kin
             weight: texts[i].weight,
         })
         .collect();
-    sentence_probe::fit_heads(&examples, cfg)
+    sentence_probe::fit_heads(&examples, cfg, l2)
+}
+
+/// The `--segment-penalty` that holds out best inside `train`: for each, heads trained without
+/// each group of its families ([`family_groups`]) score that group, and the pooled scores'
+/// TPR at 1 % FPR decides (ties: the larger penalty). One value is taken as it is.
+fn choose_penalty(a: &FamiliesArgs, texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> f32 {
+    let [first, rest @ ..] = a.segment_penalty.as_slice() else {
+        return sentence_probe::L2;
+    };
+    if rest.is_empty() {
+        return *first;
+    }
+    let group = family_groups(texts, train);
+    let mut scored: Vec<Vec<(f32, bool)>> = vec![Vec::new(); a.segment_penalty.len()];
+    for g in 0..STACK_GROUPS {
+        let held: Vec<usize> = train.iter().copied().filter(|&i| group(i) == g).collect();
+        let rest: Vec<usize> = train.iter().copied().filter(|&i| group(i) != g).collect();
+        let (inner, _) = training_without(texts, &rest, &held, a.shared_sentences);
+        for (&l2, scored) in a.segment_penalty.iter().zip(&mut scored) {
+            let probe = SentenceProbe {
+                name: String::new(),
+                model: String::new(),
+                heads: fit_segments(texts, &inner, cfg, l2),
+                penalty: Some(l2),
+                calibration: None,
+            };
+            scored.extend(
+                held.iter()
+                    .map(|&i| (texts[i].reading.score(&probe), texts[i].label)),
+            );
+        }
+    }
+    let tpr = |s: &[(f32, bool)]| {
+        let benign: Vec<f32> = s.iter().filter(|x| !x.1).map(|x| x.0).collect();
+        let cut = glassbox_dictionary::roc::threshold_for_fpr(&benign, 0.01);
+        s.iter().filter(|x| x.1 && x.0 > cut).count()
+    };
+    a.segment_penalty
+        .iter()
+        .zip(&scored)
+        .max_by(|(p, s), (q, t)| tpr(s).cmp(&tpr(t)).then(p.total_cmp(q)))
+        .map_or(*first, |(&l2, _)| l2)
+}
+
+/// The training texts among `pool` a fold of `held` may use: none identical to a held-out
+/// text and, under `--shared-sentences exclude`, none sharing a sentence with one; with the
+/// number left out for sharing a sentence.
+fn training_without(
+    texts: &[Text],
+    pool: &[usize],
+    held: &[usize],
+    shared: SharedSentences,
+) -> (Vec<usize>, usize) {
+    let held_hashes: HashSet<[u8; 32]> = held.iter().map(|&i| texts[i].hash).collect();
+    let held_sentences: HashSet<[u8; 32]> = match shared {
+        SharedSentences::Keep => HashSet::new(),
+        SharedSentences::Exclude => held
+            .iter()
+            .flat_map(|&i| texts[i].sentences.iter().copied())
+            .collect(),
+    };
+    let others = pool
+        .iter()
+        .copied()
+        .filter(|&i| !held_hashes.contains(&texts[i].hash));
+    let (train, left_out): (Vec<usize>, Vec<usize>) = others.partition(|&i| {
+        !texts[i]
+            .sentences
+            .iter()
+            .any(|s| held_sentences.contains(s))
+    });
+    (train, left_out.len())
+}
+
+/// The inner group (of [`STACK_GROUPS`]) of each training text: its fold's place among the
+/// training folds, sorted benign first, so the groups share the benign families (or parts) out.
+fn family_groups<'t>(texts: &'t [Text], train: &[usize]) -> impl Fn(usize) -> usize + 't {
+    let folds: Vec<(bool, &str)> = train
+        .iter()
+        .map(|&i| (texts[i].label, texts[i].fold.as_str()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    move |i| {
+        let key = (texts[i].label, texts[i].fold.as_str());
+        folds.binary_search(&key).unwrap_or(0) % STACK_GROUPS
+    }
 }
 
 fn fit_tokens(
@@ -1280,10 +1391,12 @@ fn save_sentences(
     cfg: &ProbeTraining,
 ) -> Result<(String, Vec<String>)> {
     let all: Vec<usize> = (0..texts.len()).collect();
+    let l2 = choose_penalty(a, texts, &all, cfg);
     let p = SentenceProbe {
         name: probe_name(a),
         model: embedder.to_string(),
-        heads: fit_segments(texts, &all, cfg),
+        heads: fit_segments(texts, &all, cfg, l2),
+        penalty: Some(l2),
         calibration: Some(calibration(
             a,
             Aggregation::Sentences,

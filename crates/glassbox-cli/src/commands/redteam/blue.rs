@@ -170,7 +170,11 @@ pub fn defend_sentences(embedder: &Model, inputs: &Inputs) -> Result<Defence> {
             })
             .collect();
         SentenceProbe {
-            heads: sentence_probe::fit_heads(&examples, &cfg_train),
+            heads: sentence_probe::fit_heads(
+                &examples,
+                &cfg_train,
+                old.penalty.unwrap_or(sentence_probe::L2),
+            ),
             calibration: None,
             ..old.clone()
         }
