@@ -154,6 +154,9 @@ class SentenceProbe:
     def kinds(self) -> list[str]: ...
     @property
     def threshold(self) -> Optional[float]: ...
+    @property
+    def penalty(self) -> Optional[float]:
+        """The heads' L2 penalty (standardised inputs) it was trained at; None: 0.5."""
 
 class Catalog:
     @staticmethod

@@ -91,6 +91,13 @@ impl PySentenceProbe {
         self.inner.calibration.as_ref().map(|c| c.threshold)
     }
 
+    /// The heads' L2 penalty it was trained at (on standardised inputs), or None where the
+    /// file predates recording it (then 0.5).
+    #[getter]
+    fn penalty(&self) -> Option<f32> {
+        self.inner.penalty
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "SentenceProbe({:?}, reads {:?}, kinds {:?}, threshold {:?})",
