@@ -56,7 +56,7 @@ use rayon::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::probe::{read_records, Labelled, LongTexts};
+use super::probe::{read_records, LongTexts};
 use crate::input;
 
 #[derive(clap::Args)]
@@ -569,7 +569,12 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     }
     // With --segments, every text's reading (whole and sentences) is read here, many together.
     let mut sentence_readings = if a.segments {
-        segment_readings(minilm, &labelled, &a.data)?
+        let spans: Vec<_> = labelled
+            .iter()
+            .map(|l| (l.text.as_str(), l.span.filter(|_| l.label)))
+            .collect();
+        let source = a.data.display().to_string();
+        sentence_readings(minilm, &spans, &source, "embedding texts and sentences")?
     } else {
         Vec::new()
     }
@@ -749,6 +754,7 @@ fn evaluate(
         &format!("{hook}: training without each family"),
     );
     let fold_names = folds;
+    let all: Vec<usize> = (0..texts.len()).collect();
     let folds: Vec<HeldOut> = folds
         .par_iter()
         .map(|(label, fold)| {
@@ -757,7 +763,6 @@ fn evaluate(
                 .collect();
             // A text identical to a held-out one stays out of training even under another
             // family's name; under `--shared-sentences exclude` so does one sharing a sentence.
-            let all: Vec<usize> = (0..texts.len()).collect();
             let (train, shared) = training_without(texts, &all, &held, a.shared_sentences);
             let dropped = texts.len() - held.len() - train.len() - shared;
             let penalty = a.segments.then(|| choose_penalty(a, texts, &train, cfg));
@@ -801,8 +806,6 @@ fn evaluate(
         if let Some(l2) = fold.penalty {
             penalties.insert(name.clone(), l2);
         }
-    }
-    for fold in &folds {
         dropped += fold.dropped;
         shared += fold.shared;
         for (&i, s) in fold.texts.iter().zip(&fold.scores) {
@@ -992,14 +995,13 @@ fn print_report(r: &HookReport, window: usize) {
             r.shared
         );
     }
-    let mut chosen: BTreeMap<String, usize> = BTreeMap::new();
-    for l2 in r.penalties.values() {
-        *chosen.entry(l2.to_string()).or_default() += 1;
-    }
+    // Each penalty chosen, in numeric order, with how many folds chose it.
+    let mut chosen: Vec<f32> = r.penalties.values().copied().collect();
+    chosen.sort_by(f32::total_cmp);
     if !chosen.is_empty() {
         let list: Vec<String> = chosen
-            .iter()
-            .map(|(l2, n)| format!("{l2} in {n}"))
+            .chunk_by(|x, y| x == y)
+            .map(|run| format!("{} in {}", run[0], run.len()))
             .collect();
         println!(
             "(segment LR penalty chosen inside each fold: {} of {} folds)",
@@ -1089,35 +1091,31 @@ fn mean_code(sae: &glassbox_dictionary::Sae, acts: &[f32]) -> Result<Vec<f32>> {
     Ok(mean)
 }
 
-/// `--segments`: the sentence probe's heads (see [`sentence_probe::fit_heads`]).
-/// Every text read whole and sentence by sentence, its positive sentences marked,
-/// [`READ_TOGETHER`] texts at a time: their pieces share batches (`Reading::of_many`).
-fn segment_readings(
-    minilm: &Model,
-    labelled: &[Labelled],
-    data: &std::path::Path,
+/// Sentence probes' readings of `texts` (each with the span of its positive part, if any):
+/// every text whole and sentence by sentence, [`READ_TOGETHER`] at a time so their pieces share
+/// batches (`Reading::of_many`), under a progress bar saying `what`; an error names the texts'
+/// places in `source` (from 1). For `--segments` and the blue round.
+pub(crate) fn sentence_readings(
+    model: &Model,
+    texts: &[(&str, Option<(usize, usize)>)],
+    source: &str,
+    what: &str,
 ) -> Result<Vec<Reading>> {
-    let bar = crate::report::progress(labelled.len() as u64, "embedding texts and sentences");
-    let mut out = Vec::with_capacity(labelled.len());
-    for (c, chunk) in labelled.chunks(READ_TOGETHER).enumerate() {
-        let spans: Vec<_> = chunk
-            .iter()
-            .map(|l| (l.text.as_str(), l.span.filter(|_| l.label)))
-            .collect();
+    let bar = crate::report::progress(texts.len() as u64, what);
+    let mut out = Vec::with_capacity(texts.len());
+    for (c, chunk) in texts.chunks(READ_TOGETHER).enumerate() {
         let first = c * READ_TOGETHER + 1;
-        out.extend(Reading::of_many(minilm, &spans).with_context(|| {
-            format!(
-                "{}, texts {first}–{}",
-                data.display(),
-                first + chunk.len() - 1
-            )
-        })?);
+        out.extend(
+            Reading::of_many(model, chunk)
+                .with_context(|| format!("{source}, texts {first}–{}", first + chunk.len() - 1))?,
+        );
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     Ok(out)
 }
 
+/// `--segments`: the sentence probe's heads (see [`sentence_probe::fit_heads`]).
 fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining, l2: f32) -> Vec<KindHead> {
     let examples: Vec<Example> = train
         .iter()
@@ -1161,7 +1159,8 @@ fn choose_penalty(a: &FamiliesArgs, texts: &[Text], train: &[usize], cfg: &Probe
             );
         }
     }
-    let tpr = |s: &[(f32, bool)]| {
+    // Attacks caught at the pooled benign scores' 1 %-FPR threshold.
+    let caught = |s: &[(f32, bool)]| {
         let benign: Vec<f32> = s.iter().filter(|x| !x.1).map(|x| x.0).collect();
         let cut = glassbox_dictionary::roc::threshold_for_fpr(&benign, 0.01);
         s.iter().filter(|x| x.1 && x.0 > cut).count()
@@ -1169,8 +1168,9 @@ fn choose_penalty(a: &FamiliesArgs, texts: &[Text], train: &[usize], cfg: &Probe
     a.segment_penalty
         .iter()
         .zip(&scored)
-        .max_by(|(p, s), (q, t)| tpr(s).cmp(&tpr(t)).then(p.total_cmp(q)))
-        .map_or(*first, |(&l2, _)| l2)
+        .map(|(&l2, s)| (l2, caught(s)))
+        .max_by(|(p, m), (q, n)| m.cmp(n).then(p.total_cmp(q)))
+        .map_or(*first, |(l2, _)| l2)
 }
 
 /// The training texts among `pool` a fold of `held` may use: none identical to a held-out

@@ -17,13 +17,13 @@ use glassbox_dictionary::probe::{
     self, mean_rows, Aggregation, Calibration, Probe, ProbeTraining, Sample,
 };
 use glassbox_dictionary::roc::{Scored, Summary};
-use glassbox_dictionary::sentence_probe::{self, Example, Reading, SentenceProbe};
+use glassbox_dictionary::sentence_probe::{self, Example, SentenceProbe};
 use glassbox_model::{Model, Reader};
 use glassbox_serve::config::Config;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::commands::families::BenignSplit;
+use crate::commands::families::{sentence_readings, BenignSplit};
 use crate::commands::probe::Labelled;
 
 /// The weight, in texts, that each attack's evasions carry together. A handful of evasions of a
@@ -146,18 +146,16 @@ pub fn defend_sentences(embedder: &Model, inputs: &Inputs) -> Result<Defence> {
     let set = TrainingSet::new(inputs)?;
     let texts = &set.texts;
     let folds = calibration_folds(texts)?;
-    let bar = crate::report::progress(texts.len() as u64, "blue: embedding training texts");
-    let mut readings = Vec::with_capacity(texts.len());
-    // Many at a time: their pieces share batches (Reading::of_many).
-    for chunk in texts.chunks(sentence_probe::READ_TOGETHER) {
-        let spans: Vec<_> = chunk
-            .iter()
-            .map(|t| (t.text, t.span.filter(|_| t.label)))
-            .collect();
-        readings.extend(Reading::of_many(embedder, &spans)?);
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
+    let spans: Vec<_> = texts
+        .iter()
+        .map(|t| (t.text, t.span.filter(|_| t.label)))
+        .collect();
+    let readings = sentence_readings(
+        embedder,
+        &spans,
+        "the blue round's training texts",
+        "blue: embedding training texts",
+    )?;
     let cfg_train = ProbeTraining::default();
     let fitted = |keep: &(dyn Fn(usize) -> bool + Sync)| {
         let examples: Vec<Example> = (0..texts.len())
