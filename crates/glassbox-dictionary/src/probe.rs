@@ -693,36 +693,15 @@ fn text_score(w: &[f32], b: f32, x: &[f32]) -> f32 {
 /// Weights and bias of a probe fitted on every sample (no cross-validation).
 pub fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32) {
     let (mean, scale) = standardisation(samples.iter().map(|s| s.x.as_slice()), d);
-    // Each class weighs half, whatever its size (class-balanced), shared by sample weight.
-    let (pos, neg) = class_totals(samples.iter().map(|s| (s.label, s.weight)));
+    let (z, targets) = standardised_rows(samples, d, &mean, scale);
     let (mut w, mut b) = (vec![0f32; d], 0f32);
     let (mut m, mut v) = (vec![0f32; d + 1], vec![0f32; d + 1]);
-    let mut z = vec![0f32; d];
     for step in 1..=cfg.epochs {
         let mut g = vec![0f32; d + 1];
-        for s in samples {
-            let n = s.x.len() / d;
-            let weight = 0.5 * s.weight / if s.label { pos } else { neg } / n as f32;
-            // With token labels, the labelled-positive tokens weigh as one positive text and
-            // the rest as one negative text.
-            let split = s.token_labels.as_ref().map(|l| {
-                let p = l.iter().filter(|&&v| v).count().max(1) as f32;
-                let q = (l.len() as f32 - p).max(1.0);
-                (0.5 * s.weight / pos / p, 0.5 * s.weight / neg / q)
-            });
-            for (i, t) in s.x.chunks(d).enumerate() {
-                for ((z, x), mu) in z.iter_mut().zip(t).zip(&mean) {
-                    *z = (x - mu) * scale;
-                }
-                let (y, weight) = match (&s.token_labels, split) {
-                    (Some(l), Some((wp, _))) if l[i] => (1.0, wp),
-                    (Some(_), Some((_, wn))) => (0.0, wn),
-                    _ => (f32::from(u8::from(s.label)), weight),
-                };
-                let err = (sigmoid(linalg::dot(&w, &z) + b) - y) * weight;
-                linalg::axpy(err, &z, &mut g[..d]);
-                g[d] += err;
-            }
+        for (z, &(y, weight)) in z.chunks(d).zip(&targets) {
+            let err = (sigmoid(linalg::dot(&w, z) + b) - y) * weight;
+            linalg::axpy(err, z, &mut g[..d]);
+            g[d] += err;
         }
         for (gi, wi) in g[..d].iter_mut().zip(&w) {
             *gi += cfg.l2 * wi;
@@ -744,6 +723,40 @@ pub fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32
     let w_raw: Vec<f32> = w.iter().map(|w| w * scale).collect();
     let b_raw = b - linalg::dot(&w_raw, &mean);
     (w_raw, b_raw)
+}
+
+/// Every token of `samples` standardised, `(x − μ)·s`, one row each, with its target and loss
+/// weight: made once, since neither changes between epochs. Each class weighs half, whatever
+/// its size (class-balanced), shared by sample weight; each text the same whatever its length.
+fn standardised_rows(
+    samples: &[&Sample],
+    d: usize,
+    mean: &[f32],
+    scale: f32,
+) -> (Vec<f32>, Vec<(f32, f32)>) {
+    let (pos, neg) = class_totals(samples.iter().map(|s| (s.label, s.weight)));
+    let tokens: usize = samples.iter().map(|s| s.x.len() / d).sum();
+    let (mut z, mut targets) = (Vec::with_capacity(tokens * d), Vec::with_capacity(tokens));
+    for s in samples {
+        let n = s.x.len() / d;
+        let weight = 0.5 * s.weight / if s.label { pos } else { neg } / n as f32;
+        // With token labels, the labelled-positive tokens weigh as one positive text and
+        // the rest as one negative text.
+        let split = s.token_labels.as_ref().map(|l| {
+            let p = l.iter().filter(|&&v| v).count().max(1) as f32;
+            let q = (l.len() as f32 - p).max(1.0);
+            (0.5 * s.weight / pos / p, 0.5 * s.weight / neg / q)
+        });
+        for (i, t) in s.x.chunks(d).enumerate() {
+            z.extend(t.iter().zip(mean).map(|(x, mu)| (x - mu) * scale));
+            targets.push(match (&s.token_labels, split) {
+                (Some(l), Some((wp, _))) if l[i] => (1.0, wp),
+                (Some(_), Some((_, wn))) => (0.0, wn),
+                _ => (f32::from(u8::from(s.label)), weight),
+            });
+        }
+    }
+    (z, targets)
 }
 
 /// The mean token of `texts` (each `[tokens, d]`) and one scale for every dimension, 1 / the
