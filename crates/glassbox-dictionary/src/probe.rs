@@ -692,37 +692,90 @@ fn text_score(w: &[f32], b: f32, x: &[f32]) -> f32 {
 /// the scaling folded back into the weights.
 /// Weights and bias of a probe fitted on every sample (no cross-validation).
 pub fn fit(samples: &[&Sample], d: usize, cfg: &ProbeTraining) -> (Vec<f32>, f32) {
+    fit_penalties(samples, d, cfg, &[cfg.l2])
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`fit`] at each L2 penalty of `l2s` (in their order; `cfg.l2` unused), in one pass over
+/// the rows per epoch: each row is read once for every penalty, so a grid costs little more
+/// memory traffic than one fit. Each probe is bitwise the one [`fit`] gives at its penalty.
+pub fn fit_penalties(
+    samples: &[&Sample],
+    d: usize,
+    cfg: &ProbeTraining,
+    l2s: &[f32],
+) -> Vec<(Vec<f32>, f32)> {
     let (mean, scale) = standardisation(samples.iter().map(|s| s.x.as_slice()), d);
     let (z, targets) = standardised_rows(samples, d, &mean, scale);
-    let (mut w, mut b) = (vec![0f32; d], 0f32);
-    let (mut m, mut v) = (vec![0f32; d + 1], vec![0f32; d + 1]);
+    let mut fits: Vec<Adam> = l2s.iter().map(|&l2| Adam::new(d, l2)).collect();
     for step in 1..=cfg.epochs {
-        let mut g = vec![0f32; d + 1];
-        for (z, &(y, weight)) in z.chunks(d).zip(&targets) {
-            let err = (sigmoid(linalg::dot(&w, z) + b) - y) * weight;
-            linalg::axpy(err, z, &mut g[..d]);
-            g[d] += err;
+        for f in &mut fits {
+            f.g.iter_mut().for_each(|g| *g = 0.0);
         }
-        for (gi, wi) in g[..d].iter_mut().zip(&w) {
-            *gi += cfg.l2 * wi;
+        for (z, &(y, weight)) in z.chunks(d).zip(&targets) {
+            for f in &mut fits {
+                let err = (sigmoid(linalg::dot(&f.w, z) + f.b) - y) * weight;
+                linalg::axpy(err, z, &mut f.g[..d]);
+                f.g[d] += err;
+            }
+        }
+        for f in &mut fits {
+            f.step(step, cfg.lr);
+        }
+    }
+    // w·((x − μ)·s) + b = (s·w)·x + (b − s·w·μ)
+    fits.into_iter()
+        .map(|f| {
+            let w_raw: Vec<f32> = f.w.iter().map(|w| w * scale).collect();
+            let b_raw = f.b - linalg::dot(&w_raw, &mean);
+            (w_raw, b_raw)
+        })
+        .collect()
+}
+
+/// One probe's weights, bias and Adam moments while [`fit_penalties`] trains it.
+struct Adam {
+    l2: f32,
+    w: Vec<f32>,
+    b: f32,
+    /// This epoch's gradient: `d` weights, then the bias.
+    g: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Adam {
+    fn new(d: usize, l2: f32) -> Self {
+        Self {
+            l2,
+            w: vec![0.0; d],
+            b: 0.0,
+            g: vec![0.0; d + 1],
+            m: vec![0.0; d + 1],
+            v: vec![0.0; d + 1],
+        }
+    }
+
+    /// Adds the L2 penalty's gradient and takes Adam step `step` (from 1).
+    fn step(&mut self, step: usize, lr: f32) {
+        let d = self.w.len();
+        for (gi, wi) in self.g[..d].iter_mut().zip(&self.w) {
+            *gi += self.l2 * wi;
         }
         let (b1, b2) = (0.9f32, 0.999f32);
         let (c1, c2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
         for i in 0..=d {
-            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-            v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-            let delta = cfg.lr * (m[i] / c1) / ((v[i] / c2).sqrt() + 1e-8);
+            self.m[i] = b1 * self.m[i] + (1.0 - b1) * self.g[i];
+            self.v[i] = b2 * self.v[i] + (1.0 - b2) * self.g[i] * self.g[i];
+            let delta = lr * (self.m[i] / c1) / ((self.v[i] / c2).sqrt() + 1e-8);
             if i < d {
-                w[i] -= delta;
+                self.w[i] -= delta;
             } else {
-                b -= delta;
+                self.b -= delta;
             }
         }
     }
-    // w·((x − μ)·s) + b = (s·w)·x + (b − s·w·μ)
-    let w_raw: Vec<f32> = w.iter().map(|w| w * scale).collect();
-    let b_raw = b - linalg::dot(&w_raw, &mean);
-    (w_raw, b_raw)
 }
 
 /// Every token of `samples` standardised, `(x − μ)·s`, one row each, with its target and loss
@@ -843,6 +896,36 @@ mod tests {
                 Sample::new(x, label)
             })
             .collect()
+    }
+
+    /// A grid of penalties fitted together gives, penalty by penalty, the very probe a fit
+    /// at that penalty alone gives (they share the pass over the rows, nothing else).
+    #[test]
+    fn penalties_fitted_together_are_each_the_fit_alone() {
+        let mut data = samples(1.5);
+        data[4].token_labels = Some(vec![true, false, true]);
+        data[7] = data[7].clone().weighted(3.0);
+        let refs: Vec<&Sample> = data.iter().collect();
+        let l2s = [0.001, 0.5, 2.0];
+        let together = fit_penalties(&refs, 6, &ProbeTraining::default(), &l2s);
+        assert_eq!(together.len(), 3);
+        for (&l2, (w, b)) in l2s.iter().zip(&together) {
+            let cfg = ProbeTraining {
+                l2,
+                ..ProbeTraining::default()
+            };
+            let (w_alone, b_alone) = fit(&refs, 6, &cfg);
+            assert_eq!(b.to_bits(), b_alone.to_bits(), "l2 {l2}");
+            assert!(w
+                .iter()
+                .zip(&w_alone)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+        // The penalty does something: the weights shrink as it grows.
+        let norm = |w: &[f32]| w.iter().map(|x| x * x).sum::<f32>();
+        assert!(norm(&together[0].0) > norm(&together[1].0));
+        assert!(norm(&together[1].0) > norm(&together[2].0));
+        assert!(fit_penalties(&refs, 6, &ProbeTraining::default(), &[]).is_empty());
     }
 
     #[test]

@@ -299,46 +299,52 @@ pub const L2: f32 = 0.5;
 /// as positives, and as negatives every benign text and sentence and the sentences outside a
 /// spanned text's span (the document it is buried in).
 pub fn fit_heads(examples: &[Example], cfg: &ProbeTraining, l2: f32) -> Vec<KindHead> {
-    let cfg = ProbeTraining { l2, ..cfg.clone() };
+    fit_heads_at(examples, cfg, &[l2]).pop().unwrap_or_default()
+}
+
+/// [`fit_heads`] at each penalty of `l2s`, one set of heads per penalty in their order; the
+/// penalties share each pass over the pieces ([`probe::fit_penalties`]).
+pub fn fit_heads_at(examples: &[Example], cfg: &ProbeTraining, l2s: &[f32]) -> Vec<Vec<KindHead>> {
     let kinds: std::collections::BTreeSet<&str> = examples
         .iter()
         .filter(|e| e.label)
         .map(|e| e.kind)
         .collect();
+    let mut out: Vec<Vec<KindHead>> = vec![Vec::new(); l2s.len()];
     let Some(d) = examples.first().map(|e| e.reading.whole.len()) else {
-        return Vec::new();
+        return out;
     };
-    kinds
-        .into_iter()
-        .map(|kind| {
-            let mut samples = Vec::new();
-            for e in examples {
-                let r = e.reading;
-                let spanned = r.sentences.iter().any(|s| s.in_span);
-                let mine = e.label && e.kind == kind;
-                if mine || !e.label {
-                    samples.push(Sample::new(r.whole.clone(), mine).weighted(e.weight));
-                }
-                for s in &r.sentences {
-                    let label = match (e.label, s.in_span) {
-                        (false, _) => Some(false),
-                        (true, true) => mine.then_some(true),
-                        (true, false) => spanned.then_some(false),
-                    };
-                    if let Some(label) = label {
-                        samples.push(Sample::new(s.embedding.clone(), label).weighted(e.weight));
-                    }
+    for kind in kinds {
+        let mut samples = Vec::new();
+        for e in examples {
+            let r = e.reading;
+            let spanned = r.sentences.iter().any(|s| s.in_span);
+            let mine = e.label && e.kind == kind;
+            if mine || !e.label {
+                samples.push(Sample::new(r.whole.clone(), mine).weighted(e.weight));
+            }
+            for s in &r.sentences {
+                let label = match (e.label, s.in_span) {
+                    (false, _) => Some(false),
+                    (true, true) => mine.then_some(true),
+                    (true, false) => spanned.then_some(false),
+                };
+                if let Some(label) = label {
+                    samples.push(Sample::new(s.embedding.clone(), label).weighted(e.weight));
                 }
             }
-            let refs: Vec<&Sample> = samples.iter().collect();
-            let (weights, bias) = probe::fit(&refs, d, &cfg);
-            KindHead {
+        }
+        let refs: Vec<&Sample> = samples.iter().collect();
+        for (heads, (weights, bias)) in out.iter_mut().zip(probe::fit_penalties(&refs, d, cfg, l2s))
+        {
+            heads.push(KindHead {
                 kind: kind.to_string(),
                 weights,
                 bias,
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    out
 }
 
 /// Pieces' logits as [`TextScores`] (a piece in the place of a token; no windows).

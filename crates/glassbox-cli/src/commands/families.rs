@@ -1117,6 +1117,18 @@ pub(crate) fn sentence_readings(
 
 /// `--segments`: the sentence probe's heads (see [`sentence_probe::fit_heads`]).
 fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining, l2: f32) -> Vec<KindHead> {
+    fit_segments_at(texts, train, cfg, &[l2])
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`fit_segments`] at each penalty of `l2s`, in one pass over the pieces per epoch.
+fn fit_segments_at(
+    texts: &[Text],
+    train: &[usize],
+    cfg: &ProbeTraining,
+    l2s: &[f32],
+) -> Vec<Vec<KindHead>> {
     let examples: Vec<Example> = train
         .iter()
         .map(|&i| Example {
@@ -1126,7 +1138,7 @@ fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining, l2: f32) -
             weight: texts[i].weight,
         })
         .collect();
-    sentence_probe::fit_heads(&examples, cfg, l2)
+    sentence_probe::fit_heads_at(&examples, cfg, l2s)
 }
 
 /// The `--segment-penalty` that holds out best inside `train`: for each, heads trained without
@@ -1145,11 +1157,12 @@ fn choose_penalty(a: &FamiliesArgs, texts: &[Text], train: &[usize], cfg: &Probe
         let held: Vec<usize> = train.iter().copied().filter(|&i| group(i) == g).collect();
         let rest: Vec<usize> = train.iter().copied().filter(|&i| group(i) != g).collect();
         let (inner, _) = training_without(texts, &rest, &held, a.shared_sentences);
-        for (&l2, scored) in a.segment_penalty.iter().zip(&mut scored) {
+        let heads = fit_segments_at(texts, &inner, cfg, &a.segment_penalty);
+        for ((&l2, heads), scored) in a.segment_penalty.iter().zip(heads).zip(&mut scored) {
             let probe = SentenceProbe {
                 name: String::new(),
                 model: String::new(),
-                heads: fit_segments(texts, &inner, cfg, l2),
+                heads,
                 penalty: Some(l2),
                 calibration: None,
             };
