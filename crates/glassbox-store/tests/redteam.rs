@@ -57,6 +57,35 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
     let attacks = families.keys().filter(|(l, _)| *l == 1).count();
     let benign = families.keys().filter(|(l, _)| *l == 0).count();
     assert!(attacks >= 10 && benign >= 4, "{families:?}");
+    // The unseen families: attacks only, none of their texts (in any letter case) in the set,
+    // none of their families either.
+    let mut unseen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, line) in std::fs::read_to_string(redteam::unseen(&home))
+        .unwrap()
+        .lines()
+        .enumerate()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let t = v["text"].as_str().unwrap().trim().to_lowercase();
+        assert_eq!(v["label"].as_u64(), Some(1), "unseen line {}", i + 1);
+        assert!(
+            !attacks_lower.contains(&t),
+            "unseen line {} is in the set",
+            i + 1
+        );
+        assert!(!benign_lower.iter().any(|(_, b)| *b == t));
+        *unseen
+            .entry(v["family"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    for f in [
+        "harmful_tense_rephrased",
+        "harmful_donotanswer",
+        "jailbreak_pliny_template",
+    ] {
+        assert!(unseen.get(f).is_some_and(|&n| n > 20), "{f}: {unseen:?}");
+        assert!(!families.contains_key(&(1, f.into())), "{f} is in the set");
+    }
     // The latent injections come with their benign twins (same task, same document).
     assert!(families.contains_key(&(0, "benign_document_task".into())));
     assert!(families
