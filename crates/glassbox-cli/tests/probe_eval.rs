@@ -123,6 +123,26 @@ fn families_eval_calibrate_and_score_work_together() {
         .count();
     // At most 10 % of the 8 benign texts (the calibration target), i.e. none.
     assert_eq!(flagged_benign, 0);
+    // The per-family summary counts the texts and flags above, family by family.
+    let families = scored["families"].as_array().unwrap();
+    assert!(families.len() > 1, "{families:?}");
+    let total: u64 = families.iter().map(|f| f["texts"].as_u64().unwrap()).sum();
+    assert_eq!(total, 26);
+    for f in families {
+        let mine = |t: &&Value| {
+            t["family"].as_str().unwrap_or("-") == f["family"] && t["label"] == f["label"]
+        };
+        let flagged = texts
+            .iter()
+            .filter(mine)
+            .filter(|t| t["rule"]["flagged"] == true)
+            .count() as u64;
+        assert_eq!(f["flagged"].as_u64(), Some(flagged), "{f}");
+        assert_eq!(
+            f["texts"].as_u64(),
+            Some(texts.iter().filter(mine).count() as u64)
+        );
+    }
     for t in texts {
         let s = &t["scores"];
         assert!(s["max"].as_f64().unwrap() >= s["mean"].as_f64().unwrap() - 1e-6);

@@ -732,7 +732,18 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
                 row
             })
             .collect();
-        println!("{}", json!({"probe": probe.name(), "texts": rows}));
+        let families: Vec<Value> = rule
+            .map(|c| flagged_by_family(&records, &scores, c))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(family, label, texts, flagged)| {
+                json!({"family": family, "label": label, "texts": texts, "flagged": flagged})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"probe": probe.name(), "texts": rows, "families": families})
+        );
         return Ok(());
     }
     println!(
@@ -776,6 +787,19 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             flag
         );
     }
+    if let Some(c) = rule {
+        let families = flagged_by_family(&records, &scores, c);
+        if families.len() > 1 || families.iter().any(|f| f.0 != "-") {
+            println!("flagged by family:");
+            for (family, label, texts, flagged) in families {
+                println!(
+                    "  {family:<30} {:>5} {texts:>6} texts {flagged:>6} flagged  {:>5.1} %",
+                    label.map_or("-".into(), |l| u8::from(l).to_string()),
+                    100.0 * flagged as f64 / texts.max(1) as f64
+                );
+            }
+        }
+    }
     match rule {
         Some(c) => println!(
             "flag: {} > {:.4}{} (calibrated for {:.1} % FPR on {})",
@@ -795,6 +819,25 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Per family (and label) of `records`: (family, label, texts, texts the rule flags), in
+/// family order; records without a family count as "-".
+fn flagged_by_family(
+    records: &[Record],
+    scores: &[Scores],
+    rule: &Calibration,
+) -> Vec<(String, Option<bool>, usize, usize)> {
+    let mut by: BTreeMap<(String, Option<bool>), (usize, usize)> = BTreeMap::new();
+    for (r, (s, k, _)) in records.iter().zip(scores) {
+        let family = r.family.clone().unwrap_or_else(|| "-".into());
+        let e = by.entry((family, r.label)).or_default();
+        e.0 += 1;
+        e.1 += usize::from(rule.flags(s, *k));
+    }
+    by.into_iter()
+        .map(|((family, label), (texts, flagged))| (family, label, texts, flagged))
+        .collect()
 }
 
 fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
