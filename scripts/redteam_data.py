@@ -27,6 +27,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import random
 import subprocess
 import sys
@@ -447,6 +448,18 @@ def concepts(g: Wheel, p: Wheel, yaml, injections, benign_rows):
     return out
 
 
+def write_jsonl(path: Path, rows):
+    """One JSON line per row, written whole or not at all: to a temporary file, synced, then
+    renamed over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -480,12 +493,7 @@ def main():
             if r["text"] and r["text"] not in seen:
                 seen.add(r["text"])
                 unique.append(r)
-        tmp_out = out_dir / "redteam.jsonl.tmp"
-        with open(tmp_out, "w") as f:
-            for r in unique:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-        tmp_out.replace(out_dir / "redteam.jsonl")
+        write_jsonl(out_dir / "redteam.jsonl", unique)
         # The unseen families: none of their texts is in redteam.jsonl (in any letter case).
         known = {r["text"].strip().lower() for r in unique}
         unseen, seen_unseen = [], set()
@@ -494,26 +502,11 @@ def main():
             if r["text"] and key not in known and key not in seen_unseen:
                 seen_unseen.add(key)
                 unseen.append(r)
-        tmp_out = out_dir / "unseen.jsonl.tmp"
-        with open(tmp_out, "w") as f:
-            for r in unseen:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-        tmp_out.replace(out_dir / "unseen.jsonl")
-        tmp_out = out_dir / "templates.jsonl.tmp"
-        with open(tmp_out, "w") as f:
-            for t in templates(g, p, yaml):
-                f.write(json.dumps(t, ensure_ascii=False) + "\n")
-            f.flush()
-        tmp_out.replace(out_dir / "templates.jsonl")
-        tmp_out = out_dir / "concepts.jsonl.tmp"
+        write_jsonl(out_dir / "unseen.jsonl", unseen)
+        write_jsonl(out_dir / "templates.jsonl", templates(g, p, yaml))
         later = {r["text"] for r in added} - {r["text"] for r in original}
         concept_rows = concepts(g, p, yaml, inj, [r for r in unique if r["label"] == 0 and r["text"] not in later])
-        with open(tmp_out, "w") as f:
-            for r in concept_rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-        tmp_out.replace(out_dir / "concepts.jsonl")
+        write_jsonl(out_dir / "concepts.jsonl", concept_rows)
         counts = {}
         for r in concept_rows:
             counts[r["concept"]] = counts.get(r["concept"], 0) + 1
