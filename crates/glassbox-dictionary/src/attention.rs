@@ -8,7 +8,7 @@
 //! rest diluting them, while several tokens share the decision, unlike a max over tokens.
 
 use crate::linalg;
-use crate::probe::{class_totals, sigmoid, standardisation, ProbeTraining};
+use crate::probe::{class_totals, sigmoid, standardisation, Adam, ProbeTraining};
 
 /// One training text: its activations `[tokens, d]`, label and weight.
 pub struct AttentionSample<'a> {
@@ -58,7 +58,7 @@ pub fn fit_attention(samples: &[AttentionSample], d: usize, cfg: &ProbeTraining)
     // and q·z differs from (s·q)·x by a constant, which the softmax ignores.
     let n = 2 * d + 1;
     let mut p = vec![0f32; n];
-    let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+    let mut adam = Adam::new(n, 2 * d, cfg.l2);
     for step in 1..=cfg.epochs {
         let w_raw: Vec<f32> = p[..d].iter().map(|w| w * scale).collect();
         let q_raw: Vec<f32> = p[d..2 * d].iter().map(|q| q * scale).collect();
@@ -85,16 +85,7 @@ pub fn fit_attention(samples: &[AttentionSample], d: usize, cfg: &ProbeTraining)
             }
             g[2 * d] += err;
         }
-        for (gi, pi) in g[..2 * d].iter_mut().zip(&p[..2 * d]) {
-            *gi += cfg.l2 * pi;
-        }
-        let (b1, b2) = (0.9f32, 0.999f32);
-        let (c1, c2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
-        for i in 0..n {
-            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-            v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-            p[i] -= cfg.lr * (m[i] / c1) / ((v[i] / c2).sqrt() + 1e-8);
-        }
+        adam.step(&mut p, &mut g, step, cfg.lr);
     }
     let weights: Vec<f32> = p[..d].iter().map(|w| w * scale).collect();
     let bias = p[2 * d] - linalg::dot(&weights, &mean);

@@ -708,72 +708,71 @@ pub fn fit_penalties(
 ) -> Vec<(Vec<f32>, f32)> {
     let (mean, scale) = standardisation(samples.iter().map(|s| s.x.as_slice()), d);
     let (z, targets) = standardised_rows(samples, d, &mean, scale);
-    let mut fits: Vec<Adam> = l2s.iter().map(|&l2| Adam::new(d, l2)).collect();
+    // Per penalty: the parameters (d weights, then the bias), this epoch's gradient, Adam.
+    let mut fits: Vec<(Vec<f32>, Vec<f32>, Adam)> = l2s
+        .iter()
+        .map(|&l2| (vec![0.0; d + 1], vec![0.0; d + 1], Adam::new(d + 1, d, l2)))
+        .collect();
     for step in 1..=cfg.epochs {
-        for f in &mut fits {
-            f.g.iter_mut().for_each(|g| *g = 0.0);
+        for (_, g, _) in &mut fits {
+            g.iter_mut().for_each(|g| *g = 0.0);
         }
         for (z, &(y, weight)) in z.chunks(d).zip(&targets) {
-            for f in &mut fits {
-                let err = (sigmoid(linalg::dot(&f.w, z) + f.b) - y) * weight;
-                linalg::axpy(err, z, &mut f.g[..d]);
-                f.g[d] += err;
+            for (p, g, _) in &mut fits {
+                let err = (sigmoid(linalg::dot(&p[..d], z) + p[d]) - y) * weight;
+                linalg::axpy(err, z, &mut g[..d]);
+                g[d] += err;
             }
         }
-        for f in &mut fits {
-            f.step(step, cfg.lr);
+        for (p, g, adam) in &mut fits {
+            adam.step(p, g, step, cfg.lr);
         }
     }
     // w·((x − μ)·s) + b = (s·w)·x + (b − s·w·μ)
     fits.into_iter()
-        .map(|f| {
-            let w_raw: Vec<f32> = f.w.iter().map(|w| w * scale).collect();
-            let b_raw = f.b - linalg::dot(&w_raw, &mean);
+        .map(|(p, _, _)| {
+            let w_raw: Vec<f32> = p[..d].iter().map(|w| w * scale).collect();
+            let b_raw = p[d] - linalg::dot(&w_raw, &mean);
             (w_raw, b_raw)
         })
         .collect()
 }
 
-/// One probe's weights, bias and Adam moments while [`fit_penalties`] trains it.
-struct Adam {
+/// Adam's moments for a flat parameter vector whose first `penalised` entries carry an L2
+/// penalty (the weights, not the bias): the one optimiser of the linear and attention probes.
+pub(crate) struct Adam {
+    penalised: usize,
     l2: f32,
-    w: Vec<f32>,
-    b: f32,
-    /// This epoch's gradient: `d` weights, then the bias.
-    g: Vec<f32>,
     m: Vec<f32>,
     v: Vec<f32>,
 }
 
 impl Adam {
-    fn new(d: usize, l2: f32) -> Self {
+    pub(crate) fn new(n: usize, penalised: usize, l2: f32) -> Self {
         Self {
+            penalised,
             l2,
-            w: vec![0.0; d],
-            b: 0.0,
-            g: vec![0.0; d + 1],
-            m: vec![0.0; d + 1],
-            v: vec![0.0; d + 1],
+            m: vec![0.0; n],
+            v: vec![0.0; n],
         }
     }
 
-    /// Adds the L2 penalty's gradient and takes Adam step `step` (from 1).
-    fn step(&mut self, step: usize, lr: f32) {
-        let d = self.w.len();
-        for (gi, wi) in self.g[..d].iter_mut().zip(&self.w) {
-            *gi += self.l2 * wi;
+    /// Adds the L2 penalty's gradient to `g` and takes step `step` (from 1) of `params`.
+    pub(crate) fn step(&mut self, params: &mut [f32], g: &mut [f32], step: usize, lr: f32) {
+        let k = self.penalised;
+        for (gi, pi) in g[..k].iter_mut().zip(&params[..k]) {
+            *gi += self.l2 * pi;
         }
         let (b1, b2) = (0.9f32, 0.999f32);
         let (c1, c2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
-        for i in 0..=d {
-            self.m[i] = b1 * self.m[i] + (1.0 - b1) * self.g[i];
-            self.v[i] = b2 * self.v[i] + (1.0 - b2) * self.g[i] * self.g[i];
-            let delta = lr * (self.m[i] / c1) / ((self.v[i] / c2).sqrt() + 1e-8);
-            if i < d {
-                self.w[i] -= delta;
-            } else {
-                self.b -= delta;
-            }
+        for ((p, g), (m, v)) in params
+            .iter_mut()
+            .zip(g.iter())
+            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
+        {
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            *p -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);
         }
     }
 }
