@@ -142,6 +142,20 @@ fn families_eval_calibrate_and_score_work_together() {
             f["texts"].as_u64(),
             Some(texts.iter().filter(mine).count() as u64)
         );
+        let [lo, hi] = [0, 1].map(|i| f["interval95"][i].as_f64().unwrap());
+        let rate = f["rate"].as_f64().unwrap();
+        assert!(lo <= rate && rate <= hi && hi - lo > 0.0, "{f}");
+    }
+    // And per label over all families: every text once, each label's flags summed.
+    let totals = scored["totals"].as_array().unwrap();
+    let summed: u64 = totals.iter().map(|t| t["texts"].as_u64().unwrap()).sum();
+    assert_eq!(summed, 26, "{totals:?}");
+    for t in totals {
+        let flagged = texts
+            .iter()
+            .filter(|x| x["label"] == t["label"] && x["rule"]["flagged"] == true)
+            .count() as u64;
+        assert_eq!(t["flagged"].as_u64(), Some(flagged), "{t}");
     }
     for t in texts {
         let s = &t["scores"];

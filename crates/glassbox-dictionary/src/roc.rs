@@ -158,6 +158,22 @@ fn threshold_in_sorted(descending: &[f32], fpr: f64) -> f32 {
     }
 }
 
+/// The 95 % Wilson score interval of a rate of `hits` in `n`: the share of a family a fixed
+/// rule flags, where a few dozen texts leave wide margins (and a normal interval around 0 % or
+/// 100 % would collapse to a point). `(0, 1)` for no texts.
+pub fn rate_interval(hits: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    const Z: f64 = 1.959_963_984_540_054; // the normal distribution's 97.5 % quantile
+    let (k, n) = (hits.min(n) as f64, n as f64);
+    let p = k / n;
+    let z2 = Z * Z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
 /// The headline numbers of one evaluation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -247,6 +263,21 @@ mod tests {
         let curve = s.curve();
         assert_eq!(curve.first(), Some(&(0.0, 0.0)));
         assert_eq!(curve.last(), Some(&(1.0, 1.0)));
+    }
+
+    #[test]
+    fn rate_intervals_are_wilsons() {
+        // Wilson (1927)'s closed form evaluated independently (Python, f64), to four places.
+        let close = |(lo, hi): (f64, f64), (a, b): (f64, f64)| {
+            assert!((lo - a).abs() < 1e-4 && (hi - b).abs() < 1e-4, "{lo} {hi}")
+        };
+        close(rate_interval(0, 10), (0.0, 0.2775));
+        close(rate_interval(10, 10), (0.7225, 1.0));
+        close(rate_interval(14, 200), (0.0422, 0.1141));
+        close(rate_interval(5, 10), (0.2366, 0.7634));
+        assert_eq!(rate_interval(0, 0), (0.0, 1.0));
+        let (lo, hi) = rate_interval(192, 485);
+        assert!(lo < 192.0 / 485.0 && 192.0 / 485.0 < hi && hi - lo < 0.09);
     }
 
     #[test]

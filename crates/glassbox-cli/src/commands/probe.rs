@@ -12,7 +12,7 @@ use glassbox_dictionary::keywords::KeywordFilter;
 use glassbox_dictionary::probe::{
     self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
 };
-use glassbox_dictionary::roc::{Scored, Summary};
+use glassbox_dictionary::roc::{rate_interval, Scored, Summary};
 use glassbox_dictionary::sentence_probe::{self, SentenceProbe};
 use glassbox_model::Reader;
 use glassbox_serve::config::InputConfig;
@@ -732,17 +732,21 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
                 row
             })
             .collect();
-        let families: Vec<Value> = rule
+        let families = rule
             .map(|c| flagged_by_family(&records, &scores, c))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(family, label, texts, flagged)| {
-                json!({"family": family, "label": label, "texts": texts, "flagged": flagged})
-            })
-            .collect();
+            .unwrap_or_default();
+        let as_json = |fs: &[FamilyFlags]| -> Vec<Value> {
+            fs.iter()
+                .map(|f| {
+                    json!({"family": f.family, "label": f.label, "texts": f.texts,
+                        "flagged": f.flagged, "rate": f.rate(), "interval95": f.interval()})
+                })
+                .collect()
+        };
         println!(
             "{}",
-            json!({"probe": probe.name(), "texts": rows, "families": families})
+            json!({"probe": probe.name(), "texts": rows, "families": as_json(&families),
+                "totals": as_json(&label_totals(&families))})
         );
         return Ok(());
     }
@@ -789,13 +793,23 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
     }
     if let Some(c) = rule {
         let families = flagged_by_family(&records, &scores, c);
-        if families.len() > 1 || families.iter().any(|f| f.0 != "-") {
-            println!("flagged by family:");
-            for (family, label, texts, flagged) in families {
+        if families.len() > 1 || families.iter().any(|f| f.family != "-") {
+            println!(
+                "flagged by family (95 % Wilson interval):\n  {:<30} {:>5} {:>6} {:>7} {:>7}  interval",
+                "family", "label", "texts", "flagged", "rate"
+            );
+            let totals = label_totals(&families);
+            for f in families.iter().chain(&totals) {
+                let (lo, hi) = f.interval();
                 println!(
-                    "  {family:<30} {:>5} {texts:>6} texts {flagged:>6} flagged  {:>5.1} %",
-                    label.map_or("-".into(), |l| u8::from(l).to_string()),
-                    100.0 * flagged as f64 / texts.max(1) as f64
+                    "  {:<30} {:>5} {:>6} {:>7} {:>6.1}%  [{:.1}, {:.1}]",
+                    f.family,
+                    f.label.map_or("-".into(), |l| u8::from(l).to_string()),
+                    f.texts,
+                    f.flagged,
+                    100.0 * f.rate(),
+                    100.0 * lo,
+                    100.0 * hi
                 );
             }
         }
@@ -821,13 +835,31 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
     Ok(())
 }
 
-/// Per family (and label) of `records`: (family, label, texts, texts the rule flags), in
-/// family order; records without a family count as "-".
+/// How many texts of one family (and label) a rule flags.
+struct FamilyFlags {
+    family: String,
+    label: Option<bool>,
+    texts: usize,
+    flagged: usize,
+}
+
+impl FamilyFlags {
+    fn rate(&self) -> f64 {
+        self.flagged as f64 / self.texts.max(1) as f64
+    }
+
+    fn interval(&self) -> (f64, f64) {
+        rate_interval(self.flagged, self.texts)
+    }
+}
+
+/// Per family (and label) of `records`, in family order; records without a family count as
+/// "-".
 fn flagged_by_family(
     records: &[Record],
     scores: &[Scores],
     rule: &Calibration,
-) -> Vec<(String, Option<bool>, usize, usize)> {
+) -> Vec<FamilyFlags> {
     let mut by: BTreeMap<(String, Option<bool>), (usize, usize)> = BTreeMap::new();
     for (r, (s, k, _)) in records.iter().zip(scores) {
         let family = r.family.clone().unwrap_or_else(|| "-".into());
@@ -836,7 +868,30 @@ fn flagged_by_family(
         e.1 += usize::from(rule.flags(s, *k));
     }
     by.into_iter()
-        .map(|((family, label), (texts, flagged))| (family, label, texts, flagged))
+        .map(|((family, label), (texts, flagged))| FamilyFlags {
+            family,
+            label,
+            texts,
+            flagged,
+        })
+        .collect()
+}
+
+/// Each label spread over several families, all of them together as family "(all)".
+fn label_totals(families: &[FamilyFlags]) -> Vec<FamilyFlags> {
+    let mut by: BTreeMap<Option<bool>, (usize, usize, usize)> = BTreeMap::new();
+    for f in families {
+        let e = by.entry(f.label).or_default();
+        *e = (e.0 + 1, e.1 + f.texts, e.2 + f.flagged);
+    }
+    by.into_iter()
+        .filter(|(_, (families, ..))| *families > 1)
+        .map(|(label, (_, texts, flagged))| FamilyFlags {
+            family: "(all)".into(),
+            label,
+            texts,
+            flagged,
+        })
         .collect()
 }
 
