@@ -73,6 +73,10 @@ fn families_eval_calibrate_and_score_work_together() {
     for d in detectors {
         let auroc = d["summary"]["auroc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&auroc), "{d}");
+        // The TPR's bootstrap interval holds it (the threshold set anew on each resample).
+        let tpr = d["summary"]["tpr_at_1pct_fpr"].as_f64().unwrap();
+        let [lo, hi] = [0, 1].map(|i| d["summary"]["tpr_at_1pct_fpr_ci95"][i].as_f64().unwrap());
+        assert!(0.0 <= lo && lo <= tpr && tpr <= hi && hi <= 1.0, "{d}");
     }
     // The keyword baseline is fixed, not fitted: it must see these override phrasings.
     let keywords = &detectors[5]["summary"];

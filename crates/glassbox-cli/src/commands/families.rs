@@ -919,8 +919,8 @@ fn report_json(r: &HookReport) -> serde_json::Value {
 
 fn print_report(r: &HookReport, window: usize) {
     println!(
-        "\n{}\n{:<22} {:>7} {:>17} {:>10} {:>10}",
-        r.hook, "detector", "AUROC", "95 % interval", "TPR@1%FPR", "TPR@5%FPR"
+        "\n{}\n{:<22} {:>7} {:>17} {:>10} {:>15} {:>10}",
+        r.hook, "detector", "AUROC", "95 % interval", "TPR@1%FPR", "95 % interval", "TPR@5%FPR"
     );
     for &k in &r.shown {
         let (name, s) = (DETECTORS[k], &r.summaries[k]);
@@ -930,11 +930,15 @@ fn print_report(r: &HookReport, window: usize) {
             _ => name.to_string(),
         };
         println!(
-            "{:<22} {:>7.4} {:>17} {:>10.3} {:>10.3}",
+            "{:<22} {:>7.4} {:>17} {:>10.3} {:>15} {:>10.3}",
             label,
             s.auroc,
             format!("[{:.4}, {:.4}]", s.auroc_ci95.0, s.auroc_ci95.1),
             s.tpr_at_1pct_fpr,
+            format!(
+                "[{:.3}, {:.3}]",
+                s.tpr_at_1pct_fpr_ci95.0, s.tpr_at_1pct_fpr_ci95.1
+            ),
             s.tpr_at_5pct_fpr
         );
     }

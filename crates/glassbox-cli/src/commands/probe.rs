@@ -995,16 +995,20 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         a.on.data.display()
     );
     println!(
-        "\n{:<24} {:>7} {:>17} {:>10} {:>10}",
-        "score", "AUROC", "95 % interval", "TPR@1%FPR", "TPR@5%FPR"
+        "\n{:<24} {:>7} {:>17} {:>10} {:>15} {:>10}",
+        "score", "AUROC", "95 % interval", "TPR@1%FPR", "95 % interval", "TPR@5%FPR"
     );
     for (label, s) in &summaries {
         println!(
-            "{:<24} {:>7.4} {:>17} {:>10.3} {:>10.3}",
+            "{:<24} {:>7.4} {:>17} {:>10.3} {:>15} {:>10.3}",
             label,
             s.auroc,
             format!("[{:.4}, {:.4}]", s.auroc_ci95.0, s.auroc_ci95.1),
             s.tpr_at_1pct_fpr,
+            format!(
+                "[{:.3}, {:.3}]",
+                s.tpr_at_1pct_fpr_ci95.0, s.tpr_at_1pct_fpr_ci95.1
+            ),
             s.tpr_at_5pct_fpr
         );
     }
