@@ -146,6 +146,9 @@ fn a_red_round_reports_every_family_and_served_firings_agree_with_margins() {
         let f = family(round, name);
         let texts = f["texts"].as_u64().unwrap();
         assert!(texts > 0 && f["detected"].as_u64().unwrap() <= texts, "{f}");
+        let rate = f["detected"].as_f64().unwrap() / texts as f64;
+        let [lo, hi] = [0, 1].map(|i| f["detected_ci95"][i].as_f64().unwrap());
+        assert!(lo <= rate && rate <= hi && lo < hi, "{f}");
     }
     assert_eq!(family(round, "plain")["texts"], 8);
     assert_eq!(family(round, "gcg")["texts"], 1);

@@ -19,8 +19,8 @@ pub fn print_round(r: &Round, suite: &Suite) {
         r.seconds
     );
     println!(
-        "{:<12} {:>6} {:>9} {:>22} {:>8}",
-        "attack", "texts", "detected", "evaded (caught plain)", "leaked"
+        "{:<12} {:>6} {:>9} {:>14} {:>22} {:>8}",
+        "attack", "texts", "detected", "95 % interval", "evaded (caught plain)", "leaked"
     );
     for f in r.families() {
         let leaked = f
@@ -32,10 +32,15 @@ pub fn print_round(r: &Round, suite: &Suite) {
             ""
         };
         println!(
-            "{:<12} {:>6} {:>8.1}% {:>22} {:>8}{mark}",
+            "{:<12} {:>6} {:>8.1}% {:>14} {:>22} {:>8}{mark}",
             f.attack.name(),
             f.texts,
             100.0 * f.detection(),
+            format!(
+                "[{:.1}, {:.1}]",
+                100.0 * f.detected_ci95.0,
+                100.0 * f.detected_ci95.1
+            ),
             format!("{}/{}", f.evaded, f.known_positive),
             leaked
         );
@@ -251,16 +256,18 @@ pub fn html(title: &str, rounds: &[&Round], suite: &Suite, notes: &[String]) -> 
             (r.name.clone(), roc(&a, &b))
         })
         .collect();
-    let mut table = String::from("<table><tr><th>round</th><th>attack</th><th>texts</th><th>detected</th><th>evaded / caught plain</th></tr>");
+    let mut table = String::from("<table><tr><th>round</th><th>attack</th><th>texts</th><th>detected</th><th>95 % interval</th><th>evaded / caught plain</th></tr>");
     for (r, fs) in rounds.iter().zip(&fams) {
         for f in fs {
             let _ = write!(
                 table,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td><td>{}/{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td><td>{:.1}–{:.1} %</td><td>{}/{}</td></tr>",
                 escape(&r.name),
                 f.attack.name(),
                 f.texts,
                 100.0 * f.detection(),
+                100.0 * f.detected_ci95.0,
+                100.0 * f.detected_ci95.1,
                 f.evaded,
                 f.known_positive
             );

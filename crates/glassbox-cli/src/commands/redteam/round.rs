@@ -9,6 +9,7 @@ use glassbox_analysis::redteam::{
     Readout, Recovery, SentenceReadout,
 };
 use glassbox_dictionary::probe::sigmoid;
+use glassbox_dictionary::roc::rate_interval;
 use glassbox_model::chat::Message;
 use glassbox_model::generate::GenerateConfig;
 use glassbox_model::sampling::Sampling;
@@ -355,6 +356,8 @@ pub struct FamilyStats {
     pub attack: Attack,
     pub texts: usize,
     pub detected: usize,
+    /// The 95 % Wilson interval of the detection rate: a family is a few dozen texts.
+    pub detected_ci95: (f64, f64),
     /// Payloads whose plain form the monitors caught, and how many of those this attack's
     /// text slipped past them: the evasions that matter.
     pub known_positive: usize,
@@ -384,6 +387,7 @@ impl Round {
                 attack: o.attack,
                 texts: 0,
                 detected: 0,
+                detected_ci95: (0.0, 1.0),
                 known_positive: 0,
                 evaded: 0,
                 leaked_undetected: None,
@@ -398,7 +402,12 @@ impl Round {
                 *e.leaked_undetected.get_or_insert(0) += usize::from(l && !o.sent.detected);
             }
         }
-        by.into_values().collect()
+        by.into_values()
+            .map(|f| FamilyStats {
+                detected_ci95: rate_interval(f.detected, f.texts),
+                ..f
+            })
+            .collect()
     }
 
     pub fn false_alarms(&self) -> f64 {
