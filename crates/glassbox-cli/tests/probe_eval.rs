@@ -692,7 +692,12 @@ fn bad_labelled_sets_are_clear_errors() {
         (
             "{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 1}\n",
             "eval",
-            "both labels",
+            "has 2 attacks and 0 benign texts; for the share of one kind the probe's own rule flags",
+        ),
+        (
+            "{\"text\": \"a\", \"label\": 0}\n",
+            "eval",
+            "has 0 attacks and 1 benign text; for the share",
         ),
         (
             "{\"text\": \"abc\", \"label\": 1, \"span\": [2, 9]}\n",

@@ -911,6 +911,20 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         .iter()
         .map(|r| r.labelled(&a.on.data))
         .collect::<Result<Vec<_>>>()?;
+    let attacks = labelled.iter().filter(|l| l.label).count();
+    if attacks == 0 || attacks == labelled.len() {
+        bail!(
+            "probe eval ranks attacks (label 1) against benign texts (label 0), and {} has {attacks} attack{} and {} benign text{}; \
+             for the share of one kind the probe's own rule flags (per family, with 95 % intervals) run `glassbox probe score --probe {} --data {}`{}",
+            a.on.data.display(),
+            if attacks == 1 { "" } else { "s" },
+            labelled.len() - attacks,
+            if labelled.len() - attacks == 1 { "" } else { "s" },
+            a.on.probe.display(),
+            a.on.data.display(),
+            if attacks == 0 { ", or add --benign to calibrate on benign traffic alone" } else { "" }
+        );
+    }
     let mut probe = AnyProbe::load(&a.on.probe)?;
     let chosen = probe.judged_by(a.aggregate, a.on.window)?;
     let scores = score_records(&a.on, &probe, &records, device)?;
