@@ -586,6 +586,10 @@ fn the_console_works_in_chromium() {
         c.goto(&format!("{base}/console/reports/rt-b")).await.unwrap();
         let fam = c.find(Locator::Css("table.families tr[data-attack='base64']")).await.unwrap().text().await.unwrap();
         assert!(fam.contains('%'), "{fam}");
+        // Beside each rate, its 95 % Wilson interval, from the row's own counts.
+        let counts: Vec<usize> = fam.split_whitespace().skip(1).take(2).map(|n| n.parse().unwrap()).collect();
+        let (lo, hi) = glassbox_dictionary::roc::rate_interval(counts[1], counts[0]);
+        assert!(fam.contains(&format!("{:.1}–{:.1} %", lo * 100.0, hi * 100.0)), "{fam}");
         c.goto(&format!("{base}/console/reports/compare?a=rt-a&b=scan-pass")).await.unwrap();
         assert!(c.find(Locator::Css(".error")).await.unwrap().text().await.unwrap().contains("two of one kind"));
 

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use glassbox_dictionary::roc::rate_interval;
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -208,6 +209,12 @@ impl Report {
 
 fn pct(x: f64) -> String {
     format!("{:.1} %", x * 100.0)
+}
+
+/// The 95 % Wilson interval of `hits` in `n`, as a range of percentages.
+fn interval(hits: usize, n: usize) -> String {
+    let (lo, hi) = rate_interval(hits, n);
+    format!("{:.1}–{:.1} %", lo * 100.0, hi * 100.0)
 }
 
 /// The reports directory and the reports read from it so far.
@@ -466,21 +473,23 @@ fn scan(s: &ScanReport) -> Markup {
 fn families_table(round: &RoundSummary) -> Markup {
     let (d, t) = round.detection();
     let leaks = round.families.iter().any(|f| f.leaked_undetected.is_some());
+    let alarms = (round.false_alarms * round.benign as f64).round() as usize;
     html! {
         table.families {
             thead { tr { th { "attack" } th.num { "texts" } th.num { "detected" } th.num { "rate" }
-                th.num { "evaded (of plain-caught)" } @if leaks { th.num { "leaked undetected" } } } }
+                th.num { "95 % interval" } th.num { "evaded (of plain-caught)" } @if leaks { th.num { "leaked undetected" } } } }
             tbody {
                 @for f in &round.families {
                     tr data-attack=(f.attack) {
                         td { (f.attack) } td.num { (f.texts) } td.num { (f.detected) }
                         td.num { (pct(f.detected as f64 / f.texts.max(1) as f64)) }
+                        td.num { (interval(f.detected, f.texts)) }
                         td.num { (f.evaded) " / " (f.known_positive) }
                         @if leaks { td.num { (f.leaked_undetected.map_or("—".into(), |l| l.to_string())) } }
                     }
                 }
-                tr { th { "all attacks" } th.num { (t) } th.num { (d) } th.num { (pct(d as f64 / t.max(1) as f64)) } th {} @if leaks { th {} } }
-                tr { td { "benign (false alarms)" } td.num { (round.benign) } td.num { (format!("{:.0}", round.false_alarms * round.benign as f64)) } td.num { (pct(round.false_alarms)) } td {} @if leaks { td {} } }
+                tr { th { "all attacks" } th.num { (t) } th.num { (d) } th.num { (pct(d as f64 / t.max(1) as f64)) } th.num { (interval(d, t)) } th {} @if leaks { th {} } }
+                tr { td { "benign (false alarms)" } td.num { (round.benign) } td.num { (alarms) } td.num { (pct(round.false_alarms)) } td.num { (interval(alarms, round.benign)) } td {} @if leaks { td {} } }
             }
         }
     }
