@@ -583,6 +583,22 @@ fn the_console_works_in_chromium() {
             c.find(Locator::Css(&format!("table.compare tr[data-attack='{attack}']"))).await
                 .unwrap_or_else(|_| panic!("no {attack} row in the comparison"));
         }
+        // A family in both rounds: the change with Newcombe's interval from the cells' own
+        // counts, "(detected/texts)", coloured only beyond the noise.
+        let plain = c.find(Locator::Css("table.compare tr[data-attack='plain']")).await.unwrap().text().await.unwrap();
+        let counts: Vec<(usize, usize)> = plain.split('(').skip(1).filter_map(|s| {
+            let (d, t) = s.split(')').next()?.split_once('/')?;
+            Some((d.trim().parse().ok()?, t.trim().parse().ok()?))
+        }).collect();
+        assert_eq!(counts.len(), 2, "{plain}");
+        let (a, b) = (counts[0], counts[1]);
+        let (lo, hi) = glassbox_dictionary::roc::difference_interval(a, b);
+        let want = format!("[{:+.1}, {:+.1}]", lo * 100.0, hi * 100.0);
+        assert!(plain.contains(&want), "{plain} lacks {want}");
+        let class = c.find(Locator::Css("table.compare tr[data-attack='plain'] td:last-child span")).await.unwrap()
+            .attr("class").await.unwrap().unwrap_or_default();
+        let beyond = lo > 0.0 || hi < 0.0;
+        assert_eq!(class == "same", !beyond, "{plain}: class {class}");
         c.goto(&format!("{base}/console/reports/rt-b")).await.unwrap();
         let fam = c.find(Locator::Css("table.families tr[data-attack='base64']")).await.unwrap().text().await.unwrap();
         assert!(fam.contains('%'), "{fam}");

@@ -194,6 +194,24 @@ pub fn rate_interval(hits: usize, n: usize) -> (f64, f64) {
     ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
+/// The 95 % interval of a change of rate, `b_hits / b_n − a_hits / a_n`, between two
+/// independent samples: Newcombe's hybrid score interval (his method 10), made of the two
+/// [`rate_interval`]s, so it stays within [−1, 1] and does not collapse at 0 % or 100 %.
+/// Whether two red-team rounds differ on an attack family beyond the noise of its few dozen
+/// texts: they do where the interval excludes 0.
+pub fn difference_interval(
+    (a_hits, a_n): (usize, usize),
+    (b_hits, b_n): (usize, usize),
+) -> (f64, f64) {
+    let rate = |hits: usize, n: usize| hits.min(n) as f64 / n.max(1) as f64;
+    let (pa, pb) = (rate(a_hits, a_n), rate(b_hits, b_n));
+    let ((la, ua), (lb, ub)) = (rate_interval(a_hits, a_n), rate_interval(b_hits, b_n));
+    let d = pb - pa;
+    let lower = d - ((pb - lb).powi(2) + (ua - pa).powi(2)).sqrt();
+    let upper = d + ((ub - pb).powi(2) + (pa - la).powi(2)).sqrt();
+    (lower.max(-1.0), upper.min(1.0))
+}
+
 /// The headline numbers of one evaluation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -308,6 +326,27 @@ mod tests {
         assert_eq!(rate_interval(0, 0), (0.0, 1.0));
         let (lo, hi) = rate_interval(192, 485);
         assert!(lo < 192.0 / 485.0 && 192.0 / 485.0 < hi && hi - lo < 0.09);
+    }
+
+    /// Newcombe (1998), Statistics in Medicine 17, 873–890, table II, method 10: 56/70 vs
+    /// 48/80 and 9/10 vs 3/10; the interval of b − a is that of a − b reversed.
+    #[test]
+    fn difference_intervals_are_newcombes() {
+        let close = |(lo, hi): (f64, f64), (want_lo, want_hi): (f64, f64)| {
+            assert!(
+                (lo - want_lo).abs() < 1e-4 && (hi - want_hi).abs() < 1e-4,
+                "({lo:.4}, {hi:.4}) is not ({want_lo}, {want_hi})"
+            );
+        };
+        close(difference_interval((48, 80), (56, 70)), (0.0524, 0.3339));
+        close(difference_interval((3, 10), (9, 10)), (0.1705, 0.8090));
+        close(difference_interval((56, 70), (48, 80)), (-0.3339, -0.0524));
+        // No change, no texts, everything against nothing: inside [−1, 1], around the change.
+        let (lo, hi) = difference_interval((12, 24), (12, 24));
+        assert!(lo < 0.0 && hi > 0.0 && (lo + hi).abs() < 1e-12);
+        assert_eq!(difference_interval((0, 0), (0, 0)), (-1.0, 1.0));
+        let (lo, hi) = difference_interval((0, 20), (10, 10));
+        assert!(lo > 0.6 && hi == 1.0, "({lo}, {hi})");
     }
 
     #[test]

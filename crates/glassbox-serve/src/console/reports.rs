@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use glassbox_dictionary::roc::rate_interval;
+use glassbox_dictionary::roc::{difference_interval, rate_interval};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -612,7 +612,7 @@ fn compare_redteams(a: &RedteamReport, b: &RedteamReport) -> Markup {
     for f in &y.families {
         rows.entry(&f.attack).or_default().1 = Some(f);
     }
-    let rate = |f: Option<&Family>| f.map(|f| f.detected as f64 / f.texts.max(1) as f64);
+    let counts = |f: Option<&Family>| f.map(|f| (f.detected, f.texts));
     let cell = |f: Option<&Family>| match f {
         Some(f) => format!(
             "{} ({}/{})",
@@ -622,31 +622,49 @@ fn compare_redteams(a: &RedteamReport, b: &RedteamReport) -> Markup {
         ),
         None => "—".into(),
     };
-    let delta = |x: Option<f64>, y: Option<f64>| match (x, y) {
-        (Some(x), Some(y)) => {
-            let d = (y - x) * 100.0;
-            html! { span.(if d < 0.0 { "bad" } else { "ok" }) { (format!("{d:+.1} pp")) } }
-        }
-        _ => html! {},
+    let (all_x, all_y) = (x.detection(), y.detection());
+    let alarms = |r: &RoundSummary| {
+        let hits = (r.false_alarms * r.benign as f64).round() as usize;
+        (hits, r.benign)
     };
-    let (xd, xt) = x.detection();
-    let (yd, yt) = y.detection();
     html! {
         h2 { "Detection by attack family (rounds: " (x.name) " vs " (y.name) ")" }
         table.compare {
-            thead { tr { th { "attack" } th.num { "A" } th.num { "B" } th.num { "B − A" } } }
+            thead { tr { th { "attack" } th.num { "A" } th.num { "B" } th.num { "B − A [95 % interval]" } } }
             tbody {
                 @for (attack, (fx, fy)) in &rows {
-                    tr data-attack=(attack) { td { (attack) } td.num { (cell(*fx)) } td.num { (cell(*fy)) } td.num { (delta(rate(*fx), rate(*fy))) } }
+                    tr data-attack=(attack) { td { (attack) } td.num { (cell(*fx)) } td.num { (cell(*fy)) }
+                        td.num { @if let (Some(a), Some(b)) = (counts(*fx), counts(*fy)) { (change(a, b, true)) } } }
                 }
                 tr { th { "all attacks" }
-                    th.num { (pct(xd as f64 / xt.max(1) as f64)) } th.num { (pct(yd as f64 / yt.max(1) as f64)) }
-                    th.num { (delta(Some(xd as f64 / xt.max(1) as f64), Some(yd as f64 / yt.max(1) as f64))) } }
-                tr { td { "false alarms (benign)" } td.num { (pct(x.false_alarms)) } td.num { (pct(y.false_alarms)) }
-                    td.num { (format!("{:+.1} pp", (y.false_alarms - x.false_alarms) * 100.0)) } }
+                    th.num { (pct(all_x.0 as f64 / all_x.1.max(1) as f64)) } th.num { (pct(all_y.0 as f64 / all_y.1.max(1) as f64)) }
+                    th.num { (change(all_x, all_y, true)) } }
+                tr data-attack="benign" { td { "false alarms (benign)" } td.num { (pct(x.false_alarms)) } td.num { (pct(y.false_alarms)) }
+                    td.num { (change(alarms(x), alarms(y), false)) } }
             }
         }
+        p.small { "B − A with its 95 % interval (Newcombe's, from the two rounds' Wilson intervals). "
+            "A change is coloured only where its interval excludes zero; the others are within what "
+            "the counts can tell apart." }
     }
+}
+
+/// A change of rate from `a` to `b` (hits, texts) in percentage points with its 95 % interval,
+/// coloured good or bad (`up_is_good`: detections; false alarms are the other way) only where
+/// the interval excludes zero.
+fn change(a: (usize, usize), b: (usize, usize), up_is_good: bool) -> Markup {
+    let rate = |(hits, n): (usize, usize)| hits as f64 / n.max(1) as f64;
+    let d = (rate(b) - rate(a)) * 100.0;
+    let (lo, hi) = difference_interval(a, b);
+    let text = format!("{d:+.1} pp [{:+.1}, {:+.1}]", lo * 100.0, hi * 100.0);
+    let class = match (lo > 0.0, hi < 0.0) {
+        (true, _) if up_is_good => "ok",
+        (true, _) => "bad",
+        (_, true) if up_is_good => "bad",
+        (_, true) => "ok",
+        _ => "same",
+    };
+    html! { span.(class) title=(if class == "same" { "within the noise of these counts" } else { "beyond the noise of these counts" }) { (text) } }
 }
 
 /// The KPI page's detection section: the newest red-team report's judged round.
