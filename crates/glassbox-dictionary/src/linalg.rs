@@ -7,8 +7,7 @@ use rayon::prelude::*;
 
 /// `out[m, n] = a[m, k] · b_tᵀ + bias[n]` where `b_t` is `[n, k]` (one row per output column,
 /// a weight in `nn.Linear` layout), into a reused buffer (a fresh one page-faults on every
-/// call), on all of rayon's threads. gemm packs its right-hand side anyway, so reading it
-/// transposed costs no copy.
+/// call). gemm packs its right-hand side anyway, so reading it transposed costs no copy.
 pub fn matmul_bt_bias_into(
     out: &mut Vec<f32>,
     a: &[f32],
@@ -18,46 +17,24 @@ pub fn matmul_bt_bias_into(
     k: usize,
     n: usize,
 ) {
-    bt_bias(out, a, b_t, bias, [m, k, n], all_threads());
-}
-
-/// [`matmul_bt_bias_into`], into a new buffer.
-pub fn matmul_bt_bias(
-    a: &[f32],
-    b_t: &[f32],
-    bias: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Vec<f32> {
-    let mut out = Vec::new();
-    matmul_bt_bias_into(&mut out, a, b_t, bias, m, k, n);
-    out
-}
-
-fn bt_bias(
-    out: &mut Vec<f32>,
-    a: &[f32],
-    b_t: &[f32],
-    bias: &[f32],
-    [m, k, n]: [usize; 3],
-    par: Parallelism,
-) {
     assert!(
         a.len() == m * k && b_t.len() == n * k && bias.len() == n,
-        "matmul_bt_bias: sizes"
+        "matmul_bt_bias_into: sizes"
     );
     out.resize(m * n, 0.0);
     if m * n == 0 {
         return;
     }
-    match par {
-        Parallelism::None => out.chunks_mut(n).for_each(|r| r.copy_from_slice(bias)),
-        _ => out.par_chunks_mut(n).for_each(|r| r.copy_from_slice(bias)),
-    }
+    out.par_chunks_mut(n).for_each(|r| r.copy_from_slice(bias));
     if k == 0 {
         return;
     }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
     // SAFETY: sizes asserted above; `out` holds exactly m·n.
     unsafe {
         gemm::gemm(
@@ -84,11 +61,18 @@ fn bt_bias(
     }
 }
 
-fn all_threads() -> Parallelism {
-    match rayon::current_num_threads() {
-        1 => Parallelism::None,
-        threads => Parallelism::Rayon(threads),
-    }
+/// [`matmul_bt_bias_into`], into a new buffer.
+pub fn matmul_bt_bias(
+    a: &[f32],
+    b_t: &[f32],
+    bias: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    matmul_bt_bias_into(&mut out, a, b_t, bias, m, k, n);
+    out
 }
 
 /// `a·b` in registers of `simd`'s width, four accumulators deep (the sum is a chain
