@@ -228,19 +228,6 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01 - 0.4).collect();
             let (mut y, mut y_simd) = (b.clone(), b.clone());
             super::axpy(0.3, &a, &mut y);
-            struct Kernels<'a>(&'a [f32], &'a [f32], &'a mut [f32]);
-            impl pulp::WithSimd for Kernels<'_> {
-                type Output = f32;
-                fn with_simd<S: pulp::Simd>(self, simd: S) -> f32 {
-                    super::axpy_simd(simd, 0.3, self.0, self.2);
-                    super::dot_simd(simd, self.0, self.1)
-                }
-            }
-            let dot = pulp::Arch::new().dispatch(Kernels(&a, &b, &mut y_simd));
-            assert!((dot - super::dot(&a, &b)).abs() < 1e-4, "n {n}");
-            for (x, y) in y_simd.iter().zip(&y) {
-                assert!((x - y).abs() < 1e-6, "n {n}");
-            }
             // Four rows at once: each row's own dot, and the four axpys in turn.
             let rows: Vec<Vec<f32>> = (0..4)
                 .map(|r| a.iter().map(|x| x * (r as f32 - 1.5)).collect())
@@ -248,11 +235,36 @@ mod tests {
             let rows4 = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
             let alphas = [0.5, -1.0, 2.0, 0.25];
             let mut y4 = b.clone();
-            let dots = pulp::Arch::new().dispatch(|| {
-                let simd = pulp::Scalar::new();
-                super::axpy4_simd(simd, alphas, rows4, &mut y4);
-                super::dot4_simd(simd, &b, rows4)
+            // Run in the widest SIMD the CPU has, as the probes' fits run them.
+            struct Kernels<'a> {
+                a: &'a [f32],
+                b: &'a [f32],
+                y: &'a mut [f32],
+                rows: [&'a [f32]; 4],
+                alphas: [f32; 4],
+                y4: &'a mut [f32],
+            }
+            impl pulp::WithSimd for Kernels<'_> {
+                type Output = (f32, [f32; 4]);
+                fn with_simd<S: pulp::Simd>(self, simd: S) -> (f32, [f32; 4]) {
+                    super::axpy_simd(simd, 0.3, self.a, self.y);
+                    super::axpy4_simd(simd, self.alphas, self.rows, self.y4);
+                    let dot = super::dot_simd(simd, self.a, self.b);
+                    (dot, super::dot4_simd(simd, self.b, self.rows))
+                }
+            }
+            let (dot, dots) = pulp::Arch::new().dispatch(Kernels {
+                a: &a,
+                b: &b,
+                y: &mut y_simd,
+                rows: rows4,
+                alphas,
+                y4: &mut y4,
             });
+            assert!((dot - super::dot(&a, &b)).abs() < 1e-4, "n {n}");
+            for (x, y) in y_simd.iter().zip(&y) {
+                assert!((x - y).abs() < 1e-6, "n {n}");
+            }
             let mut want = b.clone();
             for (r, row) in rows.iter().enumerate() {
                 assert!(

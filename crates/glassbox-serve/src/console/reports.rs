@@ -150,6 +150,13 @@ impl RoundSummary {
             .iter()
             .fold((0, 0), |(d, t), f| (d + f.detected, t + f.texts))
     }
+
+    /// (benign texts flagged, benign texts): the report keeps the share, the intervals need
+    /// the count.
+    fn alarms(&self) -> (usize, usize) {
+        let flagged = (self.false_alarms * self.benign as f64).round() as usize;
+        (flagged, self.benign)
+    }
 }
 
 enum Body {
@@ -473,7 +480,7 @@ fn scan(s: &ScanReport) -> Markup {
 fn families_table(round: &RoundSummary) -> Markup {
     let (d, t) = round.detection();
     let leaks = round.families.iter().any(|f| f.leaked_undetected.is_some());
-    let alarms = (round.false_alarms * round.benign as f64).round() as usize;
+    let (alarms, _) = round.alarms();
     html! {
         table.families {
             thead { tr { th { "attack" } th.num { "texts" } th.num { "detected" } th.num { "rate" }
@@ -623,10 +630,6 @@ fn compare_redteams(a: &RedteamReport, b: &RedteamReport) -> Markup {
         None => "—".into(),
     };
     let (all_x, all_y) = (x.detection(), y.detection());
-    let alarms = |r: &RoundSummary| {
-        let hits = (r.false_alarms * r.benign as f64).round() as usize;
-        (hits, r.benign)
-    };
     html! {
         h2 { "Detection by attack family (rounds: " (x.name) " vs " (y.name) ")" }
         table.compare {
@@ -640,7 +643,7 @@ fn compare_redteams(a: &RedteamReport, b: &RedteamReport) -> Markup {
                     th.num { (pct(all_x.0 as f64 / all_x.1.max(1) as f64)) } th.num { (pct(all_y.0 as f64 / all_y.1.max(1) as f64)) }
                     th.num { (change(all_x, all_y, true)) } }
                 tr data-attack="benign" { td { "false alarms (benign)" } td.num { (pct(x.false_alarms)) } td.num { (pct(y.false_alarms)) }
-                    td.num { (change(alarms(x), alarms(y), false)) } }
+                    td.num { (change(x.alarms(), y.alarms(), false)) } }
             }
         }
         p.small { "B − A with its 95 % interval (Newcombe's, from the two rounds' Wilson intervals). "
@@ -657,12 +660,13 @@ fn change(a: (usize, usize), b: (usize, usize), up_is_good: bool) -> Markup {
     let d = (rate(b) - rate(a)) * 100.0;
     let (lo, hi) = difference_interval(a, b);
     let text = format!("{d:+.1} pp [{:+.1}, {:+.1}]", lo * 100.0, hi * 100.0);
-    let class = match (lo > 0.0, hi < 0.0) {
-        (true, _) if up_is_good => "ok",
-        (true, _) => "bad",
-        (_, true) if up_is_good => "bad",
-        (_, true) => "ok",
-        _ => "same",
+    let (up, down) = (lo > 0.0, hi < 0.0);
+    let class = if !(up || down) {
+        "same"
+    } else if up == up_is_good {
+        "ok"
+    } else {
+        "bad"
     };
     html! { span.(class) title=(if class == "same" { "within the noise of these counts" } else { "beyond the noise of these counts" }) { (text) } }
 }
