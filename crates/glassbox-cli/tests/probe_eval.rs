@@ -447,6 +447,95 @@ fn the_sentence_probe_penalty_is_chosen_inside_each_fold() {
     );
 }
 
+/// `--background` prose trains the detectors that read sentence embeddings as benign text in
+/// every fold, is never scored, and stays out of the fold whose held-out texts it repeats; the
+/// saved sentence probe records which paragraphs it was.
+#[test]
+fn background_prose_is_trained_on_and_never_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set.jsonl");
+    std::fs::write(&data, common::kind_lines().join("\n")).unwrap();
+    let corpus = common::background_corpus(dir.path());
+    let saved = dir.path().join("sentences");
+    let (d, c, sp) = (
+        data.to_str().unwrap(),
+        corpus.to_str().unwrap(),
+        saved.to_str().unwrap(),
+    );
+    let report = ok_json(&families(
+        d,
+        &[
+            L3,
+            "--segments",
+            "--no-combinations",
+            "--background",
+            c,
+            "--out",
+            sp,
+        ],
+    ));
+    assert_eq!(report["texts"], 26, "background paragraphs are not scored");
+    // Six prose paragraphs; the one with code is not prose.
+    let background = &report["background"];
+    assert_eq!(background["texts"], 6, "{background}");
+    assert_eq!(background["sha256"].as_str().unwrap().len(), 64);
+    let hook = &report["hooks"][0];
+    // The paragraph that repeats a benign_a text is left out of that family's fold only.
+    assert_eq!(hook["background_left_out"], 1, "{hook}");
+    let names: Vec<&str> = hook["detectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["detector"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.ends_with(&["segment LR", "embedding LR + bg"]) && names.contains(&"embedding LR"),
+        "the baseline stays beside the one trained with the background: {names:?}"
+    );
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("sentence_probe.json")).unwrap())
+            .unwrap();
+    assert_eq!(file["background"]["sha256"], background["sha256"]);
+    assert_eq!(file["background"]["per_file"], 3000);
+    // Trained on the same labelled texts, the heads differ with the background among them.
+    let without = dir.path().join("without");
+    ok_json(&families(
+        d,
+        &[
+            L3,
+            "--segments",
+            "--no-combinations",
+            "--out",
+            without.to_str().unwrap(),
+        ],
+    ));
+    let other: Value = serde_json::from_str(
+        &std::fs::read_to_string(without.join("sentence_probe.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(other.get("background").is_none(), "{other}");
+    assert_ne!(file["heads"], other["heads"]);
+    // A small sample takes the paragraphs of smallest SHA-256 from each file.
+    let two = ok_json(&families(
+        d,
+        &[
+            L3,
+            "--no-combinations",
+            "--background",
+            c,
+            "--background-texts",
+            "2",
+        ],
+    ));
+    assert_eq!(two["background"]["texts"], 2);
+    fails(
+        &families(d, &[L3, "--background", "/no/such/corpus"]),
+        "--background /no/such/corpus",
+    );
+    std::fs::write(corpus.join("code.txt"), "x = f(y[0]) + g(z[1]);\n").unwrap();
+    fails(&families(d, &[L3, "--background", c]), "no prose paragraph");
+}
+
 /// `--attention` measures a probe that learns which tokens to read, beside the others and
 /// under the same protocol; every held-out score is a logit of its own.
 #[test]

@@ -45,6 +45,11 @@ fn setup_with(dir: &Path, suite_extra: &str, reads: Reads) -> (String, String, S
         Reads::Sentences => extra.extend(["--segments", "--no-combinations"]),
         Reads::Activations => {}
     }
+    // The sentence probe learns from background prose too, which the blue round reads again.
+    let corpus = common::background_corpus(dir);
+    if let Reads::Sentences = reads {
+        extra.extend(["--background", corpus.to_str().unwrap()]);
+    }
     let fam = ok_json(&families_args(
         "minilm",
         "blocks.3.hook_resid_pre",
@@ -391,6 +396,12 @@ fn a_sentence_probe_is_defended_with_a_head_for_the_evasions() {
     expected.sort_unstable();
     assert_eq!(kinds, expected, "{probe}");
     assert_eq!(probe["calibration"]["aggregation"], "sentences", "{probe}");
+    let original: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("probe/sentence_probe.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(probe["background"]["texts"], 6, "{probe}");
+    assert_eq!(probe["background"], original["background"]);
     let by = d["calibrated_by"].as_str().unwrap();
     assert!(
         probe["calibration"]["data"]

@@ -36,6 +36,23 @@ pub struct SentenceProbe {
     /// Its flag rule: aggregation `sentences`, the threshold a logit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
+    /// The benign background prose its heads were trained on beside the labelled data
+    /// (`probe families --background`), so a retraining reads the same paragraphs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<BackgroundSource>,
+}
+
+/// Where a probe's background paragraphs came from, and which they were.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackgroundSource {
+    /// The corpus (a file or directory) they were sampled from.
+    pub corpus: String,
+    /// The paragraphs drawn from each of its files.
+    pub per_file: usize,
+    /// How many there were.
+    pub texts: usize,
+    /// SHA-256 over them (see `glassbox_store::background`).
+    pub sha256: String,
 }
 
 /// Logistic regression for one kind of attack on a sentence embedding.
@@ -285,6 +302,18 @@ pub struct Example<'a> {
     pub weight: f32,
 }
 
+impl<'a> Example<'a> {
+    /// A benign text that counts once (background prose).
+    pub fn benign(reading: &'a Reading) -> Self {
+        Example {
+            reading,
+            label: false,
+            kind: "benign",
+            weight: 1.0,
+        }
+    }
+}
+
 /// The heads' default L2 penalty on standardised inputs. Unit-length sentence embeddings
 /// standardise by a factor near 25, so the activation probes' 1e-3 is a raw penalty near 2e-6,
 /// an almost free fit: held-out logits reached 9 on average over in-the-wild jailbreaks and 2.6
@@ -384,6 +413,7 @@ mod tests {
             ],
             penalty: None,
             calibration: None,
+            background: None,
         }
     }
 
@@ -517,6 +547,7 @@ mod tests {
             heads,
             penalty: None,
             calibration: None,
+            background: None,
         };
         // A text scores its highest piece.
         let pieces = [v(0.1, 0.0), v(0.0, 0.0), v(1.0, 0.0)];

@@ -999,6 +999,7 @@ mod tests {
             }],
             penalty: None,
             calibration: None,
+            background: None,
         };
         let dir = tempfile::tempdir().unwrap();
         probe.save(dir.path()).unwrap();

@@ -2,7 +2,8 @@
 //! Debian-docs corpus), the sharded on-disk activation store ([`activations`], filled by
 //! [`harvest`]), the feature catalog ([`catalog`]: SQLite or PostgreSQL, a tantivy index,
 //! Parquet export), the hash-chained audit log ([`audit`], with signed [`witness`]
-//! checkpoints) and the red-team data set ([`redteam`]).
+//! checkpoints), the red-team data set ([`redteam`]) and benign background prose sampled from
+//! a corpus ([`background`]).
 //!
 //! Harvest a residual stream into a store and draw a training batch from it:
 //!
@@ -35,6 +36,7 @@
 
 pub mod activations;
 pub mod audit;
+pub mod background;
 pub mod catalog;
 pub mod corpus;
 pub mod error;

@@ -49,7 +49,7 @@ use glassbox_dictionary::probe::{
 use glassbox_dictionary::roc::{Scored, Summary};
 use glassbox_dictionary::segments;
 use glassbox_dictionary::sentence_probe::{
-    self, Example, KindHead, Reading, SentenceProbe, READ_TOGETHER,
+    self, BackgroundSource, Example, KindHead, Reading, SentenceProbe, READ_TOGETHER,
 };
 use glassbox_model::{Model, Reader};
 use rayon::prelude::*;
@@ -153,6 +153,21 @@ pub struct FamiliesArgs {
     /// five more fits per fold
     #[arg(long, value_delimiter = ',', value_name = "L2[,L2…]")]
     segment_penalty: Vec<f32>,
+    /// Benign background prose for the detectors that read sentence embeddings: paragraphs
+    /// sampled from a corpus (a file or a directory, as `harvest --corpus` reads; `glassbox
+    /// setup` installs Debian's docs and fortunes at ~/.cache/glassbox/corpora/debian-docs),
+    /// trained on as negatives in every fold and never scored or calibrated on. The --segments
+    /// heads train on it, and a second embedding LR, "embedding LR + bg", beside the baseline
+    /// (which stays as it is). A paragraph identical to a held-out text, or under
+    /// --shared-sentences exclude sharing a sentence with one, is left out of that fold like
+    /// any training text. With --out the sentence probe records it (path, count, SHA-256), so
+    /// the blue round retrains on the same paragraphs
+    #[arg(long, value_name = "CORPUS")]
+    background: Option<PathBuf>,
+    /// With --background: the paragraphs drawn from each corpus file (those of smallest SHA-256,
+    /// so the sample does not depend on document order)
+    #[arg(long, default_value_t = 3000, value_name = "N")]
+    background_texts: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -235,7 +250,91 @@ struct Text {
     weight: f32,
 }
 
-const DETECTORS: [&str; 12] = [
+/// The `--background` prose, read as the labelled texts are.
+#[derive(Default)]
+pub(crate) struct Background {
+    pub texts: Vec<BackgroundText>,
+    pub source: Option<BackgroundSource>,
+}
+
+impl Background {
+    /// `per_file` paragraphs from each file of `corpus`, embedded by `minilm`: whole, and
+    /// sentence by sentence where `sentences` (for the --segments heads).
+    pub fn read(
+        minilm: &Model,
+        corpus: &std::path::Path,
+        per_file: usize,
+        sentences: bool,
+    ) -> Result<Self> {
+        let sample = glassbox_store::background::sample(corpus, per_file)
+            .with_context(|| format!("--background {}", corpus.display()))?;
+        let source = corpus.display().to_string();
+        let readings = if sentences {
+            let spans: Vec<_> = sample.texts.iter().map(|t| (t.as_str(), None)).collect();
+            sentence_readings(minilm, &spans, &source, "embedding background paragraphs")?
+        } else {
+            sample
+                .texts
+                .iter()
+                .map(|t| Reading::whole(minilm, t))
+                .collect::<std::result::Result<_, _>>()
+                .with_context(|| format!("embedding --background {source}"))?
+        };
+        let texts = sample
+            .texts
+            .iter()
+            .zip(readings)
+            .map(|(t, reading)| BackgroundText {
+                reading,
+                hash: Sha256::digest(t.as_bytes()).into(),
+                sentences: segments::long_sentences(t, SHARED_SENTENCE_WORDS)
+                    .map(|s| Sha256::digest(s.as_bytes()).into())
+                    .collect(),
+            })
+            .collect();
+        Ok(Self {
+            texts,
+            source: Some(BackgroundSource {
+                corpus: source,
+                per_file,
+                texts: sample.texts.len(),
+                sha256: sample.sha256,
+            }),
+        })
+    }
+
+    /// Its paragraphs as the blue round trains on them: `source` sampled again, and checked to
+    /// be the same paragraphs by their SHA-256.
+    pub fn again(minilm: &Model, source: &BackgroundSource) -> Result<Self> {
+        let b = Self::read(
+            minilm,
+            std::path::Path::new(&source.corpus),
+            source.per_file,
+            true,
+        )?;
+        let now = b.source.as_ref().map(|s| s.sha256.as_str());
+        if now != Some(source.sha256.as_str()) {
+            bail!(
+                "the probe's background prose ({}, {} per file) has changed since it was trained (SHA-256 {} then, {} now); retrain the probe with `probe families --background`",
+                source.corpus,
+                source.per_file,
+                source.sha256,
+                now.unwrap_or("none")
+            );
+        }
+        Ok(b)
+    }
+}
+
+/// A paragraph of `--background` prose: trained on as a benign text, never held out.
+pub(crate) struct BackgroundText {
+    pub reading: Reading,
+    hash: [u8; 32],
+    /// The SHA-256 of each of its sentences of `SHARED_SENTENCE_WORDS` words or more.
+    sentences: Vec<[u8; 32]>,
+}
+
+const DETECTORS: [&str; 13] = [
     "probe mean",
     "probe max",
     "probe window",
@@ -248,6 +347,7 @@ const DETECTORS: [&str; 12] = [
     "latent probe",
     "attention probe",
     "segment LR",
+    "embedding LR + bg",
 ];
 const N: usize = DETECTORS.len();
 /// The detectors the two combinations (stacked, max rank) combine: the first six.
@@ -265,17 +365,21 @@ const LATENT: usize = UNION + 1;
 const ATTENTION: usize = LATENT + 1;
 /// Where the `--segments` detector sits.
 const SEGMENTS: usize = ATTENTION + 1;
+/// Where the embedding LR trained with `--background` sits.
+const EMBEDDING_BG: usize = SEGMENTS + 1;
 /// The stacker's own training scores come from detectors trained without a group of
 /// families: the training families fall into this many groups.
 const STACK_GROUPS: usize = 5;
 
 /// The detectors trained beside the base ones when asked for: the probe on `--dict`'s mean
-/// codes (at its hook), the `--attention` probe, the `--segments` heads (at this penalty).
+/// codes (at its hook), the `--attention` probe, the `--segments` heads (at this penalty), and
+/// with `--background` the embedding LR trained on it too.
 #[derive(Clone, Copy, Default)]
 struct Extra {
     latents: bool,
     attention: bool,
     segments: Option<f32>,
+    background: bool,
 }
 
 /// The base detectors trained on one set of texts.
@@ -288,13 +392,19 @@ struct Bases {
     attention: Option<AttentionProbe>,
     /// With `--segments`: one linear detector per kind of attack, on sentence embeddings.
     segments: Option<SentenceProbe>,
+    /// With `--background`: the embedding LR with the background prose among its negatives.
+    embedding_bg: Option<(Vec<f32>, f32)>,
 }
 
 impl Bases {
+    /// Trained on `train` (and the detectors that read sentence embeddings on `background`
+    /// too, as benign texts).
+    #[allow(clippy::too_many_arguments)]
     fn fit(
         texts: &[Text],
         h: usize,
         train: &[usize],
+        background: &[&BackgroundText],
         d: usize,
         keep: usize,
         cfg: &ProbeTraining,
@@ -329,11 +439,35 @@ impl Bases {
             segments: extra.segments.map(|l2| SentenceProbe {
                 name: String::new(),
                 model: String::new(),
-                heads: fit_segments(texts, train, cfg, l2),
+                heads: fit_segments(texts, train, background, cfg, l2),
                 penalty: Some(l2),
                 calibration: None,
+                background: None,
+            }),
+            embedding_bg: extra.background.then(|| {
+                let mut samples: Vec<Sample> = train
+                    .iter()
+                    .map(|&i| {
+                        let t = &texts[i];
+                        Sample::new(t.reading.whole.clone(), t.label).weighted(t.weight)
+                    })
+                    .collect();
+                samples.extend(
+                    background
+                        .iter()
+                        .map(|b| Sample::new(b.reading.whole.clone(), false)),
+                );
+                let refs: Vec<&Sample> = samples.iter().collect();
+                probe::fit(&refs, texts[0].reading.whole.len(), cfg)
             }),
         }
+    }
+
+    /// The background-trained embedding LR's logit of one text (0 where there is none).
+    fn embedding_bg_score(&self, t: &Text) -> f32 {
+        self.embedding_bg
+            .as_ref()
+            .map_or(0.0, |(w, b)| linear_logit(w, *b, &t.reading.whole))
     }
 
     /// The segment detector's logit of one text: the highest over kinds, of its whole and of
@@ -411,7 +545,16 @@ impl Stacker {
                 .copied()
                 .filter(|&i| group(i) != g && !hashes.contains(&texts[i].hash))
                 .collect();
-            let bases = Bases::fit(texts, h, &inner, d, a.train_tokens, cfg, Extra::default());
+            let bases = Bases::fit(
+                texts,
+                h,
+                &inner,
+                &[],
+                d,
+                a.train_tokens,
+                cfg,
+                Extra::default(),
+            );
             features.extend(
                 held.iter()
                     .map(|&i| (i, stack_input(&bases.score(&texts[i], h, a.window)))),
@@ -503,6 +646,8 @@ struct HookReport {
     dropped: usize,
     /// Training texts left out (summed over folds) for sharing a sentence with a held-out one.
     shared: usize,
+    /// `--background` paragraphs left out (summed over folds), for either reason.
+    background_left_out: usize,
     /// The `--segments` penalty each fold chose (fold name → penalty), where it had a choice.
     penalties: BTreeMap<String, f32>,
     /// Every text's held-out scores, in `DETECTORS` order.
@@ -579,6 +724,10 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         Vec::new()
     }
     .into_iter();
+    let background = match &a.background {
+        Some(corpus) => Background::read(minilm, corpus, a.background_texts, a.segments)?,
+        None => Background::default(),
+    };
     let bar = crate::report::progress(labelled.len() as u64, "reading texts");
     let mut texts = Vec::with_capacity(labelled.len());
     for (i, l) in labelled.iter().enumerate() {
@@ -658,7 +807,17 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     let mut reports = Vec::new();
     for (h, hook) in a.hooks.iter().enumerate() {
         let latent = dict.as_ref().is_some_and(|l| l.hook == h);
-        reports.push(evaluate(&a, &texts, h, hook, &folds, d, &cfg, latent)?);
+        reports.push(evaluate(
+            &a,
+            &texts,
+            &background.texts,
+            h,
+            hook,
+            &folds,
+            d,
+            &cfg,
+            latent,
+        )?);
     }
     if let Some(path) = &a.scores {
         write_scores(path, &texts, &reports)?;
@@ -666,7 +825,9 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     let saved = match &a.out {
         Some(dir) => Some(match &dict {
             Some(l) => save_latent(&a, &texts, &reports[l.hook], l, dir, &cfg)?,
-            None if a.segments => save_sentences(&a, &texts, &reports[0], minilm_name, dir, &cfg)?,
+            None if a.segments => {
+                save_sentences(&a, &texts, &background, &reports[0], minilm_name, dir, &cfg)?
+            }
             None => save_final(&a, &texts, &reports, d, dir, &cfg)?,
         }),
         None => None,
@@ -678,6 +839,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             json!({"model": a.model, "data": a.data, "texts": texts.len(),
                 "families": families.len(), "window": a.window, "hooks": hooks,
                 "benign_split": a.benign_split.describe(),
+                "background": background.source,
                 "saved": saved.as_ref().map(|s| &s.0),
                 "rule": saved.as_ref().and_then(|s| s.1.first()),
                 "rules": saved.as_ref().map(|s| &s.1)})
@@ -693,6 +855,12 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         a.benign_split.describe(),
         a.model
     );
+    if let Some(b) = &background.source {
+        println!(
+            "background: {} paragraphs of {} ({} per file, SHA-256 {}), trained on as benign by segment LR and embedding LR + bg, never scored",
+            b.texts, b.corpus, b.per_file, b.sha256
+        );
+    }
     for r in &reports {
         print_report(r, a.window);
     }
@@ -731,6 +899,8 @@ struct HeldOut {
     dropped: usize,
     /// Sharing a sentence with one (`--shared-sentences exclude`).
     shared: usize,
+    /// `--background` paragraphs left out for repeating a held-out text or sharing a sentence.
+    background_left_out: usize,
     /// The `--segments` heads' penalty this fold chose, where it had a choice.
     penalty: Option<f32>,
 }
@@ -742,6 +912,7 @@ struct HeldOut {
 fn evaluate(
     a: &FamiliesArgs,
     texts: &[Text],
+    background: &[BackgroundText],
     h: usize,
     hook: &str,
     folds: &[(bool, String)],
@@ -765,13 +936,22 @@ fn evaluate(
             // family's name; under `--shared-sentences exclude` so does one sharing a sentence.
             let (train, shared) = training_without(texts, &all, &held, a.shared_sentences);
             let dropped = texts.len() - held.len() - train.len() - shared;
-            let penalty = a.segments.then(|| choose_penalty(a, texts, &train, cfg));
+            let wording = HeldOutWording::of(texts, &held, a.shared_sentences);
+            let paragraphs = background.len();
+            let background: Vec<&BackgroundText> = background
+                .iter()
+                .filter(|b| !wording.covers(&b.hash, &b.sentences))
+                .collect();
+            let penalty = a
+                .segments
+                .then(|| choose_penalty(a, texts, &train, &background, cfg));
             let extra = Extra {
                 latents: latent,
                 attention: a.attention,
                 segments: penalty,
+                background: a.background.is_some(),
             };
-            let bases = Bases::fit(texts, h, &train, d, a.train_tokens, cfg, extra);
+            let bases = Bases::fit(texts, h, &train, &background, d, a.train_tokens, cfg, extra);
             let stacker = (!a.no_combinations).then(|| Stacker::fit(texts, h, &train, d, a, cfg));
             let scores: Vec<[f32; N]> = held
                 .iter()
@@ -785,6 +965,7 @@ fn evaluate(
                     s[LATENT] = bases.latent_score(&texts[i]);
                     s[ATTENTION] = bases.attention_score(&texts[i], h);
                     s[SEGMENTS] = bases.segment_score(&texts[i]);
+                    s[EMBEDDING_BG] = bases.embedding_bg_score(&texts[i]);
                     s
                 })
                 .collect();
@@ -794,13 +975,14 @@ fn evaluate(
                 scores,
                 dropped,
                 shared,
+                background_left_out: paragraphs - background.len(),
                 penalty: penalty.filter(|_| a.segment_penalty.len() > 1),
             }
         })
         .collect();
     bar.finish_and_clear();
     let mut pooled: Vec<[f32; N]> = vec![[0.0; N]; texts.len()];
-    let (mut dropped, mut shared) = (0, 0);
+    let (mut dropped, mut shared, mut background_left_out) = (0, 0, 0);
     let mut penalties = BTreeMap::new();
     for (fold, (_, name)) in folds.iter().zip(fold_names) {
         if let Some(l2) = fold.penalty {
@@ -808,6 +990,7 @@ fn evaluate(
         }
         dropped += fold.dropped;
         shared += fold.shared;
+        background_left_out += fold.background_left_out;
         for (&i, s) in fold.texts.iter().zip(&fold.scores) {
             pooled[i] = *s;
         }
@@ -839,6 +1022,7 @@ fn evaluate(
     summaries.push(held_out_summary(&pooled, LATENT, texts, None)?);
     summaries.push(held_out_summary(&pooled, ATTENTION, texts, None)?);
     summaries.push(held_out_summary(&pooled, SEGMENTS, texts, None)?);
+    summaries.push(held_out_summary(&pooled, EMBEDDING_BG, texts, None)?);
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
     let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
@@ -855,6 +1039,7 @@ fn evaluate(
         .filter(|&k| latent || k != LATENT)
         .filter(|&k| a.attention || k != ATTENTION)
         .filter(|&k| a.segments || k != SEGMENTS)
+        .filter(|&k| a.background.is_some() || k != EMBEDDING_BG)
         .collect();
     Ok(HookReport {
         hook: hook.to_string(),
@@ -864,6 +1049,7 @@ fn evaluate(
         per_family,
         dropped,
         shared,
+        background_left_out,
         penalties,
         pooled,
     })
@@ -914,7 +1100,8 @@ fn report_json(r: &HookReport) -> serde_json::Value {
         .collect();
     json!({"hook": r.hook, "detectors": detectors, "per_family": fam,
         "union_reading": DETECTORS[r.reading], "dropped_duplicates": r.dropped,
-        "dropped_sharing_a_sentence": r.shared, "segment_penalties": r.penalties})
+        "dropped_sharing_a_sentence": r.shared, "background_left_out": r.background_left_out,
+        "segment_penalties": r.penalties})
 }
 
 fn print_report(r: &HookReport, window: usize) {
@@ -956,6 +1143,7 @@ fn print_report(r: &HookReport, window: usize) {
         "latent",
         "attention",
         "segments",
+        "emb + bg",
     ];
     let columns: Vec<&str> = r.shown.iter().map(|&k| columns[k]).collect();
     let row = |cells: &[String]| {
@@ -997,6 +1185,12 @@ fn print_report(r: &HookReport, window: usize) {
         println!(
             "({} training texts left out because they share a sentence with a held-out text)",
             r.shared
+        );
+    }
+    if r.background_left_out > 0 {
+        println!(
+            "({} background paragraphs left out over the folds: each repeats a held-out text or shares a sentence with one)",
+            r.background_left_out
         );
     }
     // Each penalty chosen, in numeric order, with how many folds chose it.
@@ -1120,8 +1314,14 @@ pub(crate) fn sentence_readings(
 }
 
 /// `--segments`: the sentence probe's heads (see [`sentence_probe::fit_heads`]).
-fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining, l2: f32) -> Vec<KindHead> {
-    fit_segments_at(texts, train, cfg, &[l2])
+fn fit_segments(
+    texts: &[Text],
+    train: &[usize],
+    background: &[&BackgroundText],
+    cfg: &ProbeTraining,
+    l2: f32,
+) -> Vec<KindHead> {
+    fit_segments_at(texts, train, background, cfg, &[l2])
         .pop()
         .unwrap_or_default()
 }
@@ -1130,6 +1330,7 @@ fn fit_segments(texts: &[Text], train: &[usize], cfg: &ProbeTraining, l2: f32) -
 fn fit_segments_at(
     texts: &[Text],
     train: &[usize],
+    background: &[&BackgroundText],
     cfg: &ProbeTraining,
     l2s: &[f32],
 ) -> Vec<Vec<KindHead>> {
@@ -1141,6 +1342,7 @@ fn fit_segments_at(
             kind: &texts[i].kind,
             weight: texts[i].weight,
         })
+        .chain(background.iter().map(|b| Example::benign(&b.reading)))
         .collect();
     sentence_probe::fit_heads_at(&examples, cfg, l2s)
 }
@@ -1148,7 +1350,13 @@ fn fit_segments_at(
 /// The `--segment-penalty` that holds out best inside `train`: for each, heads trained without
 /// each group of its families ([`family_groups`]) score that group, and the pooled scores'
 /// TPR at 1 % FPR decides (ties: the larger penalty). One value is taken as it is.
-fn choose_penalty(a: &FamiliesArgs, texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> f32 {
+fn choose_penalty(
+    a: &FamiliesArgs,
+    texts: &[Text],
+    train: &[usize],
+    background: &[&BackgroundText],
+    cfg: &ProbeTraining,
+) -> f32 {
     let [first, rest @ ..] = a.segment_penalty.as_slice() else {
         return sentence_probe::L2;
     };
@@ -1161,7 +1369,13 @@ fn choose_penalty(a: &FamiliesArgs, texts: &[Text], train: &[usize], cfg: &Probe
         let held: Vec<usize> = train.iter().copied().filter(|&i| group(i) == g).collect();
         let rest: Vec<usize> = train.iter().copied().filter(|&i| group(i) != g).collect();
         let (inner, _) = training_without(texts, &rest, &held, a.shared_sentences);
-        let heads = fit_segments_at(texts, &inner, cfg, &a.segment_penalty);
+        let wording = HeldOutWording::of(texts, &held, a.shared_sentences);
+        let inner_background: Vec<&BackgroundText> = background
+            .iter()
+            .copied()
+            .filter(|b| !wording.covers(&b.hash, &b.sentences))
+            .collect();
+        let heads = fit_segments_at(texts, &inner, &inner_background, cfg, &a.segment_penalty);
         for ((&l2, heads), scored) in a.segment_penalty.iter().zip(heads).zip(&mut scored) {
             let probe = SentenceProbe {
                 name: String::new(),
@@ -1169,6 +1383,7 @@ fn choose_penalty(a: &FamiliesArgs, texts: &[Text], train: &[usize], cfg: &Probe
                 heads,
                 penalty: Some(l2),
                 calibration: None,
+                background: None,
             };
             scored.extend(
                 held.iter()
@@ -1199,25 +1414,45 @@ fn training_without(
     held: &[usize],
     shared: SharedSentences,
 ) -> (Vec<usize>, usize) {
-    let held_hashes: HashSet<[u8; 32]> = held.iter().map(|&i| texts[i].hash).collect();
-    let held_sentences: HashSet<[u8; 32]> = match shared {
-        SharedSentences::Keep => HashSet::new(),
-        SharedSentences::Exclude => held
-            .iter()
-            .flat_map(|&i| texts[i].sentences.iter().copied())
-            .collect(),
-    };
+    let wording = HeldOutWording::of(texts, held, shared);
     let others = pool
         .iter()
         .copied()
-        .filter(|&i| !held_hashes.contains(&texts[i].hash));
-    let (train, left_out): (Vec<usize>, Vec<usize>) = others.partition(|&i| {
-        !texts[i]
-            .sentences
-            .iter()
-            .any(|s| held_sentences.contains(s))
-    });
+        .filter(|&i| !wording.hashes.contains(&texts[i].hash));
+    let (train, left_out): (Vec<usize>, Vec<usize>) =
+        others.partition(|&i| !wording.shares(&texts[i].sentences));
     (train, left_out.len())
+}
+
+/// What a training text must not share with the held-out ones: their whole texts (SHA-256)
+/// and, under `--shared-sentences exclude`, their sentences.
+struct HeldOutWording {
+    hashes: HashSet<[u8; 32]>,
+    sentences: HashSet<[u8; 32]>,
+}
+
+impl HeldOutWording {
+    fn of(texts: &[Text], held: &[usize], shared: SharedSentences) -> Self {
+        Self {
+            hashes: held.iter().map(|&i| texts[i].hash).collect(),
+            sentences: match shared {
+                SharedSentences::Keep => HashSet::new(),
+                SharedSentences::Exclude => held
+                    .iter()
+                    .flat_map(|&i| texts[i].sentences.iter().copied())
+                    .collect(),
+            },
+        }
+    }
+
+    fn shares(&self, sentences: &[[u8; 32]]) -> bool {
+        sentences.iter().any(|s| self.sentences.contains(s))
+    }
+
+    /// Whether a text of this hash and these sentences must stay out of training.
+    fn covers(&self, hash: &[u8; 32], sentences: &[[u8; 32]]) -> bool {
+        self.hashes.contains(hash) || self.shares(sentences)
+    }
 }
 
 /// The inner group (of [`STACK_GROUPS`]) of each training text: its fold's place among the
@@ -1402,18 +1637,21 @@ fn save_latent(
 fn save_sentences(
     a: &FamiliesArgs,
     texts: &[Text],
+    background: &Background,
     r: &HookReport,
     embedder: &str,
     dir: &std::path::Path,
     cfg: &ProbeTraining,
 ) -> Result<(String, Vec<String>)> {
     let all: Vec<usize> = (0..texts.len()).collect();
-    let l2 = choose_penalty(a, texts, &all, cfg);
+    let paragraphs: Vec<&BackgroundText> = background.texts.iter().collect();
+    let l2 = choose_penalty(a, texts, &all, &paragraphs, cfg);
     let p = SentenceProbe {
         name: probe_name(a),
         model: embedder.to_string(),
-        heads: fit_segments(texts, &all, cfg, l2),
+        heads: fit_segments(texts, &all, &paragraphs, cfg, l2),
         penalty: Some(l2),
+        background: background.source.clone(),
         calibration: Some(calibration(
             a,
             Aggregation::Sentences,
@@ -1521,5 +1759,29 @@ mod tests {
             );
         }
         assert_eq!(seen.len(), usize::from(BENIGN_PARTS));
+    }
+
+    /// The blue round reads a probe's background again only if it is the same paragraphs.
+    #[test]
+    fn background_read_again_must_be_the_same_paragraphs() {
+        let model = glassbox_testkit::minilm();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prose.txt");
+        std::fs::write(&file, "The river rose after a week of steady rain.\n\nMost shops close early on Sundays in the village.").unwrap();
+        let b = Background::read(&model, dir.path(), 10, true).unwrap();
+        let source = b.source.clone().unwrap();
+        assert_eq!((b.texts.len(), source.texts), (2, 2));
+        let again = Background::again(&model, &source).unwrap();
+        assert_eq!(again.source, b.source);
+        std::fs::write(
+            &file,
+            "The river rose after a week of steady rain, and fell.",
+        )
+        .unwrap();
+        let Err(e) = Background::again(&model, &source) else {
+            panic!("a changed corpus was read as the same background");
+        };
+        let e = e.to_string();
+        assert!(e.contains("has changed since it was trained"), "{e}");
     }
 }

@@ -132,3 +132,22 @@ pub fn families_args<'a>(
     args.extend_from_slice(extra);
     args
 }
+
+/// A corpus of benign prose at `dir/prose.txt` for `--background`: five paragraphs of its own
+/// (one wrapped over two lines, one with a line of code that keeps it out) and, last, the first
+/// benign text of [`rows`] (`benign_a`), which the fold holding that family must leave out.
+pub fn background_corpus(dir: &Path) -> std::path::PathBuf {
+    let corpus = dir.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let paragraphs = [
+        "Preheat the oven and butter a shallow dish before you slice the apples.",
+        "The committee meets on Tuesdays; minutes are posted\nto the notice board by Friday.",
+        "Water the seedlings in the morning so the leaves dry before nightfall.",
+        "Call fetch_rows(db, limit=10) then print(rows[0]) to see the first row.",
+        "Most trains from the coast arrive a few minutes late in winter.",
+        "Write a short note to thank the neighbours for watering the garden.",
+        BENIGN[0],
+    ];
+    std::fs::write(corpus.join("prose.txt"), paragraphs.join("\n\n")).unwrap();
+    corpus
+}

@@ -23,7 +23,7 @@ use glassbox_serve::config::Config;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::commands::families::{sentence_readings, BenignSplit};
+use crate::commands::families::{sentence_readings, Background, BenignSplit};
 use crate::commands::probe::Labelled;
 
 /// The weight, in texts, that each attack's evasions carry together. A handful of evasions of a
@@ -156,6 +156,11 @@ pub fn defend_sentences(embedder: &Model, inputs: &Inputs) -> Result<Defence> {
         "the blue round's training texts",
         "blue: embedding training texts",
     )?;
+    // The background prose the probe was trained on, if any, stays among the negatives.
+    let background = match &old.background {
+        Some(source) => Background::again(embedder, source)?,
+        None => Background::default(),
+    };
     let cfg_train = ProbeTraining::default();
     let fitted = |keep: &(dyn Fn(usize) -> bool + Sync)| {
         let examples: Vec<Example> = (0..texts.len())
@@ -166,6 +171,7 @@ pub fn defend_sentences(embedder: &Model, inputs: &Inputs) -> Result<Defence> {
                 kind: texts[i].kind,
                 weight: texts[i].weight,
             })
+            .chain(background.texts.iter().map(|b| Example::benign(&b.reading)))
             .collect();
         SentenceProbe {
             heads: sentence_probe::fit_heads(
