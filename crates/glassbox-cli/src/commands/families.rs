@@ -268,7 +268,7 @@ impl Background {
     ) -> Result<Self> {
         let sample = glassbox_store::background::sample(corpus, per_file)
             .with_context(|| format!("--background {}", corpus.display()))?;
-        let source = corpus.display().to_string();
+        let source = portable(corpus);
         let readings = if sentences {
             let spans: Vec<_> = sample.texts.iter().map(|t| (t.as_str(), None)).collect();
             sentence_readings(minilm, &spans, &source, "embedding background paragraphs")?
@@ -306,12 +306,7 @@ impl Background {
     /// Its paragraphs as the blue round trains on them: `source` sampled again, and checked to
     /// be the same paragraphs by their SHA-256.
     pub fn again(minilm: &Model, source: &BackgroundSource) -> Result<Self> {
-        let b = Self::read(
-            minilm,
-            std::path::Path::new(&source.corpus),
-            source.per_file,
-            true,
-        )?;
+        let b = Self::read(minilm, &resolved(&source.corpus), source.per_file, true)?;
         let now = b.source.as_ref().map(|s| s.sha256.as_str());
         if now != Some(source.sha256.as_str()) {
             bail!(
@@ -325,6 +320,28 @@ impl Background {
         Ok(b)
     }
 }
+
+/// What a saved probe records of a corpus path: under `$GLASSBOX_HOME` (where `setup` installs
+/// the packaged corpus) relative to it, so the probe file is read alike on another machine.
+fn portable(corpus: &std::path::Path) -> String {
+    let home = glassbox_model::registry::home();
+    let absolute = std::fs::canonicalize(corpus).unwrap_or_else(|_| corpus.to_path_buf());
+    let home = std::fs::canonicalize(&home).unwrap_or(home);
+    match absolute.strip_prefix(&home) {
+        Ok(rest) => format!("{HOME_VAR}/{}", rest.display()),
+        Err(_) => corpus.display().to_string(),
+    }
+}
+
+/// [`portable`]'s path back on this machine.
+fn resolved(recorded: &str) -> PathBuf {
+    match recorded.strip_prefix(HOME_VAR) {
+        Some(rest) => glassbox_model::registry::home().join(rest.trim_start_matches('/')),
+        None => PathBuf::from(recorded),
+    }
+}
+
+const HOME_VAR: &str = "$GLASSBOX_HOME";
 
 /// A paragraph of `--background` prose: trained on as a benign text, never held out.
 pub(crate) struct BackgroundText {
@@ -1773,6 +1790,10 @@ mod tests {
         assert_eq!((b.texts.len(), source.texts), (2, 2));
         let again = Background::again(&model, &source).unwrap();
         assert_eq!(again.source, b.source);
+        // A corpus under $GLASSBOX_HOME is recorded relative to it.
+        let home = glassbox_model::registry::home();
+        assert_eq!(resolved("$GLASSBOX_HOME/corpora/x"), home.join("corpora/x"));
+        assert_eq!(resolved("/elsewhere/c"), PathBuf::from("/elsewhere/c"));
         std::fs::write(
             &file,
             "The river rose after a week of steady rain, and fell.",
