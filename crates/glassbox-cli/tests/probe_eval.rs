@@ -532,6 +532,14 @@ fn background_prose_is_trained_on_and_never_scored() {
         &families(d, &[L3, "--background", "/no/such/corpus"]),
         "--background /no/such/corpus",
     );
+    fails(
+        &families(d, &[L3, "--background-texts", "5"]),
+        "--background <CORPUS>",
+    );
+    fails(
+        &families(d, &[L3, "--background", c, "--background-texts", "0"]),
+        "--background-texts",
+    );
     std::fs::write(corpus.join("code.txt"), "x = f(y[0]) + g(z[1]);\n").unwrap();
     fails(&families(d, &[L3, "--background", c]), "no prose paragraph");
 }

@@ -166,8 +166,9 @@ pub struct FamiliesArgs {
     background: Option<PathBuf>,
     /// With --background: the paragraphs drawn from each corpus file (those of smallest SHA-256,
     /// so the sample does not depend on document order)
-    #[arg(long, default_value_t = 3000, value_name = "N")]
-    background_texts: usize,
+    #[arg(long, default_value_t = 3000, value_name = "N", requires = "background",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    background_texts: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -742,7 +743,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     }
     .into_iter();
     let background = match &a.background {
-        Some(corpus) => Background::read(minilm, corpus, a.background_texts, a.segments)?,
+        Some(corpus) => Background::read(minilm, corpus, a.background_texts as usize, a.segments)?,
         None => Background::default(),
     };
     let bar = crate::report::progress(labelled.len() as u64, "reading texts");
