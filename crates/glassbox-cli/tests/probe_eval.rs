@@ -462,7 +462,7 @@ fn background_prose_is_trained_on_and_never_scored() {
         corpus.to_str().unwrap(),
         saved.to_str().unwrap(),
     );
-    let report = ok_json(&families(
+    let out = common::glassbox(&families(
         d,
         &[
             L3,
@@ -474,6 +474,15 @@ fn background_prose_is_trained_on_and_never_scored() {
             sp,
         ],
     ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The saved probe's rule applied to its own benign training texts, said beside it.
+    assert!(
+        stderr.contains("in sample: the saved probe flags ")
+            && stderr.contains(" of the 8 benign texts it was trained on"),
+        "{stderr}"
+    );
     assert_eq!(report["texts"], 26, "background paragraphs are not scored");
     // Six prose paragraphs; the one with code is not prose.
     let background = &report["background"];

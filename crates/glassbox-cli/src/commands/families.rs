@@ -1678,11 +1678,35 @@ fn save_sentences(
         )?),
     };
     p.save(dir)?;
+    report_in_sample(texts, &p);
     let rules = p
         .calibration
         .as_ref()
         .map_or(Vec::new(), |c| c.rules(&p.name));
     Ok((dir.join(sentence_probe::FILE).display().to_string(), rules))
+}
+
+/// Says (on stderr) how many of the benign texts the saved probe was trained on its own rule
+/// flags, by family. The threshold was set on held-out scores, and no fold scores the final
+/// probe on its training texts: a benign text whose wording the attacks share (an injection's
+/// document without the injection) can score higher in sample than any held-out one did.
+fn report_in_sample(texts: &[Text], p: &SentenceProbe) {
+    let Some(threshold) = p.calibration.as_ref().map(|c| c.threshold) else {
+        return;
+    };
+    let mut flagged: BTreeMap<&str, usize> = BTreeMap::new();
+    let benign = texts.iter().filter(|t| !t.label);
+    let n = benign.clone().count();
+    for t in benign.filter(|t| t.reading.score(p) > threshold) {
+        *flagged.entry(t.family.as_str()).or_default() += 1;
+    }
+    let total: usize = flagged.values().sum();
+    let families: Vec<String> = flagged.iter().map(|(f, k)| format!("{f} {k}")).collect();
+    eprintln!(
+        "in sample: the saved probe flags {total} of the {n} benign texts it was trained on{}{}",
+        if families.is_empty() { "" } else { ": " },
+        families.join(", ")
+    );
 }
 
 /// The saved detector's name in monitor rules: `--name`, else the data file's stem.
