@@ -710,6 +710,10 @@ pub fn fit_penalties(
     if l2s.is_empty() {
         return Vec::new();
     }
+    if d == 0 {
+        // No weights to learn: the class-balanced loss is least at bias 0 (each class weighs half).
+        return vec![(Vec::new(), 0.0); l2s.len()];
+    }
     let (mean, scale) = standardisation(samples.iter().map(|s| s.x.as_slice()), d);
     let (z, targets) = standardised_rows(samples, d, &mean, scale);
     // Per penalty: the parameters (d weights, then the bias) and Adam.
@@ -1003,6 +1007,18 @@ mod tests {
         assert!(norm(&together[0].0) > norm(&together[1].0));
         assert!(norm(&together[1].0) > norm(&together[2].0));
         assert!(fit_penalties(&refs, 6, &ProbeTraining::default(), &[]).is_empty());
+    }
+
+    /// With no weights to learn (d = 0) the fit is its balanced bias, 0, and does not panic.
+    #[test]
+    fn a_fit_without_features_is_its_balanced_bias() {
+        let data: Vec<Sample> = (0..9)
+            .map(|i| Sample::new(Vec::new(), i % 3 == 0))
+            .collect();
+        let refs: Vec<&Sample> = data.iter().collect();
+        assert_eq!(fit(&refs, 0, &ProbeTraining::default()), (Vec::new(), 0.0));
+        let two = fit_penalties(&refs, 0, &ProbeTraining::default(), &[0.1, 1.0]);
+        assert_eq!(two, vec![(Vec::new(), 0.0); 2]);
     }
 
     #[test]

@@ -440,8 +440,8 @@ impl Bases {
                 calibration: None,
                 dictionary: None,
             },
-            pooled: fit_vectors(texts, train, |t| &t.layers[h].1, cfg),
-            embedding: fit_vectors(texts, train, |t| &t.reading.whole, cfg),
+            pooled: fit_vectors(texts, train, |t| &t.layers[h].1, &[], cfg),
+            embedding: fit_vectors(texts, train, |t| &t.reading.whole, &[], cfg),
             latents: extra.latents.then(|| fit_latents(texts, train, cfg)),
             attention: extra.attention.then(|| {
                 let samples: Vec<AttentionSample> = train
@@ -463,20 +463,8 @@ impl Bases {
                 background: None,
             }),
             embedding_bg: extra.background.then(|| {
-                let mut samples: Vec<Sample> = train
-                    .iter()
-                    .map(|&i| {
-                        let t = &texts[i];
-                        Sample::new(t.reading.whole.clone(), t.label).weighted(t.weight)
-                    })
-                    .collect();
-                samples.extend(
-                    background
-                        .iter()
-                        .map(|b| Sample::new(b.reading.whole.clone(), false)),
-                );
-                let refs: Vec<&Sample> = samples.iter().collect();
-                probe::fit(&refs, texts[0].reading.whole.len(), cfg)
+                let prose: Vec<&[f32]> = background.iter().map(|b| &b.reading.whole[..]).collect();
+                fit_vectors(texts, train, |t| &t.reading.whole, &prose, cfg)
             }),
         }
     }
@@ -1250,7 +1238,7 @@ fn fit_latents(texts: &[Text], train: &[usize], cfg: &ProbeTraining) -> (Vec<f32
         l2: LATENT_L2,
         ..cfg.clone()
     };
-    fit_vectors(texts, train, |t| &t.latents, &cfg)
+    fit_vectors(texts, train, |t| &t.latents, &[], &cfg)
 }
 
 /// `--dict`'s dictionary, its identity and the `--hook` it reads.
@@ -1508,17 +1496,20 @@ fn fit_tokens(
     probe::fit(&refs, d, cfg)
 }
 
-/// Logistic regression on one vector per text (`which` picks it).
+/// Logistic regression on one vector per text (`which` picks it), with `benign` vectors (the
+/// background prose, weight 1) among the negatives.
 fn fit_vectors(
     texts: &[Text],
     train: &[usize],
     which: impl Fn(&Text) -> &Vec<f32>,
+    benign: &[&[f32]],
     cfg: &ProbeTraining,
 ) -> (Vec<f32>, f32) {
     let d = which(&texts[0]).len();
     let samples: Vec<Sample> = train
         .iter()
         .map(|&i| Sample::new(which(&texts[i]).clone(), texts[i].label).weighted(texts[i].weight))
+        .chain(benign.iter().map(|v| Sample::new(v.to_vec(), false)))
         .collect();
     let refs: Vec<&Sample> = samples.iter().collect();
     probe::fit(&refs, d, cfg)
@@ -1603,7 +1594,7 @@ fn save_final(
     let s = &reports[h].summaries[if or_keywords { UNION } else { best }];
     // The pooled probe, applied to each token, averages to its text-level logit.
     let (weights, bias) = if aggs[best] == Aggregation::MeanLogit {
-        fit_vectors(texts, &all, |t| &t.layers[h].1, cfg)
+        fit_vectors(texts, &all, |t| &t.layers[h].1, &[], cfg)
     } else {
         fit_tokens(texts, h, &all, d, a.train_tokens, cfg)
     };
