@@ -24,8 +24,8 @@ def test_scores_as_the_cli_does(minilm, tmp_path):
     probe = gb.SentenceProbe.load(SHIPPED)
     assert probe.kinds == ["extraction", "harmful", "injection", "jailbreak"]
     assert probe.model_name == "minilm"
-    assert probe.threshold == pytest.approx(1.5904102)
-    assert probe.penalty == pytest.approx(0.5)
+    assert probe.threshold == pytest.approx(2.0392928)
+    assert probe.penalty == pytest.approx(0.25)
     assert gb.SentenceProbe.pieces(BURIED)[0] == BURIED
     assert len(gb.SentenceProbe.pieces(BURIED)) == 5
     assert gb.SentenceProbe.pieces(CALM) == [CALM]
