@@ -1681,6 +1681,25 @@ fn a_probe_on_sae_latents_is_scored_and_served_with_its_own_dictionary() {
     }
 }
 
+/// `glassbox --json probe score --probe PROBE --data DATA`, which must succeed.
+fn probe_score(probe: &Path, data: &Path) -> Value {
+    let out = glassbox(&[
+        "--json",
+        "probe",
+        "score",
+        "--probe",
+        probe.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The shipped sentence probe (`probes/injection-sentences`) behind the server: on MiniLM's
 /// embeddings and on the chat model (its MiniLM embedder loaded beside it), the served
 /// `sentences` value of a text is the score `glassbox probe score` gives it, and the shipped
@@ -1702,21 +1721,7 @@ fn the_shipped_sentence_probe_is_served_as_probe_score_reads_it() {
         format!("{}\n{}\n", json!({"text": buried}), json!({"text": calm})),
     )
     .unwrap();
-    let out = glassbox(&[
-        "--json",
-        "probe",
-        "score",
-        "--probe",
-        probe.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let scored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scored = probe_score(&probe, &data);
     let rows = scored["texts"].as_array().unwrap();
     let score = |i: usize| rows[i]["rule"]["score"].as_f64().unwrap();
     let threshold = rows[0]["rule"]["threshold"].as_f64().unwrap();
@@ -1785,21 +1790,7 @@ fn the_shipped_sentence_probe_passes_ordinary_task_requests() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let probe = repo.join("probes/injection-sentences");
     let data = repo.join("redteam/benign-tasks.jsonl");
-    let out = glassbox(&[
-        "--json",
-        "probe",
-        "score",
-        "--probe",
-        probe.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let scored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scored = probe_score(&probe, &data);
     let flagged: Vec<&str> = scored["texts"]
         .as_array()
         .unwrap()
