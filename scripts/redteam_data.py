@@ -301,10 +301,13 @@ def writing_requests(ie: Wheel):
     the task headers and imperatives the set's benign side lacks, written by a third party."""
     n = "inspect_evals/writingbench/benchmark_all.jsonl"
     out = []
-    for line in ie.read(n).splitlines():
-        q = json.loads(line)["query"].strip() if line.strip() else ""
+    for line in filter(str.strip, ie.read(n).splitlines()):
+        item = json.loads(line)
+        q = item["query"].strip()
         if q and sum(c.isascii() for c in q) >= 0.95 * len(q):
-            out.append(record(q, 0, "benign_writing_request", "benign", "inspect_evals:" + n))
+            r = record(q, 0, "benign_writing_request", "benign", "inspect_evals:" + n)
+            r["domain"] = item["domain1"]  # its six domains, for splits by domain
+            out.append(r)
     return out
 
 
@@ -545,8 +548,8 @@ def main():
                 unseen.append(r)
         write_jsonl(out_dir / "unseen.jsonl", unseen)
         # Third-party test sets, likewise disjoint from redteam.jsonl.
-        tests = {"requests.jsonl": writing_requests(ie), "coding-agent.jsonl": coding_agent_tasks(ie)}
-        for name, test in tests.items():
+        tests = {}
+        for name, test in [("requests.jsonl", writing_requests(ie)), ("coding-agent.jsonl", coding_agent_tasks(ie))]:
             kept, seen_test = [], set()
             for r in test:
                 key = r["text"].strip().lower()

@@ -87,7 +87,8 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
         assert!(!families.contains_key(&(1, f.into())), "{f} is in the set");
     }
     // The third-party test sets: inspect_evals' files only, no text (in any letter case) in the
-    // set, and families the set lacks.
+    // set, and families the set lacks; each writing request names its domain, for splits.
+    let mut domains = HashSet::new();
     for (path, family, label, at_least) in [
         (redteam::requests(&home), "benign_writing_request", 0, 500),
         (
@@ -114,10 +115,14 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
                 assert_eq!(v["label"].as_u64(), Some(label), "line {}", i + 1);
                 n += 1;
             }
+            if family == "benign_writing_request" {
+                domains.insert(v["domain"].as_str().unwrap().to_string());
+            }
         }
         assert!(n >= at_least, "{family}: {n} in {}", path.display());
         assert!(!families.contains_key(&(label, family.into())));
     }
+    assert_eq!(domains.len(), 6, "{domains:?}");
     // The latent injections come with their benign twins (same task, same document).
     assert!(families.contains_key(&(0, "benign_document_task".into())));
     assert!(families
