@@ -491,6 +491,18 @@ def concepts(g: Wheel, p: Wheel, yaml, injections, benign_rows):
     return out
 
 
+def disjoint(rows, known):
+    """`rows` without empty texts, texts in `known` and repeats, compared stripped and in lower
+    case (`known` holds such keys)."""
+    out, seen = [], set()
+    for r in rows:
+        key = r["text"].strip().lower()
+        if r["text"] and key not in known and key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
 def write_jsonl(path: Path, rows):
     """One JSON line per row, written whole or not at all: to a temporary file, synced, then
     renamed over `path`."""
@@ -538,26 +550,15 @@ def main():
                 seen.add(r["text"])
                 unique.append(r)
         write_jsonl(out_dir / "redteam.jsonl", unique)
-        # The unseen families: none of their texts is in redteam.jsonl (in any letter case).
+        # The test sets: the unseen families and the third party's, none of their texts in
+        # redteam.jsonl (in any letter case).
         known = {r["text"].strip().lower() for r in unique}
-        unseen, seen_unseen = [], set()
-        for r in unseen_attacks(g, p, yaml, harmbench + advbench):
-            key = r["text"].strip().lower()
-            if r["text"] and key not in known and key not in seen_unseen:
-                seen_unseen.add(key)
-                unseen.append(r)
+        unseen = disjoint(unseen_attacks(g, p, yaml, harmbench + advbench), known)
         write_jsonl(out_dir / "unseen.jsonl", unseen)
-        # Third-party test sets, likewise disjoint from redteam.jsonl.
-        tests = {}
-        for name, test in [("requests.jsonl", writing_requests(ie)), ("coding-agent.jsonl", coding_agent_tasks(ie))]:
-            kept, seen_test = [], set()
-            for r in test:
-                key = r["text"].strip().lower()
-                if r["text"] and key not in known and key not in seen_test:
-                    seen_test.add(key)
-                    kept.append(r)
-            write_jsonl(out_dir / name, kept)
-            tests[name] = kept
+        tests = {"requests.jsonl": disjoint(writing_requests(ie), known),
+                 "coding-agent.jsonl": disjoint(coding_agent_tasks(ie), known)}
+        for name, test in tests.items():
+            write_jsonl(out_dir / name, test)
         write_jsonl(out_dir / "templates.jsonl", templates(g, p, yaml))
         later = {r["text"] for r in added} - {r["text"] for r in original}
         concept_rows = concepts(g, p, yaml, inj, [r for r in unique if r["label"] == 0 and r["text"] not in later])

@@ -53,6 +53,7 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
             "line {line} is benign and an attack: {t}"
         );
     }
+    let benign_keys: HashSet<&str> = benign_lower.iter().map(|(_, b)| b.as_str()).collect();
     assert!(seen.len() >= 3000, "{} texts", seen.len());
     let attacks = families.keys().filter(|(l, _)| *l == 1).count();
     let benign = families.keys().filter(|(l, _)| *l == 0).count();
@@ -73,7 +74,7 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
             "unseen line {} is in the set",
             i + 1
         );
-        assert!(!benign_lower.iter().any(|(_, b)| *b == t));
+        assert!(!benign_keys.contains(t.as_str()));
         *unseen
             .entry(v["family"].as_str().unwrap().into())
             .or_default() += 1;
@@ -106,7 +107,7 @@ fn the_installed_set_is_labelled_by_family_with_its_sources() {
             let t = v["text"].as_str().unwrap().trim().to_lowercase();
             assert!(v["source"].as_str().unwrap().starts_with("inspect_evals:"));
             assert!(
-                !attacks_lower.contains(&t) && !benign_lower.iter().any(|(_, b)| *b == t),
+                !attacks_lower.contains(&t) && !benign_keys.contains(t.as_str()),
                 "{} line {} is in the set",
                 path.display(),
                 i + 1
