@@ -332,6 +332,52 @@ fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
         let over = rule["score"].as_f64().unwrap() > rule["threshold"].as_f64().unwrap();
         assert_eq!(rule["flagged"], over, "{t}");
     }
+    // `--pieces` says which piece gave each score: the text's own bytes, the whole first, the
+    // highest logit the score, each scored by one of the probe's kinds.
+    let explained = ok_json(&[
+        "--json", "probe", "score", "--probe", sp, "--data", d, "--pieces",
+    ]);
+    let mut split = 0;
+    for t in explained["texts"].as_array().unwrap() {
+        let line: Value =
+            serde_json::from_str(&lines[t["line"].as_u64().unwrap() as usize - 1]).unwrap();
+        let text = line["text"].as_str().unwrap();
+        let pieces = t["pieces"].as_array().unwrap();
+        assert_eq!(
+            pieces.len() as u64,
+            t["scores"]["tokens"].as_u64().unwrap(),
+            "{t}"
+        );
+        assert_eq!(pieces[0]["text"], text, "{t}");
+        for p in pieces {
+            let (start, end) = (p["start"].as_u64().unwrap(), p["end"].as_u64().unwrap());
+            assert_eq!(p["text"], text[start as usize..end as usize], "{p}");
+            assert!(kinds.contains(&p["kind"].as_str().unwrap()), "{p}");
+        }
+        let top = pieces
+            .iter()
+            .map(|p| p["logit"].as_f64().unwrap())
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(top, t["scores"]["max_logit"].as_f64().unwrap(), "{t}");
+        split += usize::from(pieces.len() > 1);
+    }
+    assert!(split > 0, "some texts have sentences: {explained}");
+    let table = common::glassbox(&["probe", "score", "--probe", sp, "--data", d, "--pieces"]);
+    assert!(table.status.success());
+    assert!(String::from_utf8_lossy(&table.stdout).contains("(whole)"));
+    let token_probe = concat!(env!("CARGO_MANIFEST_DIR"), "/../../probes/injection");
+    fails(
+        &[
+            "probe",
+            "score",
+            "--probe",
+            token_probe,
+            "--data",
+            d,
+            "--pieces",
+        ],
+        "leave --pieces out",
+    );
     let eval = ok_json(&[
         "--json",
         "probe",

@@ -13,7 +13,7 @@ use glassbox_dictionary::probe::{
     self, Aggregation, Calibration, Probe, ProbeTraining, Sample, TextScores,
 };
 use glassbox_dictionary::roc::{rate_interval, Scored, Summary};
-use glassbox_dictionary::sentence_probe::{self, SentenceProbe};
+use glassbox_dictionary::sentence_probe::{self, PieceScore, SentenceProbe};
 use glassbox_model::Reader;
 use glassbox_serve::config::InputConfig;
 use glassbox_serve::input::TextSignals;
@@ -86,7 +86,15 @@ pub struct LongTexts {
 pub struct ScoreArgs {
     #[command(flatten)]
     on: ProbeOnTexts,
+    /// A sentence probe: show which pieces of each text scored (the table: its 3 highest,
+    /// with their logits and kinds; --json: every piece in reading order, with byte offsets),
+    /// i.e. which sentence made a text flag.
+    #[arg(long)]
+    pieces: bool,
 }
+
+/// Pieces the table shows per text with --pieces.
+const TOP_PIECES: usize = 3;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -312,7 +320,7 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
             );
         }
     }
-    let scores = score_records(&a.on, &probe, records, device)?;
+    let (scores, _) = score_records(&a.on, &probe, records, device)?;
     let or_keywords = before.as_ref().is_some_and(|c| c.or_keywords);
     let judged: Vec<f32> = scores
         .iter()
@@ -575,13 +583,14 @@ pub(crate) fn read_records(path: &Path) -> Result<Vec<Record>> {
 /// A record's probe scores, keyword-filter count and text signals.
 type Scores = (TextScores, f32, TextSignals);
 
-/// Every record scored by the probe (with progress on long files).
+/// Every record scored by the probe (with progress on long files), and for a sentence probe
+/// each record's pieces (none for a token probe).
 fn score_records(
     on: &ProbeOnTexts,
     probe: &AnyProbe,
     records: &[Record],
     device: &str,
-) -> Result<Vec<Scores>> {
+) -> Result<(Vec<Scores>, Vec<Vec<PieceScore>>)> {
     let input = InputConfig {
         fold_lookalikes: on.fold_lookalikes,
     };
@@ -621,32 +630,35 @@ fn score_records(
         .zip(records)
         .map(|(p, r)| (p.text.as_ref(), r.line))
         .collect();
-    let read = match probe {
-        AnyProbe::Tokens(p) => read_tokens(on, p, &texts, device)?,
+    let (read, pieces) = match probe {
+        AnyProbe::Tokens(p) => (read_tokens(on, p, &texts, device)?, Vec::new()),
         AnyProbe::Sentences(p) => {
             let model = input::load_model(&p.model, device)?;
             // Many at a time: their pieces share batches (`SentenceProbe::read_texts`).
             scoring(&texts, &on.data, sentence_probe::READ_TOGETHER, |batch| {
-                Ok(p.read_texts(&model, batch)?)
+                Ok(p.read_pieces_many(&model, batch)?)
             })?
+            .into_iter()
+            .unzip()
         }
     };
     let keywords = KeywordFilter::default();
-    Ok(read
+    let scores = read
         .into_iter()
         .zip(&prepared)
         .map(|(s, p)| (s, keywords.score(&p.text), p.signals))
-        .collect())
+        .collect();
+    Ok((scores, pieces))
 }
 
 /// The texts read by `read`, `chunk` at a time, with a progress bar; errors name the data
 /// file's line (or the chunk's lines).
-fn scoring(
+fn scoring<T>(
     texts: &[(&str, usize)],
     data: &Path,
     chunk: usize,
-    read: impl Fn(&[&str]) -> Result<Vec<TextScores>>,
-) -> Result<Vec<TextScores>> {
+    read: impl Fn(&[&str]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
     let bar = crate::report::progress(texts.len() as u64, "scoring texts");
     let mut out = Vec::with_capacity(texts.len());
     for part in texts.chunks(chunk) {
@@ -709,10 +721,17 @@ fn read_tokens(
 fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
     let records = read_records(&a.on.data)?;
     let probe = AnyProbe::load(&a.on.probe)?;
-    let scores = score_records(&a.on, &probe, &records, device)?;
+    if let (true, AnyProbe::Tokens(p)) = (a.pieces, &probe) {
+        bail!(
+            "--pieces shows a sentence probe's pieces (its text's whole and each sentence); `{}` reads tokens at {} — leave --pieces out",
+            p.name,
+            p.hook
+        );
+    }
+    let (scores, pieces) = score_records(&a.on, &probe, &records, device)?;
     let rule = probe.calibration();
     // A sentence probe reads a text's whole and its sentences where a token probe reads tokens.
-    let pieces = match probe {
+    let unit = match probe {
         AnyProbe::Tokens(_) => "tokens",
         AnyProbe::Sentences(_) => "pieces",
     };
@@ -720,10 +739,20 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         let rows: Vec<Value> = records
             .iter()
             .zip(&scores)
-            .map(|(r, (s, k, t))| {
+            .enumerate()
+            .map(|(i, (r, (s, k, t)))| {
                 let mut row = json!({"line": r.line, "label": r.label, "family": r.family,
                     "scores": s, "keywords": k, "lookalikes": t.lookalikes, "encoded": t.encoded,
                     "window_tokens": a.on.window});
+                if let (true, Some(ps)) = (a.pieces, pieces.get(i)) {
+                    row["pieces"] = ps
+                        .iter()
+                        .map(|p| {
+                            json!({"start": p.start, "end": p.end, "kind": p.kind,
+                            "logit": p.logit, "text": &r.text[p.start..p.end]})
+                        })
+                        .collect();
+                }
                 if let Some(c) = rule {
                     row["rule"] = json!({"aggregation": c.aggregation, "score": c.aggregation.of(s),
                         "or_keywords": c.or_keywords, "threshold": c.threshold,
@@ -755,7 +784,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         "line",
         "label",
         "family",
-        pieces,
+        unit,
         "mean",
         "max",
         format!("window{}", a.on.window),
@@ -764,18 +793,17 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         "keywords",
         "flag"
     );
-    for (r, (s, k, _)) in records.iter().zip(&scores) {
+    for (i, (r, (s, k, _))) in records.iter().zip(&scores).enumerate() {
         let flag = match rule {
             Some(c) if c.flags(s, *k) => "yes",
             Some(_) => "no",
             None => "-",
         };
-        let preview: String = r
-            .text
-            .chars()
-            .take(50)
-            .collect::<String>()
-            .replace('\n', " ");
+        let preview = |text: &str, chars: usize| -> String {
+            let short: String = text.chars().take(chars).collect();
+            let more = if short.len() < text.len() { "…" } else { "" };
+            format!("{}{more}", short.replace('\n', " "))
+        };
         println!(
             "{:>5} {:>5} {:<30} {:>6} {:>7.4} {:>7.4} {:>8.4} {:>9.3} {:>8.3} {:>8} {:>5}  {preview}",
             r.line,
@@ -788,8 +816,28 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             s.mean_logit,
             s.max_logit,
             k,
-            flag
+            flag,
+            preview = preview(&r.text, 50)
         );
+        if let (true, Some(ps)) = (a.pieces, pieces.get(i)) {
+            let mut top: Vec<_> = ps.iter().enumerate().collect();
+            top.sort_by(|x, y| y.1.logit.total_cmp(&x.1.logit));
+            for (at, p) in top.into_iter().take(TOP_PIECES) {
+                let which = if at == 0 {
+                    "(whole)".to_string()
+                } else {
+                    format!("sentence {at}")
+                };
+                println!(
+                    "{:>18} {:>8.3}  {:<12} {:<24} {}",
+                    "",
+                    p.logit,
+                    which,
+                    p.kind,
+                    preview(&r.text[p.start..p.end], 70)
+                );
+            }
+        }
     }
     if let Some(c) = rule {
         let families = flagged_by_family(&records, &scores, c);
@@ -927,7 +975,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
     }
     let mut probe = AnyProbe::load(&a.on.probe)?;
     let chosen = probe.judged_by(a.aggregate, a.on.window)?;
-    let scores = score_records(&a.on, &probe, &records, device)?;
+    let (scores, _) = score_records(&a.on, &probe, &records, device)?;
     let labels: Vec<bool> = labelled.iter().map(|l| l.label).collect();
     let aggregations = probe.aggregations(a.on.window);
     // A probe calibrated as a union with the keyword filter is judged as one (the chosen
