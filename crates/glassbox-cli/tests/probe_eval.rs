@@ -390,6 +390,23 @@ fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
         "0.1",
     ]);
     assert_eq!(eval["chosen"], "sentences");
+    // Beside it on the same texts: the keyword filter and text length alone; and the probe's
+    // AUROC within bands of length, which together hold every text.
+    let baselines: Vec<&str> = eval["baselines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["baseline"].as_str().unwrap())
+        .collect();
+    assert_eq!(baselines[0], "keywords", "{eval}");
+    assert!(baselines[1].starts_with("text length ("), "{eval}");
+    let banded: u64 = eval["by_length"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["positives"].as_u64().unwrap() + b["negatives"].as_u64().unwrap())
+        .sum();
+    assert_eq!(banded as usize, lines.len());
     assert!(eval["rule"]
         .as_str()
         .unwrap()

@@ -1004,6 +1004,9 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         summaries.iter().find(|(label, _)| *label == chosen.label())
     }
     .context("the chosen aggregation was scored")?;
+    let baselines = baselines(&records, &scores, &labels, target)?;
+    let judged_scores: Vec<f32> = scores.iter().map(|(s, k, _)| judged(s, *k)).collect();
+    let by_length = by_length(&records, &judged_scores, &labels);
     // Detection per family at the chosen threshold: positives caught, negatives flagged.
     let mut families: BTreeMap<(bool, String), (usize, usize)> = BTreeMap::new();
     for (l, (s, k, _)) in labelled.iter().zip(&scores) {
@@ -1038,9 +1041,21 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
                 "texts": n, "rate": *hit as f64 / *n as f64})
             })
             .collect();
+        let baselines: Vec<Value> = baselines
+            .iter()
+            .map(|(label, s)| json!({"baseline": label, "summary": s}))
+            .collect();
+        let by_length: Vec<Value> = by_length
+            .iter()
+            .map(|b| {
+                json!({"chars": [b.chars.0, b.chars.1], "positives": b.positives,
+                    "negatives": b.negatives, "auroc": b.auroc})
+            })
+            .collect();
         println!(
             "{}",
             json!({"probe": probe.name(), "aggregations": summaries, "chosen": chosen_label,
+                "baselines": baselines, "by_length": by_length,
                 "threshold": best.threshold, "target_fpr": target, "families": families,
                 "calibrated": a.calibrate.is_some(),
                 "rule": probe.calibration().map(|c| c.rule(probe.name())),
@@ -1060,7 +1075,12 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         "\n{:<24} {:>7} {:>17} {:>10} {:>15} {:>10}",
         "score", "AUROC", "95 % interval", "TPR@1%FPR", "95 % interval", "TPR@5%FPR"
     );
-    for (label, s) in &summaries {
+    let baseline_rows = baselines.iter().map(|(l, s)| (format!("  {l}"), s));
+    let rows = summaries.iter().map(|(l, s)| (l.clone(), s));
+    for (i, (label, s)) in rows.chain(baseline_rows).enumerate() {
+        if i == summaries.len() {
+            println!("baselines, same texts:");
+        }
         println!(
             "{:<24} {:>7.4} {:>17} {:>10.3} {:>15} {:>10.3}",
             label,
@@ -1072,6 +1092,27 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
                 s.tpr_at_1pct_fpr_ci95.0, s.tpr_at_1pct_fpr_ci95.1
             ),
             s.tpr_at_5pct_fpr
+        );
+    }
+    if let Some((label, s)) = baselines.last().filter(|(_, s)| s.auroc >= LENGTH_WARNING) {
+        println!(
+            "\nnote: {label} alone ranks these labels at AUROC {:.3}: here a detector can score by length; compare within lengths (below)",
+            s.auroc
+        );
+    }
+    println!(
+        "\n{:<24} {:>9} {:>9} {:>7}",
+        "characters", "positive", "negative", "AUROC"
+    );
+    for b in &by_length {
+        let band = match b.chars.1 {
+            Some(hi) => format!("{}–{}", b.chars.0, hi - 1),
+            None => format!("{}+", b.chars.0),
+        };
+        let auroc = b.auroc.map_or("-".to_string(), |x| format!("{x:.3}"));
+        println!(
+            "{band:<24} {:>9} {:>9} {auroc:>7}",
+            b.positives, b.negatives
         );
     }
     println!(
@@ -1101,6 +1142,80 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
     Ok(())
 }
 
+/// A text-length baseline at or above this AUROC gets a note: the labels follow length.
+const LENGTH_WARNING: f64 = 0.75;
+
+/// Simple baselines scored on the same texts as the probe: the keyword filter, and text length
+/// alone (ln characters, in the direction that ranks these labels better — chosen on them, so
+/// an upper bound), which shows how far length alone separates the set.
+fn baselines(
+    records: &[Record],
+    scores: &[Scores],
+    labels: &[bool],
+    target: f64,
+) -> Result<Vec<(String, Summary)>> {
+    let keywords: Vec<f32> = scores.iter().map(|(_, k, _)| *k).collect();
+    let longer: Vec<f32> = records
+        .iter()
+        .map(|r| (1.0 + r.text.chars().count() as f32).ln())
+        .collect();
+    let mut length = Summary::of(&Scored::new(&longer, labels)?, target);
+    let mut direction = "longer";
+    if length.auroc < 0.5 {
+        let shorter: Vec<f32> = longer.iter().map(|x| -x).collect();
+        length = Summary::of(&Scored::new(&shorter, labels)?, target);
+        direction = "shorter";
+    }
+    Ok(vec![
+        (
+            "keywords".to_string(),
+            Summary::of(&Scored::new(&keywords, labels)?, target),
+        ),
+        (format!("text length ({direction})"), length),
+    ])
+}
+
+/// One band of text lengths and how the judged score ranks the texts in it.
+struct LengthBand {
+    /// Characters, from and (none: no limit) below.
+    chars: (usize, Option<usize>),
+    positives: usize,
+    negatives: usize,
+    /// None where the band lacks one of the labels.
+    auroc: Option<f64>,
+}
+
+/// Where bands of text length start, in characters: a question, a paragraph, a page, more.
+const LENGTH_BANDS: [usize; 4] = [0, 200, 1000, 4000];
+
+/// The judged score's AUROC within each band of text length: a set whose attacks are short and
+/// whose benign texts long (or the reverse) rewards a score that tracks length, which the
+/// pooled AUROC cannot tell from detection.
+fn by_length(records: &[Record], judged: &[f32], labels: &[bool]) -> Vec<LengthBand> {
+    LENGTH_BANDS
+        .iter()
+        .enumerate()
+        .map(|(i, &lo)| {
+            let hi = LENGTH_BANDS.get(i + 1).copied();
+            let (mut s, mut l) = (Vec::new(), Vec::new());
+            for ((r, &x), &y) in records.iter().zip(judged).zip(labels) {
+                let n = r.text.chars().count();
+                if n >= lo && hi.is_none_or(|h| n < h) {
+                    s.push(x);
+                    l.push(y);
+                }
+            }
+            let positives = l.iter().filter(|&&y| y).count();
+            LengthBand {
+                chars: (lo, hi),
+                positives,
+                negatives: l.len() - positives,
+                auroc: Scored::new(&s, &l).ok().map(|x| x.auroc()),
+            }
+        })
+        .collect()
+}
+
 /// Where a new threshold went, and the deploy.toml rules that read it.
 fn print_saved(path: &Path, c: &Calibration, name: &str) {
     let whens: String = c
@@ -1114,4 +1229,71 @@ fn print_saved(path: &Path, c: &Calibration, name: &str) {
         if c.or_keywords { "two blocking monitors" } else { "a monitor" },
         if c.or_keywords { "" } else { "s" },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(chars: usize, label: bool) -> Record {
+        Record {
+            line: 1,
+            text: "x".repeat(chars),
+            label: Some(label),
+            family: None,
+            kind: None,
+            span: None,
+        }
+    }
+
+    fn scores(keywords: &[f32]) -> Vec<Scores> {
+        let s = TextScores {
+            tokens: 1,
+            mean: 0.0,
+            max: 0.0,
+            window: 0.0,
+            mean_logit: 0.0,
+            max_logit: 0.0,
+        };
+        keywords
+            .iter()
+            .map(|&k| (s, k, TextSignals::default()))
+            .collect()
+    }
+
+    /// Short attacks against long benign texts: length alone ranks them perfectly (shorter
+    /// first), and no band of length holds both labels, so none has an AUROC.
+    #[test]
+    fn text_length_is_a_baseline_and_bands_compare_like_lengths() {
+        let mut records: Vec<Record> = (0..4).map(|i| record(50 + i, true)).collect();
+        records.extend((0..4).map(|i| record(300 + i, false)));
+        let labels: Vec<bool> = records.iter().map(|r| r.label == Some(true)).collect();
+        let keywords = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let b = baselines(&records, &scores(&keywords), &labels, 0.01).unwrap();
+        assert_eq!(b[0].0, "keywords");
+        assert_eq!(b[0].1.auroc, 0.625);
+        assert_eq!(b[1].0, "text length (shorter)");
+        assert_eq!(b[1].1.auroc, 1.0);
+        let bands = by_length(&records, &[0.0; 8], &labels);
+        let counts: Vec<_> = bands.iter().map(|b| (b.positives, b.negatives)).collect();
+        assert_eq!(counts, [(4, 0), (0, 4), (0, 0), (0, 0)]);
+        assert!(bands.iter().all(|b| b.auroc.is_none()));
+        assert_eq!(bands[3].chars, (4000, None));
+        // Two long attacks: the 200–999 band compares them with the long benign texts alone,
+        // where the score ranks them first while length ranks them last.
+        records.extend([record(900, true), record(950, true)]);
+        let labels: Vec<bool> = records.iter().map(|r| r.label == Some(true)).collect();
+        let judged = [0.0, 0.0, 0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.9, 0.8];
+        let bands = by_length(&records, &judged, &labels);
+        assert_eq!((bands[1].positives, bands[1].negatives), (2, 4));
+        assert_eq!(bands[1].auroc, Some(1.0));
+        let b = baselines(&records, &scores(&[0.0; 10]), &labels, 0.01).unwrap();
+        assert_eq!(b[1].0, "text length (shorter)");
+        // 16 of the 24 attack–benign pairs have the attack shorter.
+        assert!(
+            (b[1].1.auroc - 16.0 / 24.0).abs() < 1e-9,
+            "{}",
+            b[1].1.auroc
+        );
+    }
 }
