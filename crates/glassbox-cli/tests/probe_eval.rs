@@ -53,6 +53,7 @@ fn families_eval_calibrate_and_score_work_together() {
             "pooled probe",
             "embedding LR",
             "keywords",
+            "text length",
             "stacked",
             "max rank",
             "probe or keywords"
@@ -61,14 +62,18 @@ fn families_eval_calibrate_and_score_work_together() {
     // The union with the keyword filter flags all that the probe reading it takes flags, and
     // every keyword hit (no benign text here has one).
     let tpr = |k: usize| detectors[k]["summary"]["tpr_at_1pct_fpr"].as_f64().unwrap();
+    let union = names
+        .iter()
+        .position(|n| *n == "probe or keywords")
+        .unwrap();
     let reading = names[..4]
         .iter()
         .position(|n| *n == first["union_reading"])
         .expect("the union takes one of the probe readings");
     assert!(
-        tpr(8) >= tpr(reading).max(tpr(5)) - 1e-9,
+        tpr(union) >= tpr(reading).max(tpr(5)) - 1e-9,
         "{}",
-        detectors[8]
+        detectors[union]
     );
     for d in detectors {
         let auroc = d["summary"]["auroc"].as_f64().unwrap();
@@ -700,7 +705,7 @@ fn benign_texts_held_out_by_random_part_and_every_score_written() {
         assert_eq!(l["family"], row.2);
         assert_eq!(l["label"], row.1);
         let s = &l["scores"];
-        assert_eq!(s.as_object().unwrap().len(), 9, "{l}");
+        assert_eq!(s.as_object().unwrap().len(), 10, "{l}");
         let hit = if s["keywords"].as_f64().unwrap() > 0.0 {
             2.0
         } else {
@@ -732,7 +737,7 @@ fn a_probe_is_recalibrated_on_benign_traffic_alone() {
         .iter()
         .map(|d| d["detector"].as_str().unwrap())
         .collect();
-    assert_eq!(detectors.len(), 7, "{detectors:?}");
+    assert_eq!(detectors.len(), 8, "{detectors:?}");
     assert!(!detectors.contains(&"stacked") && !detectors.contains(&"max rank"));
     // Unlabelled traffic: the eight benign texts and four more, no labels.
     let traffic = dir.path().join("traffic.jsonl");

@@ -247,6 +247,8 @@ struct Text {
     /// The `--dict` dictionary's mean code over the text's tokens (empty without one).
     latents: Vec<f32>,
     keywords: f32,
+    /// ln(1 + characters), as a vector of one (the text-length baseline's input).
+    length: Vec<f32>,
     /// How much the text counts in training (`--family-weights`).
     weight: f32,
 }
@@ -352,7 +354,7 @@ pub(crate) struct BackgroundText {
     sentences: Vec<[u8; 32]>,
 }
 
-const DETECTORS: [&str; 13] = [
+const DETECTORS: [&str; 14] = [
     "probe mean",
     "probe max",
     "probe window",
@@ -366,6 +368,7 @@ const DETECTORS: [&str; 13] = [
     "attention probe",
     "segment LR",
     "embedding LR + bg",
+    "text length",
 ];
 const N: usize = DETECTORS.len();
 /// The detectors the two combinations (stacked, max rank) combine: the first six.
@@ -385,6 +388,9 @@ const ATTENTION: usize = LATENT + 1;
 const SEGMENTS: usize = ATTENTION + 1;
 /// Where the embedding LR trained with `--background` sits.
 const EMBEDDING_BG: usize = SEGMENTS + 1;
+/// Where the text-length baseline sits: logistic regression on ln(characters) alone, which
+/// says how far a set's labels follow length (a detector that beats it detects more than that).
+const LENGTH: usize = EMBEDDING_BG + 1;
 /// The stacker's own training scores come from detectors trained without a group of
 /// families: the training families fall into this many groups.
 const STACK_GROUPS: usize = 5;
@@ -412,6 +418,8 @@ struct Bases {
     segments: Option<SentenceProbe>,
     /// With `--background`: the embedding LR with the background prose among its negatives.
     embedding_bg: Option<(Vec<f32>, f32)>,
+    /// Logistic regression on ln(characters).
+    length: (Vec<f32>, f32),
 }
 
 impl Bases {
@@ -466,7 +474,13 @@ impl Bases {
                 let prose: Vec<&[f32]> = background.iter().map(|b| &b.reading.whole[..]).collect();
                 fit_vectors(texts, train, |t| &t.reading.whole, &prose, cfg)
             }),
+            length: fit_vectors(texts, train, |t| &t.length, &[], cfg),
         }
+    }
+
+    /// The text-length baseline's logit of one text.
+    fn length_score(&self, t: &Text) -> f32 {
+        linear_logit(&self.length.0, self.length.1, &t.length)
     }
 
     /// The background-trained embedding LR's logit of one text (0 where there is none).
@@ -793,6 +807,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
             },
             latents,
             keywords: keywords.score(text),
+            length: vec![(1.0 + text.chars().count() as f32).ln()],
             weight: a.family_weights.of(sizes[&(l.label, l.family.as_str())]),
         });
         bar.inc(1);
@@ -972,6 +987,7 @@ fn evaluate(
                     s[ATTENTION] = bases.attention_score(&texts[i], h);
                     s[SEGMENTS] = bases.segment_score(&texts[i]);
                     s[EMBEDDING_BG] = bases.embedding_bg_score(&texts[i]);
+                    s[LENGTH] = bases.length_score(&texts[i]);
                     s
                 })
                 .collect();
@@ -1029,6 +1045,7 @@ fn evaluate(
     summaries.push(held_out_summary(&pooled, ATTENTION, texts, None)?);
     summaries.push(held_out_summary(&pooled, SEGMENTS, texts, None)?);
     summaries.push(held_out_summary(&pooled, EMBEDDING_BG, texts, None)?);
+    summaries.push(held_out_summary(&pooled, LENGTH, texts, None)?);
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
     let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
     for (i, t) in texts.iter().enumerate() {
@@ -1040,7 +1057,10 @@ fn evaluate(
             e.1[k] += usize::from(pooled[i][k] > summaries[k].threshold);
         }
     }
-    let shown = (0..N)
+    // The baselines together: the text-length one shown beside the keyword filter.
+    let shown = (0..BASES)
+        .chain([LENGTH])
+        .chain(BASES..LENGTH)
         .filter(|&k| !(a.no_combinations && COMBINATIONS.contains(&k)))
         .filter(|&k| latent || k != LATENT)
         .filter(|&k| a.attention || k != ATTENTION)
@@ -1150,6 +1170,7 @@ fn print_report(r: &HookReport, window: usize) {
         "attention",
         "segments",
         "emb + bg",
+        "length",
     ];
     let columns: Vec<&str> = r.shown.iter().map(|&k| columns[k]).collect();
     let row = |cells: &[String]| {
