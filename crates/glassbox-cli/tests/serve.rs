@@ -1761,8 +1761,41 @@ fn the_shipped_sentence_probe_is_served_as_probe_score_reads_it() {
             "{answer} vs {}",
             score(i)
         );
+        if i == 0 {
+            // The caller is told which sentence tripped the monitor, and sees it quoted.
+            let firing = answer["glassbox"]["firings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["monitor"] == "injection")
+                .unwrap();
+            let evidence = &firing["evidence"];
+            assert_eq!(evidence["piece"], 3, "{answer}");
+            assert!(evidence["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("Ignore all previous instructions"));
+            let reason = answer["error"]["message"].as_str().unwrap();
+            assert!(reason.contains("fired on sentence 3, read as "), "{answer}");
+        }
     }
     drop(s);
+    // The audit log keeps the evidence's place and kind, not the caller's words (texts are not
+    // stored by default).
+    let log = std::fs::read_to_string(dir.path().join("minilm-audit.jsonl")).unwrap();
+    let firings: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["event"] == "firing" && r["detail"]["firing"]["monitor"] == "injection")
+        .collect();
+    assert_eq!(firings.len(), 1, "{log}");
+    let evidence = &firings[0]["detail"]["firing"]["evidence"];
+    assert_eq!(evidence["piece"], 3, "{evidence}");
+    assert!(
+        evidence["kind"].is_string() && evidence.get("text").is_none(),
+        "{evidence}"
+    );
+    assert!(!log.contains("PWNED"), "{log}");
     let s = deployment("smollm2");
     for (i, text) in [buried, calm].iter().enumerate() {
         let (status, answer) = post(

@@ -259,10 +259,10 @@ impl MonitorSet {
         self.monitors.iter().any(|m| m.sentences.is_some())
     }
 
-    /// Per text, each sentence probe's logit of it (the `sentences` signal), for the sentence
-    /// probes a rule reads (the rest read 0): a text's whole and its sentences are embedded
-    /// once per request, before the forward pass.
-    pub fn sentence_scores(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    /// Per text, each sentence probe's logit of it (the `sentences` signal) and the piece that
+    /// gave it, for the sentence probes a rule reads (the rest read 0): a text's whole and its
+    /// sentences are embedded once per request, before the forward pass.
+    pub fn sentence_scores(&self, texts: &[&str]) -> Result<Vec<Vec<SentenceRead>>> {
         if !self.reads_sentences() {
             return Ok(Vec::new());
         }
@@ -277,10 +277,25 @@ impl MonitorSet {
                     .zip(&read)
                     .map(|(p, &read)| {
                         if !read {
-                            return Ok(0.0);
+                            return Ok(SentenceRead::default());
                         }
-                        let logits = p.probe.piece_logits(&p.embedder, text)?;
-                        Ok(logits.into_iter().fold(f32::NEG_INFINITY, f32::max))
+                        let (scores, pieces) = p.probe.read_pieces(&p.embedder, text)?;
+                        let top = pieces
+                            .iter()
+                            .enumerate()
+                            .rev()
+                            .max_by(|a, b| a.1.logit.total_cmp(&b.1.logit));
+                        Ok(SentenceRead {
+                            logit: scores.max_logit,
+                            evidence: top.map(|(i, piece)| Evidence {
+                                piece: i,
+                                kind: piece.kind.clone(),
+                                text: text[piece.start..piece.end]
+                                    .chars()
+                                    .take(EVIDENCE_CHARS)
+                                    .collect(),
+                            }),
+                        })
                     })
                     .collect()
             })
@@ -423,6 +438,43 @@ pub struct Firing {
     /// The rule's value there (a feature's activation, a window mean, a count, an error).
     pub value: f32,
     pub action: Action,
+    /// A `sentences` rule's firing: the piece of the caller's text that gave the score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// A sentence probe's reading of one caller's text: its logit (the highest over pieces) and the
+/// piece that gave it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SentenceRead {
+    pub logit: f32,
+    pub evidence: Option<Evidence>,
+}
+
+/// Which piece of the caller's text a sentence probe scored highest, so whoever reads a firing
+/// sees the sentence that tripped it rather than a number.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Evidence {
+    /// 0: the whole text; n: its n-th sentence (as `probe score --pieces` counts them).
+    pub piece: usize,
+    /// The probe's head (kind of attack) that scored it highest.
+    pub kind: String,
+    /// The piece, cut to its first 200 characters (kept out of audit records unless
+    /// `[audit] store_text`).
+    pub text: String,
+}
+
+/// How much of a piece a firing's evidence quotes.
+const EVIDENCE_CHARS: usize = 200;
+
+impl Evidence {
+    /// Where it is, in words: "the whole text" or "sentence n".
+    pub fn place(&self) -> String {
+        match self.piece {
+            0 => "the whole text".into(),
+            n => format!("sentence {n}"),
+        }
+    }
 }
 
 /// The monitor that stopped a request, and where.
@@ -451,9 +503,9 @@ pub struct Watch<'s> {
     keywords: Vec<Vec<f32>>,
     /// Per input: the signals of the caller's text (see [`Watch::set_text_signals`]).
     text_signals: Vec<TextSignals>,
-    /// Per input, per sentence probe: its logit of the caller's text (see
+    /// Per input, per sentence probe: its reading of the caller's text (see
     /// [`Watch::set_sentences`]).
-    sentences: Vec<Vec<f32>>,
+    sentences: Vec<Vec<SentenceRead>>,
     pub firings: Vec<Firing>,
     pub blocked: Option<Blocked>,
     /// Per input, per monitor: the rule's value nearest to firing over the tokens seen (the
@@ -527,7 +579,7 @@ impl<'s> Watch<'s> {
 
     /// Declares each input's sentence-probe logits ([`MonitorSet::sentence_scores`]: the
     /// `sentences` signal, the same on every token); an input without them reads 0.
-    pub fn set_sentences(&mut self, sentences: Vec<Vec<f32>>) {
+    pub fn set_sentences(&mut self, sentences: Vec<Vec<SentenceRead>>) {
         self.sentences = sentences;
     }
 
@@ -665,7 +717,7 @@ impl<'s> Watch<'s> {
                     }
                     (Signal::Sentences(_), ..) => m
                         .sentences
-                        .and_then(|i| self.sentences.get(row)?.get(i).copied())
+                        .and_then(|i| Some(self.sentences.get(row)?.get(i)?.logit))
                         .unwrap_or(0.0),
                     (Signal::Feature(f), Some(d), _) => read(d, *f),
                     (Signal::Anomaly, Some(d), _) => full.get(&d).map_or(0.0, |(_, e)| e[k]),
@@ -710,12 +762,16 @@ impl<'s> Watch<'s> {
                     }
                     self.fired_once[row][mi] = true;
                 }
+                let evidence = m
+                    .sentences
+                    .and_then(|i| self.sentences.get(row)?.get(i)?.evidence.clone());
                 self.firings.push(Firing {
                     monitor: m.cfg.name.clone(),
                     input: row,
                     position,
                     value,
                     action: m.cfg.action,
+                    evidence,
                 });
                 let edit = match (m.cfg.action, m.dict, m.target) {
                     (Action::Clamp, Some(d), Some(f)) => {
@@ -736,7 +792,9 @@ impl<'s> Watch<'s> {
                         self.blocked = Some(Blocked {
                             monitor: m.cfg.name.clone(),
                             reason: m.cfg.reason.clone().unwrap_or_else(|| {
-                                format!("monitor `{}` ({}) fired", m.cfg.name, m.cfg.when)
+                                let evidence =
+                                    self.firings.last().and_then(|f| f.evidence.as_ref());
+                                fired(m, evidence)
                             }),
                             input: row,
                             position,
@@ -763,6 +821,21 @@ impl<'s> Watch<'s> {
             return Ok(t.clone());
         }
         Tensor::from_vec(x, (b, s, width), t.device())
+    }
+}
+
+/// A block's default reason. Where the rule read a piece of the text it says which (its place
+/// and kind, never its words: block records are audited whatever `store_text` says).
+fn fired(m: &Monitor, evidence: Option<&Evidence>) -> String {
+    match evidence {
+        Some(e) => format!(
+            "monitor `{}` ({}) fired on {}, read as {}",
+            m.cfg.name,
+            m.cfg.when,
+            e.place(),
+            e.kind
+        ),
+        None => format!("monitor `{}` ({}) fired", m.cfg.name, m.cfg.when),
     }
 }
 
@@ -1045,6 +1118,22 @@ mod tests {
                 usize::from(blocked),
                 "fires once: {text}"
             );
+            // The firing says which piece tripped it: the buried instruction, sentence 2, read
+            // by the probe's one head; the block's reason names its place, not its words.
+            if let (Some(f), Some(b)) = (report.firings.first(), &report.blocked) {
+                let e = f
+                    .evidence
+                    .as_ref()
+                    .expect("a sentences rule gives evidence");
+                assert_eq!(e.piece, 2, "{e:?}");
+                assert_eq!(e.kind, "injection");
+                assert_eq!(e.text, attacks[0]);
+                assert!(
+                    b.reason.ends_with("fired on sentence 2, read as injection"),
+                    "{b:?}"
+                );
+                assert!(!b.reason.contains("Ignore"), "{b:?}");
+            }
         }
         // `observe` (the deployment gate's monitors suite) reads the texts it is given, not
         // their tokens decoded: MiniLM's decoding drops the line breaks that cut these sentences.

@@ -25,7 +25,7 @@ use crate::config::{Action, FiringRecords, Fsync};
 use crate::error::{Result, ServeError};
 use crate::infer::{self, Report};
 use crate::input::{Prepared, TextSignals};
-use crate::monitor::Firing;
+use crate::monitor::{Evidence, Firing};
 
 use super::openai::{
     ChatChoice, ChatRequest, ChoiceLayout, CompletionChoice, CompletionRequest, CompletionResponse,
@@ -46,6 +46,9 @@ struct FiringSummary<'a> {
     first_position: usize,
     last_position: usize,
     max_value: f32,
+    /// A `sentences` rule's: the piece that gave its score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evidence: Option<&'a Evidence>,
 }
 
 /// A request's firings summed per monitor and input, in order of first firing.
@@ -69,10 +72,19 @@ fn per_request(firings: &[Firing]) -> Vec<FiringSummary<'_>> {
                 first_position: f.position,
                 last_position: f.position,
                 max_value: f.value,
+                evidence: f.evidence.as_ref(),
             }),
         }
     }
     by
+}
+
+/// Drops the quoted text from a firing's (or a firing summary's) evidence, keeping its place
+/// and kind.
+fn without_evidence_text(firing: &mut Value) {
+    if let Some(e) = firing.get_mut("evidence").and_then(Value::as_object_mut) {
+        e.remove("text");
+    }
 }
 
 /// A finished request's bookkeeping: metrics, audit records, live events.
@@ -85,19 +97,31 @@ pub(crate) fn account(
     report: &Report,
 ) -> ApiResult<()> {
     state.metrics.monitor_time.inc_by(report.monitor_seconds);
+    // The caller's words leave the request (live events, audit records) only where the
+    // deployment stores texts; a firing's evidence keeps its place and kind either way.
+    let keep_text = state.cfg.audit.store_text;
     for f in &report.firings {
         state.metrics.firings.with_label_values(&[&f.monitor]).inc();
         let action = format!("{:?}", f.action).to_lowercase();
         state.metrics.actions.with_label_values(&[&action]).inc();
-        let _ = state.events.send((
-            "firing",
-            json!({"request_id": id, "route": route, "firing": f}).to_string(),
-        ));
+        let mut event = json!({"request_id": id, "route": route, "firing": f});
+        if !keep_text {
+            without_evidence_text(&mut event["firing"]);
+        }
+        let _ = state.events.send(("firing", event.to_string()));
+    }
+    let mut summaries = json!(per_request(&report.firings));
+    if !keep_text {
+        summaries
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .for_each(without_evidence_text);
     }
     let _ = state.events.send((
         "request",
         json!({"request_id": id, "route": route, "key": caller.name,
-               "request": {"firings": per_request(&report.firings),
+               "request": {"firings": summaries,
                            "blocked": report.blocked.as_ref().map(|b| &b.monitor),
                            "trace": report.trace.iter().map(|(m, v)| (m.clone(), json!(v))).collect::<serde_json::Map<String, Value>>()}})
         .to_string(),
@@ -125,8 +149,14 @@ pub(crate) fn account(
             .collect::<Vec<_>>(),
     };
     for mut detail in records {
-        if state.cfg.audit.store_text {
+        if keep_text {
             detail["text"] = json!(text);
+        } else {
+            for key in ["firing", "firings"] {
+                if let Some(f) = detail.get_mut(key) {
+                    without_evidence_text(f);
+                }
+            }
         }
         audit
             .append(&caller.name, "firing", detail)
@@ -626,6 +656,7 @@ mod tests {
             position,
             value,
             action: Action::Log,
+            evidence: None,
         };
         let firings = [
             f("a", 0, 3, 0.5),

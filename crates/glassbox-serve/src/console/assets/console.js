@@ -64,7 +64,10 @@ function live() {
   src.addEventListener("firing", (m) => {
     const d = JSON.parse(m.data), f = d.firing;
     const name = links[f.monitor] ? el("a", { href: links[f.monitor], text: f.monitor }) : f.monitor;
-    add([new Date().toLocaleTimeString(), d.request_id, d.route, name, f.input, f.position, f.value.toFixed(3), f.action], "firing");
+    // A sentence rule's firing says which piece tripped it (quoted where texts are stored).
+    const e = f.evidence, place = e && (e.piece === 0 ? "whole text" : `sentence ${e.piece}`);
+    const value = e ? el("span", { text: `${f.value.toFixed(3)} (${place}, ${e.kind})`, title: e.text || "" }) : f.value.toFixed(3);
+    add([new Date().toLocaleTimeString(), d.request_id, d.route, name, f.input, f.position, value, f.action], "firing");
     bump(f.monitor, "firings");
   });
   src.addEventListener("request", (m) => {
