@@ -50,6 +50,15 @@ impl PySentenceProbe {
         Ok(PyArray1::from_vec(py, logits))
     }
 
+    /// The kind (head) that scores each piece highest, in `pieces(text)`'s order: beside
+    /// `piece_logits`, which sentence read as which attack (`probe score --pieces`).
+    fn piece_kinds(&self, py: Python<'_>, model: &PyModel, text: &str) -> PyResult<Vec<String>> {
+        let (_, pieces) = py
+            .detach(|| self.inner.read_pieces(model.model(), text))
+            .map_err(error)?;
+        Ok(pieces.into_iter().map(|p| p.kind).collect())
+    }
+
     /// Each text's score: its highest piece logit.
     fn score<'py>(
         &self,

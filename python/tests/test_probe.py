@@ -39,6 +39,13 @@ def test_scores_as_the_cli_does(minilm, tmp_path):
     out = cli("--json", "probe", "score", "--probe", str(SHIPPED), "--data", str(data))
     rows = json.loads(out.stdout)["texts"]
     assert [r["rule"]["score"] for r in rows] == pytest.approx(scores.tolist(), abs=1e-4)
+    # Which piece read as which kind: as `probe score --pieces` says.
+    kinds = probe.piece_kinds(minilm, BURIED)
+    assert len(kinds) == 5 and set(kinds) <= set(probe.kinds)
+    out = cli("--json", "probe", "score", "--probe", str(SHIPPED), "--data", str(data), "--pieces")
+    told = json.loads(out.stdout)["texts"][0]["pieces"]
+    assert [p["kind"] for p in told] == kinds
+    assert [p["text"] for p in told] == gb.SentenceProbe.pieces(BURIED)
 
 
 def test_bad_input(tmp_path):
