@@ -799,11 +799,6 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             Some(_) => "no",
             None => "-",
         };
-        let preview = |text: &str, chars: usize| -> String {
-            let short: String = text.chars().take(chars).collect();
-            let more = if short.len() < text.len() { "…" } else { "" };
-            format!("{}{more}", short.replace('\n', " "))
-        };
         println!(
             "{:>5} {:>5} {:<30} {:>6} {:>7.4} {:>7.4} {:>8.4} {:>9.3} {:>8.3} {:>8} {:>5}  {preview}",
             r.line,
@@ -881,6 +876,13 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// A text's first `chars` characters on one line, with "…" where it goes on.
+fn preview(text: &str, chars: usize) -> String {
+    let short: String = text.chars().take(chars).collect();
+    let more = if short.len() < text.len() { "…" } else { "" };
+    format!("{}{more}", short.replace('\n', " "))
 }
 
 /// How many texts of one family (and label) a rule flags.
