@@ -1047,13 +1047,6 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
             .iter()
             .map(|(label, s)| json!({"baseline": label, "summary": s}))
             .collect();
-        let by_length: Vec<Value> = by_length
-            .iter()
-            .map(|b| {
-                json!({"chars": [b.chars.0, b.chars.1], "positives": b.positives,
-                    "negatives": b.negatives, "auroc": b.auroc})
-            })
-            .collect();
         println!(
             "{}",
             json!({"probe": probe.name(), "aggregations": summaries, "chosen": chosen_label,
@@ -1178,6 +1171,7 @@ fn baselines(
 }
 
 /// One band of text lengths and how the judged score ranks the texts in it.
+#[derive(serde::Serialize)]
 struct LengthBand {
     /// Characters, from and (none: no limit) below.
     chars: (usize, Option<usize>),
