@@ -792,6 +792,14 @@ fn a_probe_is_recalibrated_on_benign_traffic_alone() {
         .map(|f| f["family"].as_str().unwrap())
         .collect();
     assert_eq!(families, ["extra", "traffic"]);
+    // The same false alarms by band of length: every text in one band, the flags adding up.
+    let bands = calibrated["by_length"].as_array().unwrap();
+    let sum = |key: &str| -> f64 { bands.iter().map(|b| b[key].as_f64().unwrap()).sum() };
+    assert_eq!(sum("texts"), 12.0, "{calibrated}");
+    assert!(
+        (sum("flagged") / 12.0 - flagged).abs() < 1e-9,
+        "{calibrated}"
+    );
     // Checking the rule another way than it reads needs a new threshold; so does a probe
     // without one. Both said before any text is scored.
     let other = if c["aggregation"] == "mean" {

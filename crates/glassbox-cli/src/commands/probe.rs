@@ -360,6 +360,7 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         e.0 += usize::from(*v > c.threshold);
         e.1 += 1;
     }
+    let by_length = flagged_by_length(records, &judged, c.threshold);
     if json_out {
         let families: Vec<Value> = families
             .iter()
@@ -373,7 +374,7 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
                 "flagged": share(c.threshold), "flagged_before": flagged_before,
                 "threshold_before": before.as_ref().map(|b| b.threshold),
                 "calibrated": a.calibrate.is_some(), "families": families,
-                "rules": c.rules(probe.name())})
+                "by_length": by_length, "rules": c.rules(probe.name())})
         );
         return Ok(());
     }
@@ -414,6 +415,17 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
             f,
             n,
             100.0 * *hit as f64 / *n as f64
+        );
+    }
+    // False alarms by length: a reading that takes the highest of a text's pieces or tokens
+    // gets more chances to cross its threshold on a long text.
+    println!("\n{:<28} {:>8} {:>8}", "characters", "texts", "flagged");
+    for b in by_length.iter().filter(|b| b.texts > 0) {
+        println!(
+            "{:<28} {:>8} {:>7.1}%",
+            band_name(b.chars),
+            b.texts,
+            100.0 * b.flagged as f64 / b.texts as f64
         );
     }
     if a.calibrate.is_some() {
@@ -1100,10 +1112,7 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         "characters", "positive", "negative", "AUROC"
     );
     for b in &by_length {
-        let band = match b.chars.1 {
-            Some(hi) => format!("{}–{}", b.chars.0, hi - 1),
-            None => format!("{}+", b.chars.0),
-        };
+        let band = band_name(b.chars);
         let auroc = b.auroc.map_or("-".to_string(), |x| format!("{x:.3}"));
         println!(
             "{band:<24} {:>9} {:>9} {auroc:>7}",
@@ -1181,6 +1190,49 @@ struct LengthBand {
     auroc: Option<f64>,
 }
 
+/// Benign texts of one band of length, and how many a rule flags.
+#[derive(serde::Serialize)]
+struct FlaggedBand {
+    chars: (usize, Option<usize>),
+    texts: usize,
+    flagged: usize,
+}
+
+/// How many of `records` in each band of length score above `threshold`.
+fn flagged_by_length(records: &[Record], judged: &[f32], threshold: f32) -> Vec<FlaggedBand> {
+    let mut bands: Vec<FlaggedBand> = length_bands()
+        .map(|chars| FlaggedBand {
+            chars,
+            texts: 0,
+            flagged: 0,
+        })
+        .collect();
+    for (r, &v) in records.iter().zip(judged) {
+        let n = r.text.chars().count();
+        if let Some(b) = bands.iter_mut().rev().find(|b| n >= b.chars.0) {
+            b.texts += 1;
+            b.flagged += usize::from(v > threshold);
+        }
+    }
+    bands
+}
+
+/// Each band of [`LENGTH_BANDS`] as (from, below; none: no limit).
+fn length_bands() -> impl Iterator<Item = (usize, Option<usize>)> {
+    LENGTH_BANDS
+        .iter()
+        .enumerate()
+        .map(|(i, &lo)| (lo, LENGTH_BANDS.get(i + 1).copied()))
+}
+
+/// A band of characters as a table shows it: "200–999", "4000+".
+fn band_name((lo, hi): (usize, Option<usize>)) -> String {
+    match hi {
+        Some(hi) => format!("{lo}–{}", hi - 1),
+        None => format!("{lo}+"),
+    }
+}
+
 /// Where bands of text length start, in characters: a question, a paragraph, a page, more.
 const LENGTH_BANDS: [usize; 4] = [0, 200, 1000, 4000];
 
@@ -1188,11 +1240,8 @@ const LENGTH_BANDS: [usize; 4] = [0, 200, 1000, 4000];
 /// whose benign texts long (or the reverse) rewards a score that tracks length, which the
 /// pooled AUROC cannot tell from detection.
 fn by_length(records: &[Record], judged: &[f32], labels: &[bool]) -> Vec<LengthBand> {
-    LENGTH_BANDS
-        .iter()
-        .enumerate()
-        .map(|(i, &lo)| {
-            let hi = LENGTH_BANDS.get(i + 1).copied();
+    length_bands()
+        .map(|(lo, hi)| {
             let (mut s, mut l) = (Vec::new(), Vec::new());
             for ((r, &x), &y) in records.iter().zip(judged).zip(labels) {
                 let n = r.text.chars().count();
@@ -1291,5 +1340,12 @@ mod tests {
             "{}",
             b[1].1.auroc
         );
+        // Read as benign traffic: the false alarms by band (above 0.25: the four long texts
+        // scored 0.3 or more).
+        let flagged = flagged_by_length(&records, &judged, 0.25);
+        let got: Vec<_> = flagged.iter().map(|b| (b.texts, b.flagged)).collect();
+        assert_eq!(got, [(4, 0), (6, 4), (0, 0), (0, 0)]);
+        assert_eq!(band_name(flagged[1].chars), "200–999");
+        assert_eq!(band_name(flagged[3].chars), "4000+");
     }
 }
