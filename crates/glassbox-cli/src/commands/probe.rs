@@ -360,7 +360,7 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         e.0 += usize::from(*v > c.threshold);
         e.1 += 1;
     }
-    let by_length = flagged_by_length(records, &judged, c.threshold);
+    let by_length = flagged_by_length(&lengths(records), &judged, c.threshold);
     if json_out {
         let families: Vec<Value> = families
             .iter()
@@ -1018,9 +1018,10 @@ fn eval(a: EvalArgs, device: &str, json_out: bool) -> Result<()> {
         summaries.iter().find(|(label, _)| *label == chosen.label())
     }
     .context("the chosen aggregation was scored")?;
-    let baselines = baselines(&records, &scores, &labels, target)?;
+    let lengths = lengths(&records);
+    let baselines = baselines(&lengths, &scores, &labels, target)?;
     let judged_scores: Vec<f32> = scores.iter().map(|(s, k, _)| judged(s, *k)).collect();
-    let by_length = by_length(&records, &judged_scores, &labels);
+    let by_length = by_length(&lengths, &judged_scores, &labels);
     // Detection per family at the chosen threshold: positives caught, negatives flagged.
     let mut families: BTreeMap<(bool, String), (usize, usize)> = BTreeMap::new();
     for (l, (s, k, _)) in labelled.iter().zip(&scores) {
@@ -1153,16 +1154,13 @@ const LENGTH_WARNING: f64 = 0.75;
 /// alone (ln characters, in the direction that ranks these labels better — chosen on them, so
 /// an upper bound), which shows how far length alone separates the set.
 fn baselines(
-    records: &[Record],
+    lengths: &[usize],
     scores: &[Scores],
     labels: &[bool],
     target: f64,
 ) -> Result<Vec<(String, Summary)>> {
     let keywords: Vec<f32> = scores.iter().map(|(_, k, _)| *k).collect();
-    let longer: Vec<f32> = records
-        .iter()
-        .map(|r| (1.0 + r.text.chars().count() as f32).ln())
-        .collect();
+    let longer: Vec<f32> = lengths.iter().map(|&n| (1.0 + n as f32).ln()).collect();
     let mut length = Summary::of(&Scored::new(&longer, labels)?, target);
     let mut direction = "longer";
     if length.auroc < 0.5 {
@@ -1198,8 +1196,8 @@ struct FlaggedBand {
     flagged: usize,
 }
 
-/// How many of `records` in each band of length score above `threshold`.
-fn flagged_by_length(records: &[Record], judged: &[f32], threshold: f32) -> Vec<FlaggedBand> {
+/// How many texts (of these `lengths`) in each band of length score above `threshold`.
+fn flagged_by_length(lengths: &[usize], judged: &[f32], threshold: f32) -> Vec<FlaggedBand> {
     let mut bands: Vec<FlaggedBand> = length_bands()
         .map(|chars| FlaggedBand {
             chars,
@@ -1207,14 +1205,23 @@ fn flagged_by_length(records: &[Record], judged: &[f32], threshold: f32) -> Vec<
             flagged: 0,
         })
         .collect();
-    for (r, &v) in records.iter().zip(judged) {
-        let n = r.text.chars().count();
-        if let Some(b) = bands.iter_mut().rev().find(|b| n >= b.chars.0) {
-            b.texts += 1;
-            b.flagged += usize::from(v > threshold);
-        }
+    for (&n, &v) in lengths.iter().zip(judged) {
+        let b = &mut bands[band_of(n)];
+        b.texts += 1;
+        b.flagged += usize::from(v > threshold);
     }
     bands
+}
+
+/// Each record's text length in characters (what the length baseline and the bands read).
+fn lengths(records: &[Record]) -> Vec<usize> {
+    records.iter().map(|r| r.text.chars().count()).collect()
+}
+
+/// The band of [`LENGTH_BANDS`] a text of `chars` characters falls in.
+fn band_of(chars: usize) -> usize {
+    // The first band starts at 0, so every length is at or past it.
+    LENGTH_BANDS.partition_point(|&lo| lo <= chars) - 1
 }
 
 /// Each band of [`LENGTH_BANDS`] as (from, below; none: no limit).
@@ -1239,20 +1246,19 @@ const LENGTH_BANDS: [usize; 4] = [0, 200, 1000, 4000];
 /// The judged score's AUROC within each band of text length: a set whose attacks are short and
 /// whose benign texts long (or the reverse) rewards a score that tracks length, which the
 /// pooled AUROC cannot tell from detection.
-fn by_length(records: &[Record], judged: &[f32], labels: &[bool]) -> Vec<LengthBand> {
+fn by_length(lengths: &[usize], judged: &[f32], labels: &[bool]) -> Vec<LengthBand> {
+    let mut bands: Vec<(Vec<f32>, Vec<bool>)> = vec![Default::default(); LENGTH_BANDS.len()];
+    for ((&n, &x), &y) in lengths.iter().zip(judged).zip(labels) {
+        let (s, l) = &mut bands[band_of(n)];
+        s.push(x);
+        l.push(y);
+    }
     length_bands()
-        .map(|(lo, hi)| {
-            let (mut s, mut l) = (Vec::new(), Vec::new());
-            for ((r, &x), &y) in records.iter().zip(judged).zip(labels) {
-                let n = r.text.chars().count();
-                if n >= lo && hi.is_none_or(|h| n < h) {
-                    s.push(x);
-                    l.push(y);
-                }
-            }
+        .zip(bands)
+        .map(|(chars, (s, l))| {
             let positives = l.iter().filter(|&&y| y).count();
             LengthBand {
-                chars: (lo, hi),
+                chars,
                 positives,
                 negatives: l.len() - positives,
                 auroc: Scored::new(&s, &l).ok().map(|x| x.auroc()),
@@ -1314,12 +1320,12 @@ mod tests {
         records.extend((0..4).map(|i| record(300 + i, false)));
         let labels: Vec<bool> = records.iter().map(|r| r.label == Some(true)).collect();
         let keywords = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-        let b = baselines(&records, &scores(&keywords), &labels, 0.01).unwrap();
+        let b = baselines(&lengths(&records), &scores(&keywords), &labels, 0.01).unwrap();
         assert_eq!(b[0].0, "keywords");
         assert_eq!(b[0].1.auroc, 0.625);
         assert_eq!(b[1].0, "text length (shorter)");
         assert_eq!(b[1].1.auroc, 1.0);
-        let bands = by_length(&records, &[0.0; 8], &labels);
+        let bands = by_length(&lengths(&records), &[0.0; 8], &labels);
         let counts: Vec<_> = bands.iter().map(|b| (b.positives, b.negatives)).collect();
         assert_eq!(counts, [(4, 0), (0, 4), (0, 0), (0, 0)]);
         assert!(bands.iter().all(|b| b.auroc.is_none()));
@@ -1329,10 +1335,10 @@ mod tests {
         records.extend([record(900, true), record(950, true)]);
         let labels: Vec<bool> = records.iter().map(|r| r.label == Some(true)).collect();
         let judged = [0.0, 0.0, 0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.9, 0.8];
-        let bands = by_length(&records, &judged, &labels);
+        let bands = by_length(&lengths(&records), &judged, &labels);
         assert_eq!((bands[1].positives, bands[1].negatives), (2, 4));
         assert_eq!(bands[1].auroc, Some(1.0));
-        let b = baselines(&records, &scores(&[0.0; 10]), &labels, 0.01).unwrap();
+        let b = baselines(&lengths(&records), &scores(&[0.0; 10]), &labels, 0.01).unwrap();
         assert_eq!(b[1].0, "text length (shorter)");
         // 16 of the 24 attack–benign pairs have the attack shorter.
         assert!(
@@ -1342,10 +1348,12 @@ mod tests {
         );
         // Read as benign traffic: the false alarms by band (above 0.25: the four long texts
         // scored 0.3 or more).
-        let flagged = flagged_by_length(&records, &judged, 0.25);
+        let flagged = flagged_by_length(&lengths(&records), &judged, 0.25);
         let got: Vec<_> = flagged.iter().map(|b| (b.texts, b.flagged)).collect();
         assert_eq!(got, [(4, 0), (6, 4), (0, 0), (0, 0)]);
         assert_eq!(band_name(flagged[1].chars), "200–999");
         assert_eq!(band_name(flagged[3].chars), "4000+");
+        let edges = [0, 199, 200, 999, 1000, 3999, 4000, 100_000].map(band_of);
+        assert_eq!(edges, [0, 0, 1, 1, 2, 2, 3, 3]);
     }
 }
