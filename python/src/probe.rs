@@ -27,16 +27,26 @@ impl PySentenceProbe {
         Ok(Self { inner })
     }
 
-    /// The pieces a text is read as: the whole, then each sentence where there are two or more.
-    #[staticmethod]
-    fn pieces(text: &str) -> Vec<String> {
-        SentenceProbe::pieces(text)
-            .into_iter()
-            .map(str::to_string)
-            .collect()
+    /// The pieces the probe reads `text` as: the whole, then each sentence where there are two
+    /// or more; a probe that reads wholes only where they fit leaves out the whole of a text
+    /// `model` cuts to its context (`whole_only_if_fits`).
+    fn pieces(&self, py: Python<'_>, model: &PyModel, text: &str) -> PyResult<Vec<String>> {
+        let (_, pieces) = py
+            .detach(|| self.inner.read_pieces(model.model(), text))
+            .map_err(error)?;
+        Ok(pieces
+            .iter()
+            .map(|p| text[p.start..p.end].to_string())
+            .collect())
     }
 
-    /// Each piece's logit (the highest over the probe's heads), in `pieces(text)`'s order;
+    /// Whether it reads a text's whole only where the text fits the model's context.
+    #[getter]
+    fn whole_only_if_fits(&self) -> bool {
+        self.inner.whole_only_if_fits
+    }
+
+    /// Each piece's logit (the highest over the probe's heads), in `pieces(model, text)`'s order;
     /// `model` is the model the probe names (`probe.model_name`, MiniLM).
     fn piece_logits<'py>(
         &self,
@@ -50,7 +60,7 @@ impl PySentenceProbe {
         Ok(PyArray1::from_vec(py, logits))
     }
 
-    /// The kind (head) that scores each piece highest, in `pieces(text)`'s order: beside
+    /// The kind (head) that scores each piece highest, in `pieces(model, text)`'s order: beside
     /// `piece_logits`, which sentence read as which attack (`probe score --pieces`).
     fn piece_kinds(&self, py: Python<'_>, model: &PyModel, text: &str) -> PyResult<Vec<String>> {
         let (_, pieces) = py

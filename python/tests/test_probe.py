@@ -24,11 +24,16 @@ def test_scores_as_the_cli_does(minilm, tmp_path):
     probe = gb.SentenceProbe.load(SHIPPED)
     assert probe.kinds == ["extraction", "harmful", "injection", "jailbreak"]
     assert probe.model_name == "minilm"
-    assert probe.threshold == pytest.approx(2.0392928)
+    assert probe.threshold == pytest.approx(1.9189152)
     assert probe.penalty == pytest.approx(0.25)
-    assert gb.SentenceProbe.pieces(BURIED)[0] == BURIED
-    assert len(gb.SentenceProbe.pieces(BURIED)) == 5
-    assert gb.SentenceProbe.pieces(CALM) == [CALM]
+    assert probe.whole_only_if_fits
+    assert probe.pieces(minilm, BURIED)[0] == BURIED
+    assert len(probe.pieces(minilm, BURIED)) == 5
+    assert probe.pieces(minilm, CALM) == [CALM]
+    # A text cut to MiniLM's 512 tokens is read by its sentences alone.
+    long = " ".join(f"Clause {i} of the lease covers the tenant's minor repairs." for i in range(60))
+    assert probe.pieces(minilm, long)[0] != long
+    assert len(probe.pieces(minilm, long)) == 60 == probe.piece_logits(minilm, long).shape[0]
     scores = probe.score(minilm, [BURIED, CALM])
     assert scores.dtype == np.float32 and scores.shape == (2,)
     assert scores[0] > probe.threshold > scores[1]
@@ -45,7 +50,7 @@ def test_scores_as_the_cli_does(minilm, tmp_path):
     out = cli("--json", "probe", "score", "--probe", str(SHIPPED), "--data", str(data), "--pieces")
     told = json.loads(out.stdout)["texts"][0]["pieces"]
     assert [p["kind"] for p in told] == kinds
-    assert [p["text"] for p in told] == gb.SentenceProbe.pieces(BURIED)
+    assert [p["text"] for p in told] == probe.pieces(minilm, BURIED)
 
 
 def test_bad_input(tmp_path):

@@ -324,6 +324,8 @@ fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
     assert_eq!(kinds, attack_families, "one head per kind, in order");
     let threshold = segment["summary"]["threshold"].as_f64().unwrap();
     assert_eq!(file["calibration"]["aggregation"], "sentences");
+    // It reads a text's whole only where the text fits MiniLM, and says so.
+    assert_eq!(file["whole_only_if_fits"], true, "{file}");
     assert_eq!(
         report["rule"],
         format!("sentences inj > {}", threshold as f32)
@@ -354,7 +356,12 @@ fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
             "{t}"
         );
         assert_eq!(pieces[0]["text"], text, "{t}");
-        for p in pieces {
+        assert_eq!(pieces[0]["piece"], 0, "{t}");
+        for (n, p) in pieces.iter().enumerate() {
+            assert_eq!(
+                p["piece"], n,
+                "these texts fit MiniLM, so none skips its whole: {p}"
+            );
             let (start, end) = (p["start"].as_u64().unwrap(), p["end"].as_u64().unwrap());
             assert_eq!(p["text"], text[start as usize..end as usize], "{p}");
             assert!(kinds.contains(&p["kind"].as_str().unwrap()), "{p}");
@@ -575,12 +582,15 @@ fn background_prose_is_trained_on_and_never_scored() {
     assert_eq!(file["background"]["sha256"], background["sha256"]);
     assert_eq!(file["background"]["per_file"], 3000);
     // Trained on the same labelled texts, the heads differ with the background among them.
+    // (`--read-cut-wholes`: the probe reads every whole, as probes saved before did, and its
+    // file has no `whole_only_if_fits`.)
     let without = dir.path().join("without");
     ok_json(&families(
         d,
         &[
             L3,
             "--segments",
+            "--read-cut-wholes",
             "--no-combinations",
             "--out",
             without.to_str().unwrap(),
@@ -591,6 +601,7 @@ fn background_prose_is_trained_on_and_never_scored() {
     )
     .unwrap();
     assert!(other.get("background").is_none(), "{other}");
+    assert!(other.get("whole_only_if_fits").is_none(), "{other}");
     assert_ne!(file["heads"], other["heads"]);
     // A small sample takes the paragraphs of smallest SHA-256 from each file.
     let two = ok_json(&families(

@@ -402,6 +402,9 @@ fn a_sentence_probe_is_defended_with_a_head_for_the_evasions() {
     .unwrap();
     assert_eq!(probe["background"]["texts"], 6, "{probe}");
     assert_eq!(probe["background"], original["background"]);
+    // The retrained heads read wholes as the probe they replace did.
+    assert_eq!(probe["whole_only_if_fits"], true, "{probe}");
+    assert_eq!(probe["whole_only_if_fits"], original["whole_only_if_fits"]);
     let by = d["calibrated_by"].as_str().unwrap();
     assert!(
         probe["calibration"]["data"]

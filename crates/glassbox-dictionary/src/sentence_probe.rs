@@ -40,6 +40,11 @@ pub struct SentenceProbe {
     /// (`probe families --background`), so a retraining reads the same paragraphs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background: Option<BackgroundSource>,
+    /// Read a text's whole only where it fits the model's context: one cut to fit (MiniLM keeps
+    /// its first 512 tokens) is read by its sentences alone, since a cut whole is unlike the
+    /// short wholes the heads learnt from. Absent (older probes): every whole is read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole_only_if_fits: bool,
 }
 
 /// Where a probe's background paragraphs came from, and which they were.
@@ -87,6 +92,9 @@ fn sentences_read(text: &str) -> Vec<std::ops::Range<usize>> {
 /// highest, and that logit (what `probe score --pieces` shows: which sentence fired).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PieceScore {
+    /// Which piece it is: 0 the whole, n the n-th sentence (as [`SentenceProbe::pieces`]
+    /// counts; a cut whole left unread is absent, not renumbered).
+    pub piece: usize,
     /// Its byte range in the text (the first piece, the whole, is all of it).
     pub start: usize,
     pub end: usize,
@@ -102,7 +110,8 @@ fn piece_ranges(text: &str) -> Vec<std::ops::Range<usize>> {
 }
 
 impl SentenceProbe {
-    /// The pieces of `text` it reads: the whole, then each sentence where there are two or more.
+    /// The pieces of `text` a sentence probe may read: the whole, then each sentence where there
+    /// are two or more (a probe [`Self::whole_only_if_fits`] skips a whole cut to fit).
     pub fn pieces(text: &str) -> Vec<&str> {
         piece_ranges(text).into_iter().map(|r| &text[r]).collect()
     }
@@ -126,7 +135,12 @@ impl SentenceProbe {
     pub fn piece_logits(&self, model: &Model, text: &str) -> Result<Vec<f32>> {
         let r = Reading::of(model, text, None)?;
         self.check_width(r.whole.len())?;
-        Ok(r.pieces().map(|e| self.piece_logit(e)).collect())
+        Ok(self.read(&r).map(|(_, e)| self.piece_logit(e)).collect())
+    }
+
+    /// The pieces of a reading this probe reads, each with its place in [`Self::pieces`].
+    pub fn read<'r>(&self, r: &'r Reading) -> impl Iterator<Item = (usize, &'r [f32])> {
+        r.pieces(self.whole_only_if_fits)
     }
 
     /// [`Self::piece_logits`] of many texts, read together ([`Reading::of_many`]): the same
@@ -137,7 +151,7 @@ impl SentenceProbe {
             .iter()
             .map(|r| {
                 self.check_width(r.whole.len())?;
-                Ok(r.pieces().map(|e| self.piece_logit(e)).collect())
+                Ok(self.read(r).map(|(_, e)| self.piece_logit(e)).collect())
             })
             .collect()
     }
@@ -185,11 +199,13 @@ impl SentenceProbe {
 
     fn scored_pieces(&self, r: &Reading, text: &str) -> Result<(TextScores, Vec<PieceScore>)> {
         self.check_width(r.whole.len())?;
-        let pieces: Vec<PieceScore> = r
-            .pieces()
-            .zip(piece_ranges(text))
-            .filter_map(|(e, range)| {
+        let ranges = piece_ranges(text);
+        let pieces: Vec<PieceScore> = self
+            .read(r)
+            .filter_map(|(piece, e)| {
+                let range = ranges.get(piece)?;
                 self.top_head(e).map(|(h, logit)| PieceScore {
+                    piece,
                     start: range.start,
                     end: range.end,
                     kind: h.kind.clone(),
@@ -254,6 +270,8 @@ impl SentenceProbe {
 #[derive(Debug, Clone)]
 pub struct Reading {
     pub whole: Vec<f32>,
+    /// The whole fits the model's context (else `whole` reads its first part).
+    pub whole_fits: bool,
     pub sentences: Vec<Sentence>,
 }
 
@@ -271,7 +289,9 @@ impl Reading {
     /// own: batched with its sentences, each would be padded to its length (a long jailbreak's
     /// first sixteen sentences cost sixteen times the text).
     pub fn of(model: &Model, text: &str, span: Option<(usize, usize)>) -> Result<Reading> {
-        let whole = Self::whole(model, text)?.whole;
+        let Reading {
+            whole, whole_fits, ..
+        } = Self::whole(model, text)?;
         let ranges = sentences_read(text);
         let pieces: Vec<&str> = ranges.iter().map(|r| &text[r.clone()]).collect();
         let sentences = ranges
@@ -282,7 +302,11 @@ impl Reading {
                 in_span: overlaps(span, r),
             })
             .collect();
-        Ok(Reading { whole, sentences })
+        Ok(Reading {
+            whole,
+            whole_fits,
+            sentences,
+        })
     }
 
     /// The readings of many texts (each with its span, as [`Self::of`]), every piece of every
@@ -305,8 +329,9 @@ impl Reading {
             })
         };
         let mut out = Vec::with_capacity(texts.len());
-        for ((_, span), rs) in texts.iter().zip(&ranges) {
+        for ((text, span), rs) in texts.iter().zip(&ranges) {
             let whole = next()?;
+            let whole_fits = model.fits(text)?;
             let sentences = rs
                 .iter()
                 .map(|r| {
@@ -316,7 +341,11 @@ impl Reading {
                     })
                 })
                 .collect::<Result<_>>()?;
-            out.push(Reading { whole, sentences });
+            out.push(Reading {
+                whole,
+                whole_fits,
+                sentences,
+            });
         }
         Ok(out)
     }
@@ -329,20 +358,36 @@ impl Reading {
             .ok_or_else(|| DictError::Invalid("the model gave no sentence embedding".into()))?;
         Ok(Reading {
             whole,
+            whole_fits: model.fits(text)?,
             sentences: Vec::new(),
         })
     }
 
-    /// Its pieces' embeddings, in [`SentenceProbe::pieces`]' order: the whole, then each sentence.
-    pub fn pieces(&self) -> impl Iterator<Item = &[f32]> {
-        std::iter::once(self.whole.as_slice())
-            .chain(self.sentences.iter().map(|s| s.embedding.as_slice()))
+    /// Whether a probe reads its whole: always, unless `only_if_fits` and the whole was cut to
+    /// fit while its sentences can be read instead.
+    pub fn reads_whole(&self, only_if_fits: bool) -> bool {
+        !only_if_fits || self.whole_fits || self.sentences.is_empty()
+    }
+
+    /// Its pieces' embeddings, in [`SentenceProbe::pieces`]' order (the whole, then each
+    /// sentence), each with its place there; the whole only where [`Self::reads_whole`].
+    pub fn pieces(&self, only_if_fits: bool) -> impl Iterator<Item = (usize, &[f32])> {
+        let whole = self
+            .reads_whole(only_if_fits)
+            .then_some((0, self.whole.as_slice()));
+        whole.into_iter().chain(
+            self.sentences
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i + 1, s.embedding.as_slice())),
+        )
     }
 
     /// Its highest logit under `probe` (what [`SentenceProbe::read_text`] scores).
     pub fn score(&self, probe: &SentenceProbe) -> f32 {
-        self.pieces()
-            .map(|e| probe.piece_logit(e))
+        probe
+            .read(self)
+            .map(|(_, e)| probe.piece_logit(e))
             .fold(f32::NEG_INFINITY, f32::max)
     }
 }
@@ -381,14 +426,27 @@ pub const L2: f32 = 0.5;
 /// Per kind of attack among `examples`, logistic regression (at penalty `l2` on standardised
 /// inputs; [`L2`] by default) with that kind's texts and the sentences of their labelled spans
 /// as positives, and as negatives every benign text and sentence and the sentences outside a
-/// spanned text's span (the document it is buried in).
-pub fn fit_heads(examples: &[Example], cfg: &ProbeTraining, l2: f32) -> Vec<KindHead> {
-    fit_heads_at(examples, cfg, &[l2]).pop().unwrap_or_default()
+/// spanned text's span (the document it is buried in). `whole_only_if_fits`: a text's whole
+/// trains only where a probe reads it ([`Reading::reads_whole`]).
+pub fn fit_heads(
+    examples: &[Example],
+    cfg: &ProbeTraining,
+    l2: f32,
+    whole_only_if_fits: bool,
+) -> Vec<KindHead> {
+    fit_heads_at(examples, cfg, &[l2], whole_only_if_fits)
+        .pop()
+        .unwrap_or_default()
 }
 
 /// [`fit_heads`] at each penalty of `l2s`, one set of heads per penalty in their order; the
 /// penalties share each pass over the pieces ([`probe::fit_penalties`]).
-pub fn fit_heads_at(examples: &[Example], cfg: &ProbeTraining, l2s: &[f32]) -> Vec<Vec<KindHead>> {
+pub fn fit_heads_at(
+    examples: &[Example],
+    cfg: &ProbeTraining,
+    l2s: &[f32],
+    whole_only_if_fits: bool,
+) -> Vec<Vec<KindHead>> {
     let kinds: std::collections::BTreeSet<&str> = examples
         .iter()
         .filter(|e| e.label)
@@ -404,7 +462,7 @@ pub fn fit_heads_at(examples: &[Example], cfg: &ProbeTraining, l2s: &[f32]) -> V
             let r = e.reading;
             let spanned = r.sentences.iter().any(|s| s.in_span);
             let mine = e.label && e.kind == kind;
-            if mine || !e.label {
+            if (mine || !e.label) && r.reads_whole(whole_only_if_fits) {
                 samples.push(Sample::new(r.whole.clone(), mine).weighted(e.weight));
             }
             for s in &r.sentences {
@@ -469,6 +527,7 @@ mod tests {
             penalty: None,
             calibration: None,
             background: None,
+            whole_only_if_fits: false,
         }
     }
 
@@ -524,7 +583,8 @@ mod tests {
             assert_eq!(got.sentences.len(), alone.sentences.len(), "{text}");
             let marks = |r: &Reading| r.sentences.iter().map(|s| s.in_span).collect::<Vec<_>>();
             assert_eq!(marks(got), marks(&alone), "{text}");
-            for (a, b) in got.pieces().zip(alone.pieces()) {
+            for ((i, a), (j, b)) in got.pieces(false).zip(alone.pieces(false)) {
+                assert_eq!(i, j, "{text}");
                 let d = a
                     .iter()
                     .zip(b)
@@ -552,15 +612,18 @@ mod tests {
         let sentence = |embedding, in_span| Sentence { embedding, in_span };
         let buried = Reading {
             whole: v(0.1, 0.0),
+            whole_fits: true,
             sentences: vec![sentence(v(0.0, 0.0), false), sentence(v(1.0, 0.0), true)],
         };
         let jailbreak = Reading {
             whole: v(0.0, 1.0),
+            whole_fits: true,
             sentences: Vec::new(),
         };
         let benign: Vec<Reading> = (0..6)
             .map(|i| Reading {
                 whole: v(-0.2 * i as f32, -0.1),
+                whole_fits: true,
                 sentences: vec![sentence(v(0.0, -0.2 * i as f32), false)],
             })
             .collect();
@@ -584,7 +647,7 @@ mod tests {
             kind: "benign",
             weight: 1.0,
         }));
-        let heads = fit_heads(&examples, &ProbeTraining::default(), L2);
+        let heads = fit_heads(&examples, &ProbeTraining::default(), L2, false);
         let kinds: Vec<&str> = heads.iter().map(|h| h.kind.as_str()).collect();
         assert_eq!(kinds, ["injection", "jailbreak"]);
         let logit = |h: &KindHead, e: &[f32]| linear_logit(&h.weights, h.bias, e);
@@ -603,6 +666,7 @@ mod tests {
             penalty: None,
             calibration: None,
             background: None,
+            whole_only_if_fits: false,
         };
         // A text scores its highest piece.
         let pieces = [v(0.1, 0.0), v(0.0, 0.0), v(1.0, 0.0)];
@@ -611,7 +675,7 @@ mod tests {
             .map(|e| probe.piece_logit(e))
             .fold(f32::NEG_INFINITY, f32::max);
         assert_eq!(buried.score(&probe), top);
-        assert!(fit_heads(&[], &ProbeTraining::default(), L2).is_empty());
+        assert!(fit_heads(&[], &ProbeTraining::default(), L2, false).is_empty());
     }
 
     /// `read_pieces_many` says where each piece is and which head scored it, and reads the text
@@ -656,6 +720,88 @@ mod tests {
                 assert!((q.logit - up.abs()).abs() < 1e-3, "{q:?} vs {up}");
             }
         }
+    }
+
+    /// A probe reading wholes only where they fit skips a text cut to fit the model (its
+    /// sentences are read, numbered as before), keeps a fitting text's whole and a long text
+    /// of one sentence, and trains its heads on the same pieces.
+    #[test]
+    fn a_whole_cut_to_fit_is_read_by_its_sentences() {
+        let model = glassbox_testkit::minilm();
+        let width = model.sentence_embeddings(&["x"]).unwrap()[0].len();
+        let p = SentenceProbe {
+            heads: vec![KindHead {
+                kind: "k".into(),
+                weights: (0..width).map(|i| (i % 5) as f32 - 2.0).collect(),
+                bias: 0.0,
+            }],
+            whole_only_if_fits: true,
+            ..probe()
+        };
+        let long: String = (1..=60)
+            .map(|i| format!("Clause {i} of the lease covers the tenant's minor repairs. "))
+            .collect();
+        let one_sentence = "word ".repeat(600);
+        assert!(!model.fits(&long).unwrap() && model.fits("Short. Text.").unwrap());
+        let sentences = SentenceProbe::pieces(&long).len() - 1;
+        let (_, pieces) = p.read_pieces(&model, &long).unwrap();
+        let places: Vec<usize> = pieces.iter().map(|q| q.piece).collect();
+        assert_eq!(places, (1..=sentences).collect::<Vec<_>>());
+        assert_eq!(p.piece_logits(&model, &long).unwrap().len(), sentences);
+        let every = SentenceProbe {
+            whole_only_if_fits: false,
+            ..p.clone()
+        };
+        assert_eq!(
+            every.piece_logits(&model, &long).unwrap().len(),
+            sentences + 1
+        );
+        for text in ["Short. Text.", one_sentence.as_str()] {
+            let (_, pieces) = p.read_pieces(&model, text).unwrap();
+            assert_eq!(pieces[0].piece, 0, "the whole is read");
+            assert_eq!(pieces.len(), SentenceProbe::pieces(text).len());
+        }
+        // Training: a benign whole cut to fit, placed on the attack, teaches nothing when it
+        // is not read, and drags the attack's logit down when it is.
+        let v = |a: f32, b: f32| vec![a, b];
+        let attack = Reading {
+            whole: v(1.0, 0.0),
+            whole_fits: true,
+            sentences: Vec::new(),
+        };
+        let cut = Reading {
+            whole: v(1.0, 0.0),
+            whole_fits: false,
+            sentences: vec![
+                Sentence {
+                    embedding: v(-1.0, 0.5),
+                    in_span: false,
+                },
+                Sentence {
+                    embedding: v(-0.5, -1.0),
+                    in_span: false,
+                },
+            ],
+        };
+        let examples = [
+            Example {
+                reading: &attack,
+                label: true,
+                kind: "k",
+                weight: 1.0,
+            },
+            Example::benign(&cut),
+        ];
+        let logit = |only: bool| {
+            let h = &fit_heads(&examples, &ProbeTraining::default(), L2, only)[0];
+            linear_logit(&h.weights, h.bias, &attack.whole)
+        };
+        assert!(
+            logit(true) > 0.0 && logit(true) > logit(false) + 0.25,
+            "{} vs {}",
+            logit(true),
+            logit(false)
+        );
     }
 
     #[test]

@@ -370,6 +370,16 @@ impl Model {
             .encode(text, self.config.max_positions, truncate)
     }
 
+    /// Whether `text` (special tokens included) fits the model's context: one that does not is
+    /// read truncated by [`Self::sentence_embeddings`].
+    pub fn fits(&self, text: &str) -> Result<bool> {
+        match self.tokenize(text, false) {
+            Ok(_) => Ok(true),
+            Err(ModelError::InputTooLong { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Tokenizes texts into one right-padded batch.
     pub fn batch(&self, texts: &[&str], truncate: bool) -> Result<Batch> {
         let rows = texts

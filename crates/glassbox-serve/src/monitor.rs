@@ -282,13 +282,12 @@ impl MonitorSet {
                         let (scores, pieces) = p.probe.read_pieces(&p.embedder, text)?;
                         let top = pieces
                             .iter()
-                            .enumerate()
                             .rev()
-                            .max_by(|a, b| a.1.logit.total_cmp(&b.1.logit));
+                            .max_by(|a, b| a.logit.total_cmp(&b.logit));
                         Ok(SentenceRead {
                             logit: scores.max_logit,
-                            evidence: top.map(|(i, piece)| Evidence {
-                                piece: i,
+                            evidence: top.map(|piece| Evidence {
+                                piece: piece.piece,
                                 kind: piece.kind.clone(),
                                 text: text[piece.start..piece.end]
                                     .chars()
@@ -1073,6 +1072,7 @@ mod tests {
             penalty: None,
             calibration: None,
             background: None,
+            whole_only_if_fits: false,
         };
         let dir = tempfile::tempdir().unwrap();
         probe.save(dir.path()).unwrap();

@@ -153,6 +153,12 @@ pub struct FamiliesArgs {
     /// five more fits per fold
     #[arg(long, value_delimiter = ',', value_name = "L2[,L2…]")]
     segment_penalty: Vec<f32>,
+    /// --segments: read every text's whole, also one MiniLM cuts to its first 512 tokens, as
+    /// sentence probes did before this option. By default such a whole is left unread, in
+    /// training and scoring alike, wherever the text has sentences to read instead (a cut whole
+    /// is unlike the short wholes the heads learn from); the saved probe records which
+    #[arg(long, requires = "segments")]
+    read_cut_wholes: bool,
     /// Benign background prose for the detectors that read sentence embeddings: paragraphs
     /// sampled from a corpus (a file or a directory, as `harvest --corpus` reads; `glassbox
     /// setup` installs Debian's docs and fortunes at ~/.cache/glassbox/corpora/debian-docs),
@@ -403,6 +409,8 @@ struct Extra {
     latents: bool,
     attention: bool,
     segments: Option<f32>,
+    /// The --segments heads read a whole only where it fits ([`SentenceProbe::whole_only_if_fits`]).
+    whole_only_if_fits: bool,
     background: bool,
 }
 
@@ -462,13 +470,17 @@ impl Bases {
                     .collect();
                 fit_attention(&samples, d, cfg)
             }),
-            segments: extra.segments.map(|l2| SentenceProbe {
-                name: String::new(),
-                model: String::new(),
-                heads: fit_segments(texts, train, background, cfg, l2),
-                penalty: Some(l2),
-                calibration: None,
-                background: None,
+            segments: extra.segments.map(|l2| {
+                let whole_only_if_fits = extra.whole_only_if_fits;
+                SentenceProbe {
+                    name: String::new(),
+                    model: String::new(),
+                    heads: fit_segments(texts, train, background, cfg, l2, whole_only_if_fits),
+                    penalty: Some(l2),
+                    calibration: None,
+                    background: None,
+                    whole_only_if_fits,
+                }
             }),
             embedding_bg: extra.background.then(|| {
                 let prose: Vec<&[f32]> = background.iter().map(|b| &b.reading.whole[..]).collect();
@@ -970,6 +982,7 @@ fn evaluate(
                 latents: latent,
                 attention: a.attention,
                 segments: penalty,
+                whole_only_if_fits: !a.read_cut_wholes,
                 background: a.background.is_some(),
             };
             let bases = Bases::fit(texts, h, &train, &background, d, a.train_tokens, cfg, extra);
@@ -1347,8 +1360,9 @@ fn fit_segments(
     background: &[&BackgroundText],
     cfg: &ProbeTraining,
     l2: f32,
+    whole_only_if_fits: bool,
 ) -> Vec<KindHead> {
-    fit_segments_at(texts, train, background, cfg, &[l2])
+    fit_segments_at(texts, train, background, cfg, &[l2], whole_only_if_fits)
         .pop()
         .unwrap_or_default()
 }
@@ -1360,6 +1374,7 @@ fn fit_segments_at(
     background: &[&BackgroundText],
     cfg: &ProbeTraining,
     l2s: &[f32],
+    whole_only_if_fits: bool,
 ) -> Vec<Vec<KindHead>> {
     let examples: Vec<Example> = train
         .iter()
@@ -1371,7 +1386,7 @@ fn fit_segments_at(
         })
         .chain(background.iter().map(|b| Example::benign(&b.reading)))
         .collect();
-    sentence_probe::fit_heads_at(&examples, cfg, l2s)
+    sentence_probe::fit_heads_at(&examples, cfg, l2s, whole_only_if_fits)
 }
 
 /// The `--segment-penalty` that holds out best inside `train`: for each, heads trained without
@@ -1402,7 +1417,15 @@ fn choose_penalty(
             .copied()
             .filter(|b| !wording.covers(&b.hash, &b.sentences))
             .collect();
-        let heads = fit_segments_at(texts, &inner, &inner_background, cfg, &a.segment_penalty);
+        let whole_only_if_fits = !a.read_cut_wholes;
+        let heads = fit_segments_at(
+            texts,
+            &inner,
+            &inner_background,
+            cfg,
+            &a.segment_penalty,
+            whole_only_if_fits,
+        );
         for ((&l2, heads), scored) in a.segment_penalty.iter().zip(heads).zip(&mut scored) {
             let probe = SentenceProbe {
                 name: String::new(),
@@ -1411,6 +1434,7 @@ fn choose_penalty(
                 penalty: Some(l2),
                 calibration: None,
                 background: None,
+                whole_only_if_fits,
             };
             scored.extend(
                 held.iter()
@@ -1676,11 +1700,13 @@ fn save_sentences(
     let all: Vec<usize> = (0..texts.len()).collect();
     let paragraphs: Vec<&BackgroundText> = background.texts.iter().collect();
     let l2 = choose_penalty(a, texts, &all, &paragraphs, cfg);
+    let whole_only_if_fits = !a.read_cut_wholes;
     let p = SentenceProbe {
         name: probe_name(a),
         model: embedder.to_string(),
-        heads: fit_segments(texts, &all, &paragraphs, cfg, l2),
+        heads: fit_segments(texts, &all, &paragraphs, cfg, l2, whole_only_if_fits),
         penalty: Some(l2),
+        whole_only_if_fits,
         background: background.source.clone(),
         calibration: Some(calibration(
             a,

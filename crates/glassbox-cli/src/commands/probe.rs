@@ -87,8 +87,9 @@ pub struct ScoreArgs {
     #[command(flatten)]
     on: ProbeOnTexts,
     /// A sentence probe: show which pieces of each text scored (the table: its 3 highest,
-    /// with their logits and kinds; --json: every piece in reading order, with byte offsets),
-    /// i.e. which sentence made a text flag.
+    /// with their logits and kinds; --json: every piece in reading order, with its number — 0
+    /// the whole, n the n-th sentence — and byte offsets), i.e. which sentence made a text
+    /// flag. A probe that reads wholes only where they fit shows no whole for a text MiniLM cuts.
     #[arg(long)]
     pieces: bool,
 }
@@ -760,7 +761,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
                     row["pieces"] = ps
                         .iter()
                         .map(|p| {
-                            json!({"start": p.start, "end": p.end, "kind": p.kind,
+                            json!({"piece": p.piece, "start": p.start, "end": p.end, "kind": p.kind,
                             "logit": p.logit, "text": &r.text[p.start..p.end]})
                         })
                         .collect();
@@ -827,13 +828,12 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             preview = preview(&r.text, 50)
         );
         if let (true, Some(ps)) = (a.pieces, pieces.get(i)) {
-            let mut top: Vec<_> = ps.iter().enumerate().collect();
-            top.sort_by(|x, y| y.1.logit.total_cmp(&x.1.logit));
-            for (at, p) in top.into_iter().take(TOP_PIECES) {
-                let which = if at == 0 {
-                    "(whole)".to_string()
-                } else {
-                    format!("sentence {at}")
+            let mut top: Vec<_> = ps.iter().collect();
+            top.sort_by(|x, y| y.logit.total_cmp(&x.logit));
+            for p in top.into_iter().take(TOP_PIECES) {
+                let which = match p.piece {
+                    0 => "(whole)".to_string(),
+                    n => format!("sentence {n}"),
                 };
                 println!(
                     "{:>18} {:>8.3}  {:<12} {:<24} {}",

@@ -178,6 +178,7 @@ pub fn defend_sentences(embedder: &Model, inputs: &Inputs) -> Result<Defence> {
                 &examples,
                 &cfg_train,
                 old.penalty.unwrap_or(sentence_probe::L2),
+                old.whole_only_if_fits,
             ),
             calibration: None,
             ..old.clone()
