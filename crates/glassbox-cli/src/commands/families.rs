@@ -177,6 +177,14 @@ pub struct FamiliesArgs {
     background_texts: u32,
 }
 
+impl FamiliesArgs {
+    /// The --segments heads read a text's whole only where it fits the embedder, unless
+    /// --read-cut-wholes ([`SentenceProbe::whole_only_if_fits`]).
+    fn whole_only_if_fits(&self) -> bool {
+        !self.read_cut_wholes
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 pub enum SharedSentences {
     Keep,
@@ -982,7 +990,7 @@ fn evaluate(
                 latents: latent,
                 attention: a.attention,
                 segments: penalty,
-                whole_only_if_fits: !a.read_cut_wholes,
+                whole_only_if_fits: a.whole_only_if_fits(),
                 background: a.background.is_some(),
             };
             let bases = Bases::fit(texts, h, &train, &background, d, a.train_tokens, cfg, extra);
@@ -1406,6 +1414,7 @@ fn choose_penalty(
         return *first;
     }
     let group = family_groups(texts, train);
+    let whole_only_if_fits = a.whole_only_if_fits();
     let mut scored: Vec<Vec<(f32, bool)>> = vec![Vec::new(); a.segment_penalty.len()];
     for g in 0..STACK_GROUPS {
         let held: Vec<usize> = train.iter().copied().filter(|&i| group(i) == g).collect();
@@ -1417,7 +1426,6 @@ fn choose_penalty(
             .copied()
             .filter(|b| !wording.covers(&b.hash, &b.sentences))
             .collect();
-        let whole_only_if_fits = !a.read_cut_wholes;
         let heads = fit_segments_at(
             texts,
             &inner,
@@ -1700,7 +1708,7 @@ fn save_sentences(
     let all: Vec<usize> = (0..texts.len()).collect();
     let paragraphs: Vec<&BackgroundText> = background.texts.iter().collect();
     let l2 = choose_penalty(a, texts, &all, &paragraphs, cfg);
-    let whole_only_if_fits = !a.read_cut_wholes;
+    let whole_only_if_fits = a.whole_only_if_fits();
     let p = SentenceProbe {
         name: probe_name(a),
         model: embedder.to_string(),
