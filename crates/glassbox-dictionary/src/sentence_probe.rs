@@ -322,21 +322,20 @@ impl Reading {
             .zip(&ranges)
             .flat_map(|((t, _), rs)| std::iter::once(*t).chain(rs.iter().map(|r| &t[r.clone()])))
             .collect();
-        let mut embedded = model.sentence_embeddings(&pieces)?.into_iter();
+        let mut embedded = model.sentence_embeddings_fitting(&pieces)?.into_iter();
         let mut next = || {
             embedded.next().ok_or_else(|| {
                 DictError::Invalid("the model gave too few sentence embeddings".into())
             })
         };
         let mut out = Vec::with_capacity(texts.len());
-        for ((text, span), rs) in texts.iter().zip(&ranges) {
-            let whole = next()?;
-            let whole_fits = model.fits(text)?;
+        for ((_, span), rs) in texts.iter().zip(&ranges) {
+            let (whole, whole_fits) = next()?;
             let sentences = rs
                 .iter()
                 .map(|r| {
                     Ok(Sentence {
-                        embedding: next()?,
+                        embedding: next()?.0,
                         in_span: overlaps(*span, r),
                     })
                 })
@@ -352,13 +351,13 @@ impl Reading {
 
     /// `text` embedded whole only.
     pub fn whole(model: &Model, text: &str) -> Result<Reading> {
-        let whole = model
-            .sentence_embeddings(&[text])?
+        let (whole, whole_fits) = model
+            .sentence_embeddings_fitting(&[text])?
             .pop()
             .ok_or_else(|| DictError::Invalid("the model gave no sentence embedding".into()))?;
         Ok(Reading {
             whole,
-            whole_fits: model.fits(text)?,
+            whole_fits,
             sentences: Vec::new(),
         })
     }
@@ -743,6 +742,18 @@ mod tests {
             .collect();
         let one_sentence = "word ".repeat(600);
         assert!(!model.fits(&long).unwrap() && model.fits("Short. Text.").unwrap());
+        // The embeddings say so from their own tokenisation, and read the cut text's first part.
+        let fitted = model
+            .sentence_embeddings_fitting(&[&long, "Short. Text."])
+            .unwrap();
+        assert_eq!(fitted.iter().map(|f| f.1).collect::<Vec<_>>(), [false, true]);
+        let alone = &model.sentence_embeddings(&[&long]).unwrap()[0];
+        let d = alone
+            .iter()
+            .zip(&fitted[0].0)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "{d}");
         let sentences = SentenceProbe::pieces(&long).len() - 1;
         let (_, pieces) = p.read_pieces(&model, &long).unwrap();
         let places: Vec<usize> = pieces.iter().map(|q| q.piece).collect();

@@ -380,6 +380,13 @@ impl Model {
         }
     }
 
+    /// [`Self::tokenize`] truncating, with whether the text fitted ([`Self::fits`]) from the
+    /// same tokenisation.
+    fn tokenize_fitting(&self, text: &str) -> Result<(Vec<u32>, bool)> {
+        self.tokenizer
+            .encode_fitting(text, self.config.max_positions)
+    }
+
     /// Tokenizes texts into one right-padded batch.
     pub fn batch(&self, texts: &[&str], truncate: bool) -> Result<Batch> {
         let rows = texts
@@ -615,10 +622,22 @@ impl Model {
     /// a text longer than the model's context is truncated to it. Texts are read in batches of
     /// 16 of similar length (sorted by tokens), so a short sentence is not padded to a long one.
     pub fn sentence_embeddings(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let rows = texts
+        Ok(self
+            .sentence_embeddings_fitting(texts)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
+    }
+
+    /// [`Self::sentence_embeddings`], each with whether its text fitted the context whole
+    /// ([`Self::fits`]; one that did not was read by its first `max_positions` tokens).
+    pub fn sentence_embeddings_fitting(&self, texts: &[&str]) -> Result<Vec<(Vec<f32>, bool)>> {
+        let (rows, fitted): (Vec<Vec<u32>>, Vec<bool>) = texts
             .iter()
-            .map(|t| self.tokenize(t, true))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|t| self.tokenize_fitting(t))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         let mut order: Vec<usize> = (0..rows.len()).collect();
         order.sort_by_key(|&i| rows[i].len());
         let mut out = vec![Vec::new(); rows.len()];
@@ -633,7 +652,7 @@ impl Model {
                 out[i] = e;
             }
         }
-        Ok(out)
+        Ok(out.into_iter().zip(fitted).collect())
     }
 
     /// Greedy decoding with the KV cache: the prompt once, then one position per step.

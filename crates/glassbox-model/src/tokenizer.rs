@@ -98,6 +98,22 @@ impl TextTokenizer {
                 max: max_len,
             });
         }
+        self.encode_truncated(text, max_len)
+    }
+
+    /// [`Self::encode`] with `truncate`, and whether the text fitted (was not cut): one
+    /// tokenisation where it fits.
+    pub fn encode_fitting(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, bool)> {
+        match self.encode(text, max_len, false) {
+            Ok(ids) => Ok((ids, true)),
+            Err(ModelError::InputTooLong { .. }) => {
+                Ok((self.encode_truncated(text, max_len)?, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn encode_truncated(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
         let mut t = self.inner.clone();
         t.with_truncation(Some(TruncationParams {
             max_length: max_len,
