@@ -746,7 +746,10 @@ mod tests {
         let fitted = model
             .sentence_embeddings_fitting(&[&long, "Short. Text."])
             .unwrap();
-        assert_eq!(fitted.iter().map(|f| f.1).collect::<Vec<_>>(), [false, true]);
+        assert_eq!(
+            fitted.iter().map(|f| f.1).collect::<Vec<_>>(),
+            [false, true]
+        );
         let alone = &model.sentence_embeddings(&[&long]).unwrap()[0];
         let d = alone
             .iter()
