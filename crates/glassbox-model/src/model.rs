@@ -370,23 +370,6 @@ impl Model {
             .encode(text, self.config.max_positions, truncate)
     }
 
-    /// Whether `text` (special tokens included) fits the model's context: one that does not is
-    /// read truncated by [`Self::sentence_embeddings`].
-    pub fn fits(&self, text: &str) -> Result<bool> {
-        match self.tokenize(text, false) {
-            Ok(_) => Ok(true),
-            Err(ModelError::InputTooLong { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// [`Self::tokenize`] truncating, with whether the text fitted ([`Self::fits`]) from the
-    /// same tokenisation.
-    fn tokenize_fitting(&self, text: &str) -> Result<(Vec<u32>, bool)> {
-        self.tokenizer
-            .encode_fitting(text, self.config.max_positions)
-    }
-
     /// Tokenizes texts into one right-padded batch.
     pub fn batch(&self, texts: &[&str], truncate: bool) -> Result<Batch> {
         let rows = texts
@@ -630,11 +613,12 @@ impl Model {
     }
 
     /// [`Self::sentence_embeddings`], each with whether its text fitted the context whole
-    /// ([`Self::fits`]; one that did not was read by its first `max_positions` tokens).
+    /// (special tokens included; one that did not was read by its first `max_positions`
+    /// tokens), both from one tokenisation.
     pub fn sentence_embeddings_fitting(&self, texts: &[&str]) -> Result<Vec<(Vec<f32>, bool)>> {
         let (rows, fitted): (Vec<Vec<u32>>, Vec<bool>) = texts
             .iter()
-            .map(|t| self.tokenize_fitting(t))
+            .map(|t| self.tokenizer.encode_fitting(t, self.config.max_positions))
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .unzip();

@@ -85,20 +85,20 @@ impl TextTokenizer {
     /// Longer than `max_len` is an error unless `truncate`, which keeps the first `max_len`
     /// (special tokens included).
     pub fn encode(&self, text: &str, max_len: usize, truncate: bool) -> Result<Vec<u32>> {
+        if truncate {
+            return Ok(self.encode_fitting(text, max_len)?.0);
+        }
         let enc = self
             .inner
             .encode(text, true)
             .map_err(|e| self.err(format!("cannot encode: {e}")))?;
-        if enc.len() <= max_len {
-            return Ok(enc.get_ids().to_vec());
-        }
-        if !truncate {
+        if enc.len() > max_len {
             return Err(ModelError::InputTooLong {
                 len: enc.len(),
                 max: max_len,
             });
         }
-        self.encode_truncated(text, max_len)
+        Ok(enc.get_ids().to_vec())
     }
 
     /// [`Self::encode`] with `truncate`, and whether the text fitted (was not cut): one
