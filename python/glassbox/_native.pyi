@@ -57,6 +57,9 @@ class Model:
         """`[tokens, width]` activations over the text's own tokens (no special tokens), read
         whole in overlapping passes as the `glassbox probe` commands read it, or its first pass
         with `truncate`."""
+    def sentence_embeddings(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """`[texts, d_model]`: the last hidden state mean-pooled and unit length (MiniLM's
+        sentence embedding); a text longer than the context is read by its first `n_ctx` tokens."""
     def run_with_hooks(
         self,
         input: Input,
@@ -152,6 +155,10 @@ class SentenceProbe:
     @property
     def whole_only_if_fits(self) -> bool: ...
     def score(self, model: Model, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
+    @property
+    def heads(self) -> dict[str, tuple[npt.NDArray[np.float32], float]]:
+        """kind → `(weights, bias)`: a piece's logit is `weights @ e + bias` for its sentence
+        embedding `e` (`Model.sentence_embeddings`)."""
     @property
     def name(self) -> str: ...
     @property

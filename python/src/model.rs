@@ -385,6 +385,24 @@ impl PyModel {
         Ok(dict)
     }
 
+    /// Each text's sentence embedding as a `[texts, d_model]` float32 array: the last hidden
+    /// state mean-pooled over the text's tokens and scaled to unit length (MiniLM's
+    /// sentence-transformers embedding; what a sentence probe's heads read). A text longer than
+    /// the context is read by its first `n_ctx` tokens, as `glassbox probe` reads it.
+    fn sentence_embeddings<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<String>,
+    ) -> PyResult<Bound<'py, numpy::PyArrayDyn<f32>>> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let rows = py
+            .detach(|| self.inner.sentence_embeddings(&refs))
+            .map_err(model_error)?;
+        let d = self.inner.config.d_model;
+        let flat: Vec<f32> = rows.into_iter().flatten().collect();
+        PyArray1::from_vec(py, flat).reshape(vec![texts.len(), d])
+    }
+
     /// Runs the model with Python functions at hook points and returns the logits (the last
     /// hidden state for encoders). `fwd_hooks` is a list of `(name_or_pattern, fn)`; `fn(activation,
     /// hook)` gets a float32 array and a `Hook` (with `.name`) and returns a replacement of the

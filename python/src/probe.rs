@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use glassbox_dictionary::sentence_probe::SentenceProbe;
 use numpy::PyArray1;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::error;
 use crate::model::PyModel;
@@ -85,6 +86,18 @@ impl PySentenceProbe {
             })
             .map_err(error)?;
         Ok(PyArray1::from_vec(py, scores))
+    }
+
+    /// Its heads, kind → `(weights, bias)`: a piece's logit under a head is `weights @ e + bias`
+    /// for the piece's sentence embedding `e` (`Model.sentence_embeddings`), its score the
+    /// highest over heads.
+    #[getter]
+    fn heads<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for h in &self.inner.heads {
+            out.set_item(&h.kind, (PyArray1::from_vec(py, h.weights.clone()), h.bias))?;
+        }
+        Ok(out)
     }
 
     #[getter]

@@ -59,3 +59,21 @@ def test_bad_input(tmp_path):
     (tmp_path / "sentence_probe.json").write_text('{"name": 1}')
     with pytest.raises(gb.GlassboxError, match="not a sentence probe file"):
         gb.SentenceProbe.load(tmp_path)
+
+
+def test_heads_on_sentence_embeddings_give_its_logits(minilm):
+    # A notebook can fit or inspect heads on the same readings the probe scores.
+    probe = gb.SentenceProbe.load(SHIPPED)
+    pieces = probe.pieces(minilm, BURIED)
+    e = minilm.sentence_embeddings(pieces)
+    assert e.dtype == np.float32 and e.shape == (5, 384)
+    assert np.linalg.norm(e, axis=1) == pytest.approx(np.ones(5), abs=1e-5)
+    heads = probe.heads
+    assert sorted(heads) == probe.kinds
+    logits = np.stack([e @ w + b for w, b in heads.values()]).max(axis=0)
+    # Batched differently (all pieces in one call here), the same logits within float noise.
+    assert logits == pytest.approx(probe.piece_logits(minilm, BURIED), abs=1e-3)
+    kinds = list(heads)
+    top = [kinds[k] for k in np.stack([e @ w + b for w, b in heads.values()]).argmax(axis=0)]
+    assert top == probe.piece_kinds(minilm, BURIED)
+    assert minilm.sentence_embeddings([]).shape == (0, 384)
