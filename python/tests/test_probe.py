@@ -70,10 +70,9 @@ def test_heads_on_sentence_embeddings_give_its_logits(minilm):
     assert np.linalg.norm(e, axis=1) == pytest.approx(np.ones(5), abs=1e-5)
     heads = probe.heads
     assert sorted(heads) == probe.kinds
-    logits = np.stack([e @ w + b for w, b in heads.values()]).max(axis=0)
+    per_head = np.stack([e @ w + b for w, b in heads.values()])  # [heads, pieces]
     # Batched differently (all pieces in one call here), the same logits within float noise.
-    assert logits == pytest.approx(probe.piece_logits(minilm, BURIED), abs=1e-3)
+    assert per_head.max(axis=0) == pytest.approx(probe.piece_logits(minilm, BURIED), abs=1e-3)
     kinds = list(heads)
-    top = [kinds[k] for k in np.stack([e @ w + b for w, b in heads.values()]).argmax(axis=0)]
-    assert top == probe.piece_kinds(minilm, BURIED)
+    assert [kinds[k] for k in per_head.argmax(axis=0)] == probe.piece_kinds(minilm, BURIED)
     assert minilm.sentence_embeddings([]).shape == (0, 384)
