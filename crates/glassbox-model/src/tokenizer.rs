@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::{PostProcessor, Tokenizer, TruncationDirection};
 
 use crate::error::{ModelError, Result};
 
@@ -101,29 +101,30 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// [`Self::encode`] with `truncate`, and whether the text fitted (was not cut): one
-    /// tokenisation where it fits.
+    /// [`Self::encode`] with `truncate`, and whether the text fitted (was not cut). One
+    /// tokenisation either way: the text's own tokens are cut to leave room for the special
+    /// tokens, then those are added, as the library's own truncation does it.
     pub fn encode_fitting(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, bool)> {
-        match self.encode(text, max_len, false) {
-            Ok(ids) => Ok((ids, true)),
-            Err(ModelError::InputTooLong { .. }) => {
-                Ok((self.encode_truncated(text, max_len)?, false))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn encode_truncated(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
-        let mut t = self.inner.clone();
-        t.with_truncation(Some(TruncationParams {
-            max_length: max_len,
-            ..Default::default()
-        }))
-        .map_err(|e| self.err(format!("cannot truncate: {e}")))?;
-        let enc = t
-            .encode(text, true)
+        let mut enc = self
+            .inner
+            .encode(text, false)
             .map_err(|e| self.err(format!("cannot encode: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        let added = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        let room = max_len.saturating_sub(added);
+        let fits = enc.len() <= room;
+        if !fits {
+            enc.truncate(room, 0, TruncationDirection::Right);
+            // The cut-off rest is not read; leave it out of the post-processing.
+            enc.take_overflowing();
+        }
+        let enc = self
+            .inner
+            .post_process(enc, None, true)
+            .map_err(|e| self.err(format!("cannot add special tokens: {e}")))?;
+        Ok((enc.get_ids().to_vec(), fits))
     }
 
     /// Token ids of `text` without special tokens and without any length limit.

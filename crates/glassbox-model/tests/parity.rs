@@ -284,3 +284,30 @@ fn llama_matches_transformers() {
 fn qwen2_matches_transformers() {
     decoder_parity("tiny-qwen2");
 }
+
+/// A text longer than the context is cut as the `tokenizers` library's own truncation cuts it
+/// (the text's first tokens, then `[SEP]`), and one that fits is left whole; both say whether
+/// they fitted.
+#[test]
+fn a_cut_text_matches_the_tokenizers_truncation() {
+    let model = minilm();
+    let dir = registry::resolve("minilm").unwrap();
+    let mut reference = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let max = model.config.max_positions;
+    reference.with_padding(None);
+    reference
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: max,
+            ..Default::default()
+        }))
+        .unwrap();
+    let long = "Clause 7 of the lease covers the tenant's minor repairs. ".repeat(80);
+    for (text, fits) in [(long.as_str(), false), ("Short. Text.", true)] {
+        let want = reference.encode(text, true).unwrap().get_ids().to_vec();
+        let (ids, fitted) = model.tokenizer.encode_fitting(text, max).unwrap();
+        assert_eq!(ids, want);
+        assert_eq!(fitted, fits);
+        assert_eq!(model.tokenize(text, true).unwrap(), want);
+    }
+    assert_eq!(model.tokenize(&long, true).unwrap().len(), max);
+}
