@@ -85,26 +85,23 @@ impl TextTokenizer {
     /// Longer than `max_len` is an error unless `truncate`, which keeps the first `max_len`
     /// (special tokens included).
     pub fn encode(&self, text: &str, max_len: usize, truncate: bool) -> Result<Vec<u32>> {
-        if truncate {
-            return Ok(self.encode_fitting(text, max_len)?.0);
+        let (ids, len) = self.encode_cut(text, max_len)?;
+        if len > max_len && !truncate {
+            return Err(ModelError::InputTooLong { len, max: max_len });
         }
-        let enc = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| self.err(format!("cannot encode: {e}")))?;
-        if enc.len() > max_len {
-            return Err(ModelError::InputTooLong {
-                len: enc.len(),
-                max: max_len,
-            });
-        }
-        Ok(enc.get_ids().to_vec())
+        Ok(ids)
     }
 
-    /// [`Self::encode`] with `truncate`, and whether the text fitted (was not cut). One
-    /// tokenisation either way: the text's own tokens are cut to leave room for the special
-    /// tokens, then those are added, as the library's own truncation does it.
+    /// [`Self::encode`] with `truncate`, and whether the text fitted (was not cut).
     pub fn encode_fitting(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, bool)> {
+        let (ids, len) = self.encode_cut(text, max_len)?;
+        Ok((ids, len <= max_len))
+    }
+
+    /// The ids of `text` cut to `max_len` (special tokens included), and how many it has uncut.
+    /// One tokenisation either way: the text's own tokens are cut to leave room for the special
+    /// tokens, then those are added, as the library's own truncation does it.
+    fn encode_cut(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, usize)> {
         let mut enc = self
             .inner
             .encode(text, false)
@@ -113,10 +110,9 @@ impl TextTokenizer {
             .inner
             .get_post_processor()
             .map_or(0, |p| p.added_tokens(false));
-        let room = max_len.saturating_sub(added);
-        let fits = enc.len() <= room;
-        if !fits {
-            enc.truncate(room, 0, TruncationDirection::Right);
+        let len = enc.len() + added;
+        if len > max_len {
+            enc.truncate(max_len.saturating_sub(added), 0, TruncationDirection::Right);
             // The cut-off rest is not read; leave it out of the post-processing.
             enc.take_overflowing();
         }
@@ -124,7 +120,7 @@ impl TextTokenizer {
             .inner
             .post_process(enc, None, true)
             .map_err(|e| self.err(format!("cannot add special tokens: {e}")))?;
-        Ok((enc.get_ids().to_vec(), fits))
+        Ok((enc.get_ids().to_vec(), len))
     }
 
     /// Token ids of `text` without special tokens and without any length limit.
