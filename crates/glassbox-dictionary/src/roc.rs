@@ -212,6 +212,125 @@ pub fn difference_interval(
     (lower.max(-1.0), upper.min(1.0))
 }
 
+/// A pool of benign texts (a deployment's traffic) that several detectors each scored: the
+/// folds of a cross-validation, each trained without one family. A text one fold scored is
+/// judged at the threshold that fold's scores of the pool give, as a deployment would set it
+/// on its own traffic, so no threshold comes from the labelled set.
+#[derive(Debug, Clone)]
+pub struct CalibrationPool {
+    /// Per fold, every pool text's score in pool order (text j is the same text in each).
+    scores: Vec<Vec<f32>>,
+    /// The same, each sorted descending.
+    sorted: Vec<Vec<f32>>,
+}
+
+impl CalibrationPool {
+    /// Per fold, its scores of the pool's texts, in the same order for every fold.
+    pub fn new(scores: Vec<Vec<f32>>) -> Result<Self> {
+        let n = scores.first().map_or(0, Vec::len);
+        if n == 0 || scores.iter().any(|f| f.len() != n) {
+            return Err(DictError::Config(format!(
+                "a calibration pool needs every fold's score of each of its texts; got {:?} scores per fold",
+                scores.iter().map(Vec::len).collect::<Vec<_>>()
+            )));
+        }
+        if scores.iter().flatten().any(|s| s.is_nan()) {
+            return Err(DictError::Config("a calibration pool score is NaN".into()));
+        }
+        let sorted = scores
+            .iter()
+            .map(|f| {
+                let mut v = f.clone();
+                v.sort_by(|a, b| b.total_cmp(a));
+                v
+            })
+            .collect();
+        Ok(Self { scores, sorted })
+    }
+
+    /// Each fold's threshold for `fpr` of the pool ([`threshold_for_fpr`]).
+    pub fn thresholds(&self, fpr: f64) -> Vec<f32> {
+        self.sorted
+            .iter()
+            .map(|v| threshold_in_sorted(v, fpr))
+            .collect()
+    }
+
+    /// The share of `judged` — (fold, score) — strictly above its fold's threshold for `fpr`:
+    /// the attacks caught, or the benign texts flagged, at the pool's calibration. 0 for none.
+    pub fn flagged(&self, judged: &[(usize, f32)], fpr: f64) -> f64 {
+        share_above(judged, &self.thresholds(fpr))
+    }
+
+    /// P(a judged text outranks a pool text its fold scored), ties half: each text's AUROC
+    /// against its own fold's pool, averaged over the texts.
+    pub fn auroc(&self, judged: &[(usize, f32)]) -> f64 {
+        let sum: f64 = judged
+            .iter()
+            .map(|&(f, s)| {
+                let pool = &self.sorted[f];
+                let below = pool.len() - at_least(pool, s);
+                let tied = at_least(pool, s) - above(pool, s);
+                (below as f64 + 0.5 * tied as f64) / pool.len() as f64
+            })
+            .sum();
+        sum / judged.len().max(1) as f64
+    }
+
+    /// The pool's share strictly above a fixed `threshold`, averaged over the folds: what a
+    /// threshold set elsewhere flags of this traffic.
+    pub fn fpr(&self, threshold: f32) -> f64 {
+        let folds = self.sorted.len() as f64;
+        self.sorted
+            .iter()
+            .map(|v| above(v, threshold) as f64 / v.len() as f64)
+            .sum::<f64>()
+            / folds
+    }
+
+    /// The 95 % percentile-bootstrap interval of [`Self::flagged`]: the pool resampled (the
+    /// same draw of texts for every fold) and its thresholds set anew, and `judged` resampled.
+    pub fn flagged_interval(
+        &self,
+        judged: &[(usize, f32)],
+        fpr: f64,
+        rounds: usize,
+        seed: u64,
+    ) -> (f64, f64) {
+        if judged.is_empty() {
+            return (0.0, 1.0);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = self.scores[0].len();
+        let mut values: Vec<f64> = (0..rounds.max(1))
+            .map(|_| {
+                let draw: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+                let thresholds: Vec<f32> = self
+                    .scores
+                    .iter()
+                    .map(|f| {
+                        let v: Vec<f32> = draw.iter().map(|&j| f[j]).collect();
+                        threshold_for_fpr(&v, fpr)
+                    })
+                    .collect();
+                let texts: Vec<(usize, f32)> = (0..judged.len())
+                    .map(|_| judged[rng.random_range(0..judged.len())])
+                    .collect();
+                share_above(&texts, &thresholds)
+            })
+            .collect();
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| values[((q * values.len() as f64) as usize).min(values.len() - 1)];
+        (at(0.025), at(0.975))
+    }
+}
+
+/// The share of (fold, score) strictly above its fold's threshold (0 for none).
+fn share_above(judged: &[(usize, f32)], thresholds: &[f32]) -> f64 {
+    let hits = judged.iter().filter(|&&(f, s)| s > thresholds[f]).count();
+    hits as f64 / judged.len().max(1) as f64
+}
+
 /// The headline numbers of one evaluation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -347,6 +466,32 @@ mod tests {
         assert_eq!(difference_interval((0, 0), (0, 0)), (-1.0, 1.0));
         let (lo, hi) = difference_interval((0, 20), (10, 10));
         assert!(lo > 0.6 && hi == 1.0, "({lo}, {hi})");
+    }
+
+    #[test]
+    fn a_pool_calibrates_each_fold_on_its_own_scores() {
+        // Two folds scored the same 100 pool texts: fold 0 as 0..99, fold 1 ten higher.
+        let fold0: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let fold1: Vec<f32> = fold0.iter().map(|s| s + 10.0).collect();
+        let pool = CalibrationPool::new(vec![fold0.clone(), fold1]).unwrap();
+        // 1 % of 100: one pool text above, so each cut sits at its fold's second highest.
+        assert_eq!(pool.thresholds(0.01), vec![98.0, 108.0]);
+        // 100 is caught where fold 0 scored it, not where fold 1 did; 108.5 by fold 1.
+        let judged = [(0, 100.0), (1, 100.0), (1, 108.5), (0, 98.0)];
+        assert_eq!(pool.flagged(&judged, 0.01), 0.5);
+        // Against its own fold's pool: 100 outranks all of fold 0's (1.0), and 90 of fold 1's
+        // and ties one (0.905); 108.5 outranks 99 (0.99); 98 outranks 98 and ties one (0.985).
+        let want = (1.0 + 0.905 + 0.99 + 0.985) / 4.0;
+        assert!((pool.auroc(&judged) - want).abs() < 1e-12);
+        // A threshold set elsewhere: 94.5 flags 5 of fold 0's texts and 15 of fold 1's.
+        assert!((pool.fpr(94.5) - 0.10).abs() < 1e-12);
+        let (lo, hi) = pool.flagged_interval(&judged, 0.01, 300, 7);
+        assert!(lo <= 0.5 && 0.5 <= hi && lo < hi, "{lo} {hi}");
+        // The same as a threshold from the fold's scores alone.
+        assert_eq!(pool.thresholds(0.2)[0], threshold_for_fpr(&fold0, 0.2));
+        assert!(CalibrationPool::new(vec![vec![1.0, 2.0], vec![1.0]]).is_err());
+        assert!(CalibrationPool::new(vec![]).is_err());
+        assert!(CalibrationPool::new(vec![vec![f32::NAN]]).is_err());
     }
 
     #[test]

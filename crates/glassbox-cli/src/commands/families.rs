@@ -34,7 +34,12 @@
 //! `--benign-split random` holds the benign texts out by random part instead of by family (the
 //! attack families stay whole): the operating point a deployment gets when it calibrates on a
 //! sample of its own traffic, beside the strict default where benign traffic is as new as the
-//! attacks. `--scores` writes every text's held-out scores.
+//! attacks. `--calibrate-on` goes one step further: a file of someone's real benign traffic,
+//! never trained on, that every fold's detectors score; each held-out text is then also judged
+//! at the threshold that flags 1 % of that traffic under its own fold's detectors
+//! ([`CalibrationPool`]), and the set's own threshold is read on the traffic — a threshold set
+//! on the set's few benign families need not hold on anyone's traffic, and this measures how
+//! far it does. `--scores` writes every text's held-out scores.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -46,7 +51,7 @@ use glassbox_dictionary::probe::{
     self, linear_logit, mean_rows, Aggregation, Calibration, Probe, ProbeDictionary, ProbeTraining,
     Sample,
 };
-use glassbox_dictionary::roc::{Scored, Summary};
+use glassbox_dictionary::roc::{CalibrationPool, Scored, Summary};
 use glassbox_dictionary::segments;
 use glassbox_dictionary::sentence_probe::{
     self, BackgroundSource, Example, KindHead, Reading, SentenceProbe, READ_TOGETHER,
@@ -56,7 +61,7 @@ use rayon::prelude::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::probe::{read_records, LongTexts};
+use super::probe::{read_records, Labelled, LongTexts};
 use crate::input;
 
 #[derive(clap::Args)]
@@ -86,10 +91,12 @@ pub struct FamiliesArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Also write every text's held-out scores here, one JSON line per text and hook
-    /// (`{"hook", "index", "family", "label", "scores": {detector: score}}`, index = the
-    /// text's place among the records, from 0), to plot or to combine detectors in a
-    /// notebook. The per-token probe's readings are probabilities; the pooled, embedding,
-    /// latent, attention, segment and stacked detectors give logits; max rank a benign quantile.
+    /// (`{"hook", "index", "family", "fold", "label", "scores": {detector: score}}`, index =
+    /// the text's place among the records, from 0), to plot or to combine detectors in a
+    /// notebook; with --calibrate-on, also each fold's scores of the traffic (`{"hook",
+    /// "traffic", "fold", "scores"}`, traffic = the line's place, from 0). The per-token
+    /// probe's readings are probabilities; the pooled, embedding, latent, attention, segment
+    /// and stacked detectors give logits; max rank a benign quantile.
     #[arg(long)]
     scores: Option<PathBuf>,
     /// The saved probe's name in monitor rules (default: the data file's stem).
@@ -175,6 +182,17 @@ pub struct FamiliesArgs {
     #[arg(long, default_value_t = 3000, value_name = "N", requires = "background",
           value_parser = clap::value_parser!(u32).range(1..))]
     background_texts: u32,
+    /// Benign traffic of your own (or a third party's) to hold false alarms on, as a deployment
+    /// calibrates: JSON lines with a "text" (a "label", where given, must be 0), e.g. the
+    /// writing requests `glassbox setup --data redteam` installs (requests.jsonl). Never trained
+    /// on; every fold's detectors score it, and every detector is read a second way: at the
+    /// threshold that flags 1 % of this traffic as the fold's own detectors score it, the
+    /// held-out attacks caught (with a bootstrap interval) and the set's held-out benign texts
+    /// flagged, per family too; and at the set's own 1 %-FPR threshold, the share of this
+    /// traffic flagged. A threshold set on the set's benign texts alone need not hold on
+    /// anyone's traffic; this says how far it does
+    #[arg(long, value_name = "JSONL")]
+    calibrate_on: Option<PathBuf>,
 }
 
 impl FamiliesArgs {
@@ -265,6 +283,119 @@ struct Text {
     length: Vec<f32>,
     /// How much the text counts in training (`--family-weights`).
     weight: f32,
+}
+
+/// How a text is held out and trained on.
+struct Held {
+    fold: String,
+    weight: f32,
+}
+
+/// Reads labelled texts into [`Text`]s: each hook's activations, the MiniLM reading (whole, and
+/// with `--segments` sentence by sentence, many texts together), the dictionary's mean code and
+/// the keyword count.
+struct TextReader<'m> {
+    reader: Reader<'m>,
+    minilm: &'m Model,
+    dict: Option<&'m LatentSource>,
+    keywords: KeywordFilter,
+    d: usize,
+    segments: bool,
+}
+
+impl TextReader<'_> {
+    /// `labelled` (read from `source`) in order, under a progress bar saying `what`; `held`
+    /// gives each its fold and training weight from its record and SHA-256.
+    fn all(
+        &self,
+        labelled: &[Labelled],
+        source: &std::path::Path,
+        what: &str,
+        held: impl Fn(&Labelled, &[u8; 32]) -> Held,
+    ) -> Result<Vec<Text>> {
+        let at = |i: usize| format!("{}, text {}", source.display(), i + 1);
+        let mut readings = if self.segments {
+            let spans: Vec<_> = labelled
+                .iter()
+                .map(|l| (l.text.as_str(), l.span.filter(|_| l.label)))
+                .collect();
+            let source = source.display().to_string();
+            sentence_readings(
+                self.minilm,
+                &spans,
+                &source,
+                "embedding texts and sentences",
+            )?
+        } else {
+            Vec::new()
+        }
+        .into_iter();
+        let (d, reader) = (self.d, &self.reader);
+        let bar = crate::report::progress(labelled.len() as u64, what);
+        let mut texts = Vec::with_capacity(labelled.len());
+        for (i, l) in labelled.iter().enumerate() {
+            let text = &l.text;
+            let layers: Vec<(Vec<f32>, Vec<f32>)> = reader
+                .activations_all(text)
+                .with_context(|| at(i))?
+                .into_iter()
+                .map(|acts| {
+                    let pooled = mean_rows(&acts, d);
+                    (acts, pooled)
+                })
+                .collect();
+            let latents = match self.dict {
+                Some(l) => mean_code(&l.sae, &layers[l.hook].0).with_context(|| at(i))?,
+                None => Vec::new(),
+            };
+            let token_labels = match l.span {
+                Some(span) if l.label => {
+                    let labels = reader.span_labels(text, span)?;
+                    if labels.len() * d != layers[0].0.len() {
+                        bail!(
+                            "{}: {} token labels for {} tokens",
+                            at(i),
+                            labels.len(),
+                            layers[0].0.len() / d
+                        );
+                    }
+                    // A span cut off by --truncate labels nothing: the text counts whole.
+                    labels.iter().any(|&v| v).then_some(labels)
+                }
+                _ => None,
+            };
+            let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+            let Held { fold, weight } = held(l, &hash);
+            texts.push(Text {
+                label: l.label,
+                family: l.family.clone(),
+                fold,
+                hash,
+                sentences: segments::long_sentences(text, SHARED_SENTENCE_WORDS)
+                    .map(|s| Sha256::digest(s.as_bytes()).into())
+                    .collect(),
+                token_labels,
+                layers,
+                reading: if self.segments {
+                    readings.next().context("one sentence reading per text")?
+                } else {
+                    Reading::whole(self.minilm, text).with_context(|| at(i))?
+                },
+                kind: if l.label {
+                    l.kind.clone().unwrap_or_else(|| "attack".into())
+                } else {
+                    "benign".into()
+                },
+                latents,
+                keywords: self.keywords.score(text),
+                length: vec![(1.0 + text.chars().count() as f32).ln()],
+                weight,
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(texts)
+    }
 }
 
 /// The `--background` prose, read as the labelled texts are.
@@ -545,6 +676,23 @@ impl Bases {
             t.keywords,
         ]
     }
+
+    /// Every detector's score of one text, in `DETECTORS` order (the union with the keyword
+    /// filter left at 0: its reading is chosen once every fold has scored).
+    fn scores(&self, stacker: Option<&Stacker>, t: &Text, h: usize, window: usize) -> [f32; N] {
+        let mut s = [0.0; N];
+        let base = self.score(t, h, window);
+        s[..BASES].copy_from_slice(&base);
+        if let Some(stacker) = stacker {
+            (s[BASES], s[BASES + 1]) = stacker.score(&base);
+        }
+        s[LATENT] = self.latent_score(t);
+        s[ATTENTION] = self.attention_score(t, h);
+        s[SEGMENTS] = self.segment_score(t);
+        s[EMBEDDING_BG] = self.embedding_bg_score(t);
+        s[LENGTH] = self.length_score(t);
+        s
+    }
 }
 
 /// Logistic regression over the base detectors' scores (as logits, standardised), fitted on
@@ -692,6 +840,92 @@ struct HookReport {
     penalties: BTreeMap<String, f32>,
     /// Every text's held-out scores, in `DETECTORS` order.
     pooled: Vec<[f32; N]>,
+    /// Per fold (in `distinct` order), every `--calibrate-on` traffic text's scores.
+    traffic_scores: Vec<Vec<[f32; N]>>,
+    /// With `--calibrate-on`: the detectors held to 1 % of that traffic.
+    on_traffic: Option<OnTraffic>,
+}
+
+/// The false-positive rate `--calibrate-on` holds each detector to on the traffic.
+const TRAFFIC_FPR: f64 = 0.01;
+
+/// One detector held to [`TRAFFIC_FPR`] of the `--calibrate-on` traffic: each held-out text
+/// judged at the threshold its fold's detectors give on the traffic.
+#[derive(serde::Serialize)]
+struct TrafficSummary {
+    /// Held-out attacks caught.
+    tpr: f64,
+    /// 95 % bootstrap interval (traffic and attacks resampled, thresholds set anew).
+    tpr_ci95: (f64, f64),
+    /// The set's held-out benign texts flagged.
+    set_fpr: f64,
+    /// Held-out attacks against the traffic their fold scored (ties half).
+    auroc: f64,
+    /// The traffic flagged at the set's own 1 %-FPR threshold, averaged over the folds.
+    flagged_at_set_threshold: f64,
+}
+
+/// Every shown detector calibrated on the `--calibrate-on` traffic.
+struct OnTraffic {
+    texts: usize,
+    /// Per detector (in `DETECTORS` order; `None` where not shown).
+    summaries: Vec<Option<TrafficSummary>>,
+    /// Per family, the texts each detector flags at its traffic thresholds.
+    per_family: BTreeMap<(bool, String), [usize; N]>,
+}
+
+impl OnTraffic {
+    fn of(
+        pooled: &[[f32; N]],
+        texts: &[Text],
+        fold_of: &[usize],
+        traffic: &[Vec<[f32; N]>],
+        set: &[Summary],
+        shown: &[usize],
+    ) -> Result<Self> {
+        let pools = (0..N)
+            .map(|k| {
+                let scores = traffic.iter().map(|f| f.iter().map(|s| s[k]).collect());
+                CalibrationPool::new(scores.collect())
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let judged = |k: usize, label: bool| -> Vec<(usize, f32)> {
+            (0..texts.len())
+                .filter(|&i| texts[i].label == label)
+                .map(|i| (fold_of[i], pooled[i][k]))
+                .collect()
+        };
+        let summaries = (0..N)
+            .into_par_iter()
+            .map(|k| {
+                shown.contains(&k).then(|| {
+                    let (pool, attacks) = (&pools[k], judged(k, true));
+                    TrafficSummary {
+                        tpr: pool.flagged(&attacks, TRAFFIC_FPR),
+                        tpr_ci95: pool.flagged_interval(&attacks, TRAFFIC_FPR, 1000, 0),
+                        set_fpr: pool.flagged(&judged(k, false), TRAFFIC_FPR),
+                        auroc: pool.auroc(&attacks),
+                        flagged_at_set_threshold: pool.fpr(set[k].threshold),
+                    }
+                })
+            })
+            .collect();
+        let thresholds: Vec<Vec<f32>> = pools.iter().map(|p| p.thresholds(TRAFFIC_FPR)).collect();
+        let mut per_family: BTreeMap<(bool, String), [usize; N]> = BTreeMap::new();
+        for (i, t) in texts.iter().enumerate() {
+            let e = per_family
+                .entry((t.label, t.family.clone()))
+                .or_insert([0; N]);
+            for k in 0..N {
+                e[k] += usize::from(pooled[i][k] > thresholds[k][fold_of[i]]);
+            }
+        }
+        Ok(Self {
+            texts: traffic.first().map_or(0, Vec::len),
+            summaries,
+            per_family,
+        })
+    }
 }
 
 pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
@@ -731,6 +965,20 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         .into_iter()
         .map(|r| r.labelled(&a.data))
         .collect::<Result<Vec<_>>>()?;
+    // Read before the model, so a bad line fails at once.
+    let traffic = match &a.calibrate_on {
+        Some(path) => read_records(path)?
+            .iter()
+            .map(|r| {
+                r.traffic(
+                    path,
+                    "--calibrate-on",
+                    "put attacks in --data, which holds them out by family",
+                )
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
     let model = input::load_model(&a.model, device)?;
     let hooks: Vec<&str> = a.hooks.iter().map(String::as_str).collect();
     let reader = Reader::with_hooks(&model, &hooks)?.passes(a.long.max_tokens, a.long.truncate);
@@ -746,93 +994,34 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         Some(dir) => Some(latent_source(dir, &model, &a.hooks)?),
         None => None,
     };
-    let keywords = KeywordFilter::default();
     let d = model.config.d_model;
     let mut sizes: BTreeMap<(bool, &str), usize> = BTreeMap::new();
     for l in &labelled {
         *sizes.entry((l.label, l.family.as_str())).or_default() += 1;
     }
-    // With --segments, every text's reading (whole and sentences) is read here, many together.
-    let mut sentence_readings = if a.segments {
-        let spans: Vec<_> = labelled
-            .iter()
-            .map(|l| (l.text.as_str(), l.span.filter(|_| l.label)))
-            .collect();
-        let source = a.data.display().to_string();
-        sentence_readings(minilm, &spans, &source, "embedding texts and sentences")?
-    } else {
-        Vec::new()
-    }
-    .into_iter();
     let background = match &a.background {
         Some(corpus) => Background::read(minilm, corpus, a.background_texts as usize, a.segments)?,
         None => Background::default(),
     };
-    let bar = crate::report::progress(labelled.len() as u64, "reading texts");
-    let mut texts = Vec::with_capacity(labelled.len());
-    for (i, l) in labelled.iter().enumerate() {
-        let text = &l.text;
-        let layers: Vec<(Vec<f32>, Vec<f32>)> = reader
-            .activations_all(text)
-            .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?
-            .into_iter()
-            .map(|acts| (mean_rows(&acts, d), acts))
-            .map(|(pooled, acts)| (acts, pooled))
-            .collect();
-        let latents = match &dict {
-            Some(l) => mean_code(&l.sae, &layers[l.hook].0)
-                .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?,
-            None => Vec::new(),
-        };
-        let token_labels = match l.span {
-            Some(span) if l.label => {
-                let labels = reader.span_labels(text, span)?;
-                if labels.len() * d != layers[0].0.len() {
-                    bail!(
-                        "{}, text {}: {} token labels for {} tokens",
-                        a.data.display(),
-                        i + 1,
-                        labels.len(),
-                        layers[0].0.len() / d
-                    );
-                }
-                // A span cut off by --truncate labels nothing: the text counts whole.
-                labels.iter().any(|&v| v).then_some(labels)
-            }
-            _ => None,
-        };
-        let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        texts.push(Text {
-            label: l.label,
-            family: l.family.clone(),
-            fold: a.benign_split.fold(l.label, &l.family, &hash),
-            hash,
-            sentences: segments::long_sentences(text, SHARED_SENTENCE_WORDS)
-                .map(|s| Sha256::digest(s.as_bytes()).into())
-                .collect(),
-            token_labels,
-            layers,
-            reading: if a.segments {
-                sentence_readings
-                    .next()
-                    .context("one sentence reading per text")?
-            } else {
-                Reading::whole(minilm, text)
-                    .with_context(|| format!("{}, text {}", a.data.display(), i + 1))?
-            },
-            kind: if l.label {
-                l.kind.clone().unwrap_or_else(|| "attack".into())
-            } else {
-                "benign".into()
-            },
-            latents,
-            keywords: keywords.score(text),
-            length: vec![(1.0 + text.chars().count() as f32).ln()],
-            weight: a.family_weights.of(sizes[&(l.label, l.family.as_str())]),
-        });
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
+    let read = TextReader {
+        reader,
+        minilm,
+        dict: dict.as_ref(),
+        keywords: KeywordFilter::default(),
+        d,
+        segments: a.segments,
+    };
+    let texts = read.all(&labelled, &a.data, "reading texts", |l, hash| Held {
+        fold: a.benign_split.fold(l.label, &l.family, hash),
+        weight: a.family_weights.of(sizes[&(l.label, l.family.as_str())]),
+    })?;
+    let traffic = match &a.calibrate_on {
+        Some(path) => read.all(&traffic, path, "reading traffic", |l, _| Held {
+            fold: l.family.clone(),
+            weight: 1.0,
+        })?,
+        None => Vec::new(),
+    };
     let families = distinct(&texts, |t| &t.family);
     let attack_families = families.iter().filter(|f| f.0).count();
     if attack_families < 2 || families.len() - attack_families < 1 {
@@ -851,6 +1040,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         reports.push(evaluate(
             &a,
             &texts,
+            &traffic,
             &background.texts,
             h,
             hook,
@@ -861,7 +1051,7 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         )?);
     }
     if let Some(path) = &a.scores {
-        write_scores(path, &texts, &reports)?;
+        write_scores(path, &texts, &folds, &reports)?;
     }
     let saved = match &a.out {
         Some(dir) => Some(match &dict {
@@ -896,6 +1086,13 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         a.benign_split.describe(),
         a.model
     );
+    if let Some(path) = &a.calibrate_on {
+        println!(
+            "traffic: {} texts of {}, scored by every fold's detectors, never trained on",
+            traffic.len(),
+            path.display()
+        );
+    }
     if let Some(b) = &background.source {
         println!(
             "background: {} paragraphs of {} ({} per file, SHA-256 {}), trained on as benign by segment LR and embedding LR + bg, never scored",
@@ -936,6 +1133,8 @@ fn distinct(texts: &[Text], key: impl Fn(&Text) -> &String) -> Vec<(bool, String
 struct HeldOut {
     texts: Vec<usize>,
     scores: Vec<[f32; N]>,
+    /// Every `--calibrate-on` traffic text's scores by this fold's detectors.
+    traffic: Vec<[f32; N]>,
     /// Identical to a held-out text.
     dropped: usize,
     /// Sharing a sentence with one (`--shared-sentences exclude`).
@@ -953,6 +1152,7 @@ struct HeldOut {
 fn evaluate(
     a: &FamiliesArgs,
     texts: &[Text],
+    traffic: &[Text],
     background: &[BackgroundText],
     h: usize,
     hook: &str,
@@ -995,25 +1195,11 @@ fn evaluate(
             };
             let bases = Bases::fit(texts, h, &train, &background, d, a.train_tokens, cfg, extra);
             let stacker = (!a.no_combinations).then(|| Stacker::fit(texts, h, &train, d, a, cfg));
-            let scores: Vec<[f32; N]> = held
-                .iter()
-                .map(|&i| {
-                    let mut s = [0.0; N];
-                    let base = bases.score(&texts[i], h, a.window);
-                    s[..BASES].copy_from_slice(&base);
-                    if let Some(stacker) = &stacker {
-                        (s[BASES], s[BASES + 1]) = stacker.score(&base);
-                    }
-                    s[LATENT] = bases.latent_score(&texts[i]);
-                    s[ATTENTION] = bases.attention_score(&texts[i], h);
-                    s[SEGMENTS] = bases.segment_score(&texts[i]);
-                    s[EMBEDDING_BG] = bases.embedding_bg_score(&texts[i]);
-                    s[LENGTH] = bases.length_score(&texts[i]);
-                    s
-                })
-                .collect();
+            let score = |t: &Text| bases.scores(stacker.as_ref(), t, h, a.window);
+            let scores: Vec<[f32; N]> = held.iter().map(|&i| score(&texts[i])).collect();
             bar.inc(1);
             HeldOut {
+                traffic: traffic.iter().map(score).collect(),
                 texts: held,
                 scores,
                 dropped,
@@ -1025,9 +1211,12 @@ fn evaluate(
         .collect();
     bar.finish_and_clear();
     let mut pooled: Vec<[f32; N]> = vec![[0.0; N]; texts.len()];
+    // Each text's fold (index into `folds`), and each fold's scores of the traffic.
+    let mut fold_of = vec![0; texts.len()];
+    let mut traffic_scores = Vec::with_capacity(folds.len());
     let (mut dropped, mut shared, mut background_left_out) = (0, 0, 0);
     let mut penalties = BTreeMap::new();
-    for (fold, (_, name)) in folds.iter().zip(fold_names) {
+    for (f, (fold, (_, name))) in folds.into_iter().zip(fold_names).enumerate() {
         if let Some(l2) = fold.penalty {
             penalties.insert(name.clone(), l2);
         }
@@ -1036,7 +1225,9 @@ fn evaluate(
         background_left_out += fold.background_left_out;
         for (&i, s) in fold.texts.iter().zip(&fold.scores) {
             pooled[i] = *s;
+            fold_of[i] = f;
         }
+        traffic_scores.push(fold.traffic);
     }
     let mut summaries = Vec::new();
     for k in 0..UNION {
@@ -1061,6 +1252,11 @@ fn evaluate(
     for (p, t) in pooled.iter_mut().zip(texts) {
         p[UNION] = aggs[reading].or_keywords(p[reading], t.keywords);
     }
+    for fold in &mut traffic_scores {
+        for (p, t) in fold.iter_mut().zip(traffic) {
+            p[UNION] = aggs[reading].or_keywords(p[reading], t.keywords);
+        }
+    }
     summaries.push(union);
     summaries.push(held_out_summary(&pooled, LATENT, texts, None)?);
     summaries.push(held_out_summary(&pooled, ATTENTION, texts, None)?);
@@ -1079,7 +1275,7 @@ fn evaluate(
         }
     }
     // The baselines together: the text-length one shown beside the keyword filter.
-    let shown = (0..BASES)
+    let shown: Vec<usize> = (0..BASES)
         .chain([LENGTH])
         .chain(BASES..LENGTH)
         .filter(|&k| !(a.no_combinations && COMBINATIONS.contains(&k)))
@@ -1088,7 +1284,21 @@ fn evaluate(
         .filter(|&k| a.segments || k != SEGMENTS)
         .filter(|&k| a.background.is_some() || k != EMBEDDING_BG)
         .collect();
+    let on_traffic = if traffic.is_empty() {
+        None
+    } else {
+        Some(OnTraffic::of(
+            &pooled,
+            texts,
+            &fold_of,
+            &traffic_scores,
+            &summaries,
+            &shown,
+        )?)
+    };
     Ok(HookReport {
+        on_traffic,
+        traffic_scores,
         hook: hook.to_string(),
         shown,
         reading,
@@ -1103,19 +1313,33 @@ fn evaluate(
 }
 
 /// Every text's held-out scores as JSON lines (written whole, then renamed into place).
-fn write_scores(path: &std::path::Path, texts: &[Text], reports: &[HookReport]) -> Result<()> {
+fn write_scores(
+    path: &std::path::Path,
+    texts: &[Text],
+    folds: &[(bool, String)],
+    reports: &[HookReport],
+) -> Result<()> {
     let mut out = String::new();
     for r in reports {
-        for (i, (t, p)) in texts.iter().zip(&r.pooled).enumerate() {
-            let scores: serde_json::Map<String, serde_json::Value> = r
-                .shown
+        let scores = |p: &[f32; N]| -> serde_json::Map<String, serde_json::Value> {
+            r.shown
                 .iter()
                 .map(|&k| (DETECTORS[k].to_string(), json!(p[k])))
-                .collect();
-            out += &json!({"hook": r.hook, "index": i, "family": t.family,
-                "label": u8::from(t.label), "scores": scores})
+                .collect()
+        };
+        for (i, (t, p)) in texts.iter().zip(&r.pooled).enumerate() {
+            out += &json!({"hook": r.hook, "index": i, "family": t.family, "fold": t.fold,
+                "label": u8::from(t.label), "scores": scores(p)})
             .to_string();
             out.push('\n');
+        }
+        // The traffic once per fold: the scores that fold's threshold came from.
+        for ((_, fold), traffic) in folds.iter().zip(&r.traffic_scores) {
+            for (j, p) in traffic.iter().enumerate() {
+                out += &json!({"hook": r.hook, "traffic": j, "fold": fold, "scores": scores(p)})
+                    .to_string();
+                out.push('\n');
+            }
         }
     }
     glassbox_store::fsutil::atomic_write(path, out.as_bytes())
@@ -1123,32 +1347,43 @@ fn write_scores(path: &std::path::Path, texts: &[Text], reports: &[HookReport]) 
 }
 
 fn report_json(r: &HookReport) -> serde_json::Value {
+    let on_traffic = |k: usize| r.on_traffic.as_ref().and_then(|t| t.summaries[k].as_ref());
     let detectors: Vec<_> = r
         .shown
         .iter()
-        .map(|&k| json!({"detector": DETECTORS[k], "summary": r.summaries[k]}))
+        .map(|&k| {
+            json!({"detector": DETECTORS[k], "summary": r.summaries[k],
+                "on_traffic": on_traffic(k)})
+        })
         .collect();
+    let rates = |hit: &[usize; N], count: usize| -> serde_json::Map<String, serde_json::Value> {
+        r.shown
+            .iter()
+            .map(|&k| {
+                (
+                    DETECTORS[k].to_string(),
+                    json!(hit[k] as f64 / count as f64),
+                )
+            })
+            .collect()
+    };
     let fam: Vec<_> = r
         .per_family
         .iter()
-        .map(|((label, f), (count, hit))| {
-            let rates: serde_json::Map<String, serde_json::Value> = r
-                .shown
-                .iter()
-                .map(|&k| {
-                    (
-                        DETECTORS[k].to_string(),
-                        json!(hit[k] as f64 / *count as f64),
-                    )
-                })
-                .collect();
-            json!({"family": f, "label": label, "texts": count, "flagged": rates})
+        .map(|(key @ (label, f), (count, hit))| {
+            let on_traffic = r
+                .on_traffic
+                .as_ref()
+                .map(|t| rates(&t.per_family[key], *count));
+            json!({"family": f, "label": label, "texts": count, "flagged": rates(hit, *count),
+                "flagged_on_traffic": on_traffic})
         })
         .collect();
     json!({"hook": r.hook, "detectors": detectors, "per_family": fam,
         "union_reading": DETECTORS[r.reading], "dropped_duplicates": r.dropped,
         "dropped_sharing_a_sentence": r.shared, "background_left_out": r.background_left_out,
-        "segment_penalties": r.penalties})
+        "segment_penalties": r.penalties,
+        "traffic_texts": r.on_traffic.as_ref().map(|t| t.texts)})
 }
 
 fn print_report(r: &HookReport, window: usize) {
@@ -1157,12 +1392,8 @@ fn print_report(r: &HookReport, window: usize) {
         r.hook, "detector", "AUROC", "95 % interval", "TPR@1%FPR", "95 % interval", "TPR@5%FPR"
     );
     for &k in &r.shown {
-        let (name, s) = (DETECTORS[k], &r.summaries[k]);
-        let label = match name {
-            "probe window" => format!("probe window{window}"),
-            "probe or keywords" => format!("{} or keywords", reading_name(r.reading, window)),
-            _ => name.to_string(),
-        };
+        let s = &r.summaries[k];
+        let label = detector_label(r, k, window);
         println!(
             "{:<22} {:>7.4} {:>17} {:>10.3} {:>15} {:>10.3}",
             label,
@@ -1176,51 +1407,36 @@ fn print_report(r: &HookReport, window: usize) {
             s.tpr_at_5pct_fpr
         );
     }
-    println!("flagged at each detector's 1 %-FPR threshold (held-out family):");
-    let columns = [
-        "mean",
-        "max",
-        "window",
-        "pooled",
-        "embedding",
-        "keywords",
-        "stacked",
-        "max rank",
-        "or kw",
-        "latent",
-        "attention",
-        "segments",
-        "emb + bg",
-        "length",
-    ];
-    let columns: Vec<&str> = r.shown.iter().map(|&k| columns[k]).collect();
-    let row = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(&columns)
-            .map(|(c, h)| format!(" {c:>w$}", w = h.len().max(7)))
-            .collect::<String>()
-    };
-    let heads: Vec<String> = columns.iter().map(|h| h.to_string()).collect();
-    println!(
-        "{:<34} {:>5} {:>6}{}",
-        "family",
-        "label",
-        "texts",
-        row(&heads)
+    print_families(
+        r,
+        "flagged at each detector's 1 %-FPR threshold (held-out family):",
+        |key| r.per_family[key].1,
     );
-    for ((label, f), (count, hit)) in &r.per_family {
-        let pct: Vec<String> = r
-            .shown
-            .iter()
-            .map(|&k| format!("{:.1}%", 100.0 * hit[k] as f64 / *count as f64))
-            .collect();
+    if let Some(t) = &r.on_traffic {
         println!(
-            "{:<34} {:>5} {:>6}{}",
-            f,
-            u8::from(*label),
-            count,
-            row(&pct)
+            "\nheld to 1 % of the {} traffic texts (--calibrate-on; each fold's threshold set on its own detectors' scores of them, never trained on):\n{:<22} {:>10} {:>15} {:>8} {:>11} {:>16}",
+            t.texts, "detector", "TPR@1%", "95 % interval", "AUROC", "set benign", "traffic flagged"
+        );
+        println!(
+            "{:<22} {:>10} {:>15} {:>8} {:>11} {:>16}",
+            "", "of traffic", "", "vs it", "flagged", "at set's thresh."
+        );
+        for &k in &r.shown {
+            let Some(s) = &t.summaries[k] else { continue };
+            println!(
+                "{:<22} {:>10.3} {:>15} {:>8.4} {:>10.1}% {:>15.1}%",
+                detector_label(r, k, window),
+                s.tpr,
+                format!("[{:.3}, {:.3}]", s.tpr_ci95.0, s.tpr_ci95.1),
+                s.auroc,
+                100.0 * s.set_fpr,
+                100.0 * s.flagged_at_set_threshold
+            );
+        }
+        print_families(
+            r,
+            "flagged at each detector's thresholds on the traffic (held-out family):",
+            |key| t.per_family[key],
         );
     }
     if r.dropped > 0 {
@@ -1253,6 +1469,67 @@ fn print_report(r: &HookReport, window: usize) {
             "(segment LR penalty chosen inside each fold: {} of {} folds)",
             list.join(", "),
             r.penalties.len()
+        );
+    }
+}
+
+/// A detector's name in the report: the window's length and the union's reading spelt out.
+fn detector_label(r: &HookReport, k: usize, window: usize) -> String {
+    match DETECTORS[k] {
+        "probe window" => format!("probe window{window}"),
+        "probe or keywords" => format!("{} or keywords", reading_name(r.reading, window)),
+        name => name.to_string(),
+    }
+}
+
+/// A table of each family's share flagged by every shown detector, `hits` giving the counts.
+fn print_families(r: &HookReport, title: &str, hits: impl Fn(&(bool, String)) -> [usize; N]) {
+    println!("{title}");
+    let columns = [
+        "mean",
+        "max",
+        "window",
+        "pooled",
+        "embedding",
+        "keywords",
+        "stacked",
+        "max rank",
+        "or kw",
+        "latent",
+        "attention",
+        "segments",
+        "emb + bg",
+        "length",
+    ];
+    let columns: Vec<&str> = r.shown.iter().map(|&k| columns[k]).collect();
+    let row = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&columns)
+            .map(|(c, h)| format!(" {c:>w$}", w = h.len().max(7)))
+            .collect::<String>()
+    };
+    let heads: Vec<String> = columns.iter().map(|h| h.to_string()).collect();
+    println!(
+        "{:<34} {:>5} {:>6}{}",
+        "family",
+        "label",
+        "texts",
+        row(&heads)
+    );
+    for (key @ (label, f), (count, _)) in &r.per_family {
+        let hit = hits(key);
+        let pct: Vec<String> = r
+            .shown
+            .iter()
+            .map(|&k| format!("{:.1}%", 100.0 * hit[k] as f64 / *count as f64))
+            .collect();
+        println!(
+            "{:<34} {:>5} {:>6}{}",
+            f,
+            u8::from(*label),
+            count,
+            row(&pct)
         );
     }
 }

@@ -286,20 +286,37 @@ impl Record {
             span: self.span,
         })
     }
+
+    /// The record as benign traffic (no label, or 0) in family "traffic" unless it names one;
+    /// a text labelled 1 is an error naming `option`, the flag that reads benign traffic only,
+    /// and saying how to fix it (`fix`).
+    pub(crate) fn traffic(&self, path: &Path, option: &str, fix: &str) -> Result<Labelled> {
+        if self.label == Some(true) {
+            bail!(
+                "{}, line {}: {option} reads benign traffic only, and this text is labelled 1; {fix}",
+                path.display(),
+                self.line
+            );
+        }
+        Ok(Labelled {
+            text: self.text.clone(),
+            label: false,
+            family: self.family.clone().unwrap_or_else(|| "traffic".into()),
+            kind: None,
+            span: None,
+        })
+    }
 }
 
 /// `probe eval --benign`: benign traffic only. The share the probe's rule flags, per family,
 /// and with `--calibrate` the threshold that keeps it at the target, saved in the probe.
 fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) -> Result<()> {
-    if let Some(r) = records.iter().find(|r| r.label == Some(true)) {
-        bail!(
-            "{}, line {}: --benign reads benign traffic only, and this text is labelled 1; drop --benign to evaluate against attacks",
-            a.on.data.display(),
-            r.line
-        );
-    }
-    if records.is_empty() {
-        bail!("{} holds no texts", a.on.data.display());
+    for r in records {
+        r.traffic(
+            &a.on.data,
+            "--benign",
+            "drop --benign to evaluate against attacks",
+        )?;
     }
     // The rule is checked before the (long) scoring.
     let mut probe = AnyProbe::load(&a.on.probe)?;
