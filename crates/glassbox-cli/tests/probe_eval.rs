@@ -817,10 +817,17 @@ fn detectors_are_calibrated_on_traffic_they_never_trained_on() {
         };
         close("tpr", share(1));
         close("set_fpr", share(0));
+        // Held to both: no fold's cut below the set's own threshold.
+        let set_cut = det["summary"]["threshold"].as_f64().unwrap();
+        let attacks: Vec<&&Value> = held.iter().filter(|l| l["label"] == 1).collect();
+        let both = attacks
+            .iter()
+            .filter(|l| score(l) > cut(&l["fold"]).max(set_cut))
+            .count();
+        close("tpr_held_to_both", both as f64 / attacks.len() as f64);
         let [lo, hi] = [0, 1].map(|i| on["tpr_ci95"][i].as_f64().unwrap());
         assert!(lo <= hi && (0.0..=1.0).contains(&lo) && hi <= 1.0, "{on}");
         // The set's own threshold, read on the traffic: averaged over the five folds.
-        let set_cut = det["summary"]["threshold"].as_f64().unwrap();
         let above = pool.iter().filter(|l| score(l) > set_cut).count();
         close("flagged_at_set_threshold", above as f64 / pool.len() as f64);
     }

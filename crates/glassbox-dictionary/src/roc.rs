@@ -259,7 +259,18 @@ impl CalibrationPool {
     /// The share of `judged` — (fold, score) — strictly above its fold's threshold for `fpr`:
     /// the attacks caught, or the benign texts flagged, at the pool's calibration. 0 for none.
     pub fn flagged(&self, judged: &[(usize, f32)], fpr: f64) -> f64 {
-        share_above(judged, &self.thresholds(fpr))
+        self.flagged_with_floor(judged, fpr, f32::NEG_INFINITY)
+    }
+
+    /// [`Self::flagged`] with no threshold below `floor`: a threshold held to `fpr` of the pool
+    /// and to whatever set `floor` (say, the labelled set's own benign texts) alike.
+    pub fn flagged_with_floor(&self, judged: &[(usize, f32)], fpr: f64, floor: f32) -> f64 {
+        let thresholds: Vec<f32> = self
+            .thresholds(fpr)
+            .into_iter()
+            .map(|t| t.max(floor))
+            .collect();
+        share_above(judged, &thresholds)
     }
 
     /// P(a judged text outranks a pool text its fold scored), ties half: each text's AUROC
@@ -483,6 +494,9 @@ mod tests {
         // and ties one (0.905); 108.5 outranks 99 (0.99); 98 outranks 98 and ties one (0.985).
         let want = (1.0 + 0.905 + 0.99 + 0.985) / 4.0;
         assert!((pool.auroc(&judged) - want).abs() < 1e-12);
+        // A floor of 105 lifts fold 0's cut (98) above both of its texts, not fold 1's (108).
+        assert_eq!(pool.flagged_with_floor(&judged, 0.01, 105.0), 0.25);
+        assert_eq!(pool.flagged_with_floor(&judged, 0.01, 50.0), 0.5);
         // A threshold set elsewhere: 94.5 flags 5 of fold 0's texts and 15 of fold 1's.
         assert!((pool.fpr(94.5) - 0.10).abs() < 1e-12);
         let (lo, hi) = pool.flagged_interval(&judged, 0.01, 300, 7);

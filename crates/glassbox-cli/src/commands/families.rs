@@ -188,7 +188,8 @@ pub struct FamiliesArgs {
     /// on; every fold's detectors score it, and every detector is read a second way: at the
     /// threshold that flags 1 % of this traffic as the fold's own detectors score it, the
     /// held-out attacks caught (with a bootstrap interval) and the set's held-out benign texts
-    /// flagged, per family too; and at the set's own 1 %-FPR threshold, the share of this
+    /// flagged, per family too; held to 1 % of both (each fold's threshold the higher of the
+    /// two), the attacks caught; and at the set's own 1 %-FPR threshold, the share of this
     /// traffic flagged. A threshold set on the set's benign texts alone need not hold on
     /// anyone's traffic; this says how far it does
     #[arg(long, value_name = "JSONL")]
@@ -861,6 +862,9 @@ struct TrafficSummary {
     set_fpr: f64,
     /// Held-out attacks against the traffic their fold scored (ties half).
     auroc: f64,
+    /// Held-out attacks caught held to 1 % of both the traffic and the set's benign texts: each
+    /// fold's threshold the higher of its traffic threshold and the set's own.
+    tpr_held_to_both: f64,
     /// The traffic flagged at the set's own 1 %-FPR threshold, averaged over the folds.
     flagged_at_set_threshold: f64,
 }
@@ -905,6 +909,11 @@ impl OnTraffic {
                         tpr_ci95: pool.flagged_interval(&attacks, TRAFFIC_FPR, 1000, 0),
                         set_fpr: pool.flagged(&judged(k, false), TRAFFIC_FPR),
                         auroc: pool.auroc(&attacks),
+                        tpr_held_to_both: pool.flagged_with_floor(
+                            &attacks,
+                            TRAFFIC_FPR,
+                            set[k].threshold,
+                        ),
                         flagged_at_set_threshold: pool.fpr(set[k].threshold),
                     }
                 })
@@ -1414,25 +1423,27 @@ fn print_report(r: &HookReport, window: usize) {
     );
     if let Some(t) = &r.on_traffic {
         println!(
-            "\nheld to 1 % of the {} traffic texts (--calibrate-on; each fold's threshold set on its own detectors' scores of them, never trained on):\n{:<22} {:>10} {:>15} {:>8} {:>11} {:>16}",
-            t.texts, "detector", "TPR@1%", "95 % interval", "AUROC", "set benign", "traffic flagged"
+            "\nheld to 1 % of the {} traffic texts (--calibrate-on; each fold's threshold set on its own detectors' scores of them, never trained on):\n{:<22} {:>10} {:>15} {:>8} {:>11} {:>11} {:>16}",
+            t.texts, "detector", "TPR@1%", "95 % interval", "AUROC", "set benign", "TPR held", "traffic flagged"
         );
         println!(
-            "{:<22} {:>10} {:>15} {:>8} {:>11} {:>16}",
-            "", "of traffic", "", "vs it", "flagged", "at set's thresh."
+            "{:<22} {:>10} {:>15} {:>8} {:>11} {:>11} {:>16}",
+            "", "of traffic", "", "vs it", "flagged", "to both", "at set's thresh."
         );
         for &k in &r.shown {
             let Some(s) = &t.summaries[k] else { continue };
             println!(
-                "{:<22} {:>10.3} {:>15} {:>8.4} {:>10.1}% {:>15.1}%",
+                "{:<22} {:>10.3} {:>15} {:>8.4} {:>10.1}% {:>11.3} {:>15.1}%",
                 detector_label(r, k, window),
                 s.tpr,
                 format!("[{:.3}, {:.3}]", s.tpr_ci95.0, s.tpr_ci95.1),
                 s.auroc,
                 100.0 * s.set_fpr,
+                s.tpr_held_to_both,
                 100.0 * s.flagged_at_set_threshold
             );
         }
+        println!("(held to both: each fold's threshold the higher of its traffic threshold and the set's own)");
         print_families(
             r,
             "flagged at each detector's thresholds on the traffic (held-out family):",
