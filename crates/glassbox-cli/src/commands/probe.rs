@@ -311,13 +311,16 @@ impl Record {
 /// `probe eval --benign`: benign traffic only. The share the probe's rule flags, per family,
 /// and with `--calibrate` the threshold that keeps it at the target, saved in the probe.
 fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) -> Result<()> {
-    for r in records {
-        r.traffic(
-            &a.on.data,
-            "--benign",
-            "drop --benign to evaluate against attacks",
-        )?;
-    }
+    let traffic = records
+        .iter()
+        .map(|r| {
+            r.traffic(
+                &a.on.data,
+                "--benign",
+                "drop --benign to evaluate against attacks",
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
     // The rule is checked before the (long) scoring.
     let mut probe = AnyProbe::load(&a.on.probe)?;
     let before = probe.calibration().cloned();
@@ -371,10 +374,8 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         .cloned()
         .context("a threshold was set or loaded above")?;
     let mut families: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for (r, v) in records.iter().zip(&judged) {
-        let e = families
-            .entry(r.family.clone().unwrap_or_else(|| "traffic".into()))
-            .or_default();
+    for (t, v) in traffic.into_iter().zip(&judged) {
+        let e = families.entry(t.family).or_default();
         e.0 += usize::from(*v > c.threshold);
         e.1 += 1;
     }
