@@ -920,15 +920,10 @@ impl OnTraffic {
             })
             .collect();
         let thresholds: Vec<Vec<f32>> = pools.iter().map(|p| p.thresholds(TRAFFIC_FPR)).collect();
-        let mut per_family: BTreeMap<(bool, String), [usize; N]> = BTreeMap::new();
-        for (i, t) in texts.iter().enumerate() {
-            let e = per_family
-                .entry((t.label, t.family.clone()))
-                .or_insert([0; N]);
-            for k in 0..N {
-                e[k] += usize::from(pooled[i][k] > thresholds[k][fold_of[i]]);
-            }
-        }
+        let per_family = flagged_by_family(texts, pooled, |k, i| thresholds[k][fold_of[i]])
+            .into_iter()
+            .map(|(family, (_, hits))| (family, hits))
+            .collect();
         Ok(Self {
             texts: traffic.first().map_or(0, Vec::len),
             summaries,
@@ -1273,16 +1268,7 @@ fn evaluate(
     summaries.push(held_out_summary(&pooled, EMBEDDING_BG, texts, None)?);
     summaries.push(held_out_summary(&pooled, LENGTH, texts, None)?);
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
-    let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
-    for (i, t) in texts.iter().enumerate() {
-        let e = per_family
-            .entry((t.label, t.family.clone()))
-            .or_insert((0, [0; N]));
-        e.0 += 1;
-        for k in 0..N {
-            e.1[k] += usize::from(pooled[i][k] > summaries[k].threshold);
-        }
-    }
+    let per_family = flagged_by_family(texts, &pooled, |k, _| summaries[k].threshold);
     // The baselines together: the text-length one shown beside the keyword filter.
     let shown: Vec<usize> = (0..BASES)
         .chain([LENGTH])
@@ -1319,6 +1305,26 @@ fn evaluate(
         penalties,
         pooled,
     })
+}
+
+/// Per family: its texts, and how many of them each detector flags (scores in `DETECTORS`
+/// order), `threshold(k, i)` being detector k's threshold for text i.
+fn flagged_by_family(
+    texts: &[Text],
+    pooled: &[[f32; N]],
+    threshold: impl Fn(usize, usize) -> f32,
+) -> BTreeMap<(bool, String), (usize, [usize; N])> {
+    let mut per_family: BTreeMap<(bool, String), (usize, [usize; N])> = BTreeMap::new();
+    for (i, (t, scores)) in texts.iter().zip(pooled).enumerate() {
+        let e = per_family
+            .entry((t.label, t.family.clone()))
+            .or_insert((0, [0; N]));
+        e.0 += 1;
+        for (k, (hits, &score)) in e.1.iter_mut().zip(scores).enumerate() {
+            *hits += usize::from(score > threshold(k, i));
+        }
+    }
+    per_family
 }
 
 /// Every text's held-out scores as JSON lines (written whole, then renamed into place).
