@@ -107,15 +107,13 @@ impl Scored {
             d.sort_by(|a, b| b.total_cmp(a));
             d
         };
-        let mut values: Vec<f64> = (0..rounds.max(1))
+        let values: Vec<f64> = (0..rounds.max(1))
             .map(|_| {
                 let (p, n) = (draw(&self.positives), draw(&self.negatives));
                 statistic(&p, &n)
             })
             .collect();
-        values.sort_by(f64::total_cmp);
-        let at = |q: f64| values[((q * values.len() as f64) as usize).min(values.len() - 1)];
-        (at(0.025), at(0.975))
+        percentile_interval(values)
     }
 
     /// The ROC curve as (FPR, TPR) points, one per distinct score, from (0, 0) to (1, 1).
@@ -278,12 +276,7 @@ impl CalibrationPool {
     pub fn auroc(&self, judged: &[(usize, f32)]) -> f64 {
         let sum: f64 = judged
             .iter()
-            .map(|&(f, s)| {
-                let pool = &self.sorted[f];
-                let below = pool.len() - at_least(pool, s);
-                let tied = at_least(pool, s) - above(pool, s);
-                (below as f64 + 0.5 * tied as f64) / pool.len() as f64
-            })
+            .map(|&(f, s)| auroc_sorted(&[s], &self.sorted[f]))
             .sum();
         sum / judged.len().max(1) as f64
     }
@@ -313,7 +306,7 @@ impl CalibrationPool {
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let n = self.scores[0].len();
-        let mut values: Vec<f64> = (0..rounds.max(1))
+        let values: Vec<f64> = (0..rounds.max(1))
             .map(|_| {
                 let draw: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
                 let thresholds: Vec<f32> = self
@@ -330,10 +323,15 @@ impl CalibrationPool {
                 share_above(&texts, &thresholds)
             })
             .collect();
-        values.sort_by(f64::total_cmp);
-        let at = |q: f64| values[((q * values.len() as f64) as usize).min(values.len() - 1)];
-        (at(0.025), at(0.975))
+        percentile_interval(values)
     }
+}
+
+/// The 2.5 and 97.5 percentiles of bootstrap `values` (at least one).
+fn percentile_interval(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((q * values.len() as f64) as usize).min(values.len() - 1)];
+    (at(0.025), at(0.975))
 }
 
 /// The share of (fold, score) strictly above its fold's threshold (0 for none).
