@@ -522,6 +522,102 @@ fn the_sentence_probe_penalty_is_chosen_inside_each_fold() {
     );
 }
 
+/// `--discount-pieces`: beside the plain sentence probe, the same heads discounted by piece
+/// count, the scale estimated in each fold on its own benign training pieces; `--out` saves
+/// the discounted probe with that row's threshold, and `probe score` reads it the same way.
+#[test]
+fn a_sentence_probe_discounted_by_piece_count_is_measured_and_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("set.jsonl");
+    let scores = dir.path().join("scores.jsonl");
+    let saved = dir.path().join("discounted");
+    // Benign texts of two and three sentences, so the benign pieces have a tail to measure.
+    let mut lines = common::kind_lines();
+    let b = common::BENIGN;
+    for i in 0..b.len() {
+        for k in 1..=3 {
+            let text = format!("{} {}", b[i], b[(i + k) % b.len()]);
+            let text = if k == 3 {
+                format!("{text} {}", b[(i + 5) % b.len()])
+            } else {
+                text
+            };
+            let row = serde_json::json!({"text": text, "label": 0, "family": "benign_c", "kind": "benign"});
+            lines.push(row.to_string());
+        }
+    }
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let (d, sp) = (data.to_str().unwrap(), saved.to_str().unwrap());
+    let report = ok_json(&families(
+        d,
+        &[
+            L3,
+            "--segments",
+            "--no-combinations",
+            "--discount-pieces",
+            "--scores",
+            scores.to_str().unwrap(),
+            "--out",
+            sp,
+            "--name",
+            "inj",
+        ],
+    ));
+    let detectors = report["hooks"][0]["detectors"].as_array().unwrap();
+    let row = |name: &str| {
+        detectors
+            .iter()
+            .find(|d| d["detector"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {detectors:?}"))
+    };
+    let threshold = row("segment LR discounted")["summary"]["threshold"]
+        .as_f64()
+        .unwrap();
+    assert!(row("segment LR")["summary"]["auroc"].as_f64().is_some());
+    // In every fold the discount takes s·ln(pieces) off, s ≥ 0: a text of one piece keeps its
+    // score, none gains, and texts of several lose in the folds that had a tail to measure.
+    let mut lower = 0;
+    for line in std::fs::read_to_string(&scores).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let plain = v["scores"]["segment LR"].as_f64().unwrap();
+        let discounted = v["scores"]["segment LR discounted"].as_f64().unwrap();
+        assert!(discounted <= plain + 1e-6, "{v}");
+        lower += usize::from(discounted < plain - 1e-3);
+    }
+    assert!(lower > 0, "some text of several pieces was discounted");
+    // Saved: the scale, and the discounted row's threshold as its rule.
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("sentence_probe.json")).unwrap())
+            .unwrap();
+    let scale = file["piece_scale"].as_f64().expect("a saved piece_scale");
+    assert!(scale > 0.0, "{file}");
+    assert_eq!(
+        report["rule"],
+        format!("sentences inj > {}", threshold as f32)
+    );
+    // `probe score` reads the saved probe discounted: the highest piece less scale·ln(pieces).
+    let explained = ok_json(&[
+        "--json", "probe", "score", "--probe", sp, "--data", d, "--pieces",
+    ]);
+    let mut several = 0;
+    for t in explained["texts"].as_array().unwrap() {
+        let logits: Vec<f64> = t["pieces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["logit"].as_f64().unwrap())
+            .collect();
+        let top = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let want = top - scale * (logits.len() as f64).ln();
+        let got = t["scores"]["max_logit"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-4, "{got} != {want}: {t}");
+        assert_eq!(t["rule"]["score"], t["scores"]["max_logit"], "{t}");
+        several += usize::from(logits.len() > 1);
+    }
+    assert!(several > 0);
+    fails(&families(d, &[L3, "--discount-pieces"]), "--segments");
+}
+
 /// `--background` prose trains the detectors that read sentence embeddings as benign text in
 /// every fold, is never scored, and stays out of the fold whose held-out texts it repeats; the
 /// saved sentence probe records which paragraphs it was.

@@ -2,7 +2,8 @@
 //! few tokens of a long text; read alone, it is an instruction. A sentence probe gives a text's
 //! whole and each of its sentences (see [`crate::segments`]) their own sentence embedding
 //! (MiniLM's, from the model it names) and reads each with one logistic regression per kind of
-//! attack it was trained on; a text scores its highest logit over kinds and pieces.
+//! attack it was trained on; a text scores its highest logit over kinds and pieces, less a
+//! discount for how many pieces it has where the probe records one ([`SentenceProbe::piece_scale`]).
 //!
 //! Trained and calibrated by `glassbox probe families --segments --out DIR` (where it holds out
 //! best), read by `glassbox probe score | eval` and served as the rule `sentences NAME > x`.
@@ -45,6 +46,13 @@ pub struct SentenceProbe {
     /// short wholes the heads learnt from. Absent (older probes): every whole is read.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub whole_only_if_fits: bool,
+    /// The tail scale of benign pieces' logits ([`SentenceProbe::tail_scale`]): a text scores
+    /// its highest piece logit less this times ln(pieces read). The highest of n benign pieces
+    /// drawn from a tail that falls by e per `piece_scale` climbs by `piece_scale`·ln n, so
+    /// without it a writing request of fifty sentences is held to a false-alarm rate near fifty
+    /// times a one-line question's. Absent (older probes): the plain highest logit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub piece_scale: Option<f32>,
 }
 
 /// Where a probe's background paragraphs came from, and which they were.
@@ -67,6 +75,12 @@ pub struct KindHead {
     pub weights: Vec<f32>,
     pub bias: f32,
 }
+
+/// Where [`SentenceProbe::tail_scale`] starts the benign tail: its top tenth of pieces.
+pub const TAIL_QUANTILE: f32 = 0.9;
+
+/// The fewest benign pieces [`SentenceProbe::tail_scale`] estimates a tail from.
+pub const TAIL_PIECES: usize = 50;
 
 /// How many texts a caller with many reads together ([`Reading::of_many`]): enough that their
 /// pieces sort into batches of like length, few enough for a progress bar to move.
@@ -122,6 +136,40 @@ impl SentenceProbe {
             .map_or(f32::NEG_INFINITY, |(_, z)| z)
     }
 
+    /// A text's score from its pieces' logits: the highest, less [`Self::piece_scale`]·ln(how
+    /// many); no pieces score −∞.
+    pub fn text_logit(&self, piece_logits: &[f32]) -> f32 {
+        let top = piece_logits
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        self.discounted(top, piece_logits.len())
+    }
+
+    /// The highest of `pieces` pieces' logits, `top`, as a text's score.
+    fn discounted(&self, top: f32, pieces: usize) -> f32 {
+        top - self.piece_scale.unwrap_or(0.0) * (pieces.max(1) as f32).ln()
+    }
+
+    /// The scale of the benign tail of this probe's piece logits: over every piece it reads of
+    /// `benign`, the mean excess over their [`TAIL_QUANTILE`] (an exponential tail's scale, the
+    /// maximum-likelihood estimate above a threshold). `None` under [`TAIL_PIECES`] pieces. It
+    /// reads only benign texts the probe was trained on, never the traffic it is held to.
+    pub fn tail_scale<'r>(&self, benign: impl IntoIterator<Item = &'r Reading>) -> Option<f32> {
+        let mut logits: Vec<f32> = benign
+            .into_iter()
+            .flat_map(|r| self.read(r).map(|(_, e)| self.piece_logit(e)))
+            .collect();
+        if logits.len() < TAIL_PIECES {
+            return None;
+        }
+        logits.sort_by(f32::total_cmp);
+        let from = (TAIL_QUANTILE * logits.len() as f32) as usize;
+        let tail = &logits[from..];
+        let start = tail[0];
+        Some(tail.iter().map(|z| z - start).sum::<f32>() / tail.len() as f32)
+    }
+
     /// The head that scores an embedded piece highest, with its logit.
     pub fn top_head(&self, embedding: &[f32]) -> Option<(&KindHead, f32)> {
         self.heads
@@ -172,7 +220,7 @@ impl SentenceProbe {
         Ok(self
             .piece_logits_many(model, texts)?
             .iter()
-            .map(|l| scores_of_pieces(l))
+            .map(|l| self.scores_of_pieces(l))
             .collect())
     }
 
@@ -214,13 +262,29 @@ impl SentenceProbe {
             })
             .collect();
         let logits: Vec<f32> = pieces.iter().map(|p| p.logit).collect();
-        Ok((scores_of_pieces(&logits), pieces))
+        Ok((self.scores_of_pieces(&logits), pieces))
     }
 
     /// The text's reading as [`TextScores`] over its pieces (the whole and each sentence, in the
     /// place of tokens): `max_logit` is its score, the `sentences` aggregation.
     pub fn read_text(&self, model: &Model, text: &str) -> Result<TextScores> {
-        Ok(scores_of_pieces(&self.piece_logits(model, text)?))
+        Ok(self.scores_of_pieces(&self.piece_logits(model, text)?))
+    }
+
+    /// Pieces' logits as [`TextScores`] (a piece in the place of a token; no windows), with
+    /// `max_logit` the text's score ([`Self::text_logit`]: discounted where the probe is).
+    fn scores_of_pieces(&self, logits: &[f32]) -> TextScores {
+        let n = logits.len().max(1) as f32;
+        let probs: Vec<f32> = logits.iter().map(|&z| sigmoid(z)).collect();
+        let max = probs.iter().copied().fold(0.0, f32::max);
+        TextScores {
+            tokens: logits.len(),
+            mean: probs.iter().sum::<f32>() / n,
+            max,
+            window: max,
+            mean_logit: logits.iter().sum::<f32>() / n,
+            max_logit: self.text_logit(logits),
+        }
     }
 
     /// The embedding width it reads.
@@ -382,12 +446,14 @@ impl Reading {
         )
     }
 
-    /// Its highest logit under `probe` (what [`SentenceProbe::read_text`] scores).
+    /// Its score under `probe` (what [`SentenceProbe::read_text`] scores).
     pub fn score(&self, probe: &SentenceProbe) -> f32 {
-        probe
+        let (top, pieces) = probe
             .read(self)
-            .map(|(_, e)| probe.piece_logit(e))
-            .fold(f32::NEG_INFINITY, f32::max)
+            .fold((f32::NEG_INFINITY, 0), |(top, n), (_, e)| {
+                (top.max(probe.piece_logit(e)), n + 1)
+            });
+        probe.discounted(top, pieces)
     }
 }
 
@@ -488,21 +554,6 @@ pub fn fit_heads_at(
     out
 }
 
-/// Pieces' logits as [`TextScores`] (a piece in the place of a token; no windows).
-fn scores_of_pieces(logits: &[f32]) -> TextScores {
-    let n = logits.len().max(1) as f32;
-    let probs: Vec<f32> = logits.iter().map(|&z| sigmoid(z)).collect();
-    let max = probs.iter().copied().fold(0.0, f32::max);
-    TextScores {
-        tokens: logits.len(),
-        mean: probs.iter().sum::<f32>() / n,
-        max,
-        window: max,
-        mean_logit: logits.iter().sum::<f32>() / n,
-        max_logit: logits.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,6 +578,22 @@ mod tests {
             calibration: None,
             background: None,
             whole_only_if_fits: false,
+            piece_scale: None,
+        }
+    }
+
+    /// A text whose whole and sentences embed as `pieces` (the first the whole).
+    fn reading(pieces: &[[f32; 2]]) -> Reading {
+        Reading {
+            whole: pieces[0].to_vec(),
+            whole_fits: true,
+            sentences: pieces[1..]
+                .iter()
+                .map(|e| Sentence {
+                    embedding: e.to_vec(),
+                    in_span: false,
+                })
+                .collect(),
         }
     }
 
@@ -666,6 +733,7 @@ mod tests {
             calibration: None,
             background: None,
             whole_only_if_fits: false,
+            piece_scale: None,
         };
         // A text scores its highest piece.
         let pieces = [v(0.1, 0.0), v(0.0, 0.0), v(1.0, 0.0)];
@@ -819,9 +887,39 @@ mod tests {
 
     #[test]
     fn scores_of_pieces_take_the_highest_logit() {
-        let s = scores_of_pieces(&[-2.0, 4.0, 0.0]);
+        let s = probe().scores_of_pieces(&[-2.0, 4.0, 0.0]);
         assert_eq!((s.tokens, s.max_logit), (3, 4.0));
         assert!((s.mean_logit - 2.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_text_of_many_pieces_is_discounted_by_their_count() {
+        let p = SentenceProbe {
+            piece_scale: Some(0.5),
+            ..probe()
+        };
+        // Four pieces, the highest logit 4 (the jailbreak head on [0, 2]): 4 − 0.5·ln 4.
+        let want = 4.0 - 0.5 * 4f32.ln();
+        assert!((p.text_logit(&[-2.0, 4.0, 0.0, 1.0]) - want).abs() < 1e-6);
+        assert!((p.scores_of_pieces(&[-2.0, 4.0, 0.0, 1.0]).max_logit - want).abs() < 1e-6);
+        let r = reading(&[[0.0, 2.0], [1.0, 0.0], [0.0, 0.0], [2.0, 0.0]]);
+        assert!((r.score(&p) - want).abs() < 1e-6, "{}", r.score(&p));
+        assert_eq!(r.score(&probe()), 4.0, "no scale: the plain highest");
+        // One piece: ln 1 = 0, nothing taken off; none: −∞ as before.
+        assert_eq!(p.text_logit(&[1.5]), 1.5);
+        assert_eq!(p.text_logit(&[]), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn the_tail_scale_is_the_mean_excess_over_the_top_tenth() {
+        // 100 benign pieces, the injection head's logits 0, 1, …, 99 (x − 1 on [x + 1, 0]):
+        // the top tenth is 90…99, whose mean excess over 90 is 4.5.
+        let pieces: Vec<[f32; 2]> = (0..100).map(|i| [i as f32 + 1.0, 0.0]).collect();
+        let texts: Vec<Reading> = pieces.chunks(10).map(reading).collect();
+        let scale = probe().tail_scale(&texts).unwrap();
+        assert!((scale - 4.5).abs() < 1e-5, "{scale}");
+        // Too few pieces for a tail: no estimate.
+        assert_eq!(probe().tail_scale(&texts[..4]), None);
     }
 
     #[test]

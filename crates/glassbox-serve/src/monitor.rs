@@ -1073,6 +1073,7 @@ mod tests {
             calibration: None,
             background: None,
             whole_only_if_fits: false,
+            piece_scale: None,
         };
         let dir = tempfile::tempdir().unwrap();
         probe.save(dir.path()).unwrap();

@@ -166,6 +166,15 @@ pub struct FamiliesArgs {
     /// is unlike the short wholes the heads learn from); the saved probe records which
     #[arg(long, requires = "segments")]
     read_cut_wholes: bool,
+    /// --segments --out: save the sentence probe discounted by piece count ("segment LR
+    /// discounted"): a text scores its highest piece logit less s·ln(pieces), s the scale of
+    /// the benign tail of its piece logits on the benign texts and background prose it trained
+    /// on. The highest of many benign sentences climbs with their number, so the plain reading
+    /// holds a long request to a far higher false-alarm rate than a short one; the discount
+    /// evens that out (and so lowers a long attack's score too: padding an attack with benign
+    /// sentences lowers it). Both are reported either way; the threshold comes from this row
+    #[arg(long, requires = "segments")]
+    discount_pieces: bool,
     /// Benign background prose for the detectors that read sentence embeddings: paragraphs
     /// sampled from a corpus (a file or a directory, as `harvest --corpus` reads; `glassbox
     /// setup` installs Debian's docs and fortunes at ~/.cache/glassbox/corpora/debian-docs),
@@ -500,7 +509,7 @@ pub(crate) struct BackgroundText {
     sentences: Vec<[u8; 32]>,
 }
 
-const DETECTORS: [&str; 14] = [
+const DETECTORS: [&str; 15] = [
     "probe mean",
     "probe max",
     "probe window",
@@ -513,6 +522,7 @@ const DETECTORS: [&str; 14] = [
     "latent probe",
     "attention probe",
     "segment LR",
+    "segment LR discounted",
     "embedding LR + bg",
     "text length",
 ];
@@ -532,8 +542,11 @@ const LATENT: usize = UNION + 1;
 const ATTENTION: usize = LATENT + 1;
 /// Where the `--segments` detector sits.
 const SEGMENTS: usize = ATTENTION + 1;
+/// Where the same heads sit with their piece-count discount ([`SentenceProbe::piece_scale`],
+/// estimated in each fold on its own benign training pieces).
+const DISCOUNTED: usize = SEGMENTS + 1;
 /// Where the embedding LR trained with `--background` sits.
-const EMBEDDING_BG: usize = SEGMENTS + 1;
+const EMBEDDING_BG: usize = DISCOUNTED + 1;
 /// Where the text-length baseline sits: logistic regression on ln(characters) alone, which
 /// says how far a set's labels follow length (a detector that beats it detects more than that).
 const LENGTH: usize = EMBEDDING_BG + 1;
@@ -564,6 +577,9 @@ struct Bases {
     attention: Option<AttentionProbe>,
     /// With `--segments`: one linear detector per kind of attack, on sentence embeddings.
     segments: Option<SentenceProbe>,
+    /// The same heads discounted by piece count, the scale estimated on the benign training
+    /// texts and background prose (where there were enough pieces for a tail).
+    discounted: Option<SentenceProbe>,
     /// With `--background`: the embedding LR with the background prose among its negatives.
     embedding_bg: Option<(Vec<f32>, f32)>,
     /// Logistic regression on ln(characters).
@@ -585,6 +601,22 @@ impl Bases {
         extra: Extra,
     ) -> Self {
         let (weights, bias) = fit_tokens(texts, h, train, d, keep, cfg);
+        let segments = extra.segments.map(|l2| {
+            let whole_only_if_fits = extra.whole_only_if_fits;
+            SentenceProbe {
+                name: String::new(),
+                model: String::new(),
+                heads: fit_segments(texts, train, background, cfg, l2, whole_only_if_fits),
+                penalty: Some(l2),
+                calibration: None,
+                background: None,
+                whole_only_if_fits,
+                piece_scale: None,
+            }
+        });
+        let discounted = segments
+            .as_ref()
+            .map(|p| discount(p, benign_readings(texts, train, background)));
         Self {
             tokens: Probe {
                 name: String::new(),
@@ -610,18 +642,8 @@ impl Bases {
                     .collect();
                 fit_attention(&samples, d, cfg)
             }),
-            segments: extra.segments.map(|l2| {
-                let whole_only_if_fits = extra.whole_only_if_fits;
-                SentenceProbe {
-                    name: String::new(),
-                    model: String::new(),
-                    heads: fit_segments(texts, train, background, cfg, l2, whole_only_if_fits),
-                    penalty: Some(l2),
-                    calibration: None,
-                    background: None,
-                    whole_only_if_fits,
-                }
-            }),
+            segments,
+            discounted,
             embedding_bg: extra.background.then(|| {
                 let prose: Vec<&[f32]> = background.iter().map(|b| &b.reading.whole[..]).collect();
                 fit_vectors(texts, train, |t| &t.reading.whole, &prose, cfg)
@@ -646,6 +668,11 @@ impl Bases {
     /// each sentence (0 where there is none).
     fn segment_score(&self, t: &Text) -> f32 {
         self.segments.as_ref().map_or(0.0, |p| t.reading.score(p))
+    }
+
+    /// The discounted segment detector's logit of one text (0 where there is none).
+    fn discounted_score(&self, t: &Text) -> f32 {
+        self.discounted.as_ref().map_or(0.0, |p| t.reading.score(p))
     }
 
     /// The attention probe's logit of one text (0 where there is none).
@@ -690,6 +717,7 @@ impl Bases {
         s[LATENT] = self.latent_score(t);
         s[ATTENTION] = self.attention_score(t, h);
         s[SEGMENTS] = self.segment_score(t);
+        s[DISCOUNTED] = self.discounted_score(t);
         s[EMBEDDING_BG] = self.embedding_bg_score(t);
         s[LENGTH] = self.length_score(t);
         s
@@ -1265,6 +1293,7 @@ fn evaluate(
     summaries.push(held_out_summary(&pooled, LATENT, texts, None)?);
     summaries.push(held_out_summary(&pooled, ATTENTION, texts, None)?);
     summaries.push(held_out_summary(&pooled, SEGMENTS, texts, None)?);
+    summaries.push(held_out_summary(&pooled, DISCOUNTED, texts, None)?);
     summaries.push(held_out_summary(&pooled, EMBEDDING_BG, texts, None)?);
     summaries.push(held_out_summary(&pooled, LENGTH, texts, None)?);
     // Per family: share flagged at each detector's pooled 1 %-FPR threshold.
@@ -1276,7 +1305,7 @@ fn evaluate(
         .filter(|&k| !(a.no_combinations && COMBINATIONS.contains(&k)))
         .filter(|&k| latent || k != LATENT)
         .filter(|&k| a.attention || k != ATTENTION)
-        .filter(|&k| a.segments || k != SEGMENTS)
+        .filter(|&k| a.segments || ![SEGMENTS, DISCOUNTED].contains(&k))
         .filter(|&k| a.background.is_some() || k != EMBEDDING_BG)
         .collect();
     let on_traffic = if traffic.is_empty() {
@@ -1515,6 +1544,7 @@ fn print_families(r: &HookReport, title: &str, hits: impl Fn(&(bool, String)) ->
         "latent",
         "attention",
         "segments",
+        "seg disc",
         "emb + bg",
         "length",
     ];
@@ -1669,6 +1699,30 @@ fn fit_segments(
         .unwrap_or_default()
 }
 
+/// The benign texts among `train` and the background prose: what a sentence probe's tail
+/// scale is estimated on ([`discount`]).
+fn benign_readings<'t>(
+    texts: &'t [Text],
+    train: &'t [usize],
+    background: &'t [&BackgroundText],
+) -> impl Iterator<Item = &'t Reading> {
+    train
+        .iter()
+        .map(|&i| &texts[i])
+        .filter(|t| !t.label)
+        .map(|t| &t.reading)
+        .chain(background.iter().map(|b| &b.reading))
+}
+
+/// `p` discounted by piece count at the tail scale of its logits over `benign` (the texts it
+/// was trained on; undiscounted where they hold too few pieces for a tail).
+fn discount<'r>(p: &SentenceProbe, benign: impl IntoIterator<Item = &'r Reading>) -> SentenceProbe {
+    SentenceProbe {
+        piece_scale: p.tail_scale(benign),
+        ..p.clone()
+    }
+}
+
 /// [`fit_segments`] at each penalty of `l2s`, in one pass over the pieces per epoch.
 fn fit_segments_at(
     texts: &[Text],
@@ -1737,6 +1791,7 @@ fn choose_penalty(
                 calibration: None,
                 background: None,
                 whole_only_if_fits,
+                piece_scale: None,
             };
             scored.extend(
                 held.iter()
@@ -2003,20 +2058,28 @@ fn save_sentences(
     let paragraphs: Vec<&BackgroundText> = background.texts.iter().collect();
     let l2 = choose_penalty(a, texts, &all, &paragraphs, cfg);
     let whole_only_if_fits = a.whole_only_if_fits();
-    let p = SentenceProbe {
+    let plain = SentenceProbe {
         name: probe_name(a),
         model: embedder.to_string(),
         heads: fit_segments(texts, &all, &paragraphs, cfg, l2, whole_only_if_fits),
         penalty: Some(l2),
         whole_only_if_fits,
         background: background.source.clone(),
-        calibration: Some(calibration(
-            a,
-            Aggregation::Sentences,
-            &r.summaries[SEGMENTS],
-            false,
-        )?),
+        calibration: None,
+        piece_scale: None,
     };
+    let (mut p, row) = if a.discount_pieces {
+        let benign = benign_readings(texts, &all, &paragraphs);
+        (discount(&plain, benign), DISCOUNTED)
+    } else {
+        (plain, SEGMENTS)
+    };
+    p.calibration = Some(calibration(
+        a,
+        Aggregation::Sentences,
+        &r.summaries[row],
+        false,
+    )?);
     p.save(dir)?;
     report_in_sample(texts, &p);
     let rules = p

@@ -173,7 +173,7 @@ pub fn defend_sentences(embedder: &Model, inputs: &Inputs) -> Result<Defence> {
             })
             .chain(background.texts.iter().map(|b| Example::benign(&b.reading)))
             .collect();
-        SentenceProbe {
+        let new = SentenceProbe {
             heads: sentence_probe::fit_heads(
                 &examples,
                 &cfg_train,
@@ -181,7 +181,14 @@ pub fn defend_sentences(embedder: &Model, inputs: &Inputs) -> Result<Defence> {
                 old.whole_only_if_fits,
             ),
             calibration: None,
+            piece_scale: None,
             ..old.clone()
+        };
+        // A discounted probe's tail scale is estimated anew on the benign texts it trained on.
+        let benign = examples.iter().filter(|e| !e.label).map(|e| e.reading);
+        SentenceProbe {
+            piece_scale: old.piece_scale.and_then(|_| new.tail_scale(benign)),
+            ..new
         }
     };
     let read = |p: &SentenceProbe, i: usize| readings[i].score(p);
