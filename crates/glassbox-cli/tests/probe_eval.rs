@@ -669,7 +669,8 @@ fn background_prose_is_trained_on_and_never_scored() {
         .map(|d| d["detector"].as_str().unwrap())
         .collect();
     assert!(
-        names.ends_with(&["segment LR", "embedding LR + bg"]) && names.contains(&"embedding LR"),
+        names.ends_with(&["segment LR", "segment LR discounted", "embedding LR + bg"])
+            && names.contains(&"embedding LR"),
         "the baseline stays beside the one trained with the background: {names:?}"
     );
     let file: Value =
@@ -868,7 +869,7 @@ fn detectors_are_calibrated_on_traffic_they_never_trained_on() {
     let hook = &with["hooks"][0];
     assert_eq!(hook["traffic_texts"], 6);
     // The set's own report is untouched.
-    assert_eq!(hook["detectors"].as_array().unwrap().len(), 9);
+    assert_eq!(hook["detectors"].as_array().unwrap().len(), 10);
     for (a, b) in hook["detectors"]
         .as_array()
         .unwrap()
@@ -943,6 +944,56 @@ fn detectors_are_calibrated_on_traffic_they_never_trained_on() {
         .find(|d| d["detector"] == segments)
         .unwrap();
     assert!((caught / 18.0 - seg["on_traffic"]["tpr"].as_f64().unwrap()).abs() < 1e-9);
+
+    // The pair (the discounted sentence probe and the union with the keywords, either flags):
+    // each member at half of 1 %, which of eight benign texts or six traffic texts is still
+    // above the highest. Recomputed from the same scores; untouched by the traffic on the set.
+    let pair = &hook["pair"];
+    let members = ["segment LR discounted", "probe or keywords"];
+    assert_eq!(pair["members"], serde_json::json!(members), "{pair}");
+    assert_eq!(pair["on_set"], without["hooks"][0]["pair"]["on_set"]);
+    assert!(without["hooks"][0]["pair"]["on_traffic"].is_null());
+    let score = |l: &Value, m: &str| l["scores"][m].as_f64().unwrap();
+    let highest = |lines: &mut dyn Iterator<Item = &&Value>, m: &str| {
+        lines.map(|l| score(l, m)).fold(f64::NEG_INFINITY, f64::max)
+    };
+    let set_cut = members.map(|m| highest(&mut held.iter().filter(|l| l["label"] == 0), m));
+    let traffic_cut =
+        |fold: &Value, m: &str| highest(&mut pool.iter().filter(|l| l["fold"] == *fold), m);
+    let share = |label: u64, flags: &dyn Fn(&Value) -> bool| {
+        let judged: Vec<&&Value> = held.iter().filter(|l| l["label"] == label).collect();
+        judged.iter().filter(|l| flags(l)).count() as f64 / judged.len() as f64
+    };
+    let on_set = |l: &Value| (0..2).any(|m| score(l, members[m]) > set_cut[m]);
+    let on_traffic = |l: &Value| {
+        members
+            .iter()
+            .any(|m| score(l, m) > traffic_cut(&l["fold"], m))
+    };
+    let on_both = |l: &Value| {
+        (0..2).any(|m| score(l, members[m]) > traffic_cut(&l["fold"], members[m]).max(set_cut[m]))
+    };
+    let close = |got: &Value, want: f64| {
+        let got = got.as_f64().unwrap();
+        assert!((got - want).abs() < 1e-6, "{got} != {want}: {pair}");
+    };
+    close(&pair["on_set"]["tpr"], share(1, &on_set));
+    close(&pair["on_set"]["fpr"], share(0, &on_set));
+    for m in 0..2 {
+        close(&pair["on_set"]["thresholds"][m], set_cut[m]);
+    }
+    close(&pair["on_traffic"]["tpr"], share(1, &on_traffic));
+    close(&pair["on_traffic"]["set_fpr"], share(0, &on_traffic));
+    close(&pair["on_traffic"]["tpr_held_to_both"], share(1, &on_both));
+    close(&pair["on_traffic"]["traffic_flagged"], 0.0);
+    let caught: f64 = pair["per_family"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["label"] == true)
+        .map(|f| f["flagged_on_traffic"].as_f64().unwrap() * f["texts"].as_f64().unwrap())
+        .sum();
+    close(&pair["on_traffic"]["tpr"], caught / 18.0);
 
     // An attack among the traffic is a clear error that names its line.
     let bad = dir.path().join("bad.jsonl");

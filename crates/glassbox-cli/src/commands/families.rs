@@ -63,6 +63,9 @@ use sha2::{Digest, Sha256};
 
 use super::probe::{read_records, Labelled, LongTexts};
 use crate::input;
+use pair::Pair;
+
+mod pair;
 
 #[derive(clap::Args)]
 pub struct FamiliesArgs {
@@ -873,6 +876,9 @@ struct HookReport {
     traffic_scores: Vec<Vec<[f32; N]>>,
     /// With `--calibrate-on`: the detectors held to 1 % of that traffic.
     on_traffic: Option<OnTraffic>,
+    /// With `--segments`: the discounted sentence probe and the union with the keywords
+    /// deployed together ([`pair`]).
+    pair: Option<Pair>,
 }
 
 /// The false-positive rate `--calibrate-on` holds each detector to on the traffic.
@@ -1320,8 +1326,23 @@ fn evaluate(
             &shown,
         )?)
     };
+    // The two monitors that held out best on the traffic, and catch different families
+    // (harmful requests and translations; jailbreaks and résumés), deployed together.
+    let pair = a
+        .segments
+        .then(|| {
+            Pair::of(
+                [DISCOUNTED, UNION],
+                &pooled,
+                texts,
+                &fold_of,
+                &traffic_scores,
+            )
+        })
+        .transpose()?;
     Ok(HookReport {
         on_traffic,
+        pair,
         traffic_scores,
         hook: hook.to_string(),
         shown,
@@ -1427,7 +1448,23 @@ fn report_json(r: &HookReport) -> serde_json::Value {
         "union_reading": DETECTORS[r.reading], "dropped_duplicates": r.dropped,
         "dropped_sharing_a_sentence": r.shared, "background_left_out": r.background_left_out,
         "segment_penalties": r.penalties,
-        "traffic_texts": r.on_traffic.as_ref().map(|t| t.texts)})
+        "traffic_texts": r.on_traffic.as_ref().map(|t| t.texts),
+        "pair": r.pair.as_ref().map(pair_json)})
+}
+
+/// The pair in `--json`: its members as the report names them, both calibrations, per family.
+fn pair_json(p: &Pair) -> serde_json::Value {
+    let families: Vec<_> = p
+        .per_family
+        .iter()
+        .map(|((label, family), &(texts, on_set, on_traffic))| {
+            json!({"family": family, "label": label, "texts": texts,
+                "flagged": on_set as f64 / texts as f64,
+                "flagged_on_traffic": p.on_traffic.as_ref().map(|_| on_traffic as f64 / texts as f64)})
+        })
+        .collect();
+    json!({"members": p.members.map(|k| DETECTORS[k]), "budget_each": pair::HALF,
+        "on_set": p.on_set, "on_traffic": p.on_traffic, "per_family": families})
 }
 
 fn print_report(r: &HookReport, window: usize) {
@@ -1485,6 +1522,9 @@ fn print_report(r: &HookReport, window: usize) {
             |key| t.per_family[key],
         );
     }
+    if let Some(p) = &r.pair {
+        print_pair(r, p, window);
+    }
     if r.dropped > 0 {
         println!(
             "({} training texts left out because they repeat a held-out text)",
@@ -1515,6 +1555,46 @@ fn print_report(r: &HookReport, window: usize) {
             "(segment LR penalty chosen inside each fold: {} of {} folds)",
             list.join(", "),
             r.penalties.len()
+        );
+    }
+}
+
+/// The pair's block: both calibrations, then the families either catches.
+fn print_pair(r: &HookReport, p: &Pair, window: usize) {
+    let [a, b] = p.members.map(|k| detector_label(r, k, window));
+    println!(
+        "\ntwo monitors together, each held to half the budget (flagged where either flags): {a} + {b}"
+    );
+    println!(
+        "  on the set:     TPR {:.3} at 1 % FPR (0.5 % each; the set's benign texts flagged: {:.2} %)",
+        p.on_set.tpr,
+        100.0 * p.on_set.fpr
+    );
+    if let Some(t) = &p.on_traffic {
+        println!(
+            "  on the traffic: TPR {:.3} at 1 % of it (0.5 % each; traffic flagged {:.2} %, the set's benign texts {:.2} %); held to both: {:.3}",
+            t.tpr,
+            100.0 * t.traffic_flagged,
+            100.0 * t.set_fpr,
+            t.tpr_held_to_both
+        );
+    }
+    println!(
+        "  {:<36} {:>6} {:>8} {:>11}",
+        "family", "texts", "set", "traffic"
+    );
+    for ((label, family), &(texts, on_set, on_traffic)) in &p.per_family {
+        let rate = |hits: usize| format!("{:.1}%", 100.0 * hits as f64 / texts as f64);
+        println!(
+            "  {:<36} {:>6} {:>8} {:>11}",
+            format!("{family}{}", if *label { "" } else { " (benign)" }),
+            texts,
+            rate(on_set),
+            if p.on_traffic.is_some() {
+                rate(on_traffic)
+            } else {
+                "-".into()
+            }
         );
     }
 }
