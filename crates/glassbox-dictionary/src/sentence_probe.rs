@@ -325,6 +325,12 @@ impl SentenceProbe {
                 ),
             ));
         }
+        if let Some(scale) = p.piece_scale.filter(|s| !(s.is_finite() && *s >= 0.0)) {
+            return Err(DictError::format(
+                &path,
+                format!("piece_scale is {scale}; a discount by piece count is a number ≥ 0 (drop it for none)"),
+            ));
+        }
         Ok(p)
     }
 }
@@ -934,6 +940,20 @@ mod tests {
         bad.save(dir.path()).unwrap();
         let e = SentenceProbe::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("head `jailbreak` has 3 weights"), "{e}");
+        let discounted = SentenceProbe {
+            piece_scale: Some(0.5),
+            ..p.clone()
+        };
+        discounted.save(dir.path()).unwrap();
+        assert_eq!(SentenceProbe::load(dir.path()).unwrap(), discounted);
+        SentenceProbe {
+            piece_scale: Some(-0.5),
+            ..p.clone()
+        }
+        .save(dir.path())
+        .unwrap();
+        let e = SentenceProbe::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("piece_scale is -0.5"), "{e}");
         std::fs::write(dir.path().join(FILE), b"{\"name\": 1}").unwrap();
         let e = SentenceProbe::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("not a sentence probe file"), "{e}");

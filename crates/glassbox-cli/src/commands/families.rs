@@ -1566,8 +1566,10 @@ fn print_pair(r: &HookReport, p: &Pair, window: usize) {
         "\ntwo monitors together, each held to half the budget (flagged where either flags): {a} + {b}"
     );
     println!(
-        "  on the set:     TPR {:.3} at 1 % FPR (0.5 % each; the set's benign texts flagged: {:.2} %)",
+        "  on the set:     TPR {:.3} at 1 % FPR (0.5 % each, thresholds {} / {}; the set's benign texts flagged: {:.2} %)",
         p.on_set.tpr,
+        p.on_set.thresholds[0],
+        p.on_set.thresholds[1],
         100.0 * p.on_set.fpr
     );
     if let Some(t) = &p.on_traffic {

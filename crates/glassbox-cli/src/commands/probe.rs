@@ -29,7 +29,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Score texts (JSON lines `{"text": …}`) with a probe: per text the mean, max and
     /// windowed token probability and the mean and max logit (a sentence probe: the same over
-    /// the text's pieces, its whole and each sentence; its score is the max logit).
+    /// the text's pieces, its whole and each sentence; its score is the max logit, less
+    /// piece_scale·ln(pieces) for a probe saved with `--discount-pieces`).
     Score(ScoreArgs),
     /// Evaluate a probe on labelled texts (`{"text": …, "label": 0|1, "family": …}`): AUROC
     /// with a 95 % bootstrap interval, TPR at 1 % and 5 % FPR for each aggregation, the
