@@ -141,8 +141,9 @@ class Sae:
 
 class SentenceProbe:
     """A probe on sentences read alone (`glassbox probe families --segments --out`): each text
-    scores its highest logit over the probe's heads, its whole and each sentence, as `glassbox
-    probe score` and the served rule `sentences NAME > threshold` read it."""
+    scores its highest logit over the probe's heads, its whole and each sentence (less
+    `piece_scale`·ln(pieces) where the probe has one), as `glassbox probe score` and the served
+    rule `sentences NAME > threshold` read it."""
     @staticmethod
     def load(path: Union[str, PathLike[str]]) -> "SentenceProbe": ...
     def pieces(self, model: Model, text: str) -> list[str]:
@@ -154,6 +155,10 @@ class SentenceProbe:
         order."""
     @property
     def whole_only_if_fits(self) -> bool: ...
+    @property
+    def piece_scale(self) -> Optional[float]:
+        """Its discount by piece count (`--discount-pieces`): a text scores its highest piece
+        logit less `piece_scale`·ln(pieces); `None` for the plain highest."""
     def score(self, model: Model, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
     @property
     def heads(self) -> dict[str, tuple[npt.NDArray[np.float32], float]]:

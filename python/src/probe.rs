@@ -47,6 +47,13 @@ impl PySentenceProbe {
         self.inner.whole_only_if_fits
     }
 
+    /// Its discount by piece count (`probe families --discount-pieces`): a text scores its
+    /// highest piece logit less this times ln(pieces); `None` for the plain highest.
+    #[getter]
+    fn piece_scale(&self) -> Option<f32> {
+        self.inner.piece_scale
+    }
+
     /// Each piece's logit (the highest over the probe's heads), in `pieces(model, text)`'s order;
     /// `model` is the model the probe names (`probe.model_name`, MiniLM).
     fn piece_logits<'py>(
@@ -70,7 +77,8 @@ impl PySentenceProbe {
         Ok(pieces.into_iter().map(|p| p.kind).collect())
     }
 
-    /// Each text's score: its highest piece logit.
+    /// Each text's score: its highest piece logit (less `piece_scale`·ln(pieces) for a probe
+    /// saved with `--discount-pieces`), what a served `sentences NAME` rule reads.
     fn score<'py>(
         &self,
         py: Python<'py>,

@@ -53,6 +53,17 @@ def test_scores_as_the_cli_does(minilm, tmp_path):
     assert [p["text"] for p in told] == probe.pieces(minilm, BURIED)
 
 
+def test_a_discounted_probe_scores_its_highest_piece_less_the_discount(minilm):
+    probe = gb.SentenceProbe.load(REPO / "probes/injection-discounted")
+    assert gb.SentenceProbe.load(SHIPPED).piece_scale is None
+    assert probe.piece_scale is not None and probe.piece_scale > 0
+    pieces = probe.piece_logits(minilm, BURIED)
+    want = pieces.max() - probe.piece_scale * np.log(len(pieces))
+    assert probe.score(minilm, [BURIED])[0] == pytest.approx(want, abs=1e-4)
+    # One piece: nothing taken off.
+    assert probe.score(minilm, [CALM])[0] == pytest.approx(probe.piece_logits(minilm, CALM)[0])
+
+
 def test_bad_input(tmp_path):
     with pytest.raises(gb.GlassboxError, match="sentence_probe.json"):
         gb.SentenceProbe.load(tmp_path)

@@ -1161,6 +1161,7 @@ mod tests {
             "redteam/deploy.toml",
             "redteam/pooled.deploy.toml",
             "redteam/sentences.deploy.toml",
+            "redteam/discounted.deploy.toml",
         ] {
             let cfg = crate::config::Config::load(&root.join(file)).unwrap();
             // deploy.example.toml's dictionary and credentials probe are built by its README

@@ -1581,22 +1581,29 @@ fn print_pair(r: &HookReport, p: &Pair, window: usize) {
             t.tpr_held_to_both
         );
     }
+    // The traffic's column only where there was traffic.
+    let traffic = |cell: String| {
+        if p.on_traffic.is_some() {
+            format!(" {cell:>11}")
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "  {:<36} {:>6} {:>8} {:>11}",
-        "family", "texts", "set", "traffic"
+        "  {:<36} {:>6} {:>8}{}",
+        "family",
+        "texts",
+        "set",
+        traffic("traffic".into())
     );
     for ((label, family), &(texts, on_set, on_traffic)) in &p.per_family {
         let rate = |hits: usize| format!("{:.1}%", 100.0 * hits as f64 / texts as f64);
         println!(
-            "  {:<36} {:>6} {:>8} {:>11}",
+            "  {:<36} {:>6} {:>8}{}",
             format!("{family}{}", if *label { "" } else { " (benign)" }),
             texts,
             rate(on_set),
-            if p.on_traffic.is_some() {
-                rate(on_traffic)
-            } else {
-                "-".into()
-            }
+            traffic(rate(on_traffic))
         );
     }
 }
