@@ -266,6 +266,24 @@ fn a_text_sharing_a_sentence_with_the_held_out_family_can_be_left_out() {
     assert_eq!(run("keep"), 0);
 }
 
+/// `probe families --segments` at [`L3`] on `data`, writing every score to `scores` and saving
+/// the sentence probe to `out` as `inj`, plus `extra`.
+fn saved_sentence_run(data: &str, scores: &std::path::Path, out: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        L3,
+        "--segments",
+        "--no-combinations",
+        "--scores",
+        scores.to_str().unwrap(),
+        "--out",
+        out,
+        "--name",
+        "inj",
+    ];
+    args.extend_from_slice(extra);
+    ok_json(&families(data, &args))
+}
+
 /// `--segments` measures a detector on sentences read alone beside the others, under the same
 /// protocol: a buried override is read as itself, and the kind of attack comes from the data.
 #[test]
@@ -277,20 +295,7 @@ fn a_detector_on_sentences_read_alone_is_measured_beside_the_others() {
     let saved = dir.path().join("sentences");
     std::fs::write(&data, lines.join("\n")).unwrap();
     let (d, sp) = (data.to_str().unwrap(), saved.to_str().unwrap());
-    let report = ok_json(&families(
-        d,
-        &[
-            L3,
-            "--segments",
-            "--no-combinations",
-            "--scores",
-            scores.to_str().unwrap(),
-            "--out",
-            sp,
-            "--name",
-            "inj",
-        ],
-    ));
+    let report = saved_sentence_run(d, &scores, sp, &[]);
     let detectors = report["hooks"][0]["detectors"].as_array().unwrap();
     let segment = detectors
         .iter()
@@ -548,21 +553,7 @@ fn a_sentence_probe_discounted_by_piece_count_is_measured_and_saved() {
     }
     std::fs::write(&data, lines.join("\n")).unwrap();
     let (d, sp) = (data.to_str().unwrap(), saved.to_str().unwrap());
-    let report = ok_json(&families(
-        d,
-        &[
-            L3,
-            "--segments",
-            "--no-combinations",
-            "--discount-pieces",
-            "--scores",
-            scores.to_str().unwrap(),
-            "--out",
-            sp,
-            "--name",
-            "inj",
-        ],
-    ));
+    let report = saved_sentence_run(d, &scores, sp, &["--discount-pieces"]);
     let detectors = report["hooks"][0]["detectors"].as_array().unwrap();
     let row = |name: &str| {
         detectors

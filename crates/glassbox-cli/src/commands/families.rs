@@ -24,7 +24,10 @@
 //! `--out` it is what is saved, a sentence probe (`glassbox_dictionary::sentence_probe`) served
 //! as `sentences NAME > x`. Given several `--segment-penalty` values, each fold chooses its
 //! heads' penalty the way the combinations are fitted: by how heads trained without each group
-//! of the fold's own families hold out on that group.
+//! of the fold's own families hold out on that group. Beside it, the same heads discounted by
+//! piece count (the highest of many benign sentences climbs with their number; the scale comes
+//! from the fold's own benign training pieces), and that one and "probe or keywords" deployed
+//! together, each held to half the false-alarm budget ([`pair`]).
 //! `--shared-sentences exclude` also keeps out of training every text that shares a sentence
 //! with the held-out family: families of one data set share templates, payloads and documents.
 //! `--family-weights` makes every family count alike in training, whatever its size.
@@ -150,9 +153,12 @@ pub struct FamiliesArgs {
     /// jailbreak, injection, harmful; one kind where they have none) logistic regression
     /// separates that kind's texts and labelled spans from benign texts, their sentences and
     /// the unlabelled rest of a spanned text; a text scores its highest logit over kinds, its
-    /// whole and its sentences. Reported as "segment LR"; with --out it is what is saved (a
-    /// sentence probe, DIR/sentence_probe.json, served as `sentences NAME > x`), whatever holds
-    /// out best. Embedding every sentence takes about as long as reading the texts.
+    /// whole and its sentences. Reported as "segment LR", beside it "segment LR discounted" (the
+    /// same heads, the score less a discount for the number of pieces: see --discount-pieces),
+    /// and the discounted one and the union with the keywords deployed together, each held to
+    /// half the false-alarm budget. With --out it is what is saved (a sentence probe,
+    /// DIR/sentence_probe.json, served as `sentences NAME > x`), whatever holds out best.
+    /// Embedding every sentence takes about as long as reading the texts.
     #[arg(long)]
     segments: bool,
     /// The --segments heads' L2 penalty on standardised inputs (default 0.5). Give several
