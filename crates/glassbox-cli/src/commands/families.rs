@@ -1332,8 +1332,9 @@ fn evaluate(
             &shown,
         )?)
     };
-    // The two monitors that held out best on the traffic, and catch different families
-    // (harmful requests and translations; jailbreaks and résumés), deployed together.
+    // Two monitors deployed together: held to a third party's writing requests they caught the
+    // most between them, each catching families the other misses (harmful requests and
+    // translations; jailbreaks and résumés; README: *Discounted by piece count*).
     let pair = a
         .segments
         .then(|| {
