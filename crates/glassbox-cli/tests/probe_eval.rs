@@ -553,7 +553,17 @@ fn a_sentence_probe_discounted_by_piece_count_is_measured_and_saved() {
     }
     std::fs::write(&data, lines.join("\n")).unwrap();
     let (d, sp) = (data.to_str().unwrap(), saved.to_str().unwrap());
-    let report = saved_sentence_run(d, &scores, sp, &["--discount-pieces"]);
+    let pair_dir = dir.path().join("pair");
+    let report = saved_sentence_run(
+        d,
+        &scores,
+        sp,
+        &[
+            "--discount-pieces",
+            "--out-pair",
+            pair_dir.to_str().unwrap(),
+        ],
+    );
     let detectors = report["hooks"][0]["detectors"].as_array().unwrap();
     let row = |name: &str| {
         detectors
@@ -607,6 +617,71 @@ fn a_sentence_probe_discounted_by_piece_count_is_measured_and_saved() {
     }
     assert!(several > 0);
     fails(&families(d, &[L3, "--discount-pieces"]), "--segments");
+    fails(&families(d, &[L3, "--out-pair", sp]), "--segments");
+    // --out-pair saves both monitors of the pair, each trained on every family, at the
+    // thresholds the pair reports for half the budget each, with their rules.
+    let pair = &report["hooks"][0]["pair"];
+    let cut = |m: usize| pair["on_set"]["thresholds"][m].as_f64().unwrap() as f32;
+    let read = |file: std::path::PathBuf| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+    };
+    let sentences = read(pair_dir.join("sentences/sentence_probe.json"));
+    let pooled = read(pair_dir.join("pooled/probe.json"));
+    for (file, m) in [(&sentences, 0), (&pooled, 1)] {
+        let c = &file["calibration"];
+        assert_eq!(c["threshold"].as_f64().unwrap() as f32, cut(m), "{c}");
+        assert_eq!(c["target_fpr"], 0.005, "{c}");
+    }
+    assert_eq!(
+        sentences["piece_scale"], file["piece_scale"],
+        "the same discount"
+    );
+    assert_eq!(pooled["name"], "inj-pooled");
+    assert_eq!(pooled["calibration"]["or_keywords"], true);
+    let rules: Vec<&str> = report["pair"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(rules[0], format!("sentences inj > {}", cut(0)));
+    // The union's rules: the probe's and any keyword hit, or (its threshold above a hit's
+    // worth) one rule that needs both.
+    let (signal, hit) = match pooled["calibration"]["aggregation"].as_str().unwrap() {
+        "mean_logit" => ("mean(logit inj-pooled)".to_string(), 1e4_f32),
+        "mean" => ("mean(probe inj-pooled)".into(), 2.0),
+        "max" => ("probe inj-pooled".into(), 2.0),
+        w => (
+            format!("mean(probe inj-pooled, {})", &w["window".len()..]),
+            2.0,
+        ),
+    };
+    if cut(1) >= hit {
+        assert_eq!(
+            rules[1..],
+            [format!("{signal} > {} and keywords > 0", cut(1) - hit)]
+        );
+    } else {
+        assert_eq!(
+            rules[1..],
+            [format!("{signal} > {}", cut(1)), "keywords > 0".into()]
+        );
+    }
+    // `probe score` reads the pooled member as the union it was calibrated as.
+    let pp = pair_dir.join("pooled");
+    let scored = ok_json(&[
+        "--json",
+        "probe",
+        "score",
+        "--probe",
+        pp.to_str().unwrap(),
+        "--data",
+        d,
+    ]);
+    assert!(scored["texts"].as_array().unwrap().iter().all(|t| {
+        let r = &t["rule"];
+        r["flagged"] == (r["score"].as_f64().unwrap() > r["threshold"].as_f64().unwrap())
+    }));
 }
 
 /// `--background` prose trains the detectors that read sentence embeddings as benign text in

@@ -382,13 +382,36 @@ impl Calibration {
     }
 
     /// The served monitor rules that together flag what this calibration flags (see
-    /// [`Self::rule`]; `keywords > 0` too for a union).
+    /// [`Self::rule`]). A union's threshold below a keyword hit's worth flags every hit: the
+    /// rule and `keywords > 0`. One above it (a union held to a small share of a budget) flags
+    /// only hits whose probe reading passes the rest: `… > t − hit and keywords > 0` (the
+    /// probe alone never reaches a hit's worth: see [`Scale::keyword_hit`]).
     pub fn rules(&self, name: &str) -> Vec<String> {
-        let mut rules = vec![self.rule(name)];
-        if self.or_keywords {
-            rules.push("keywords > 0".into());
+        match self.hit_needs_probe() {
+            _ if !self.or_keywords => vec![self.rule(name)],
+            None => vec![self.rule(name), "keywords > 0".into()],
+            Some(rest) => vec![format!("{} and keywords > 0", self.rule_at(name, rest))],
         }
-        rules
+    }
+
+    /// For a union whose threshold lies above a keyword hit's worth: what the probe's reading
+    /// must pass beside a hit.
+    pub fn hit_needs_probe(&self) -> Option<f32> {
+        let hit = self.aggregation.scale().keyword_hit();
+        (self.or_keywords && self.threshold >= hit).then_some(self.threshold - hit)
+    }
+
+    /// How a union reads, after its threshold: "" for a probe alone.
+    pub fn keyword_clause(&self) -> String {
+        match self.hit_needs_probe() {
+            _ if !self.or_keywords => String::new(),
+            None => ", or any keyword pattern".into(),
+            Some(rest) => format!(
+                " on the union (a keyword hit adds {}): a keyword hit with {} > {rest:.4}",
+                self.aggregation.scale().keyword_hit(),
+                self.aggregation.label()
+            ),
+        }
     }
 
     /// The served monitor rule (see `glassbox_serve::rules`) that flags what this calibration
@@ -396,7 +419,11 @@ impl Calibration {
     /// the text's score first passes the threshold; the mean rules decide on the whole prompt
     /// (then again at each generated token).
     pub fn rule(&self, name: &str) -> String {
-        let t = self.threshold;
+        self.rule_at(name, self.threshold)
+    }
+
+    /// [`Self::rule`] with another threshold.
+    fn rule_at(&self, name: &str, t: f32) -> String {
         match self.aggregation {
             Aggregation::Mean => format!("mean(probe {name}) > {t}"),
             Aggregation::Max => format!("probe {name} > {t}"),
@@ -1082,6 +1109,20 @@ mod tests {
         let union = calibration(Aggregation::MeanLogit, 22.0, true);
         assert!(union.flags(&scores(-500.0), 1.0) && !union.flags(&scores(-500.0), 0.0));
         assert_eq!(union.rules("inj"), ["mean(logit inj) > 22", "keywords > 0"]);
+        assert_eq!(union.keyword_clause(), ", or any keyword pattern");
+        // Held to a share of the budget, the union's threshold can lie above a hit's worth:
+        // only a hit whose probe reading passes the rest flags, as one rule says.
+        let above = calibration(Aggregation::MeanLogit, LOGIT_KEYWORD_HIT + 3.25, true);
+        assert!(above.flags(&scores(3.5), 1.0) && !above.flags(&scores(3.0), 1.0));
+        assert!(!above.flags(&scores(50.0), 0.0));
+        assert_eq!(
+            above.rules("inj"),
+            ["mean(logit inj) > 3.25 and keywords > 0"]
+        );
+        assert!(above
+            .keyword_clause()
+            .contains("a keyword hit with mean_logit > 3.2500"));
+        assert!(c.rules("inj").len() == 1 && c.keyword_clause().is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The rule language of monitors, evaluated once per token as the model reads it.
 //!
 //! ```text
-//! rule    := signal CMP number
+//! rule    := signal CMP number ("and" gate)*
 //! signal  := "feature" ID                  a dictionary feature's activation on this token
 //!          | "anomaly"                     the dictionary's relative reconstruction error ‖x−x̂‖²/‖x‖²
 //!          | "probe" NAME                  a linear probe's probability on this token
@@ -28,13 +28,18 @@
 //!          | "mean" "(" signal ")"         its mean over every token of the input so far, decided
 //!                                          at the end of the prompt and at each new token
 //!          | "count" "(" signal CMP number "," N ")"   how many of the last N tokens satisfy it
+//! gate    := text CMP number               a condition on the caller's text that must hold
+//!                                          too, on the same token
+//! text    := "keywords" | "lookalikes" | "encoded" | "sentences" NAME
 //! CMP     := ">" | ">=" | "<" | "<="
 //! ```
 //!
 //! `feature 1234 > 3.0` fires on any token where feature 1234 exceeds 3; `mean(feature 7, 8) > 1`
 //! when its mean over the last 8 tokens does; `count(feature 7 > 0, 16) >= 3` when it fired on at
-//! least 3 of the last 16 tokens. Probe signals skip the model's special tokens (`[CLS]`,
-//! `<|im_start|>`, …), as `glassbox probe score` does, so a calibrated probe reads the same
+//! least 3 of the last 16 tokens; `mean(logit injection) > 3.2 and keywords > 0` when the whole
+//! input's mean logit passes 3.2 and the input has a keyword hit (one member of a pair of
+//! monitors held to half a false-alarm budget each: `glassbox probe families --out-pair`).
+//! Probe signals skip the model's special tokens (`[CLS]`, `<|im_start|>`, …), as `glassbox probe score` does, so a calibrated probe reads the same
 //! tokens served as evaluated: `glassbox probe eval --calibrate` prints the rule.
 
 use std::collections::VecDeque;
@@ -95,7 +100,21 @@ pub struct Rule {
     pub signal: Signal,
     pub cmp: Cmp,
     pub threshold: f32,
+    /// Conditions on the caller's text that must hold too (`… and keywords > 0`).
+    pub gates: Vec<Gate>,
 }
+
+/// A condition on the caller's text joined to a rule by `and`: its value is the same whoever
+/// reads it (a count of the text so far, or a number of the whole text), so it needs no state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    pub signal: Signal,
+    pub cmp: Cmp,
+    pub threshold: f32,
+}
+
+/// Most `and` conditions a rule may have.
+const MAX_GATES: usize = 4;
 
 impl Signal {
     /// The primitive signal under any aggregation.
@@ -153,14 +172,38 @@ impl Rule {
         let signal = p.signal(0)?;
         let cmp = p.cmp()?;
         let threshold = p.number()?;
-        if let Some(t) = p.toks.get(p.at) {
-            return Err(format!("unexpected `{t}` after the threshold"));
+        let mut gates = Vec::new();
+        while let Some(t) = p.toks.get(p.at) {
+            if t != "and" {
+                return Err(format!("unexpected `{t}` after the threshold"));
+            }
+            p.at += 1;
+            if gates.len() == MAX_GATES {
+                return Err(format!(
+                    "a rule joins at most {MAX_GATES} conditions with `and`"
+                ));
+            }
+            gates.push(p.gate()?);
         }
         Ok(Rule {
             signal,
             cmp,
             threshold,
+            gates,
         })
+    }
+
+    /// Every signal the rule reads: its own, then its gates'.
+    pub fn signals(&self) -> impl Iterator<Item = &Signal> {
+        std::iter::once(&self.signal).chain(self.gates.iter().map(|g| &g.signal))
+    }
+
+    /// Whether every gate holds, given the value of gate i's signal.
+    pub fn gates_hold(&self, value: impl Fn(usize, &Signal) -> f32) -> bool {
+        self.gates
+            .iter()
+            .enumerate()
+            .all(|(i, g)| g.cmp.holds(value(i, &g.signal), g.threshold))
     }
 }
 
@@ -272,6 +315,31 @@ impl Parser {
                 "unknown signal `{w}`; use feature N, anomaly, probe NAME, logit NAME, keywords, lookalikes, encoded, sentences NAME, mean(…) or count(…)"
             )),
         }
+    }
+
+    /// A condition after `and`: a signal of the caller's text, unaggregated.
+    fn gate(&mut self) -> Result<Gate, String> {
+        let at = self.at;
+        let signal = self.signal(0)?;
+        if !signal.reads_text() || signal.base() != &signal {
+            let words = self.toks[at..self.at]
+                .iter()
+                .fold(String::new(), |mut text, t| {
+                    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+                    if word(text.chars().last()) && word(t.chars().next()) {
+                        text.push(' ');
+                    }
+                    text + t
+                });
+            return Err(format!(
+                "`and` joins a condition on the caller's text (keywords, lookalikes, encoded, sentences NAME), not `{words}`; put the condition that reads activations first"
+            ));
+        }
+        Ok(Gate {
+            signal,
+            cmp: self.cmp()?,
+            threshold: self.number()?,
+        })
     }
 
     fn cmp(&mut self) -> Result<Cmp, String> {
@@ -414,6 +482,45 @@ mod tests {
         assert!(r.signal.reads_text() && r.signal.probe().is_none());
         assert_eq!(r.signal.sentence_probe(), Some("injection"));
         assert!(Rule::parse("sentences > 1").is_err());
+        let r =
+            Rule::parse("mean(logit pooled) > 3.2 and keywords > 0 and sentences s <= 1").unwrap();
+        assert_eq!(
+            r.gates,
+            [
+                Gate {
+                    signal: Signal::Keywords,
+                    cmp: Cmp::Gt,
+                    threshold: 0.0
+                },
+                Gate {
+                    signal: Signal::Sentences("s".into()),
+                    cmp: Cmp::Le,
+                    threshold: 1.0
+                }
+            ]
+        );
+        let read: Vec<&Signal> = r.signals().collect();
+        assert_eq!(read[0].probe(), Some("pooled"));
+        assert_eq!(read[2].sentence_probe(), Some("s"));
+        assert!(Rule::parse("keywords > 0").unwrap().gates.is_empty());
+    }
+
+    #[test]
+    fn gates_must_all_hold() {
+        let r = Rule::parse("mean(logit p) > 3 and keywords > 0 and lookalikes < 2").unwrap();
+        let value = |keywords: f32, lookalikes: f32| {
+            move |_: usize, s: &Signal| match s {
+                Signal::Keywords => keywords,
+                Signal::Lookalikes => lookalikes,
+                _ => f32::NAN,
+            }
+        };
+        assert!(r.gates_hold(value(1.0, 0.0)));
+        assert!(!r.gates_hold(value(0.0, 0.0)));
+        assert!(!r.gates_hold(value(1.0, 2.0)));
+        // The rule's own value is stepped and judged as before; gates only add conditions.
+        let mut s = RuleState::default();
+        assert_eq!(r.step(&mut s, 4.0), (4.0, true));
     }
 
     #[test]
@@ -429,6 +536,15 @@ mod tests {
             ("feature 1 > 2 extra", "unexpected `extra`"),
             ("feature 1 > 2; drop", "unexpected character `;`"),
             ("feature 1 > nan", "not a number"),
+            ("feature 1 > 2 or keywords > 0", "unexpected `or`"),
+            ("keywords > 0 and", "a signal (feature N"),
+            ("keywords > 0 and probe p > 1", "not `probe p`"),
+            ("probe p > 1 and mean(keywords, 4) > 1", "not `mean(keywords,4)`"),
+            ("probe p > 1 and keywords", "a comparison"),
+            (
+                "keywords > 0 and encoded > 1 and encoded > 1 and encoded > 1 and encoded > 1 and encoded > 1",
+                "at most 4 conditions",
+            ),
         ] {
             let err = Rule::parse(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");

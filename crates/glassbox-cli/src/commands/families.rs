@@ -184,6 +184,13 @@ pub struct FamiliesArgs {
     /// sentences lowers it). Both are reported either way; the threshold comes from this row
     #[arg(long, requires = "segments")]
     discount_pieces: bool,
+    /// --segments: also save the two monitors deployed together (the discounted sentence probe
+    /// and the union of the best probe reading with the keywords, each held to half of 1 %
+    /// FPR on the held-out scores), both trained on every family: DIR/sentences (NAME) and
+    /// DIR/pooled (NAME-pooled). Prints their rules: the union's, held to half the budget,
+    /// can flag only a keyword hit whose probe reading passes a threshold (`… and keywords > 0`)
+    #[arg(long, value_name = "DIR", requires = "segments")]
+    out_pair: Option<PathBuf>,
     /// Benign background prose for the detectors that read sentence embeddings: paragraphs
     /// sampled from a corpus (a file or a directory, as `harvest --corpus` reads; `glassbox
     /// setup` installs Debian's docs and fortunes at ~/.cache/glassbox/corpora/debian-docs),
@@ -1097,15 +1104,31 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
     if let Some(path) = &a.scores {
         write_scores(path, &texts, &folds, &reports)?;
     }
+    // The sentence probe's heads on every family, once for --out and --out-pair.
+    let sentences = (a.segments && (a.out.is_some() || a.out_pair.is_some()))
+        .then(|| train_sentences(&a, &texts, &background, minilm_name, &cfg));
     let saved = match &a.out {
-        Some(dir) => Some(match &dict {
-            Some(l) => save_latent(&a, &texts, &reports[l.hook], l, dir, &cfg)?,
-            None if a.segments => {
-                save_sentences(&a, &texts, &background, &reports[0], minilm_name, dir, &cfg)?
+        Some(dir) => Some(match (&dict, &sentences) {
+            (Some(l), _) => save_latent(&a, &texts, &reports[l.hook], l, dir, &cfg)?,
+            (None, Some(plain)) => {
+                save_sentences(&a, &texts, &background, &reports[0], plain, dir)?
             }
-            None => save_final(&a, &texts, &reports, d, dir, &cfg)?,
+            (None, None) => save_final(&a, &texts, &reports, d, dir, &cfg)?,
         }),
         None => None,
+    };
+    let saved_pair = match (&a.out_pair, &sentences) {
+        (Some(dir), Some(plain)) => Some(save_pair(
+            &a,
+            &texts,
+            &background,
+            &reports[0],
+            plain,
+            d,
+            dir,
+            &cfg,
+        )?),
+        _ => None,
     };
     if json_out {
         let hooks: Vec<_> = reports.iter().map(report_json).collect();
@@ -1117,7 +1140,10 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
                 "background": background.source,
                 "saved": saved.as_ref().map(|s| &s.0),
                 "rule": saved.as_ref().and_then(|s| s.1.first()),
-                "rules": saved.as_ref().map(|s| &s.1)})
+                "rules": saved.as_ref().map(|s| &s.1),
+                "pair": saved_pair.as_ref().map(|p| json!({
+                    "saved": p.iter().map(|s| &s.0).collect::<Vec<_>>(),
+                    "rules": p.iter().flat_map(|s| &s.1).collect::<Vec<_>>()}))})
         );
         return Ok(());
     }
@@ -1158,6 +1184,18 @@ pub fn run(a: FamiliesArgs, device: &str, json_out: bool) -> Result<()> {
         };
         println!(
             "\nsaved {path}: trained on every family, flag rule calibrated on the held-out scores;\n{monitors} it as{whens}"
+        );
+    }
+    if let Some(pair) = saved_pair {
+        let paths: Vec<&str> = pair.iter().map(|s| s.0.as_str()).collect();
+        let whens: String = pair
+            .iter()
+            .flat_map(|s| &s.1)
+            .map(|r| format!("\n  when = \"{r}\""))
+            .collect();
+        println!(
+            "\nsaved the pair, {}: each trained on every family, each rule calibrated for half of 1 % FPR on the held-out scores;\nmonitors in deploy.toml (all blocking: a text any flags is flagged) read them as{whens}",
+            paths.join(" and ")
         );
     }
     Ok(())
@@ -2032,6 +2070,17 @@ fn held_out_summary(
     texts: &[Text],
     union: Option<Aggregation>,
 ) -> Result<Summary> {
+    held_out_summary_at(pooled, k, texts, union, 0.01)
+}
+
+/// [`held_out_summary`] with the threshold for `fpr`.
+fn held_out_summary_at(
+    pooled: &[[f32; N]],
+    k: usize,
+    texts: &[Text],
+    union: Option<Aggregation>,
+    fpr: f64,
+) -> Result<Summary> {
     let (scores, labels): (Vec<f32>, Vec<bool>) = pooled
         .iter()
         .zip(texts)
@@ -2040,7 +2089,7 @@ fn held_out_summary(
             (s, t.label)
         })
         .unzip();
-    Ok(Summary::of(&Scored::new(&scores, &labels)?, 0.01))
+    Ok(Summary::of(&Scored::new(&scores, &labels)?, fpr))
 }
 
 /// Whether a reading (read as `agg` reads it) ships with the keyword filter: its union held out
@@ -2105,7 +2154,7 @@ fn save_final(
         or_keywords,
         dictionary: None,
     };
-    write_probe(a, hook, saved, dir)
+    write_probe(a, &probe_name(a), hook, saved, dir)
 }
 
 /// The probe on `--dict`'s latents trained on every family, with the threshold its held-out
@@ -2136,25 +2185,23 @@ fn save_latent(
             path: l.path.display().to_string(),
         }),
     };
-    write_probe(a, &r.hook, saved, dir)
+    write_probe(a, &probe_name(a), &r.hook, saved, dir)
 }
 
-/// The `--segments` sentence probe trained on every family, with the threshold its held-out
-/// scores give for 1 % FPR; it reads the sentence embeddings of `embedder`.
-fn save_sentences(
+/// The `--segments` sentence probe's heads trained on every family (no discount, no
+/// threshold yet); it reads the sentence embeddings of `embedder`.
+fn train_sentences(
     a: &FamiliesArgs,
     texts: &[Text],
     background: &Background,
-    r: &HookReport,
     embedder: &str,
-    dir: &std::path::Path,
     cfg: &ProbeTraining,
-) -> Result<(String, Vec<String>)> {
+) -> SentenceProbe {
     let all: Vec<usize> = (0..texts.len()).collect();
     let paragraphs: Vec<&BackgroundText> = background.texts.iter().collect();
     let l2 = choose_penalty(a, texts, &all, &paragraphs, cfg);
     let whole_only_if_fits = a.whole_only_if_fits();
-    let plain = SentenceProbe {
+    SentenceProbe {
         name: probe_name(a),
         model: embedder.to_string(),
         heads: fit_segments(texts, &all, &paragraphs, cfg, l2, whole_only_if_fits),
@@ -2163,19 +2210,92 @@ fn save_sentences(
         background: background.source.clone(),
         calibration: None,
         piece_scale: None,
-    };
-    let (mut p, row) = if a.discount_pieces {
-        let benign = benign_readings(texts, &all, &paragraphs);
-        (discount(&plain, benign), DISCOUNTED)
+    }
+}
+
+/// `plain` discounted by piece count, its scale from the benign texts and background it
+/// trained on (every family).
+fn discounted_on_all(
+    texts: &[Text],
+    background: &Background,
+    plain: &SentenceProbe,
+) -> SentenceProbe {
+    let all: Vec<usize> = (0..texts.len()).collect();
+    let paragraphs: Vec<&BackgroundText> = background.texts.iter().collect();
+    discount(plain, benign_readings(texts, &all, &paragraphs))
+}
+
+/// The `--segments` sentence probe (discounted under --discount-pieces) with the threshold its
+/// held-out scores give for 1 % FPR.
+fn save_sentences(
+    a: &FamiliesArgs,
+    texts: &[Text],
+    background: &Background,
+    r: &HookReport,
+    plain: &SentenceProbe,
+    dir: &std::path::Path,
+) -> Result<(String, Vec<String>)> {
+    let (p, row) = if a.discount_pieces {
+        (discounted_on_all(texts, background, plain), DISCOUNTED)
     } else {
-        (plain, SEGMENTS)
+        (plain.clone(), SEGMENTS)
     };
-    p.calibration = Some(calibration(
+    write_sentences(a, texts, p, &r.summaries[row], dir)
+}
+
+/// The two monitors of [`pair`] trained on every family, each with the threshold its held-out
+/// scores give for half of 1 % FPR: the discounted sentence probe in DIR/sentences and the
+/// union's probe reading (with the keyword filter) in DIR/pooled.
+#[allow(clippy::too_many_arguments)]
+fn save_pair(
+    a: &FamiliesArgs,
+    texts: &[Text],
+    background: &Background,
+    r: &HookReport,
+    plain: &SentenceProbe,
+    d: usize,
+    dir: &std::path::Path,
+    cfg: &ProbeTraining,
+) -> Result<Vec<(String, Vec<String>)>> {
+    let at_half = |k: usize| held_out_summary_at(&r.pooled, k, texts, None, pair::HALF);
+    let sentences = write_sentences(
         a,
-        Aggregation::Sentences,
-        &r.summaries[row],
-        false,
-    )?);
+        texts,
+        discounted_on_all(texts, background, plain),
+        &at_half(DISCOUNTED)?,
+        &dir.join("sentences"),
+    )?;
+    // The union's scores are already its reading plus a keyword hit's worth.
+    let union = at_half(UNION)?;
+    let aggregation = readings(a.window)[r.reading];
+    let all: Vec<usize> = (0..texts.len()).collect();
+    let (weights, bias) = if aggregation == Aggregation::MeanLogit {
+        fit_vectors(texts, &all, |t| &t.layers[0].1, &[], cfg)
+    } else {
+        fit_tokens(texts, 0, &all, d, a.train_tokens, cfg)
+    };
+    let pooled = Shipped {
+        weights,
+        bias,
+        aggregation,
+        summary: &union,
+        or_keywords: true,
+        dictionary: None,
+    };
+    let name = format!("{}-pooled", probe_name(a));
+    let pooled = write_probe(a, &name, &r.hook, pooled, &dir.join("pooled"))?;
+    Ok(vec![sentences, pooled])
+}
+
+/// Saves a sentence probe with the threshold of `summary`; returns the file and its rule.
+fn write_sentences(
+    a: &FamiliesArgs,
+    texts: &[Text],
+    mut p: SentenceProbe,
+    summary: &Summary,
+    dir: &std::path::Path,
+) -> Result<(String, Vec<String>)> {
+    p.calibration = Some(calibration(a, Aggregation::Sentences, summary, false)?);
     p.save(dir)?;
     report_in_sample(texts, &p);
     let rules = p
@@ -2217,7 +2337,8 @@ fn probe_name(a: &FamiliesArgs) -> String {
     })
 }
 
-/// The flag rule a saved detector gets: the threshold its held-out scores give for 1 % FPR.
+/// The flag rule a saved detector gets: the threshold its held-out scores give for the
+/// summary's target FPR (1 %; half of it for a member of the pair).
 fn calibration(
     a: &FamiliesArgs,
     aggregation: Aggregation,
@@ -2227,7 +2348,7 @@ fn calibration(
     Ok(Calibration {
         aggregation,
         threshold: s.threshold,
-        target_fpr: 0.01,
+        target_fpr: s.target_fpr,
         fpr: s.fpr,
         tpr: s.tpr,
         data: format!("{} ({})", a.data.display(), a.benign_split.describe()),
@@ -2251,12 +2372,13 @@ struct Shipped<'s> {
 /// Saves a probe with its calibration; returns the file and the monitor rules that read it.
 fn write_probe(
     a: &FamiliesArgs,
+    name: &str,
     hook: &str,
     saved: Shipped,
     dir: &std::path::Path,
 ) -> Result<(String, Vec<String>)> {
     let p = Probe {
-        name: probe_name(a),
+        name: name.to_string(),
         model: a.model.clone(),
         hook: hook.to_string(),
         weights: saved.weights,

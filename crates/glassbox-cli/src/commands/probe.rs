@@ -893,11 +893,7 @@ fn score(a: ScoreArgs, device: &str, json_out: bool) -> Result<()> {
             "flag: {} > {:.4}{} (calibrated for {:.1} % FPR on {})",
             c.aggregation.label(),
             c.threshold,
-            if c.or_keywords {
-                ", or any keyword pattern"
-            } else {
-                ""
-            },
+            c.keyword_clause(),
             100.0 * c.target_fpr,
             c.data
         ),
@@ -1288,16 +1284,16 @@ fn by_length(lengths: &[usize], judged: &[f32], labels: &[bool]) -> Vec<LengthBa
 
 /// Where a new threshold went, and the deploy.toml rules that read it.
 fn print_saved(path: &Path, c: &Calibration, name: &str) {
-    let whens: String = c
-        .rules(name)
+    let rules = c.rules(name);
+    let whens: String = rules
         .iter()
         .map(|r| format!("\n  when = \"{r}\""))
         .collect();
     println!(
         "\nsaved the threshold in {}; `glassbox probe score` uses it, and {} in deploy.toml read{} it as{whens}",
         path.display(),
-        if c.or_keywords { "two blocking monitors" } else { "a monitor" },
-        if c.or_keywords { "" } else { "s" },
+        if rules.len() > 1 { "two blocking monitors" } else { "a monitor" },
+        if rules.len() > 1 { "" } else { "s" },
     );
 }
 

@@ -182,12 +182,13 @@ impl Target<'_> {
     }
 
     /// The probe the white-box attacks descend (and the blue round retrains) and the monitor
-    /// that decides by it: the first attacked monitor with a `>` rule over a probe, of the
-    /// hook's activations or of a dictionary's latents.
+    /// that decides by it: the first attacked monitor with a `>` rule over a probe alone (no
+    /// `and`), of the hook's activations, a dictionary's latents or sentence embeddings.
     pub fn attacked_probe(&self) -> Option<(AttackedProbe<'_>, usize)> {
         self.watched.iter().find_map(|&i| {
             let m = &self.set.monitors[i];
-            if !matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge) {
+            // A gated rule (`… and keywords > 0`) decides by more than its probe.
+            if !matches!(m.rule.cmp, Cmp::Gt | Cmp::Ge) || !m.rule.gates.is_empty() {
                 return None;
             }
             if let Some(s) = m.sentence_probe() {
