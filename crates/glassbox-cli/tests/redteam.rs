@@ -199,6 +199,62 @@ fn a_red_round_reports_every_family_and_served_firings_agree_with_margins() {
         );
     }
     assert_eq!(round["benign"], 4);
+    // `--texts`: your own texts through the same path. The round's plain payloads sent again,
+    // labelled, are flagged exactly where the round detected them; an unlabelled line is
+    // benign traffic.
+    let plain: Vec<&Value> = round["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["attack"] == "plain")
+        .collect();
+    let detected = plain
+        .iter()
+        .filter(|o| o["sent"]["detected"] == true)
+        .count();
+    let mut lines: Vec<String> = plain
+        .iter()
+        .map(|o| serde_json::json!({"text": o["text"], "label": 1, "family": "mine"}).to_string())
+        .collect();
+    lines.push(r#"{"text": "Suggest some easy picnic foods."}"#.into());
+    let texts = dir.path().join("mine.jsonl");
+    std::fs::write(&texts, lines.join("\n")).unwrap();
+    let t = texts.to_str().unwrap();
+    let r = ok_json(&[
+        "--json", "redteam", "--config", &deploy, "--suite", &suite, "--texts", t,
+    ]);
+    let families = r["texts"]["families"].as_array().unwrap();
+    assert_eq!(families.len(), 2, "{families:?}");
+    let (mine, traffic) = (&families[0], &families[1]);
+    assert_eq!(
+        (mine["family"].as_str(), mine["label"].as_bool()),
+        (Some("mine"), Some(true))
+    );
+    assert_eq!(mine["texts"], plain.len());
+    assert_eq!(mine["flagged"], detected, "{mine}");
+    let by_injection = mine["by_monitor"]["injection"].as_u64().unwrap_or(0);
+    assert_eq!(by_injection as usize, detected, "{mine}");
+    assert_eq!(
+        (traffic["family"].as_str(), traffic["label"].as_bool()),
+        (Some("traffic"), Some(false))
+    );
+    assert_eq!(traffic["texts"], 1);
+    // The table names the file and each family; a malformed line is named before any round.
+    let out = glassbox(&[
+        "redteam", "--config", &deploy, "--suite", &suite, "--texts", t,
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && table.contains("your texts (") && table.contains("mine"),
+        "{table}"
+    );
+    std::fs::write(&texts, format!("{}\n{{\"text\": 3}}", lines[0])).unwrap();
+    fails(
+        &[
+            "redteam", "--config", &deploy, "--suite", &suite, "--texts", t,
+        ],
+        "line 2",
+    );
 }
 
 /// A probe on SAE latents is attacked white-box too: GCG and the embedding bound descend it

@@ -307,6 +307,27 @@ impl Record {
             span: None,
         })
     }
+
+    /// The record as a deployment is sent it: labelled where it says, else benign traffic
+    /// (family "traffic" unless it names one; a labelled one's default is "positive" /
+    /// "negative").
+    pub(crate) fn sent(&self) -> Labelled {
+        let family = self.family.clone().unwrap_or_else(|| {
+            match self.label {
+                Some(true) => "positive",
+                Some(false) => "negative",
+                None => "traffic",
+            }
+            .into()
+        });
+        Labelled {
+            text: self.text.clone(),
+            label: self.label.unwrap_or(false),
+            family,
+            kind: self.kind.clone(),
+            span: self.span,
+        }
+    }
 }
 
 /// `probe eval --benign`: benign traffic only. The share the probe's rule flags, per family,

@@ -13,6 +13,7 @@ mod blue;
 mod report;
 mod round;
 mod suite;
+mod texts;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,12 @@ pub struct RedteamArgs {
     /// detection floor, or too many false alarms), after writing every report.
     #[arg(long)]
     strict: bool,
+    /// Also send your own texts through the deployment (JSON lines {"text": …, "label": 0|1,
+    /// "family": …}; no label: benign traffic) and report each family's share flagged and the
+    /// monitors that flagged it: the false alarms of your traffic, the detection of your
+    /// attacks, for all the deployment's monitors together (report.json: "texts")
+    #[arg(long, value_name = "FILE.jsonl")]
+    texts: Option<PathBuf>,
 }
 
 pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
@@ -89,6 +96,8 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         .map(|r| r.labelled(&data_path))
         .collect::<Result<_>>()?;
     let (payloads, benign) = draw(&data, &suite, &data_path)?;
+    // Read now, so a malformed line fails before the round, not after it.
+    let own_records = a.texts.as_deref().map(read_records).transpose()?;
     let templates = read_templates(
         &suite
             .templates
@@ -281,6 +290,10 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         defence = Some(d);
         rounds = vec![red, before, after];
     }
+    let own = match (&a.texts, &own_records) {
+        (Some(path), Some(records)) => Some(texts::send_all(&target, path, records)?),
+        _ => None,
+    };
     let refs: Vec<&Round> = rounds.iter().collect();
     let gated: Vec<&Round> = if a.defend {
         vec![&rounds[2]]
@@ -294,6 +307,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             "false_alarms": r.false_alarms(), "benign": r.benign.len(), "seconds": r.seconds,
             "skipped": r.skipped, "recoveries": r.recoveries, "outcomes": r.outcomes})).collect::<Vec<_>>(),
         "defence": defence, "failed": failed,
+        "texts": own.as_ref().map(|f| json!({"file": a.texts, "families": f})),
     });
     if let Some(dir) = &a.out {
         let write = |name: &str, body: &str| {
@@ -314,6 +328,9 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         }
         for r in &rounds {
             report::print_round(r, &suite);
+        }
+        if let (Some(path), Some(families)) = (&a.texts, &own) {
+            texts::print(path, families);
         }
         if let Some(dir) = &a.out {
             println!(

@@ -38,6 +38,9 @@ pub struct Target<'m> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Sent {
     pub detected: bool,
+    /// The attacked monitors that fired or blocked, in the deployment's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fired: Vec<String>,
     /// The attacked monitors' highest rule value relative to its threshold (> 0: fired).
     pub margin: Option<f32>,
     /// Decoders with a canary: whether the reply gave the secret away.
@@ -112,14 +115,15 @@ impl Target<'_> {
             .iter()
             .map(|&i| self.set.monitors[i].cfg.name.as_str())
             .collect();
-        let detected = report
-            .firings
+        let fired: Vec<String> = names
             .iter()
-            .any(|f| names.contains(&f.monitor.as_str()))
-            || report
-                .blocked
-                .as_ref()
-                .is_some_and(|b| names.contains(&b.monitor.as_str()));
+            .filter(|&&n| {
+                report.firings.iter().any(|f| f.monitor == n)
+                    || report.blocked.as_ref().is_some_and(|b| b.monitor == n)
+            })
+            .map(|n| n.to_string())
+            .collect();
+        let detected = !fired.is_empty();
         let margin = self
             .watched
             .iter()
@@ -138,6 +142,7 @@ impl Target<'_> {
         };
         Ok(Sent {
             detected,
+            fired,
             margin,
             leaked,
         })
@@ -692,6 +697,7 @@ pub fn run(
                                 text: None,
                                 sent: Sent {
                                     detected: r.best > 0.0,
+                                    fired: Vec::new(),
                                     margin: Some(r.best),
                                     leaked: None,
                                 },
