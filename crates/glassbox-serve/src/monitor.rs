@@ -953,17 +953,29 @@ mod tests {
     /// One text through the embeddings path under `set`: its tokens and the monitors' report.
     fn embed_one(model: &Model, set: &MonitorSet, text: &str) -> (Vec<u32>, crate::infer::Report) {
         let ids = model.tokenize(text, true).unwrap();
-        let (_, report) = crate::infer::embed(
-            model,
-            set,
-            None,
-            "t",
-            std::slice::from_ref(&ids),
-            &[text],
-            &[],
-        )
-        .unwrap();
+        let report = embed_tokens(model, set, &ids, text, None);
         (ids, report)
+    }
+
+    /// A text's tokens through the embeddings path under `set`, with `lookalikes` lookalike
+    /// characters declared where given (the text signals the server prepares).
+    fn embed_tokens(
+        model: &Model,
+        set: &MonitorSet,
+        ids: &[u32],
+        text: &str,
+        lookalikes: Option<usize>,
+    ) -> crate::infer::Report {
+        let signals: Vec<TextSignals> = lookalikes
+            .map(|lookalikes| TextSignals {
+                lookalikes,
+                encoded: 0,
+            })
+            .into_iter()
+            .collect();
+        crate::infer::embed(model, set, None, "t", &[ids.to_vec()], &[text], &signals)
+            .unwrap()
+            .1
     }
 
     /// A served window rule reads what `glassbox probe score` reads: its peak is the text's
@@ -1061,20 +1073,7 @@ mod tests {
         let set = MonitorSet::new(&readers, &cfgs).unwrap();
         let run = |text: &str, lookalikes: usize| {
             let ids = model.tokenize(text, true).unwrap();
-            let signals = [TextSignals {
-                lookalikes,
-                encoded: 0,
-            }];
-            let (_, report) = crate::infer::embed(
-                &model,
-                &set,
-                None,
-                "t",
-                std::slice::from_ref(&ids),
-                &[text],
-                &signals,
-            )
-            .unwrap();
+            let report = embed_tokens(&model, &set, &ids, text, Some(lookalikes));
             let fired: Vec<(String, usize)> = report
                 .firings
                 .iter()
@@ -1128,20 +1127,7 @@ mod tests {
             .unwrap()[0];
         assert!(counts.last().copied().unwrap_or(0.0) >= 2.0, "{counts:?}");
         let first = counts.iter().position(|&c| c > 0.0).unwrap();
-        let signals = [TextSignals {
-            lookalikes: 3,
-            encoded: 0,
-        }];
-        let (_, report) = crate::infer::embed(
-            &model,
-            &set,
-            None,
-            "t",
-            std::slice::from_ref(&ids),
-            &[text],
-            &signals,
-        )
-        .unwrap();
+        let report = embed_tokens(&model, &set, &ids, text, Some(3));
         let at = |name: &str| -> Vec<usize> {
             report
                 .firings
