@@ -950,6 +950,16 @@ mod tests {
         assert_eq!(set.keyword_counts_at_end(texts[0], 3), [0.0; 3]);
     }
 
+    /// The committed token probe `probes/injection`, registered as `injection`.
+    fn injection_readers(model: &Model) -> Readers {
+        let probes = [ProbeConfig {
+            name: "injection".into(),
+            path: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../probes/injection"),
+            dictionary: None,
+        }];
+        Readers::load(model, &[], &probes).unwrap()
+    }
+
     /// One text through the embeddings path under `set`: its tokens and the monitors' report.
     fn embed_one(model: &Model, set: &MonitorSet, text: &str) -> (Vec<u32>, crate::infer::Report) {
         let ids = model.tokenize(text, true).unwrap();
@@ -985,12 +995,7 @@ mod tests {
     #[test]
     fn a_served_window_peaks_at_the_texts_window_score() {
         let model = glassbox_testkit::minilm();
-        let probes = [ProbeConfig {
-            name: "injection".into(),
-            path: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../probes/injection"),
-            dictionary: None,
-        }];
-        let readers = Readers::load(&model, &[], &probes).unwrap();
+        let readers = injection_readers(&model);
         let cfg: MonitorConfig = toml::from_str(
             "name = \"w\"\nwhen = \"mean(probe injection, 4) > 0.95\"\naction = \"log\"",
         )
@@ -1047,12 +1052,7 @@ mod tests {
     #[test]
     fn a_gated_rule_fires_only_where_its_gates_hold() {
         let model = glassbox_testkit::minilm();
-        let probes = [ProbeConfig {
-            name: "injection".into(),
-            path: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../probes/injection"),
-            dictionary: None,
-        }];
-        let readers = Readers::load(&model, &[], &probes).unwrap();
+        let readers = injection_readers(&model);
         let cfgs: Vec<MonitorConfig> = [
             ("all", "mean(logit injection) > -1e6"),
             ("kw", "mean(logit injection) > -1e6 and keywords > 0"),
