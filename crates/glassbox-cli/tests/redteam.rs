@@ -239,15 +239,33 @@ fn a_red_round_reports_every_family_and_served_firings_agree_with_margins() {
         (Some("traffic"), Some(false))
     );
     assert_eq!(traffic["texts"], 1);
-    // The table names the file and each family; a malformed line is named before any round.
+    // The table names the file and each family; junit.xml holds a case per family, failing
+    // where the suite's floors say; a malformed line is named before any round.
+    let out_dir = dir.path().join("texts-report");
+    let o = out_dir.to_str().unwrap();
     let out = glassbox(&[
-        "redteam", "--config", &deploy, "--suite", &suite, "--texts", t,
+        "redteam", "--config", &deploy, "--suite", &suite, "--texts", t, "--out", o,
     ]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && table.contains("your texts (") && table.contains("mine"),
         "{table}"
     );
+    let junit = std::fs::read_to_string(out_dir.join("junit.xml")).unwrap();
+    let (_, ours) = junit
+        .split_once("your texts (")
+        .expect("a test suite of your texts");
+    let failing = |name: &str| {
+        let start = ours
+            .find(&format!("name=\"{name}\""))
+            .unwrap_or_else(|| panic!("{name}: {ours}"));
+        let end = start + ours[start..].find("</testcase>").unwrap();
+        ours[start..end].contains("<failure")
+    };
+    let below_floor = (detected as f64) < 0.9 * plain.len() as f64;
+    assert_eq!(failing("mine"), below_floor, "{ours}");
+    let traffic_flagged = traffic["flagged"].as_u64().unwrap() > 0;
+    assert_eq!(failing("traffic (benign)"), traffic_flagged, "{ours}");
     std::fs::write(&texts, format!("{}\n{{\"text\": 3}}", lines[0])).unwrap();
     fails(
         &[

@@ -67,7 +67,9 @@ pub struct RedteamArgs {
     /// Also send your own texts through the deployment (JSON lines {"text": …, "label": 0|1,
     /// "family": …}; no label: benign traffic) and report each family's share flagged and the
     /// monitors that flagged it: the false alarms of your traffic, the detection of your
-    /// attacks, for all the deployment's monitors together (report.json: "texts")
+    /// attacks, for all the deployment's monitors together (report.json: "texts"). In
+    /// junit.xml each family is a test case, an attack family failing below the suite's
+    /// `min_detection`, a benign one above its `max_false_alarms` (--strict: exit 1)
     #[arg(long, value_name = "FILE.jsonl")]
     texts: Option<PathBuf>,
 }
@@ -300,7 +302,8 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
     } else {
         vec![&rounds[0]]
     };
-    let failed = report::fails(&gated, &suite);
+    let failed =
+        report::fails(&gated, &suite) || own.as_ref().is_some_and(|f| texts::fails(f, &suite));
     let summary = json!({
         "deployment": a.config, "suite": a.suite, "data": data_path, "notes": notes,
         "rounds": rounds.iter().map(|r| json!({"name": r.name, "families": r.families(),
@@ -314,7 +317,11 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             glassbox_store::fsutil::atomic_write(&dir.join(name), body.as_bytes())
         };
         write("report.json", &serde_json::to_string_pretty(&summary)?)?;
-        write("junit.xml", &report::junit(&gated, &suite))?;
+        let more: Vec<String> = match (&a.texts, &own) {
+            (Some(path), Some(families)) => vec![texts::junit_suite(path, families, &suite)],
+            _ => Vec::new(),
+        };
+        write("junit.xml", &report::junit(&gated, &suite, &more))?;
         write(
             "report.html",
             &report::html("Glassbox red team", &refs, &suite, &notes),

@@ -91,7 +91,7 @@ pub fn print_round(r: &Round, suite: &Suite) {
 
 /// JUnit XML over rounds: each attack family a test case that fails below `min_detection`,
 /// and the benign texts one that fails above `max_false_alarms`.
-pub fn junit(rounds: &[&Round], suite: &Suite) -> String {
+pub fn junit(rounds: &[&Round], suite: &Suite, more: &[String]) -> String {
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n");
     for r in rounds {
         let fams = r.families();
@@ -143,6 +143,9 @@ pub fn junit(rounds: &[&Round], suite: &Suite) -> String {
             fams.len() + 1,
             r.seconds
         );
+    }
+    for m in more {
+        x.push_str(m);
     }
     x.push_str("</testsuites>\n");
     x

@@ -5,6 +5,7 @@
 //! keyword filter) flags together, which no one probe's `probe score` can say.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -12,8 +13,9 @@ use glassbox_dictionary::roc::rate_interval;
 use serde::Serialize;
 
 use super::round::Target;
+use super::suite::Suite;
 use crate::commands::probe::Record;
-use crate::report;
+use crate::report::{self, esc};
 
 /// One family of the file: its texts and those the watched monitors flagged.
 #[derive(Debug, Serialize)]
@@ -65,6 +67,68 @@ pub fn send_all(target: &Target, path: &Path, records: &[Record]) -> Result<Vec<
         .collect())
 }
 
+impl FamilyFlags {
+    fn rate(&self) -> f64 {
+        self.flagged as f64 / self.texts.max(1) as f64
+    }
+
+    /// Why the family fails the suite's gate: an attack family detected below `min_detection`,
+    /// a benign one flagged above `max_false_alarms`.
+    fn failure(&self, suite: &Suite) -> Option<String> {
+        let (rate, what) = (100.0 * self.rate(), (self.flagged, self.texts));
+        if self.label && self.rate() < suite.min_detection {
+            Some(format!(
+                "detected {}/{} ({rate:.1} %), below {:.1} %",
+                what.0,
+                what.1,
+                100.0 * suite.min_detection
+            ))
+        } else if !self.label && self.rate() > suite.max_false_alarms {
+            Some(format!(
+                "flagged {}/{} ({rate:.1} %), above {:.1} %",
+                what.0,
+                what.1,
+                100.0 * suite.max_false_alarms
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether a family fails the suite's gate (see [`junit_suite`]).
+pub fn fails(families: &[FamilyFlags], suite: &Suite) -> bool {
+    families.iter().any(|f| f.failure(suite).is_some())
+}
+
+/// The JUnit test suite of your texts: a case per family, an attack family failing below the
+/// suite's `min_detection`, a benign one above its `max_false_alarms` — so CI can gate a
+/// deployment on its false alarms on your own traffic.
+pub fn junit_suite(path: &Path, families: &[FamilyFlags], suite: &Suite) -> String {
+    let mut cases = String::new();
+    for f in families {
+        let _ = write!(
+            cases,
+            "    <testcase classname=\"redteam.texts\" name=\"{}{}\" time=\"0\">",
+            esc(&f.family),
+            if f.label { "" } else { " (benign)" }
+        );
+        if let Some(why) = f.failure(suite) {
+            let _ = write!(cases, "<failure message=\"{}\"/>", esc(&why));
+        }
+        cases.push_str("</testcase>\n");
+    }
+    let failures = families
+        .iter()
+        .filter(|f| f.failure(suite).is_some())
+        .count();
+    format!(
+        "  <testsuite name=\"glassbox redteam: your texts ({})\" tests=\"{}\" failures=\"{failures}\" time=\"0\">\n{cases}  </testsuite>\n",
+        esc(&path.display().to_string()),
+        families.len()
+    )
+}
+
 /// The table: per family its texts, the share flagged (detection for attacks, false alarms for
 /// benign texts) and which monitors fired.
 pub fn print(path: &Path, families: &[FamilyFlags]) {
@@ -88,7 +152,7 @@ pub fn print(path: &Path, families: &[FamilyFlags]) {
             f.family,
             u8::from(f.label),
             f.texts,
-            100.0 * f.flagged as f64 / f.texts.max(1) as f64,
+            100.0 * f.rate(),
             format!(
                 "[{:.1}, {:.1}]",
                 100.0 * f.flagged_ci95.0,
