@@ -36,11 +36,7 @@ pub fn print_round(r: &Round, suite: &Suite) {
             f.attack.name(),
             f.texts,
             100.0 * f.detection(),
-            format!(
-                "[{:.1}, {:.1}]",
-                100.0 * f.detected_ci95.0,
-                100.0 * f.detected_ci95.1
-            ),
+            percent_interval(f.detected_ci95),
             format!("{}/{}", f.evaded, f.known_positive),
             leaked
         );
@@ -149,6 +145,11 @@ pub fn junit(rounds: &[&Round], suite: &Suite, more: &[String]) -> String {
     }
     x.push_str("</testsuites>\n");
     x
+}
+
+/// A rate's interval in percent, as the tables print it: "[74.2, 97.7]".
+pub fn percent_interval((lo, hi): (f64, f64)) -> String {
+    format!("[{:.1}, {:.1}]", 100.0 * lo, 100.0 * hi)
 }
 
 /// Whether any test case of [`junit`] fails.

@@ -153,11 +153,7 @@ pub fn print(path: &Path, families: &[FamilyFlags]) {
             u8::from(f.label),
             f.texts,
             100.0 * f.rate(),
-            format!(
-                "[{:.1}, {:.1}]",
-                100.0 * f.flagged_ci95.0,
-                100.0 * f.flagged_ci95.1
-            ),
+            super::report::percent_interval(f.flagged_ci95),
             if fired.is_empty() {
                 "-".to_string()
             } else {
