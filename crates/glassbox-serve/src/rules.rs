@@ -39,8 +39,9 @@
 //! least 3 of the last 16 tokens; `mean(logit injection) > 3.2 and keywords > 0` when the whole
 //! input's mean logit passes 3.2 and the input has a keyword hit (one member of a pair of
 //! monitors held to half a false-alarm budget each: `glassbox probe families --out-pair`).
-//! Probe signals skip the model's special tokens (`[CLS]`, `<|im_start|>`, …), as `glassbox probe score` does, so a calibrated probe reads the same
-//! tokens served as evaluated: `glassbox probe eval --calibrate` prints the rule.
+//! Probe signals skip the model's special tokens (`[CLS]`, `<|im_start|>`, …), as `glassbox
+//! probe score` does, so a calibrated probe reads the same tokens served as evaluated:
+//! `glassbox probe eval --calibrate` prints the rule.
 
 use std::collections::VecDeque;
 use std::fmt;

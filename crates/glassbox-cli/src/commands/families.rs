@@ -2118,7 +2118,6 @@ fn save_final(
     dir: &std::path::Path,
     cfg: &ProbeTraining,
 ) -> Result<(String, Vec<String>)> {
-    let all: Vec<usize> = (0..texts.len()).collect();
     let aggs = readings(a.window);
     // Each hook's report already holds its best reading (`evaluate`).
     let shipped = |h: usize| {
@@ -2139,12 +2138,7 @@ fn save_final(
         aggs[best],
     );
     let s = &reports[h].summaries[if or_keywords { UNION } else { best }];
-    // The pooled probe, applied to each token, averages to its text-level logit.
-    let (weights, bias) = if aggs[best] == Aggregation::MeanLogit {
-        fit_vectors(texts, &all, |t| &t.layers[h].1, &[], cfg)
-    } else {
-        fit_tokens(texts, h, &all, d, a.train_tokens, cfg)
-    };
+    let (weights, bias) = fit_on_all(a, texts, h, aggs[best], d, cfg);
     let hook = &a.hooks[h];
     let saved = Shipped {
         weights,
@@ -2155,6 +2149,25 @@ fn save_final(
         dictionary: None,
     };
     write_probe(a, &probe_name(a), hook, saved, dir)
+}
+
+/// A probe of hook `h` read as `aggregation`, trained on every family: the pooled probe on
+/// each text's mean activation (applied to each token, it averages to its text-level logit),
+/// the others on tokens.
+fn fit_on_all(
+    a: &FamiliesArgs,
+    texts: &[Text],
+    h: usize,
+    aggregation: Aggregation,
+    d: usize,
+    cfg: &ProbeTraining,
+) -> (Vec<f32>, f32) {
+    let all: Vec<usize> = (0..texts.len()).collect();
+    if aggregation == Aggregation::MeanLogit {
+        fit_vectors(texts, &all, |t| &t.layers[h].1, &[], cfg)
+    } else {
+        fit_tokens(texts, h, &all, d, a.train_tokens, cfg)
+    }
 }
 
 /// The probe on `--dict`'s latents trained on every family, with the threshold its held-out
@@ -2268,12 +2281,7 @@ fn save_pair(
     // The union's scores are already its reading plus a keyword hit's worth.
     let union = at_half(UNION)?;
     let aggregation = readings(a.window)[r.reading];
-    let all: Vec<usize> = (0..texts.len()).collect();
-    let (weights, bias) = if aggregation == Aggregation::MeanLogit {
-        fit_vectors(texts, &all, |t| &t.layers[0].1, &[], cfg)
-    } else {
-        fit_tokens(texts, 0, &all, d, a.train_tokens, cfg)
-    };
+    let (weights, bias) = fit_on_all(a, texts, 0, aggregation, d, cfg);
     let pooled = Shipped {
         weights,
         bias,

@@ -99,7 +99,10 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         .collect::<Result<_>>()?;
     let (payloads, benign) = draw(&data, &suite, &data_path)?;
     // Read now, so a malformed line fails before the round, not after it.
-    let own_records = a.texts.as_deref().map(read_records).transpose()?;
+    let own_records = match a.texts.as_deref() {
+        Some(path) => Some((path, read_records(path)?)),
+        None => None,
+    };
     let templates = read_templates(
         &suite
             .templates
@@ -292,9 +295,9 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         defence = Some(d);
         rounds = vec![red, before, after];
     }
-    let own = match (&a.texts, &own_records) {
-        (Some(path), Some(records)) => Some(texts::send_all(&target, path, records)?),
-        _ => None,
+    let own = match own_records {
+        Some((path, records)) => Some((path, texts::send_all(&target, path, &records)?)),
+        None => None,
     };
     let refs: Vec<&Round> = rounds.iter().collect();
     let gated: Vec<&Round> = if a.defend {
@@ -303,24 +306,24 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         vec![&rounds[0]]
     };
     let failed =
-        report::fails(&gated, &suite) || own.as_ref().is_some_and(|f| texts::fails(f, &suite));
+        report::fails(&gated, &suite) || own.as_ref().is_some_and(|(_, f)| texts::fails(f, &suite));
     let summary = json!({
         "deployment": a.config, "suite": a.suite, "data": data_path, "notes": notes,
         "rounds": rounds.iter().map(|r| json!({"name": r.name, "families": r.families(),
             "false_alarms": r.false_alarms(), "benign": r.benign.len(), "seconds": r.seconds,
             "skipped": r.skipped, "recoveries": r.recoveries, "outcomes": r.outcomes})).collect::<Vec<_>>(),
         "defence": defence, "failed": failed,
-        "texts": own.as_ref().map(|f| json!({"file": a.texts, "families": f})),
+        "texts": own.as_ref().map(|(path, f)| json!({"file": path, "families": f})),
     });
     if let Some(dir) = &a.out {
         let write = |name: &str, body: &str| {
             glassbox_store::fsutil::atomic_write(&dir.join(name), body.as_bytes())
         };
         write("report.json", &serde_json::to_string_pretty(&summary)?)?;
-        let more: Vec<String> = match (&a.texts, &own) {
-            (Some(path), Some(families)) => vec![texts::junit_suite(path, families, &suite)],
-            _ => Vec::new(),
-        };
+        let more: Vec<String> = own
+            .iter()
+            .map(|(path, families)| texts::junit_suite(path, families, &suite))
+            .collect();
         write("junit.xml", &report::junit(&gated, &suite, &more))?;
         write(
             "report.html",
@@ -336,7 +339,7 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
         for r in &rounds {
             report::print_round(r, &suite);
         }
-        if let (Some(path), Some(families)) = (&a.texts, &own) {
+        if let Some((path, families)) = &own {
             texts::print(path, families);
         }
         if let Some(dir) = &a.out {
