@@ -18,6 +18,9 @@
 //! - invisible characters (UTS #39's default-ignorable code points: zero-width spaces and
 //!   joiners, soft hyphens, word joiners) are dropped only between two letters or digits of a
 //!   word that is folded or Latin, so a Persian zero-width non-joiner or an emoji's joiner stays.
+//!
+//! The count (the `lookalikes` signal) leaves out words of one letter: a lone Greek letter in
+//! English is a symbol ("σ_y = 250 MPa", "α|0⟩ + β|1⟩"), and it is still folded.
 
 use std::borrow::Cow;
 
@@ -30,8 +33,9 @@ use unicode_script::{Script, UnicodeScript};
 pub struct Folded<'a> {
     /// The text as the model reads it (borrowed when nothing changed).
     pub text: Cow<'a, str>,
-    /// Characters folded to Latin letters or dropped as invisible: the `lookalikes` rule
-    /// signal, which shows a disguise attempt even where the fold is off.
+    /// Characters folded to Latin letters or dropped as invisible in words of two letters or
+    /// more: the `lookalikes` rule signal, which shows a disguise attempt even where the fold
+    /// is off.
     pub lookalikes: usize,
 }
 
@@ -73,7 +77,10 @@ pub fn fold(text: &str) -> Folded<'_> {
         // What lies between words is copied as it is.
         out.push_str(&text[copied..w.at]);
         let (fold, drop_invisible) = changes(w);
-        lookalikes += push_word(&mut out, w.text, fold, drop_invisible);
+        let changed = push_word(&mut out, w.text, fold, drop_invisible);
+        if w.letters > 1 {
+            lookalikes += changed;
+        }
         copied = w.at + w.text.len();
     }
     out.push_str(&text[copied..]);
@@ -106,6 +113,8 @@ struct Word<'a> {
     /// Its byte offset in the text.
     at: usize,
     text: &'a str,
+    /// Letters of any script, lookalikes and compatibility forms included.
+    letters: usize,
     /// A Latin letter that is not a lookalike.
     latin: bool,
     /// A non-Latin letter that is not a lookalike.
@@ -122,6 +131,7 @@ impl<'a> Word<'a> {
         let mut w = Word {
             at,
             text,
+            letters: 0,
             latin: false,
             foreign: false,
             lookalikes: 0,
@@ -130,6 +140,7 @@ impl<'a> Word<'a> {
         };
         let chars: Vec<char> = text.chars().collect();
         for (i, &c) in chars.iter().enumerate() {
+            w.letters += usize::from(c.is_alphabetic());
             if compatible_form(c).is_some() {
                 w.compatible += 1;
             } else if latin_lookalike(c).is_some() {
@@ -285,5 +296,20 @@ mod tests {
         for text in ["plain ASCII", "Привет, как дела?", "café naïve résumé"] {
             assert_eq!(fold(text).lookalikes, 0, "{text:?}");
         }
+    }
+
+    #[test]
+    fn lone_letters_are_folded_but_not_counted() {
+        // Formulas in ordinary requests (WritingBench's engineering and physics briefs).
+        for text in [
+            "Yield Strength σ_y = 250 MPa, Maximum Stress σ_max = 510 MPa, E = σ / ε",
+            "the state |ψ⟩ = α|0⟩ + β|1⟩, where α and β are complex and |α|² + |β|² = 1",
+        ] {
+            assert_eq!(fold(text).lookalikes, 0, "{text:?}");
+        }
+        let f = fold("say а word");
+        assert_eq!((f.text.as_ref(), f.lookalikes), ("say a word", 0));
+        // A Greek letter inside a Latin word still counts.
+        assert_eq!(fold("If sinα = 3/5, then cosα = 4/5").lookalikes, 2);
     }
 }
