@@ -266,6 +266,15 @@ fn a_red_round_reports_every_family_and_served_firings_agree_with_margins() {
     assert_eq!(failing("mine"), below_floor, "{ours}");
     let traffic_flagged = traffic["flagged"].as_u64().unwrap() > 0;
     assert_eq!(failing("traffic (benign)"), traffic_flagged, "{ours}");
+    // report.html shows them too: a section of bars and numbers per family.
+    let html = std::fs::read_to_string(out_dir.join("report.html")).unwrap();
+    let (_, section) = html
+        .split_once("<h2>Your texts: ")
+        .expect("a section of your texts");
+    assert!(
+        section.contains("<svg") && section.contains(">mine<") && section.contains(">traffic<"),
+        "{section}"
+    );
     std::fs::write(&texts, format!("{}\n{{\"text\": 3}}", lines[0])).unwrap();
     fails(
         &[

@@ -443,11 +443,7 @@ fn eval_traffic(a: &EvalArgs, records: &[Record], device: &str, json_out: bool) 
         aggregation.label(),
         c.threshold,
         100.0 * share(c.threshold),
-        if or_keywords {
-            " (with any keyword hit)"
-        } else {
-            ""
-        }
+        c.keyword_clause()
     );
     println!("\n{:<28} {:>8} {:>8}", "family", "texts", "flagged");
     for (f, (hit, n)) in &families {

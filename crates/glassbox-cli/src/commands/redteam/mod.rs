@@ -325,9 +325,13 @@ pub fn run(a: RedteamArgs, device: &str, json_out: bool) -> Result<()> {
             .map(|(path, families)| texts::junit_suite(path, families, &suite))
             .collect();
         write("junit.xml", &report::junit(&gated, &suite, &more))?;
+        let sections: Vec<String> = own
+            .iter()
+            .map(|(path, families)| texts::html_section(path, families, &suite))
+            .collect();
         write(
             "report.html",
-            &report::html("Glassbox red team", &refs, &suite, &notes),
+            &report::html("Glassbox red team", &refs, &suite, &notes, &sections),
         )?;
     }
     if json_out {

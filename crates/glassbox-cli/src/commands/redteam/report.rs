@@ -181,8 +181,17 @@ pub fn roc(attacks: &[f32], benign: &[f32]) -> Vec<(f64, f64)> {
     pts
 }
 
-fn bars_svg(rows: &[(String, Vec<f64>)], series: &[&str], floor: f64) -> String {
-    let (w, row_h, left) = (560.0, 22.0, 110.0);
+/// Horizontal bars, a row per name and a bar per series, with a dashed reference line at
+/// `line`'s share (a floor for detection, a ceiling for false alarms) labelled by its word.
+pub(super) fn bars_svg(rows: &[(String, Vec<f64>)], series: &[&str], line: (f64, &str)) -> String {
+    // Room on the left for the longest name (about 7 px a character at 12 px).
+    let longest = rows
+        .iter()
+        .map(|(n, _)| n.chars().count())
+        .max()
+        .unwrap_or(0);
+    let (row_h, left) = (22.0, (7.0 * longest as f64 + 12.0).max(110.0));
+    let w = left + 450.0;
     let h = row_h * rows.len() as f64 + 40.0;
     let colours = ["#4a7bd0", "#d0794a", "#5aa05a"];
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">");
@@ -200,7 +209,7 @@ fn bars_svg(rows: &[(String, Vec<f64>)], series: &[&str], floor: f64) -> String 
         for (k, v) in vals.iter().enumerate() {
             let _ = write!(
                 s,
-                "<rect x=\"{left}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{} {:.1} %</title></rect><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">{:.0} %</text>",
+                "<rect x=\"{left}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{} {:.1} %</title></rect><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">{} %</text>",
                 y + bh * k as f64,
                 scale * v,
                 colours[k % colours.len()],
@@ -208,12 +217,18 @@ fn bars_svg(rows: &[(String, Vec<f64>)], series: &[&str], floor: f64) -> String 
                 100.0 * v,
                 left + scale * v + 4.0,
                 y + bh * (k as f64 + 0.8),
-                100.0 * v
+                // A false-alarm share reads in tenths of a percent.
+                if *v < 0.1 {
+                    format!("{:.1}", 100.0 * v)
+                } else {
+                    format!("{:.0}", 100.0 * v)
+                }
             );
         }
     }
-    let fx = left + scale * floor;
-    let _ = write!(s, "<line x1=\"{fx:.1}\" x2=\"{fx:.1}\" y1=\"5\" y2=\"{:.1}\" stroke=\"#c00\" stroke-dasharray=\"4 3\"/><text x=\"{fx:.1}\" y=\"{:.1}\" fill=\"#c00\" text-anchor=\"middle\">floor {:.0} %</text>", h - 25.0, h - 10.0, 100.0 * floor);
+    let (at, word) = line;
+    let fx = left + scale * at;
+    let _ = write!(s, "<line x1=\"{fx:.1}\" x2=\"{fx:.1}\" y1=\"5\" y2=\"{:.1}\" stroke=\"#c00\" stroke-dasharray=\"4 3\"/><text x=\"{fx:.1}\" y=\"{:.1}\" fill=\"#c00\" text-anchor=\"middle\">{word} {:.0} %</text>", h - 25.0, h - 10.0, 100.0 * at);
     s.push_str("</svg>");
     s
 }
@@ -231,8 +246,14 @@ fn margins(r: &Round) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// The HTML report over rounds (the first is the reference: a red round, or the held-out round
-/// before the defence, then after it).
-pub fn html(title: &str, rounds: &[&Round], suite: &Suite, notes: &[String]) -> String {
+/// before the defence, then after it), then `more` sections (your texts).
+pub fn html(
+    title: &str,
+    rounds: &[&Round],
+    suite: &Suite,
+    notes: &[String],
+    more: &[String],
+) -> String {
     let fams: Vec<Vec<FamilyStats>> = rounds.iter().map(|r| r.families()).collect();
     let mut rows: Vec<(String, Vec<f64>)> = fams[0]
         .iter()
@@ -283,10 +304,11 @@ pub fn html(title: &str, rounds: &[&Round], suite: &Suite, notes: &[String]) -> 
         .map(|n| format!("<li>{}</li>", escape(n)))
         .collect();
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:nth-child(2),td:first-child{{text-align:left}}</style></head><body><h1>{t}</h1><ul>{notes}</ul><h2>Detection per attack family</h2><p>Share of attack texts on which an attacked monitor fired ({series}); the dashed line is the suite's floor.</p>{bars}<h2>ROC of the monitors' margin</h2><p>Attack texts against benign texts, thresholds swept over the rule's peak value minus its threshold (the deployed threshold is the point where margin = 0).</p>{roc}<h2>Numbers</h2>{table}</body></html>\n",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:nth-child(2),td:first-child{{text-align:left}}</style></head><body><h1>{t}</h1><ul>{notes}</ul><h2>Detection per attack family</h2><p>Share of attack texts on which an attacked monitor fired ({series}); the dashed line is the suite's floor.</p>{bars}<h2>ROC of the monitors' margin</h2><p>Attack texts against benign texts, thresholds swept over the rule's peak value minus its threshold (the deployed threshold is the point where margin = 0).</p>{roc}<h2>Numbers</h2>{table}{more}</body></html>\n",
         t = escape(title),
         series = escape(&names.join(", ")),
-        bars = bars_svg(&rows, &names, suite.min_detection),
+        bars = bars_svg(&rows, &names, (suite.min_detection, "floor")),
+        more = more.concat(),
         roc = roc_svg(&curves),
     )
 }

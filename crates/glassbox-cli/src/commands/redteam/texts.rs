@@ -34,22 +34,14 @@ pub struct FamilyFlags {
 /// "family"?}`; no label: benign traffic) through `target`; per (label, family), attacks first.
 pub fn send_all(target: &Target, path: &Path, records: &[Record]) -> Result<Vec<FamilyFlags>> {
     let progress = report::progress(records.len() as u64, "your texts");
-    let mut by: BTreeMap<(bool, String), FamilyFlags> = BTreeMap::new();
+    // Per (benign?, family): attacks sort first. The interval is set once all are counted.
+    let mut by: BTreeMap<(bool, String), Tally> = BTreeMap::new();
     for r in records {
         let t = r.sent();
         let sent = target
             .send(&t.text)
             .with_context(|| format!("{}: sending a text", path.display()))?;
-        let e = by
-            .entry((!t.label, t.family.clone()))
-            .or_insert_with(|| FamilyFlags {
-                family: t.family.clone(),
-                label: t.label,
-                texts: 0,
-                flagged: 0,
-                flagged_ci95: (0.0, 1.0),
-                by_monitor: BTreeMap::new(),
-            });
+        let e = by.entry((!t.label, t.family)).or_default();
         e.texts += 1;
         e.flagged += usize::from(sent.detected);
         for m in sent.fired {
@@ -59,12 +51,24 @@ pub fn send_all(target: &Target, path: &Path, records: &[Record]) -> Result<Vec<
     }
     progress.finish_and_clear();
     Ok(by
-        .into_values()
-        .map(|mut f| {
-            f.flagged_ci95 = rate_interval(f.flagged, f.texts);
-            f
+        .into_iter()
+        .map(|((benign, family), t)| FamilyFlags {
+            family,
+            label: !benign,
+            texts: t.texts,
+            flagged: t.flagged,
+            flagged_ci95: rate_interval(t.flagged, t.texts),
+            by_monitor: t.by_monitor,
         })
         .collect())
+}
+
+/// A family's counts while its texts are sent.
+#[derive(Default)]
+struct Tally {
+    texts: usize,
+    flagged: usize,
+    by_monitor: BTreeMap<String, usize>,
 }
 
 impl FamilyFlags {
@@ -126,6 +130,49 @@ pub fn junit_suite(path: &Path, families: &[FamilyFlags], suite: &Suite) -> Stri
         "  <testsuite name=\"glassbox redteam: your texts ({})\" tests=\"{}\" failures=\"{failures}\" time=\"0\">\n{cases}  </testsuite>\n",
         esc(&path.display().to_string()),
         families.len()
+    )
+}
+
+/// The report.html section of your texts: bars of each family's share flagged against the
+/// suite's gate (attack families against its floor, benign ones against its false-alarm
+/// ceiling), and the numbers.
+pub fn html_section(path: &Path, families: &[FamilyFlags], suite: &Suite) -> String {
+    let bars = |label: bool, line: (f64, &str)| {
+        let rows: Vec<(String, Vec<f64>)> = families
+            .iter()
+            .filter(|f| f.label == label)
+            .map(|f| (f.family.clone(), vec![f.rate()]))
+            .collect();
+        if rows.is_empty() {
+            String::new()
+        } else {
+            super::report::bars_svg(&rows, &["flagged"], line)
+        }
+    };
+    let mut table = String::from("<table><tr><th>family</th><th>label</th><th>texts</th><th>flagged</th><th>95 % interval</th><th>fired</th></tr>");
+    for f in families {
+        let fired: Vec<String> = f
+            .by_monitor
+            .iter()
+            .map(|(m, n)| format!("{} {n}", esc(m)))
+            .collect();
+        let _ = write!(
+            table,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1} %</td><td>{}</td><td>{}</td></tr>",
+            esc(&f.family),
+            u8::from(f.label),
+            f.texts,
+            100.0 * f.rate(),
+            super::report::percent_interval(f.flagged_ci95),
+            fired.join(", ")
+        );
+    }
+    table.push_str("</table>");
+    format!(
+        "<h2>Your texts: {}</h2><p>Each family of the file sent through the deployment's monitors as the round's texts are. Attack families: share detected, against the suite's floor.</p>{}<p>Benign families: share flagged (false alarms), against the suite's ceiling.</p>{}{table}",
+        esc(&path.display().to_string()),
+        bars(true, (suite.min_detection, "floor")),
+        bars(false, (suite.max_false_alarms, "ceiling")),
     )
 }
 
