@@ -11,7 +11,7 @@
 //!
 //! A word of two characters ("gb", "0n") counts only in a text that holds a longer one of the
 //! same encoding: alone such words are codes and hex bytes far more often ("A5", "B3", "0f",
-//! "1F": 166 of the 6,366 Linux documentation files had two).
+//! "1F": 166 of the 6,366 Linux documentation files had two or more).
 //!
 //! It knows only these three encodings: a Caesar shift of 3, reversed text or hex pass it.
 
