@@ -120,6 +120,30 @@ struct Defence {
     threshold: f32,
 }
 
+/// One family of `redteam --texts`: the user's own texts sent through the deployment.
+#[derive(Deserialize)]
+struct TextFamily {
+    family: String,
+    /// Attacks (detection) or benign traffic (false alarms).
+    label: bool,
+    texts: usize,
+    flagged: usize,
+    #[serde(default)]
+    by_monitor: BTreeMap<String, usize>,
+}
+
+impl TextFamily {
+    fn counts(&self) -> (usize, usize) {
+        (self.flagged, self.texts)
+    }
+}
+
+#[derive(Deserialize)]
+struct OwnTexts {
+    file: String,
+    families: Vec<TextFamily>,
+}
+
 /// `glassbox redteam --out`'s report.json (the fields the console shows; not the outcomes).
 #[derive(Deserialize)]
 struct RedteamReport {
@@ -131,6 +155,9 @@ struct RedteamReport {
     #[serde(default)]
     defence: Option<Defence>,
     failed: bool,
+    /// `--texts`: absent (null) without it.
+    #[serde(default)]
+    texts: Option<OwnTexts>,
 }
 
 impl RedteamReport {
@@ -520,6 +547,31 @@ fn redteam(r: &RedteamReport) -> Markup {
                 p.small { "Not run: " @for (a, why) in &round.skipped { (a) " (" (why) ") " } }
             }
         }
+        @if let Some(t) = &r.texts { (texts_table(t)) }
+    }
+}
+
+/// `--texts`: each family of the user's file, its share flagged and which monitors fired.
+fn texts_table(t: &OwnTexts) -> Markup {
+    html! {
+        h2 { "Your texts: " code { (t.file) } }
+        p.small { "Sent through the deployment's monitors as the round's texts are: for attack "
+            "families the share detected, for benign ones the share falsely flagged." }
+        table.texts {
+            thead { tr { th { "family" } th { "kind" } th.num { "texts" } th.num { "flagged" } th.num { "rate" }
+                th.num { "95 % interval" } th { "fired" } } }
+            tbody {
+                @for f in &t.families {
+                    tr data-family=(f.family) {
+                        td { (f.family) } td { (if f.label { "attack" } else { "benign" }) }
+                        td.num { (f.texts) } td.num { (f.flagged) }
+                        td.num { (pct(f.flagged as f64 / f.texts.max(1) as f64)) }
+                        td.num { (interval(f.flagged, f.texts)) }
+                        td { @for (m, n) in &f.by_monitor { code { (m) } " " (n) " " } }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -649,6 +701,47 @@ fn compare_redteams(a: &RedteamReport, b: &RedteamReport) -> Markup {
         p.small { "B − A with its 95 % interval (Newcombe's, from the two rounds' Wilson intervals). "
             "A change is coloured only where its interval excludes zero; the others are within what "
             "the counts can tell apart." }
+        (compare_texts(a.texts.as_ref(), b.texts.as_ref()))
+    }
+}
+
+/// The `--texts` families of two reports side by side (either may lack them): a rise in
+/// detection is good, a rise in false alarms bad.
+fn compare_texts(a: Option<&OwnTexts>, b: Option<&OwnTexts>) -> Markup {
+    if a.is_none() && b.is_none() {
+        return html! {};
+    }
+    type Sides<'t> = (Option<&'t TextFamily>, Option<&'t TextFamily>);
+    // Attack families first, as the table of one report lists them.
+    let mut rows: BTreeMap<(bool, &str), Sides> = BTreeMap::new();
+    for f in a.iter().flat_map(|t| &t.families) {
+        rows.entry((!f.label, f.family.as_str())).or_default().0 = Some(f);
+    }
+    for f in b.iter().flat_map(|t| &t.families) {
+        rows.entry((!f.label, f.family.as_str())).or_default().1 = Some(f);
+    }
+    let file = |t: Option<&OwnTexts>| t.map_or("—".to_string(), |t| t.file.clone());
+    let cell = |f: Option<&TextFamily>| match f {
+        Some(f) => format!(
+            "{} ({}/{})",
+            pct(f.flagged as f64 / f.texts.max(1) as f64),
+            f.flagged,
+            f.texts
+        ),
+        None => "—".into(),
+    };
+    html! {
+        h2 { "Your texts flagged (A: " code { (file(a)) } ", B: " code { (file(b)) } ")" }
+        table.compare.texts {
+            thead { tr { th { "family" } th { "kind" } th.num { "A" } th.num { "B" } th.num { "B − A [95 % interval]" } } }
+            tbody {
+                @for ((benign, family), (fa, fb)) in &rows {
+                    tr data-family=(family) { td { (family) } td { (if *benign { "benign" } else { "attack" }) }
+                        td.num { (cell(*fa)) } td.num { (cell(*fb)) }
+                        td.num { @if let (Some(x), Some(y)) = (fa, fb) { (change(x.counts(), y.counts(), !*benign)) } } }
+                }
+            }
+        }
     }
 }
 
