@@ -672,15 +672,7 @@ fn compare_redteams(a: &RedteamReport, b: &RedteamReport) -> Markup {
         rows.entry(&f.attack).or_default().1 = Some(f);
     }
     let counts = |f: Option<&Family>| f.map(|f| (f.detected, f.texts));
-    let cell = |f: Option<&Family>| match f {
-        Some(f) => format!(
-            "{} ({}/{})",
-            pct(f.detected as f64 / f.texts.max(1) as f64),
-            f.detected,
-            f.texts
-        ),
-        None => "—".into(),
-    };
+    let cell = |f: Option<&Family>| rate_cell(counts(f));
     let (all_x, all_y) = (x.detection(), y.detection());
     html! {
         h2 { "Detection by attack family (rounds: " (x.name) " vs " (y.name) ")" }
@@ -721,15 +713,7 @@ fn compare_texts(a: Option<&OwnTexts>, b: Option<&OwnTexts>) -> Markup {
         rows.entry((!f.label, f.family.as_str())).or_default().1 = Some(f);
     }
     let file = |t: Option<&OwnTexts>| t.map_or("—".to_string(), |t| t.file.clone());
-    let cell = |f: Option<&TextFamily>| match f {
-        Some(f) => format!(
-            "{} ({}/{})",
-            pct(f.flagged as f64 / f.texts.max(1) as f64),
-            f.flagged,
-            f.texts
-        ),
-        None => "—".into(),
-    };
+    let cell = |f: Option<&TextFamily>| rate_cell(f.map(TextFamily::counts));
     html! {
         h2 { "Your texts flagged (A: " code { (file(a)) } ", B: " code { (file(b)) } ")" }
         table.compare.texts {
@@ -742,6 +726,14 @@ fn compare_texts(a: Option<&OwnTexts>, b: Option<&OwnTexts>) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// A comparison's cell: "rate (hits/texts)", or "—" where the report lacks the row.
+fn rate_cell(counts: Option<(usize, usize)>) -> String {
+    match counts {
+        Some((hits, n)) => format!("{} ({hits}/{n})", pct(hits as f64 / n.max(1) as f64)),
+        None => "—".into(),
     }
 }
 
