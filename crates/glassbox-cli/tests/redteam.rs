@@ -116,6 +116,16 @@ fn family<'a>(round: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} family in {round}"))
 }
 
+/// A round's outcomes of one attack, in the round's order.
+fn outcomes<'a>(round: &'a Value, attack: &str) -> Vec<&'a Value> {
+    round["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["attack"] == attack)
+        .collect()
+}
+
 /// A block happens exactly where the rule's peak passes its threshold, and GCG's text, as
 /// served, is no more alarming than where its search started.
 fn served_decisions_agree_with_margins(round: &Value) {
@@ -184,13 +194,7 @@ fn a_red_round_reports_every_family_and_served_firings_agree_with_margins() {
     }
     // The embedding bound: three times each embedding's norm hides any payload; a larger
     // budget never does worse than a smaller one.
-    let residual: Vec<&Value> = round["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["attack"] == "residual")
-        .collect();
-    for pair in residual.chunks(2) {
+    for pair in outcomes(round, "residual").chunks(2) {
         let (small, large) = (&pair[0]["sent"]["margin"], &pair[1]["sent"]["margin"]);
         assert!(large.as_f64() <= small.as_f64(), "{small} {large}");
         assert!(
@@ -202,12 +206,7 @@ fn a_red_round_reports_every_family_and_served_firings_agree_with_margins() {
     // `--texts`: your own texts through the same path. The round's plain payloads sent again,
     // labelled, are flagged exactly where the round detected them; an unlabelled line is
     // benign traffic.
-    let plain: Vec<&Value> = round["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["attack"] == "plain")
-        .collect();
+    let plain = outcomes(round, "plain");
     let detected = plain
         .iter()
         .filter(|o| o["sent"]["detected"] == true)
